@@ -1,0 +1,68 @@
+"""A CRM that appends the records it would write to a JSON-lines file: runs with nothing external."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from gateway.plugins import ConnectorConfig, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+
+
+class JsonlConfig(ConnectorConfig):
+    """Settings of a ``jsonl`` CRM."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str = Field("var/crm.jsonl", description="File the records are appended to (relative to data_dir's parent).")
+    mapping: str | None = Field(None, description="Mapping file; default mappings/jsonl.yaml.")
+    fsync: bool = Field(True, description="fsync after each record, so a record written is a record kept.")
+
+
+class JsonlCrm(CrmConnector):
+    """Appends one JSON object per delivered message: the message, its customer, conversation and mapped fields.
+
+    Replays are harmless: a message already written (same idempotency key) is not written again.
+    """
+
+    type_name = "jsonl"
+    Config = JsonlConfig
+    summary = "Append records to a JSON-lines file (for trials, audits and piping into other tools)"
+    default_mapping = "jsonl.yaml"
+    config: JsonlConfig
+
+    @property
+    def path(self) -> Path:
+        path = Path(self.config.path)
+        return path if path.is_absolute() else self.context.data_dir.parent / path
+
+    def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
+        if links.get("message", item.message.id) is not None:
+            return DeliveryResult("already_written", item.idempotency_key, calls=0)
+        record = {
+            "idempotency_key": item.idempotency_key,
+            "customer": {"id": item.customer.id, "display_name": item.customer.display_name,
+                         "identifiers": [{"kind": k, "value": v} for k, v in item.customer.identifiers]},
+            "conversation": {"id": item.conversation.id, "channel": item.conversation.channel},
+            "fields": dict(item.fields),
+            "message": item.message.model_dump(mode="json"),
+        }
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write(line)
+            handle.flush()
+            if self.config.fsync:
+                os.fsync(handle.fileno())
+        links.put("message", item.message.id, item.idempotency_key)
+        return DeliveryResult("appended", item.idempotency_key)
+
+    def check_online(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8"):
+            pass
+        return f"writable: {self.path}"

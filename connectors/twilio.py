@@ -1,0 +1,162 @@
+"""Twilio Programmable Messaging: inbound SMS, MMS and WhatsApp webhooks.
+
+Signatures are checked with twilio's own ``RequestValidator`` over ``server.public_url`` + the hook path and every
+form parameter received (Twilio adds parameters without notice, so none are dropped).
+https://www.twilio.com/docs/usage/webhooks/webhooks-security
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar, Literal
+from urllib.parse import urlencode
+
+from pydantic import Field, SecretStr
+from twilio.request_validator import RequestValidator, get_signature_algorithm
+from werkzeug.datastructures import MultiDict
+
+from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.identity import InvalidIdentifier, normalize_phone
+from gateway.model import (
+    Attachment,
+    ChannelType,
+    Identifier,
+    IdentifierKind,
+    Message,
+    Party,
+    RawRef,
+    ThreadRef,
+)
+from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
+API_BASE = "https://api.twilio.com"
+
+
+class TwilioConfig(ConnectorConfig):
+    """Settings of a ``twilio`` channel (SMS, MMS and WhatsApp numbers of one Twilio account)."""
+
+    type: Literal["twilio"] = "twilio"
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$", description="Account SID (AC + 32 hex digits).")
+    auth_token: SecretStr = Field(description="Auth token the account signs webhooks with.")
+    previous_auth_token: SecretStr | None = Field(
+        None, description="The former auth token, accepted too while a token rotation is under way.")
+    default_region: str | None = Field(
+        None, pattern=r"^[A-Z]{2}$", description="Region for national phone numbers; default identity.default_region.")
+    api_base_url: str = Field(API_BASE, description="Twilio REST API base URL (for proxies and test servers).")
+
+
+class TwilioChannel(ChannelConnector):
+    """Inbound SMS/MMS/WhatsApp messages from Twilio webhooks."""
+
+    type_name = "twilio"
+    Config = TwilioConfig
+    summary = "Twilio SMS, MMS and WhatsApp webhooks (X-Twilio-Signature checked with RequestValidator)"
+    channel_types = (ChannelType.SMS, ChannelType.MMS, ChannelType.WHATSAPP)
+    max_body_bytes = 64 * 1024  # Twilio caps inbound bodies at 32 KB; form encoding can double that
+    config: TwilioConfig
+
+    def _validators(self) -> list[RequestValidator]:
+        tokens = [self.config.auth_token, self.config.previous_auth_token]
+        return [RequestValidator(token.get_secret_value()) for token in tokens if token is not None]
+
+    def verify(self, request: HookRequest) -> None:
+        signature = request.headers.get(SIGNATURE_HEADER)
+        checked = f"{SIGNATURE_HEADER} over {request.public_url}"
+        if not signature:
+            raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
+        params = MultiDict(request.form())
+        algorithm = get_signature_algorithm(request.headers.get(SETTINGS_HEADER))
+        try:
+            valid = any(v.validate(request.public_url, params, signature, algorithm) for v in self._validators())
+        except ValueError:
+            raise SignatureInvalid(f"unsupported signature algorithm {algorithm!r}") from None
+        if not valid:
+            raise SignatureInvalid(
+                f"{checked} does not match: the URL configured at Twilio must equal this one "
+                "(check server.public_url and any proxy rewriting) and the auth token must be the account's")
+        if params.get("AccountSid") != self.config.account_sid:
+            raise SignatureInvalid("AccountSid does not match this channel's account_sid")
+
+    def split(self, request: HookRequest) -> list[InboxItem]:
+        form = dict(request.form())
+        sid = form.get("MessageSid") or form.get("SmsSid")
+        if not sid:
+            raise MalformedRequest("MessageSid is missing")
+        if "MessageStatus" in form and form.get("SmsStatus", form["MessageStatus"]) != "received":
+            return [InboxItem(f"{sid}:status:{form['MessageStatus']}", request.body, request.content_type, "status")]
+        return [InboxItem(sid, request.body, request.content_type, "message")]
+
+    def acknowledge(self, request: HookRequest, items: list[InboxItem]) -> HookResponse:
+        return HookResponse(200, EMPTY_TWIML, "text/xml; charset=utf-8")
+
+    def normalize(self, record: RawRecord) -> list[Message]:
+        if record.kind != "message":
+            return []
+        form = MultiDict(_parse(record.body))
+        sender_raw = form.get("From", "")
+        is_whatsapp = sender_raw.lower().startswith("whatsapp:")
+        region = self.config.default_region or self.context.default_region
+        try:
+            phone = normalize_phone(sender_raw, region)
+        except InvalidIdentifier as exc:
+            raise ValueError(f"From {sender_raw!r}: {exc}") from None
+        identifiers = [Identifier(kind=IdentifierKind.PHONE, value=phone)]
+        if is_whatsapp:
+            identifiers.append(Identifier(kind=IdentifierKind.WHATSAPP, value=phone))
+        recipients = []
+        try:
+            recipients.append(Party(identifiers=(Identifier(
+                kind=IdentifierKind.PHONE, value=normalize_phone(form.get("To", ""), region)),)))
+        except InvalidIdentifier:
+            pass  # a short code or alphanumeric sender id: kept in extras only
+        num_media = int(form.get("NumMedia", "0") or 0)
+        attachments = tuple(
+            Attachment(filename=f"media{n}", content_type=form.get(f"MediaContentType{n}", "application/octet-stream"),
+                       location=form[f"MediaUrl{n}"])
+            for n in range(num_media) if form.get(f"MediaUrl{n}"))
+        channel = ChannelType.WHATSAPP if is_whatsapp else (ChannelType.MMS if attachments else ChannelType.SMS)
+        body = form.get("Body", "")
+        extras = {key: form[key] for key in (
+            "To", "AccountSid", "MessagingServiceSid", "NumSegments", "FromCountry", "FromState", "FromCity",
+            "WaId", "ProfileName", "ButtonText") if form.get(key)}
+        business = form.get("To", "")
+        return [Message(
+            channel=channel, connector=record.connector, connector_type=self.type_name,
+            provider_message_id=record.provider_id,
+            thread=ThreadRef(provider_thread_id=f"{business}|{phone}"),
+            sender=Party(identifiers=tuple(identifiers), display_name=form.get("ProfileName") or None),
+            recipients=tuple(recipients), text=body, full_text=body, attachments=attachments,
+            sent_at=record.received_at, received_at=record.received_at, extras=extras,
+            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+
+    def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
+        sid = "SM" + uuid.uuid4().hex
+        params = {
+            "ToCountry": "US", "ToState": "CA", "SmsMessageSid": sid, "NumMedia": "0", "ToCity": "",
+            "FromZip": "", "SmsSid": sid, "FromState": "", "SmsStatus": "received", "FromCity": "", "Body": text,
+            "FromCountry": "", "To": recipient or "+15005550006", "ToZip": "", "NumSegments": "1",
+            "MessageSid": sid, "AccountSid": self.config.account_sid, "From": sender, "ApiVersion": "2010-04-01",
+        }
+        signature = self._validators()[0].compute_signature(public_url, params)
+        body = urlencode(params).encode()
+        headers = Headers({"Content-Type": "application/x-www-form-urlencoded", SIGNATURE_HEADER: signature})
+        return HookRequest("POST", "", "", headers, body, public_url)
+
+    def check_online(self) -> str:
+        url = f"{self.config.api_base_url}/2010-04-01/Accounts/{self.config.account_sid}.json"
+        response = self.context.http.get(
+            url, auth=(self.config.account_sid, self.config.auth_token.get_secret_value()), timeout=10)
+        if response.status_code == 401:
+            raise RuntimeError("Twilio refused the account_sid/auth_token (401)")
+        response.raise_for_status()
+        return f"account {response.json().get('friendly_name', self.config.account_sid)} reachable"
+
+
+def _parse(body: bytes) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(body.decode("utf-8"), keep_blank_values=True)

@@ -1,0 +1,286 @@
+"""The ``gateway`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.yamlsource import ConfigError
+
+DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config.yaml")
+config_option = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+                             default=DEFAULT_CONFIG, show_default=True, help="Config file (env GATEWAY_CONFIG).")
+
+
+def _load(config_path: Path) -> Any:
+    from gateway.config import load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        click.echo(f"{len(exc.issues)} error(s); not starting.", err=True)
+        sys.exit(1)
+
+
+@click.group()
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log format; default from the config's logging.format.")
+@click.pass_context
+def main(ctx: click.Context, log_format: str | None) -> None:
+    """Customer-support channel gateway: every customer channel into the CRM you already have."""
+    ctx.obj = {"log_format": log_format}
+
+
+def _logging(ctx: click.Context, config: Any) -> str:
+    from gateway.logs import setup_logging
+
+    fmt = ctx.obj["log_format"] or config.settings.logging.format
+    setup_logging(config.settings.logging.level, fmt)
+    return fmt
+
+
+@main.command()
+@config_option
+@click.option("--online", is_flag=True, help="Also test each connector's credentials and reachability.")
+def check(config_path: Path, online: bool) -> None:
+    """Validate a config file; list every error as FILE:LINE path: message."""
+    config = _load(config_path)
+    click.echo(f"{config_path}: valid ({len(config.channels)} channels, {len(config.crms)} crms, "
+               f"{len(config.settings.routes)} routes)")
+    if not online:
+        return
+    from gateway.runtime import build_runtime
+
+    runtime = build_runtime(config, migrate_schema=False)
+    failures = 0
+    for name, connector in [*runtime.channels.items(), *runtime.crms.items()]:
+        try:
+            click.echo(f"  {name}: ok: {connector.check_online()}")
+        except Exception as exc:
+            failures += 1
+            click.echo(f"  {name}: FAILED: {type(exc).__name__}: {exc}", err=True)
+    sys.exit(1 if failures else 0)
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the reference as Markdown (docs/connectors.md).")
+def connectors(markdown: bool) -> None:
+    """List installed connector types and their settings."""
+    from gateway.docs import connectors_markdown, connectors_text
+    from gateway.plugins import Registry
+
+    registry = Registry.from_entry_points()
+    click.echo(connectors_markdown(registry) if markdown else connectors_text(registry), nl=False)
+
+
+@main.command()
+@config_option
+@click.pass_context
+def run(ctx: click.Context, config_path: Path) -> None:
+    """Run everything: web server, workers and scheduler."""
+    from gateway.runtime import build_runtime
+    from gateway.server import run_all
+
+    config = _load(config_path)
+    fmt = _logging(ctx, config)
+    build_runtime(config).close()  # migrate once, before the children start
+    click.echo(f"gateway listening on {config.settings.server.listen}; webhooks at "
+               f"{config.settings.server.public_url}/hooks/<channel>", err=True)
+    sys.exit(run_all(config_path, fmt))
+
+
+@main.command()
+@config_option
+@click.pass_context
+def serve(ctx: click.Context, config_path: Path) -> None:
+    """Run only the web server (scale out: several of these behind a load balancer)."""
+    from gateway.runtime import build_runtime
+    from gateway.server import ensure_multiprocess_metrics_dir
+    from gateway.server import serve as serve_forever
+
+    config = _load(config_path)
+    fmt = _logging(ctx, config)
+    ensure_multiprocess_metrics_dir()
+    build_runtime(config).close()
+    serve_forever(config, fmt)
+
+
+@main.command()
+@config_option
+@click.pass_context
+def work(ctx: click.Context, config_path: Path) -> None:
+    """Run only the pipeline and delivery workers and the scheduler."""
+    from gateway.runtime import build_runtime
+    from gateway.worker import WorkerProcess
+
+    config = _load(config_path)
+    _logging(ctx, config)
+    runtime = build_runtime(config)
+    WorkerProcess(runtime).run_forever()
+    runtime.close()
+
+
+@main.command()
+@config_option
+@click.argument("channel")
+@click.option("--from", "sender", required=True, help="Sender, as the provider would write it (+14155550100).")
+@click.option("--text", required=True)
+@click.option("--to", "recipient", default=None, help="Recipient (the business number).")
+@click.option("--url", default=None, help="Where to send it; default http://{server.listen}.")
+def simulate(config_path: Path, channel: str, sender: str, text: str, recipient: str | None,
+             url: str | None) -> None:
+    """Send a correctly signed sample provider request to the running gateway."""
+    import requests
+
+    from gateway.config import channel_class
+    from gateway.plugins import ConnectorContext, Registry
+
+    config = _load(config_path)
+    if channel not in config.channels:
+        raise click.UsageError(f"no channel named {channel!r} in {config_path}")
+    registry = Registry.from_entry_points()
+    channel_config = config.channels[channel]
+    context = ConnectorContext(http=requests.Session(), default_region=config.settings.identity.default_region)
+    connector = channel_class(registry, channel_config)(channel, channel_config, context)
+    public = f"{config.settings.server.public_url}/hooks/{channel}"
+    sample = connector.sample_request(sender=sender, text=text, recipient=recipient, public_url=public)
+    target = (url or f"http://{config.settings.server.listen}").rstrip("/") + f"/hooks/{channel}"
+    response = requests.post(target, data=sample.body, headers=dict(sample.headers), timeout=10)
+    click.echo(f"POST {target} -> {response.status_code} {response.text.strip()[:200]}")
+    sys.exit(0 if response.ok else 1)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, show, replay, discard."""
+
+
+def _queues(config_path: Path) -> Any:
+    from gateway.runtime import build_runtime
+
+    return build_runtime(_load(config_path)).queues
+
+
+@dlq.command("list")
+@config_option
+@click.option("--all", "include_resolved", is_flag=True, help="Include replayed and discarded ones.")
+def dlq_list(config_path: Path, include_resolved: bool) -> None:
+    letters = _queues(config_path).list_dead_letters(include_resolved)
+    if not letters:
+        click.echo("no dead letters")
+    for letter in letters:
+        state = letter.resolution or "open"
+        click.echo(f"{letter.id:>6}  {letter.created_at:%Y-%m-%d %H:%M}  {letter.stage:<8} {letter.target:<16} "
+                   f"{letter.error_class:<11} {letter.error_code or '-':<18} {state:<9} {letter.reason[:80]}")
+
+
+@dlq.command("show")
+@config_option
+@click.argument("letter_id", type=int)
+def dlq_show(config_path: Path, letter_id: int) -> None:
+    from sqlalchemy import select
+
+    from gateway.storage.tables import inbox, outbox
+
+    queues = _queues(config_path)
+    letter = queues.get_dead_letter(letter_id)
+    if letter is None:
+        raise click.ClickException(f"no dead letter {letter_id}")
+    out = dict(letter._mapping)
+    table = inbox if letter.stage == "pipeline" else outbox
+    with queues.engine.connect() as conn:
+        source = conn.execute(select(table).where(table.c.id == letter.source_id)).first()
+    if source is not None:
+        row = dict(source._mapping)
+        if "body" in row:
+            row["body"] = row["body"].decode("utf-8", "replace")
+        out["source"] = row
+    click.echo(json.dumps(out, indent=2, default=str, ensure_ascii=False))
+
+
+@dlq.command("replay")
+@config_option
+@click.argument("letter_ids", type=int, nargs=-1, required=True)
+def dlq_replay(config_path: Path, letter_ids: tuple[int, ...]) -> None:
+    _resolve(config_path, letter_ids, "replayed")
+
+
+@dlq.command("discard")
+@config_option
+@click.argument("letter_ids", type=int, nargs=-1, required=True)
+def dlq_discard(config_path: Path, letter_ids: tuple[int, ...]) -> None:
+    _resolve(config_path, letter_ids, "discarded")
+
+
+def _resolve(config_path: Path, letter_ids: tuple[int, ...], resolution: str) -> None:
+    queues = _queues(config_path)
+    missing = [i for i in letter_ids if not queues.resolve_dead_letter(i, resolution)]
+    for letter_id in letter_ids:
+        if letter_id not in missing:
+            click.echo(f"{letter_id}: {resolution}")
+    if missing:
+        raise click.ClickException(f"not open dead letters: {', '.join(map(str, missing))}")
+
+
+@main.command()
+@click.option("--check", "check_only", is_flag=True, help="Exit 1 if the file differs from the model.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("docs/schema/message.schema.json"))
+def schema(check_only: bool, output: Path) -> None:
+    """Write the canonical message's JSON Schema."""
+    from gateway.model import render_json_schema
+
+    text = render_json_schema()
+    if check_only:
+        current = output.read_text(encoding="utf-8") if output.exists() else ""
+        if current != text:
+            raise click.ClickException(f"{output} is stale: run 'gateway schema'")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
+
+
+@main.group()
+def db() -> None:
+    """Storage schema."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config_path: Path) -> None:
+    """Apply pending migrations."""
+    from gateway.runtime import build_runtime
+
+    build_runtime(_load(config_path), migrate_schema=True).close()
+    click.echo("schema is up to date")
+
+
+@main.group()
+def mapping() -> None:
+    """Mappings from canonical messages to CRM fields."""
+
+
+@mapping.command("test")
+@click.argument("files", type=click.Path(exists=True, path_type=Path), nargs=-1, required=True)
+def mapping_test(files: tuple[Path, ...]) -> None:
+    """Run each mapping's sibling NAME.tests.yaml."""
+    from gateway.mapping import run_mapping_tests
+
+    failed = 0
+    for path in files:
+        try:
+            failures = run_mapping_tests(path)
+        except ConfigError as exc:
+            failures = [str(issue) for issue in exc.issues]
+        for line in failures:
+            click.echo(line, err=True)
+        failed += bool(failures)
+        click.echo(f"{path}: {'FAILED' if failures else 'ok'}")
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,231 @@
+"""The gateway's YAML configuration: typed models, and a loader that reports every error at once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
+from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, interpolate, load_yaml
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Section):
+    url: str = "sqlite:///var/gateway.db"
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full", description="full: a 2xx means the row survived power loss; normal: faster, survives crashes only.")
+    auto_migrate: bool = True
+    pool_size: int = Field(5, ge=1, le=100)
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    public_url: str = Field("http://127.0.0.1:8080", description="The base URL providers are told to call.")
+    processes: int = Field(2, ge=1, le=64, description="Web server processes.")
+    threads: int = Field(4, ge=1, le=256, description="Threads per web server process.")
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
+            raise ValueError("must be an absolute http(s) URL such as https://gw.example.com")
+        return value.rstrip("/")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError("must be HOST:PORT, such as 127.0.0.1:8080")
+        return value
+
+
+class RetryConfig(_Section):
+    max_attempts: int = Field(10, ge=1, le=100)
+    initial_seconds: float = Field(2.0, gt=0)
+    max_seconds: float = Field(1800.0, gt=0)
+    jitter_seconds: float = Field(2.0, ge=0)
+
+
+class WorkersConfig(_Section):
+    pipeline_threads: int = Field(1, ge=0, le=32)
+    delivery_threads: int = Field(2, ge=0, le=64)
+    batch_size: int = Field(20, ge=1, le=500)
+    idle_poll_seconds: float = Field(0.2, gt=0, le=60)
+    lease_seconds: int = Field(120, ge=5)
+    retry: RetryConfig = RetryConfig()
+
+
+class IdentityConfig(_Section):
+    default_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="ISO 3166 region for national numbers.")
+
+
+class ConversationsConfig(_Section):
+    continuity: Literal["same_ticket", "per_channel"] = "same_ticket"
+    window_hours: float = Field(72.0, gt=0)
+
+
+class LoggingConfig(_Section):
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class RouteConfig(_Section):
+    sources: list[str] = Field(alias="from", min_length=1)
+    to: str
+
+
+class GatewaySettings(_Section):
+    storage: StorageConfig = StorageConfig()
+    server: ServerConfig = ServerConfig()
+    workers: WorkersConfig = WorkersConfig()
+    identity: IdentityConfig = IdentityConfig()
+    conversations: ConversationsConfig = ConversationsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    data_dir: str = "var"
+    channels: dict[str, dict[str, Any]] = {}
+    crms: dict[str, dict[str, Any]] = {}
+    routes: list[RouteConfig] = []
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """A validated config: the settings plus each connector instance's typed config."""
+
+    path: Path
+    settings: GatewaySettings
+    channels: dict[str, ConnectorConfig]
+    crms: dict[str, ConnectorConfig]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.base_dir / path
+
+    def routes_from(self, channel: str) -> list[RouteConfig]:
+        return [route for route in self.settings.routes if channel in route.sources]
+
+
+def _pydantic_issues(doc: YamlDocument, prefix: tuple[str | int, ...], exc: ValidationError,
+                     suffix: str = "") -> list[ConfigIssue]:
+    issues = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "field required"
+        issues.append(doc.issue((*prefix, *loc), message + suffix))
+    return issues
+
+
+def _connector_configs(doc: YamlDocument, section: str, raw: dict[str, Any], registry: Registry,
+                       role: str) -> tuple[dict[str, ConnectorConfig], list[ConfigIssue]]:
+    configs: dict[str, ConnectorConfig] = {}
+    issues: list[ConfigIssue] = []
+    for name, body in raw.items():
+        path = (section, name)
+        if not _NAME.match(name):
+            issues.append(doc.issue(path, "name must be lower-case letters, digits, '-' or '_'"))
+        if not isinstance(body, dict):
+            issues.append(doc.issue(path, "must be a mapping with at least a 'type'"))
+            continue
+        type_name = body.get("type")
+        cls = registry.get(type_name) if isinstance(type_name, str) else None
+        if cls is None:
+            known = ", ".join(registry.names(role)) or "none installed"
+            issues.append(doc.issue((*path, "type"), f"unknown {role} connector type {type_name!r} (known: {known})"))
+            continue
+        if cls.role != role:
+            issues.append(doc.issue((*path, "type"), f"{type_name!r} is a {cls.role} connector, not a {role}"))
+            continue
+        try:
+            configs[name] = cls.Config.model_validate(body)
+        except ValidationError as exc:
+            issues.extend(_pydantic_issues(doc, path, exc, f" ({type_name})"))
+    return configs, issues
+
+
+def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> GatewayConfig:
+    """Validate a parsed document; raise ConfigError listing every issue."""
+    issues = interpolate(doc)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([*issues, doc.issue((), "the config must be a YAML mapping")])
+    try:
+        settings = GatewaySettings.model_validate(doc.data)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(doc, (), exc))
+        settings = GatewaySettings.model_construct()
+    raw_channels = doc.data.get("channels") if isinstance(doc.data.get("channels"), dict) else {}
+    raw_crms = doc.data.get("crms") if isinstance(doc.data.get("crms"), dict) else {}
+    channels, channel_issues = _connector_configs(doc, "channels", raw_channels, registry, "channel")
+    crms, crm_issues = _connector_configs(doc, "crms", raw_crms, registry, "crm")
+    issues += channel_issues + crm_issues
+    for index, route in enumerate(doc.data.get("routes") or []):
+        if not isinstance(route, dict):
+            continue
+        sources = route.get("from") if isinstance(route.get("from"), list) else []
+        for position, source in enumerate(sources):
+            if source not in raw_channels:
+                issues.append(doc.issue(("routes", index, "from", position), f"no channel named {source!r}"))
+        target = route.get("to")
+        if isinstance(target, str) and target not in raw_crms:
+            issues.append(doc.issue(("routes", index, "to"), f"no crm named {target!r}"))
+    config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)
+    issues += _check_mappings(doc, config, registry)
+    if issues:
+        raise ConfigError(issues)
+    return config
+
+
+def _check_mappings(doc: YamlDocument, config: GatewayConfig, registry: Registry) -> list[ConfigIssue]:
+    from gateway.mapping import mapping_path_for, validate_mapping_file
+
+    issues = []
+    for name, crm in config.crms.items():
+        cls = registry.get(crm.type)
+        if cls is None or not issubclass(cls, CrmConnector):
+            continue
+        mapping = mapping_path_for(config, name)
+        if mapping is None:
+            continue
+        if not mapping.exists():
+            issues.append(doc.issue(("crms", name, "mapping"), f"mapping file {mapping} does not exist"))
+            continue
+        issues += validate_mapping_file(mapping)
+    return issues
+
+
+def load_config(path: str | Path, registry: Registry | None = None) -> GatewayConfig:
+    """Read, interpolate and validate a config file; raise ConfigError with every issue found."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([ConfigIssue(str(path), None, "", "file not found")])
+    doc = load_yaml(path)
+    return validate_document(doc, registry or Registry.from_entry_points(), path)
+
+
+def channel_class(registry: Registry, config: ConnectorConfig) -> type[ChannelConnector]:
+    cls = registry.get(config.type)
+    assert cls is not None and issubclass(cls, ChannelConnector)
+    return cls
+
+
+def crm_class(registry: Registry, config: ConnectorConfig) -> type[CrmConnector]:
+    cls = registry.get(config.type)
+    assert cls is not None and issubclass(cls, CrmConnector)
+    return cls

@@ -1,0 +1,81 @@
+"""Threading: which conversation a message belongs to.
+
+Rules, in order: a thread key the channel gave (email Message-IDs, provider thread ids) that is already known;
+then continuity: the customer's open conversation with activity inside the window (any channel with
+``same_ticket``, the same connector with ``per_channel``); else a new conversation. The rule that decided is
+recorded on the message.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Connection, select, update
+
+from gateway.config import ConversationsConfig
+from gateway.model import Message, new_id
+from gateway.storage.db import utcnow
+from gateway.storage.queues import insert_for
+from gateway.storage.tables import conversations, thread_keys
+
+
+def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
+    """(keys to look up, keys this message adds), scoped so different connectors never collide."""
+    scope = message.connector
+    lookup: list[str] = []
+    if message.thread.in_reply_to:
+        lookup.append(f"{scope}:mid:{message.thread.in_reply_to}")
+    lookup += [f"{scope}:mid:{ref}" for ref in reversed(message.thread.references)]
+    own: list[str] = []
+    if message.thread.message_id:
+        own.append(f"{scope}:mid:{message.thread.message_id}")
+    if message.thread.provider_thread_id:
+        key = f"{scope}:thread:{message.thread.provider_thread_id}"
+        lookup.append(key)
+        own.append(key)
+    return lookup, own
+
+
+def assign_conversation(conn: Connection, message: Message, customer_id: str,
+                        settings: ConversationsConfig) -> tuple[str, str, bool]:
+    """Returns (conversation id, rule that threaded it, whether it was opened by this message)."""
+    lookup, own = message_thread_keys(message)
+    now = utcnow()
+    conversation_id: str | None = None
+    rule = "new"
+    for key in lookup:
+        conversation_id = conn.execute(
+            select(thread_keys.c.conversation_id).where(thread_keys.c.key == key)).scalar_one_or_none()
+        if conversation_id:
+            rule = "thread_key"
+            break
+    if conversation_id is None:
+        since = now - timedelta(hours=settings.window_hours)
+        query = (select(conversations.c.id)
+                 .where(conversations.c.customer_id == customer_id, conversations.c.status == "open",
+                        conversations.c.last_activity_at >= since)
+                 .order_by(conversations.c.last_activity_at.desc()).limit(1))
+        if settings.continuity == "per_channel":
+            query = query.where(conversations.c.connector == message.connector)
+        conversation_id = conn.execute(query).scalar_one_or_none()
+        if conversation_id:
+            rule = "continuity"
+    opened = conversation_id is None
+    if conversation_id is None:
+        conversation_id = new_id()
+        conn.execute(conversations.insert().values(
+            id=conversation_id, customer_id=customer_id, channel=message.channel.value,
+            connector=message.connector, status="open", created_at=now, last_activity_at=now))
+    else:
+        conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
+            last_activity_at=now))
+    statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
+    for key in own:
+        conn.execute(statement, {"key": key, "conversation_id": conversation_id})
+    return conversation_id, rule, opened
+
+
+def close_conversation(conn: Connection, conversation_id: str) -> None:
+    conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(status="closed"))
+
+

@@ -1,0 +1,60 @@
+"""Errors that cross module boundaries: webhook rejections and CRM delivery failures."""
+
+from __future__ import annotations
+
+
+class HookRejected(Exception):
+    """A webhook request refused with a 4xx status and a short, secret-free reason."""
+
+    status = 400
+    reason_code = "malformed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SignatureInvalid(HookRejected):
+    """The request's signature, timestamp or verify token did not check out."""
+
+    status = 401
+    reason_code = "signature"
+
+
+class MalformedRequest(HookRejected):
+    """The body could not be understood: wrong type, truncated, missing fields."""
+
+    status = 400
+    reason_code = "malformed"
+
+
+class PayloadTooLarge(HookRejected):
+    status = 413
+    reason_code = "too_large"
+
+
+class DeliveryError(Exception):
+    """A CRM write failed. ``code`` is the CRM's own error code or HTTP status, kept in the dead letter."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+class RetryableError(DeliveryError):
+    """Worth trying again later: 429, 5xx, timeouts, connection errors."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """Trying again cannot help (other 4xx, validation errors): the item goes to the dead letters."""

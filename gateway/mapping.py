@@ -1,0 +1,195 @@
+"""Declarative mappings from canonical message + customer + conversation to a CRM's fields.
+
+A mapping file holds ``fields`` (each string is a sandboxed Jinja template) and ``rules`` (a ``when`` expression
+and the fields to ``set`` or tags to ``add_tags`` when it holds). Its sibling ``NAME.tests.yaml`` lists sample inputs
+and the fields they must produce; ``gateway mapping test`` and the test suite run them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, dotted, load_yaml
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    when: str = Field(min_length=1)
+    set: dict[str, Any] = {}
+    add_tags: list[str] = []
+
+
+class MappingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    crm: str
+    fields: dict[str, Any]
+    rules: list[Rule] = []
+
+
+class MappingRenderError(Exception):
+    """A template failed on this input; ``field`` names the mapped field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"mapping field {field!r}: {message}")
+        self.field = field
+
+
+def _templates(value: Any, path: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [t for key, item in value.items() for t in _templates(item, (*path, key))]
+    if isinstance(value, list):
+        return [t for index, item in enumerate(value) for t in _templates(item, (*path, index))]
+    return []
+
+
+def _check(doc: YamlDocument) -> tuple[MappingSpec | None, list[ConfigIssue]]:
+    try:
+        spec = MappingSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        return None, [doc.issue(tuple(e["loc"]), "unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+                      for e in exc.errors()]
+    issues = []
+    for path, source in _templates(spec.fields, ("fields",)):
+        try:
+            _ENV.parse(source)
+        except TemplateSyntaxError as exc:
+            issues.append(doc.issue(path, f"template syntax: {exc.message}"))
+    for index, rule in enumerate(spec.rules):
+        try:
+            _ENV.compile_expression(rule.when)
+        except TemplateSyntaxError as exc:
+            issues.append(doc.issue(("rules", index, "when"), f"expression syntax: {exc.message}"))
+        for path, source in _templates(rule.set, ("rules", index, "set")):
+            try:
+                _ENV.parse(source)
+            except TemplateSyntaxError as exc:
+                issues.append(doc.issue(path, f"template syntax: {exc.message}"))
+    return spec, issues
+
+
+def validate_mapping_file(path: Path) -> list[ConfigIssue]:
+    try:
+        doc = load_yaml(path)
+    except ConfigError as exc:
+        return exc.issues
+    return _check(doc)[1]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A loaded, validated mapping."""
+
+    path: Path
+    spec: MappingSpec
+
+    @classmethod
+    def load(cls, path: Path) -> Mapping:
+        doc = load_yaml(path)
+        spec, issues = _check(doc)
+        if issues or spec is None:
+            raise ConfigError(issues)
+        return cls(path, spec)
+
+    def apply(self, context: dict[str, Any]) -> dict[str, Any]:
+        """Render the fields for one input (``message``, ``customer``, ``conversation`` as plain dicts)."""
+        fields = {name: _render(value, context, name) for name, value in self.spec.fields.items()}
+        for index, rule in enumerate(self.spec.rules):
+            try:
+                holds = _compiled_expression(rule.when)(**context)
+            except UndefinedError as exc:
+                raise MappingRenderError(f"rules[{index}].when", str(exc)) from None
+            if not holds:
+                continue
+            for name, value in rule.set.items():
+                fields[name] = _render(value, context, name)
+            if rule.add_tags:
+                tags = list(fields.get("tags") or [])
+                tags += [tag for tag in (_render(t, context, "tags") for t in rule.add_tags) if tag not in tags]
+                fields["tags"] = tags
+        return fields
+
+
+@lru_cache(maxsize=1024)
+def _compiled_expression(source: str) -> Any:
+    return _ENV.compile_expression(source)
+
+
+@lru_cache(maxsize=4096)
+def _compiled_template(source: str) -> Any:
+    return _ENV.from_string(source)
+
+
+def _render(value: Any, context: dict[str, Any], field: str) -> Any:
+    if isinstance(value, str):
+        if "{" not in value:
+            return value
+        try:
+            return _compiled_template(value).render(**context)
+        except Exception as exc:  # a template error is an admin's mapping bug: name the field
+            raise MappingRenderError(field, f"{type(exc).__name__}: {exc}") from None
+    if isinstance(value, dict):
+        return {key: _render(item, context, f"{field}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        rendered = [_render(item, context, f"{field}[{i}]") for i, item in enumerate(value)]
+        return [item for item in rendered if item != ""]
+    return value
+
+
+def mapping_path_for(config: GatewayConfig, crm_name: str) -> Path | None:
+    """The mapping file a CRM instance uses: its ``mapping`` setting, else the connector's shipped default."""
+    from gateway.plugins import Registry
+
+    crm = config.crms[crm_name]
+    explicit = getattr(crm, "mapping", None)
+    if explicit:
+        return config.resolve_path(explicit)
+    cls = Registry.from_entry_points().get(crm.type)
+    default = getattr(cls, "default_mapping", None)
+    return MAPPINGS_DIR / default if default else None
+
+
+def test_file_for(mapping: Path) -> Path:
+    return mapping.with_name(mapping.name.removesuffix(".yaml") + ".tests.yaml")
+
+
+def run_mapping_tests(mapping_path: Path) -> list[str]:
+    """Run a mapping's sibling tests; return one line per failure (empty when all pass)."""
+    tests_path = test_file_for(mapping_path)
+    if not tests_path.exists():
+        return [f"{tests_path}: missing (every mapping needs a sibling test file)"]
+    mapping = Mapping.load(mapping_path)
+    doc = load_yaml(tests_path)
+    cases = doc.data.get("cases") if isinstance(doc.data, dict) else None
+    if not isinstance(cases, list) or not cases:
+        return [f"{tests_path}: needs a non-empty 'cases' list"]
+    failures = []
+    for index, case in enumerate(cases):
+        name = case.get("name", f"case {index}")
+        where = f"{tests_path}:{doc.line_of(('cases', index))}"
+        try:
+            got = mapping.apply(case["input"])
+        except MappingRenderError as exc:
+            failures.append(f"{where} {name}: {exc}")
+            continue
+        for key, want in (case.get("expect") or {}).items():
+            if got.get(key) != want:
+                failures.append(f"{where} {name}: {dotted(('expect', key))} expected {want!r}, got {got.get(key)!r}")
+        for key in case.get("absent") or []:
+            if key in got:
+                failures.append(f"{where} {name}: {key} expected absent, got {got[key]!r}")
+    return failures

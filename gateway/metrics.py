@@ -1,0 +1,59 @@
+"""Prometheus metrics. Several processes (web workers, workers) share them through prometheus-client's
+multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set, which ``gateway run`` and ``gateway serve`` do."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RECEIVED = Counter("gateway_received_total", "Webhook items stored in the inbox", ["connector"])
+DUPLICATES = Counter("gateway_duplicates_total", "Provider retries of items already stored", ["connector"])
+REJECTED = Counter("gateway_rejected_total", "Webhook requests refused", ["connector", "reason"])
+PROCESSED = Counter("gateway_processed_total", "Inbox items normalised", ["connector", "outcome"])
+DELIVERED = Counter("gateway_delivered_total", "Messages written to a CRM", ["crm"])
+FAILED = Counter("gateway_delivery_failures_total", "Failed CRM delivery attempts", ["crm", "kind"])
+DEAD_LETTERED = Counter("gateway_dead_lettered_total", "Items moved to the dead letters", ["stage", "target"])
+LATENCY = Histogram(
+    "gateway_end_to_end_seconds", "From webhook receipt to CRM write", ["crm"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+)
+
+
+class QueueDepthCollector(Collector):
+    """Queue depths read from storage at scrape time, so every process reports the same truth."""
+
+    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("gateway_queue_depth", "Items waiting per queue", labels=["queue"])
+        for queue, depth in self._depths().items():
+            family.add_metric([queue], depth)
+        yield family
+
+
+def render(depths: Callable[[], dict[str, int]]) -> tuple[bytes, str]:
+    """The exposition text: this process's (or every process's, in multiprocess mode) metrics plus depths."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry) + generate_latest(_depth_registry(depths)), CONTENT_TYPE_LATEST
+
+
+def _depth_registry(depths: Callable[[], dict[str, int]]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(QueueDepthCollector(depths))
+    return registry

@@ -1,0 +1,137 @@
+"""The pipeline worker: inbox -> normalise -> customer -> conversation -> mapping -> outbox.
+
+One inbox row is processed in one transaction, so a crash anywhere repeats the row and never half-applies it.
+A row whose connector cannot normalise it is quarantined in the dead letters with the reason; the raw bytes stay.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Connection, Row, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway import metrics
+from gateway.conversations import assign_conversation
+from gateway.identity import resolve_customer
+from gateway.mapping import MappingRenderError
+from gateway.model import Message
+from gateway.retry import in_process_retry
+from gateway.runtime import Runtime
+from gateway.storage.db import utcnow
+from gateway.storage.tables import customers, identities, inbox, messages, outbox
+from gateway.webhooks import Headers, RawRecord
+
+log = logging.getLogger(__name__)
+
+
+def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
+    name = conn.execute(select(customers.c.display_name).where(customers.c.id == customer_id)).scalar_one()
+    rows = conn.execute(select(identities.c.kind, identities.c.value)
+                        .where(identities.c.customer_id == customer_id).order_by(identities.c.id))
+    return {"id": customer_id, "display_name": name,
+            "identifiers": [{"kind": kind, "value": value} for kind, value in rows]}
+
+
+def mapping_context(message: Message, customer: dict[str, Any], conversation: dict[str, Any]) -> dict[str, Any]:
+    return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation}
+
+
+class PipelineWorker:
+    def __init__(self, runtime: Runtime, owner: str) -> None:
+        self.rt = runtime
+        self.owner = owner
+        self.settings = runtime.config.settings.workers
+
+    def claim(self) -> list[Row[Any]]:
+        return self.rt.queues.claim_inbox(self.owner, self.settings.batch_size, self.settings.lease_seconds)
+
+    def release(self, rows: list[Row[Any]]) -> None:
+        self.rt.queues.release(inbox, [row.id for row in rows], self.owner)
+
+    def process(self, row: Row[Any]) -> None:
+        connector = self.rt.channels.get(row.connector)
+        if connector is None:
+            self._dead(row, "permanent", f"channel {row.connector!r} is no longer configured", "unknown_channel")
+            return
+        record = RawRecord(
+            inbox_id=row.id, connector=row.connector, provider_id=row.provider_id, kind=row.kind, body=row.body,
+            content_type=row.content_type, headers=Headers(row.headers), public_url=row.public_url,
+            received_at=row.received_at)
+        try:
+            normalized = connector.normalize(record)
+        except Exception as exc:
+            log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, exc, exc_info=True)
+            self._dead(row, "quarantined", f"{type(exc).__name__}: {exc}", "normalize_failed")
+            metrics.PROCESSED.labels(row.connector, "quarantined").inc()
+            return
+        try:
+            for attempt in in_process_retry(attempts=4):
+                with attempt, self.rt.engine.begin() as conn:
+                    for message in normalized:
+                        self._store(conn, message)
+                    status = "done" if normalized else "ignored"
+                    self.rt.queues.finish(conn, inbox, row.id, status, processed_at=utcnow(), last_error=None)
+        except Exception as exc:
+            self._failed(row, exc)
+            return
+        metrics.PROCESSED.labels(row.connector, "message" if normalized else "ignored").inc()
+
+    def _failed(self, row: Row[Any], exc: Exception) -> None:
+        """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""
+        log.error("inbox row %s from %s failed: %s", row.id, row.connector, exc, exc_info=True)
+        delay = self.rt.retry_policy.next_delay(row.attempts, exc)
+        if delay is None:
+            self._dead(row, "exhausted", f"{type(exc).__name__}: {exc}", "pipeline_failed")
+        else:
+            self.rt.queues.reschedule(inbox, row.id, delay, f"{type(exc).__name__}: {exc}")
+
+    def _store(self, conn: Connection, message: Message) -> None:
+        already = conn.execute(select(messages.c.id).where(
+            messages.c.connector == message.connector,
+            messages.c.provider_message_id == message.provider_message_id)).first()
+        if already is not None:
+            return
+        try:
+            with conn.begin_nested():
+                customer_id, _ = resolve_customer(conn, message.sender, message_id=message.id)
+        except IntegrityError:
+            # another worker added the same identifier a moment ago: its row is visible now
+            customer_id, _ = resolve_customer(conn, message.sender, message_id=message.id)
+        conversation_id, rule, opened = assign_conversation(
+            conn, message, customer_id, self.rt.config.settings.conversations)
+        now = utcnow()
+        conn.execute(messages.insert().values(
+            id=message.id, inbox_id=message.raw.inbox_id, connector=message.connector,
+            provider_message_id=message.provider_message_id, customer_id=customer_id,
+            conversation_id=conversation_id, thread_rule=rule, data=message.model_dump(mode="json"),
+            received_at=message.received_at, created_at=now))
+        customer = customer_context(conn, customer_id)
+        conversation = {"id": conversation_id, "channel": message.channel.value, "thread_rule": rule,
+                        "opened_by_message": opened}
+        for route in self.rt.config.routes_from(message.connector):
+            fields: dict[str, Any] | None = None
+            error: MappingRenderError | None = None
+            mapping = self.rt.mappings.get(route.to)
+            if mapping is not None:
+                try:
+                    fields = mapping.apply(mapping_context(message, customer, conversation))
+                except MappingRenderError as exc:
+                    error = exc
+            else:
+                fields = {}
+            outbox_id = conn.execute(outbox.insert().values(
+                crm=route.to, message_id=message.id, conversation_id=conversation_id, fields=fields,
+                status="pending", attempts=0, available_at=now, created_at=now)).inserted_primary_key[0]
+            if error is not None:
+                self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.to,
+                                           error_class="permanent", reason=str(error), attempts=0,
+                                           code="mapping_error", field=error.field)
+                metrics.DEAD_LETTERED.labels("delivery", route.to).inc()
+
+    def _dead(self, row: Row[Any], error_class: str, reason: str, code: str) -> None:
+        with self.rt.engine.begin() as conn:
+            self.rt.queues.dead_letter(conn, stage="pipeline", source_id=row.id, target=row.connector,
+                                       error_class=error_class, reason=reason, attempts=row.attempts, code=code)
+        metrics.DEAD_LETTERED.labels("pipeline", row.connector).inc()

@@ -1,0 +1,196 @@
+"""Connector plugin contract and registry.
+
+Connector types are found through the ``gateway.connectors`` entry-point group; the built-in ones register the
+same way (see ``pyproject.toml``). A connector class carries its type name, its role (channel or crm) and a typed
+config model whose unknown keys are refused and whose secrets are ``SecretStr`` (masked whenever printed).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+import requests
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from gateway.model import ChannelType, Message
+from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
+
+ENTRY_POINT_GROUP = "gateway.connectors"
+
+
+class ConnectorConfig(BaseModel):
+    """Base of every connector's settings: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+
+
+@dataclass
+class ConnectorContext:
+    """What the gateway hands a connector: outbound HTTP goes through ``http`` so tests can mock it."""
+
+    http: requests.Session
+    public_url: str = "http://127.0.0.1:8080"
+    data_dir: Path = Path("var")
+    default_region: str = "US"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Connector(abc.ABC):
+    type_name: ClassVar[str]
+    role: ClassVar[Literal["channel", "crm"]]
+    Config: ClassVar[type[ConnectorConfig]]
+    summary: ClassVar[str] = ""
+
+    def __init__(self, name: str, config: ConnectorConfig, context: ConnectorContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.config!r}>"
+
+    def check_online(self) -> str:
+        """Test credentials and reachability; return a one-line description or raise with the reason."""
+        return "no online check for this connector type"
+
+
+class ChannelConnector(Connector):
+    """An inbound channel: verifies webhooks, splits them into inbox items, and normalises stored items.
+
+    ``verify`` and ``split`` run in the web process before the 2xx; ``normalize`` runs in a worker and must be
+    pure: raw record in, messages out (none for bot echoes, our own replies and other non-messages).
+    """
+
+    role = "channel"
+    channel_types: ClassVar[tuple[ChannelType, ...]] = ()
+    max_body_bytes: ClassVar[int] = 1024 * 1024
+
+    def handshake(self, request: HookRequest) -> HookResponse | None:
+        """Answer a provider's subscription handshake (GET challenge, url_verification); None if not one."""
+        return None
+
+    @abc.abstractmethod
+    def verify(self, request: HookRequest) -> None:
+        """Raise ``SignatureInvalid`` unless the request is authentic and fresh. Runs before any parsing."""
+
+    @abc.abstractmethod
+    def split(self, request: HookRequest) -> list[InboxItem]:
+        """The items to store, each with its provider id; raise ``MalformedRequest`` for bad bodies."""
+
+    def acknowledge(self, request: HookRequest, items: list[InboxItem]) -> HookResponse:
+        return HookResponse(200, b"")
+
+    @abc.abstractmethod
+    def normalize(self, record: RawRecord) -> list[Message]:
+        """Turn one stored item into canonical messages."""
+
+    def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
+        """A correctly signed request as the provider would send it (used by ``gateway simulate``)."""
+        raise NotImplementedError(f"{self.type_name} cannot simulate requests")
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    id: str
+    display_name: str | None
+    identifiers: tuple[tuple[str, str], ...]
+
+    def first(self, kind: str) -> str | None:
+        return next((value for k, value in self.identifiers if k == kind), None)
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    id: str
+    channel: str
+    opened_by_message: bool
+
+
+@dataclass(frozen=True)
+class DeliveryItem:
+    """One outbox row as a CRM connector sees it."""
+
+    outbox_id: int
+    attempt: int
+    idempotency_key: str
+    message: Message
+    customer: CustomerView
+    conversation: ConversationView
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    operation: str
+    remote_id: str | None = None
+    detail: str = ""
+    calls: int = 1
+
+
+class LinkStore(Protocol):
+    """Durable map of local ids to CRM record ids; each write commits at once."""
+
+    def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None: ...
+
+    def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None: ...
+
+
+class CrmConnector(Connector):
+    """A CRM or helpdesk that receives contacts, tickets and comments."""
+
+    role = "crm"
+    default_mapping: ClassVar[str | None] = None
+
+    @abc.abstractmethod
+    def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
+        """Write one message; raise ``RetryableError`` or ``PermanentError`` on failure.
+
+        Must be idempotent: the same item may be delivered again after a crash (``item.attempt`` > 1).
+        """
+
+
+class DuplicateConnectorType(Exception):
+    pass
+
+
+class Registry:
+    """Installed connector types by name."""
+
+    def __init__(self, classes: Iterable[tuple[str, type[Connector]]] = ()) -> None:
+        self._types: dict[str, type[Connector]] = {}
+        for name, cls in classes:
+            self.add(name, cls)
+
+    def add(self, name: str, cls: type[Connector]) -> None:
+        existing = self._types.get(name)
+        if existing is not None and existing is not cls:
+            raise DuplicateConnectorType(
+                f"connector type {name!r} is registered twice: {existing.__module__} and {cls.__module__}")
+        self._types[name] = cls
+
+    def get(self, name: str) -> type[Connector] | None:
+        return self._types.get(name)
+
+    def names(self, role: str | None = None) -> list[str]:
+        return sorted(n for n, c in self._types.items() if role is None or c.role == role)
+
+    def items(self) -> list[tuple[str, type[Connector]]]:
+        return sorted(self._types.items())
+
+    @classmethod
+    def from_entry_points(cls) -> Registry:
+        registry = cls()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            registry.add(ep.name, ep.load())
+        return registry
+
+
+def secret_fields(model: type[BaseModel]) -> list[str]:
+    return [name for name, f in model.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)]

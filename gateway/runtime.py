@@ -1,0 +1,86 @@
+"""Everything a process needs, built once from a validated config: engine, queues, connectors, mappings."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from sqlalchemy import Engine
+
+from gateway.config import GatewayConfig, channel_class, crm_class
+from gateway.mapping import Mapping, mapping_path_for
+from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
+from gateway.retry import RetryPolicy
+from gateway.storage.db import make_engine, migrate
+from gateway.storage.queues import Queues
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    config: GatewayConfig
+    registry: Registry
+    engine: Engine
+    queues: Queues
+    http: requests.Session
+    channels: dict[str, ChannelConnector] = field(default_factory=dict)
+    crms: dict[str, CrmConnector] = field(default_factory=dict)
+    mappings: dict[str, Mapping] = field(default_factory=dict)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.config.settings.workers.retry)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.resolve_path(self.config.settings.data_dir)
+
+    def close(self) -> None:
+        self.http.close()
+        self.engine.dispose()
+
+
+def storage_url(config: GatewayConfig) -> str:
+    """The storage URL, with a relative SQLite path taken relative to the config file."""
+    url = config.settings.storage.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+        return prefix + str(config.resolve_path(url[len(prefix):]))
+    return url
+
+
+def build_runtime(config: GatewayConfig, registry: Registry | None = None,
+                  http: requests.Session | None = None, *, migrate_schema: bool | None = None) -> Runtime:
+    registry = registry or Registry.from_entry_points()
+    storage = config.settings.storage
+    engine = make_engine(storage_url(config), sqlite_synchronous=storage.sqlite_synchronous,
+                         pool_size=storage.pool_size)
+    if storage.auto_migrate if migrate_schema is None else migrate_schema:
+        migrate(engine)
+    session = http or requests.Session()
+    session.headers.setdefault("User-Agent", f"channel-gateway/{_version()}")
+    runtime = Runtime(config, registry, engine, Queues(engine), session)
+    context = ConnectorContext(
+        http=session, public_url=config.settings.server.public_url, data_dir=runtime.data_dir,
+        default_region=config.settings.identity.default_region)
+    for name, channel_config in config.channels.items():
+        runtime.channels[name] = channel_class(registry, channel_config)(name, channel_config, context)
+    for name, crm_config in config.crms.items():
+        runtime.crms[name] = crm_class(registry, crm_config)(name, crm_config, context)
+        path = mapping_path_for(config, name)
+        if path is not None:
+            runtime.mappings[name] = Mapping.load(path)
+    return runtime
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("channel-gateway")
+    except PackageNotFoundError:
+        return os.environ.get("GATEWAY_VERSION", "dev")

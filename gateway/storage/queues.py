@@ -1,0 +1,159 @@
+"""The durable queues: inbox (raw requests), outbox (CRM writes) and dead letters.
+
+Workers claim rows with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer does the same):
+a crashed worker's claim expires and another worker repeats the work, which the idempotency keys make harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, Table, and_, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
+
+from gateway.storage.db import is_sqlite, utcnow
+from gateway.storage.tables import dead_letters, inbox, outbox
+from gateway.webhooks import InboxItem
+
+
+@dataclass(frozen=True)
+class StoredCount:
+    stored: int
+    duplicates: int
+
+
+def insert_for(engine: Engine, table: Table) -> Any:
+    return (sqlite.insert if is_sqlite(engine) else postgresql.insert)(table)
+
+
+class Queues:
+    """Inbox, outbox and dead-letter operations over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._skip_locked = not is_sqlite(engine)
+
+    # -- inbox -------------------------------------------------------------------------------------------------
+    def store_inbox(self, connector: str, items: Sequence[InboxItem], headers: dict[str, str],
+                    public_url: str, received_at: datetime | None = None) -> StoredCount:
+        """Store items; a provider id already stored for this connector is a duplicate, kept once."""
+        now = received_at or utcnow()
+        rows = [
+            {"connector": connector, "provider_id": item.provider_id[:255], "kind": item.kind,
+             "content_type": item.content_type, "headers": headers, "body": item.body,
+             "public_url": public_url, "received_at": now, "available_at": now,
+             "status": "pending", "attempts": 0}
+            for item in items
+        ]
+        stored = 0
+        statement = insert_for(self.engine, inbox).on_conflict_do_nothing(index_elements=["connector", "provider_id"])
+        with self.engine.begin() as conn:
+            for row in rows:
+                stored += conn.execute(statement, row).rowcount
+        return StoredCount(stored, len(rows) - stored)
+
+    def claim_inbox(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:
+        return self._claim(inbox, owner, limit, lease_seconds, ())
+
+    # -- outbox ------------------------------------------------------------------------------------------------
+    def claim_outbox(self, owner: str, limit: int, lease_seconds: int,
+                     crms: Sequence[str] | None = None) -> list[Row[Any]]:
+        """Claim due outbox rows, at most the oldest pending one per (crm, conversation) so writes keep order."""
+        earlier = outbox.alias("earlier")
+        conditions: list[ColumnElement[bool]] = [~exists().where(
+            earlier.c.crm == outbox.c.crm,
+            earlier.c.conversation_id == outbox.c.conversation_id,
+            earlier.c.id < outbox.c.id,
+            earlier.c.status == "pending",
+        )]
+        if crms is not None:
+            conditions.append(outbox.c.crm.in_(list(crms)))
+        return self._claim(outbox, owner, limit, lease_seconds, conditions)
+
+    def _claim(self, table: Table, owner: str, limit: int, lease_seconds: int,
+               conditions: Sequence[ColumnElement[bool]]) -> list[Row[Any]]:
+        now = utcnow()
+        candidates = (
+            select(table.c.id)
+            .where(table.c.status == "pending", table.c.available_at <= now,
+                   or_(table.c.lease_until.is_(None), table.c.lease_until < now), *conditions)
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+        if self._skip_locked:
+            candidates = candidates.with_for_update(skip_locked=True, of=table)
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(candidates).scalars())
+            if not ids:
+                return []
+            conn.execute(update(table).where(table.c.id.in_(ids)).values(
+                lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
+                attempts=table.c.attempts + 1))
+            return list(conn.execute(select(table).where(table.c.id.in_(ids)).order_by(table.c.id)))
+
+    def release(self, table: Table, ids: Sequence[int], owner: str) -> None:
+        """Give back claimed rows that were not started (shutdown): the claim does not count as an attempt."""
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id.in_(list(ids)), table.c.lease_owner == owner).values(
+                lease_owner=None, lease_until=None, attempts=table.c.attempts - 1))
+
+    def finish(self, conn: Connection, table: Table, row_id: int, status: str, **values: Any) -> None:
+        conn.execute(update(table).where(table.c.id == row_id).values(
+            status=status, lease_owner=None, lease_until=None, **values))
+
+    def reschedule(self, table: Table, row_id: int, delay_seconds: float, error: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id == row_id).values(
+                lease_owner=None, lease_until=None, last_error=error[:2000],
+                available_at=utcnow() + timedelta(seconds=delay_seconds)))
+
+    # -- dead letters ------------------------------------------------------------------------------------------
+    def dead_letter(self, conn: Connection, *, stage: str, source_id: int, target: str, error_class: str,
+                    reason: str, attempts: int, code: str | None = None, field: str | None = None) -> int:
+        table = inbox if stage == "pipeline" else outbox
+        self.finish(conn, table, source_id, "dead", last_error=reason[:2000])
+        return conn.execute(dead_letters.insert().values(
+            stage=stage, source_id=source_id, target=target, error_class=error_class, error_code=code,
+            reason=reason[:4000], field=field, attempts=attempts, created_at=utcnow())).inserted_primary_key[0]
+
+    def list_dead_letters(self, include_resolved: bool = False, limit: int = 100) -> list[Row[Any]]:
+        query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+        if not include_resolved:
+            query = query.where(dead_letters.c.resolution.is_(None))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def get_dead_letter(self, letter_id: int) -> Row[Any] | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(dead_letters).where(dead_letters.c.id == letter_id)).first()
+
+    def resolve_dead_letter(self, letter_id: int, resolution: str) -> bool:
+        """Replay (the source row becomes pending again, with a fresh retry budget) or discard a dead letter."""
+        with self.engine.begin() as conn:
+            letter = conn.execute(select(dead_letters).where(
+                dead_letters.c.id == letter_id, dead_letters.c.resolution.is_(None))).first()
+            if letter is None:
+                return False
+            if resolution == "replayed":
+                table = inbox if letter.stage == "pipeline" else outbox
+                conn.execute(update(table).where(table.c.id == letter.source_id).values(
+                    status="pending", attempts=0, available_at=utcnow(), lease_owner=None, lease_until=None))
+            conn.execute(update(dead_letters).where(dead_letters.c.id == letter_id).values(
+                resolution=resolution, resolved_at=utcnow()))
+            return True
+
+    # -- gauges ------------------------------------------------------------------------------------------------
+    def depths(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                "inbox": conn.execute(select(func.count()).where(inbox.c.status == "pending")).scalar_one(),
+                "outbox": conn.execute(select(func.count()).where(outbox.c.status == "pending")).scalar_one(),
+                "dead_letters": conn.execute(select(func.count()).where(
+                    and_(dead_letters.c.resolution.is_(None)))).scalar_one(),
+            }

@@ -1,0 +1,204 @@
+"""Table definitions. Schema changes go through Alembic migrations in ``gateway/migrations``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite hands back naive ones otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Time = UtcDateTime()
+
+# Raw provider requests, exactly as received; unique per connector instance and provider message id.
+inbox = Table(
+    "inbox", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("connector", String(64), nullable=False),
+    Column("provider_id", String(255), nullable=False),
+    Column("kind", String(32), nullable=False, default="message"),
+    Column("content_type", String(255), nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("public_url", Text, nullable=False),
+    Column("received_at", Time, nullable=False),
+    # pending -> done | ignored | failed (dead letter) ; leases let a crashed worker's claim expire
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("available_at", Time, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Time),
+    Column("last_error", Text),
+    Column("processed_at", Time),
+    UniqueConstraint("connector", "provider_id", name="uq_inbox_connector_provider_id"),
+    Index("ix_inbox_claim", "status", "available_at"),
+)
+
+customers = Table(
+    "customers", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("display_name", Text),
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+)
+
+identities = Table(
+    "identities", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("value", String(320), nullable=False),
+    Column("customer_id", String(32), ForeignKey("customers.id"), nullable=False, index=True),
+    Column("evidence", String(64), nullable=False),
+    Column("source_message_id", String(32)),
+    Column("created_at", Time, nullable=False),
+    UniqueConstraint("kind", "value", name="uq_identities_kind_value"),
+)
+
+conversations = Table(
+    "conversations", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("customer_id", String(32), ForeignKey("customers.id"), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("connector", String(64), nullable=False),
+    Column("status", String(16), nullable=False, default="open"),
+    Column("created_at", Time, nullable=False),
+    Column("last_activity_at", Time, nullable=False),
+    Index("ix_conversations_customer", "customer_id", "status", "last_activity_at"),
+)
+
+# Keys that thread a message onto a conversation: email Message-IDs, Slack thread_ts, provider conversation ids.
+thread_keys = Table(
+    "thread_keys", metadata,
+    Column("key", String(512), primary_key=True),
+    Column("conversation_id", String(32), ForeignKey("conversations.id"), nullable=False, index=True),
+)
+
+messages = Table(
+    "messages", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("inbox_id", Id, ForeignKey("inbox.id"), nullable=False, index=True),
+    Column("connector", String(64), nullable=False),
+    Column("provider_message_id", String(255), nullable=False),
+    Column("customer_id", String(32), ForeignKey("customers.id"), nullable=False, index=True),
+    Column("conversation_id", String(32), ForeignKey("conversations.id"), nullable=False, index=True),
+    Column("thread_rule", String(32), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("received_at", Time, nullable=False),
+    Column("created_at", Time, nullable=False),
+    UniqueConstraint("connector", "provider_message_id", name="uq_messages_connector_provider_message_id"),
+)
+
+# One row per (message, crm): the mapped fields to write. Delivered in order per conversation.
+outbox = Table(
+    "outbox", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("crm", String(64), nullable=False),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False),
+    Column("conversation_id", String(32), nullable=False),
+    Column("fields", JSON, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),  # pending -> done | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("available_at", Time, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Time),
+    Column("last_error", Text),
+    Column("created_at", Time, nullable=False),
+    Column("delivered_at", Time),
+    UniqueConstraint("crm", "message_id", name="uq_outbox_crm_message_id"),
+    Index("ix_outbox_claim", "status", "crm", "available_at"),
+    Index("ix_outbox_order", "crm", "conversation_id", "id"),
+)
+
+# Local id -> CRM record id (customer -> user, conversation -> ticket).
+crm_links = Table(
+    "crm_links", metadata,
+    Column("crm", String(64), primary_key=True),
+    Column("entity", String(32), primary_key=True),
+    Column("local_id", String(64), primary_key=True),
+    Column("remote_id", String(255), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("updated_at", Time, nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("stage", String(16), nullable=False),  # pipeline (inbox row) | delivery (outbox row)
+    Column("source_id", Id, nullable=False),
+    Column("target", String(64), nullable=False),  # connector or crm name
+    Column("error_class", String(16), nullable=False),  # permanent | exhausted | quarantined
+    Column("error_code", String(128)),
+    Column("reason", Text, nullable=False),
+    Column("field", String(128)),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Time, nullable=False),
+    Column("resolution", String(16)),  # replayed | discarded
+    Column("resolved_at", Time),
+    Index("ix_dead_letters_open", "resolution", "id"),
+)
+
+delivery_log = Table(
+    "delivery_log", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("outbox_id", Id, nullable=False, index=True),
+    Column("crm", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # delivered | retry | dead
+    Column("operation", String(64)),
+    Column("remote_id", String(255)),
+    Column("error_code", String(128)),
+    Column("detail", Text),
+    Column("duration_ms", Float, nullable=False),
+    Column("created_at", Time, nullable=False),
+)
+
+cursors = Table(
+    "cursors", metadata,
+    Column("name", String(255), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Time, nullable=False),
+)

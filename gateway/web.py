@@ -1,0 +1,112 @@
+"""The Flask app: webhook ingress, health, readiness and metrics. Flask stays in this module.
+
+Ingress only verifies, stores the raw request in the inbox and answers: 2xx after the commit, 503 when storage
+failed (so the provider retries), 4xx with a short reason for bad input, never a 500 for anything a client sent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from gateway import metrics
+from gateway.errors import HookRejected, PayloadTooLarge
+from gateway.runtime import Runtime
+from gateway.storage.db import check_ready
+from gateway.webhooks import HookRequest, HookResponse, Headers
+
+log = logging.getLogger("gateway.ingress")
+_STORED_HEADERS = 64
+
+
+def _reply(response: HookResponse) -> Response:
+    return Response(response.body, status=response.status, content_type=response.content_type,
+                    headers=response.headers)
+
+
+def _reject(channel: str, status: int, reason_code: str, reason: str) -> Response:
+    metrics.REJECTED.labels(channel, reason_code).inc()
+    return Response(f"{reason}\n", status=status, content_type="text/plain; charset=utf-8")
+
+
+def create_app(runtime: Runtime) -> Flask:
+    app = Flask("gateway")
+    public_url = runtime.config.settings.server.public_url
+    app.config["MAX_CONTENT_LENGTH"] = runtime.config.settings.server.max_body_bytes
+
+    def hook_request(name: str, body: bytes) -> HookRequest:
+        query = request.query_string.decode("latin-1")
+        url = f"{public_url}/hooks/{name}" + (f"?{query}" if query else "")
+        return HookRequest(method=request.method, path=request.path, query_string=query,
+                           headers=Headers(list(request.headers.items())), body=body, public_url=url,
+                           remote_addr=request.remote_addr)
+
+    @app.route("/hooks/<name>", methods=["GET", "POST"])
+    def hook(name: str) -> Response:
+        connector = runtime.channels.get(name)
+        if connector is None:
+            return _reject("unknown", 404, "unknown_channel", f"no channel named {name!r}")
+        try:
+            length = request.content_length
+            if length is not None and length > connector.max_body_bytes:
+                raise PayloadTooLarge(f"body over {connector.max_body_bytes} bytes")
+            body = request.get_data(cache=False)
+            if len(body) > connector.max_body_bytes:
+                raise PayloadTooLarge(f"body over {connector.max_body_bytes} bytes")
+            hook_req = hook_request(name, body)
+            handshake = connector.handshake(hook_req)
+            if handshake is not None:
+                return _reply(handshake)
+            if request.method != "POST":
+                return _reject(name, 405, "method", "POST only")
+            connector.verify(hook_req)
+            items = connector.split(hook_req)
+        except RequestEntityTooLarge:
+            return _reject(name, 413, "too_large", "body too large")
+        except HookRejected as exc:
+            if exc.status == 401:
+                log.warning("%s: rejected %s: %s", name, exc.reason_code, exc.reason)
+            return _reject(name, exc.status, exc.reason_code, exc.reason)
+        headers = dict(list(hook_req.headers.items())[:_STORED_HEADERS])
+        try:
+            counted = runtime.queues.store_inbox(name, items, headers, hook_req.public_url)
+        except Exception:
+            log.exception("%s: could not store %d item(s); answering 503 so the provider retries", name, len(items))
+            metrics.REJECTED.labels(name, "storage").inc()
+            return Response("storage unavailable, retry later\n", status=503, headers={"Retry-After": "5"})
+        if counted.stored:
+            metrics.RECEIVED.labels(name).inc(counted.stored)
+        if counted.duplicates:
+            metrics.DUPLICATES.labels(name).inc(counted.duplicates)
+        return _reply(connector.acknowledge(hook_req, items))
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response("ok\n", content_type="text/plain")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        try:
+            check_ready(runtime.engine)
+        except Exception as exc:
+            log.warning("not ready: storage unreachable: %s", type(exc).__name__)
+            return Response("storage unreachable\n", status=503, content_type="text/plain")
+        return Response("ready\n", content_type="text/plain")
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        body, content_type = metrics.render(runtime.queues.depths)
+        return Response(body, content_type=content_type)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        return Response(f"{exc.description}\n", status=exc.code or 400, content_type="text/plain; charset=utf-8")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.path)
+        return Response("internal error, retry later\n", status=503, headers={"Retry-After": "5"})
+
+    return app

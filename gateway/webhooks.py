@@ -1,0 +1,104 @@
+"""The plain request and response objects connectors see: no Flask in here, so connectors test without a server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import parse_qsl
+
+from gateway.errors import MalformedRequest
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only header mapping."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        self._items = {key.lower(): (key, value) for key, value in pairs}
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key.lower()][1]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (original for original, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._items
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """A webhook request as received.
+
+    ``public_url`` is the URL the provider was told to call (``server.public_url`` + path + query): signatures that
+    cover the URL are checked against it, never against what a proxy forwarded.
+    """
+
+    method: str
+    path: str
+    query_string: str
+    headers: Headers
+    body: bytes
+    public_url: str
+    remote_addr: str | None = None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+
+    def form(self) -> list[tuple[str, str]]:
+        """The urlencoded form body as ordered pairs (repeated names kept)."""
+        if self.content_type != "application/x-www-form-urlencoded":
+            raise MalformedRequest(f"expected application/x-www-form-urlencoded, got {self.content_type or 'none'}")
+        try:
+            text = self.body.decode("utf-8")
+            return parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MalformedRequest(f"body is not a valid urlencoded form: {exc.__class__.__name__}") from None
+
+
+@dataclass(frozen=True)
+class HookResponse:
+    """What the gateway answers the provider."""
+
+    status: int = 200
+    body: bytes | str = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """One unit the ingress stores: a provider message id and the raw bytes to normalise later.
+
+    Most providers send one message per request, and ``body`` is then the request body itself. Providers that
+    batch (Meta) yield one item per message so each is stored, and deduplicated, by its own id.
+    """
+
+    provider_id: str
+    body: bytes
+    content_type: str
+    kind: str = "message"
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A stored inbox row handed to a connector's ``normalize``."""
+
+    inbox_id: int
+    connector: str
+    provider_id: str
+    kind: str
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+    public_url: str
+    received_at: datetime

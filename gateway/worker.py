@@ -1,0 +1,103 @@
+"""The worker process: pipeline and delivery loops in threads, plus the scheduler for periodic jobs.
+
+SIGTERM (or SIGINT) stops claiming, lets every in-flight item finish, gives back claimed items not yet started,
+and exits: nothing is lost, and nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Row
+
+from gateway.delivery import DeliveryWorker
+from gateway.pipeline import PipelineWorker
+from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Stage(Protocol):
+    def claim(self) -> list[Row[Any]]: ...
+
+    def process(self, row: Row[Any]) -> None: ...
+
+    def release(self, rows: list[Row[Any]]) -> None: ...
+
+
+def worker_id(kind: str, index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{kind}{index}"
+
+
+def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
+    """Claim one batch and process it; return how many rows were processed."""
+    rows = stage.claim()
+    for position, row in enumerate(rows):
+        if stop is not None and stop.is_set():
+            stage.release(rows[position:])
+            return position
+        stage.process(row)
+    return len(rows)
+
+
+def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float) -> None:
+    while not stop.is_set():
+        try:
+            if drain_once(stage, stop) == 0:
+                stop.wait(idle_seconds)
+        except Exception:
+            log.exception("worker loop error; continuing after a pause")
+            stop.wait(max(idle_seconds, 1.0))
+
+
+class WorkerProcess:
+    """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``."""
+
+    def __init__(self, runtime: Runtime, jobs: list[tuple[Callable[[], None], float]] | None = None) -> None:
+        self.rt = runtime
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.jobs = jobs or []
+
+    def start(self) -> None:
+        settings = self.rt.config.settings.workers
+        stages: list[tuple[str, Stage]] = []
+        stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i)))
+                   for i in range(settings.pipeline_threads)]
+        stages += [(f"delivery{i}", DeliveryWorker(self.rt, worker_id("delivery", i)))
+                   for i in range(settings.delivery_threads)]
+        for name, stage in stages:
+            thread = threading.Thread(target=run_loop, args=(stage, self.stop_event, settings.idle_poll_seconds),
+                                      name=name, daemon=False)
+            thread.start()
+            self.threads.append(thread)
+        for job, seconds in self.jobs:
+            self.scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True)
+        self.scheduler.start()
+        log.info("worker started: %d pipeline and %d delivery threads",
+                 settings.pipeline_threads, settings.delivery_threads)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def wait(self) -> None:
+        for thread in self.threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+        self.scheduler.shutdown(wait=True)
+        log.info("worker stopped: in-flight work finished")
+
+    def run_forever(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+        self.start()
+        self.stop_event.wait()
+        self.wait()
