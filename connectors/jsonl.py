@@ -17,7 +17,7 @@ class JsonlConfig(ConnectorConfig):
     """Settings of a ``jsonl`` CRM."""
 
     type: Literal["jsonl"] = "jsonl"
-    path: str = Field("var/crm.jsonl", description="File the records are appended to (relative to data_dir's parent).")
+    path: str = Field("var/crm.jsonl", description="File the records are appended to (relative to the config file).")
     mapping: str | None = Field(None, description="Mapping file; default mappings/jsonl.yaml.")
     fsync: bool = Field(True, description="fsync after each record, so a record written is a record kept.")
 
@@ -37,7 +37,7 @@ class JsonlCrm(CrmConnector):
     @property
     def path(self) -> Path:
         path = Path(self.config.path)
-        return path if path.is_absolute() else self.context.data_dir.parent / path
+        return path if path.is_absolute() else self.context.base_dir / path
 
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
         if links.get("message", item.message.id) is not None:

@@ -7,8 +7,9 @@ https://www.twilio.com/docs/usage/webhooks/webhooks-security
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from typing import ClassVar, Literal
+from typing import Literal
 from urllib.parse import urlencode
 
 from pydantic import Field, SecretStr
@@ -25,7 +26,6 @@ from gateway.model import (
     Message,
     Party,
     RawRef,
-    ThreadRef,
 )
 from gateway.plugins import ChannelConnector, ConnectorConfig
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
@@ -108,11 +108,9 @@ class TwilioChannel(ChannelConnector):
         if is_whatsapp:
             identifiers.append(Identifier(kind=IdentifierKind.WHATSAPP, value=phone))
         recipients = []
-        try:
+        with contextlib.suppress(InvalidIdentifier):  # a short code or alphanumeric id stays in extras only
             recipients.append(Party(identifiers=(Identifier(
                 kind=IdentifierKind.PHONE, value=normalize_phone(form.get("To", ""), region)),)))
-        except InvalidIdentifier:
-            pass  # a short code or alphanumeric sender id: kept in extras only
         num_media = int(form.get("NumMedia", "0") or 0)
         attachments = tuple(
             Attachment(filename=f"media{n}", content_type=form.get(f"MediaContentType{n}", "application/octet-stream"),
@@ -123,11 +121,9 @@ class TwilioChannel(ChannelConnector):
         extras = {key: form[key] for key in (
             "To", "AccountSid", "MessagingServiceSid", "NumSegments", "FromCountry", "FromState", "FromCity",
             "WaId", "ProfileName", "ButtonText") if form.get(key)}
-        business = form.get("To", "")
         return [Message(
             channel=channel, connector=record.connector, connector_type=self.type_name,
             provider_message_id=record.provider_id,
-            thread=ThreadRef(provider_thread_id=f"{business}|{phone}"),
             sender=Party(identifiers=tuple(identifiers), display_name=form.get("ProfileName") or None),
             recipients=tuple(recipients), text=body, full_text=body, attachments=attachments,
             sent_at=record.received_at, received_at=record.received_at, extras=extras,

@@ -93,8 +93,8 @@ class GatewaySettings(_Section):
     conversations: ConversationsConfig = ConversationsConfig()
     logging: LoggingConfig = LoggingConfig()
     data_dir: str = "var"
-    channels: dict[str, dict[str, Any]] = {}
-    crms: dict[str, dict[str, Any]] = {}
+    channels: dict[str, dict[str, Any]] = Field({}, repr=False)
+    crms: dict[str, dict[str, Any]] = Field({}, repr=False)
     routes: list[RouteConfig] = []
 
 
@@ -124,7 +124,7 @@ def _pydantic_issues(doc: YamlDocument, prefix: tuple[str | int, ...], exc: Vali
     issues = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
@@ -185,10 +185,12 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
         target = route.get("to")
         if isinstance(target, str) and target not in raw_crms:
             issues.append(doc.issue(("routes", index, "to"), f"no crm named {target!r}"))
+    # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
+    settings = settings.model_copy(update={"channels": {}, "crms": {}})
     config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)
     issues += _check_mappings(doc, config, registry)
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError(sorted(issues, key=lambda issue: (issue.file, issue.line or 0)))
     return config
 
 

@@ -7,6 +7,7 @@ and the fields they must produce; ``gateway mapping test`` and the test suite ru
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+# The shipped mappings live in the top-level mappings/ folder; an installed copy points here with an env var.
+MAPPINGS_DIR = Path(os.environ.get("GATEWAY_MAPPINGS_DIR") or Path(__file__).resolve().parent.parent / "mappings")
 
 
 class Rule(BaseModel):

@@ -33,11 +33,15 @@ class ConnectorConfig(BaseModel):
 
 @dataclass
 class ConnectorContext:
-    """What the gateway hands a connector: outbound HTTP goes through ``http`` so tests can mock it."""
+    """What the gateway hands a connector: outbound HTTP goes through ``http`` so tests can mock it.
+
+    Relative paths in a connector's settings are taken relative to ``base_dir``, the config file's folder.
+    """
 
     http: requests.Session
     public_url: str = "http://127.0.0.1:8080"
     data_dir: Path = Path("var")
+    base_dir: Path = Path(".")
     default_region: str = "US"
     extra: dict[str, Any] = field(default_factory=dict)
 

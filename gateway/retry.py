@@ -15,7 +15,7 @@ from tenacity.wait import wait_base
 from gateway.config import RetryConfig
 
 
-class wait_retry_after(wait_base):  # noqa: N801  (tenacity's naming style)
+class wait_retry_after(wait_base):
     """Wait at least as long as the failure's ``retry_after`` said."""
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
@@ -31,7 +31,7 @@ class RetryPolicy:
     @property
     def wait(self) -> wait_base:
         backoff = tenacity.wait_exponential_jitter(
-            initial=self.config.initial_seconds, max=self.config.max_seconds, jitter=self.config.jitter_seconds)
+            multiplier=self.config.initial_seconds, max=self.config.max_seconds, jitter=self.config.jitter_seconds)
         return _wait_max(backoff, wait_retry_after())
 
     def next_delay(self, attempt: int, error: BaseException) -> float | None:
@@ -44,7 +44,7 @@ class RetryPolicy:
         return self.wait(state)
 
 
-class _wait_max(wait_base):  # noqa: N801
+class _wait_max(wait_base):
     """The longest of several waits (tenacity combines by sum; Retry-After wants a floor)."""
 
     def __init__(self, *waits: wait_base) -> None:
@@ -58,6 +58,6 @@ def in_process_retry(attempts: int = 3, max_wait: float = 2.0) -> tenacity.Retry
     """Short, in-call retries for transient storage errors (database restart, lock timeout)."""
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_exponential_jitter(initial=0.05, max=max_wait),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.05, max=max_wait),
         reraise=True,
     )

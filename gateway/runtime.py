@@ -66,6 +66,7 @@ def build_runtime(config: GatewayConfig, registry: Registry | None = None,
     runtime = Runtime(config, registry, engine, Queues(engine), session)
     context = ConnectorContext(
         http=session, public_url=config.settings.server.public_url, data_dir=runtime.data_dir,
+        base_dir=config.base_dir,
         default_region=config.settings.identity.default_region)
     for name, channel_config in config.channels.items():
         runtime.channels[name] = channel_class(registry, channel_config)(name, channel_config, context)

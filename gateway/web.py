@@ -15,7 +15,7 @@ from gateway import metrics
 from gateway.errors import HookRejected, PayloadTooLarge
 from gateway.runtime import Runtime
 from gateway.storage.db import check_ready
-from gateway.webhooks import HookRequest, HookResponse, Headers
+from gateway.webhooks import Headers, HookRequest, HookResponse
 
 log = logging.getLogger("gateway.ingress")
 _STORED_HEADERS = 64

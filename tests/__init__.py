@@ -1,0 +1,1 @@
+"""Test suite (a package, so ``tests.connectors`` never shadows the real ``connectors`` package)."""

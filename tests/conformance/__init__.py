@@ -1,0 +1,1 @@
+"""Shared conformance suites that every connector's tests subclass."""
