@@ -86,6 +86,9 @@ class TwilioChannel(ChannelConnector):
         sid = form.get("MessageSid") or form.get("SmsSid")
         if not sid:
             raise MalformedRequest("MessageSid is missing")
+        for key in ("NumMedia", "NumSegments"):
+            if not form.get(key, "0").isdigit():
+                raise MalformedRequest(f"{key} is not a whole number")
         if "MessageStatus" in form and form.get("SmsStatus", form["MessageStatus"]) != "received":
             return [InboxItem(f"{sid}:status:{form['MessageStatus']}", request.body, request.content_type, "status")]
         return [InboxItem(sid, request.body, request.content_type, "message")]

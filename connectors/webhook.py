@@ -70,7 +70,10 @@ class WebhookCrm(CrmConnector):
             "X-Gateway-Timestamp": timestamp,
             "X-Gateway-Signature": sign(self.config.secret.get_secret_value(), timestamp, body),
         }
-        response = self.context.http.post(self.config.url, data=body, headers=headers,
-                                          timeout=self.config.timeout_seconds)
+        try:
+            response = self.context.http.post(self.config.url, data=body, headers=headers,
+                                              timeout=self.config.timeout_seconds)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise RetryableError(f"receiver unreachable: {type(exc).__name__}", code="network") from None
         classify(response)
         return DeliveryResult("posted", item.idempotency_key, detail=f"HTTP {response.status_code}")

@@ -176,6 +176,16 @@ class ZendeskCrm(CrmConnector):
         if response.status_code == 200:
             return DeliveryResult("comment_added", ticket_id)
         if is_closed_error(response) or response.status_code == 404:
+            if item.attempt > 1:
+                # an earlier attempt may have opened the new ticket and died before linking it; the
+                # Idempotency-Key guards that for two hours only (ticketing/introduction/#idempotency)
+                found = self.find_ticket(item.conversation.id)
+                if found is not None and str(found["id"]) != ticket_id:
+                    found_id = str(found["id"])
+                    links.put("conversation", item.conversation.id, found_id, {"status": found.get("status")})
+                    if self.already_written(found_id, item.message.id):
+                        return DeliveryResult("already_written", found_id)
+                    return self.append_comment(item, user_id, found_id, links)
             # a closed ticket cannot be reopened: continue the conversation on a follow-up ticket
             followup_of = ticket_id if response.status_code == 422 else None
             new_id = self.create_ticket(item, user_id, links, followup_of)

@@ -49,6 +49,15 @@ class Direction(StrEnum):
     OUTBOUND = "outbound"
 
 
+class MessageKind(StrEnum):
+    """What a canonical message records: a new message, or a change the channel reports to an earlier one."""
+
+    MESSAGE = "message"
+    EDIT = "edit"
+    DELETE = "delete"
+    REACTION = "reaction"
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -125,7 +134,10 @@ class Message(_Frozen):
     connector: str = Field(description="Name of the connector instance (the key under `channels:`).")
     connector_type: str
     direction: Direction = Direction.INBOUND
+    kind: MessageKind = MessageKind.MESSAGE
     provider_message_id: str = Field(min_length=1)
+    target_provider_message_id: str | None = Field(
+        None, description="For edits, deletions and reactions: the provider id of the message they change.")
     thread: ThreadRef = ThreadRef()
     sender: Party
     recipients: tuple[Party, ...] = ()
@@ -150,6 +162,17 @@ class Message(_Frozen):
     def _json_only(cls, value: dict[str, Any]) -> dict[str, Any]:
         json.dumps(value)
         return value
+
+
+class StatusUpdate(_Frozen):
+    """A provider's report on a message the business sent (queued, sent, delivered, read, failed, ...)."""
+
+    connector: str
+    provider_message_id: str = Field(min_length=1)
+    status: str = Field(min_length=1)
+    occurred_at: AwareDatetime
+    error_code: str | None = None
+    extras: dict[str, Any] = Field(default_factory=dict)
 
 
 def message_json_schema() -> dict[str, Any]:

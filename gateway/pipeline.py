@@ -16,11 +16,12 @@ from gateway import metrics
 from gateway.conversations import assign_conversation
 from gateway.identity import resolve_customer
 from gateway.mapping import MappingRenderError
-from gateway.model import Message
+from gateway.model import Message, StatusUpdate
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
-from gateway.storage.tables import customers, identities, inbox, messages, outbox
+from gateway.storage.queues import insert_for
+from gateway.storage.tables import customers, identities, inbox, messages, outbox, provider_statuses
 from gateway.webhooks import Headers, RawRecord
 
 log = logging.getLogger(__name__)
@@ -60,23 +61,38 @@ class PipelineWorker:
             content_type=row.content_type, headers=Headers(row.headers), public_url=row.public_url,
             received_at=row.received_at)
         try:
-            normalized = connector.normalize(record)
+            if record.kind == "status":
+                normalized, statuses = [], connector.statuses(record)
+            else:
+                normalized, statuses = connector.normalize(record), []
         except Exception as exc:
             log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, exc, exc_info=True)
             self._dead(row, "quarantined", f"{type(exc).__name__}: {exc}", "normalize_failed")
             metrics.PROCESSED.labels(row.connector, "quarantined").inc()
             return
         try:
+            normalized = [connector.enrich(message) for message in normalized]
             for attempt in in_process_retry(attempts=4):
                 with attempt, self.rt.engine.begin() as conn:
                     for message in normalized:
                         self._store(conn, message)
-                    status = "done" if normalized else "ignored"
+                    for update in statuses:
+                        self._store_status(conn, update, row.id)
+                    status = "done" if normalized or statuses else "ignored"
                     self.rt.queues.finish(conn, inbox, row.id, status, processed_at=utcnow(), last_error=None)
         except Exception as exc:
             self._failed(row, exc)
             return
-        metrics.PROCESSED.labels(row.connector, "message" if normalized else "ignored").inc()
+        outcome = "message" if normalized else ("status" if statuses else "ignored")
+        metrics.PROCESSED.labels(row.connector, outcome).inc()
+
+    def _store_status(self, conn: Connection, update: StatusUpdate, inbox_id: int) -> None:
+        statement = insert_for(conn.engine, provider_statuses).on_conflict_do_nothing(
+            index_elements=["connector", "provider_message_id", "status"])
+        conn.execute(statement, {
+            "connector": update.connector, "provider_message_id": update.provider_message_id,
+            "status": update.status, "error_code": update.error_code, "occurred_at": update.occurred_at,
+            "extras": update.extras, "inbox_id": inbox_id})
 
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""

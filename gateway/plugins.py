@@ -17,7 +17,8 @@ from typing import Any, ClassVar, Literal, Protocol
 import requests
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from gateway.model import ChannelType, Message
+from gateway.attachments import AttachmentStore
+from gateway.model import ChannelType, Message, StatusUpdate
 from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
 
 ENTRY_POINT_GROUP = "gateway.connectors"
@@ -43,7 +44,7 @@ class ConnectorContext:
     data_dir: Path = Path("var")
     base_dir: Path = Path(".")
     default_region: str = "US"
-    extra: dict[str, Any] = field(default_factory=dict)
+    attachments: AttachmentStore = field(default_factory=lambda: AttachmentStore(Path("var/attachments")))
 
 
 class Connector(abc.ABC):
@@ -75,6 +76,7 @@ class ChannelConnector(Connector):
     role = "channel"
     channel_types: ClassVar[tuple[ChannelType, ...]] = ()
     max_body_bytes: ClassVar[int] = 1024 * 1024
+    accepts_webhooks: ClassVar[bool] = True
 
     def handshake(self, request: HookRequest) -> HookResponse | None:
         """Answer a provider's subscription handshake (GET challenge, url_verification); None if not one."""
@@ -95,9 +97,56 @@ class ChannelConnector(Connector):
     def normalize(self, record: RawRecord) -> list[Message]:
         """Turn one stored item into canonical messages."""
 
+    def statuses(self, record: RawRecord) -> list[StatusUpdate]:
+        """For items stored with kind "status": the provider's reports on messages the business sent."""
+        return []
+
+    def enrich(self, message: Message) -> Message:
+        """Network work after ``normalize`` (fetch media into the attachment store, look up a profile).
+
+        Runs in the pipeline worker outside any transaction; an exception retries the inbox row later.
+        """
+        return message
+
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         """A correctly signed request as the provider would send it (used by ``gateway simulate``)."""
         raise NotImplementedError(f"{self.type_name} cannot simulate requests")
+
+
+class InboxSink(Protocol):
+    """Where a polling channel stores what it fetched; ``store`` returns after the commit."""
+
+    def store(self, items: list[InboxItem], headers: dict[str, str] | None = None) -> int: ...
+
+
+class CursorStore(Protocol):
+    def get(self, name: str) -> dict[str, Any] | None: ...
+
+    def put(self, name: str, value: dict[str, Any]) -> None: ...
+
+
+class PollingChannel(ChannelConnector):
+    """A channel the gateway fetches from (IMAP) instead of receiving webhooks.
+
+    The worker calls ``poll`` every ``poll_seconds`` while holding a cross-process lock for this channel, so one
+    poller runs per channel however many workers there are.
+    """
+
+    accepts_webhooks = False
+
+    @property
+    def poll_seconds(self) -> float:
+        return float(getattr(self.config, "poll_seconds", 60))
+
+    @abc.abstractmethod
+    def poll(self, sink: InboxSink, cursors: CursorStore) -> int:
+        """Fetch what is new since the cursor, store it, then advance the cursor; return how many were stored."""
+
+    def verify(self, request: HookRequest) -> None:  # pragma: no cover - never reached: no webhooks
+        raise NotImplementedError
+
+    def split(self, request: HookRequest) -> list[InboxItem]:  # pragma: no cover
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import requests
 from sqlalchemy import Engine
 
+from gateway.attachments import AttachmentStore
 from gateway.config import GatewayConfig, channel_class, crm_class
 from gateway.mapping import Mapping, mapping_path_for
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
@@ -66,7 +67,7 @@ def build_runtime(config: GatewayConfig, registry: Registry | None = None,
     runtime = Runtime(config, registry, engine, Queues(engine), session)
     context = ConnectorContext(
         http=session, public_url=config.settings.server.public_url, data_dir=runtime.data_dir,
-        base_dir=config.base_dir,
+        base_dir=config.base_dir, attachments=AttachmentStore(runtime.data_dir / "attachments"),
         default_region=config.settings.identity.default_region)
     for name, channel_config in config.channels.items():
         runtime.channels[name] = channel_class(registry, channel_config)(name, channel_config, context)

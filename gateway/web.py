@@ -48,6 +48,8 @@ def create_app(runtime: Runtime) -> Flask:
         connector = runtime.channels.get(name)
         if connector is None:
             return _reject("unknown", 404, "unknown_channel", f"no channel named {name!r}")
+        if not connector.accepts_webhooks:
+            return _reject(name, 404, "unknown_channel", f"channel {name!r} is polled and takes no webhooks")
         try:
             length = request.content_length
             if length is not None and length > connector.max_body_bytes:

@@ -12,14 +12,19 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Row
 
+from gateway import metrics
 from gateway.delivery import DeliveryWorker
 from gateway.pipeline import PipelineWorker
+from gateway.plugins import PollingChannel
 from gateway.runtime import Runtime
+from gateway.storage.cursors import Cursors, exclusive
+from gateway.webhooks import InboxItem
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,39 @@ def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float) -> None:
             stop.wait(max(idle_seconds, 1.0))
 
 
+class InboxWriter:
+    """The InboxSink a polling channel writes to."""
+
+    def __init__(self, runtime: Runtime, connector: str) -> None:
+        self.rt = runtime
+        self.connector = connector
+
+    def store(self, items: list[InboxItem], headers: dict[str, str] | None = None) -> int:
+        counted = self.rt.queues.store_inbox(self.connector, items, headers or {}, "")
+        if counted.stored:
+            metrics.RECEIVED.labels(self.connector).inc(counted.stored)
+        if counted.duplicates:
+            metrics.DUPLICATES.labels(self.connector).inc(counted.duplicates)
+        return counted.stored
+
+
+def poll_job(runtime: Runtime, channel: PollingChannel) -> Callable[[], None]:
+    """A scheduler job: poll one channel while holding its cross-process lock; skip if another process has it."""
+    sink = InboxWriter(runtime, channel.name)
+    cursor_store = Cursors(runtime.engine)
+
+    def job() -> None:
+        with exclusive(runtime.engine, f"poll:{channel.name}", runtime.data_dir / "locks") as acquired:
+            if not acquired:
+                return
+            try:
+                channel.poll(sink, cursor_store)
+            except Exception:
+                log.exception("polling %s failed; the next poll retries", channel.name)
+
+    return job
+
+
 class WorkerProcess:
     """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``."""
 
@@ -66,6 +104,9 @@ class WorkerProcess:
         self.threads: list[threading.Thread] = []
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.jobs = jobs or []
+        for channel in runtime.channels.values():
+            if isinstance(channel, PollingChannel):
+                self.jobs.append((poll_job(runtime, channel), channel.poll_seconds))
 
     def start(self) -> None:
         settings = self.rt.config.settings.workers
@@ -80,7 +121,8 @@ class WorkerProcess:
             thread.start()
             self.threads.append(thread)
         for job, seconds in self.jobs:
-            self.scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True)
+            self.scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True,
+                                   next_run_time=datetime.now(UTC))
         self.scheduler.start()
         log.info("worker started: %d pipeline and %d delivery threads",
                  settings.pipeline_threads, settings.delivery_threads)

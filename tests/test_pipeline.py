@@ -29,7 +29,7 @@ HOOK_URL = "https://crm.example.net/hook"
 WEBHOOK_CONFIG = f"""
 storage: {{url: "{{storage_url}}"}}
 server: {{public_url: "{PUBLIC_URL}"}}
-workers: {{retry: {{max_attempts: 3, initial_seconds: 0.01, max_seconds: 0.02, jitter_seconds: 0}}}}
+workers: {{retry: {{max_attempts: 3, initial_seconds: 60, max_seconds: 120, jitter_seconds: 0}}}}
 channels:
   sms-main: {{type: twilio, account_sid: "{TWILIO_SID}", auth_token: "test-token"}}
 crms:

@@ -50,10 +50,12 @@ class Queues:
             for item in items
         ]
         stored = 0
-        statement = insert_for(self.engine, inbox).on_conflict_do_nothing(index_elements=["connector", "provider_id"])
+        # RETURNING, not rowcount: psycopg reports -1 as the rowcount of this single-row insert
+        statement = (insert_for(self.engine, inbox).on_conflict_do_nothing(index_elements=["connector", "provider_id"])
+                     .returning(inbox.c.id))
         with self.engine.begin() as conn:
             for row in rows:
-                stored += conn.execute(statement, row).rowcount
+                stored += len(conn.execute(statement, row).all())
         return StoredCount(stored, len(rows) - stored)
 
     def claim_inbox(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:

@@ -196,6 +196,20 @@ delivery_log = Table(
     Column("created_at", Time, nullable=False),
 )
 
+# Provider reports on messages the business sent (Twilio status callbacks, WhatsApp statuses).
+provider_statuses = Table(
+    "provider_statuses", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("connector", String(64), nullable=False),
+    Column("provider_message_id", String(255), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("error_code", String(64)),
+    Column("occurred_at", Time, nullable=False),
+    Column("extras", JSON, nullable=False),
+    Column("inbox_id", Id, nullable=False),
+    UniqueConstraint("connector", "provider_message_id", "status", name="uq_provider_statuses_message_status"),
+)
+
 cursors = Table(
     "cursors", metadata,
     Column("name", String(255), primary_key=True),

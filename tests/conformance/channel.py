@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,11 +61,12 @@ class Expected:
     ``kind`` is the inbox kind the ingress stores it under; ``messages`` holds, per canonical message, the fields
     it must carry as dotted paths into ``Message.model_dump(mode="json")`` (``sender.identifiers``,
     ``attachments.0.content_type``, ``extras.WaId``). An empty ``messages`` means the item normalises to nothing.
+    ``provider_ids``, when given, are the inbox keys the request must be stored under.
     """
 
     kind: str
     messages: tuple[dict[str, Any], ...] = ()
-    provider_ids: tuple[str, ...] = field(default=())
+    provider_ids: tuple[str, ...] = ()
 
 
 def field_at(data: Any, path: str) -> Any:
@@ -126,6 +127,15 @@ def drain_pipeline(runtime: Runtime) -> int:
     while processed := drain_once(worker):
         total += processed
     return total
+
+
+def split_records(connector: ChannelConnector, request: HookRequest) -> list[RawRecord]:
+    """The inbox records ``split`` makes of a request, as the pipeline would read them back."""
+    now = utcnow()
+    return [RawRecord(inbox_id=n + 1, connector=connector.name, provider_id=item.provider_id, kind=item.kind,
+                      body=item.body, content_type=item.content_type, headers=request.headers,
+                      public_url=request.public_url, received_at=now)
+            for n, item in enumerate(connector.split(request))]
 
 
 def secret_values(settings: dict[str, Any], config_class: type[Any]) -> list[str]:
@@ -219,14 +229,6 @@ class ChannelConformance:
     def _message_fixture(self) -> str:
         return next(name for name, want in sorted(self.expected.items()) if want.messages)
 
-    def _records(self, connector: ChannelConnector, request: HookRequest) -> list[RawRecord]:
-        items = connector.split(request)
-        now = utcnow()
-        return [RawRecord(inbox_id=n + 1, connector=self.channel_name, provider_id=item.provider_id, kind=item.kind,
-                          body=item.body, content_type=item.content_type, headers=request.headers,
-                          public_url=request.public_url, received_at=now)
-                for n, item in enumerate(items)]
-
     # -- the shared tests ----------------------------------------------------------------------------------------
     def test_fixture_normalizes_to_expected_fields(self, fixture: str) -> None:
         """Each documented payload verifies, splits into the expected inbox kind and normalises as expected."""
@@ -234,7 +236,7 @@ class ChannelConformance:
         request = self.signed_request(fixture, connector)
         connector.verify(request)
         want = self.expected[fixture]
-        records = self._records(connector, request)
+        records = split_records(connector, request)
         assert [record.kind for record in records] == [want.kind] * len(records)
         if want.provider_ids:
             assert tuple(record.provider_id for record in records) == want.provider_ids

@@ -1,0 +1,466 @@
+"""Zendesk CRM: the conformance suite, and the exact requests Zendesk documents.
+
+Response bodies in ``tests/fixtures/zendesk`` are Zendesk's own examples from its OpenAPI file
+(https://developer.zendesk.com/zendesk/oas.yaml): ``UserCreateResponseExample``, ``TicketResponseExample``,
+``TicketUpdateResponseExample``, ``TicketAuditsForTicketResponseExample``, ``TicketsResponseExample``,
+``CurrentUserResponseExample``; the 404 body is the one quoted in the same file. Zendesk publishes no example of
+its 422 ``RecordInvalid`` and 400 ``IdempotentRequestError`` bodies: those fixtures carry the shape its SDKs parse
+(``error``, ``description``, ``details.{field}[].description``).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+from pydantic import ValidationError
+from responses import matchers
+
+from connectors.zendesk import MARKER, ZendeskConfig, ZendeskCrm
+from gateway.errors import PermanentError, RetryableError
+from gateway.plugins import ConnectorContext, CrmConnector
+from tests.conformance.crm import (
+    CONVERSATION_ID,
+    CUSTOMER_ID,
+    CUSTOMER_PHONE,
+    HttpCrmConformance,
+    MemoryLinkStore,
+    delivery_item,
+    twilio_sms,
+)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "zendesk"
+API = "https://acme.zendesk.com/api/v2"
+EMAIL = "agent@example.com"
+API_TOKEN = "test-zendesk-token"
+OAUTH_TOKEN = "test-zendesk-oauth-token"
+USER_ID = 9873843  # id in UserCreateResponseExample
+TICKET_ID = 35436  # id in TicketResponseExample and TicketsResponseExample
+TICKET_URL = f"{API}/tickets/{TICKET_ID}"
+JSON = {"Content-Type": "application/json"}
+
+
+def fixture(name: str) -> dict[str, Any]:
+    """A documented Zendesk response body."""
+    return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def zendesk(http: requests.Session | None = None, **settings: Any) -> ZendeskCrm:
+    values = {"subdomain": "acme", "email": EMAIL, "api_token": API_TOKEN, **settings}
+    values = {k: v for k, v in values.items() if v is not None}
+    config = ZendeskConfig(**values)
+    return ZendeskCrm("helpdesk", config, ConnectorContext(http=http or requests.Session()))
+
+
+def audits_with_marker(message_id: str) -> dict[str, Any]:
+    """The documented audits page, plus the audit our earlier write left (its metadata under ``custom``)."""
+    body = fixture("ticket_audits")
+    ours = copy.deepcopy(body["audits"][0])
+    ours.update(id=2127301199, ticket_id=TICKET_ID, metadata={"custom": {MARKER: message_id}, "system": {}})
+    body["audits"].append(ours)
+    return body
+
+
+def sent_json(call: Any) -> dict[str, Any]:
+    return json.loads(call.request.body)
+
+
+def writes(mocked: responses.RequestsMock) -> list[Any]:
+    return [c for c in mocked.calls if c.request.method in ("POST", "PUT") and "/tickets" in c.request.url]
+
+
+class MockedZendesk:
+    """A stateful Zendesk behind ``responses``: tickets, comments and audits, with documented response bodies."""
+
+    def __init__(self) -> None:
+        self.tickets: dict[int, dict[str, Any]] = {}
+        self.audits: dict[int, list[dict[str, Any]]] = {}
+        self.idempotency: dict[str, tuple[bytes, dict[str, Any]]] = {}
+
+    def install(self, mocked: responses.RequestsMock) -> None:
+        mocked.add_callback("POST", f"{API}/users/create_or_update", callback=self.upsert_user)
+        mocked.add_callback("POST", f"{API}/tickets", callback=self.create_ticket)
+        mocked.add_callback("GET", f"{API}/tickets", callback=self.list_tickets)
+        mocked.add_callback("PUT", re.compile(rf"{API}/tickets/\d+"), callback=self.update_ticket)
+        mocked.add_callback("GET", re.compile(rf"{API}/tickets/\d+/audits"), callback=self.list_audits)
+
+    def _audit(self, ticket_id: int, payload: dict[str, Any]) -> None:
+        audit = copy.deepcopy(fixture("ticket_audits")["audits"][0])
+        audit.update(id=len(self.audits.get(ticket_id, [])) + 1, ticket_id=ticket_id,
+                     metadata={"custom": payload.get("metadata", {}), "system": {}})
+        self.audits.setdefault(ticket_id, []).append(audit)
+
+    def upsert_user(self, request: Any) -> tuple[int, dict[str, str], str]:
+        return 201, JSON, json.dumps(fixture("user_create_or_update"))
+
+    def create_ticket(self, request: Any) -> tuple[int, dict[str, str], str]:
+        key = request.headers.get("Idempotency-Key")
+        if key in self.idempotency:
+            body, cached = self.idempotency[key]
+            if body != request.body:
+                return 400, JSON, json.dumps(fixture("error_400_idempotency_conflict"))
+            return 201, {**JSON, "x-idempotency-lookup": "hit"}, json.dumps(cached)
+        payload = json.loads(request.body)["ticket"]
+        ticket = fixture("ticket_create")["ticket"]
+        ticket.update(id=TICKET_ID + len(self.tickets), external_id=payload.get("external_id"),
+                      requester_id=payload.get("requester_id"), status="open")
+        self.tickets[ticket["id"]] = ticket
+        self._audit(ticket["id"], payload)
+        response = {"ticket": ticket}
+        if key:
+            self.idempotency[key] = (request.body, response)
+        return 201, {**JSON, "x-idempotency-lookup": "miss"}, json.dumps(response)
+
+    def list_tickets(self, request: Any) -> tuple[int, dict[str, str], str]:
+        wanted = parse_qs(urlsplit(request.url).query).get("external_id", [None])[0]
+        found = [t for t in self.tickets.values() if t["external_id"] == wanted]
+        return 200, JSON, json.dumps({"tickets": found, "count": len(found), "next_page": None,
+                                      "previous_page": None})
+
+    def update_ticket(self, request: Any) -> tuple[int, dict[str, str], str]:
+        ticket_id = int(urlsplit(request.url).path.rsplit("/", 1)[1])
+        ticket = self.tickets.get(ticket_id)
+        if ticket is None:
+            return 404, JSON, json.dumps(fixture("error_404_record_not_found"))
+        if ticket["status"] == "closed":
+            return 422, JSON, json.dumps(fixture("error_422_closed_ticket"))
+        self._audit(ticket_id, json.loads(request.body)["ticket"])
+        body = fixture("ticket_update")
+        body["ticket"]["id"] = ticket_id
+        return 200, JSON, json.dumps(body)
+
+    def list_audits(self, request: Any) -> tuple[int, dict[str, str], str]:
+        ticket_id = int(urlsplit(request.url).path.split("/")[-2])
+        return 200, JSON, json.dumps({"audits": self.audits.get(ticket_id, []),
+                                      "meta": {"has_more": False, "after_cursor": None, "before_cursor": None},
+                                      "links": {"next": None, "prev": None}})
+
+
+class TestZendeskConformance(HttpCrmConformance):
+    """Zendesk passes the shared CRM suite against a stateful fake built from the documented bodies."""
+
+    secrets: ClassVar[tuple[str, ...]] = (API_TOKEN,)
+
+    def build(self, http: requests.Session, tmp_path: Path) -> CrmConnector:
+        return zendesk(http)
+
+    def mock_success(self, mocked: responses.RequestsMock) -> None:
+        MockedZendesk().install(mocked)
+
+    def count_writes(self, mocked: responses.RequestsMock, tmp_path: Path) -> int:
+        return len(writes(mocked))
+
+    def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
+                     headers: dict[str, str] | None = None) -> None:
+        mocked.post(f"{API}/users/create_or_update", json=fixture("user_create_or_update"), status=201)
+        mocked.post(f"{API}/tickets", status=status, body=body, headers=headers)
+
+    def error_body(self, status: int) -> tuple[str, str]:
+        name = {400: "error_400_idempotency_conflict", 422: "error_422_record_invalid"}[status]
+        return json.dumps(fixture(name)), fixture(name)["error"]
+
+
+class TestZendeskOAuthConformance(TestZendeskConformance):
+    """The same suite with OAuth bearer-token auth."""
+
+    secrets: ClassVar[tuple[str, ...]] = (OAUTH_TOKEN,)
+
+    def build(self, http: requests.Session, tmp_path: Path) -> CrmConnector:
+        return zendesk(http, email=None, api_token=None, oauth_token=OAUTH_TOKEN)
+
+
+@pytest.fixture
+def mocked() -> Any:
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+def expected_user() -> dict[str, Any]:
+    return {"user": {"name": CUSTOMER_PHONE, "external_id": CUSTOMER_ID, "skip_verify_email": True,
+                     "phone": CUSTOMER_PHONE}}
+
+
+# -- first message: user upsert, then a ticket ----------------------------------------------------------------------
+def test_first_message_upserts_the_user_and_creates_a_ticket(mocked: responses.RequestsMock) -> None:
+    item = delivery_item(crm="helpdesk")
+    user_call = mocked.post(f"{API}/users/create_or_update", json=fixture("user_create_or_update"), status=201,
+                            match=[matchers.json_params_matcher(expected_user(), strict_match=True)])
+    ticket_call = mocked.post(
+        f"{API}/tickets", json=fixture("ticket_create"), status=201, headers={"x-idempotency-lookup": "miss"},
+        match=[matchers.header_matcher({"Idempotency-Key": item.idempotency_key, "Accept": "application/json",
+                                        "Content-Type": "application/json"}),
+               matchers.json_params_matcher({"ticket": {
+                   "comment": {"body": "My order #1234 never arrived", "public": True, "author_id": USER_ID},
+                   "requester_id": USER_ID,
+                   "external_id": CONVERSATION_ID,
+                   "metadata": {MARKER: item.message.id},
+                   "subject": f"SMS from {CUSTOMER_PHONE}",
+                   "priority": "normal",
+                   "tags": ["channel-gateway", "sms"],
+               }}, strict_match=True)])
+    links = MemoryLinkStore()
+
+    result = zendesk().deliver(item, links)
+
+    assert (result.operation, result.remote_id) == ("ticket_created", str(TICKET_ID))
+    assert user_call.call_count == ticket_call.call_count == 1
+    assert "role" not in sent_json(mocked.calls[0])["user"]
+    assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {})
+    assert links.get("conversation", CONVERSATION_ID) == (str(TICKET_ID), {"status": "open"})
+
+
+def test_user_upsert_accepts_200_for_an_existing_user(mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{API}/users/create_or_update", json=fixture("user_create_or_update"), status=200,
+                headers={"Location": f"/api/v2/users/{USER_ID}.json"})
+    mocked.post(f"{API}/tickets", json=fixture("ticket_create"), status=201)
+    links = MemoryLinkStore()
+    zendesk().deliver(delivery_item(), links)
+    assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {})
+
+
+def test_known_customer_is_not_upserted_again(mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{API}/tickets", json=fixture("ticket_create"), status=201)
+    links = MemoryLinkStore()
+    links.put("customer", CUSTOMER_ID, "777")
+    zendesk().deliver(delivery_item(), links)
+    assert sent_json(mocked.calls[0])["ticket"]["requester_id"] == 777
+    assert sent_json(mocked.calls[0])["ticket"]["comment"]["author_id"] == 777
+
+
+# -- the conversation goes on: comments, closed and deleted tickets ------------------------------------------------
+def linked() -> MemoryLinkStore:
+    links = MemoryLinkStore()
+    links.put("customer", CUSTOMER_ID, str(USER_ID))
+    links.put("conversation", CONVERSATION_ID, str(TICKET_ID), {"status": "open"})
+    return links
+
+
+def second_item(**changes: Any) -> Any:
+    return replace(delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32), crm="helpdesk", opened=False),
+                   **changes)
+
+
+def test_second_message_adds_a_comment_to_the_ticket(mocked: responses.RequestsMock) -> None:
+    item = second_item()
+    put = mocked.put(TICKET_URL, json=fixture("ticket_update"), match=[
+        matchers.header_matcher({"Content-Type": "application/json", "Accept": "application/json"}),
+        matchers.json_params_matcher({"ticket": {
+            "comment": {"body": "Any news?", "public": True, "author_id": USER_ID},
+            "metadata": {MARKER: item.message.id}}}, strict_match=True)])
+
+    result = zendesk().deliver(item, linked())
+
+    assert (result.operation, result.remote_id) == ("comment_added", str(TICKET_ID))
+    assert put.call_count == 1
+    assert len(mocked.calls) == 1
+
+
+def test_closed_ticket_gets_a_follow_up_ticket(mocked: responses.RequestsMock) -> None:
+    item = second_item()
+    mocked.put(TICKET_URL, json=fixture("error_422_closed_ticket"), status=422)
+    followup = fixture("ticket_create")
+    followup["ticket"]["id"] = 35437
+    post = mocked.post(f"{API}/tickets", json=followup, status=201, match=[
+        matchers.header_matcher({"Idempotency-Key": f"{item.idempotency_key}-followup-{TICKET_ID}"}),
+        matchers.json_params_matcher({"ticket": {
+            "comment": {"body": "Any news?", "public": True, "author_id": USER_ID},
+            "requester_id": USER_ID, "external_id": CONVERSATION_ID, "metadata": {MARKER: item.message.id},
+            "subject": f"SMS from {CUSTOMER_PHONE}", "priority": "normal", "tags": ["channel-gateway", "sms"],
+            "via_followup_source_id": TICKET_ID}}, strict_match=True)])
+    links = linked()
+
+    result = zendesk().deliver(item, links)
+
+    assert (result.operation, result.remote_id) == ("followup_ticket_created", "35437")
+    assert post.call_count == 1
+    assert links.get("conversation", CONVERSATION_ID) == ("35437", {"status": "open"})
+
+
+def test_deleted_ticket_is_replaced_by_a_new_one(mocked: responses.RequestsMock) -> None:
+    item = second_item()
+    mocked.put(TICKET_URL, json=fixture("error_404_record_not_found"), status=404)
+    recreated = fixture("ticket_create")
+    recreated["ticket"]["id"] = 35440
+    post = mocked.post(f"{API}/tickets", json=recreated, status=201,
+                       match=[matchers.header_matcher({"Idempotency-Key": item.idempotency_key})])
+    links = linked()
+
+    result = zendesk().deliver(item, links)
+
+    assert (result.operation, result.remote_id) == ("ticket_recreated", "35440")
+    assert "via_followup_source_id" not in sent_json(post.calls[0])["ticket"]
+    assert links.get("conversation", CONVERSATION_ID)[0] == "35440"
+
+
+# -- retries after an uncertain attempt ------------------------------------------------------------------------------
+def audits_url() -> str:
+    return f"{TICKET_URL}/audits"
+
+
+def test_retry_finds_its_marker_in_the_audits_and_writes_nothing(mocked: responses.RequestsMock) -> None:
+    item = second_item(attempt=2)
+    mocked.get(audits_url(), json=audits_with_marker(item.message.id),
+               match=[matchers.query_param_matcher({"page[size]": "100"})])
+
+    result = zendesk().deliver(item, linked())
+
+    assert result.operation == "already_written"
+    assert writes(mocked) == []
+
+
+def test_retry_without_its_marker_writes_the_comment_once(mocked: responses.RequestsMock) -> None:
+    item = second_item(attempt=2)
+    mocked.get(audits_url(), json=fixture("ticket_audits"))
+    put = mocked.put(TICKET_URL, json=fixture("ticket_update"))
+
+    assert zendesk().deliver(item, linked()).operation == "comment_added"
+    assert put.call_count == 1
+
+
+def test_retry_follows_audit_pages(mocked: responses.RequestsMock) -> None:
+    item = second_item(attempt=2)
+    after = f"{audits_url()}.json?page%5Bafter%5D=xyz&page%5Bsize%5D=100"
+    first = fixture("ticket_audits")
+    first.update(meta={"has_more": True, "after_cursor": "xyz", "before_cursor": None},
+                 links={"next": after, "prev": None})
+    mocked.get(audits_url(), json=first, match=[matchers.query_param_matcher({"page[size]": "100"})])
+    mocked.get(f"{audits_url()}.json", json=audits_with_marker(item.message.id),
+               match=[matchers.query_param_matcher({"page[after]": "xyz", "page[size]": "100"})])
+
+    assert zendesk().deliver(item, linked()).operation == "already_written"
+    assert writes(mocked) == []
+
+
+def test_retry_without_a_link_finds_the_ticket_by_external_id(mocked: responses.RequestsMock) -> None:
+    item = delivery_item(crm="helpdesk", attempt=2)
+    links = MemoryLinkStore()
+    links.put("customer", CUSTOMER_ID, str(USER_ID))
+    mocked.get(f"{API}/tickets", json=fixture("tickets_by_external_id"),
+               match=[matchers.query_param_matcher({"external_id": CONVERSATION_ID})])
+    mocked.get(audits_url(), json=audits_with_marker(item.message.id))
+
+    result = zendesk().deliver(item, links)
+
+    assert (result.operation, result.remote_id) == ("already_written", str(TICKET_ID))
+    assert writes(mocked) == []
+    assert links.get("conversation", CONVERSATION_ID) == (str(TICKET_ID), {"status": "open"})
+
+
+def test_retry_without_a_link_or_ticket_creates_it_with_the_same_key(mocked: responses.RequestsMock) -> None:
+    item = delivery_item(crm="helpdesk", attempt=2)
+    links = MemoryLinkStore()
+    links.put("customer", CUSTOMER_ID, str(USER_ID))
+    mocked.get(f"{API}/tickets", json={"tickets": [], "count": 0, "next_page": None, "previous_page": None})
+    post = mocked.post(f"{API}/tickets", json=fixture("ticket_create"), status=201,
+                       match=[matchers.header_matcher({"Idempotency-Key": item.idempotency_key})])
+
+    assert zendesk().deliver(item, links).operation == "ticket_created"
+    assert post.call_count == 1
+
+
+def test_crash_before_links_were_saved_is_replayed_without_duplicates() -> None:
+    fake = MockedZendesk()
+    item = delivery_item(crm="helpdesk")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        fake.install(mock)
+        zendesk().deliver(item, MemoryLinkStore())  # the links of this attempt are lost in the crash
+        result = zendesk().deliver(replace(item, attempt=2), MemoryLinkStore())
+        assert result.operation == "already_written"
+        assert len(writes(mock)) == 1
+    assert len(fake.tickets) == 1
+
+
+# -- auth --------------------------------------------------------------------------------------------------------------
+def test_api_token_auth_is_basic_email_slash_token(mocked: responses.RequestsMock) -> None:
+    expected = "Basic " + base64.b64encode(f"{EMAIL}/token:{API_TOKEN}".encode()).decode()
+    mocked.get(f"{API}/users/me", json=fixture("users_me"),
+               match=[matchers.header_matcher({"Authorization": expected})])
+    assert zendesk().check_online() == "authenticated as Johnny Agent (agent)"
+
+
+def test_oauth_auth_is_a_bearer_token(mocked: responses.RequestsMock) -> None:
+    mocked.get(f"{API}/users/me", json=fixture("users_me"),
+               match=[matchers.header_matcher({"Authorization": f"Bearer {OAUTH_TOKEN}"})])
+    crm = zendesk(email=None, api_token=None, oauth_token=OAUTH_TOKEN)
+    assert crm.check_online() == "authenticated as Johnny Agent (agent)"
+
+
+def test_check_online_refuses_an_anonymous_answer(mocked: responses.RequestsMock) -> None:
+    # /users/me is allowed for anonymous users: bad credentials can still answer 200
+    mocked.get(f"{API}/users/me", json={"user": {"id": None, "name": "Anonymous user", "role": "end-user"}})
+    with pytest.raises(RuntimeError, match="did not accept the credentials"):
+        zendesk().check_online()
+
+
+def test_base_url_overrides_the_subdomain(mocked: responses.RequestsMock) -> None:
+    mocked.get("http://127.0.0.1:9999/api/v2/users/me", json=fixture("users_me"))
+    assert "Johnny Agent" in zendesk(base_url="http://127.0.0.1:9999/").check_online()
+
+
+@pytest.mark.parametrize("settings", [
+    {"oauth_token": OAUTH_TOKEN},
+    {"api_token": None},
+    {"email": None},
+    {"subdomain": "Acme Corp"},
+])
+def test_config_refuses_bad_auth_and_subdomains(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        zendesk(**settings)
+
+
+# -- errors ------------------------------------------------------------------------------------------------------------
+def test_record_invalid_names_the_field(mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{API}/users/create_or_update", json=fixture("error_422_record_invalid"), status=422)
+    with pytest.raises(PermanentError) as caught:
+        zendesk().deliver(delivery_item(), MemoryLinkStore())
+    assert caught.value.code == "RecordInvalid"
+    assert caught.value.field == "email"
+    assert "Email: roge@example is not properly formatted" in str(caught.value)
+
+
+def test_rate_limit_with_a_text_body(mocked: responses.RequestsMock) -> None:
+    # the 429 example of Zendesk's rate-limit guide: text/html body, Retry-After in seconds
+    mocked.put(TICKET_URL, status=429, headers={"Retry-After": "93", "Content-Type": "text/html; charset=utf-8"},
+               body="Rate limit for ticket updates exceeded, please wait before updating this ticket again")
+    with pytest.raises(RetryableError) as caught:
+        zendesk().deliver(second_item(), linked())
+    assert (caught.value.code, caught.value.retry_after) == ("429", 93.0)
+
+
+def test_idempotency_conflict_is_permanent(mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{API}/users/create_or_update", json=fixture("user_create_or_update"), status=201)
+    mocked.post(f"{API}/tickets", json=fixture("error_400_idempotency_conflict"), status=400)
+    with pytest.raises(PermanentError) as caught:
+        zendesk().deliver(delivery_item(), MemoryLinkStore())
+    assert caught.value.code == "IdempotentRequestError"
+    assert "don't match the given idempotency key" in str(caught.value)
+
+
+def test_retry_after_a_lost_follow_up_link_writes_no_second_follow_up() -> None:
+    fake = MockedZendesk()
+    item = second_item()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        fake.install(mock)
+        links = MemoryLinkStore()
+        zendesk().deliver(delivery_item(crm="helpdesk"), links)
+        fake.tickets[TICKET_ID]["status"] = "closed"
+        stale = MemoryLinkStore()
+        stale.links = dict(links.links)  # the attempt below dies before its new link is saved
+        assert zendesk().deliver(item, links).operation == "followup_ticket_created"
+        fake.idempotency.clear()  # Idempotency-Keys expire after two hours
+
+        result = zendesk().deliver(replace(item, attempt=2), stale)
+
+        assert [c.request.method for c in writes(mock)] == ["POST", "PUT", "POST"]
+    assert result.operation == "already_written"
+    assert len(fake.tickets) == 2
+    assert stale.get("conversation", CONVERSATION_ID)[0] == result.remote_id == str(TICKET_ID + 1)

@@ -1,0 +1,84 @@
+"""Storage: migrations match the table definitions, cursors, cross-process locks, attachments."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import requests
+import responses
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from gateway.attachments import AttachmentStore, AttachmentTooLarge, download
+from gateway.storage.cursors import Cursors, exclusive
+from gateway.storage.db import make_engine, migrate
+from gateway.storage.tables import metadata
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_build_exactly_the_declared_schema(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    migrate(engine)  # a second run is a no-op
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    engine.dispose()
+
+
+def test_cursors_round_trip(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    store = Cursors(engine)
+    assert store.get("imap:support") is None
+    store.put("imap:support", {"uidvalidity": 7, "last_uid": 41})
+    store.put("imap:support", {"uidvalidity": 7, "last_uid": 42})
+    assert store.get("imap:support") == {"uidvalidity": 7, "last_uid": 42}
+
+
+def test_exclusive_lock_admits_one_holder_on_sqlite(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    with exclusive(engine, "poll:a", tmp_path) as first:
+        with exclusive(engine, "poll:a", tmp_path) as second:
+            assert (first, second) == (True, False)
+        with exclusive(engine, "poll:b", tmp_path) as other:
+            assert other is True
+    with exclusive(engine, "poll:a", tmp_path) as again:
+        assert again is True
+
+
+def test_exclusive_lock_admits_one_holder_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    engine = make_engine(postgres_url)
+    with exclusive(engine, "poll:a", tmp_path) as first, exclusive(engine, "poll:a", tmp_path) as second:
+        assert (first, second) == (True, False)
+    with exclusive(engine, "poll:a", tmp_path) as again:
+        assert again is True
+    engine.dispose()
+
+
+def test_attachment_store_is_content_addressed_with_limits(tmp_path: Path) -> None:
+    store = AttachmentStore(tmp_path / "att", max_bytes=10)
+    first = store.put(b"0123456789", "a.txt", "text/plain")
+    second = store.put(b"0123456789", "b.txt", "text/plain")
+    assert first.sha256 == second.sha256 == hashlib.sha256(b"0123456789").hexdigest()
+    assert first.size == 10 and store.read(first.location) == b"0123456789"
+    assert len(list((tmp_path / "att").rglob("*"))) == 3  # two folders and one file
+    with pytest.raises(AttachmentTooLarge):
+        store.put(b"x" * 11, "big.bin", "application/octet-stream")
+
+
+@responses.activate
+def test_download_refuses_other_hosts_and_oversized_bodies() -> None:
+    session = requests.Session()
+    url = "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1"
+    responses.get(url, body=b"\x89PNG....", content_type="image/png")
+    data, content_type = download(session, url, allowed_hosts=("twilio.com",), max_bytes=100)
+    assert (data, content_type) == (b"\x89PNG....", "image/png")
+    with pytest.raises(ValueError, match="refusing"):
+        download(session, "https://evil.example/x.png", allowed_hosts=("twilio.com",), max_bytes=100)
+    with pytest.raises(ValueError, match="refusing"):
+        download(session, "http://api.twilio.com/x", allowed_hosts=("twilio.com",), max_bytes=100)
+    with pytest.raises(AttachmentTooLarge):
+        download(session, url, allowed_hosts=("twilio.com",), max_bytes=4)

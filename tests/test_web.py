@@ -1,0 +1,212 @@
+"""The Flask ingress: status codes and reasons, metrics, readiness, and 2xx only after the inbox commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import OperationalError
+
+from connectors.twilio import SIGNATURE_HEADER
+from gateway.config import load_config
+from gateway.runtime import Runtime, build_runtime
+from gateway.storage.tables import inbox
+from gateway.web import create_app
+from gateway.webhooks import HookRequest
+from tests.conformance.channel import send
+from tests.conftest import BASE_CONFIG, POSTGRES_URL, PUBLIC_URL
+
+CHANNEL = "sms-main"
+HOOK = f"/hooks/{CHANNEL}"
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> FlaskClient:
+    return create_app(runtime).test_client()
+
+
+def signed(runtime: Runtime, text: str = "Where is my parcel?", sender: str = "+14017122661") -> HookRequest:
+    """A correctly signed inbound SMS with a fresh MessageSid, made by the connector as Twilio would send it."""
+    return runtime.channels[CHANNEL].sample_request(
+        sender=sender, text=text, recipient=None, public_url=f"{PUBLIC_URL}{HOOK}")
+
+
+def metric(client: FlaskClient, name: str, **labels: str) -> float:
+    """A sample's value as exposed at /metrics (0 when the labelled series does not exist yet)."""
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def inbox_rows(runtime: Runtime) -> int:
+    with runtime.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(inbox)).scalar_one()
+
+
+def rejected(client: FlaskClient, connector: str, reason: str) -> float:
+    return metric(client, "gateway_rejected_total", connector=connector, reason=reason)
+
+
+def test_unknown_channel_is_404(client: FlaskClient, runtime: Runtime) -> None:
+    before = rejected(client, "unknown", "unknown_channel")
+    response = client.post("/hooks/nope", data={"Body": "hi"})
+    assert response.status_code == 404
+    assert response.get_data(as_text=True) == "no channel named 'nope'\n"
+    assert rejected(client, "unknown", "unknown_channel") == before + 1
+    assert inbox_rows(runtime) == 0
+
+
+def test_get_without_handshake_is_405(client: FlaskClient, runtime: Runtime) -> None:
+    before = rejected(client, CHANNEL, "method")
+    response = client.get(HOOK)
+    assert response.status_code == 405
+    assert response.get_data(as_text=True) == "POST only\n"
+    assert rejected(client, CHANNEL, "method") == before + 1
+
+
+def test_body_over_the_connector_limit_is_413(client: FlaskClient, runtime: Runtime) -> None:
+    limit = runtime.channels[CHANNEL].max_body_bytes
+    assert limit < runtime.config.settings.server.max_body_bytes  # the connector's own limit is what bites
+    request = signed(runtime, text="x" * limit)
+    assert len(request.body) > limit
+    before = rejected(client, CHANNEL, "too_large")
+    response = send(client, request, CHANNEL)
+    assert response.status_code == 413
+    assert response.get_data(as_text=True) == f"body over {limit} bytes\n"
+    assert rejected(client, CHANNEL, "too_large") == before + 1
+    assert inbox_rows(runtime) == 0
+
+
+def test_body_just_under_the_limit_is_taken(client: FlaskClient, runtime: Runtime) -> None:
+    limit = runtime.channels[CHANNEL].max_body_bytes
+    request = signed(runtime, text="x")
+    padding = limit - len(request.body) - 10
+    request = signed(runtime, text="x" * padding)
+    assert len(request.body) <= limit
+    assert send(client, request, CHANNEL).status_code == 200
+    assert inbox_rows(runtime) == 1
+
+
+@pytest.mark.parametrize(("content_type", "body", "reason"), [
+    ("application/json", b'{"MessageSid": "SM1"}', "expected application/x-www-form-urlencoded, got application/json"),
+    ("application/x-www-form-urlencoded", b"MessageSid=SM1&Body", "body is not a valid urlencoded form"),
+    ("application/x-www-form-urlencoded", b"Body=\xff\xfe", "body is not a valid urlencoded form"),
+])
+def test_malformed_body_is_400(client: FlaskClient, runtime: Runtime, content_type: str, body: bytes,
+                               reason: str) -> None:
+    before = rejected(client, CHANNEL, "malformed")
+    response = client.post(HOOK, data=body, headers={"Content-Type": content_type, SIGNATURE_HEADER: "x"})
+    assert response.status_code == 400
+    assert response.get_data(as_text=True).startswith(reason)
+    assert rejected(client, CHANNEL, "malformed") == before + 1
+    assert inbox_rows(runtime) == 0
+
+
+def test_bad_signature_is_401(client: FlaskClient, runtime: Runtime) -> None:
+    request = signed(runtime)
+    forged = HookRequest(request.method, request.path, request.query_string,
+                         type(request.headers)({**dict(request.headers.items()), SIGNATURE_HEADER: "Zm9yZ2Vk"}),
+                         request.body, request.public_url)
+    before = rejected(client, CHANNEL, "signature")
+    response = send(client, forged, CHANNEL)
+    assert response.status_code == 401
+    assert f"{SIGNATURE_HEADER} over {PUBLIC_URL}{HOOK} does not match" in response.get_data(as_text=True)
+    assert rejected(client, CHANNEL, "signature") == before + 1
+    assert inbox_rows(runtime) == 0
+
+
+def test_storage_failure_is_503_and_never_2xx(client: FlaskClient, runtime: Runtime,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OperationalError("INSERT INTO inbox", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(runtime.queues, "store_inbox", broken)
+    before = rejected(client, CHANNEL, "storage")
+    request = signed(runtime)
+    for _ in range(2):  # the provider's retry meets the same outage
+        response = send(client, request, CHANNEL)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert "retry" in response.get_data(as_text=True)
+    assert rejected(client, CHANNEL, "storage") == before + 2
+    monkeypatch.undo()
+    assert send(client, request, CHANNEL).status_code == 200  # once storage is back, the retry is taken
+    assert inbox_rows(runtime) == 1
+
+
+def test_2xx_only_after_commit_and_duplicates_stored_once(client: FlaskClient, runtime: Runtime) -> None:
+    request = signed(runtime)
+    sid = dict(request.form())["MessageSid"]
+    received = metric(client, "gateway_received_total", connector=CHANNEL)
+    duplicates = metric(client, "gateway_duplicates_total", connector=CHANNEL)
+    first = send(client, request, CHANNEL)
+    assert first.status_code == 200
+    # a fresh engine: what another process would see, so the row is committed, not just written
+    other = create_engine(runtime.engine.url)
+    try:
+        with other.connect() as conn:
+            rows = conn.execute(select(inbox.c.provider_id, inbox.c.body, inbox.c.status)).all()
+    finally:
+        other.dispose()
+    assert rows == [(sid, request.body, "pending")]
+    second = send(client, request, CHANNEL)
+    assert (second.status_code, second.get_data()) == (200, first.get_data())
+    assert inbox_rows(runtime) == 1
+    assert metric(client, "gateway_received_total", connector=CHANNEL) == received + 1
+    assert metric(client, "gateway_duplicates_total", connector=CHANNEL) == duplicates + 1
+
+
+def test_healthz(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_data(as_text=True)) == (200, "ok\n")
+
+
+def test_readyz_follows_the_database(client: FlaskClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client.get("/readyz").status_code == 200
+    unreachable = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/gateway",
+                                connect_args={"connect_timeout": 2})
+    monkeypatch.setattr(runtime, "engine", unreachable)
+    response = client.get("/readyz")
+    assert (response.status_code, response.get_data(as_text=True)) == (503, "storage unreachable\n")
+    monkeypatch.undo()
+    assert client.get("/readyz").status_code == 200
+
+
+@pytest.fixture
+def pg_runtime(write_config, postgres_url: str) -> Iterator[Runtime]:  # type: ignore[no-untyped-def]
+    rt = build_runtime(load_config(write_config(BASE_CONFIG, storage_url=postgres_url)))
+    yield rt
+    rt.close()
+
+
+def test_readyz_503_when_the_postgres_database_goes_away(pg_runtime: Runtime, postgres_url: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    client = create_app(pg_runtime).test_client()
+    assert client.get("/readyz").status_code == 200
+    url = make_url(postgres_url)
+    admin = make_url(POSTGRES_URL)
+    with psycopg.connect(f"host={url.host} port={url.port or 5432} user={url.username} dbname={admin.database}",
+                         autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
+    assert client.get("/readyz").status_code == 503
+    assert send(client, signed(pg_runtime), CHANNEL).status_code == 503  # and nothing is answered 2xx
+
+
+def test_metrics_expose_queue_depth(client: FlaskClient, runtime: Runtime) -> None:
+    assert metric(client, "gateway_queue_depth", queue="inbox") == 0
+    for n in range(3):
+        assert send(client, signed(runtime, text=f"message {n}"), CHANNEL).status_code == 200
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert "# TYPE gateway_queue_depth gauge" in response.get_data(as_text=True)
+    assert metric(client, "gateway_queue_depth", queue="inbox") == 3
+    assert metric(client, "gateway_queue_depth", queue="outbox") == 0
+    assert metric(client, "gateway_queue_depth", queue="dead_letters") == 0
