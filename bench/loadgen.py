@@ -175,7 +175,7 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, du
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(requests[i], due)))
     # every request was due by now; give stragglers a bounded time to finish
-    done, pending = await asyncio.wait(tasks, timeout=30)
+    _done, pending = await asyncio.wait(tasks, timeout=30)
     for task in pending:
         task.cancel()
     stats.errors += len(pending)

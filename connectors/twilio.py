@@ -17,7 +17,7 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from werkzeug.datastructures import MultiDict
 
 from gateway.errors import MalformedRequest, SignatureInvalid
-from gateway.identity import InvalidIdentifier, normalize_phone
+from gateway.identity.normalize import InvalidIdentifier, normalize_phone
 from gateway.model import (
     Attachment,
     ChannelType,

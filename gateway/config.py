@@ -66,8 +66,32 @@ class WorkersConfig(_Section):
     retry: RetryConfig = RetryConfig()
 
 
+DEFAULT_ROLE_LOCAL_PARTS = (
+    "noreply", "donotreply", "mailerdaemon", "postmaster", "bounce", "bounces", "notifications", "notification",
+    "support", "info", "sales", "admin", "administrator", "help", "helpdesk", "contact", "billing", "webmaster",
+    "abuse", "office", "team", "hostmaster", "marketing", "newsletter", "service", "customerservice",
+)
+
+
+class EmailRuleConfig(_Section):
+    fold_case: bool = Field(False, description="Treat the local part case-insensitively.")
+    strip_plus: bool = Field(False, description="Drop a +tag from the local part.")
+    ignore_dots: bool = Field(False, description="Ignore dots in the local part.")
+    canonical_domain: str | None = Field(None, description="Domain to write instead (googlemail.com -> gmail.com).")
+
+
 class IdentityConfig(_Section):
     default_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="ISO 3166 region for national numbers.")
+    email_rules: dict[str, EmailRuleConfig] = Field(
+        {}, description="Per-domain local-part rules; the key '*' applies to every other domain.")
+    role_local_parts: list[str] = Field(
+        list(DEFAULT_ROLE_LOCAL_PARTS),
+        description="Local parts of shared role addresses: such addresses never join identities.")
+    blocked_emails: list[str] = Field([], description="Addresses (glob patterns) of the business itself.")
+    blocked_phones: list[str] = Field([], description="The business's own numbers, E.164.")
+    max_identifiers_per_kind: int = Field(5, ge=1, le=100)
+    suggestion_min_score: float = Field(85.0, ge=0, le=100)
+    carry_merges_to_crm: bool = Field(False, description="Merge CRM contacts too when an admin merges customers.")
 
 
 class ConversationsConfig(_Section):

@@ -8,13 +8,14 @@ recorded on the message.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Connection, select, update
 
 from gateway.config import ConversationsConfig
+from gateway.identity.merges import customer_family
 from gateway.model import Message, new_id
-from gateway.storage.db import utcnow
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import conversations, thread_keys
 
@@ -36,11 +37,19 @@ def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
     return lookup, own
 
 
+@dataclass(frozen=True)
+class Assignment:
+    conversation_id: str
+    rule: str  # thread_key | continuity | new
+    opened: bool
+    previous_id: str | None = None
+
+
 def assign_conversation(conn: Connection, message: Message, customer_id: str,
-                        settings: ConversationsConfig) -> tuple[str, str, bool]:
-    """Returns (conversation id, rule that threaded it, whether it was opened by this message)."""
+                        settings: ConversationsConfig) -> Assignment:
+    """Thread a message; times come from the message, so a backfill of old mail threads as it happened."""
     lookup, own = message_thread_keys(message)
-    now = utcnow()
+    at = message.received_at
     conversation_id: str | None = None
     rule = "new"
     for key in lookup:
@@ -49,30 +58,34 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
         if conversation_id:
             rule = "thread_key"
             break
+    family = customer_family(conn, customer_id)
     if conversation_id is None:
-        since = now - timedelta(hours=settings.window_hours)
         query = (select(conversations.c.id)
-                 .where(conversations.c.customer_id == customer_id, conversations.c.status == "open",
-                        conversations.c.last_activity_at >= since)
+                 .where(conversations.c.customer_id.in_(family), conversations.c.status == "open",
+                        conversations.c.last_activity_at >= at - timedelta(hours=settings.window_hours))
                  .order_by(conversations.c.last_activity_at.desc()).limit(1))
         if settings.continuity == "per_channel":
             query = query.where(conversations.c.connector == message.connector)
         conversation_id = conn.execute(query).scalar_one_or_none()
         if conversation_id:
             rule = "continuity"
+    previous_id = None
     opened = conversation_id is None
     if conversation_id is None:
         conversation_id = new_id()
+        previous_id = conn.execute(
+            select(conversations.c.id).where(conversations.c.customer_id.in_(family))
+            .order_by(conversations.c.last_activity_at.desc()).limit(1)).scalar_one_or_none()
         conn.execute(conversations.insert().values(
-            id=conversation_id, customer_id=customer_id, channel=message.channel.value,
-            connector=message.connector, status="open", created_at=now, last_activity_at=now))
+            id=conversation_id, customer_id=customer_id, channel=message.channel.value, previous_id=previous_id,
+            connector=message.connector, status="open", created_at=at, last_activity_at=at))
     else:
-        conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(
-            last_activity_at=now))
+        conn.execute(update(conversations).where(
+            conversations.c.id == conversation_id, conversations.c.last_activity_at < at).values(last_activity_at=at))
     statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
     for key in own:
         conn.execute(statement, {"key": key, "conversation_id": conversation_id})
-    return conversation_id, rule, opened
+    return Assignment(conversation_id, rule, opened, previous_id)
 
 
 def close_conversation(conn: Connection, conversation_id: str) -> None:

@@ -14,7 +14,9 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics
 from gateway.conversations import assign_conversation
-from gateway.identity import resolve_customer
+from gateway.identity import resolve_customer, rules_from_config
+from gateway.identity.merges import live_customer_id
+from gateway.identity.suggest import suggest_for_new_customer
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
 from gateway.retry import in_process_retry
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
+    """The customer as mappings and CRM connectors see it (the live customer, if it was merged since)."""
+    customer_id = live_customer_id(conn, customer_id)
     name = conn.execute(select(customers.c.display_name).where(customers.c.id == customer_id)).scalar_one()
     rows = conn.execute(select(identities.c.kind, identities.c.value)
                         .where(identities.c.customer_id == customer_id).order_by(identities.c.id))
@@ -44,6 +48,7 @@ class PipelineWorker:
         self.rt = runtime
         self.owner = owner
         self.settings = runtime.config.settings.workers
+        self.rules = rules_from_config(runtime.config.settings.identity)
 
     def claim(self) -> list[Row[Any]]:
         return self.rt.queues.claim_inbox(self.owner, self.settings.batch_size, self.settings.lease_seconds)
@@ -111,12 +116,15 @@ class PipelineWorker:
             return
         try:
             with conn.begin_nested():
-                customer_id, _ = resolve_customer(conn, message.sender, message_id=message.id)
+                resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
         except IntegrityError:
             # another worker added the same identifier a moment ago: its row is visible now
-            customer_id, _ = resolve_customer(conn, message.sender, message_id=message.id)
-        conversation_id, rule, opened = assign_conversation(
-            conn, message, customer_id, self.rt.config.settings.conversations)
+            resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
+        customer_id = resolution.customer_id
+        if resolution.created:
+            suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
+        assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations)
+        conversation_id, rule = assignment.conversation_id, assignment.rule
         now = utcnow()
         conn.execute(messages.insert().values(
             id=message.id, inbox_id=message.raw.inbox_id, connector=message.connector,
@@ -125,7 +133,7 @@ class PipelineWorker:
             received_at=message.received_at, created_at=now))
         customer = customer_context(conn, customer_id)
         conversation = {"id": conversation_id, "channel": message.channel.value, "thread_rule": rule,
-                        "opened_by_message": opened}
+                        "opened_by_message": assignment.opened, "previous_id": assignment.previous_id}
         for route in self.rt.config.routes_from(message.connector):
             fields: dict[str, Any] | None = None
             error: MappingRenderError | None = None

@@ -8,7 +8,9 @@ insensitive, or email; 201 when created, 200 when found), ticket creation honour
 each audit carrying the write's ``metadata`` as ``metadata.custom``.
 
 Every write is recorded in ``writes``; ``delay_seconds`` slows each request down (applied after a write has taken
-effect and before the answer, the harshest case for a client that dies mid-request).
+effect and before the answer, the harshest case for a client that dies mid-request). ``hold_next_comment()`` makes
+the next comment write take effect and then withholds the answer until ``release`` is set: a client killed then
+has written without knowing it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class FakeZendesk:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-zendesk", daemon=True)
+        self.held = threading.Event()  # set once a held comment has been written
+        self.release = threading.Event()
+        self._hold_next = False
+        self.held_write: Write | None = None
+        self._local = threading.local()
 
     @property
     def url(self) -> str:
@@ -80,6 +87,7 @@ class FakeZendesk:
         return self
 
     def stop(self) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -123,6 +131,11 @@ class FakeZendesk:
     def ticket_comments(self, ticket_id: int) -> list[dict[str, Any]]:
         with self.lock:
             return list(self.state.comments.get(ticket_id, []))
+
+    def hold_next_comment(self) -> None:
+        """Write the next comment added by PUT, then keep its answer back until ``release`` is set."""
+        with self.lock:
+            self._hold_next = True
 
     def close_ticket(self, ticket_id: int) -> None:
         with self.lock:
@@ -250,6 +263,10 @@ class FakeZendesk:
         audit = self._audit(ticket_id, int((given.get("comment") or {}).get("author_id") or 1), events,
                             given.get("metadata"))
         self._record("PUT", path, 200, body)
+        if self._hold_next and events:
+            self._hold_next = False
+            self.held_write = self.state.writes[-1]
+            self._local.hold = True
         return 200, {"ticket": dict(ticket), "audit": audit}, {}
 
     def _audits(self, ticket_id: int, query: dict[str, list[str]]) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -291,7 +308,11 @@ def _handler_for(fake: FakeZendesk) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             path = parts.path.removesuffix(".json")
             headers = {key.lower(): value for key, value in self.headers.items()}
+            fake._local.hold = False
             status, answer, extra = fake.handle(self.command, path, parse_qs(parts.query), headers, body)
+            if fake._local.hold:
+                fake.held.set()
+                fake.release.wait(60)
             if fake.delay_seconds:
                 time.sleep(fake.delay_seconds)
             self._answer(status, answer, extra)

@@ -62,7 +62,7 @@ class GatewayProcess:
         return self.proc.pid
 
     def output(self) -> str:
-        self._log.flush()
+        """Everything the process printed so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def alive(self) -> bool:

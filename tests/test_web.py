@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from connectors.twilio import SIGNATURE_HEADER
@@ -25,6 +28,7 @@ HOOK = f"/hooks/{CHANNEL}"
 
 @pytest.fixture
 def client(runtime: Runtime) -> FlaskClient:
+    """The Flask test client of the app on the SQLite ``runtime``."""
     return create_app(runtime).test_client()
 
 
@@ -45,11 +49,13 @@ def metric(client: FlaskClient, name: str, **labels: str) -> float:
 
 
 def inbox_rows(runtime: Runtime) -> int:
+    """How many inbox rows are committed."""
     with runtime.engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(inbox)).scalar_one()
 
 
 def rejected(client: FlaskClient, connector: str, reason: str) -> float:
+    """The ``gateway_rejected_total`` count for one connector and reason."""
     return metric(client, "gateway_rejected_total", connector=connector, reason=reason)
 
 
@@ -179,16 +185,14 @@ def test_readyz_follows_the_database(client: FlaskClient, runtime: Runtime, monk
 
 
 @pytest.fixture
-def pg_runtime(write_config, postgres_url: str) -> Iterator[Runtime]:  # type: ignore[no-untyped-def]
+def pg_runtime(write_config: Callable[..., Path], postgres_url: str) -> Iterator[Runtime]:
+    """The base config's runtime on a fresh PostgreSQL database."""
     rt = build_runtime(load_config(write_config(BASE_CONFIG, storage_url=postgres_url)))
     yield rt
     rt.close()
 
 
 def test_readyz_503_when_the_postgres_database_goes_away(pg_runtime: Runtime, postgres_url: str) -> None:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
     client = create_app(pg_runtime).test_client()
     assert client.get("/readyz").status_code == 200
     url = make_url(postgres_url)

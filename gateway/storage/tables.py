@@ -82,6 +82,8 @@ customers = Table(
     "customers", metadata,
     Column("id", String(32), primary_key=True),
     Column("display_name", Text),
+    Column("name_key", String(128), index=True),
+    Column("merged_into", String(32), index=True),  # set while this customer is merged into another
     Column("created_at", Time, nullable=False),
     Column("updated_at", Time, nullable=False),
 )
@@ -98,6 +100,34 @@ identities = Table(
     UniqueConstraint("kind", "value", name="uq_identities_kind_value"),
 )
 
+# Every merge, with its evidence; undone merges keep their row with undone_at set.
+merges = Table(
+    "merges", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("survivor_id", String(32), nullable=False, index=True),
+    Column("absorbed_id", String(32), nullable=False, index=True),
+    Column("evidence", String(32), nullable=False),  # asserted_by_channel | crm_record | admin
+    Column("detail", JSON, nullable=False),  # what joined them, and the identity ids and links moved
+    Column("message_id", String(32)),
+    Column("actor", String(128)),
+    Column("created_at", Time, nullable=False),
+    Column("undone_at", Time),
+    Column("undo_reason", Text),
+)
+
+# Likely duplicates for an admin to review; never applied by themselves.
+merge_suggestions = Table(
+    "merge_suggestions", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("customer_a", String(32), nullable=False),
+    Column("customer_b", String(32), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False, default="open"),  # open | merged | rejected
+    Column("created_at", Time, nullable=False),
+    UniqueConstraint("customer_a", "customer_b", name="uq_merge_suggestions_pair"),
+)
+
 conversations = Table(
     "conversations", metadata,
     Column("id", String(32), primary_key=True),
@@ -105,6 +135,7 @@ conversations = Table(
     Column("channel", String(16), nullable=False),
     Column("connector", String(64), nullable=False),
     Column("status", String(16), nullable=False, default="open"),
+    Column("previous_id", String(32)),  # the conversation this one follows up
     Column("created_at", Time, nullable=False),
     Column("last_activity_at", Time, nullable=False),
     Index("ix_conversations_customer", "customer_id", "status", "last_activity_at"),

@@ -213,6 +213,7 @@ class ChannelConformance:
 
     @pytest.fixture
     def client(self, runtime: Runtime) -> FlaskClient:
+        """The Flask test client of the app on this class's runtime."""
         return create_app(runtime).test_client()
 
     def _refused_request(self, refusal: str, connector: ChannelConnector) -> HookRequest:

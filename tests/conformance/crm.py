@@ -96,12 +96,15 @@ class CrmConformance:
 
     # -- what a subclass provides ------------------------------------------------------------------------------
     def build(self, http: requests.Session, tmp_path: Path) -> CrmConnector:
+        """The connector under test; its outbound HTTP goes through ``http``, its files under ``tmp_path``."""
         raise NotImplementedError
 
     def mock_success(self, mocked: responses.RequestsMock) -> None:
+        """Register the answers of a healthy CRM (stateful where replays need to find earlier writes)."""
         raise NotImplementedError
 
     def count_writes(self, mocked: responses.RequestsMock, tmp_path: Path) -> int:
+        """How many distinct records the CRM now holds as written."""
         raise NotImplementedError
 
     # -- fixtures ----------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from tests.conformance.crm import CONVERSATION_ID, CUSTOMER_ID, CrmConformance, 
 
 def jsonl(tmp_path: Path, **settings: Any) -> JsonlCrm:
     config = JsonlConfig(**{"path": "out/crm.jsonl", **settings})
-    return JsonlCrm("trial", config, ConnectorContext(http=requests.Session(), data_dir=tmp_path / "var", base_dir=tmp_path))
+    context = ConnectorContext(http=requests.Session(), data_dir=tmp_path / "var", base_dir=tmp_path)
+    return JsonlCrm("trial", config, context)
 
 
 def records(tmp_path: Path) -> list[dict[str, Any]]:

@@ -460,7 +460,8 @@ def test_retry_after_a_lost_follow_up_link_writes_no_second_follow_up() -> None:
 
         result = zendesk().deliver(replace(item, attempt=2), stale)
 
-        assert [c.request.method for c in writes(mock)] == ["POST", "PUT", "POST"]
+        sent = [(c.request.method, c.response.status_code) for c in writes(mock)]
+        assert sent == [("POST", 201), ("PUT", 422), ("POST", 201), ("PUT", 422)]  # 422: ticket closed
     assert result.operation == "already_written"
     assert len(fake.tickets) == 2
     assert stale.get("conversation", CONVERSATION_ID)[0] == result.remote_id == str(TICKET_ID + 1)

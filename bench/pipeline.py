@@ -1,0 +1,154 @@
+"""Pipeline benchmark: a pre-filled inbox of signed Twilio SMS rows, processed into the jsonl CRM.
+
+Two measurements on fresh SQLite databases in a temp folder:
+
+- stages: the pipeline stage alone (inbox -> customer, conversation, mapping -> outbox) drained with
+  ``drain_once`` in one thread, then the delivery stage alone (outbox -> jsonl line, fsync per record);
+- end to end: the real ``WorkerProcess`` (the config's pipeline and delivery threads running together) from a
+  full inbox until the jsonl file holds every message.
+
+Each run then checks the jsonl file has exactly N lines and N distinct messages.
+
+    .venv/bin/python -m bench.pipeline --messages 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import ACCOUNT_SID, AUTH_TOKEN, CHANNEL, signed_requests
+from gateway.config import load_config
+from gateway.delivery import DeliveryWorker
+from gateway.pipeline import PipelineWorker
+from gateway.runtime import Runtime, build_runtime
+from gateway.webhooks import InboxItem
+from gateway.worker import WorkerProcess, drain_once
+
+PUBLIC_URL = "http://127.0.0.1:8080"
+
+
+def write_config(folder: Path, synchronous: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(f"""
+storage: {{url: "sqlite:///{folder / 'gateway.db'}", sqlite_synchronous: {synchronous}}}
+server: {{public_url: "{PUBLIC_URL}"}}
+workers: {{idle_poll_seconds: 0.05}}
+logging: {{level: WARNING}}
+data_dir: {folder}
+channels:
+  {CHANNEL}: {{type: twilio, account_sid: "{ACCOUNT_SID}", auth_token: "{AUTH_TOKEN}"}}
+crms:
+  trial: {{type: jsonl, path: {folder / 'crm.jsonl'}}}
+routes:
+  - {{from: [{CHANNEL}], to: trial}}
+""", encoding="utf-8")
+    return path
+
+
+def prefill(runtime: Runtime, messages: int, senders: int, run_id: int) -> None:
+    """Store ``messages`` signed inbound SMS webhooks from ``senders`` distinct numbers, as ingress does."""
+    for raw in signed_requests("127.0.0.1", 8080, PUBLIC_URL, run_id, messages, senders=senders):
+        head, body = raw.split(b"\r\n\r\n", 1)
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+        sid = body.split(b"MessageSid=", 1)[1].split(b"&", 1)[0].decode()
+        runtime.queues.store_inbox(CHANNEL, [InboxItem(sid, body, "application/x-www-form-urlencoded", "message")],
+                                   headers, f"{PUBLIC_URL}/hooks/{CHANNEL}")
+
+
+def drain(stage: Any) -> int:
+    total = 0
+    while (done := drain_once(stage)) > 0:
+        total += done
+    return total
+
+
+def jsonl_check(path: Path, messages: int) -> dict[str, Any]:
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    distinct = {json.loads(line)["message"]["provider_message_id"] for line in lines}
+    return {"lines": len(lines), "distinct": len(distinct), "exact": len(lines) == len(distinct) == messages}
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def run_stages(base: Path, messages: int, senders: int, synchronous: str) -> dict[str, Any]:
+    config = load_config(write_config(base / "stages", synchronous))
+    runtime = build_runtime(config)
+    try:
+        prefill(runtime, messages, senders, run_id=1)
+        started = time.perf_counter()
+        processed = drain(PipelineWorker(runtime, "bench-pipeline"))
+        pipeline_s = time.perf_counter() - started
+        started = time.perf_counter()
+        delivered = drain(DeliveryWorker(runtime, "bench-delivery"))
+        delivery_s = time.perf_counter() - started
+    finally:
+        runtime.close()
+    check = jsonl_check(base / "stages" / "crm.jsonl", messages)
+    return {"processed": processed, "delivered": delivered,
+            "pipeline_s": round(pipeline_s, 2), "pipeline_mps": round(processed / pipeline_s, 1),
+            "delivery_s": round(delivery_s, 2), "delivery_mps": round(delivered / delivery_s, 1), "check": check}
+
+
+def run_end_to_end(base: Path, messages: int, senders: int, synchronous: str, timeout: float) -> dict[str, Any]:
+    config = load_config(write_config(base / "e2e", synchronous))
+    runtime = build_runtime(config)
+    output = base / "e2e" / "crm.jsonl"
+    try:
+        prefill(runtime, messages, senders, run_id=2)
+        worker = WorkerProcess(runtime)
+        started = time.perf_counter()
+        worker.start()
+        deadline = started + timeout
+        while count_lines(output) < messages and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        worker.stop()
+        worker.wait()
+    finally:
+        runtime.close()
+    check = jsonl_check(output, messages)
+    settings = config.settings.workers
+    return {"seconds": round(elapsed, 2), "mps": round(check["lines"] / elapsed, 1), "check": check,
+            "timed_out": check["lines"] < messages,
+            "threads": f"{settings.pipeline_threads} pipeline + {settings.delivery_threads} delivery"}
+
+
+def run(messages: int = 5000, senders: int = 1000, synchronous: str = "full", timeout: float = 120.0,
+        workdir: Path | None = None) -> dict[str, Any]:
+    """Both measurements; raises AssertionError when a jsonl file is not exactly N distinct messages."""
+    base = Path(workdir or tempfile.mkdtemp(prefix="gw-bench-pipeline-"))
+    stages = run_stages(base, messages, senders, synchronous)
+    end_to_end = run_end_to_end(base, messages, senders, synchronous, timeout)
+    result = {"messages": messages, "senders": senders, "synchronous": synchronous, "workdir": str(base),
+              "stages": stages, "end_to_end": end_to_end}
+    for name in ("stages", "end_to_end"):
+        check = result[name]["check"]
+        assert check["exact"], f"{name}: jsonl has {check['lines']} lines, {check['distinct']} distinct, " \
+                               f"expected {messages}"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--senders", type=int, default=1000)
+    parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    print(json.dumps(run(args.messages, args.senders, args.synchronous, args.timeout), indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

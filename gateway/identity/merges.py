@@ -1,0 +1,119 @@
+"""Merges (recorded with their evidence, reversible) and merge suggestions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from gateway.storage.db import utcnow
+from gateway.storage.queues import insert_for
+from gateway.storage.tables import crm_links, customers, identities, merge_suggestions, merges
+
+_MAX_CHAIN = 64
+
+
+class MergeError(Exception):
+    pass
+
+
+def live_customer_id(conn: Connection, customer_id: str) -> str:
+    """Follow ``merged_into`` to the customer that stands for this one now."""
+    current = customer_id
+    for _ in range(_MAX_CHAIN):
+        nxt = conn.execute(select(customers.c.merged_into).where(customers.c.id == current)).scalar_one_or_none()
+        if not nxt:
+            return current
+        current = nxt
+    raise MergeError(f"merge chain from {customer_id} is too long")
+
+
+def customer_family(conn: Connection, customer_id: str) -> list[str]:
+    """The customer and every customer merged into it, directly or through others."""
+    family, frontier = [customer_id], [customer_id]
+    while frontier:
+        frontier = list(conn.execute(select(customers.c.id).where(customers.c.merged_into.in_(frontier))).scalars())
+        family += frontier
+    return family
+
+
+def conflicting_links(conn: Connection, a: str, b: str) -> str | None:
+    """The name of a CRM in which ``a`` and ``b`` already map to different records, if any."""
+    rows = conn.execute(select(crm_links.c.crm, crm_links.c.local_id, crm_links.c.remote_id).where(
+        crm_links.c.entity == "customer", crm_links.c.local_id.in_([a, b])))
+    seen: dict[str, dict[str, str]] = {}
+    for crm, local_id, remote_id in rows:
+        seen.setdefault(crm, {})[local_id] = remote_id
+    for crm, by_customer in seen.items():
+        if len(by_customer) == 2 and by_customer[a] != by_customer[b]:
+            return crm
+    return None
+
+
+def merge_customers(conn: Connection, survivor: str, absorbed: str, *, evidence: str, detail: dict[str, Any],
+                    message_id: str | None = None, actor: str | None = None) -> int:
+    """Move every identifier (and CRM link) of ``absorbed`` to ``survivor``; record what moved so it can be undone."""
+    if survivor == absorbed:
+        raise MergeError("a customer cannot be merged into itself")
+    moved = list(conn.execute(select(identities.c.id).where(identities.c.customer_id == absorbed)).scalars())
+    conn.execute(update(identities).where(identities.c.id.in_(moved)).values(customer_id=survivor))
+    links = list(conn.execute(select(crm_links.c.crm).where(
+        crm_links.c.entity == "customer", crm_links.c.local_id == absorbed)).scalars())
+    survivor_links = set(conn.execute(select(crm_links.c.crm).where(
+        crm_links.c.entity == "customer", crm_links.c.local_id == survivor)).scalars())
+    moved_links = [crm for crm in links if crm not in survivor_links]
+    conn.execute(update(crm_links).where(
+        crm_links.c.entity == "customer", crm_links.c.local_id == absorbed, crm_links.c.crm.in_(moved_links)
+    ).values(local_id=survivor))
+    now = utcnow()
+    conn.execute(update(customers).where(customers.c.id == absorbed).values(merged_into=survivor, updated_at=now))
+    return conn.execute(merges.insert().values(
+        survivor_id=survivor, absorbed_id=absorbed, evidence=evidence,
+        detail={**detail, "moved_identity_ids": moved, "moved_links": moved_links},
+        message_id=message_id, actor=actor, created_at=now)).inserted_primary_key[0]
+
+
+def unmerge(conn: Connection, merge_id: int, reason: str | None = None) -> dict[str, Any]:
+    """Undo one merge: the absorbed customer gets back its identifiers and CRM links."""
+    row = conn.execute(select(merges).where(merges.c.id == merge_id)).first()
+    if row is None:
+        raise MergeError(f"no merge {merge_id}")
+    if row.undone_at is not None:
+        raise MergeError(f"merge {merge_id} was already undone")
+    later = conn.execute(select(merges.c.id).where(
+        merges.c.absorbed_id == row.survivor_id, merges.c.undone_at.is_(None), merges.c.id > merge_id)).first()
+    if later is not None:
+        raise MergeError(f"undo merge {later.id} first: it absorbed this merge's survivor")
+    moved = row.detail.get("moved_identity_ids", [])
+    conn.execute(update(identities).where(identities.c.id.in_(moved)).values(customer_id=row.absorbed_id))
+    moved_links = row.detail.get("moved_links", [])
+    conn.execute(update(crm_links).where(
+        crm_links.c.entity == "customer", crm_links.c.local_id == row.survivor_id, crm_links.c.crm.in_(moved_links)
+    ).values(local_id=row.absorbed_id))
+    now = utcnow()
+    conn.execute(update(customers).where(customers.c.id == row.absorbed_id).values(merged_into=None, updated_at=now))
+    conn.execute(update(merges).where(merges.c.id == merge_id).values(undone_at=now, undo_reason=reason))
+    return {"survivor": row.survivor_id, "restored": row.absorbed_id, "identities": len(moved)}
+
+
+def suggest(conn: Connection, a: str, b: str, score: float, reason: str) -> int:
+    """Record (once per pair) that two customers look like one person; nothing is merged."""
+    first, second = sorted((a, b))
+    statement = insert_for(conn.engine, merge_suggestions).values(
+        customer_a=first, customer_b=second, score=round(score, 1), reason=reason[:1000], status="open",
+        created_at=utcnow()).on_conflict_do_nothing(index_elements=["customer_a", "customer_b"])
+    conn.execute(statement)
+    return conn.execute(select(merge_suggestions.c.id).where(
+        merge_suggestions.c.customer_a == first, merge_suggestions.c.customer_b == second)).scalar_one()
+
+
+def merges_of(conn: Connection, customer_id: str) -> list[Any]:
+    return list(conn.execute(select(merges).where(
+        or_(merges.c.survivor_id == customer_id, merges.c.absorbed_id == customer_id)).order_by(merges.c.id)))
+
+
+def open_suggestions(conn: Connection, include_closed: bool = False) -> list[Any]:
+    query = select(merge_suggestions).order_by(merge_suggestions.c.score.desc(), merge_suggestions.c.id)
+    if not include_closed:
+        query = query.where(and_(merge_suggestions.c.status == "open"))
+    return list(conn.execute(query))

@@ -1,0 +1,102 @@
+"""Customer resolution: which customer a sender is, joining identifiers on strong evidence only.
+
+Strong evidence is the same normalised identifier, or several identifiers the channel itself asserts belong to one
+sender (a WhatsApp id is a phone number; a Slack profile's verified email), or a CRM record holding both, or an
+admin's merge. Never a name, never a fuzzy score. Guardrails:
+
+- isolated identifiers (role addresses, the business's own addresses and numbers) key a customer of their own but
+  never join anything;
+- at most ``max_per_kind`` identifiers of one kind per customer;
+- two customers that already map to different records in one CRM are never merged automatically: a merge
+  suggestion is recorded instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
+from gateway.identity.normalize import IdentityRules, name_key
+from gateway.model import Identifier, Party, new_id
+from gateway.storage.db import utcnow
+from gateway.storage.tables import customers, identities
+
+
+@dataclass
+class Resolution:
+    customer_id: str
+    created: bool = False
+    merges: list[int] = field(default_factory=list)
+    suggestions: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, value, why not attached)
+
+
+def _owner(conn: Connection, identifier: Identifier) -> str | None:
+    owner = conn.execute(select(identities.c.customer_id).where(
+        identities.c.kind == identifier.kind.value, identities.c.value == identifier.value)).scalar_one_or_none()
+    return live_customer_id(conn, owner) if owner else None
+
+
+def _created_at(conn: Connection, customer_id: str) -> Any:
+    return conn.execute(select(customers.c.created_at).where(customers.c.id == customer_id)).scalar_one()
+
+
+def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: IdentityRules | None = None,
+                     evidence: str = "asserted_by_channel") -> Resolution:
+    """The customer for a sender party, creating, attaching, merging or suggesting as the evidence allows.
+
+    Runs inside the pipeline's transaction. A concurrent insert of the same identifier raises IntegrityError; the
+    caller retries, and then finds the row.
+    """
+    rules = rules or IdentityRules()
+    isolated = {ident.key: rules.isolation_reason(ident) for ident in party.identifiers}
+    joinable = [ident for ident in party.identifiers if not isolated[ident.key]]
+    if not joinable:
+        joinable = [party.identifiers[0]]  # only isolated identifiers: the first keys a customer of its own
+        evidence = f"isolated:{isolated[party.identifiers[0].key]}"
+    owners = {ident.key: _owner(conn, ident) for ident in joinable}
+    distinct = list(dict.fromkeys(owner for owner in owners.values() if owner))
+    now = utcnow()
+    result: Resolution
+    if not distinct:
+        customer_id = new_id()
+        conn.execute(customers.insert().values(
+            id=customer_id, display_name=party.display_name, name_key=name_key(party.display_name),
+            created_at=now, updated_at=now))
+        result = Resolution(customer_id, created=True)
+    else:
+        survivor = min(distinct, key=lambda cid: (_created_at(conn, cid), cid))
+        result = Resolution(survivor)
+        for other in distinct:
+            if other == survivor:
+                continue
+            joined_by = [key for key, owner in owners.items() if owner in (survivor, other)]
+            conflict = conflicting_links(conn, survivor, other)
+            if conflict:
+                result.suggestions.append(suggest(
+                    conn, survivor, other, 100.0,
+                    f"{evidence} via {', '.join(joined_by)}, but they map to different records in {conflict}"))
+            else:
+                result.merges.append(merge_customers(
+                    conn, survivor, other, evidence=evidence, message_id=message_id,
+                    detail={"identifiers": joined_by}))
+        if party.display_name:
+            conn.execute(update(customers).where(
+                customers.c.id == survivor, customers.c.display_name.is_(None)).values(
+                display_name=party.display_name, name_key=name_key(party.display_name), updated_at=now))
+    for ident in joinable:
+        if owners[ident.key]:
+            continue
+        held = conn.execute(select(func.count()).select_from(identities).where(
+            identities.c.customer_id == result.customer_id, identities.c.kind == ident.kind.value)).scalar_one()
+        if held >= rules.max_per_kind:
+            result.skipped.append((ident.kind.value, ident.value, f"limit of {rules.max_per_kind} per kind"))
+            continue
+        conn.execute(identities.insert().values(
+            kind=ident.kind.value, value=ident.value, customer_id=result.customer_id,
+            evidence="first_seen" if result.created and ident is joinable[0] else evidence,
+            source_message_id=message_id, created_at=now))
+    return result
