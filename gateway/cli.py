@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from gateway.cli_customers import customers_group
 from gateway.yamlsource import ConfigError
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config.yaml")
@@ -284,3 +285,6 @@ def mapping_test(files: tuple[Path, ...]) -> None:
         failed += bool(failures)
         click.echo(f"{path}: {'FAILED' if failures else 'ok'}")
     sys.exit(1 if failed else 0)
+
+
+main.add_command(customers_group, "customers")

@@ -144,9 +144,12 @@ def test_claim_outbox_skips_rows_locked_by_another_connection(pg_runtime: Runtim
         locked = holder.execute(select(outbox.c.id).where(outbox.c.id == first.id).with_for_update()).scalar_one()
         assert locked == first.id
         # another connection claims while the row is locked: it must not wait and must not take that row
-        with ThreadPoolExecutor(1) as pool:
+        pool = ThreadPoolExecutor(1)
+        try:
             claimed = pool.submit(pg_runtime.queues.claim_outbox, "other", 100, 30).result(timeout=3)
-        holder.rollback()
+        finally:
+            holder.rollback()  # lets a claim that waited on the lock go on, so the pool can shut down
+            pool.shutdown()
     ids = [r.id for r in claimed]
     assert first.id not in ids
     oldest = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import Row, select
+from sqlalchemy import Row, Table, select
 
 from gateway.config import load_config
 from gateway.runtime import Runtime, build_runtime
@@ -44,9 +44,9 @@ class Setup:
     def worker(self, name: str) -> GatewayProcess:
         return GatewayProcess(["work", "-c", str(self.config)], self.tmp_path / f"{name}.log")
 
-    def rows(self, table: object) -> list[Row]:
+    def rows(self, table: Table) -> list[Row]:
         with self.rt.engine.connect() as conn:
-            return list(conn.execute(select(table)))  # type: ignore[call-overload]
+            return list(conn.execute(select(table)))
 
     def leased(self) -> list[Row]:
         return [r for t in (inbox, outbox) for r in self.rows(t) if r.lease_owner is not None]

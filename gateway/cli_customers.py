@@ -1,0 +1,193 @@
+"""``gateway customers``: see why identifiers are joined, merge, unmerge, review suggestions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Connection, or_, select, update
+
+from gateway.identity.merges import (
+    MergeError,
+    customer_family,
+    live_customer_id,
+    merge_customers,
+    merges_of,
+    open_suggestions,
+    unmerge,
+)
+from gateway.identity.normalize import InvalidIdentifier, normalize_email, normalize_phone
+from gateway.storage.tables import conversations, crm_links, customers, identities, merge_suggestions
+
+
+def _runtime(config_path: Path) -> Any:
+    from gateway.cli import _load
+    from gateway.runtime import build_runtime
+
+    return build_runtime(_load(config_path))
+
+
+def _find_ids(conn: Connection, query: str, region: str) -> list[str]:
+    """Customer ids for an id, an identifier (email, phone in any form, kind:value) or a name fragment."""
+    candidates: list[tuple[str, str]] = []
+    if ":" in query and not query.startswith("+"):
+        kind, _, value = query.partition(":")
+        candidates.append((kind, value))
+    if "@" in query:
+        try:
+            candidates.append(("email", normalize_email(query)))
+        except InvalidIdentifier:
+            pass
+    try:
+        candidates.append(("phone", normalize_phone(query, region)))
+    except InvalidIdentifier:
+        pass
+    found = [live_customer_id(conn, cid) for cid in conn.execute(select(identities.c.customer_id).where(
+        or_(*[(identities.c.kind == k) & (identities.c.value == v) for k, v in candidates]) if candidates
+        else identities.c.id < 0)).scalars()]
+    if conn.execute(select(customers.c.id).where(customers.c.id == query)).first():
+        found.append(query)
+    if not found and len(query) >= 3:
+        found = list(conn.execute(select(customers.c.id).where(
+            customers.c.display_name.ilike(f"%{query}%"), customers.c.merged_into.is_(None)).limit(50)).scalars())
+    return list(dict.fromkeys(found))
+
+
+def describe(conn: Connection, customer_id: str) -> dict[str, Any]:
+    live = live_customer_id(conn, customer_id)
+    row = conn.execute(select(customers).where(customers.c.id == live)).one()
+    family = customer_family(conn, live)
+    return {
+        "id": live,
+        "display_name": row.display_name,
+        "merged_customers": [cid for cid in family if cid != live],
+        "identifiers": [
+            {"kind": r.kind, "value": r.value, "evidence": r.evidence, "first_message": r.source_message_id,
+             "since": r.created_at.isoformat()}
+            for r in conn.execute(select(identities).where(identities.c.customer_id == live).order_by(identities.c.id))
+        ],
+        "merges": [
+            {"merge": m.id, "survivor": m.survivor_id, "absorbed": m.absorbed_id, "evidence": m.evidence,
+             "detail": {k: v for k, v in m.detail.items() if not k.startswith("moved_")},
+             "message": m.message_id, "actor": m.actor, "at": m.created_at.isoformat(),
+             "undone_at": m.undone_at.isoformat() if m.undone_at else None}
+            for cid in family for m in merges_of(conn, cid)
+        ],
+        "crm_records": {r.crm: r.remote_id for r in conn.execute(select(crm_links).where(
+            crm_links.c.entity == "customer", crm_links.c.local_id == live))},
+        "conversations": [
+            {"id": c.id, "channel": c.channel, "status": c.status, "last_activity": c.last_activity_at.isoformat()}
+            for c in conn.execute(select(conversations).where(conversations.c.customer_id.in_(family))
+                                  .order_by(conversations.c.last_activity_at.desc()).limit(20))
+        ],
+    }
+
+
+@click.group()
+def customers_group() -> None:
+    """Customers: why identifiers are joined; merge, unmerge, review suggestions."""
+
+
+_config = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), default="config.yaml",
+                       envvar="GATEWAY_CONFIG", show_default=True)
+
+
+@customers_group.command("show")
+@_config
+@click.argument("query")
+def show(config_path: Path, query: str) -> None:
+    """A customer (by id, identifier or name) with every identifier, its evidence, and every merge."""
+    rt = _runtime(config_path)
+    with rt.engine.connect() as conn:
+        ids = _find_ids(conn, query, rt.config.settings.identity.default_region)
+        if not ids:
+            raise click.ClickException(f"no customer matches {query!r}")
+        out = [describe(conn, cid) for cid in ids]
+    click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=2, ensure_ascii=False))
+
+
+@customers_group.command("find")
+@_config
+@click.argument("query")
+def find(config_path: Path, query: str) -> None:
+    """List customers matching an identifier (any written form) or a name fragment."""
+    rt = _runtime(config_path)
+    with rt.engine.connect() as conn:
+        ids = _find_ids(conn, query, rt.config.settings.identity.default_region)
+        for cid in ids:
+            info = describe(conn, cid)
+            idents = ", ".join(f"{i['kind']}:{i['value']}" for i in info["identifiers"])
+            click.echo(f"{cid}  {info['display_name'] or '-'}  {idents}")
+    if not ids:
+        click.echo("no match")
+
+
+@customers_group.command("merge")
+@_config
+@click.argument("survivor")
+@click.argument("absorbed")
+@click.option("--reason", required=True, help="Why: kept with the merge.")
+@click.option("--actor", default="admin", show_default=True)
+def merge(config_path: Path, survivor: str, absorbed: str, reason: str, actor: str) -> None:
+    """Merge ABSORBED into SURVIVOR (an admin's merge: strong evidence by definition)."""
+    rt = _runtime(config_path)
+    with rt.engine.begin() as conn:
+        a, b = live_customer_id(conn, survivor), live_customer_id(conn, absorbed)
+        if a == b:
+            raise click.ClickException("they are already one customer")
+        merge_id = merge_customers(conn, a, b, evidence="admin", detail={"reason": reason}, actor=actor)
+        conn.execute(update(merge_suggestions).where(
+            merge_suggestions.c.customer_a.in_([a, b]), merge_suggestions.c.customer_b.in_([a, b])
+        ).values(status="merged"))
+        carried = _carry_to_crm(rt, conn, a, b) if rt.config.settings.identity.carry_merges_to_crm else []
+    click.echo(f"merge {merge_id}: {b} merged into {a}" + "".join(f"; {c}" for c in carried))
+
+
+def _carry_to_crm(rt: Any, conn: Connection, survivor: str, absorbed: str) -> list[str]:
+    """Merge the two contacts in each CRM that has a record for both and supports merging."""
+    done = []
+    for name, crm in rt.crms.items():
+        remote_merge = getattr(crm, "merge_contacts", None)
+        if remote_merge is None:
+            continue
+        rows = dict(conn.execute(select(crm_links.c.local_id, crm_links.c.remote_id).where(
+            crm_links.c.crm == name, crm_links.c.entity == "customer",
+            crm_links.c.local_id.in_([survivor, absorbed]))).all())
+        if survivor in rows and absorbed in rows and rows[survivor] != rows[absorbed]:
+            remote_merge(rows[survivor], rows[absorbed])
+            done.append(f"{name}: record {rows[absorbed]} merged into {rows[survivor]}")
+    return done
+
+
+@customers_group.command("unmerge")
+@_config
+@click.argument("merge_id", type=int)
+@click.option("--reason", default=None)
+def unmerge_command(config_path: Path, merge_id: int, reason: str | None) -> None:
+    """Undo a merge: both customers and their identifiers are restored."""
+    rt = _runtime(config_path)
+    try:
+        with rt.engine.begin() as conn:
+            result = unmerge(conn, merge_id, reason)
+    except MergeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"merge {merge_id} undone: {result['restored']} has its {result['identities']} identifier(s) back")
+
+
+@customers_group.command("suggestions")
+@_config
+@click.option("--all", "include_closed", is_flag=True)
+@click.option("--reject", type=int, default=None, help="Mark a suggestion as rejected.")
+def suggestions(config_path: Path, include_closed: bool, reject: int | None) -> None:
+    """Likely duplicates for review, with a score and the reason; never applied by themselves."""
+    rt = _runtime(config_path)
+    with rt.engine.begin() as conn:
+        if reject is not None:
+            conn.execute(update(merge_suggestions).where(merge_suggestions.c.id == reject).values(status="rejected"))
+        rows = open_suggestions(conn, include_closed)
+    for row in rows:
+        click.echo(f"{row.id:>5}  {row.score:5.1f}  {row.customer_a} ~ {row.customer_b}  [{row.status}]  {row.reason}")
+    if not rows:
+        click.echo("no suggestions")
