@@ -8,6 +8,7 @@ https://www.twilio.com/docs/usage/webhooks/webhooks-security
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 import uuid
 from typing import Literal
 from urllib.parse import urlencode
@@ -16,6 +17,7 @@ from pydantic import Field, SecretStr
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 from werkzeug.datastructures import MultiDict
 
+from gateway.attachments import download
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone
 from gateway.model import (
@@ -26,6 +28,7 @@ from gateway.model import (
     Message,
     Party,
     RawRef,
+    StatusUpdate,
 )
 from gateway.plugins import ChannelConnector, ConnectorConfig
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
@@ -34,6 +37,7 @@ SIGNATURE_HEADER = "X-Twilio-Signature"
 SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 API_BASE = "https://api.twilio.com"
+MEDIA_HOSTS = ("api.twilio.com",)
 
 
 class TwilioConfig(ConnectorConfig):
@@ -47,6 +51,8 @@ class TwilioConfig(ConnectorConfig):
     default_region: str | None = Field(
         None, pattern=r"^[A-Z]{2}$", description="Region for national phone numbers; default identity.default_region.")
     api_base_url: str = Field(API_BASE, description="Twilio REST API base URL (for proxies and test servers).")
+    media_hosts: list[str] = Field(list(MEDIA_HOSTS), description="Hosts MMS media may be downloaded from.")
+    max_media_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Larger MMS media are refused (Twilio: 5 MB).")
 
 
 class TwilioChannel(ChannelConnector):
@@ -116,14 +122,16 @@ class TwilioChannel(ChannelConnector):
                 kind=IdentifierKind.PHONE, value=normalize_phone(form.get("To", ""), region)),)))
         num_media = int(form.get("NumMedia", "0") or 0)
         attachments = tuple(
-            Attachment(filename=f"media{n}", content_type=form.get(f"MediaContentType{n}", "application/octet-stream"),
+            Attachment(filename=_media_name(n, form.get(f"MediaContentType{n}")),
+                       content_type=form.get(f"MediaContentType{n}") or "application/octet-stream",
                        location=form[f"MediaUrl{n}"])
             for n in range(num_media) if form.get(f"MediaUrl{n}"))
         channel = ChannelType.WHATSAPP if is_whatsapp else (ChannelType.MMS if attachments else ChannelType.SMS)
         body = form.get("Body", "")
         extras = {key: form[key] for key in (
             "To", "AccountSid", "MessagingServiceSid", "NumSegments", "FromCountry", "FromState", "FromCity",
-            "WaId", "ProfileName", "ButtonText") if form.get(key)}
+            "WaId", "ProfileName", "ButtonText", "ButtonPayload", "OriginalRepliedMessageSid", "Latitude",
+            "Longitude") if form.get(key)}
         return [Message(
             channel=channel, connector=record.connector, connector_type=self.type_name,
             provider_message_id=record.provider_id,
@@ -131,6 +139,29 @@ class TwilioChannel(ChannelConnector):
             recipients=tuple(recipients), text=body, full_text=body, attachments=attachments,
             sent_at=record.received_at, received_at=record.received_at, extras=extras,
             raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+
+    def statuses(self, record: RawRecord) -> list[StatusUpdate]:
+        """A status callback: the state of a message the business sent, with Twilio's error code if any."""
+        form = dict(_parse(record.body))
+        extras = {key: form[key] for key in ("To", "From", "ErrorMessage", "ChannelStatusMessage") if form.get(key)}
+        return [StatusUpdate(connector=record.connector, provider_message_id=form.get("MessageSid") or form["SmsSid"],
+                             status=form["MessageStatus"], occurred_at=record.received_at,
+                             error_code=form.get("ErrorCode") or None, extras=extras)]
+
+    def enrich(self, message: Message) -> Message:
+        """MMS and WhatsApp media fetched with the account's credentials, only from Twilio's media hosts."""
+        if not message.attachments or all(a.location.startswith("store:") for a in message.attachments):
+            return message
+        auth = (self.config.account_sid, self.config.auth_token.get_secret_value())
+        stored = []
+        for attachment in message.attachments:
+            # Twilio answers with a redirect to its media CDN; requests drops the credentials on the host change
+            data, content_type = download(self.context.http, attachment.location,
+                                          allowed_hosts=tuple(self.config.media_hosts),
+                                          max_bytes=self.config.max_media_bytes, auth=auth)
+            stored.append(self.context.attachments.put(data, attachment.filename,
+                                                       attachment.content_type or content_type))
+        return message.model_copy(update={"attachments": tuple(stored)})
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         sid = "SM" + uuid.uuid4().hex
@@ -153,6 +184,11 @@ class TwilioChannel(ChannelConnector):
             raise RuntimeError("Twilio refused the account_sid/auth_token (401)")
         response.raise_for_status()
         return f"account {response.json().get('friendly_name', self.config.account_sid)} reachable"
+
+
+def _media_name(n: int, content_type: str | None) -> str:
+    extension = mimetypes.guess_extension((content_type or "").split(";")[0].strip()) or ""
+    return f"media{n}{'.jpg' if extension == '.jpe' else extension}"
 
 
 def _parse(body: bytes) -> list[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,10 @@ def _find_ids(conn: Connection, query: str, region: str) -> list[str]:
         kind, _, value = query.partition(":")
         candidates.append((kind, value))
     if "@" in query:
-        try:
+        with contextlib.suppress(InvalidIdentifier):
             candidates.append(("email", normalize_email(query)))
-        except InvalidIdentifier:
-            pass
-    try:
+    with contextlib.suppress(InvalidIdentifier):
         candidates.append(("phone", normalize_phone(query, region)))
-    except InvalidIdentifier:
-        pass
     found = [live_customer_id(conn, cid) for cid in conn.execute(select(identities.c.customer_id).where(
         or_(*[(identities.c.kind == k) & (identities.c.value == v) for k, v in candidates]) if candidates
         else identities.c.id < 0)).scalars()]

@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Any
 
-import requests
 from sqlalchemy import Engine, Row, select
 
 from gateway import metrics
@@ -18,7 +17,7 @@ from gateway.plugins import ConversationView, CustomerView, DeliveryItem, Delive
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.queues import insert_for
-from gateway.storage.tables import crm_links, delivery_log, messages, outbox
+from gateway.storage.tables import conversations, crm_links, delivery_log, messages, outbox
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +52,34 @@ def idempotency_key(crm: str, message_id: str) -> str:
 
 
 class DeliveryWorker:
+    """Claims a batch of outbox groups (one group = pending messages of one conversation, in order) and hands them to
+    the CRM connector's ``deliver_groups``, which may coalesce a group into one write and batch many groups."""
+
     def __init__(self, runtime: Runtime, owner: str, crms: list[str] | None = None) -> None:
         self.rt = runtime
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.crms = crms
 
-    def claim(self) -> list[Row[Any]]:
-        return self.rt.queues.claim_outbox(self.owner, self.settings.batch_size, self.settings.lease_seconds,
-                                           self.crms)
+    def claim(self) -> list[list[list[Row[Any]]]]:
+        groups = self.rt.queues.claim_outbox(self.owner, self.settings.batch_size, self.settings.lease_seconds,
+                                             self.crms, per_conversation=self.settings.coalesce_max)
+        return [groups] if groups else []
 
-    def release(self, rows: list[Row[Any]]) -> None:
+    def release(self, batches: list[list[list[Row[Any]]]]) -> None:
+        rows = [row for groups in batches for group in groups for row in group]
         self.rt.queues.release(outbox, [row.id for row in rows], self.owner)
 
     def _item(self, row: Row[Any]) -> DeliveryItem:
         with self.rt.engine.connect() as conn:
             stored = conn.execute(select(messages).where(messages.c.id == row.message_id)).one()
             customer = customer_context(conn, stored.customer_id)
+            previous_id = conn.execute(select(conversations.c.previous_id).where(
+                conversations.c.id == stored.conversation_id)).scalar_one_or_none()
         message = Message.model_validate(stored.data)
         conversation = {"id": stored.conversation_id, "channel": message.channel.value,
-                        "thread_rule": stored.thread_rule, "opened_by_message": stored.thread_rule == "new"}
+                        "thread_rule": stored.thread_rule, "opened_by_message": stored.thread_rule == "new",
+                        "previous_id": previous_id}
         fields = row.fields
         if fields is None:  # dead-lettered by a mapping error, replayed after the mapping was fixed
             fields = self.rt.mappings[row.crm].apply(mapping_context(message, customer, conversation))
@@ -82,32 +89,57 @@ class DeliveryWorker:
             customer=CustomerView(customer["id"], customer["display_name"],
                                   tuple((i["kind"], i["value"]) for i in customer["identifiers"])),
             conversation=ConversationView(stored.conversation_id, message.channel.value,
-                                          conversation["opened_by_message"]),
+                                          conversation["opened_by_message"], previous_id),
             fields=fields)
 
-    def process(self, row: Row[Any]) -> None:
-        crm = self.rt.crms.get(row.crm)
+    def process(self, groups: list[list[Row[Any]]]) -> None:
+        by_crm: dict[str, list[list[Row[Any]]]] = {}
+        for group in groups:
+            by_crm.setdefault(group[0].crm, []).append(group)
+        for crm_name, crm_groups in by_crm.items():
+            self._deliver(crm_name, crm_groups)
+
+    def _deliver(self, crm_name: str, groups: list[list[Row[Any]]]) -> None:
         started = time.monotonic()
+        crm = self.rt.crms.get(crm_name)
+        rows = {row.id: row for group in groups for row in group}
         if crm is None:
-            self._dead(row, PermanentError(f"crm {row.crm!r} is no longer configured", code="unknown_crm"),
-                       "permanent", started)
+            for row in rows.values():
+                self._dead(row, PermanentError(f"crm {crm_name!r} is no longer configured", code="unknown_crm"),
+                           "permanent", started)
             return
+        item_groups: list[list[DeliveryItem]] = []
+        outcomes: dict[int, DeliveryResult | DeliveryError] = {}
+        for group in groups:
+            items = []
+            for row in group:
+                try:
+                    items.append(self._item(row))
+                except MappingRenderError as exc:
+                    outcomes[row.id] = PermanentError(str(exc), code="mapping_error", field=exc.field)
+                    break
+            if items:
+                item_groups.append(items)
         try:
-            item = self._item(row)
-            result = crm.deliver(item, DbLinkStore(self.rt.engine, row.crm))
-        except MappingRenderError as exc:
-            self._dead(row, PermanentError(str(exc), code="mapping_error", field=exc.field), "permanent", started)
-        except PermanentError as exc:
-            self._dead(row, exc, "permanent", started)
-        except RetryableError as exc:
-            self._retry(row, exc, started)
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            self._retry(row, RetryableError(f"{type(exc).__name__}: {exc}", code="network"), started)
-        except Exception as exc:
-            log.exception("unexpected error delivering outbox row %s to %s", row.id, row.crm)
-            self._retry(row, RetryableError(f"{type(exc).__name__}: {exc}", code="internal"), started)
-        else:
-            self._done(row, item, result, started)
+            outcomes.update(crm.deliver_groups(item_groups, DbLinkStore(self.rt.engine, crm_name)))
+        except Exception as exc:  # a connector bug: every item of the batch is retried later
+            log.exception("unexpected error delivering %d group(s) to %s", len(item_groups), crm_name)
+            error = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
+            for items in item_groups:
+                outcomes.setdefault(items[0].outbox_id, error)
+        items_by_id = {item.outbox_id: item for items in item_groups for item in items}
+        untried = []
+        for row_id, row in rows.items():
+            outcome = outcomes.get(row_id)
+            if isinstance(outcome, DeliveryResult):
+                self._done(row, items_by_id[row_id], outcome, started)
+            elif isinstance(outcome, PermanentError):
+                self._dead(row, outcome, "permanent", started)
+            elif isinstance(outcome, RetryableError):
+                self._retry(row, outcome, started)
+            else:
+                untried.append(row_id)  # behind a failed message of its conversation: next round
+        self.rt.queues.release(outbox, untried, self.owner)
 
     def _done(self, row: Row[Any], item: DeliveryItem, result: DeliveryResult, started: float) -> None:
         now = utcnow()

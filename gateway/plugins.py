@@ -8,7 +8,7 @@ config model whose unknown keys are refused and whose secrets are ``SecretStr`` 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,7 +18,9 @@ import requests
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from gateway.attachments import AttachmentStore
+from gateway.errors import DeliveryError, RetryableError
 from gateway.model import ChannelType, Message, StatusUpdate
+from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
 
 ENTRY_POINT_GROUP = "gateway.connectors"
@@ -45,6 +47,7 @@ class ConnectorContext:
     base_dir: Path = Path(".")
     default_region: str = "US"
     attachments: AttachmentStore = field(default_factory=lambda: AttachmentStore(Path("var/attachments")))
+    limiter: Callable[[str, float], RateLimiter] = lambda _name, per_minute: MemoryRateLimiter(per_minute)
 
 
 class Connector(abc.ABC):
@@ -164,6 +167,7 @@ class ConversationView:
     id: str
     channel: str
     opened_by_message: bool
+    previous_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,26 @@ class CrmConnector(Connector):
 
         Must be idempotent: the same item may be delivered again after a crash (``item.attempt`` > 1).
         """
+
+    def deliver_groups(self, groups: list[list[DeliveryItem]],
+                       links: LinkStore) -> dict[int, DeliveryResult | DeliveryError]:
+        """Write several conversations' pending messages; outcome per outbox id (missing: not attempted).
+
+        Each group holds one conversation's messages in order; a failure stops the rest of its group. This default
+        writes one message at a time; connectors override it to coalesce a group and batch many groups.
+        """
+        outcomes: dict[int, DeliveryResult | DeliveryError] = {}
+        for group in groups:
+            for item in group:
+                try:
+                    outcomes[item.outbox_id] = self.deliver(item, links)
+                except DeliveryError as exc:
+                    outcomes[item.outbox_id] = exc
+                    break
+                except (requests.Timeout, requests.ConnectionError) as exc:
+                    outcomes[item.outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
+                    break
+        return outcomes
 
 
 class DuplicateConnectorType(Exception):

@@ -14,6 +14,7 @@ from gateway.attachments import AttachmentStore
 from gateway.config import GatewayConfig, channel_class, crm_class
 from gateway.mapping import Mapping, mapping_path_for
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
+from gateway.ratelimit import DbRateLimiter
 from gateway.retry import RetryPolicy
 from gateway.storage.db import make_engine, migrate
 from gateway.storage.queues import Queues
@@ -68,6 +69,7 @@ def build_runtime(config: GatewayConfig, registry: Registry | None = None,
     context = ConnectorContext(
         http=session, public_url=config.settings.server.public_url, data_dir=runtime.data_dir,
         base_dir=config.base_dir, attachments=AttachmentStore(runtime.data_dir / "attachments"),
+        limiter=lambda name, per_minute: DbRateLimiter(engine, name, per_minute),
         default_region=config.settings.identity.default_region)
     for name, channel_config in config.channels.items():
         runtime.channels[name] = channel_class(registry, channel_config)(name, channel_config, context)

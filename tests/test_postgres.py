@@ -150,7 +150,7 @@ def test_claim_outbox_skips_rows_locked_by_another_connection(pg_runtime: Runtim
         finally:
             holder.rollback()  # lets a claim that waited on the lock go on, so the pool can shut down
             pool.shutdown()
-    ids = [r.id for r in claimed]
+    ids = [r.id for group in claimed for r in group]
     assert first.id not in ids
     oldest = {}
     for row in rows:
@@ -171,7 +171,7 @@ def test_concurrent_claims_never_share_a_row_and_keep_conversation_order(pg_runt
     def claimer(name: str, q: Queues) -> None:
         idle = 0
         while idle < 20:
-            claimed = q.claim_outbox(name, 3, 30)
+            claimed = [row for group in q.claim_outbox(name, 3, 30) for row in group]
             if not claimed:
                 idle += 1
                 threading.Event().wait(0.01)
@@ -204,3 +204,18 @@ def test_concurrent_claims_never_share_a_row_and_keep_conversation_order(pg_runt
     assert order_violations == []
     for conversation_id, done in finished.items():
         assert done == sorted(done), f"conversation {conversation_id} out of order"
+
+
+def test_claim_outbox_groups_follow_their_head_and_are_taken_once(pg_runtime: Runtime) -> None:
+    rows = queue_conversations(pg_runtime, 4, 5)
+    first = pg_runtime.queues.claim_outbox("a", 2, 30, per_conversation=3)
+    second = pg_runtime.queues.claim_outbox("b", 10, 30, per_conversation=10)
+    by_conversation: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        by_conversation[row.conversation_id].append(row.id)
+    assert len(first) == 2 and all(len(group) == 3 for group in first)
+    for group in first:
+        assert [r.id for r in group] == by_conversation[group[0].conversation_id][:3]
+    taken_first = {r.conversation_id for g in first for r in g}
+    assert {g[0].conversation_id for g in second}.isdisjoint(taken_first), "a claimed head blocks its followers"
+    assert all([r.id for r in g] == by_conversation[g[0].conversation_id] for g in second)

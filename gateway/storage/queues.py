@@ -63,8 +63,12 @@ class Queues:
 
     # -- outbox ------------------------------------------------------------------------------------------------
     def claim_outbox(self, owner: str, limit: int, lease_seconds: int,
-                     crms: Sequence[str] | None = None) -> list[Row[Any]]:
-        """Claim due outbox rows, at most the oldest pending one per (crm, conversation) so writes keep order."""
+                     crms: Sequence[str] | None = None, per_conversation: int = 1) -> list[list[Row[Any]]]:
+        """Claim due outbox rows as groups, one group per (crm, conversation), oldest first, so writes keep order.
+
+        A group starts with the conversation's oldest pending row and holds up to ``per_conversation`` rows that
+        follow it; the rows behind a claimed head cannot be claimed by anyone else.
+        """
         earlier = outbox.alias("earlier")
         conditions: list[ColumnElement[bool]] = [~exists().where(
             earlier.c.crm == outbox.c.crm,
@@ -74,7 +78,39 @@ class Queues:
         )]
         if crms is not None:
             conditions.append(outbox.c.crm.in_(list(crms)))
-        return self._claim(outbox, owner, limit, lease_seconds, conditions)
+        heads = self._claim(outbox, owner, limit, lease_seconds, conditions)
+        groups = [[head] for head in heads]
+        if per_conversation > 1 and heads:
+            groups = self._claim_followers(heads, owner, per_conversation, lease_seconds)
+        return groups
+
+    def _claim_followers(self, heads: list[Row[Any]], owner: str, per_conversation: int,
+                         lease_seconds: int) -> list[list[Row[Any]]]:
+        now = utcnow()
+        by_key = {(head.crm, head.conversation_id): [head] for head in heads}
+        query = (select(outbox.c.id, outbox.c.crm, outbox.c.conversation_id)
+                 .where(outbox.c.status == "pending", outbox.c.available_at <= now,
+                        outbox.c.conversation_id.in_([h.conversation_id for h in heads]),
+                        outbox.c.id.not_in([h.id for h in heads]),
+                        or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now))
+                 .order_by(outbox.c.conversation_id, outbox.c.id))
+        if self._skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            counts = dict.fromkeys(by_key, 1)
+            ids = []
+            for row_id, crm, conversation_id in conn.execute(query):
+                key = (crm, conversation_id)
+                if key in by_key and counts[key] < per_conversation and row_id > by_key[key][0].id:
+                    counts[key] += 1
+                    ids.append(row_id)
+            if ids:
+                conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(
+                    lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
+                    attempts=outbox.c.attempts + 1))
+                for row in conn.execute(select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id)):
+                    by_key[(row.crm, row.conversation_id)].append(row)
+        return list(by_key.values())
 
     def _claim(self, table: Table, owner: str, limit: int, lease_seconds: int,
                conditions: Sequence[ColumnElement[bool]]) -> list[Row[Any]]:

@@ -241,6 +241,15 @@ provider_statuses = Table(
     UniqueConstraint("connector", "provider_message_id", "status", name="uq_provider_statuses_message_status"),
 )
 
+# Shared request budgets (token buckets) for CRMs' per-minute limits.
+rate_limits = Table(
+    "rate_limits", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    Column("blocked_until", Time),
+)
+
 cursors = Table(
     "cursors", metadata,
     Column("name", String(255), primary_key=True),

@@ -1,0 +1,360 @@
+"""Meta webhooks: Messenger, Instagram messaging and the WhatsApp Business Cloud API, from one app.
+
+Subscription: GET ``hub.mode=subscribe&hub.verify_token=..&hub.challenge=..`` is answered with the challenge.
+Deliveries carry ``X-Hub-Signature-256: sha256=hex(HMAC-SHA256(app secret, raw body))`` over the raw bytes
+(https://developers.facebook.com/docs/graph-api/webhooks/getting-started). One POST may batch many entries and
+messages: each message is stored as its own inbox item under its own id (Messenger/Instagram ``mid``, WhatsApp
+``wamid``), so Meta's retries and overlapping batches store each message once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import mimetypes
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+
+from gateway.attachments import download
+from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.identity.normalize import InvalidIdentifier, normalize_phone, scoped_identifier
+from gateway.model import (
+    Attachment,
+    ChannelType,
+    Identifier,
+    IdentifierKind,
+    Message,
+    MessageKind,
+    Party,
+    RawRef,
+    StatusUpdate,
+    ThreadRef,
+)
+from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
+
+GRAPH_BASE = "https://graph.facebook.com/v21.0"
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+MEDIA_HOSTS = ("fbcdn.net", "fbsbx.com", "cdninstagram.com", "whatsapp.net")
+WHATSAPP_MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+_OBJECTS = {"page": ChannelType.MESSENGER, "instagram": ChannelType.INSTAGRAM,
+            "whatsapp_business_account": ChannelType.WHATSAPP}
+
+
+class MetaConfig(ConnectorConfig):
+    """Settings of a ``meta`` channel: one Meta app serving Messenger, Instagram and WhatsApp."""
+
+    type: Literal["meta"] = "meta"
+    app_secret: SecretStr = Field(description="The app secret Meta signs deliveries with (X-Hub-Signature-256).")
+    previous_app_secret: SecretStr | None = Field(
+        None, description="The former app secret, accepted too while a rotation is under way.")
+    verify_token: SecretStr = Field(description="The token entered with the callback URL (hub.verify_token).")
+    access_token: SecretStr = Field(description="Page or system-user token for fetching WhatsApp media.")
+    graph_api_base_url: str = Field(GRAPH_BASE, description="Graph API base URL with version (proxies, tests).")
+    media_hosts: list[str] = Field(list(MEDIA_HOSTS), description="Hosts media may be downloaded from.")
+    max_media_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Larger media are refused.")
+    default_region: str | None = Field(
+        None, pattern=r"^[A-Z]{2}$", description="Region for phone numbers; default identity.default_region.")
+
+
+def _load_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedRequest("body is not a JSON object")
+    return data
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise MalformedRequest(f"{what} is not a list of objects")
+    return value
+
+
+def _item(data: dict[str, Any], provider_id: Any, kind: str = "message") -> InboxItem:
+    if not isinstance(provider_id, str) or not provider_id:
+        raise MalformedRequest("a message has no id")
+    return InboxItem(provider_id, json.dumps(data, ensure_ascii=False).encode(), "application/json", kind)
+
+
+class MetaChannel(ChannelConnector):
+    """Inbound Messenger, Instagram and WhatsApp Cloud API messages from Meta webhooks."""
+
+    type_name = "meta"
+    Config = MetaConfig
+    summary = "Meta webhooks: Messenger, Instagram, WhatsApp Cloud API (X-Hub-Signature-256, hub.challenge)"
+    channel_types = (ChannelType.MESSENGER, ChannelType.INSTAGRAM, ChannelType.WHATSAPP)
+    config: MetaConfig
+
+    # -- ingress -------------------------------------------------------------------------------------------------
+    def handshake(self, request: HookRequest) -> HookResponse | None:
+        if request.method != "GET" or "hub.mode" not in request.query:
+            return None
+        query = request.query
+        token = query.get("hub.verify_token", "").encode()
+        expected = self.config.verify_token.get_secret_value().encode()
+        if query.get("hub.mode") != "subscribe" or not hmac.compare_digest(token, expected):
+            return HookResponse(403, "hub.verify_token does not match\n")
+        return HookResponse(200, query.get("hub.challenge", ""), "text/plain; charset=utf-8")
+
+    def verify(self, request: HookRequest) -> None:
+        header = request.headers.get(SIGNATURE_HEADER, "")
+        if not header:
+            raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
+        scheme, _, given = header.partition("=")
+        if scheme != "sha256" or not given:
+            raise SignatureInvalid(f"{SIGNATURE_HEADER} is not sha256=<hex>")
+        secrets = [s for s in (self.config.app_secret, self.config.previous_app_secret) if s is not None]
+        for secret in secrets:
+            digest = hmac.new(secret.get_secret_value().encode(), request.body, hashlib.sha256).hexdigest()
+            if hmac.compare_digest(digest, given.lower()):
+                return
+        raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the app secret")
+
+    def split(self, request: HookRequest) -> list[InboxItem]:
+        data = _load_object(request.body)
+        obj = data.get("object")
+        if obj not in _OBJECTS:
+            raise MalformedRequest(f"object {obj!r} is not page, instagram or whatsapp_business_account")
+        entries = data.get("entry")
+        if not isinstance(entries, list):
+            raise MalformedRequest("entry is not a list")
+        items: list[InboxItem] = []
+        for entry in _list(entries, "entry"):
+            if obj == "whatsapp_business_account":
+                items += self._split_whatsapp(entry)
+            else:
+                items += self._split_messaging(obj, entry)
+        return items
+
+    def _split_messaging(self, obj: str, entry: dict[str, Any]) -> list[InboxItem]:
+        items = []
+        for event in _list(entry.get("messaging"), "entry.messaging"):
+            wrapped = {"object": obj, "entry_id": str(entry.get("id", "")), "event": event}
+            if isinstance(event.get("message"), dict):
+                items.append(_item(wrapped, event["message"].get("mid")))
+            elif isinstance(event.get("message_edit"), dict):
+                edit = event["message_edit"]
+                items.append(_item(wrapped, f"{edit.get('mid')}:edit:{edit.get('num_edit', event.get('timestamp'))}"))
+            elif isinstance(event.get("postback"), dict):
+                items.append(_item(wrapped, event["postback"].get("mid") or f"postback:{event.get('timestamp')}"))
+            elif isinstance(event.get("reaction"), dict):
+                reaction = event["reaction"]
+                items.append(_item(wrapped, f"{reaction.get('mid')}:{reaction.get('action')}:"
+                                            f"{(event.get('sender') or {}).get('id')}:{event.get('timestamp')}"))
+            # delivery and read receipts, optins, referrals: nothing a customer wrote
+        return items
+
+    def _split_whatsapp(self, entry: dict[str, Any]) -> list[InboxItem]:
+        items = []
+        for change in _list(entry.get("changes"), "entry.changes"):
+            value = change.get("value")
+            if change.get("field") != "messages" or not isinstance(value, dict):
+                continue
+            common = {"object": "whatsapp_business_account", "entry_id": str(entry.get("id", "")),
+                      "metadata": value.get("metadata") or {}, "contacts": _list(value.get("contacts"), "contacts")}
+            for message in _list(value.get("messages"), "messages"):
+                items.append(_item({**common, "message": message}, message.get("id")))
+            for status in _list(value.get("statuses"), "statuses"):
+                if not isinstance(status.get("status"), str):
+                    raise MalformedRequest("a status has no status")
+                items.append(_item({**common, "status": status}, f"{status.get('id')}:status:{status['status']}",
+                                   "status"))
+        return items
+
+    # -- normalising ---------------------------------------------------------------------------------------------
+    def normalize(self, record: RawRecord) -> list[Message]:
+        data = json.loads(record.body)
+        if data["object"] == "whatsapp_business_account":
+            return self._whatsapp(record, data)
+        return self._messaging(record, data)
+
+    def _base(self, record: RawRecord, channel: ChannelType, provider_id: str, sender: Party, sent_at: datetime,
+              **fields: Any) -> Message:
+        return Message(channel=channel, connector=record.connector, connector_type=self.type_name,
+                       provider_message_id=provider_id, sender=sender, sent_at=sent_at,
+                       received_at=record.received_at,
+                       raw=RawRef(inbox_id=record.inbox_id, connector=record.connector), **fields)
+
+    def _messaging(self, record: RawRecord, data: dict[str, Any]) -> list[Message]:
+        channel = _OBJECTS[data["object"]]
+        event: dict[str, Any] = data["event"]
+        owner = data["entry_id"] or str((event.get("recipient") or {}).get("id", ""))
+        sender_id = str((event.get("sender") or {}).get("id", ""))
+        if not sender_id or sender_id == owner:
+            return []  # the page or account itself (our own sends)
+        kind = IdentifierKind.MESSENGER if channel is ChannelType.MESSENGER else IdentifierKind.INSTAGRAM
+        sender = Party(identifiers=(scoped_identifier(kind, owner, sender_id),))
+        sent_at = datetime.fromtimestamp(int(event.get("timestamp", 0)) / 1000, UTC)
+        extras: dict[str, Any] = {"object": data["object"], "entry_id": owner}
+        if "reaction" in event:
+            reaction = event["reaction"]
+            if reaction.get("action") == "unreact":
+                extras["action"] = "unreact"
+            emoji = reaction.get("emoji") or reaction.get("reaction") or ""
+            return [self._base(record, channel, record.provider_id, sender, sent_at, kind=MessageKind.REACTION,
+                               target_provider_message_id=reaction["mid"], text=emoji, full_text=emoji,
+                               extras=extras)]
+        if "message_edit" in event:
+            edit = event["message_edit"]
+            text = edit.get("text") or ""
+            return [self._base(record, channel, record.provider_id, sender, sent_at, kind=MessageKind.EDIT,
+                               target_provider_message_id=edit["mid"], text=text, full_text=text, extras=extras)]
+        if "postback" in event:
+            postback = event["postback"]
+            extras["postback_payload"] = postback.get("payload")
+            text = postback.get("title") or ""
+            return [self._base(record, channel, record.provider_id, sender, sent_at, text=text, full_text=text,
+                               extras=extras)]
+        message: dict[str, Any] = event["message"]
+        if message.get("is_echo"):
+            return []
+        if message.get("is_deleted"):
+            return [self._base(record, channel, f"{message['mid']}:delete", sender, sent_at,
+                               kind=MessageKind.DELETE, target_provider_message_id=message["mid"], extras=extras)]
+        if isinstance(message.get("quick_reply"), dict):
+            extras["quick_reply_payload"] = message["quick_reply"].get("payload")
+        attachments = []
+        for n, attachment in enumerate(message.get("attachments") or []):
+            payload = attachment.get("payload") or {}
+            if attachment.get("type") == "location" or isinstance(payload.get("coordinates"), dict):
+                extras["location"] = payload.get("coordinates")
+            elif payload.get("url"):
+                content_type = _messaging_type(attachment.get("type"), payload["url"])
+                attachments.append(Attachment(filename=f"{attachment.get('type', 'file')}{n}",
+                                              content_type=content_type, location=payload["url"]))
+        reply_to = (message.get("reply_to") or {}).get("mid")
+        text = message.get("text") or ""
+        return [self._base(record, channel, message["mid"], sender, sent_at, text=text, full_text=text,
+                           attachments=tuple(attachments), extras=extras,
+                           thread=ThreadRef(message_id=message["mid"], in_reply_to=reply_to))]
+
+    def _region(self) -> str:
+        return self.config.default_region or self.context.default_region
+
+    def _whatsapp(self, record: RawRecord, data: dict[str, Any]) -> list[Message]:
+        message: dict[str, Any] = data["message"]
+        wa_id = str(message["from"])
+        try:
+            phone = normalize_phone(wa_id, self._region(), international=True)
+        except InvalidIdentifier as exc:
+            raise ValueError(f"from {wa_id!r}: {exc}") from None
+        name = next((c.get("profile", {}).get("name") for c in data["contacts"] if str(c.get("wa_id")) == wa_id),
+                    None)
+        sender = Party(identifiers=(Identifier(kind=IdentifierKind.PHONE, value=phone),
+                                    Identifier(kind=IdentifierKind.WHATSAPP, value=phone)), display_name=name)
+        recipients: tuple[Party, ...] = ()
+        metadata = data["metadata"]
+        try:
+            business = normalize_phone(str(metadata.get("display_phone_number", "")), self._region(),
+                                       international=True)
+            recipients = (Party(identifiers=(Identifier(kind=IdentifierKind.PHONE, value=business),)),)
+        except InvalidIdentifier:
+            pass
+        mtype = message.get("type", "unknown")
+        extras: dict[str, Any] = {"type": mtype, "wa_id": wa_id,
+                                  "phone_number_id": metadata.get("phone_number_id"), "waba_id": data["entry_id"]}
+        sent_at = datetime.fromtimestamp(int(message.get("timestamp", 0)), UTC)
+        context = message.get("context") or {}
+        thread = ThreadRef(message_id=message["id"], in_reply_to=context.get("id"))
+        text, attachments, kind, target = "", [], MessageKind.MESSAGE, None
+        body = message.get(mtype) if isinstance(message.get(mtype), dict) else {}
+        if mtype == "text":
+            text = body.get("body", "")
+        elif mtype in WHATSAPP_MEDIA_TYPES:
+            text = body.get("caption", "")
+            content_type = body.get("mime_type", "application/octet-stream").split(";")[0].strip()
+            filename = body.get("filename") or f"{mtype}{mimetypes.guess_extension(content_type) or ''}"
+            attachments.append(Attachment(filename=filename, content_type=content_type,
+                                          location=f"{self.config.graph_api_base_url}/{body['id']}"))
+            if body.get("sha256"):
+                extras["media_sha256"] = body["sha256"]
+        elif mtype == "location":
+            extras["location"] = body
+            text = " ".join(str(body[k]) for k in ("name", "address") if body.get(k)) or (
+                f"{body.get('latitude')},{body.get('longitude')}")
+        elif mtype == "contacts":
+            extras["contacts"] = message.get("contacts")
+            text = ", ".join(c.get("name", {}).get("formatted_name", "") for c in message.get("contacts") or [])
+        elif mtype == "interactive":
+            reply = body.get("button_reply") or body.get("list_reply") or {}
+            extras["interactive"] = body
+            text = reply.get("title", "")
+        elif mtype == "button":
+            extras["button_payload"] = body.get("payload")
+            text = body.get("text", "")
+        elif mtype == "reaction":
+            kind, target, text = MessageKind.REACTION, body["message_id"], body.get("emoji", "")
+            if not text:
+                extras["action"] = "unreact"
+        return [self._base(record, ChannelType.WHATSAPP, message["id"], sender, sent_at, kind=kind,
+                           target_provider_message_id=target, thread=thread, recipients=recipients, text=text,
+                           full_text=text, attachments=tuple(attachments), extras=extras)]
+
+    def statuses(self, record: RawRecord) -> list[StatusUpdate]:
+        data = json.loads(record.body)
+        status = data["status"]
+        errors = status.get("errors") or []
+        extras = {key: status[key] for key in ("recipient_id", "conversation", "pricing") if key in status}
+        if errors:
+            extras["errors"] = errors
+        return [StatusUpdate(connector=record.connector, provider_message_id=status["id"], status=status["status"],
+                             occurred_at=datetime.fromtimestamp(int(status.get("timestamp", 0)), UTC),
+                             error_code=str(errors[0].get("code")) if errors else None, extras=extras)]
+
+    # -- network: media ------------------------------------------------------------------------------------------
+    def enrich(self, message: Message) -> Message:
+        if not message.attachments or all(a.location.startswith("store:") for a in message.attachments):
+            return message
+        auth = {"Authorization": f"Bearer {self.config.access_token.get_secret_value()}"}
+        hosts = tuple(self.config.media_hosts)
+        stored = []
+        for attachment in message.attachments:
+            url, headers = attachment.location, {}
+            if url.startswith(self.config.graph_api_base_url + "/"):
+                # WhatsApp: the media id resolves to a short-lived URL, fetched with the same token
+                answer = self.context.http.get(url, headers=auth, timeout=20)
+                answer.raise_for_status()
+                url, headers = answer.json()["url"], auth
+            data, content_type = download(self.context.http, url, allowed_hosts=hosts,
+                                          max_bytes=self.config.max_media_bytes, headers=headers)
+            stored.append(self.context.attachments.put(
+                data, attachment.filename,
+                attachment.content_type if attachment.content_type != "application/octet-stream" else content_type))
+        return message.model_copy(update={"attachments": tuple(stored)})
+
+    def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
+        now = int(time.time())
+        body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "0", "changes": [{
+            "field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": (recipient or "15550000000").lstrip("+"),
+                             "phone_number_id": "0"},
+                "contacts": [{"profile": {"name": "Simulated"}, "wa_id": sender.lstrip("+")}],
+                "messages": [{"from": sender.lstrip("+"), "id": "wamid.SIM" + uuid.uuid4().hex,
+                              "timestamp": str(now), "type": "text", "text": {"body": text}}]}}]}]}).encode()
+        return signed_request(self.config.app_secret.get_secret_value(), body, public_url)
+
+
+def _messaging_type(kind: str | None, url: str) -> str:
+    guessed = mimetypes.guess_type(url.split("?")[0])[0]
+    if guessed:
+        return guessed
+    return {"image": "image/jpeg", "video": "video/mp4", "audio": "audio/mpeg"}.get(kind or "",
+                                                                                    "application/octet-stream")
+
+
+def signed_request(secret: str, body: bytes, public_url: str) -> HookRequest:
+    """A POST signed as Meta signs deliveries."""
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = Headers({"Content-Type": "application/json", SIGNATURE_HEADER: signature})
+    return HookRequest("POST", "", "", headers, body, public_url)

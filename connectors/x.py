@@ -1,0 +1,152 @@
+"""X (Twitter) Account Activity API: direct messages to the business's account.
+
+CRC: ``GET ?crc_token=T`` is answered ``{"response_token": "sha256=" + base64(HMAC-SHA256(consumer secret, T))}``;
+deliveries carry ``x-twitter-webhooks-signature: sha256=base64(HMAC-SHA256(consumer secret, raw body))``
+(https://docs.x.com/x-api/account-activity/introduction). One delivery may hold several ``direct_message_events``:
+each is stored under its own event id. Messages our own account sent give no customer message.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+
+from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
+from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
+
+SIGNATURE_HEADER = "x-twitter-webhooks-signature"
+_MEDIA_TYPES = {"photo": "image/jpeg", "video": "video/mp4", "animated_gif": "video/mp4"}
+
+
+class XConfig(ConnectorConfig):
+    """Settings of an ``x`` channel: direct messages to one X account through the Account Activity API."""
+
+    type: Literal["x"] = "x"
+    consumer_secret: SecretStr = Field(description="The app's consumer (API key) secret: signs CRCs and deliveries.")
+    previous_consumer_secret: SecretStr | None = Field(
+        None, description="The former consumer secret, accepted too while a rotation is under way.")
+    user_id: str = Field(pattern=r"^\d+$", description="Our own account's numeric user id: its messages are ours.")
+
+
+def sign(secret: str, data: bytes) -> str:
+    """``sha256=`` + base64 HMAC-SHA256, the form of both the CRC answer and the delivery signature."""
+    return "sha256=" + base64.b64encode(hmac.new(secret.encode(), data, hashlib.sha256).digest()).decode()
+
+
+class XChannel(ChannelConnector):
+    """Inbound X direct messages from Account Activity API webhooks."""
+
+    type_name = "x"
+    Config = XConfig
+    summary = "X Account Activity API direct messages (CRC answered, x-twitter-webhooks-signature checked)"
+    channel_types = (ChannelType.X,)
+    config: XConfig
+
+    def _secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.config.consumer_secret, self.config.previous_consumer_secret)
+                if s is not None]
+
+    def handshake(self, request: HookRequest) -> HookResponse | None:
+        if request.method != "GET" or "crc_token" not in request.query:
+            return None
+        token = request.query["crc_token"]
+        body = json.dumps({"response_token": sign(self._secrets()[0], token.encode())})
+        return HookResponse(200, body, "application/json")
+
+    def verify(self, request: HookRequest) -> None:
+        given = request.headers.get(SIGNATURE_HEADER, "")
+        if not given:
+            raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
+        if not any(hmac.compare_digest(sign(secret, request.body), given) for secret in self._secrets()):
+            raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the consumer secret")
+
+    def split(self, request: HookRequest) -> list[InboxItem]:
+        try:
+            data = json.loads(request.body)
+        except (UnicodeDecodeError, ValueError):
+            raise MalformedRequest("body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise MalformedRequest("body is not a JSON object")
+        events = data.get("direct_message_events")
+        if events is None:
+            return []  # likes, follows, typing indicators, ...: nothing a customer wrote to us
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise MalformedRequest("direct_message_events is not a list of objects")
+        users = data.get("users") if isinstance(data.get("users"), dict) else {}
+        items = []
+        for event in events:
+            if event.get("type") != "message_create":
+                continue
+            event_id, create = event.get("id"), event.get("message_create")
+            if not isinstance(event_id, str) or not event_id.isdigit():
+                raise MalformedRequest("a direct message event has no id")
+            if not isinstance(create, dict) or not isinstance(create.get("sender_id"), str):
+                raise MalformedRequest("message_create has no sender_id")
+            sender = create["sender_id"]
+            recipient = str((create.get("target") or {}).get("recipient_id", ""))
+            body = {"for_user_id": data.get("for_user_id"), "event": event,
+                    "users": {k: v for k, v in users.items() if k in (sender, recipient)}}
+            items.append(InboxItem(event_id, json.dumps(body, ensure_ascii=False).encode(), "application/json"))
+        return items
+
+    def normalize(self, record: RawRecord) -> list[Message]:
+        data = json.loads(record.body)
+        event: dict[str, Any] = data["event"]
+        create = event["message_create"]
+        sender_id = create["sender_id"]
+        if sender_id in (self.config.user_id, str(data.get("for_user_id") or "")):
+            return []  # our own account's message (sent from the X app or by the gateway)
+        recipient_id = str((create.get("target") or {}).get("recipient_id", ""))
+        message_data = create.get("message_data") or {}
+        text = html.unescape(message_data.get("text") or "")
+        attachments = []
+        media = (message_data.get("attachment") or {}).get("media")
+        if isinstance(media, dict) and media.get("media_url_https"):
+            url = media["media_url_https"]
+            text = text.replace(media.get("url", "\0"), "").strip()
+            attachments.append(Attachment(filename=url.rsplit("/", 1)[-1],
+                                          content_type=_MEDIA_TYPES.get(media.get("type", ""), "image/jpeg"),
+                                          location=url))
+        user = (data.get("users") or {}).get(sender_id) or {}
+        extras: dict[str, Any] = {"for_user_id": data.get("for_user_id"), "recipient_id": recipient_id}
+        if user.get("screen_name"):
+            extras["screen_name"] = user["screen_name"]
+        if create.get("source_app_id"):
+            extras["source_app_id"] = create["source_app_id"]
+        low, high = sorted([sender_id, recipient_id], key=lambda v: (len(v), v))
+        return [Message(
+            channel=ChannelType.X, connector=record.connector, connector_type=self.type_name,
+            provider_message_id=event["id"], thread=ThreadRef(provider_thread_id=f"{low}-{high}"),
+            sender=Party(identifiers=(Identifier(kind=IdentifierKind.X, value=sender_id),),
+                         display_name=user.get("name") or None),
+            recipients=(Party(identifiers=(Identifier(kind=IdentifierKind.X, value=recipient_id),)),)
+            if recipient_id else (),
+            text=text, full_text=text, attachments=tuple(attachments),
+            sent_at=datetime.fromtimestamp(int(event.get("created_timestamp", 0)) / 1000, UTC),
+            received_at=record.received_at, extras=extras,
+            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+
+    def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
+        body = json.dumps({"for_user_id": self.config.user_id, "direct_message_events": [{
+            "type": "message_create", "id": str(uuid.uuid4().int)[:19],
+            "created_timestamp": str(int(time.time() * 1000)),
+            "message_create": {"target": {"recipient_id": self.config.user_id}, "sender_id": sender,
+                               "message_data": {"text": text, "entities": {}}}}]}).encode()
+        return signed_request(self.config.consumer_secret.get_secret_value(), body, public_url)
+
+
+def signed_request(secret: str, body: bytes, public_url: str) -> HookRequest:
+    """A delivery signed as X signs it."""
+    headers = Headers({"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)})
+    return HookRequest("POST", "", "", headers, body, public_url)
