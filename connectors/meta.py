@@ -173,6 +173,8 @@ class MetaChannel(ChannelConnector):
 
     # -- normalising ---------------------------------------------------------------------------------------------
     def normalize(self, record: RawRecord) -> list[Message]:
+        if record.kind != "message":
+            return []
         data = json.loads(record.body)
         if data["object"] == "whatsapp_business_account":
             return self._whatsapp(record, data)

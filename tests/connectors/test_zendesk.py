@@ -255,6 +255,7 @@ def test_second_message_adds_a_comment_to_the_ticket(mocked: responses.RequestsM
         matchers.header_matcher({"Content-Type": "application/json", "Accept": "application/json"}),
         matchers.json_params_matcher({"ticket": {
             "comment": {"body": "Any news?", "public": True, "author_id": USER_ID},
+            "additional_tags": ["channel-gateway", "sms"],  # the channel the message came from
             "metadata": {MARKER: item.message.id}}}, strict_match=True)])
 
     result = zendesk().deliver(item, linked())
