@@ -133,6 +133,7 @@ class Person:
     work: Mailbox | None = None
     company: str | None = None
     slack: tuple[str, str] | None = None  # (team, user)
+    slack_profile_personal: bool = False  # the Slack profile showed the personal address until the first problem
     whatsapp: bool = False
     household: str | None = None
     email_habit: str = "exact"  # how this person usually writes their address
@@ -198,7 +199,7 @@ def _group(national: str, country: str) -> str:
         return f"{n[:3]} {n[3:6]} {n[6:]}"
     if country == "GB":
         return f"{n[:4]} {n[4:]}" if n[0] == "7" else f"{n[:2]} {n[2:6]} {n[6:]}"
-    return f"{n[:4]} {n[4:]}" if n.startswith("15") else f"{n[:2]} {n[2:]}"
+    return f"{n[:3]} {n[3:]}" if n.startswith("15") else f"{n[:2]} {n[2:]}"
 
 
 def written_phone(rng: random.Random, phone: Phone, region: str) -> tuple[str, str]:
@@ -208,7 +209,7 @@ def written_phone(rng: random.Random, phone: Phone, region: str) -> tuple[str, s
     national = phone.national
     forms: list[tuple[str, str]] = [("e164", phone.e164), ("intl_spaced", f"+{cc} {grouped}"),
                                     ("intl_dashed", f"+{cc}-{grouped.replace(' ', '-')}")]
-    if region in IDD:
+    if region in IDD and not region == phone.country == "US":
         forms.append(("idd", f"{IDD[region]} {cc} {grouped}"))
     if phone.country == "BR" and phone.mobile:
         no9 = national[:2] + national[3:]
@@ -366,6 +367,7 @@ def make_people(rng: random.Random, count: int) -> list[Person]:
             person.work, person.company = Mailbox(local, domain), domain
             if domain in slack_teams and rng.random() < 0.7:
                 person.slack = (slack_teams[domain], "U" + _digits(rng, 9))
+                person.slack_profile_personal = rng.random() < 0.3
         if not person.phones and not person.personal and not person.work:
             person.personal = Mailbox(f"{f}.{la}.{pid}", "gmail.com")
         whatsapp_share = {"IN": 0.85, "BR": 0.9, "DE": 0.7, "GB": 0.6, "US": 0.25}[country]
@@ -486,9 +488,12 @@ def _one_message(rng: random.Random, person: Person, problem: str, channel: str,
     if channel == "slack":
         assert person.slack is not None and person.work is not None
         team, user = person.slack
+        profile = person.work
+        if person.slack_profile_personal and person.personal and problem.endswith(".0"):
+            profile = person.personal  # updated to the work address later: a link that joins two customers
         return GenMessage(**common, label=label, channel="slack", connector="slack", region=person.country,
-                          sender={"team": team, "user": user, "email": f"{person.work.local}@{person.work.domain}"},
-                          form="slack:profile_email", evidence=(f"slack:{team}:{user}", mailbox_key(person.work)),
+                          sender={"team": team, "user": user, "email": f"{profile.local}@{profile.domain}"},
+                          form="slack:profile_email", evidence=(f"slack:{team}:{user}", mailbox_key(profile)),
                           thread_id=f"{team}:{thread}")
     box = person.work if person.work and (not person.personal or rng.random() < 0.5) else person.personal
     assert box is not None

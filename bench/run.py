@@ -136,11 +136,12 @@ def main(argv: list[str] | None = None) -> None:
                                    base.round_seconds, base.rate, base.latency_seconds, base.latency_rounds)
         print(f"ingest: {settings.label}", file=sys.stderr, flush=True)
         rows.append(ingest.run(settings))
+        raw = args.output.with_suffix(".json")
+        raw.write_text(json.dumps({"ingest": rows, "pipeline": None}, indent=2) + "\n", encoding="utf-8")
     messages = args.messages or (1000 if args.quick else 5000)
     print(f"pipeline: {messages} messages", file=sys.stderr, flush=True)
     pipe = pipeline.run(messages, senders=max(1, messages // 5))
 
-    raw = args.output.with_suffix(".json")
     raw.write_text(json.dumps({"ingest": rows, "pipeline": pipe}, indent=2) + "\n", encoding="utf-8")
     page = render(rows, pipe, command, raw.name)
     if args.notes is not None:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, Row, select
 
 from gateway import metrics
+from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, PermanentError, RetryableError
 from gateway.mapping import MappingRenderError
 from gateway.model import Message
@@ -23,11 +24,18 @@ log = logging.getLogger(__name__)
 
 
 class DbLinkStore:
-    """Local id -> CRM record id for one CRM instance; every write commits at once."""
+    """Local id -> CRM record id for one CRM instance; every write commits at once.
 
-    def __init__(self, engine: Engine, crm: str) -> None:
+    ``find_records`` answers from the CRM's synced directory: the records that already hold an identifier.
+    """
+
+    def __init__(self, engine: Engine, crm: str, directory: CrmDirectory | None = None) -> None:
         self.engine = engine
         self.crm = crm
+        self.directory = directory
+
+    def find_records(self, kind: str, value: str) -> list[str]:
+        return self.directory.find(kind, value) if self.directory is not None else []
 
     def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None:
         with self.engine.connect() as conn:
@@ -121,7 +129,8 @@ class DeliveryWorker:
             if items:
                 item_groups.append(items)
         try:
-            outcomes.update(crm.deliver_groups(item_groups, DbLinkStore(self.rt.engine, crm_name)))
+            outcomes.update(crm.deliver_groups(item_groups, DbLinkStore(self.rt.engine, crm_name,
+                                                                         self.rt.directories.get(crm_name))))
         except Exception as exc:  # a connector bug: every item of the batch is retried later
             log.exception("unexpected error delivering %d group(s) to %s", len(item_groups), crm_name)
             error = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")

@@ -9,7 +9,6 @@ Chinese, Japanese and Thai), and text without letters (emoji, numbers).
 
 from __future__ import annotations
 
-import threading
 import unicodedata
 from functools import lru_cache
 from typing import Any
@@ -22,17 +21,13 @@ MIN_CONFIDENCE = 0.5
 MAX_CHARS = 2000  # the opening of a long email says as much as the whole of it
 # Scripts written without spaces between words: their letter count stands in for the word count.
 _UNSPACED = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
-# langid.py codes that are not the BCP 47 tag a mapping would look for.
-_TAGS = {"zh": "zh", "jv": "jv", "qu": "qu", "nb": "nb", "no": "no"}
-
-_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
 def _identifier() -> Any:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
 def _is_unspaced(char: str) -> bool:
@@ -60,9 +55,5 @@ def detect_language(text: str) -> str:
     text = (text or "").strip()[:MAX_CHARS]
     if not long_enough(text):
         return UNDETERMINED
-    identifier = _identifier()
-    with _lock:  # the identifier keeps no state per call, but loading it lazily must happen once
-        code, confidence = identifier.classify(text)
-    if confidence < MIN_CONFIDENCE:
-        return UNDETERMINED
-    return _TAGS.get(code, code)
+    code, confidence = _identifier().classify(text)  # langid codes are ISO 639-1, valid BCP 47 tags
+    return str(code) if confidence >= MIN_CONFIDENCE else UNDETERMINED

@@ -17,6 +17,7 @@ from gateway.conversations import assign_conversation
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.merges import live_customer_id
 from gateway.identity.suggest import suggest_for_new_customer
+from gateway.language import detect_language
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
 from gateway.retry import in_process_retry
@@ -77,6 +78,8 @@ class PipelineWorker:
             return
         try:
             normalized = [connector.enrich(message) for message in normalized]
+            normalized = [message if message.language is not None else message.model_copy(
+                update={"language": detect_language(message.text or message.full_text)}) for message in normalized]
             for attempt in in_process_retry(attempts=4):
                 with attempt, self.rt.engine.begin() as conn:
                     for message in normalized:

@@ -12,6 +12,8 @@ from sqlalchemy import Engine
 
 from gateway.attachments import AttachmentStore
 from gateway.config import GatewayConfig, channel_class, crm_class
+from gateway.directory import CrmDirectory
+from gateway.identity import rules_from_config
 from gateway.mapping import Mapping, mapping_path_for
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
 from gateway.ratelimit import DbRateLimiter
@@ -32,6 +34,7 @@ class Runtime:
     channels: dict[str, ChannelConnector] = field(default_factory=dict)
     crms: dict[str, CrmConnector] = field(default_factory=dict)
     mappings: dict[str, Mapping] = field(default_factory=dict)
+    directories: dict[str, CrmDirectory] = field(default_factory=dict)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -75,6 +78,7 @@ def build_runtime(config: GatewayConfig, registry: Registry | None = None,
         runtime.channels[name] = channel_class(registry, channel_config)(name, channel_config, context)
     for name, crm_config in config.crms.items():
         runtime.crms[name] = crm_class(registry, crm_config)(name, crm_config, context)
+        runtime.directories[name] = CrmDirectory(engine, name, rules_from_config(config.settings.identity))
         path = mapping_path_for(config, name)
         if path is not None:
             runtime.mappings[name] = Mapping.load(path)

@@ -95,6 +95,24 @@ def poll_job(runtime: Runtime, channel: PollingChannel) -> Callable[[], None]:
     return job
 
 
+def directory_job(runtime: Runtime, name: str) -> Callable[[], None]:
+    """A scheduler job: bring the CRM's directory of existing contacts up to date (one process at a time)."""
+    crm = runtime.crms[name]
+    directory = runtime.directories[name]
+    cursor_store = Cursors(runtime.engine)
+
+    def job() -> None:
+        with exclusive(runtime.engine, f"directory:{name}", runtime.data_dir / "locks") as acquired:
+            if not acquired:
+                return
+            try:
+                crm.sync_directory(directory, cursor_store)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("syncing the %s directory failed; the next run retries", name)
+
+    return job
+
+
 class WorkerProcess:
     """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``."""
 
@@ -107,6 +125,10 @@ class WorkerProcess:
         for channel in runtime.channels.values():
             if isinstance(channel, PollingChannel):
                 self.jobs.append((poll_job(runtime, channel), channel.poll_seconds))
+        for name, crm in runtime.crms.items():
+            seconds = getattr(crm.config, "directory_sync_seconds", 0)
+            if hasattr(crm, "sync_directory") and seconds:
+                self.jobs.append((directory_job(runtime, name), seconds))
 
     def start(self) -> None:
         settings = self.rt.config.settings.workers

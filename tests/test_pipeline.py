@@ -20,7 +20,16 @@ from gateway.delivery import DeliveryWorker
 from gateway.pipeline import PipelineWorker
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.db import utcnow
-from gateway.storage.tables import conversations, customers, dead_letters, delivery_log, identities, inbox, outbox
+from gateway.storage.tables import (
+    conversations,
+    customers,
+    dead_letters,
+    delivery_log,
+    identities,
+    inbox,
+    outbox,
+    provider_statuses,
+)
 from gateway.webhooks import InboxItem
 from gateway.worker import drain_once
 from tests.conftest import PUBLIC_URL, TWILIO_SID
@@ -109,8 +118,14 @@ def test_status_callbacks_are_stored_but_make_no_message(runtime: Runtime) -> No
     store(runtime, InboxItem("SM" + "7" * 32 + ":status:delivered", urlencode(form).encode(),
                              "application/x-www-form-urlencoded", "status"))
     drain(runtime)
-    assert count(runtime, inbox, inbox.c.status == "ignored") == 1
     assert count(runtime, outbox) == 0
+    with runtime.engine.connect() as conn:
+        recorded = conn.execute(select(provider_statuses.c.provider_message_id, provider_statuses.c.status)).all()
+    assert recorded == [("SM" + "7" * 32, "delivered")]
+    drain(runtime)
+    store(runtime, InboxItem("SM" + "7" * 32 + ":status:delivered", urlencode(form).encode(),
+                             "application/x-www-form-urlencoded", "status"))
+    assert count(runtime, provider_statuses) == 1, "a repeated callback is recorded once"
 
 
 def test_unparseable_message_is_quarantined_and_can_be_replayed_or_discarded(

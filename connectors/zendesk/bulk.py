@@ -54,8 +54,9 @@ def _ensure_users(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: Link
     for items in groups:
         customer = items[0].customer.id
         link = links.get("customer", customer)
-        if link is not None:
-            users[customer] = link[0]
+        adopted = link[0] if link is not None else crm.adopt_user(items[0], links)
+        if adopted is not None:
+            users[customer] = adopted
         else:
             waiting.setdefault(customer, items[0])
     failed: dict[str, DeliveryError] = {}

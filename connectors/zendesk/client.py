@@ -37,6 +37,9 @@ class ZendeskConfig(ConnectorConfig):
     bulk_threshold: int = Field(
         10, ge=2, le=100, description="Conversations waiting at once before the batch endpoints are used.")
     job_timeout_seconds: float = Field(300.0, gt=0, description="How long to wait for a batch job to finish.")
+    directory_sync_seconds: int = Field(
+        300, ge=0, description="How often the end users Zendesk already has are synced (incremental export), so "
+                               "they are adopted instead of duplicated; 0 turns the sync off.")
     upload_max_bytes: int = Field(
         10 * 1024 * 1024, ge=0, description="Attachments up to this size are uploaded; larger ones are linked.")
 

@@ -19,8 +19,9 @@ import requests
 
 from connectors.zendesk.client import ZendeskClient, ZendeskConfig, classify, is_closed_error
 from gateway.attachments import SCHEME as STORED
+from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, RetryableError
-from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+from gateway.plugins import ConnectorContext, CrmConnector, CursorStore, DeliveryItem, DeliveryResult, LinkStore
 
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
@@ -115,10 +116,29 @@ class ZendeskCrm(CrmConnector):
         return update
 
     # -- users -------------------------------------------------------------------------------------------------
+    def adopt_user(self, item: DeliveryItem, links: LinkStore) -> str | None:
+        """The existing Zendesk user holding one of the customer's identifiers, if exactly one does."""
+        find = getattr(links, "find_records", None)
+        if find is None:
+            return None
+        found = {remote for kind, value in item.customer.identifiers if kind in ("email", "phone")
+                 for remote in find(kind, value)}
+        if len(found) != 1:
+            if found:
+                log.info("customer %s matches %d Zendesk users; creating none of them twice, adopting none",
+                         item.customer.id, len(found))
+            return None
+        user_id = found.pop()
+        links.put("customer", item.customer.id, user_id, {"adopted": True})
+        return user_id
+
     def ensure_user(self, item: DeliveryItem, links: LinkStore) -> str:
         link = links.get("customer", item.customer.id)
         if link is not None:
             return link[0]
+        adopted = self.adopt_user(item, links)
+        if adopted is not None:
+            return adopted
         body = self.client.call("POST", "/users/create_or_update", json={"user": self.user_payload(item)})
         user_id = str(body["user"]["id"])
         links.put("customer", item.customer.id, user_id)
@@ -250,6 +270,34 @@ class ZendeskCrm(CrmConnector):
         for items in groups:
             outcomes.update(self.deliver_group(items, links))
         return outcomes
+
+    def sync_directory(self, directory: CrmDirectory, cursors: CursorStore, max_pages: int = 20) -> int:
+        """Import end users created or changed since the last run (incremental export, cursor-based).
+
+        https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/
+        """
+        key = f"zendesk-directory:{self.name}"
+        state = cursors.get(key) or {}
+        params: dict[str, Any] = {"cursor": state["cursor"]} if state.get("cursor") else {"start_time": 0}
+        seen = 0
+        for _ in range(max_pages):
+            body = self.client.call("GET", "/incremental/users/cursor", params=params)
+            for user in body.get("users", []):
+                remote_id = str(user["id"])
+                if user.get("role") != "end-user" or user.get("active") is False or user.get("suspended"):
+                    directory.remove_record(remote_id)
+                    continue
+                idents = [("email", user["email"])] if user.get("email") else []
+                if user.get("phone") and not user.get("shared_phone_number"):
+                    idents.append(("phone", user["phone"]))  # a shared number identifies nobody
+                directory.replace_record(remote_id, idents)
+                seen += 1
+            if body.get("after_cursor"):
+                cursors.put(key, {"cursor": body["after_cursor"]})
+                params = {"cursor": body["after_cursor"]}
+            if body.get("end_of_stream") or not body.get("after_cursor"):
+                break
+        return seen
 
     def merge_contacts(self, survivor_remote_id: str, absorbed_remote_id: str) -> None:
         """Merge two Zendesk users (an admin's merge carried into the CRM): the absorbed user into the survivor."""

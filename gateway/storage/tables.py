@@ -195,6 +195,18 @@ crm_links = Table(
     Column("updated_at", Time, nullable=False),
 )
 
+# What a CRM already holds: its contacts' identifiers (synced from the CRM), so existing records are adopted
+# instead of duplicated, and a record holding two identifiers counts as evidence that they are one person.
+crm_directory = Table(
+    "crm_directory", metadata,
+    Column("crm", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("value", String(320), primary_key=True),
+    Column("remote_id", String(255), primary_key=True),
+    Column("updated_at", Time, nullable=False),
+    Index("ix_crm_directory_remote", "crm", "remote_id"),
+)
+
 dead_letters = Table(
     "dead_letters", metadata,
     Column("id", Id, primary_key=True, autoincrement=True),

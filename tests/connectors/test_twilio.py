@@ -7,25 +7,38 @@ callbacks (https://www.twilio.com/docs/messaging/guides/webhook-request); reques
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import requests
+import responses
+from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from connectors.twilio import SIGNATURE_HEADER, TwilioChannel
+from gateway.attachments import SCHEME, AttachmentTooLarge
 from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
 from gateway.runtime import Runtime
-from gateway.storage.tables import inbox
+from gateway.storage.tables import inbox, messages, provider_statuses
 from gateway.web import create_app
 from gateway.webhooks import Headers, HookRequest
-from tests.conformance.channel import FIXTURES, ChannelConformance, Expected, count, send, split_records
+from tests.conformance.channel import (
+    FIXTURES,
+    ChannelConformance,
+    Expected,
+    count,
+    drain_pipeline,
+    send,
+    split_records,
+)
 from tests.conftest import PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN
 
 CHANNEL = "sms-main"
@@ -74,6 +87,23 @@ SMS_SID = "SM1ba0cfa14e9a5a2e5c3d5e1b4b1f6a01"
 MMS_SID = "MM4f6c1b7e0d2a4e3b9c8d7e6f5a4b3c21"
 MEDIA_BASE = f"https://api.twilio.com/2010-04-01/Accounts/{TWILIO_SID}/Messages/{MMS_SID}/Media"
 UNICODE_BODY = dict(load_fixture("unicode_sms"))["Body"]
+MEDIA_URLS = [f"{MEDIA_BASE}/ME0a1b2c3d4e5f60718293a4b5c6d7e8f9", f"{MEDIA_BASE}/ME1b2c3d4e5f60718293a4b5c6d7e8f9a0"]
+CDN = "https://s3-external-1.amazonaws.com/media.twiliocdn.com/AC00000000000000000000000000000001"
+JPEG = b"\xff\xd8\xff\xe0" + b"photo" * 20
+PDF = b"%PDF-1.4 invoice"
+BASIC = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+
+
+@pytest.fixture(autouse=True)
+def media() -> Iterator[responses.RequestsMock]:
+    """Twilio's media URLs answer the account's Basic credentials with a redirect to its CDN, as Twilio does."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        for n, (url, body, mime) in enumerate(zip(MEDIA_URLS, (JPEG, PDF), ("image/jpeg", "application/pdf"),
+                                                  strict=True)):
+            mock.get(url, status=307, headers={"Location": f"{CDN}/m{n}"},
+                     match=[responses.matchers.header_matcher({"Authorization": BASIC})])
+            mock.get(f"{CDN}/m{n}", body=body, content_type=mime)
+        yield mock
 
 
 def phone(value: str) -> list[dict[str, str]]:
@@ -106,12 +136,8 @@ class TestTwilioConformance(ChannelConformance):
         "mms": Expected("message", ({
             "channel": "mms", "provider_message_id": MMS_SID, "sender.identifiers": phone("+14017122661"),
             "text": "The box arrived crushed, photo and invoice attached.",
-            "attachments": [
-                {"filename": "media0", "content_type": "image/jpeg", "size": None, "sha256": None,
-                 "location": f"{MEDIA_BASE}/ME0a1b2c3d4e5f60718293a4b5c6d7e8f9", "inline": False},
-                {"filename": "media1", "content_type": "application/pdf", "size": None, "sha256": None,
-                 "location": f"{MEDIA_BASE}/ME1b2c3d4e5f60718293a4b5c6d7e8f9a0", "inline": False},
-            ],
+            "attachments.0.filename": "media0.jpg", "attachments.0.content_type": "image/jpeg",
+            "attachments.1.filename": "media1.pdf", "attachments.1.content_type": "application/pdf",
         },), (MMS_SID,)),
         "whatsapp": Expected("message", ({
             "channel": "whatsapp", "provider_message_id": "SM7d2e9a0c4b6f48e1a3c5d7e9f1b3a5c7",
@@ -260,3 +286,70 @@ def test_status_callback_is_stored_but_gives_no_message(runtime: Runtime) -> Non
         ("status", "SM1342fe1b2c904d1ab04f0fc7a58abca9:status:sent"),
         ("status", "SM1342fe1b2c904d1ab04f0fc7a58abca9:status:delivered"),
     ]
+
+
+def test_mms_media_downloaded_into_attachment_store(media: responses.RequestsMock) -> None:
+    """MMS media are fetched with the account's credentials and stored by content; the CDN never sees them."""
+    connector = twilio()
+    [record] = split_records(connector, form_request(load_fixture("mms")))
+    [message] = connector.normalize(record)
+    enriched = connector.enrich(message)
+    assert [(a.filename, a.content_type, a.size) for a in enriched.attachments] == [
+        ("media0.jpg", "image/jpeg", len(JPEG)), ("media1.pdf", "application/pdf", len(PDF))]
+    assert enriched.attachments[0].sha256 == hashlib.sha256(JPEG).hexdigest()
+    assert connector.context.attachments.read(enriched.attachments[1].location) == PDF
+    cdn_calls = [call for call in media.calls if call.request.url.startswith(CDN)]
+    assert cdn_calls and all("Authorization" not in call.request.headers for call in cdn_calls)
+
+
+def test_mms_through_the_pipeline_keeps_the_bytes(runtime: Runtime) -> None:
+    """Through the web app and the pipeline: the stored message points at stored bytes, not Twilio's URLs."""
+    client = create_app(runtime).test_client()
+    assert send(client, form_request(load_fixture("mms")), CHANNEL).status_code == 200
+    assert drain_pipeline(runtime) == 1
+    with runtime.engine.connect() as conn:
+        data = conn.execute(select(messages.c.data)).scalar_one()
+    assert [a["location"].startswith(SCHEME) for a in data["attachments"]] == [True, True]
+
+
+def test_media_from_other_hosts_or_too_large_is_refused() -> None:
+    """Only Twilio's media host is fetched from, and never more than max_media_bytes."""
+    pairs = replace(load_fixture("mms"), MediaUrl0="https://evil.example.com/steal", NumMedia="1")
+    connector = twilio()
+    [record] = split_records(connector, form_request(pairs))
+    with pytest.raises(ValueError, match="refusing"):
+        connector.enrich(connector.normalize(record)[0])
+    small = twilio(max_media_bytes=50)
+    [record] = split_records(small, form_request(load_fixture("mms")))
+    with pytest.raises(AttachmentTooLarge):
+        small.enrich(small.normalize(record)[0])
+
+
+def test_whatsapp_media_through_twilio() -> None:
+    """A WhatsApp image sent through Twilio: phone + whatsapp identity, the image fetched like MMS media."""
+    pairs = replace(load_fixture("whatsapp"), NumMedia="1", MediaUrl0=MEDIA_URLS[0], MediaContentType0="image/jpeg",
+                    Body="")
+    connector = twilio()
+    [record] = split_records(connector, form_request(pairs))
+    [message] = connector.normalize(record)
+    assert message.channel.value == "whatsapp"
+    [attachment] = connector.enrich(message).attachments
+    assert attachment.size == len(JPEG)
+
+
+def test_status_callbacks_are_recorded_against_sent_messages(runtime: Runtime) -> None:
+    """sent, delivered, then undelivered with Twilio's error code: each recorded once in provider_statuses."""
+    client = create_app(runtime).test_client()
+    delivered = load_fixture("status_delivered")
+    sent = replace(delivered, MessageStatus="sent", SmsStatus="sent")
+    failed = replace(delivered, MessageStatus="undelivered", SmsStatus="undelivered", ErrorCode="30003")
+    for pairs in (sent, delivered, delivered, failed):
+        assert send(client, form_request(pairs), CHANNEL).status_code == 200
+    assert drain_pipeline(runtime) == 3
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(select(provider_statuses.c.provider_message_id, provider_statuses.c.status,
+                                   provider_statuses.c.error_code).order_by(provider_statuses.c.id)).all()
+    sid = "SM1342fe1b2c904d1ab04f0fc7a58abca9"
+    assert [tuple(row) for row in rows] == [(sid, "sent", None), (sid, "delivered", None),
+                                            (sid, "undelivered", "30003")]
+    assert count(runtime, messages, CHANNEL) == 0

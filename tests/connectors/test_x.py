@@ -1,0 +1,185 @@
+"""The X channel (Account Activity API direct messages): the shared suite plus the CRC and our own messages.
+
+Fixtures in ``tests/fixtures/x`` follow the Account Activity API's documented ``direct_message_events`` deliveries
+(``for_user_id``, ``message_create`` with ``sender_id``, ``target.recipient_id``, ``message_data``, and ``users``).
+Requests are signed ``x-twitter-webhooks-signature: sha256=base64(HMAC-SHA256(consumer secret, body))``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from connectors.x import XChannel, signed_request
+from gateway.config import load_config
+from gateway.errors import SignatureInvalid
+from gateway.plugins import ChannelConnector, ConnectorContext
+from gateway.runtime import Runtime, build_runtime
+from gateway.storage.tables import conversations, customers, inbox, messages
+from gateway.web import create_app
+from gateway.webhooks import Headers, HookRequest
+from tests.conformance.channel import (
+    FIXTURES,
+    ChannelConformance,
+    Expected,
+    config_text,
+    count,
+    drain_pipeline,
+    send,
+    split_records,
+)
+from tests.conftest import PUBLIC_URL
+
+CHANNEL = "x-support"
+HOOK_URL = f"{PUBLIC_URL}/hooks/{CHANNEL}"
+SECRET = "test-x-consumer-secret"
+ME, CUSTOMER = "3001969357", "944480690"
+
+
+def settings(**extra: Any) -> dict[str, Any]:
+    return {"type": "x", "consumer_secret": SECRET, "user_id": ME, **extra}
+
+
+def raw(name: str) -> bytes:
+    return (FIXTURES / "x" / f"{name}.json").read_bytes()
+
+
+def post(body: bytes | dict[str, Any], secret: str = SECRET) -> HookRequest:
+    return signed_request(secret, body if isinstance(body, bytes) else json.dumps(body).encode(), HOOK_URL)
+
+
+def x_channel(**extra: Any) -> XChannel:
+    config = XChannel.Config.model_validate(settings(**extra))
+    return XChannel(CHANNEL, config, ConnectorContext(http=requests.Session(), public_url=PUBLIC_URL))
+
+
+class TestXConformance(ChannelConformance):
+    """The shared suite for ``x``: no timestamp in the signature (event ids deduplicate), CRC as the handshake."""
+
+    connector_class = XChannel
+    channel_name = CHANNEL
+    required_secrets = ("consumer_secret",)
+    has_timestamp = False
+    has_handshake = True
+    expected = {
+        "dm_text": Expected("message", ({
+            "channel": "x", "provider_message_id": "1727342516412456964",
+            "sender.identifiers": [{"kind": "x", "value": CUSTOMER}], "sender.display_name": "Jo Müller",
+            "recipients.0.identifiers": [{"kind": "x", "value": ME}],
+            "text": "My parcel & the invoice don't match <order 77>", "sent_at": "2023-11-14T22:13:20.123000Z",
+            "thread.provider_thread_id": f"{CUSTOMER}-{ME}", "extras.screen_name": "jo_mueller",
+        },), ("1727342516412456964",)),
+        "dm_media": Expected("message", ({
+            "text": "Here is the damage", "attachments.0.content_type": "image/jpeg",
+            "attachments.0.location": "https://ton.twitter.com/1.1/ton/data/dm/1727342516412456966/"
+                                      "1727342490000000001/AbC.jpg",
+        },)),
+        "dm_own": Expected("message"),
+    }
+
+    def channel_settings(self) -> dict[str, Any]:
+        return settings()
+
+    def signed_request(self, fixture: str, connector: ChannelConnector) -> HookRequest:
+        return post(raw(fixture))
+
+    def tamper(self, request: HookRequest) -> HookRequest:
+        body = request.body.replace(b'"text": "', b'"text": "Send the refund to 0000. ', 1)
+        assert body != request.body
+        return HookRequest(request.method, request.path, request.query_string, request.headers, body,
+                           request.public_url)
+
+    def handshake_request(self, connector: ChannelConnector) -> tuple[HookRequest, int, bytes]:
+        token = "9b4507b3-9040-4669-9ba1-6a6f2e3a3b35"
+        digest = base64.b64encode(hmac.new(SECRET.encode(), token.encode(), hashlib.sha256).digest()).decode()
+        expected = json.dumps({"response_token": f"sha256={digest}"}).encode()
+        query = f"crc_token={token}"
+        return HookRequest("GET", "", query, Headers({}), b"", f"{HOOK_URL}?{query}"), 200, expected
+
+    def malformed_requests(self, connector: ChannelConnector) -> dict[str, HookRequest]:
+        text = raw("dm_text")
+        data = json.loads(text)
+        no_id = json.loads(text)
+        del no_id["direct_message_events"][0]["id"]
+        no_sender = json.loads(text)
+        del no_sender["direct_message_events"][0]["message_create"]["sender_id"]
+        return {
+            "not_json": post(b"for_user_id=3001969357"),
+            "truncated": post(text[: len(text) // 2]),
+            "json_array": post(b"[]"),
+            "events_not_list": post({**data, "direct_message_events": {"id": "1"}}),
+            "event_without_id": post(no_id),
+            "message_without_sender": post(no_sender),
+        }
+
+
+@pytest.fixture
+def x_runtime(write_config: Any) -> Iterator[Runtime]:
+    rt = build_runtime(load_config(write_config(config_text(CHANNEL, settings()))), http=requests.Session())
+    yield rt
+    rt.close()
+
+
+def test_conversation_with_our_replies(x_runtime: Runtime) -> None:
+    """The customer's two messages and our reply in between: one customer, one conversation, our reply ignored."""
+    client = create_app(x_runtime).test_client()
+    for name in ("dm_text", "dm_own", "dm_media"):
+        assert send(client, post(raw(name)), CHANNEL).status_code == 200
+    assert drain_pipeline(x_runtime) == 3
+    with x_runtime.engine.connect() as conn:
+        assert conn.execute(select(customers.c.display_name)).scalars().all() == ["Jo Müller"]
+        assert len(conn.execute(select(conversations.c.id)).all()) == 1
+        statuses = sorted(conn.execute(select(inbox.c.status)).scalars())
+    assert count(x_runtime, messages, CHANNEL) == 2
+    assert statuses == ["done", "done", "ignored"]
+
+
+def test_several_events_in_one_delivery_are_stored_separately() -> None:
+    """A delivery carrying two direct messages becomes two inbox items, keyed by their event ids."""
+    data = json.loads(raw("dm_text"))
+    second = json.loads(json.dumps(data["direct_message_events"][0]))
+    second["id"] = "1727342516412456999"
+    data["direct_message_events"].append(second)
+    records = split_records(x_channel(), post(data))
+    assert [r.provider_id for r in records] == ["1727342516412456964", "1727342516412456999"]
+
+
+def test_other_activity_is_acknowledged_and_not_stored(x_runtime: Runtime) -> None:
+    """Likes, follows and typing indicators: 200 and nothing stored."""
+    client = create_app(x_runtime).test_client()
+    assert send(client, post(raw("favorite")), CHANNEL).status_code == 200
+    assert count(x_runtime, inbox, CHANNEL) == 0
+
+
+def test_crc_with_rotated_secret_and_signature_rotation() -> None:
+    """The CRC answer uses the current secret; deliveries verify with either the current or the previous one."""
+    rotating = x_channel(consumer_secret="test-new", previous_consumer_secret="test-old")
+    rotating.verify(post(raw("dm_text"), secret="test-old"))
+    rotating.verify(post(raw("dm_text"), secret="test-new"))
+    with pytest.raises(SignatureInvalid):
+        rotating.verify(post(raw("dm_text"), secret="test-other"))
+    answer = rotating.handshake(HookRequest("GET", "", "crc_token=abc", Headers({}), b"", HOOK_URL))
+    assert answer is not None
+    digest = base64.b64encode(hmac.new(b"test-new", b"abc", hashlib.sha256).digest()).decode()
+    assert json.loads(answer.body) == {"response_token": f"sha256={digest}"}
+
+
+def test_get_without_crc_token_is_refused(x_runtime: Runtime) -> None:
+    assert create_app(x_runtime).test_client().get(f"/hooks/{CHANNEL}").status_code == 405
+
+
+def test_simulated_request_round_trips() -> None:
+    connector = x_channel()
+    request = connector.sample_request(sender=CUSTOMER, text="hello", recipient=None, public_url=HOOK_URL)
+    connector.verify(request)
+    [record] = split_records(connector, request)
+    [message] = connector.normalize(record)
+    assert message.text == "hello"
