@@ -184,7 +184,10 @@ def _new_phone(rng: random.Random, country: str, mobile: bool) -> Phone:
     if country == "GB":
         national = "7" + rng.choice("45789") + _digits(rng, 8) if mobile else "20" + rng.choice("378") + _digits(rng, 7)
         return Phone(country, "+44" + national, national, mobile)
-    national = "15" + rng.choice("12579") + _digits(rng, 8) if mobile else "30" + rng.choice("2345689") + _digits(rng, 7)
+    if mobile:
+        national = "15" + rng.choice("12579") + _digits(rng, 8)
+    else:
+        national = "30" + rng.choice("2345689") + _digits(rng, 7)
     return Phone(country, "+49" + national, national, mobile)
 
 
@@ -379,7 +382,7 @@ def make_people(rng: random.Random, count: int) -> list[Person]:
     for person in people:
         if person.phones and person.phones[0].mobile and rng.random() < 0.06:
             by_country.setdefault(person.country, []).append(person)
-    for country, members in by_country.items():
+    for members in by_country.values():
         for a, b in zip(members[::2], members[1::2], strict=False):
             household = f"h{a.id}"
             shared = a.phones[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from connectors.zendesk.client import ENDED
 from gateway.errors import DeliveryError, PermanentError, RetryableError
 from gateway.plugins import DeliveryItem, DeliveryResult, LinkStore
 
@@ -91,6 +92,13 @@ def _ensure_users(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: Link
     return users
 
 
+def stamp(links: LinkStore, conversation_id: str) -> dict[str, Any]:
+    """``safe_update`` with our last write's stamp: a ticket changed since then fails and takes the careful path."""
+    link = links.get("conversation", conversation_id)
+    updated_at = link[1].get("updated_at") if link else None
+    return {"safe_update": True, "updated_stamp": updated_at} if updated_at else {}
+
+
 def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkStore) -> Outcomes:
     outcomes: Outcomes = {}
     careful = [items for items in groups if any(item.attempt > 1 for item in items)]
@@ -111,6 +119,8 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
         link = links.get("conversation", items[0].conversation.id)
         if link is None:
             creates.append(items)
+        elif link[1].get("status") in ENDED:
+            outcomes.update(crm.deliver_group(items, links))  # a follow-up ticket: the careful path
         else:
             updates.append((link[0], items))
     jobs: dict[str, tuple[str, list[Any]]] = {}
@@ -120,8 +130,8 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
             body = crm.client.call("POST", "/tickets/create_many", json={"tickets": tickets})
             jobs[body["job_status"]["id"]] = ("create", chunk)
         for update_chunk in _chunks(updates):
-            tickets = [{"id": int(ticket_id), **crm.update_payload(items, users[items[0].customer.id])}
-                       for ticket_id, items in update_chunk]
+            tickets = [{"id": int(ticket_id), **crm.update_payload(items, users[items[0].customer.id]),
+                        **stamp(links, items[0].conversation.id)} for ticket_id, items in update_chunk]
             body = crm.client.call("PUT", "/tickets/update_many", json={"tickets": tickets})
             jobs[body["job_status"]["id"]] = ("update", update_chunk)
         finished = crm.client.wait_for_jobs(list(jobs))

@@ -17,6 +17,7 @@ from gateway.plugins import ConnectorConfig, ConnectorContext
 from gateway.ratelimit import MAX_WAIT_SECONDS
 
 _MAX_INLINE_429_RETRIES = 3
+ENDED = ("solved", "closed")  # ticket statuses after which a new message starts a new ticket
 
 
 class ZendeskConfig(ConnectorConfig):

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from connectors.zendesk.client import ZendeskClient, ZendeskConfig, classify, is_closed_error
+from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, RetryableError
@@ -146,7 +146,7 @@ class ZendeskCrm(CrmConnector):
 
     # -- tickets -----------------------------------------------------------------------------------------------
     def create_ticket(self, items: list[DeliveryItem], user_id: str, links: LinkStore,
-                      followup_of: str | None = None) -> str:
+                      followup_of: str | None = None, extra_tags: list[str] | None = None) -> str:
         key = items[0].idempotency_key
         if len(items) > 1:  # a coalesced write: the key names exactly the messages it carries
             ids = ",".join(item.message.id for item in items)
@@ -156,37 +156,66 @@ class ZendeskCrm(CrmConnector):
             followup_of = previous[0] if previous and previous[1].get("status") == CLOSED else None
         if followup_of:
             key += f"-followup-{followup_of}"
-        body = self.client.call("POST", "/tickets", json={"ticket": self.ticket_payload(items, user_id, followup_of)},
-                                headers={"Idempotency-Key": key[:255]})
+        ticket = self.ticket_payload(items, user_id, followup_of)
+        if extra_tags:
+            ticket["tags"] = [*ticket.get("tags", []), *extra_tags]
+        body = self.client.call("POST", "/tickets", json={"ticket": ticket}, headers={"Idempotency-Key": key[:255]})
         ticket_id = str(body["ticket"]["id"])
-        links.put("conversation", items[0].conversation.id, ticket_id, {"status": body["ticket"].get("status")})
+        links.put("conversation", items[0].conversation.id, ticket_id,
+                  {"status": body["ticket"].get("status"), "updated_at": body["ticket"].get("updated_at")})
         return ticket_id
 
-    def append(self, items: list[DeliveryItem], user_id: str, ticket_id: str, links: LinkStore) -> tuple[str, str]:
-        """Add the items as one comment; a closed or deleted ticket continues on a new (follow-up) ticket."""
-        response = self.client.request("PUT", f"/tickets/{ticket_id}",
-                                       json={"ticket": self.update_payload(items, user_id)})
+    def append(self, items: list[DeliveryItem], user_id: str, ticket_id: str, links: LinkStore,
+               *, stamp_checked: bool = False) -> tuple[str, str]:
+        """Add the items as one comment to the conversation's ticket.
+
+        A ticket solved or closed in Zendesk since our last write ends the conversation there: the messages start a
+        new ticket that refers to it (a follow-up of a closed ticket). ``safe_update`` with the ``updated_stamp`` of
+        our last write makes Zendesk tell us when someone changed the ticket, so its status is re-read only then.
+        """
+        conversation = items[0].conversation.id
+        link = links.get("conversation", conversation)
+        known = link[1] if link and link[0] == ticket_id else {}
+        if known.get("status") in ENDED:
+            return self.continue_on_new_ticket(items, user_id, ticket_id, known["status"], links)
+        payload = self.update_payload(items, user_id)
+        if known.get("updated_at") and not stamp_checked:
+            payload.update(safe_update=True, updated_stamp=known["updated_at"])
+        response = self.client.request("PUT", f"/tickets/{ticket_id}", json={"ticket": payload})
         if response.status_code == 200:
-            status = ((response.json() or {}).get("ticket") or {}).get("status")
-            links.put("conversation", items[0].conversation.id, ticket_id, {"status": status})
+            ticket = (response.json() or {}).get("ticket") or {}
+            links.put("conversation", conversation, ticket_id,
+                      {"status": ticket.get("status"), "updated_at": ticket.get("updated_at")})
             return "comment_added", ticket_id
+        if response.status_code == 409 and not stamp_checked:
+            current = self.client.call("GET", f"/tickets/{ticket_id}")["ticket"]
+            links.put("conversation", conversation, ticket_id,
+                      {"status": current.get("status"), "updated_at": current.get("updated_at")})
+            return self.append(items, user_id, ticket_id, links, stamp_checked=True)
         if is_closed_error(response) or response.status_code == 404:
             if any(item.attempt > 1 for item in items):
                 # an earlier attempt may have opened the new ticket and died before linking it; the
                 # Idempotency-Key guards that for two hours only (ticketing/introduction/#idempotency)
-                found = self.find_ticket(items[0].conversation.id)
+                found = self.find_ticket(conversation)
                 if found is not None and str(found["id"]) != ticket_id:
                     found_id = str(found["id"])
-                    links.put("conversation", items[0].conversation.id, found_id, {"status": found.get("status")})
+                    links.put("conversation", conversation, found_id, {"status": found.get("status")})
                     pending = self.unwritten(items, found_id)
                     return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
-            followup_of = ticket_id if response.status_code == 422 else None
-            if followup_of:
-                links.put("conversation", items[0].conversation.id, ticket_id, {"status": CLOSED})
-            new_id = self.create_ticket(items, user_id, links, followup_of)
-            return ("followup_ticket_created" if followup_of else "ticket_recreated"), new_id
+            if response.status_code == 404:
+                return "ticket_recreated", self.create_ticket(items, user_id, links)
+            return self.continue_on_new_ticket(items, user_id, ticket_id, CLOSED, links)
         classify(response)
         raise RetryableError(f"unexpected Zendesk status {response.status_code}")
+
+    def continue_on_new_ticket(self, items: list[DeliveryItem], user_id: str, old_ticket_id: str, old_status: str,
+                               links: LinkStore) -> tuple[str, str]:
+        """A new ticket for a conversation whose ticket ended: a follow-up of a closed one (Zendesk links them),
+        and for a solved one a ``followup-of-N`` tag, since Zendesk only records follow-ups of closed tickets."""
+        links.put("conversation", items[0].conversation.id, old_ticket_id, {"status": old_status})
+        followup_of = old_ticket_id if old_status == CLOSED else None
+        extra_tags = [] if followup_of else [f"followup-of-{old_ticket_id}"]
+        return "followup_ticket_created", self.create_ticket(items, user_id, links, followup_of, extra_tags)
 
     def written_ids(self, ticket_id: str) -> set[str]:
         """Message ids recorded in the ticket's audit metadata (writes of earlier attempts that landed)."""

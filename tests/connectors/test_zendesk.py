@@ -215,7 +215,7 @@ def test_first_message_upserts_the_user_and_creates_a_ticket(mocked: responses.R
     assert user_call.call_count == ticket_call.call_count == 1
     assert "role" not in sent_json(mocked.calls[0])["user"]
     assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {})
-    assert links.get("conversation", CONVERSATION_ID) == (str(TICKET_ID), {"status": "open"})
+    assert links.get("conversation", CONVERSATION_ID) == (str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
 
 
 def test_user_upsert_accepts_200_for_an_existing_user(mocked: responses.RequestsMock) -> None:
@@ -283,7 +283,7 @@ def test_closed_ticket_gets_a_follow_up_ticket(mocked: responses.RequestsMock) -
 
     assert (result.operation, result.remote_id) == ("followup_ticket_created", "35437")
     assert post.call_count == 1
-    assert links.get("conversation", CONVERSATION_ID) == ("35437", {"status": "open"})
+    assert links.get("conversation", CONVERSATION_ID) == ("35437", {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
 
 
 def test_deleted_ticket_is_replaced_by_a_new_one(mocked: responses.RequestsMock) -> None:
@@ -466,3 +466,66 @@ def test_retry_after_a_lost_follow_up_link_writes_no_second_follow_up() -> None:
     assert result.operation == "already_written"
     assert len(fake.tickets) == 2
     assert stale.get("conversation", CONVERSATION_ID)[0] == result.remote_id == str(TICKET_ID + 1)
+
+
+def stamped_links(status: str = "open") -> MemoryLinkStore:
+    links = linked()
+    links.put("conversation", CONVERSATION_ID, str(TICKET_ID), {"status": status, "updated_at": "2026-01-01T10:00:00Z"})
+    return links
+
+
+def test_updates_are_guarded_by_the_stamp_of_our_last_write(mocked: responses.RequestsMock) -> None:
+    item = second_item()
+    put = mocked.put(TICKET_URL, json=fixture("ticket_update"), match=[matchers.json_params_matcher(
+        {"ticket": {"comment": {"body": "Any news?", "public": True, "author_id": USER_ID},
+                    "additional_tags": ["channel-gateway", "sms"], "metadata": {MARKER: item.message.id},
+                    "safe_update": True, "updated_stamp": "2026-01-01T10:00:00Z"}}, strict_match=True)])
+    result = zendesk().deliver(item, stamped_links())
+    assert result.operation == "comment_added" and put.call_count == 1
+
+
+def test_a_ticket_solved_since_our_last_write_starts_a_new_ticket_that_refers_to_it(
+        mocked: responses.RequestsMock) -> None:
+    """An agent solved the ticket: the customer's next message is a new problem (conversation continuity)."""
+    item = second_item()
+    mocked.put(TICKET_URL, status=409, json={"error": "UpdateConflict", "description": "Ticket was updated"})
+    solved = fixture("ticket_create")
+    solved["ticket"].update(id=TICKET_ID, status="solved")
+    mocked.get(TICKET_URL, json=solved)
+    created = fixture("ticket_create")
+    created["ticket"]["id"] = 35450
+    post = mocked.post(f"{API}/tickets", json=created, status=201)
+    links = stamped_links()
+
+    result = zendesk().deliver(item, links)
+
+    assert (result.operation, result.remote_id) == ("followup_ticket_created", "35450")
+    sent = json.loads(post.calls[0].request.body)["ticket"]
+    assert "via_followup_source_id" not in sent, "Zendesk records follow-ups of closed tickets only"
+    assert f"followup-of-{TICKET_ID}" in sent["tags"]
+    assert [c.request.method for c in mocked.calls] == ["PUT", "GET", "POST"]
+    assert links.get("conversation", CONVERSATION_ID)[0] == "35450"
+
+
+def test_a_conflict_on_an_open_ticket_rereads_it_and_adds_the_comment(mocked: responses.RequestsMock) -> None:
+    item = second_item()
+    mocked.put(TICKET_URL, status=409, json={"error": "UpdateConflict", "description": "Ticket was updated"})
+    current = fixture("ticket_create")
+    current["ticket"].update(id=TICKET_ID, status="pending", updated_at="2026-01-01T11:00:00Z")
+    mocked.get(TICKET_URL, json=current)
+    retry = mocked.put(TICKET_URL, json=fixture("ticket_update"))
+
+    result = zendesk().deliver(item, stamped_links())
+
+    assert result.operation == "comment_added"
+    assert "safe_update" not in json.loads(retry.calls[0].request.body)["ticket"]
+
+
+def test_a_ticket_known_to_be_closed_gets_a_follow_up_without_a_failed_update(
+        mocked: responses.RequestsMock) -> None:
+    item = second_item()
+    post = mocked.post(f"{API}/tickets", json=fixture("ticket_create"), status=201)
+    result = zendesk().deliver(item, stamped_links(status="closed"))
+    assert result.operation == "followup_ticket_created"
+    assert json.loads(post.calls[0].request.body)["ticket"]["via_followup_source_id"] == TICKET_ID
+    assert [c.request.method for c in mocked.calls] == ["POST"]
