@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise as successive
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def test_threading_and_contacts(result: dict[str, Any]) -> None:
 
 
 def test_generator_is_deterministic_and_keeps_its_time_rules() -> None:
-    people, messages = generate(200, seed=3)
+    _people, messages = generate(200, seed=3)
     again = generate(200, seed=3)[1]
     assert [(m.at, m.sender, m.label) for m in messages] == [(m.at, m.sender, m.label) for m in again]
     assert {m.channel for m in messages} == {"sms", "whatsapp", "email", "slack"}
@@ -46,13 +47,13 @@ def test_generator_is_deterministic_and_keeps_its_time_rules() -> None:
     for m in messages:
         by_problem[m.problem].append(m.at)
     for times in by_problem.values():
-        assert all(b - a < WINDOW for a, b in zip(times, times[1:], strict=False))
+        assert all(b - a < WINDOW for a, b in successive(times))
     spans: dict[int, list[tuple]] = defaultdict(list)  # type: ignore[type-arg]
     for problem, times in by_problem.items():
         spans[int(problem[1:].split(".")[0])].append((min(times), max(times)))
     for person_spans in spans.values():
         person_spans.sort()
-        assert all(b[0] - a[1] > WINDOW for a, b in zip(person_spans, person_spans[1:], strict=False))
+        assert all(b[0] - a[1] > WINDOW for a, b in successive(person_spans))
 
 
 def test_pairwise_scores() -> None:
