@@ -57,11 +57,15 @@ def check(config_path: Path, online: bool) -> None:
                f"{len(config.settings.routes)} routes)")
     if not online:
         return
-    from gateway.runtime import build_runtime
+    import requests
 
-    runtime = build_runtime(config, migrate_schema=False)
+    from gateway.plugins import Registry
+    from gateway.runtime import build_connectors, connector_context
+
+    channels, crms = build_connectors(config, Registry.from_entry_points(),
+                                      connector_context(config, requests.Session(), engine=None))
     failures = 0
-    for name, connector in [*runtime.channels.items(), *runtime.crms.items()]:
+    for name, connector in [*channels.items(), *crms.items()]:
         try:
             click.echo(f"  {name}: ok: {connector.check_online()}")
         except Exception as exc:

@@ -72,13 +72,20 @@ class DbRateLimiter:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * 10)
         self.sleep = sleep
-        statement = insert_for(engine, rate_limits).values(
-            name=name, tokens=self.capacity, updated_at=utcnow(), blocked_until=None
+        self._created = False
+
+    def _ensure_row(self) -> None:
+        if self._created:
+            return
+        statement = insert_for(self.engine, rate_limits).values(
+            name=self.name, tokens=self.capacity, updated_at=utcnow(), blocked_until=None
         ).on_conflict_do_nothing(index_elements=["name"])
-        with engine.begin() as conn:
+        with self.engine.begin() as conn:
             conn.execute(statement)
+        self._created = True
 
     def _take(self, cost: int) -> float:
+        self._ensure_row()
         query = select(rate_limits).where(rate_limits.c.name == self.name)
         if not is_sqlite(self.engine):
             query = query.with_for_update()
@@ -104,6 +111,7 @@ class DbRateLimiter:
             self.sleep(wait)
 
     def block(self, seconds: float) -> None:
+        self._ensure_row()
         until = utcnow() + timedelta(seconds=seconds)
         with self.engine.begin() as conn:
             conn.execute(update(rate_limits).where(rate_limits.c.name == self.name).values(

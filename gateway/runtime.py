@@ -58,6 +58,24 @@ def storage_url(config: GatewayConfig) -> str:
     return url
 
 
+def connector_context(config: GatewayConfig, http: requests.Session, engine: Engine | None) -> ConnectorContext:
+    """What connectors get: with an engine, rate limits shared through the database; without, per process."""
+    data_dir = config.resolve_path(config.settings.data_dir)
+    context = ConnectorContext(
+        http=http, public_url=config.settings.server.public_url, data_dir=data_dir, base_dir=config.base_dir,
+        attachments=AttachmentStore(data_dir / "attachments"), default_region=config.settings.identity.default_region)
+    if engine is not None:
+        context.limiter = lambda name, per_minute: DbRateLimiter(engine, name, per_minute)
+    return context
+
+
+def build_connectors(config: GatewayConfig, registry: Registry, context: ConnectorContext
+                     ) -> tuple[dict[str, ChannelConnector], dict[str, CrmConnector]]:
+    channels = {name: channel_class(registry, cfg)(name, cfg, context) for name, cfg in config.channels.items()}
+    crms = {name: crm_class(registry, cfg)(name, cfg, context) for name, cfg in config.crms.items()}
+    return channels, crms
+
+
 def build_runtime(config: GatewayConfig, registry: Registry | None = None,
                   http: requests.Session | None = None, *, migrate_schema: bool | None = None) -> Runtime:
     registry = registry or Registry.from_entry_points()
@@ -69,16 +87,10 @@ def build_runtime(config: GatewayConfig, registry: Registry | None = None,
     session = http or requests.Session()
     session.headers.setdefault("User-Agent", f"channel-gateway/{_version()}")
     runtime = Runtime(config, registry, engine, Queues(engine), session)
-    context = ConnectorContext(
-        http=session, public_url=config.settings.server.public_url, data_dir=runtime.data_dir,
-        base_dir=config.base_dir, attachments=AttachmentStore(runtime.data_dir / "attachments"),
-        limiter=lambda name, per_minute: DbRateLimiter(engine, name, per_minute),
-        default_region=config.settings.identity.default_region)
-    for name, channel_config in config.channels.items():
-        runtime.channels[name] = channel_class(registry, channel_config)(name, channel_config, context)
-    for name, crm_config in config.crms.items():
-        runtime.crms[name] = crm_class(registry, crm_config)(name, crm_config, context)
-        runtime.directories[name] = CrmDirectory(engine, name, rules_from_config(config.settings.identity))
+    runtime.channels, runtime.crms = build_connectors(config, registry, connector_context(config, session, engine))
+    rules = rules_from_config(config.settings.identity)
+    for name in config.crms:
+        runtime.directories[name] = CrmDirectory(engine, name, rules)
         path = mapping_path_for(config, name)
         if path is not None:
             runtime.mappings[name] = Mapping.load(path)
