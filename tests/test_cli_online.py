@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import responses
 from click.testing import CliRunner
 
 from gateway.cli import main
-from tests.conftest import ROOT, TWILIO_SID
+from gateway.logs import setup_logging
+from tests.conftest import TWILIO_SID
 
 ONLINE_CONFIG = f"""
 storage: {{url: "{{storage_url}}"}}
@@ -49,16 +50,17 @@ def test_online_check_fails_on_refused_credentials_without_printing_them(write_c
     assert "test-token" not in result.output and "test-zd-token" not in result.output
 
 
-def test_json_logs_are_one_object_per_line(write_config: Callable[..., Path], tmp_path: Path) -> None:
-    path = write_config((ROOT / "config.example.yaml").read_text().replace("format: text", "format: json"))
-    proc = subprocess.run([sys.executable, "-m", "gateway", "db", "upgrade", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "gateway", "--log-format", "json", "dlq", "list", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines, "the migration check at start logs at INFO"
-    for line in lines:
-        record = json.loads(line)
-        assert {"time", "level", "logger", "message"} <= set(record)
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", "json")
+        logging.getLogger("gateway.ingress").warning("sms-main: rejected %s", "signature")
+        logging.getLogger("gateway.worker").info("worker started")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(r["level"], r["logger"], r["message"]) for r in records] == [
+        ("WARNING", "gateway.ingress", "sms-main: rejected signature"), ("INFO", "gateway.worker", "worker started")]
+    assert all({"time", "pid"} <= set(r) for r in records)
