@@ -211,7 +211,7 @@ def run(settings: ingest.Settings, workdir: Path | None = None, verbose: bool = 
     return out
 
 
-def render(result: dict[str, Any], command: str) -> str:
+def render(result: dict[str, Any], command: str, note: str = "") -> str:
     """The markdown section for docs/benchmarks.md."""
     s = result["settings"]
     lines = [
@@ -241,6 +241,8 @@ def render(result: dict[str, Any], command: str) -> str:
     loss = result["no_loss"]
     lines += ["", f"Every 2xx answer is an inbox row: gateway {'yes' if loss['gateway'] else '**no**'}, "
               f"bare {'yes' if loss['bare'] else '**no**'}.", ""]
+    if note:
+        lines += [note, ""]
     return "\n".join(lines)
 
 
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-seconds", type=float, default=6.0)
     parser.add_argument("--latency-rounds", type=int, default=2)
     parser.add_argument("--no-doc", action="store_true", help="print the results only")
+    parser.add_argument("--note", default="", help="a sentence added under the table (e.g. machine conditions)")
     args = parser.parse_args(argv)
     if args.loadgen:
         _loadgen(args)
@@ -289,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(result, indent=2))
     if not args.no_doc:
         raw.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        write_section(render(result, "python -m bench.channels " + " ".join(sys.argv[1:])))
+        command = " ".join(["python -m bench.channels", *(a for a in sys.argv[1:] if a != args.note)])
+        write_section(render(result, command.replace(" --note", ""), args.note))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from gateway.identity.suggest import suggest_for_new_customer
 from gateway.language import detect_language
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
+from gateway.plugins import ChannelConnector
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
@@ -28,6 +29,7 @@ from gateway.storage.tables import customers, identities, inbox, messages, outbo
 from gateway.webhooks import Headers, RawRecord
 
 log = logging.getLogger(__name__)
+ENRICH_ATTEMPTS = 5  # then a message whose media cannot be fetched is delivered without them
 
 
 def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
@@ -77,7 +79,7 @@ class PipelineWorker:
             metrics.PROCESSED.labels(row.connector, "quarantined").inc()
             return
         try:
-            normalized = [connector.enrich(message) for message in normalized]
+            normalized = [self._enrich(connector, message, row.attempts) for message in normalized]
             normalized = [message if message.language is not None else message.model_copy(
                 update={"language": detect_language(message.text or message.full_text)}) for message in normalized]
             for attempt in in_process_retry(attempts=4):
@@ -93,6 +95,21 @@ class PipelineWorker:
             return
         outcome = "message" if normalized else ("status" if statuses else "ignored")
         metrics.PROCESSED.labels(row.connector, outcome).inc()
+
+    def _enrich(self, connector: ChannelConnector, message: Message, attempt: int) -> Message:
+        """Fetch media and profiles; when that keeps failing, the message goes on without them rather than wait.
+
+        The attachments then keep their provider URLs, and ``extras.enrich_error`` says what was missing.
+        """
+        try:
+            return connector.enrich(message)
+        except Exception as exc:
+            if attempt < ENRICH_ATTEMPTS:
+                raise
+            log.warning("%s: delivering message %s without its media/profile after %d attempts: %s",
+                        message.connector, message.provider_message_id, attempt, exc)
+            return message.model_copy(update={"extras": {**message.extras,
+                                                         "enrich_error": f"{type(exc).__name__}: {exc}"[:500]}})
 
     def _store_status(self, conn: Connection, update: StatusUpdate, inbox_id: int) -> None:
         statement = insert_for(conn.engine, provider_statuses).on_conflict_do_nothing(

@@ -249,3 +249,22 @@ def test_mapping_error_is_dead_lettered_with_the_field(write_config: Callable[..
     drain(rt)
     [letter] = rt.queues.list_dead_letters()
     assert (letter.stage, letter.error_code, letter.field) == ("delivery", "mapping_error", "title")
+
+
+def test_media_that_cannot_be_fetched_delays_the_message_then_lets_it_through(runtime: Runtime, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.pipeline import ENRICH_ATTEMPTS
+
+    def broken_enrich(message):  # type: ignore[no-untyped-def]
+        raise ConnectionError("media host unreachable")
+
+    monkeypatch.setattr(runtime.channels["sms-main"], "enrich", broken_enrich)
+    store(runtime, sms("SM" + "0" * 31 + "7", "+14155550100", "photo attached"))
+    for attempt in range(1, ENRICH_ATTEMPTS):
+        drain(runtime)
+        assert count(runtime, outbox) == 0, f"attempt {attempt} waits for the media"
+        make_due(runtime)
+    drain(runtime)
+    [line] = [json.loads(x) for x in (tmp_path / "out/crm.jsonl").read_text().splitlines()]
+    assert line["message"]["extras"]["enrich_error"] == "ConnectionError: media host unreachable"
+    assert runtime.queues.list_dead_letters() == []
