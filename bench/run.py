@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 RATIO_TARGET = 0.7
 P99_TARGET_MS = 20.0
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _verdict(ok: bool) -> str:
@@ -43,7 +52,7 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
         f"- Date: {now}",
         f"- Machine: {os.cpu_count()} CPUs (`nproc` {len(os.sched_getaffinity(0))}), {cpu}, "
         f"Linux {platform.release()}",
-        f"- Python {platform.python_version()}",
+        f"- Python {platform.python_version()}; code at commit `{_commit()}`",
         f"- Command: `{command}`",
         f"- Raw figures: `{raw_name}` (JSON, written next to this page)",
         "",
@@ -98,8 +107,8 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
         "|---|---:|---:|---:|",
         f"| pipeline stage alone (1 thread, `drain_once`): inbox -> outbox | {st['processed']} | "
         f"{st['pipeline_s']:.1f} | {st['pipeline_mps']:.0f} |",
-        f"| delivery stage alone (1 thread): outbox -> jsonl line | {st['delivered']} | {st['delivery_s']:.1f} | "
-        f"{st['delivery_mps']:.0f} |",
+        f"| delivery stage alone (1 `DeliveryWorker`, `drain_once`): outbox -> jsonl line | {st['delivered']} | "
+        f"{st['delivery_s']:.1f} | {st['delivery_mps']:.0f} |",
         f"| end to end, `WorkerProcess` ({e2e['threads']}): inbox -> jsonl line | {e2e['check']['lines']} | "
         f"{e2e['seconds']:.1f} | {e2e['mps']:.0f} |",
         "",

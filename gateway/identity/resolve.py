@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select, tuple_, update
 
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
 from gateway.identity.normalize import IdentityRules, name_key
@@ -34,14 +34,28 @@ class Resolution:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, value, why not attached)
 
 
-def _owner(conn: Connection, identifier: Identifier) -> str | None:
-    owner = conn.execute(select(identities.c.customer_id).where(
-        identities.c.kind == identifier.kind.value, identities.c.value == identifier.value)).scalar_one_or_none()
-    return live_customer_id(conn, owner) if owner else None
+@dataclass(frozen=True)
+class _Owner:
+    id: str
+    display_name: str | None
+    created_at: Any
 
 
-def _created_at(conn: Connection, customer_id: str) -> Any:
-    return conn.execute(select(customers.c.created_at).where(customers.c.id == customer_id)).scalar_one()
+def _owners(conn: Connection, idents: list[Identifier]) -> dict[str, _Owner]:
+    """The live customer owning each identifier that has one: one indexed query for the common case."""
+    rows = conn.execute(
+        select(identities.c.kind, identities.c.value, customers.c.id, customers.c.merged_into,
+               customers.c.display_name, customers.c.created_at)
+        .join(customers, customers.c.id == identities.c.customer_id)
+        .where(tuple_(identities.c.kind, identities.c.value).in_([(i.kind.value, i.value) for i in idents])))
+    owners = {}
+    for kind, value, customer_id, merged_into, name, created_at in rows:
+        if merged_into:  # rare: follow the merge to the customer that stands for this one now
+            customer_id = live_customer_id(conn, merged_into)
+            name, created_at = conn.execute(select(customers.c.display_name, customers.c.created_at)
+                                            .where(customers.c.id == customer_id)).one()
+        owners[f"{kind}:{value}"] = _Owner(customer_id, name, created_at)
+    return owners
 
 
 def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: IdentityRules | None = None,
@@ -57,7 +71,9 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
     if not joinable:
         joinable = [party.identifiers[0]]  # only isolated identifiers: the first keys a customer of its own
         evidence = f"isolated:{isolated[party.identifiers[0].key]}"
-    owners = {ident.key: _owner(conn, ident) for ident in joinable}
+    found = _owners(conn, joinable)
+    owners = {ident.key: found[ident.key].id if ident.key in found else None for ident in joinable}
+    by_id = {owner.id: owner for owner in found.values()}
     distinct = list(dict.fromkeys(owner for owner in owners.values() if owner))
     now = utcnow()
     result: Resolution
@@ -68,7 +84,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
             created_at=now, updated_at=now))
         result = Resolution(customer_id, created=True)
     else:
-        survivor = min(distinct, key=lambda cid: (_created_at(conn, cid), cid))
+        survivor = min(distinct, key=lambda cid: (by_id[cid].created_at, cid))
         result = Resolution(survivor)
         for other in distinct:
             if other == survivor:
@@ -83,7 +99,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
                 result.merges.append(merge_customers(
                     conn, survivor, other, evidence=evidence, message_id=message_id,
                     detail={"identifiers": joined_by}))
-        if party.display_name:
+        if party.display_name and not by_id[survivor].display_name:
             conn.execute(update(customers).where(
                 customers.c.id == survivor, customers.c.display_name.is_(None)).values(
                 display_name=party.display_name, name_key=name_key(party.display_name), updated_at=now))

@@ -17,7 +17,10 @@ def _partial_evidence(mine: list[tuple[str, str]], theirs: list[tuple[str, str]]
             if kind == other_kind == "phone" and value != other and value[-7:] == other[-7:]:
                 return f"phones {value} and {other} share their last 7 digits"
             if kind == other_kind == "email" and value != other:
-                local, other_local = value.rpartition("@")[0], other.rpartition("@")[0]
+                local, _, domain = value.rpartition("@")
+                other_local, _, other_domain = other.rpartition("@")
+                if domain == other_domain and local.split("+")[0].casefold() == other_local.split("+")[0].casefold():
+                    return f"emails {value} and {other} differ only by a +tag or case"
                 if local.casefold() == other_local.casefold():
                     return f"emails {value} and {other} share their local part"
                 if value.rpartition("@")[2] == other.rpartition("@")[2] and fuzz.ratio(local, other_local) >= 90:

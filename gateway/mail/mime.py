@@ -1,0 +1,231 @@
+"""MIME parsing: headers (RFC 2047), bodies in their charsets, attachments (RFC 2231 names), dates and addresses.
+
+Parsing uses the standard library's ``compat32`` policy, which never raises on malformed input; this module decides
+what is too broken to be a customer message (``UnparseableMail``) and decodes every text itself, so that the
+declared charset is tried first and detection used only when it is missing or wrong (see ``charsets``).
+"""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.header import Header, decode_header
+from email.message import Message as MimeMessage
+from email.utils import getaddresses, parsedate_to_datetime
+
+from gateway.mail.charsets import decode_text
+from gateway.mail.html import html_to_text
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
+
+
+class UnparseableMail(ValueError):
+    """The bytes are not an email the gateway can turn into a message; the reason says why."""
+
+
+@dataclass(frozen=True)
+class MailPart:
+    """An attachment or inline image, with its bytes (stored by the caller, never put into a database row)."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    inline: bool = False
+    content_id: str | None = None
+
+
+@dataclass
+class ParsedMail:
+    """What the normaliser needs from one email, every text already decoded."""
+
+    message_id: str | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    subject: str
+    sender: tuple[str, str]
+    reply_to: list[tuple[str, str]]
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    date: datetime | None
+    text: str
+    html: str | None
+    text_from_html: bool
+    parts: list[MailPart]
+    mime: MimeMessage
+    notes: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str:
+        """A header's decoded value ('' when absent)."""
+        return header_text(self.mime.get(name))
+
+
+def header_text(value: str | Header | None) -> str:
+    """A header value with RFC 2047 encoded words (and raw 8-bit bytes) decoded, folding removed."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        if "=?" not in value and value.isascii():
+            return _FOLD.sub("", value).strip()
+        value = _FOLD.sub("", value)
+    try:
+        chunks = decode_header(value)
+    except Exception:  # a malformed encoded word: keep it as written
+        return str(value).strip()
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        else:
+            out.append(decode_text(chunk, charset)[0])
+    return "".join(out).strip()
+
+
+def _raw(value: str | Header | None) -> str:
+    if isinstance(value, Header):  # raw 8-bit bytes in a header: decode them before splitting addresses
+        return header_text(value)
+    return _FOLD.sub("", value or "")
+
+
+def addresses(mime: MimeMessage, name: str) -> list[tuple[str, str]]:
+    """(display name, address) pairs of an address header, names decoded."""
+    values = [_raw(v) for v in mime.get_all(name) or []]
+    return [(header_text(display), address.strip()) for display, address in getaddresses(values) if address]
+
+
+def message_ids(value: str) -> list[str]:
+    """Message-IDs in a header (without angle brackets), in order."""
+    found = _MSGID.findall(value)
+    if not found and value.strip() and " " not in value.strip():
+        found = [value.strip().strip("<>")]
+    return found
+
+
+def raw_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _part_filename(part: MimeMessage) -> str | None:
+    name = part.get_filename()  # RFC 2231 (filename*=) is collapsed here
+    if name is None:
+        name = part.get_param("name", header="content-type")
+        if isinstance(name, tuple):
+            name = email.utils.collapse_rfc2231_value(name)
+    if name is None:
+        return None
+    decoded = header_text(name)  # some clients write RFC 2047 encoded words into filenames
+    return decoded.replace("/", "_").replace("\\", "_").strip() or None
+
+
+def _payload(part: MimeMessage, notes: list[str]) -> bytes:
+    data = part.get_payload(decode=True)
+    if data is None:
+        return b""
+    if part.defects:
+        notes.extend(f"{part.get_content_type()}: {type(d).__name__}" for d in part.defects)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def _walk(part: MimeMessage, out: list[MimeMessage]) -> None:
+    """Leaf parts in order; an attached message (message/rfc822) stays one leaf, it is not opened."""
+    if part.get_content_maintype() == "message" and part.get_content_subtype() in ("rfc822", "global"):
+        out.append(part)
+    elif part.is_multipart():
+        for child in part.get_payload():
+            _walk(child, out)
+    else:
+        out.append(part)
+
+
+def parse_mail(raw: bytes) -> ParsedMail:
+    """Parse raw RFC 5322 bytes; raise ``UnparseableMail`` when they are not a usable email."""
+    if not raw or not raw.strip():
+        raise UnparseableMail("empty message")
+    first = raw.lstrip().split(b"\n", 1)[0]
+    if not _HEADER_LINE.match(first) and not first.startswith(b"From "):
+        raise UnparseableMail("does not start with a header line: not an RFC 5322 message")
+    mime = email.message_from_bytes(raw, policy=policy.compat32)
+    notes: list[str] = [type(d).__name__ for d in mime.defects]
+    senders = addresses(mime, "From") or addresses(mime, "Sender")
+    if not senders or "@" not in senders[0][1]:
+        raise UnparseableMail(f"no usable From address (From: {header_text(mime.get('From'))[:120]!r})")
+    date = None
+    date_value = header_text(mime.get("Date"))
+    if date_value:
+        try:
+            date = parsedate_to_datetime(date_value)
+            if date.tzinfo is None:
+                date = date.replace(tzinfo=UTC)
+        except (TypeError, ValueError, IndexError):
+            notes.append(f"unreadable Date header {date_value[:60]!r}")
+    message_id = next(iter(message_ids(header_text(mime.get("Message-ID")))), None)
+    in_reply_to = next(iter(message_ids(header_text(mime.get("In-Reply-To")))), None)
+    references = tuple(message_ids(header_text(mime.get("References"))))
+
+    plains: list[str] = []
+    htmls: list[str] = []
+    parts: list[MailPart] = []
+    leaves: list[MimeMessage] = []
+    _walk(mime, leaves)
+    for part in leaves:
+        content_type = part.get_content_type()
+        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        filename = _part_filename(part)
+        is_body_text = (content_type in ("text/plain", "text/html") and disposition != "attachment"
+                        and (filename is None or disposition == "inline"))
+        if is_body_text:
+            data = _payload(part, notes)
+            text, _codec, note = decode_text(data, part.get_content_charset(), html=content_type == "text/html")
+            if note:
+                notes.append(f"{content_type}: {note}")
+            (plains if content_type == "text/plain" else htmls).append(text)
+            continue
+        if content_type in ("message/rfc822", "message/global"):
+            inner = part.get_payload()
+            data = inner[0].as_bytes() if isinstance(inner, list) and inner else _payload(part, notes)
+            subject = header_text(inner[0].get("Subject")) if isinstance(inner, list) and inner else ""
+            parts.append(MailPart(filename or f"{subject or 'message'}.eml", content_type, data))
+            continue
+        if part.get_content_maintype() == "multipart":
+            continue  # an empty multipart container
+        data = _payload(part, notes)
+        content_id = part.get("Content-ID")
+        inline = disposition == "inline" or (disposition == "" and content_id is not None)
+        name = filename or _default_name(content_type, len(parts) + 1)
+        parts.append(MailPart(name, content_type, data, inline=inline,
+                              content_id=content_id.strip().strip("<>") if content_id else None))
+
+    html = "\n".join(htmls) if htmls else None
+    text_from_html = not plains and html is not None
+    text = "\n\n".join(p.strip("\r\n") for p in plains) if plains else (html_to_text(html) if html else "")
+    return ParsedMail(
+        message_id=message_id, in_reply_to=in_reply_to, references=references,
+        subject=header_text(mime.get("Subject")), sender=senders[0], reply_to=addresses(mime, "Reply-To"),
+        to=addresses(mime, "To"), cc=addresses(mime, "Cc"), date=date, text=text.replace("\r\n", "\n"),
+        html=html, text_from_html=text_from_html, parts=parts, mime=mime, notes=notes)
+
+
+def _default_name(content_type: str, n: int) -> str:
+    import mimetypes
+
+    extension = mimetypes.guess_extension(content_type) or ".bin"
+    return f"part{n}{extension}"
+
+
+def provider_id(raw: bytes, mailbox: str | None = None) -> str:
+    """The inbox key of one email: Message-ID plus mailbox, or a hash of the bytes when it has no Message-ID.
+
+    Only the header block is read, so this never fails on a broken body.
+    """
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    match = re.search(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", head, re.IGNORECASE | re.MULTILINE)
+    ids = _MSGID.findall(match.group(1).decode("ascii", "replace")) if match else []
+    prefix = f"{mailbox}:" if mailbox else ""
+    if ids and len(prefix) + len(ids[0]) <= 240:
+        return f"{prefix}{ids[0]}"
+    return f"{prefix}sha256:{raw_digest(raw)}"
