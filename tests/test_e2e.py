@@ -135,3 +135,5 @@ def test_first_sms_opens_a_ticket_and_the_next_one_comments_on_it(tmp_path: Path
     assert [c["body"] for c in comments] == ["hello, my parcel is late", "any news?"]
     assert comments[1]["author_id"] == user["id"]
     assert comments[0]["metadata"][MARKER] != comments[1]["metadata"][MARKER]
+    markers = fake_zendesk.ticket_markers(ticket["id"])
+    assert len(markers) == len(set(markers)) == 2, "one message per comment here, each written once"

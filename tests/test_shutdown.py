@@ -16,7 +16,7 @@ from sqlalchemy import Row, Table, select
 from gateway.config import load_config
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import conversations, customers, dead_letters, delivery_log, inbox, messages, outbox
-from tests.fake_zendesk import MARKER, FakeZendesk
+from tests.fake_zendesk import FakeZendesk, marker_ids
 from tests.helpers import (
     TWILIO_SID,
     GatewayProcess,
@@ -80,6 +80,12 @@ def assert_everything_delivered_once(s: Setup) -> None:
     assert sorted(t["external_id"] for t in s.fake.tickets()) == sorted(r.id for r in s.rows(conversations))
     assert sorted(u["external_id"] for u in s.fake.users()) == sorted(r.id for r in s.rows(customers))
     assert len(s.fake.tickets()) == CUSTOMERS
+    # and in order: each ticket holds its conversation's messages as the outbox queued them
+    order: dict[str, list[str]] = {}
+    for row in sorted(s.rows(outbox), key=lambda r: r.id):
+        order.setdefault(row.conversation_id, []).append(row.message_id)
+    for ticket in s.fake.tickets():
+        assert s.fake.ticket_markers(ticket["id"]) == order[ticket["external_id"]]
 
 
 def deliver_the_rest(s: Setup, name: str, timeout: float) -> None:
@@ -95,7 +101,7 @@ def deliver_the_rest(s: Setup, name: str, timeout: float) -> None:
 def test_sigterm_finishes_in_flight_work_gives_back_the_rest_and_exits_0(setup: Setup) -> None:
     worker = setup.worker("first")
     try:
-        wait_for(lambda: setup.fake.comment_count() >= 4, 30, "some comments before the SIGTERM")
+        wait_for(lambda: setup.fake.message_count() >= 4, 30, "some messages in Zendesk before the SIGTERM")
         worker.signal(signal.SIGTERM)
         code = worker.wait(20)
     finally:
@@ -119,7 +125,7 @@ def test_sigterm_finishes_in_flight_work_gives_back_the_rest_and_exits_0(setup: 
 def test_kill_9_mid_batch_then_restart_delivers_everything_exactly_once(setup: Setup) -> None:
     worker = setup.worker("first")
     try:
-        wait_for(lambda: setup.fake.comment_count() >= 4, 30, "some comments before the kill")
+        wait_for(lambda: setup.fake.message_count() >= 4, 30, "some messages in Zendesk before the kill")
         setup.fake.hold_next_comment()  # that comment lands, and the worker never hears back
         wait_for(setup.fake.held.is_set, 30, "a comment written whose answer is held back")
         held = setup.fake.held_write
@@ -128,7 +134,7 @@ def test_kill_9_mid_batch_then_restart_delivers_everything_exactly_once(setup: S
         assert worker.wait(10) == -signal.SIGKILL
     finally:
         worker.stop()
-    assert setup.fake.comment_count() < MESSAGES, "the kill was meant to land mid-way"
+    assert setup.fake.message_count() < MESSAGES, "the kill was meant to land mid-way"
     leased = setup.leased()
     assert leased and {r.lease_owner.split(":")[1] for r in leased} == {str(worker.pid)}, \
         "the killed worker should have left claims behind"
@@ -137,11 +143,14 @@ def test_kill_9_mid_batch_then_restart_delivers_everything_exactly_once(setup: S
     assert_everything_delivered_once(setup)
     repeated = [r for r in setup.rows(outbox) if r.attempts > 1]
     assert repeated, "rows claimed by the killed worker are tried again"
-    # the comment written before the kill was recognised by its marker on the retry, not written again
-    held_message = held.body["ticket"]["metadata"][MARKER]
-    [held_row] = [r for r in setup.rows(outbox) if r.message_id == held_message]
-    operations = [r.operation for r in setup.rows(delivery_log) if r.outbox_id == held_row.id]
-    assert operations == ["already_written"]
+    # the comment written before the kill (one or several coalesced messages, its marker lists them all) was
+    # recognised by its marker on the retry, not written again
+    held_messages = marker_ids(held.body["ticket"]["metadata"])
+    held_rows = [r for r in setup.rows(outbox) if r.message_id in held_messages]
+    assert held_messages and len(held_rows) == len(held_messages)
+    for held_row in held_rows:
+        operations = [r.operation for r in setup.rows(delivery_log) if r.outbox_id == held_row.id]
+        assert operations == ["already_written"]
     for ticket in setup.fake.tickets():
-        markers = [c["metadata"][MARKER] for c in setup.fake.ticket_comments(ticket["id"])]
+        markers = setup.fake.ticket_markers(ticket["id"])
         assert len(markers) == len(set(markers))

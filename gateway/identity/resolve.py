@@ -20,9 +20,9 @@ from sqlalchemy import Connection, func, select, tuple_, update
 
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
 from gateway.identity.normalize import IdentityRules, name_key
-from gateway.model import Identifier, Party, new_id
+from gateway.model import Identifier, IdentifierKind, Party, new_id
 from gateway.storage.db import utcnow
-from gateway.storage.tables import customers, identities
+from gateway.storage.tables import crm_directory, customers, identities
 
 
 @dataclass
@@ -58,6 +58,29 @@ def _owners(conn: Connection, idents: list[Identifier]) -> dict[str, _Owner]:
     return owners
 
 
+def _via_crm_records(conn: Connection, idents: list[Identifier], rules: IdentityRules) -> dict[str, tuple[_Owner, str]]:
+    """For identifiers no customer holds yet: the customer holding another identifier of the same CRM record.
+
+    A CRM record (synced into ``crm_directory``) that holds both is strong evidence; an identifier that several
+    records hold is ambiguous and joins nothing.
+    """
+    linked = {}
+    for ident in idents:
+        records = conn.execute(select(crm_directory.c.crm, crm_directory.c.remote_id).where(
+            crm_directory.c.kind == ident.kind.value, crm_directory.c.value == ident.value)).all()
+        if len(records) != 1:
+            continue
+        crm, remote_id = records[0]
+        siblings = [Identifier(kind=IdentifierKind(kind), value=value) for kind, value in conn.execute(
+            select(crm_directory.c.kind, crm_directory.c.value).where(
+                crm_directory.c.crm == crm, crm_directory.c.remote_id == remote_id))
+            if (kind, value) != (ident.kind.value, ident.value)]
+        owners = _owners(conn, [s for s in siblings if not rules.isolation_reason(s)]) if siblings else {}
+        if len({owner.id for owner in owners.values()}) == 1:
+            linked[ident.key] = (next(iter(owners.values())), f"{crm} record {remote_id}")
+    return linked
+
+
 def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: IdentityRules | None = None,
                      evidence: str = "asserted_by_channel") -> Resolution:
     """The customer for a sender party, creating, attaching, merging or suggesting as the evidence allows.
@@ -74,6 +97,11 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
     found = _owners(conn, joinable)
     owners = {ident.key: found[ident.key].id if ident.key in found else None for ident in joinable}
     by_id = {owner.id: owner for owner in found.values()}
+    new = [ident for ident in joinable if ident.key not in found]
+    records = _via_crm_records(conn, new, rules) if new else {}
+    for key, (owner, _record) in records.items():
+        owners[key] = owner.id
+        by_id.setdefault(owner.id, owner)
     distinct = list(dict.fromkeys(owner for owner in owners.values() if owner))
     now = utcnow()
     result: Resolution
@@ -90,22 +118,22 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
             if other == survivor:
                 continue
             joined_by = [key for key, owner in owners.items() if owner in (survivor, other)]
+            via = [records[key][1] for key in joined_by if key in records]
+            kind = "crm_record" if via else evidence
             conflict = conflicting_links(conn, survivor, other)
             if conflict:
                 result.suggestions.append(suggest(
                     conn, survivor, other, 100.0,
-                    f"{evidence} via {', '.join(joined_by)}, but they map to different records in {conflict}"))
+                    f"{kind} via {', '.join(joined_by)}, but they map to different records in {conflict}"))
             else:
+                detail: dict[str, Any] = {"identifiers": joined_by, **({"records": via} if via else {})}
                 result.merges.append(merge_customers(
-                    conn, survivor, other, evidence=evidence, message_id=message_id,
-                    detail={"identifiers": joined_by}))
+                    conn, survivor, other, evidence=kind, message_id=message_id, detail=detail))
         if party.display_name and not by_id[survivor].display_name:
             conn.execute(update(customers).where(
                 customers.c.id == survivor, customers.c.display_name.is_(None)).values(
                 display_name=party.display_name, name_key=name_key(party.display_name), updated_at=now))
-    for ident in joinable:
-        if owners[ident.key]:
-            continue
+    for ident in new:
         held = conn.execute(select(func.count()).select_from(identities).where(
             identities.c.customer_id == result.customer_id, identities.c.kind == ident.kind.value)).scalar_one()
         if held >= rules.max_per_kind:
@@ -113,6 +141,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
             continue
         conn.execute(identities.insert().values(
             kind=ident.kind.value, value=ident.value, customer_id=result.customer_id,
-            evidence="first_seen" if result.created and ident is joinable[0] else evidence,
+            evidence="crm_record" if ident.key in records else (
+                "first_seen" if result.created and ident is joinable[0] else evidence),
             source_message_id=message_id, created_at=now))
     return result

@@ -16,8 +16,8 @@ from gateway.mail.mime import ParsedMail
 LOOP_HEADER = "X-Channel-Gateway"
 _OOO_SUBJECT = re.compile(
     r"^(auto(matic|matische)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheitsnotiz|"
-    r"r[ée]ponse automatique|absence|respuesta autom[aá]tica|fuori sede|risposta automatica|automatisch antwoord|"
-    r"afwezig|autosvar|自動返信|不在|自动回复)", re.IGNORECASE)
+    r"r[ée]ponse automatique|respuesta autom[aá]tica|fuori sede|risposta automatica|automatisch antwoord|"
+    r"afwezig|autosvar|自動返信|自动回复)", re.IGNORECASE)
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)@", re.IGNORECASE)
 
 

@@ -205,6 +205,7 @@ crm_directory = Table(
     Column("remote_id", String(255), primary_key=True),
     Column("updated_at", Time, nullable=False),
     Index("ix_crm_directory_remote", "crm", "remote_id"),
+    Index("ix_crm_directory_value", "kind", "value"),
 )
 
 dead_letters = Table(

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("crm", "kind", "value", "remote_id", name=op.f("pk_crm_directory")),
     )
     op.create_index("ix_crm_directory_remote", "crm_directory", ["crm", "remote_id"])
+    op.create_index("ix_crm_directory_value", "crm_directory", ["kind", "value"])
 
 
 def downgrade() -> None:
