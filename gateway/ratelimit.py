@@ -33,11 +33,13 @@ class RateLimiter(Protocol):
 class MemoryRateLimiter:
     """A token bucket for one process (tests, and connectors used outside the gateway)."""
 
-    def __init__(self, per_minute: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, per_minute: float, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * 10)
         self.tokens = self.capacity
-        self.updated = time.monotonic()
+        self.clock = clock
+        self.updated = clock()
         self.blocked_until = 0.0
         self.sleep = sleep
         self._lock = threading.Lock()
@@ -45,7 +47,7 @@ class MemoryRateLimiter:
     def acquire(self, cost: int = 1) -> None:
         while True:
             with self._lock:
-                now = time.monotonic()
+                now = self.clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
                 self.updated = now
                 wait = max(self.blocked_until - now, 0.0)
@@ -59,7 +61,7 @@ class MemoryRateLimiter:
 
     def block(self, seconds: float) -> None:
         with self._lock:
-            self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
+            self.blocked_until = max(self.blocked_until, self.clock() + seconds)
 
 
 class DbRateLimiter:

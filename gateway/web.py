@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gateway import metrics
 from gateway.errors import HookRejected, PayloadTooLarge
+from gateway.ingest import InboxBatcher
 from gateway.runtime import Runtime
 from gateway.storage.db import check_ready
 from gateway.webhooks import Headers, HookRequest, HookResponse
@@ -33,6 +34,7 @@ def _reject(channel: str, status: int, reason_code: str, reason: str) -> Respons
 
 def create_app(runtime: Runtime) -> Flask:
     app = Flask("gateway")
+    batcher = InboxBatcher(runtime.queues)
     public_url = runtime.config.settings.server.public_url
     app.config["MAX_CONTENT_LENGTH"] = runtime.config.settings.server.max_body_bytes
 
@@ -73,7 +75,7 @@ def create_app(runtime: Runtime) -> Flask:
             return _reject(name, exc.status, exc.reason_code, exc.reason)
         headers = dict(list(hook_req.headers.items())[:_STORED_HEADERS])
         try:
-            counted = runtime.queues.store_inbox(name, items, headers, hook_req.public_url)
+            counted = batcher.store(name, items, headers, hook_req.public_url)
         except Exception:
             log.exception("%s: could not store %d item(s); answering 503 so the provider retries", name, len(items))
             metrics.REJECTED.labels(name, "storage").inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from urllib.parse import parse_qsl
 
 from gateway.errors import MalformedRequest
@@ -55,7 +56,11 @@ class HookRequest:
         return dict(parse_qsl(self.query_string, keep_blank_values=True))
 
     def form(self) -> list[tuple[str, str]]:
-        """The urlencoded form body as ordered pairs (repeated names kept)."""
+        """The urlencoded form body as ordered pairs (repeated names kept); parsed once per request."""
+        return self._form
+
+    @cached_property
+    def _form(self) -> list[tuple[str, str]]:
         if self.content_type != "application/x-www-form-urlencoded":
             raise MalformedRequest(f"expected application/x-www-form-urlencoded, got {self.content_type or 'none'}")
         try:

@@ -132,7 +132,7 @@ def test_storage_failure_is_503_and_never_2xx(client: FlaskClient, runtime: Runt
     def broken(*args: object, **kwargs: object) -> None:
         raise OperationalError("INSERT INTO inbox", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(runtime.queues, "store_inbox", broken)
+    monkeypatch.setattr(runtime.queues, "store_inbox_batch", broken)
     before = rejected(client, CHANNEL, "storage")
     request = signed(runtime)
     for _ in range(2):  # the provider's retry meets the same outage

@@ -26,6 +26,17 @@ class StoredCount:
     duplicates: int
 
 
+@dataclass(frozen=True)
+class InboxWrite:
+    """One webhook request's items, to be stored together."""
+
+    connector: str
+    items: Sequence[InboxItem]
+    headers: dict[str, str]
+    public_url: str
+    received_at: datetime | None = None
+
+
 def insert_for(engine: Engine, table: Table) -> Any:
     return (sqlite.insert if is_sqlite(engine) else postgresql.insert)(table)
 
@@ -36,27 +47,32 @@ class Queues:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._skip_locked = not is_sqlite(engine)
+        self._inbox_insert = (insert_for(engine, inbox)
+                              .on_conflict_do_nothing(index_elements=["connector", "provider_id"])
+                              .returning(inbox.c.id))
 
     # -- inbox -------------------------------------------------------------------------------------------------
     def store_inbox(self, connector: str, items: Sequence[InboxItem], headers: dict[str, str],
                     public_url: str, received_at: datetime | None = None) -> StoredCount:
         """Store items; a provider id already stored for this connector is a duplicate, kept once."""
-        now = received_at or utcnow()
-        rows = [
-            {"connector": connector, "provider_id": item.provider_id[:255], "kind": item.kind,
-             "content_type": item.content_type, "headers": headers, "body": item.body,
-             "public_url": public_url, "received_at": now, "available_at": now,
-             "status": "pending", "attempts": 0}
-            for item in items
-        ]
-        stored = 0
-        # RETURNING, not rowcount: psycopg reports -1 as the rowcount of this single-row insert
-        statement = (insert_for(self.engine, inbox).on_conflict_do_nothing(index_elements=["connector", "provider_id"])
-                     .returning(inbox.c.id))
+        return self.store_inbox_batch([InboxWrite(connector, items, headers, public_url, received_at)])[0]
+
+    def store_inbox_batch(self, writes: Sequence[InboxWrite]) -> list[StoredCount]:
+        """Several requests' items in one transaction: one commit (one fsync) for all of them."""
+        counts = []
         with self.engine.begin() as conn:
-            for row in rows:
-                stored += len(conn.execute(statement, row).all())
-        return StoredCount(stored, len(rows) - stored)
+            for write in writes:
+                now = write.received_at or utcnow()
+                stored = 0
+                for item in write.items:
+                    row = {"connector": write.connector, "provider_id": item.provider_id[:255], "kind": item.kind,
+                           "content_type": item.content_type, "headers": write.headers, "body": item.body,
+                           "public_url": write.public_url, "received_at": now, "available_at": now,
+                           "status": "pending", "attempts": 0}
+                    # RETURNING, not rowcount: psycopg reports -1 as the rowcount of this insert
+                    stored += len(conn.execute(self._inbox_insert, row).all())
+                counts.append(StoredCount(stored, len(write.items) - stored))
+        return counts
 
     def claim_inbox(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:
         return self._claim(inbox, owner, limit, lease_seconds, ())
