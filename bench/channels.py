@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ingest, loadgen
+from bench.docs import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SLACK_SECRET = "bench-slack-secret"
@@ -246,20 +247,6 @@ def render(result: dict[str, Any], command: str, note: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_section(markdown: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace (or append) this benchmark's section in docs/benchmarks.md, leaving other sections alone."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n\n"
-    heading = markdown.splitlines()[0]
-    if heading in text:
-        start = text.index(heading)
-        rest = text[start + len(heading):]
-        end = rest.find("\n## ")
-        text = text[:start] + markdown.rstrip("\n") + ("\n" + rest[end:] if end != -1 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + markdown
-    doc.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
@@ -293,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_doc:
         raw.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         command = " ".join(["python -m bench.channels", *(a for a in sys.argv[1:] if a != args.note)])
-        write_section(render(result, command.replace(" --note", ""), args.note))
+        write_section("channels", render(result, command.replace(" --note", ""), args.note))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from bench.docs import write_section
 from bench.identity_data import WINDOW, GenMessage, generate, identity_rules
 from gateway.config import ConversationsConfig
 from gateway.conversations import assign_conversation
@@ -49,7 +50,6 @@ from gateway.storage.db import make_engine, migrate
 from gateway.storage.tables import customers, merge_suggestions, merges
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 CONNECTOR_TYPES = {"email": "imap", "slack": "slack", "wa-cloud": "meta", "wa-twilio": "twilio"}
 
 
@@ -334,20 +334,6 @@ def _labels_by(clusters: Sequence[Hashable], labels: Sequence[str]) -> dict[Hash
 
 
 # ---- docs ------------------------------------------------------------------------------------------------------------
-
-def write_section(name: str, body: str, doc: Path = DOC) -> None:
-    """Replace (or append) the block between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in the page."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text, encoding="utf-8")
-
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"

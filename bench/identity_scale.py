@@ -31,7 +31,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from bench.identity_eval import write_section
+from bench.docs import write_section
 from gateway.identity import IdentityRules, resolve_customer
 from gateway.model import Identifier, IdentifierKind, Party
 from gateway.storage.db import make_engine, migrate, utcnow

@@ -11,6 +11,7 @@ https://www.twilio.com/docs/sendgrid/for-developers/parsing-email/setting-up-the
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import uuid
@@ -80,10 +81,7 @@ class SendgridChannel(ChannelConnector):
         fields = parse_form(record.body, record.content_type)
         charsets = _charsets(first(fields, "charsets"))
         raw = first(fields, "email")
-        if raw is None:
-            raw_bytes = _rebuild(fields, charsets)
-        else:
-            raw_bytes = raw.data
+        raw_bytes = _rebuild(fields, charsets) if raw is None else raw.data
         extras: dict[str, Any] = {}
         for name in ("spam_score", "SPF", "dkim", "sender_ip"):
             field = first(fields, name)
@@ -91,10 +89,8 @@ class SendgridChannel(ChannelConnector):
                 extras[name.lower()] = field.text()
         envelope = first(fields, "envelope")
         if envelope is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 extras["envelope"] = json.loads(envelope.text())
-            except ValueError:
-                pass
         return email_to_messages(raw_bytes, record, connector_type=self.type_name, settings=self.config,
                                  attachments=self.context.attachments, received_at=record.received_at,
                                  extras=extras)

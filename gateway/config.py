@@ -98,6 +98,21 @@ class IdentityConfig(_Section):
 class ConversationsConfig(_Section):
     continuity: Literal["same_ticket", "per_channel"] = "same_ticket"
     window_hours: float = Field(72.0, gt=0)
+    subject_token: str | None = Field(
+        r"\[#(\d+)\]", description="Regex with one group: the CRM ticket number in a subject, such as [#1234]. "
+        "Used only when no thread key matched, and only when the sender belongs to that ticket's customer.")
+
+    @field_validator("subject_token")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                groups = re.compile(value).groups
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+            if groups != 1:
+                raise ValueError("must have exactly one capturing group (the ticket number)")
+        return value
 
 
 class LoggingConfig(_Section):

@@ -1,13 +1,15 @@
 """Threading: which conversation a message belongs to.
 
 Rules, in order: a thread key the channel gave (email Message-IDs, provider thread ids) that is already known;
-then continuity: the customer's open conversation with activity inside the window (any channel with
-``same_ticket``, the same connector with ``per_channel``); else a new conversation. The rule that decided is
-recorded on the message.
+then a subject token such as ``[#1234]`` naming a CRM ticket, only when the sender belongs to that ticket's customer
+(``subject_token``; a forward from an agent does not qualify); then continuity: the customer's open conversation
+with activity inside the window (any channel with ``same_ticket``, the same connector with ``per_channel``); else
+a new conversation. The rule that decided is recorded on the message.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,14 +17,14 @@ from sqlalchemy import Connection, select, update
 
 from gateway.config import ConversationsConfig
 from gateway.identity.merges import customer_family
-from gateway.model import Message, new_id
+from gateway.model import ChannelType, Message, new_id
 from gateway.storage.queues import insert_for
-from gateway.storage.tables import conversations, thread_keys
+from gateway.storage.tables import conversations, crm_links, thread_keys
 
 
 def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
     """(keys to look up, keys this message adds), scoped so different connectors never collide."""
-    scope = message.connector
+    scope = "email" if message.channel is ChannelType.EMAIL else message.connector  # Message-IDs are global
     lookup: list[str] = []
     if message.thread.in_reply_to:
         lookup.append(f"{scope}:mid:{message.thread.in_reply_to}")
@@ -40,7 +42,7 @@ def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
 @dataclass(frozen=True)
 class Assignment:
     conversation_id: str
-    rule: str  # thread_key | continuity | new
+    rule: str  # thread_key | subject_token | continuity | new
     opened: bool
     previous_id: str | None = None
 
@@ -59,6 +61,10 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
             rule = "thread_key"
             break
     family = customer_family(conn, customer_id)
+    if conversation_id is None and settings.subject_token and message.subject:
+        conversation_id = _by_subject_token(conn, message.subject, settings.subject_token, family)
+        if conversation_id:
+            rule = "subject_token"
     if conversation_id is None:
         query = (select(conversations.c.id)
                  .where(conversations.c.customer_id.in_(family), conversations.c.status == "open",
@@ -86,6 +92,18 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
     for key in own:
         conn.execute(statement, {"key": key, "conversation_id": conversation_id})
     return Assignment(conversation_id, rule, opened, previous_id)
+
+
+def _by_subject_token(conn: Connection, subject: str, pattern: str, family: list[str]) -> str | None:
+    """The conversation whose CRM ticket the subject names, if it belongs to this sender's customer."""
+    match = re.search(pattern, subject)
+    if match is None:
+        return None
+    return conn.execute(
+        select(conversations.c.id).join(crm_links, (crm_links.c.entity == "conversation")
+                                        & (crm_links.c.local_id == conversations.c.id))
+        .where(crm_links.c.remote_id == match.group(1), conversations.c.customer_id.in_(family))
+        .order_by(conversations.c.last_activity_at.desc()).limit(1)).scalar_one_or_none()
 
 
 def close_conversation(conn: Connection, conversation_id: str) -> None:

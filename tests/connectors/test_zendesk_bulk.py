@@ -9,6 +9,7 @@ results; the codes below are placeholders the tests follow through to the dead l
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -65,8 +66,10 @@ def phone(n: int) -> str:
     return f"+1415555{n:04d}"
 
 
+@functools.cache
 def item(n: int, k: int = 0, *, attempt: int = 1, text: str | None = None) -> DeliveryItem:
-    """Message ``k`` of customer ``n``'s conversation (one conversation per customer)."""
+    """Message ``k`` of customer ``n``'s conversation (one conversation per customer); the same object each call,
+    so expectations can name its message id."""
     message = twilio_sms(text or f"customer {n} message {k}", sid=f"SM{n:016d}{k:016d}")
     base = delivery_item(message, crm="helpdesk", attempt=attempt, outbox_id=n * 100 + k, opened=k == 0)
     return replace(base, customer=CustomerView(f"cust-{n}", None, (("phone", phone(n)),)),
