@@ -56,7 +56,7 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
         f"- Command: `{command}`",
         f"- Raw figures: `{raw_name}` (JSON, written next to this page)",
         "",
-        "## Webhook ingest",
+        "### Webhook ingest",
         "",
         "Signed Twilio SMS webhooks (unique MessageSid each, `X-Twilio-Signature` over `public_url` + "
         "`/hooks/sms-main`)",
@@ -97,7 +97,7 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
     st, e2e = pipe["stages"], pipe["end_to_end"]
     lines += [
         "",
-        "## Pipeline",
+        "### Pipeline",
         "",
         f"{pipe['messages']} signed Twilio SMS rows from {pipe['senders']} distinct senders stored with "
         "`Queues.store_inbox`, then processed into the jsonl CRM (fsync per record), SQLite "
