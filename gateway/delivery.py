@@ -100,12 +100,13 @@ class DeliveryWorker:
                                           conversation["opened_by_message"], previous_id),
             fields=fields)
 
-    def process(self, groups: list[list[Row[Any]]]) -> None:
+    def process(self, groups: list[list[Row[Any]]]) -> int:
         by_crm: dict[str, list[list[Row[Any]]]] = {}
         for group in groups:
             by_crm.setdefault(group[0].crm, []).append(group)
         for crm_name, crm_groups in by_crm.items():
             self._deliver(crm_name, crm_groups)
+        return sum(len(group) for group in groups)
 
     def _deliver(self, crm_name: str, groups: list[list[Row[Any]]]) -> None:
         started = time.monotonic()

@@ -7,6 +7,7 @@ A row whose connector cannot normalise it is quarantined in the dead letters wit
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row, select
@@ -46,6 +47,19 @@ def mapping_context(message: Message, customer: dict[str, Any], conversation: di
     return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation}
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """An inbox row with what its connector made of it, ready to store."""
+
+    row: Row[Any]
+    messages: list[Message]
+    statuses: list[StatusUpdate]
+
+    @property
+    def outcome(self) -> str:
+        return "message" if self.messages else ("status" if self.statuses else "ignored")
+
+
 class PipelineWorker:
     def __init__(self, runtime: Runtime, owner: str) -> None:
         self.rt = runtime
@@ -53,17 +67,43 @@ class PipelineWorker:
         self.settings = runtime.config.settings.workers
         self.rules = rules_from_config(runtime.config.settings.identity)
 
-    def claim(self) -> list[Row[Any]]:
-        return self.rt.queues.claim_inbox(self.owner, self.settings.batch_size, self.settings.lease_seconds)
+    def claim(self) -> list[list[Row[Any]]]:
+        rows = self.rt.queues.claim_inbox(self.owner, self.settings.batch_size, self.settings.lease_seconds)
+        return [rows] if rows else []
 
-    def release(self, rows: list[Row[Any]]) -> None:
-        self.rt.queues.release(inbox, [row.id for row in rows], self.owner)
+    def release(self, batches: list[list[Row[Any]]]) -> None:
+        self.rt.queues.release(inbox, [row.id for rows in batches for row in rows], self.owner)
 
-    def process(self, row: Row[Any]) -> None:
+    def process(self, rows: list[Row[Any]]) -> int:
+        """Normalise and enrich each row, then store the whole batch in one transaction (one commit).
+
+        Each row is stored inside its own savepoint: a row that fails is rolled back alone and retried by itself.
+        """
+        prepared = [p for p in (self._prepare(row) for row in rows) if p is not None]
+        failed: list[Prepared] = []
+        try:
+            with self.rt.engine.begin() as conn:
+                for item in prepared:
+                    try:
+                        with conn.begin_nested():
+                            self._store_row(conn, item)
+                    except Exception:
+                        failed.append(item)
+        except Exception:
+            failed = prepared  # the commit itself failed: nothing of the batch was stored
+        for item in failed:
+            self._store_alone(item)
+        for item in prepared:
+            if item not in failed:
+                metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
+        return len(rows)
+
+    def _prepare(self, row: Row[Any]) -> Prepared | None:
+        """Normalise (pure) and enrich (network) one row outside any transaction; None when it is settled."""
         connector = self.rt.channels.get(row.connector)
         if connector is None:
             self._dead(row, "permanent", f"channel {row.connector!r} is no longer configured", "unknown_channel")
-            return
+            return None
         record = RawRecord(
             inbox_id=row.id, connector=row.connector, provider_id=row.provider_id, kind=row.kind, body=row.body,
             content_type=row.content_type, headers=Headers(row.headers), public_url=row.public_url,
@@ -77,24 +117,34 @@ class PipelineWorker:
             log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, exc, exc_info=True)
             self._dead(row, "quarantined", f"{type(exc).__name__}: {exc}", "normalize_failed")
             metrics.PROCESSED.labels(row.connector, "quarantined").inc()
-            return
+            return None
         try:
             normalized = [self._enrich(connector, message, row.attempts) for message in normalized]
-            normalized = [message if message.language is not None else message.model_copy(
-                update={"language": detect_language(message.text or message.full_text)}) for message in normalized]
-            for attempt in in_process_retry(attempts=4):
-                with attempt, self.rt.engine.begin() as conn:
-                    for message in normalized:
-                        self._store(conn, message)
-                    for update in statuses:
-                        self._store_status(conn, update, row.id)
-                    status = "done" if normalized or statuses else "ignored"
-                    self.rt.queues.finish(conn, inbox, row.id, status, processed_at=utcnow(), last_error=None)
         except Exception as exc:
             self._failed(row, exc)
+            return None
+        normalized = [message if message.language is not None else message.model_copy(
+            update={"language": detect_language(message.text or message.full_text)}) for message in normalized]
+        return Prepared(row, normalized, statuses)
+
+    def _store_row(self, conn: Connection, item: Prepared) -> None:
+        for message in item.messages:
+            self._store(conn, message)
+        for update in item.statuses:
+            self._store_status(conn, update, item.row.id)
+        status = "done" if item.messages or item.statuses else "ignored"
+        self.rt.queues.finish(conn, inbox, item.row.id, status, processed_at=utcnow(), last_error=None)
+
+    def _store_alone(self, item: Prepared) -> None:
+        """A row that failed in the batch: its own transaction, a few quick tries, then the retry schedule."""
+        try:
+            for attempt in in_process_retry(attempts=4):
+                with attempt, self.rt.engine.begin() as conn:
+                    self._store_row(conn, item)
+        except Exception as exc:
+            self._failed(item.row, exc)
             return
-        outcome = "message" if normalized else ("status" if statuses else "ignored")
-        metrics.PROCESSED.labels(row.connector, outcome).inc()
+        metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
 
     def _enrich(self, connector: ChannelConnector, message: Message, attempt: int) -> Message:
         """Fetch media and profiles; when that keeps failing, the message goes on without them rather than wait.

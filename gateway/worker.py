@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Row
 
 from gateway import metrics
 from gateway.delivery import DeliveryWorker
@@ -30,11 +29,13 @@ log = logging.getLogger(__name__)
 
 
 class Stage(Protocol):
-    def claim(self) -> list[Row[Any]]: ...
+    """A worker stage: claims units of work (a batch of rows), processes one, gives back unstarted ones."""
 
-    def process(self, row: Row[Any]) -> None: ...
+    def claim(self) -> list[Any]: ...
 
-    def release(self, rows: list[Row[Any]]) -> None: ...
+    def process(self, unit: Any) -> int: ...
+
+    def release(self, units: list[Any]) -> None: ...
 
 
 def worker_id(kind: str, index: int) -> str:
@@ -42,14 +43,15 @@ def worker_id(kind: str, index: int) -> str:
 
 
 def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
-    """Claim one batch and process it; return how many rows were processed."""
-    rows = stage.claim()
-    for position, row in enumerate(rows):
+    """Claim once and process what was claimed; return how many rows were processed."""
+    units = stage.claim()
+    done = 0
+    for position, unit in enumerate(units):
         if stop is not None and stop.is_set():
-            stage.release(rows[position:])
-            return position
-        stage.process(row)
-    return len(rows)
+            stage.release(units[position:])
+            return done
+        done += stage.process(unit)
+    return done
 
 
 def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float) -> None:
