@@ -20,6 +20,9 @@ from gateway.storage.queues import insert_for
 from gateway.storage.tables import rate_limits
 
 MAX_WAIT_SECONDS = 20.0
+# A full bucket holds 3 seconds of budget: a minute that starts full sends at most 105 % of the rate, and the
+# rate itself is set under the CRM's limit (Zendesk: 95 %), so a window never exceeds the limit.
+BURST_SECONDS = 3.0
 
 
 class RateLimiter(Protocol):
@@ -36,7 +39,7 @@ class MemoryRateLimiter:
     def __init__(self, per_minute: float, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * 10)
+        self.capacity = max(1.0, self.rate * BURST_SECONDS)
         self.tokens = self.capacity
         self.clock = clock
         self.updated = clock()
@@ -72,7 +75,7 @@ class DbRateLimiter:
         self.engine = engine
         self.name = name
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * 10)
+        self.capacity = max(1.0, self.rate * BURST_SECONDS)
         self.sleep = sleep
         self._created = False
 

@@ -58,7 +58,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         config = write_gateway_config(
             tmp_path, storage_url=f"sqlite:///{tmp_path / 'gateway.db'}", port=free_port(),
             crms=zendesk_crm(fake.url), routes="[{from: [sms-main], to: desk}]",
-            workers=", batch_size: 5, delivery_threads: 2, lease_seconds: 5")
+            # two messages per write: each conversation's four messages take two rounds (a ticket, then a
+            # comment), so there is a mid-way to stop at, and the held write carries a comma-joined marker
+            workers=", batch_size: 5, coalesce_max: 2, delivery_threads: 2, lease_seconds: 5")
         rt = build_runtime(load_config(config), http=requests.Session())
         items = [twilio_inbox_item(twilio_params(message_sid(n), f"+1415555{2000 + n % CUSTOMERS}", f"message {n}",
                                                  TWILIO_SID)) for n in range(MESSAGES)]

@@ -18,7 +18,8 @@ from gateway.storage.tables import metadata
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migrations_build_exactly_the_declared_schema(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_migrations_build_exactly_the_declared_schema(backend: str, tmp_path: Path,
+                                                     request: pytest.FixtureRequest) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     engine = make_engine(url)
     migrate(engine)

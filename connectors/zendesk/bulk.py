@@ -161,5 +161,7 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
                     outcomes[item.outbox_id] = DeliveryResult("comment_added", ticket_id, detail="batch")
             else:
                 # closed tickets, collisions, ...: the one-conversation path knows how to continue
+                if result is not None and "closed" in f"{result.get('error')} {result.get('details')}".lower():
+                    links.put("conversation", items[0].conversation.id, ticket_id, {"status": "closed"})
                 outcomes.update(crm.deliver_group(items, links))
     return outcomes

@@ -149,18 +149,17 @@ class ZendeskClient:
         done: dict[str, dict[str, Any]] = {}
         started = time.monotonic()
         slept = 0.0  # counted as well, so an injected sleep times out the same way
-        delay = 0.5
+        delay = 1.0
         while len(done) < len(job_ids):
+            # a job is still queued the moment it is created: the first look waits, like every later one
+            self.sleep(delay)
+            slept += delay
+            delay = min(delay * 2, 5.0)
             pending = [job for job in job_ids if job not in done]
             body = self.call("GET", "/job_statuses/show_many", params={"ids": ",".join(pending)})
             for status in body.get("job_statuses", []):
                 if status.get("status") in ("completed", "failed", "killed"):
                     done[status["id"]] = status
-            if len(done) < len(job_ids):
-                if max(time.monotonic() - started, slept) >= self.config.job_timeout_seconds:
-                    raise RetryableError(f"Zendesk jobs {', '.join(pending)} did not finish in time",
-                                         code="job_timeout")
-                self.sleep(delay)
-                slept += delay
-                delay = min(delay * 2, 5.0)
+            if len(done) < len(job_ids) and max(time.monotonic() - started, slept) >= self.config.job_timeout_seconds:
+                raise RetryableError(f"Zendesk jobs {', '.join(pending)} did not finish in time", code="job_timeout")
         return done

@@ -215,7 +215,8 @@ def test_first_message_upserts_the_user_and_creates_a_ticket(mocked: responses.R
     assert user_call.call_count == ticket_call.call_count == 1
     assert "role" not in sent_json(mocked.calls[0])["user"]
     assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {})
-    assert links.get("conversation", CONVERSATION_ID) == (str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
+    assert links.get("conversation", CONVERSATION_ID) == (
+        str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
 
 
 def test_user_upsert_accepts_200_for_an_existing_user(mocked: responses.RequestsMock) -> None:
@@ -283,7 +284,8 @@ def test_closed_ticket_gets_a_follow_up_ticket(mocked: responses.RequestsMock) -
 
     assert (result.operation, result.remote_id) == ("followup_ticket_created", "35437")
     assert post.call_count == 1
-    assert links.get("conversation", CONVERSATION_ID) == ("35437", {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
+    assert links.get("conversation", CONVERSATION_ID) == (
+        "35437", {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
 
 
 def test_deleted_ticket_is_replaced_by_a_new_one(mocked: responses.RequestsMock) -> None:

@@ -1,0 +1,148 @@
+"""The Mailgun routes channel: the shared conformance suite plus signature rotation, replay window and modes.
+
+Fields are those Mailgun documents for routes' ``forward()`` posts (recipient, sender, from, subject, body-plain,
+stripped-text, body-html, message-headers as JSON pairs, attachment-count, attachment-N, content-id-map, timestamp,
+token, signature); a route URL ending in ``mime`` gets ``body-mime`` instead of the parsed bodies. Signature:
+hex HMAC-SHA256(signing key, timestamp + token).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from connectors.mailgun import MailgunChannel, signature_for
+from connectors.sendgrid import multipart_body
+from gateway.errors import SignatureInvalid
+from gateway.plugins import ChannelConnector
+from gateway.webhooks import Headers, HookRequest
+from tests.conformance.channel import ChannelConformance, Expected, split_records
+from tests.conftest import PUBLIC_URL
+from tests.mail.corpus import CASES_FOR_WEBHOOKS, PNG, sha
+
+CHANNEL = "mail-mailgun"
+KEY = "test-mailgun-signing-key"
+HOOK_URL = f"{PUBLIC_URL}/hooks/{CHANNEL}"
+MESSAGE_HEADERS = [
+    ["Received", "from mx.example.org by mxa.mailgun.org"], ["From", "Ravi Kumar <ravi@example.in>"],
+    ["To", "support@example.test"], ["Subject", "=?utf-8?b?4LCG4LCw4LGN4LCh4LCw4LGN?= 12"],
+    ["Date", "Mon, 03 Jun 2024 15:42:00 +0530"], ["Message-Id", "<mg1@mail.example.in>"],
+    ["Mime-Version", "1.0"], ["Content-Type", "multipart/mixed; boundary=\"x\""]]
+
+
+def signed(fields: dict[str, Any], *, key: str = KEY, timestamp: int | None = None,
+           urlencoded: bool = False) -> HookRequest:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    token = uuid.uuid4().hex + uuid.uuid4().hex[:18]
+    all_fields = {**fields, "timestamp": ts, "token": token, "signature": signature_for(key, ts, token)}
+    if urlencoded:
+        body, content_type = urlencode(all_fields).encode(), "application/x-www-form-urlencoded"
+    else:
+        body, content_type = multipart_body(all_fields)
+    return HookRequest("POST", f"/hooks/{CHANNEL}", "", Headers({"Content-Type": content_type}), body, HOOK_URL)
+
+
+PARSED = {
+    "recipient": "support@example.test", "sender": "ravi@example.in", "from": "Ravi Kumar <ravi@example.in>",
+    "subject": "ఆర్డర్ 12", "body-plain": "నా ఆర్డర్ ఇంకా రాలేదు 📦\n\n-- \nRavi",
+    "stripped-text": "నా ఆర్డర్ ఇంకా రాలేదు 📦", "body-html": "<p>నా ఆర్డర్ ఇంకా రాలేదు 📦</p><img src=\"cid:ii_1\">",
+    "message-headers": json.dumps(MESSAGE_HEADERS), "attachment-count": "1",
+    "content-id-map": json.dumps({"<ii_1>": "attachment-1"}), "attachment-1": ("photo.png", "image/png", PNG),
+}
+FIXTURES: dict[str, tuple[dict[str, Any], bool]] = {
+    "parsed_with_inline_image": (PARSED, False),
+    "urlencoded_no_attachments": ({k: v for k, v in PARSED.items() if not k.startswith(("attachment", "content-id"))},
+                                  True),
+    "body_mime_koi8_r": ({"recipient": "support@example.test", "sender": "x@example.ru",
+                          "body-mime": CASES_FOR_WEBHOOKS["koi8_r"].raw.decode("ascii", "replace")}, False),
+    "body_mime_bounce": ({"recipient": "support@example.test",
+                          "body-mime": CASES_FOR_WEBHOOKS["bounce_dsn"].raw.decode("ascii")}, False),
+}
+
+
+class TestMailgunConformance(ChannelConformance):
+    """The shared suite for ``mailgun``: signatures carry a timestamp, so stale posts are refused; no handshake."""
+
+    connector_class = MailgunChannel
+    channel_name = CHANNEL
+    required_secrets = ("signing_key",)
+    has_timestamp = True
+    common = {"sender.identifiers": [{"kind": "email", "value": "ravi@example.in"}],
+              "sender.display_name": "Ravi Kumar", "subject": "ఆర్డర్ 12", "thread.message_id": "mg1@mail.example.in",
+              "text": "నా ఆర్డర్ ఇంకా రాలేదు 📦", "sent_at": "2024-06-03T10:12:00Z",
+              "extras.stripped_text": "నా ఆర్డర్ ఇంకా రాలేదు 📦"}
+    expected = {
+        "parsed_with_inline_image": Expected("message", ({
+            **common, "attachments.0.filename": "photo.png", "attachments.0.inline": True,
+            "attachments.0.sha256": sha(PNG), "extras.content_ids": {"ii_1": sha(PNG)}},), ("mg1@mail.example.in",)),
+        "urlencoded_no_attachments": Expected("message", (common,), ("mg1@mail.example.in",)),
+        "body_mime_koi8_r": Expected("message", ({"subject": "Заказ", "thread.message_id": "koi@mail.example.ru"},)),
+        "body_mime_bounce": Expected("message", ()),
+    }
+
+    def channel_settings(self) -> dict[str, Any]:
+        return {"type": "mailgun", "signing_key": KEY}
+
+    def signed_request(self, fixture: str, connector: ChannelConnector) -> HookRequest:
+        fields, urlencoded = FIXTURES[fixture]
+        return signed(fields, urlencoded=urlencoded)
+
+    def stale_request(self, fixture: str, connector: ChannelConnector) -> HookRequest:
+        fields, urlencoded = FIXTURES[fixture]
+        return signed(fields, urlencoded=urlencoded, timestamp=int(time.time()) - 3600)
+
+    def tamper(self, request: HookRequest) -> HookRequest:
+        return HookRequest(request.method, request.path, request.query_string, request.headers,
+                           request.body.replace(b"ravi@example.in", b"evil@example.in", 1).replace(
+                               b'name="timestamp"\r\n\r\n1', b'name="timestamp"\r\n\r\n2', 1), request.public_url)
+
+    def _refused_request(self, refusal: str, connector: ChannelConnector) -> HookRequest:
+        if refusal == "missing_signature":  # Mailgun's signature travels in the body
+            body, content_type = multipart_body(PARSED)
+            return HookRequest("POST", f"/hooks/{CHANNEL}", "", Headers({"Content-Type": content_type}), body,
+                               HOOK_URL)
+        return super()._refused_request(refusal, connector)
+
+    def malformed_requests(self, connector: ChannelConnector) -> dict[str, HookRequest]:
+        good = signed(PARSED)
+        return {
+            "json_body": HookRequest("POST", good.path, "", Headers({"Content-Type": "application/json"}),
+                                     b'{"signature": {}}', HOOK_URL),
+            "truncated_multipart": HookRequest("POST", good.path, "", good.headers, good.body[:300], HOOK_URL),
+            "signed_but_no_message": signed({"recipient": "support@example.test"}),
+        }
+
+
+def test_previous_key_accepted_during_rotation() -> None:
+    connector = TestMailgunConformance().make_connector(
+        {"type": "mailgun", "signing_key": "test-new-signing-key", "previous_signing_key": KEY})
+    connector.verify(signed(PARSED))
+    with pytest.raises(SignatureInvalid):
+        connector.verify(signed(PARSED, key="test-unrelated-key"))
+
+
+def test_future_timestamp_outside_window_refused() -> None:
+    connector = TestMailgunConformance().make_connector()
+    with pytest.raises(SignatureInvalid, match="replay window"):
+        connector.verify(signed(PARSED, timestamp=int(time.time()) + 3600))
+
+
+def test_retry_with_fresh_signature_keeps_the_key() -> None:
+    connector = TestMailgunConformance().make_connector()
+    first = split_records(connector, signed(PARSED))
+    again = split_records(connector, signed(PARSED))
+    assert [r.provider_id for r in first] == [r.provider_id for r in again] == ["mg1@mail.example.in"]
+
+
+def test_sample_request_verifies_and_normalises() -> None:
+    connector = TestMailgunConformance().make_connector()
+    request = connector.sample_request(sender="ravi@example.in", text="Hello", recipient=None, public_url=HOOK_URL)
+    connector.verify(request)
+    [record] = split_records(connector, request)
+    [message] = connector.normalize(record)
+    assert message.text == "Hello"
