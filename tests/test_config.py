@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from gateway.config import load_config
-from gateway.yamlsource import ConfigError, parse_yaml, interpolate
+from gateway.yamlsource import ConfigError, interpolate, parse_yaml
 from tests.conftest import ROOT, TWILIO_TOKEN
 
 BROKEN = """\

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import Connection, select
 
 from gateway.cli import main
-from gateway.identity import IdentityRules, EmailRule, normalize_email, normalize_phone, resolve_customer
+from gateway.identity import EmailRule, IdentityRules, normalize_email, normalize_phone, resolve_customer
 from gateway.identity.merges import customer_family, live_customer_id, unmerge
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.model import Identifier, IdentifierKind, Party
