@@ -17,7 +17,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, dotted, load_yaml
+from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, dotted, interpolate, load_yaml
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -84,12 +84,18 @@ def _check(doc: YamlDocument) -> tuple[MappingSpec | None, list[ConfigIssue]]:
     return spec, issues
 
 
+def _load(path: Path) -> tuple[YamlDocument, list[ConfigIssue]]:
+    """Parse a mapping; ``${VAR}`` and ``${VAR:-default}`` take environment values, as in the config file."""
+    doc = load_yaml(path)
+    return doc, interpolate(doc)
+
+
 def validate_mapping_file(path: Path) -> list[ConfigIssue]:
     try:
-        doc = load_yaml(path)
+        doc, issues = _load(path)
     except ConfigError as exc:
         return exc.issues
-    return _check(doc)[1]
+    return issues + _check(doc)[1]
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,9 @@ class Mapping:
 
     @classmethod
     def load(cls, path: Path) -> Mapping:
-        doc = load_yaml(path)
-        spec, issues = _check(doc)
+        doc, issues = _load(path)
+        spec, more = _check(doc)
+        issues += more
         if issues or spec is None:
             raise ConfigError(issues)
         return cls(path, spec)

@@ -103,7 +103,12 @@ class ZendeskCrm(CrmConnector):
             "external_id": first.conversation.id,
             "metadata": marker(items),
         }
-        ticket.update({name: first.fields[name] for name in TICKET_FIELDS if first.fields.get(name) not in (None, "")})
+        for name in TICKET_FIELDS:
+            value = first.fields.get(name)
+            if value in (None, ""):
+                continue
+            # ids rendered by a template arrive as text; Zendesk wants numbers
+            ticket[name] = int(value) if name.endswith("_id") and str(value).isdigit() else value
         if followup_of is not None:
             ticket["via_followup_source_id"] = int(followup_of)
         return ticket
