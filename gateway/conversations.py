@@ -36,6 +36,12 @@ def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
         key = f"{scope}:thread:{message.thread.provider_thread_id}"
         lookup.append(key)
         own.append(key)
+    if message.channel is ChannelType.EMAIL:
+        # mail arrives out of order (a reply fetched before the mail it answers): the ancestors it names are keys of
+        # its conversation too, and a mail looks up its own Message-ID, so the late parent joins it (as does the
+        # same mail received through a second mailbox); a key already taken keeps its conversation
+        own += [key for key in lookup if key not in own]
+        lookup += [key for key in own if key not in lookup]
     return lookup, own
 
 

@@ -127,11 +127,16 @@ class DeliveryWorker:
                 except MappingRenderError as exc:
                     outcomes[row.id] = PermanentError(str(exc), code="mapping_error", field=exc.field)
                     break
+                except Exception as exc:  # a missing or unreadable stored message: no retry can mend it
+                    log.exception("outbox row %s cannot be prepared for %s", row.id, crm_name)
+                    outcomes[row.id] = PermanentError(f"cannot prepare: {type(exc).__name__}: {exc}", code="internal")
+                    break
             if items:
                 item_groups.append(items)
+        links = DbLinkStore(self.rt.engine, crm_name, self.rt.directories.get(crm_name))
         try:
-            outcomes.update(crm.deliver_groups(item_groups, DbLinkStore(self.rt.engine, crm_name,
-                                                                         self.rt.directories.get(crm_name))))
+            with self.rt.queues.holding(outbox, list(rows), self.owner, self.settings.lease_seconds):
+                outcomes.update(crm.deliver_groups(item_groups, links))
         except Exception as exc:  # a connector bug: every item of the batch is retried later
             log.exception("unexpected error delivering %d group(s) to %s", len(item_groups), crm_name)
             error = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")

@@ -79,7 +79,8 @@ class PipelineWorker:
 
         Each row is stored inside its own savepoint: a row that fails is rolled back alone and retried by itself.
         """
-        prepared = [p for p in (self._prepare(row) for row in rows) if p is not None]
+        with self.rt.queues.holding(inbox, [row.id for row in rows], self.owner, self.settings.lease_seconds):
+            prepared = [p for p in (self._prepare(row) for row in rows) if p is not None]
         failed: list[Prepared] = []
         try:
             with self.rt.engine.begin() as conn:

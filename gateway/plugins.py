@@ -8,6 +8,7 @@ config model whose unknown keys are refused and whose secrets are ``SecretStr`` 
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -24,6 +25,7 @@ from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
 
 ENTRY_POINT_GROUP = "gateway.connectors"
+log = logging.getLogger(__name__)
 
 
 class ConnectorConfig(BaseModel):
@@ -229,6 +231,10 @@ class CrmConnector(Connector):
                     break
                 except (requests.Timeout, requests.ConnectionError) as exc:
                     outcomes[item.outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
+                    break
+                except Exception as exc:  # a connector bug: this conversation waits, the others go on
+                    log.exception("%s: unexpected error delivering outbox row %s", self.name, item.outbox_id)
+                    outcomes[item.outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
                     break
         return outcomes
 

@@ -33,3 +33,11 @@ if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
     || psql -h 127.0.0.1 -U postgres -c 'create database test' >/dev/null
 fi
 echo "PostgreSQL ready on 127.0.0.1:5432"
+
+# Dovecot IMAP for the email channel tests: only the package is needed; tests/dovecot.py starts its own instance
+# on a loopback port with a config in a temporary folder, and stops it at the end.
+if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then
+  echo "installing Dovecot IMAP from Debian's packages"
+  apt_install dovecot-imapd
+fi
+echo "Dovecot $( (command -v dovecot >/dev/null 2>&1 && dovecot --version) || /usr/sbin/dovecot --version) installed"

@@ -27,7 +27,7 @@ def _chunks(values: list[Any]) -> list[list[Any]]:
     return [values[start:start + CHUNK] for start in range(0, len(values), CHUNK)]
 
 
-def _result_for(results: list[dict[str, Any]], index: int) -> dict[str, Any] | None:
+def result_for(results: list[dict[str, Any]], index: int) -> dict[str, Any] | None:
     """A job's result for the index-th object sent; results carry ``index`` for creations, else keep order."""
     for result in results:
         if result.get("index") == index:
@@ -79,7 +79,7 @@ def _ensure_users(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: Link
     for job_id, status in crm.client.wait_for_jobs(list(jobs)).items():
         results = status.get("results") or []
         for index, item in enumerate(jobs[job_id]):
-            result = _result_for(results, index) if status.get("status") == "completed" else None
+            result = result_for(results, index) if status.get("status") == "completed" else None
             if _ok(result):
                 users[item.customer.id] = str(result["id"])  # type: ignore[index]
                 links.put("customer", item.customer.id, str(result["id"]))  # type: ignore[index]
@@ -128,7 +128,11 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
         for chunk in _chunks(creates):
             tickets = [crm.ticket_payload(items, users[items[0].customer.id]) for items in chunk]
             body = crm.client.call("POST", "/tickets/create_many", json={"tickets": tickets})
-            jobs[body["job_status"]["id"]] = ("create", chunk)
+            job_id = body["job_status"]["id"]
+            jobs[job_id] = ("create", chunk)
+            for index, items in enumerate(chunk):
+                # if this process dies before the job is read, a retry asks the job instead of creating again
+                links.put("ticket_job", items[0].conversation.id, job_id, {"index": index})
         for update_chunk in _chunks(updates):
             tickets = [{"id": int(ticket_id), **crm.update_payload(items, users[items[0].customer.id]),
                         **stamp(links, items[0].conversation.id)} for ticket_id, items in update_chunk]
@@ -145,7 +149,7 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
         results = status.get("results") or []
         for index, entry in enumerate(chunk):
             if kind == "create":
-                items, result = entry, _result_for(results, index)
+                items, result = entry, result_for(results, index)
                 if status.get("status") == "completed" and _ok(result):
                     ticket_id = str(result["id"])  # type: ignore[index]
                     links.put("conversation", items[0].conversation.id, ticket_id, {"status": "new"})
@@ -156,12 +160,18 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
                 continue
             ticket_id, items = entry
             result = next((r for r in results if str(r.get("id")) == ticket_id), None)
-            if status.get("status") == "completed" and _ok(result):
+            if _ok(result):
                 for item in items:
                     outcomes[item.outbox_id] = DeliveryResult("comment_added", ticket_id, detail="batch")
+            elif result is None:
+                # no word on this ticket: the comment may have landed, so the retry checks the audits first
+                error = RetryableError(f"Zendesk batch job {job_id} gave no result for ticket {ticket_id}",
+                                       code="job_result_missing")
+                for item in items:
+                    outcomes[item.outbox_id] = error
             else:
-                # closed tickets, collisions, ...: the one-conversation path knows how to continue
-                if result is not None and "closed" in f"{result.get('error')} {result.get('details')}".lower():
+                # refused (closed ticket, collision, ...): nothing landed; the one-conversation path continues
+                if "closed" in f"{result.get('error')} {result.get('details')}".lower():
                     links.put("conversation", items[0].conversation.id, ticket_id, {"status": "closed"})
                 outcomes.update(crm.deliver_group(items, links))
     return outcomes

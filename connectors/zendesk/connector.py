@@ -20,7 +20,7 @@ import requests
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
-from gateway.errors import DeliveryError, RetryableError
+from gateway.errors import DeliveryError, PermanentError, RetryableError
 from gateway.plugins import ConnectorContext, CrmConnector, CursorStore, DeliveryItem, DeliveryResult, LinkStore
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,17 @@ class ZendeskCrm(CrmConnector):
         ticket = self.ticket_payload(items, user_id, followup_of)
         if extra_tags:
             ticket["tags"] = [*ticket.get("tags", []), *extra_tags]
-        body = self.client.call("POST", "/tickets", json={"ticket": ticket}, headers={"Idempotency-Key": key[:255]})
+        try:
+            body = self.client.call("POST", "/tickets", json={"ticket": ticket},
+                                    headers={"Idempotency-Key": key[:255]})
+        except PermanentError as exc:
+            # the key was used with another body (an attachment uploaded again has a new token): the first
+            # request created the ticket, so find it rather than fail
+            found = self.find_ticket(items[0].conversation.id) if exc.code == "IdempotentRequestError" else None
+            if found is None:
+                raise
+            links.put("conversation", items[0].conversation.id, str(found["id"]), {"status": found.get("status")})
+            return str(found["id"])
         ticket_id = str(body["ticket"]["id"])
         links.put("conversation", items[0].conversation.id, ticket_id,
                   {"status": body["ticket"].get("status"), "updated_at": body["ticket"].get("updated_at")})
@@ -218,6 +228,13 @@ class ZendeskCrm(CrmConnector):
         """A new ticket for a conversation whose ticket ended: a follow-up of a closed one (Zendesk links them),
         and for a solved one a ``followup-of-N`` tag, since Zendesk only records follow-ups of closed tickets."""
         links.put("conversation", items[0].conversation.id, old_ticket_id, {"status": old_status})
+        if any(item.attempt > 1 for item in items):
+            found = self.find_ticket(items[0].conversation.id)  # an earlier attempt may have made it already
+            if found is not None and str(found["id"]) != old_ticket_id:
+                found_id = str(found["id"])
+                links.put("conversation", items[0].conversation.id, found_id, {"status": found.get("status")})
+                pending = self.unwritten(items, found_id)
+                return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
         followup_of = old_ticket_id if old_status == CLOSED else None
         extra_tags = [] if followup_of else [f"followup-of-{old_ticket_id}"]
         return "followup_ticket_created", self.create_ticket(items, user_id, links, followup_of, extra_tags)
@@ -250,9 +267,33 @@ class ZendeskCrm(CrmConnector):
         tickets = [t for t in body.get("tickets", []) if t.get("status") != CLOSED]
         return max(tickets, key=lambda t: t["id"]) if tickets else None
 
+    def ticket_from_job(self, conversation_id: str, links: LinkStore) -> str | None:
+        """The ticket a batch job created for this conversation, if a previous attempt queued one."""
+        job = links.get("ticket_job", conversation_id)
+        if job is None:
+            return None
+        response = self.client.request("GET", f"/job_statuses/{job[0]}")
+        if response.status_code == 404:
+            return None  # job statuses are kept for about a day
+        if response.status_code != 200:
+            classify(response)
+        status = response.json().get("job_status") or {}
+        if status.get("status") in ("queued", "working"):
+            raise RetryableError(f"Zendesk job {job[0]} is still running", code="job_pending", retry_after=10)
+        from connectors.zendesk.bulk import result_for
+
+        result = result_for(status.get("results") or [], int(job[1].get("index", 0)))
+        if result is None or not result.get("id") or result.get("error"):
+            return None
+        links.put("conversation", conversation_id, str(result["id"]), {"status": "new"})
+        return str(result["id"])
+
     def ticket_for(self, items: list[DeliveryItem], links: LinkStore) -> str | None:
         link = links.get("conversation", items[0].conversation.id)
         if link is None and any(item.attempt > 1 for item in items):
+            from_job = self.ticket_from_job(items[0].conversation.id, links)
+            if from_job is not None:
+                return from_job
             found = self.find_ticket(items[0].conversation.id)
             if found is not None:
                 links.put("conversation", items[0].conversation.id, str(found["id"]), {"status": found.get("status")})
@@ -278,11 +319,19 @@ class ZendeskCrm(CrmConnector):
                 operation, ticket_id = "ticket_created", self.create_ticket(items, user_id, links)
             else:
                 operation, ticket_id = self.append(items, user_id, ticket_id, links)
-        except DeliveryError as exc:
-            outcomes[items[0].outbox_id] = exc
-            return outcomes
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            outcomes[items[0].outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
+        except Exception as exc:
+            # every message of the group was part of the write, which may have landed: all of them are retried
+            # as retries (attempt > 1), which check Zendesk before writing again
+            if isinstance(exc, DeliveryError):
+                error: DeliveryError = exc
+            elif isinstance(exc, requests.Timeout | requests.ConnectionError):
+                error = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
+            else:
+                log.exception("%s: unexpected error delivering conversation %s", self.name, items[0].conversation.id)
+                error = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
+            # a refusal wrote nothing: the head carries it and the rest are tried again after it
+            for item in items[:1] if isinstance(error, PermanentError) else items:
+                outcomes.setdefault(item.outbox_id, error)
             return outcomes
         detail = f"{len(items)} message(s) in one write" if len(items) > 1 else ""
         for item in items:

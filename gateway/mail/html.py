@@ -40,7 +40,7 @@ class _Text(HTMLParser):
             href, text = self.links.pop(), self.link_text.pop().strip()
             if href and href.startswith(("http://", "https://", "mailto:")) and href.removeprefix("mailto:") != text:
                 self.out.append(f" ({href})")
-        elif tag in _BLOCK and tag != "br":
+        elif tag in _BLOCK and tag not in ("br", "li"):
             self.out.append("\n")
 
     def handle_data(self, data: str) -> None:

@@ -9,9 +9,8 @@ The full text is always kept beside it.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
-from mailparser_reply import EmailReplyParser
+from mailparser_reply.parser import EmailMessage
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pl", "sv", "da", "cs", "ja", "ko", "zh")
 _SIGNATURE = re.compile(r"^-- ?$", re.MULTILINE)
@@ -20,17 +19,13 @@ _MOBILE = re.compile(r"^\s*(Sent from my|Sent from Outlook|Get Outlook for|Envoy
                      re.MULTILINE | re.IGNORECASE)
 
 
-@lru_cache(maxsize=8)
-def _parser(languages: tuple[str, ...]) -> EmailReplyParser:
-    return EmailReplyParser(languages=list(languages))
-
-
 def visible_reply(text: str, languages: tuple[str, ...] = DEFAULT_LANGUAGES) -> str:
     """The newly written part of a plain-text body; the whole text when nothing is recognised as quoted."""
     if not text.strip():
         return ""
     try:
-        message = _parser(languages).read(text)
+        # keep_hyphen_lists: a "- item" list in the reply is not a signature
+        message = EmailMessage(text=text, languages=list(languages), keep_hyphen_lists=True).read()
         reply = message.replies[0].body if message.replies else text
     except Exception:  # a pathological body must never stop a message: fall back to the text as written
         reply = text

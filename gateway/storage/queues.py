@@ -6,7 +6,10 @@ a crashed worker's claim expires and another worker repeats the work, which the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +21,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from gateway.storage.db import is_sqlite, utcnow
 from gateway.storage.tables import dead_letters, inbox, outbox
 from gateway.webhooks import InboxItem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,36 @@ class Queues:
             conn.execute(update(table).where(table.c.id.in_(list(ids)), table.c.lease_owner == owner).values(
                 lease_owner=None, lease_until=None, attempts=table.c.attempts - 1))
 
+    def extend_leases(self, table: Table, ids: Sequence[int], owner: str, lease_seconds: int) -> int:
+        """Keep holding rows still being worked on; returns how many are still ours."""
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(update(table).where(
+                table.c.id.in_(list(ids)), table.c.lease_owner == owner, table.c.status == "pending").values(
+                lease_until=utcnow() + timedelta(seconds=lease_seconds))).rowcount
+
+    @contextmanager
+    def holding(self, table: Table, ids: Sequence[int], owner: str, lease_seconds: int) -> Iterator[None]:
+        """Renew the leases on ``ids`` every third of a lease while the block runs (a long CRM batch, say), so
+        no other worker takes rows over that are still in flight."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(lease_seconds / 3):
+                try:
+                    self.extend_leases(table, ids, owner, lease_seconds)
+                except Exception:
+                    log.warning("could not renew leases on %d %s row(s)", len(ids), table.name, exc_info=True)
+
+        keeper = threading.Thread(target=renew, name="lease-keeper", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
+
     def finish(self, conn: Connection, table: Table, row_id: int, status: str, **values: Any) -> None:
         conn.execute(update(table).where(table.c.id == row_id).values(
             status=status, lease_owner=None, lease_until=None, **values))
@@ -196,8 +231,11 @@ class Queues:
                 return False
             if resolution == "replayed":
                 table = inbox if letter.stage == "pipeline" else outbox
+                # an outbox row may have been written before it failed: its next try counts as a retry (attempt
+                # 2), so the connector checks before writing again
+                attempts = 0 if letter.stage == "pipeline" else 1
                 conn.execute(update(table).where(table.c.id == letter.source_id).values(
-                    status="pending", attempts=0, available_at=utcnow(), lease_owner=None, lease_until=None))
+                    status="pending", attempts=attempts, available_at=utcnow(), lease_owner=None, lease_until=None))
             conn.execute(update(dead_letters).where(dead_letters.c.id == letter_id).values(
                 resolution=resolution, resolved_at=utcnow()))
             return True

@@ -163,6 +163,8 @@ class TestZendeskConformance(HttpCrmConformance):
                      headers: dict[str, str] | None = None) -> None:
         mocked.post(f"{API}/users/create_or_update", json=fixture("user_create_or_update"), status=201)
         mocked.post(f"{API}/tickets", status=status, body=body, headers=headers)
+        if status == 400:  # an idempotency conflict is looked up before it is believed
+            mocked.get(f"{API}/tickets", json={"tickets": [], "count": 0, "next_page": None, "previous_page": None})
 
     def error_body(self, status: int) -> tuple[str, str]:
         name = {400: "error_400_idempotency_conflict", 422: "error_422_record_invalid"}[status]
@@ -439,13 +441,29 @@ def test_rate_limit_with_a_text_body(mocked: responses.RequestsMock) -> None:
     assert (caught.value.code, caught.value.retry_after) == ("429", 93.0)
 
 
-def test_idempotency_conflict_is_permanent(mocked: responses.RequestsMock) -> None:
+def test_idempotency_conflict_without_a_ticket_is_permanent(mocked: responses.RequestsMock) -> None:
     mocked.post(f"{API}/users/create_or_update", json=fixture("user_create_or_update"), status=201)
     mocked.post(f"{API}/tickets", json=fixture("error_400_idempotency_conflict"), status=400)
+    lookup = mocked.get(f"{API}/tickets", json={"tickets": [], "count": 0, "next_page": None, "previous_page": None})
     with pytest.raises(PermanentError) as caught:
         zendesk().deliver(delivery_item(), MemoryLinkStore())
     assert caught.value.code == "IdempotentRequestError"
     assert "don't match the given idempotency key" in str(caught.value)
+    assert lookup.call_count == 1
+
+
+def test_idempotency_conflict_adopts_the_ticket_the_first_request_made(mocked: responses.RequestsMock) -> None:
+    """The same key with another body (an attachment uploaded again gets a new token): the first request's
+    ticket exists, so it is adopted instead of the message being dead-lettered."""
+    item = delivery_item()
+    mocked.post(f"{API}/users/create_or_update", json=fixture("user_create_or_update"), status=201)
+    mocked.post(f"{API}/tickets", json=fixture("error_400_idempotency_conflict"), status=400)
+    existing = fixture("ticket_create")["ticket"]
+    mocked.get(f"{API}/tickets", json={"tickets": [existing], "count": 1, "next_page": None, "previous_page": None})
+    links = MemoryLinkStore()
+    result = zendesk().deliver(item, links)
+    assert result.remote_id == str(existing["id"])
+    assert links.get("conversation", item.conversation.id)[0] == str(existing["id"])
 
 
 def test_retry_after_a_lost_follow_up_link_writes_no_second_follow_up() -> None:

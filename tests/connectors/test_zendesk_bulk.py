@@ -437,3 +437,32 @@ def test_two_db_rate_limiters_on_one_sqlite_file_share_one_budget(runtime: Runti
         assert len(waits) == 1
     finally:
         other_engine.dispose()
+
+
+def test_a_retry_after_a_lost_batch_reads_the_ticket_from_the_job(mocked: responses.RequestsMock,
+                                                                 fake_time: FakeTime) -> None:
+    """create_many was queued, then the worker died before reading the job: the retry asks the job."""
+    links = linked(1, 2)
+    one, two = item(1), item(2)
+    mocked.post(f"{API}/tickets/create_many", json=queued("t1", 2))
+    mocked.get(f"{API}/job_statuses/show_many", body=requests.exceptions.ConnectionError("worker died"))
+    first = zendesk(fake_time, bulk_threshold=2).deliver_groups([[one], [two]], links)
+    assert {type(o).__name__ for o in first.values()} == {"RetryableError"}
+    mocked.get(f"{API}/job_statuses/t1", json={"job_status": job_status(
+        "t1", results=[{"id": 901, "index": 0}, {"id": 902, "index": 1}], total=2)})
+    mocked.get(f"{API}/tickets/901/audits", json={"audits": [{"id": 1, "ticket_id": 901, "metadata": {
+        "custom": {MARKER: one.message.id}, "system": {}}}], "meta": {"has_more": False}, "links": {}})
+    retried = zendesk(fake_time).deliver_groups([[replace(one, attempt=2)]], links)
+    assert ops(retried) == {100: "already_written"}
+    assert links.get("conversation", "conv-1")[0] == "901"
+    assert not [c for c in mocked.calls if c.request.method == "POST" and c.request.url.endswith("/tickets")]
+
+
+def test_an_update_without_a_result_is_retried_as_uncertain(mocked: responses.RequestsMock,
+                                                           fake_time: FakeTime) -> None:
+    mocked.put(f"{API}/tickets/update_many", json=queued("t1", 2))
+    poll(mocked, "t1", job_status("t1", results=[
+        {"id": 35002, "action": "update", "success": True, "status": "Updated"}], total=2))
+    outcomes = zendesk(fake_time).deliver_groups([[item(1, 1)], [item(2, 1)]],
+                                                 linked(1, 2, tickets={1: 35001, 2: 35002}))
+    assert ops(outcomes) == {101: "RetryableError:job_result_missing", 201: "comment_added"}
