@@ -131,6 +131,9 @@ def merge(config_path: Path, survivor: str, absorbed: str, reason: str, actor: s
     """Merge ABSORBED into SURVIVOR (an admin's merge: strong evidence by definition)."""
     rt = _runtime(config_path)
     with rt.engine.begin() as conn:
+        for customer in (survivor, absorbed):
+            if conn.execute(select(customers.c.id).where(customers.c.id == customer)).first() is None:
+                raise click.ClickException(f"no customer {customer} (use 'gateway customers find' for ids)")
         a, b = live_customer_id(conn, survivor), live_customer_id(conn, absorbed)
         if a == b:
             raise click.ClickException("they are already one customer")

@@ -9,6 +9,7 @@ a new conversation. The rule that decided is recorded on the message.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +21,8 @@ from gateway.identity.merges import customer_family
 from gateway.model import ChannelType, Message, new_id
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import conversations, crm_links, thread_keys
+
+MAX_KEY = 512  # thread_keys.key
 
 
 def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
@@ -42,7 +45,12 @@ def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
         # same mail received through a second mailbox); a key already taken keeps its conversation
         own += [key for key in lookup if key not in own]
         lookup += [key for key in own if key not in lookup]
-    return lookup, own
+    return [_bounded(key) for key in lookup], [_bounded(key) for key in own]
+
+
+def _bounded(key: str) -> str:
+    """Keys fit the column: an over-long Message-ID keeps its start and a digest of the whole."""
+    return key if len(key) <= MAX_KEY else f"{key[:MAX_KEY - 72]}~{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, func, select
 
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
 from gateway.identity.normalize import IdentityRules, InvalidIdentifier, normalize_email, normalize_phone
@@ -46,17 +46,27 @@ class CrmDirectory:
                 crm_directory.c.value == value)).scalars())
 
     def replace_record(self, remote_id: str, raw_identifiers: Iterable[tuple[str, str]]) -> None:
-        """Store a record's identifiers (normalised), dropping ones it no longer has; apply it as evidence."""
-        idents = {(kind, value) for kind, raw in raw_identifiers if (value := self.normalize(kind, raw))}
+        self.replace_records([(remote_id, raw_identifiers)])
+
+    def replace_records(self, records: Iterable[tuple[str, Iterable[tuple[str, str]]]]) -> None:
+        """Store records' identifiers (normalised), dropping ones they no longer have; then apply them as evidence.
+
+        All records are written before any is applied, so an identifier that several of them hold is seen as shared.
+        """
+        normalized = [(remote_id, sorted({(kind, value) for kind, raw in raw_identifiers
+                                          if (value := self.normalize(kind, raw))}))
+                      for remote_id, raw_identifiers in records]
         now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(delete(crm_directory).where(
-                crm_directory.c.crm == self.crm, crm_directory.c.remote_id == remote_id))
-            for kind, value in sorted(idents):
-                conn.execute(crm_directory.insert().values(
-                    crm=self.crm, kind=kind, value=value, remote_id=remote_id, updated_at=now))
-            if len(idents) > 1:
-                self._apply_evidence(conn, remote_id, sorted(idents))
+            for remote_id, idents in normalized:
+                conn.execute(delete(crm_directory).where(
+                    crm_directory.c.crm == self.crm, crm_directory.c.remote_id == remote_id))
+                for kind, value in idents:
+                    conn.execute(crm_directory.insert().values(
+                        crm=self.crm, kind=kind, value=value, remote_id=remote_id, updated_at=now))
+            for remote_id, idents in normalized:
+                if len(idents) > 1:
+                    self._apply_evidence(conn, remote_id, idents)
 
     def remove_record(self, remote_id: str) -> None:
         with self.engine.begin() as conn:
@@ -68,6 +78,10 @@ class CrmDirectory:
         for kind, value in idents:
             if self.rules.isolation_reason(Identifier(kind=IdentifierKind(kind), value=value)):
                 continue
+            holders = conn.execute(select(func.count()).select_from(crm_directory).where(
+                crm_directory.c.kind == kind, crm_directory.c.value == value)).scalar_one()
+            if holders > 1:
+                continue  # several records hold it (a family phone, say): it is evidence for none of them
             owner = conn.execute(select(identities.c.customer_id).where(
                 identities.c.kind == kind, identities.c.value == value)).scalar_one_or_none()
             if owner:

@@ -47,9 +47,15 @@ class InboxBatcher:
                     break
             try:
                 counts = self.queues.store_inbox_batch([write for write, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    future.set_exception(exc)
+            except Exception:
+                self._one_by_one(batch)  # one bad request must not fail the others that shared its commit
                 continue
             for (_, future), counted in zip(batch, counts, strict=True):
                 future.set_result(counted)
+
+    def _one_by_one(self, batch: list[tuple[InboxWrite, Future[StoredCount]]]) -> None:
+        for write, future in batch:
+            try:
+                future.set_result(self.queues.store_inbox_batch([write])[0])
+            except Exception as exc:
+                future.set_exception(exc)

@@ -58,8 +58,24 @@ class MessageKind(StrEnum):
     REACTION = "reaction"
 
 
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {key: _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_without_nul(item) for item in value)
+    return value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strip_nul(cls, data: Any) -> Any:
+        # a NUL decoded from a provider's bytes (an RFC 2047 header, say) cannot be stored in PostgreSQL text
+        return _without_nul(data) if isinstance(data, dict) else data
 
 
 class Identifier(_Frozen):

@@ -159,8 +159,8 @@ class PipelineWorker:
                 raise
             log.warning("%s: delivering message %s without its media/profile after %d attempts: %s",
                         message.connector, message.provider_message_id, attempt, exc)
-            return message.model_copy(update={"extras": {**message.extras,
-                                                         "enrich_error": f"{type(exc).__name__}: {exc}"[:500]}})
+            # the class only: a message text can hold a signed media URL, which must not travel to the CRM
+            return message.model_copy(update={"extras": {**message.extras, "enrich_error": type(exc).__name__}})
 
     def _store_status(self, conn: Connection, update: StatusUpdate, inbox_id: int) -> None:
         statement = insert_for(conn.engine, provider_statuses).on_conflict_do_nothing(

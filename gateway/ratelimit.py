@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, or_, select, update
 
 from gateway.errors import RetryableError
 from gateway.storage.db import is_sqlite, utcnow
@@ -119,5 +119,7 @@ class DbRateLimiter:
         self._ensure_row()
         until = utcnow() + timedelta(seconds=seconds)
         with self.engine.begin() as conn:
-            conn.execute(update(rate_limits).where(rate_limits.c.name == self.name).values(
+            conn.execute(update(rate_limits).where(
+                rate_limits.c.name == self.name,
+                or_(rate_limits.c.blocked_until.is_(None), rate_limits.c.blocked_until < until)).values(
                 blocked_until=until, tokens=0.0, updated_at=utcnow()))

@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.logs import setup_logging
 
 log = logging.getLogger(__name__)
+DRAIN_SECONDS = 600  # how long SIGTERM waits for in-flight work (a CRM batch job) before killing
 
 
 class GatewayServer(BaseApplication):  # type: ignore[misc]
@@ -99,7 +100,7 @@ def run_all(config_path: Path, log_format: str) -> int:
             child.send_signal(signal.SIGTERM)
     for child in children.values():
         try:
-            child.wait(timeout=60)
+            child.wait(timeout=DRAIN_SECONDS)
         except subprocess.TimeoutExpired:
             child.kill()
     return exit_code

@@ -20,6 +20,7 @@ from gateway.webhooks import Headers, HookRequest, HookResponse
 
 log = logging.getLogger("gateway.ingress")
 _STORED_HEADERS = 64
+_NEVER_STORED = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 
 
 def _reply(response: HookResponse) -> Response:
@@ -73,9 +74,11 @@ def create_app(runtime: Runtime) -> Flask:
             if exc.status == 401:
                 log.warning("%s: rejected %s: %s", name, exc.reason_code, exc.reason)
             return _reject(name, exc.status, exc.reason_code, exc.reason)
-        headers = dict(list(hook_req.headers.items())[:_STORED_HEADERS])
+        # stored with the raw body for replays and audits: never credentials, never the query (it may hold a token)
+        headers = {key: value for key, value in list(hook_req.headers.items())[:_STORED_HEADERS]
+                   if key.lower() not in _NEVER_STORED}
         try:
-            counted = batcher.store(name, items, headers, hook_req.public_url)
+            counted = batcher.store(name, items, headers, f"{public_url}/hooks/{name}")
         except Exception:
             log.exception("%s: could not store %d item(s); answering 503 so the provider retries", name, len(items))
             metrics.REJECTED.labels(name, "storage").inc()

@@ -138,3 +138,30 @@ def test_a_crm_record_never_joins_customers_linked_to_other_records(runtime: Run
         assert "different records" in conn.execute(select(merge_suggestions.c.reason)).scalar_one()
 
 
+
+
+def test_an_identifier_several_records_hold_joins_nobody(runtime: Runtime, directory: CrmDirectory) -> None:
+    """A family phone on two CRM records (Alice's and Bob's) is evidence for neither."""
+    with runtime.engine.begin() as conn:
+        alice = resolve_customer(conn, party(("email", "alice@example.com")), message_id="m1").customer_id
+        bob = resolve_customer(conn, party(("email", "bob@example.com")), message_id="m2").customer_id
+        phone = resolve_customer(conn, party(("phone", "+14155550100")), message_id="m3").customer_id
+    directory.replace_records([("7", [("email", "alice@example.com"), ("phone", "+14155550100")]),
+                               ("8", [("email", "bob@example.com"), ("phone", "+14155550100")])])
+    with runtime.engine.connect() as conn:
+        assert {live_customer_id(conn, c) for c in (alice, bob)} == {alice, bob}
+        assert live_customer_id(conn, bob) != live_customer_id(conn, alice)
+    with runtime.engine.begin() as conn:
+        new_sender = resolve_customer(conn, party(("phone", "+14155550100")), message_id="m4").customer_id
+    assert new_sender == phone
+
+
+def test_a_role_address_on_a_crm_record_joins_nobody(runtime: Runtime, directory: CrmDirectory) -> None:
+    rules = IdentityRules(role_local_parts=frozenset({"sales"}))
+    with runtime.engine.begin() as conn:
+        jane = resolve_customer(conn, party(("phone", "+14155550100")), message_id="m1", rules=rules).customer_id
+    directory.replace_record("9", [("phone", "+14155550100"), ("email", "sales@acme.example")])
+    with runtime.engine.begin() as conn:
+        sender = resolve_customer(conn, party(("email", "sales@acme.example")), message_id="m2",
+                                  rules=rules).customer_id
+    assert sender != jane

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import event, func, select
 
 from gateway.ingest import InboxBatcher
 from gateway.runtime import Runtime
+from gateway.storage.queues import InboxWrite
 from gateway.storage.tables import inbox
 from gateway.webhooks import InboxItem
 
@@ -52,3 +53,22 @@ def test_a_failed_commit_fails_every_request_in_it(runtime: Runtime, monkeypatch
         batcher.store("sms-main", [item(1)], {}, "https://gw.example.com/hooks/sms-main")
     monkeypatch.undo()
     assert batcher.store("sms-main", [item(1)], {}, "https://gw.example.com/hooks/sms-main").stored == 1
+
+
+def test_one_bad_request_does_not_fail_the_others_in_its_commit(runtime: Runtime,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    real = runtime.queues.store_inbox_batch
+
+    def picky(writes):  # type: ignore[no-untyped-def]
+        if any(w.items[0].provider_id == "poison" for w in writes):
+            raise ValueError("cannot store this one")
+        return real(writes)
+
+    monkeypatch.setattr(runtime.queues, "store_inbox_batch", picky)
+    batcher = InboxBatcher(runtime.queues)
+    batch = [(InboxWrite("sms-main", [item(1)], {}, "u"), Future()), (InboxWrite("sms-main", [
+        InboxItem("poison", b"x", "text/plain")], {}, "u"), Future())]
+    batcher._one_by_one(batch)  # what the writer does after a failed shared commit
+    assert batch[0][1].result().stored == 1
+    with pytest.raises(ValueError):
+        batch[1][1].result()

@@ -71,3 +71,9 @@ def test_email_domain_is_case_folded_but_the_local_part_is_kept() -> None:
     assert normalize_email(" Asha.Rao@Example.COM ") == "Asha.Rao@example.com"
     with pytest.raises(InvalidIdentifier):
         normalize_email("no-at-sign")
+
+
+def test_nul_characters_never_reach_storage() -> None:
+    msg = message(text="a\x00b", sender=Party(identifiers=(Identifier(kind=IdentifierKind.PHONE,
+                                                                      value="+14155550100"),), display_name="Bob\x00"))
+    assert msg.text == "ab" and msg.sender.display_name == "Bob"

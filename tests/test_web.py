@@ -214,3 +214,15 @@ def test_metrics_expose_queue_depth(client: FlaskClient, runtime: Runtime) -> No
     assert metric(client, "gateway_queue_depth", queue="inbox") == 3
     assert metric(client, "gateway_queue_depth", queue="outbox") == 0
     assert metric(client, "gateway_queue_depth", queue="dead_letters") == 0
+
+
+def test_credentials_and_query_tokens_are_never_stored(client: FlaskClient, runtime: Runtime) -> None:
+    request = signed(runtime)
+    headers = {**dict(request.headers), "Authorization": "Basic dGVzdDp0ZXN0LXNlY3JldA==",
+               "Cookie": "session=test-cookie"}
+    response = client.post(HOOK, data=request.body, headers=headers)
+    assert response.status_code == 200
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(inbox.c.headers, inbox.c.public_url)).one()
+    assert {k.lower() for k in row.headers} & {"authorization", "cookie"} == set()
+    assert "?" not in row.public_url

@@ -365,6 +365,7 @@ class ZendeskCrm(CrmConnector):
         seen = 0
         for _ in range(max_pages):
             body = self.client.call("GET", "/incremental/users/cursor", params=params)
+            records = []
             for user in body.get("users", []):
                 remote_id = str(user["id"])
                 if user.get("role") != "end-user" or user.get("active") is False or user.get("suspended"):
@@ -373,8 +374,9 @@ class ZendeskCrm(CrmConnector):
                 idents = [("email", user["email"])] if user.get("email") else []
                 if user.get("phone") and not user.get("shared_phone_number"):
                     idents.append(("phone", user["phone"]))  # a shared number identifies nobody
-                directory.replace_record(remote_id, idents)
-                seen += 1
+                records.append((remote_id, idents))
+            directory.replace_records(records)
+            seen += len(records)
             if body.get("after_cursor"):
                 cursors.put(key, {"cursor": body["after_cursor"]})
                 params = {"cursor": body["after_cursor"]}

@@ -98,7 +98,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
     owners = {ident.key: found[ident.key].id if ident.key in found else None for ident in joinable}
     by_id = {owner.id: owner for owner in found.values()}
     new = [ident for ident in joinable if ident.key not in found]
-    records = _via_crm_records(conn, new, rules) if new else {}
+    records = _via_crm_records(conn, [i for i in new if not isolated[i.key]], rules) if new else {}
     for key, (owner, _record) in records.items():
         owners[key] = owner.id
         by_id.setdefault(owner.id, owner)

@@ -70,7 +70,8 @@ class Queues:
                 now = write.received_at or utcnow()
                 stored = 0
                 for item in write.items:
-                    row = {"connector": write.connector, "provider_id": item.provider_id[:255], "kind": item.kind,
+                    provider_id = item.provider_id.replace("\x00", "")[:255]
+                    row = {"connector": write.connector, "provider_id": provider_id, "kind": item.kind,
                            "content_type": item.content_type, "headers": write.headers, "body": item.body,
                            "public_url": write.public_url, "received_at": now, "available_at": now,
                            "status": "pending", "attempts": 0}
