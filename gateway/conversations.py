@@ -19,8 +19,9 @@ from sqlalchemy import Connection, select, update
 from gateway.config import ConversationsConfig
 from gateway.identity.merges import customer_family
 from gateway.model import ChannelType, Message, new_id
+from gateway.storage.db import is_sqlite
 from gateway.storage.queues import insert_for
-from gateway.storage.tables import conversations, crm_links, thread_keys
+from gateway.storage.tables import conversations, crm_links, customers, thread_keys
 
 MAX_KEY = 512  # thread_keys.key
 
@@ -74,6 +75,10 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
         if conversation_id:
             rule = "thread_key"
             break
+    if not is_sqlite(conn.engine):
+        # two workers threading messages of one customer at once would each open a conversation: the second
+        # waits here for the first to commit (SQLite's single writer already serialises them)
+        conn.execute(select(customers.c.id).where(customers.c.id == customer_id).with_for_update())
     family = customer_family(conn, customer_id)
     if conversation_id is None and settings.subject_token and message.subject:
         conversation_id = _by_subject_token(conn, message.subject, settings.subject_token, family)
