@@ -235,21 +235,24 @@ def _resolve(config_path: Path, letter_ids: tuple[int, ...], resolution: str) ->
 
 
 @main.command()
-@click.option("--check", "check_only", is_flag=True, help="Exit 1 if the file differs from the model.")
-@click.option("--output", type=click.Path(path_type=Path), default=Path("docs/schema/message.schema.json"))
-def schema(check_only: bool, output: Path) -> None:
-    """Write the canonical message's JSON Schema."""
+@click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file differs from the models.")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("docs/schema"), show_default=True)
+def schema(check_only: bool, output_dir: Path) -> None:
+    """Write the JSON Schemas of the canonical message and of mapping files."""
+    from gateway.mapping import render_mapping_schema
     from gateway.model import render_json_schema
 
-    text = render_json_schema()
-    if check_only:
-        current = output.read_text(encoding="utf-8") if output.exists() else ""
-        if current != text:
-            raise click.ClickException(f"{output} is stale: run 'gateway schema'")
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {output}")
+    files = {"message.schema.json": render_json_schema(), "mapping.schema.json": render_mapping_schema()}
+    for name, text in files.items():
+        output = output_dir / name
+        if check_only:
+            current = output.read_text(encoding="utf-8") if output.exists() else ""
+            if current != text:
+                raise click.ClickException(f"{output} is stale: run 'gateway schema'")
+            continue
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}")
 
 
 @main.group()

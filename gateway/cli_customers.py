@@ -141,21 +141,22 @@ def merge(config_path: Path, survivor: str, absorbed: str, reason: str, actor: s
         conn.execute(update(merge_suggestions).where(
             merge_suggestions.c.customer_a.in_([a, b]), merge_suggestions.c.customer_b.in_([a, b])
         ).values(status="merged"))
-        carried = _carry_to_crm(rt, conn, a, b) if rt.config.settings.identity.carry_merges_to_crm else []
+    # after the local merge has committed
+    carried = _carry_to_crm(rt, a, b) if rt.config.settings.identity.carry_merges_to_crm else []
     click.echo(f"merge {merge_id}: {b} merged into {a}" + "".join(f"; {c}" for c in carried))
 
 
-def _carry_to_crm(rt: Any, conn: Connection, survivor: str, absorbed: str) -> list[str]:
+def _carry_to_crm(rt: Any, survivor: str, absorbed: str) -> list[str]:
     """Merge the two contacts in each CRM that has a record for both and supports merging."""
+    with rt.engine.connect() as conn:
+        records = {name: dict(conn.execute(select(crm_links.c.local_id, crm_links.c.remote_id).where(
+            crm_links.c.crm == name, crm_links.c.entity == "customer",
+            crm_links.c.local_id.in_([survivor, absorbed]))).all()) for name in rt.crms}
     done = []
     for name, crm in rt.crms.items():
         remote_merge = getattr(crm, "merge_contacts", None)
-        if remote_merge is None:
-            continue
-        rows = dict(conn.execute(select(crm_links.c.local_id, crm_links.c.remote_id).where(
-            crm_links.c.crm == name, crm_links.c.entity == "customer",
-            crm_links.c.local_id.in_([survivor, absorbed]))).all())
-        if survivor in rows and absorbed in rows and rows[survivor] != rows[absorbed]:
+        rows = records[name]
+        if remote_merge is not None and survivor in rows and absorbed in rows and rows[survivor] != rows[absorbed]:
             remote_merge(rows[survivor], rows[absorbed])
             done.append(f"{name}: record {rows[absorbed]} merged into {rows[survivor]}")
     return done

@@ -7,6 +7,7 @@ and the fields they must produce; ``gateway mapping test`` and the test suite ru
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,17 +29,29 @@ MAPPINGS_DIR = Path(os.environ.get("GATEWAY_MAPPINGS_DIR") or Path(__file__).res
 
 
 class Rule(BaseModel):
+    """Applied in order after the fields: when ``when`` holds, ``set`` overrides fields and ``add_tags`` adds tags."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    when: str = Field(min_length=1)
-    set: dict[str, Any] = {}
-    add_tags: list[str] = []
+    when: str = Field(min_length=1, description="A Jinja expression over message, customer and conversation.")
+    set: dict[str, Any] = Field({}, description="Fields to set (values are templates).")
+    add_tags: list[str] = Field([], description="Tags to add (templates); duplicates are dropped.")
 
 
 class MappingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    crm: str
-    fields: dict[str, Any]
-    rules: list[Rule] = []
+    """A mapping file (mappings/*.yaml): canonical message, customer and conversation to one CRM's fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Mapping")
+    crm: str = Field(description="The connector type the mapping is written for (zendesk, salesforce, ...).")
+    fields: dict[str, Any] = Field(description="CRM field name to value; every string is a sandboxed Jinja template.")
+    rules: list[Rule] = Field([], description="Conditional overrides, applied in order.")
+
+
+def render_mapping_schema() -> str:
+    """The JSON Schema mapping files are validated against, as published in docs/schema/mapping.schema.json."""
+    schema = MappingSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://channel-gateway.dev/schema/mapping.schema.json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
 class MappingRenderError(Exception):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from gateway.docs import connectors_markdown
-from gateway.mapping import run_mapping_tests
+from gateway.mapping import render_mapping_schema, run_mapping_tests
 from gateway.model import render_json_schema
 from gateway.plugins import ChannelConnector, DuplicateConnectorType, Registry
 from tests.conftest import ROOT
@@ -23,13 +23,19 @@ def test_message_schema_file_is_current() -> None:
     assert published == render_json_schema(), "docs/schema/message.schema.json is stale: run 'gateway schema'"
 
 
+def test_mapping_schema_file_is_current() -> None:
+    published = (ROOT / "docs/schema/mapping.schema.json").read_text(encoding="utf-8")
+    assert published == render_mapping_schema(), "docs/schema/mapping.schema.json is stale: run 'gateway schema'"
+    assert json.loads(published)["additionalProperties"] is False
+
+
 def test_schema_check_command_detects_a_stale_file(tmp_path: Path) -> None:
-    stale = tmp_path / "s.json"
-    stale.write_text("{}")
-    result = CliRunner().invoke(main, ["schema", "--check", "--output", str(stale)])
+    (tmp_path / "message.schema.json").write_text("{}")
+    result = CliRunner().invoke(main, ["schema", "--check", "--output-dir", str(tmp_path)])
     assert result.exit_code == 1 and "stale" in result.output
-    assert CliRunner().invoke(main, ["schema", "--output", str(stale)]).exit_code == 0
-    assert json.loads(stale.read_text())["title"] == "Message"
+    assert CliRunner().invoke(main, ["schema", "--output-dir", str(tmp_path)]).exit_code == 0
+    assert json.loads((tmp_path / "message.schema.json").read_text())["title"] == "Message"
+    assert CliRunner().invoke(main, ["schema", "--check", "--output-dir", str(tmp_path)]).exit_code == 0
 
 
 def test_connector_reference_is_current() -> None:

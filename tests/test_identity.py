@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import responses
 from click.testing import CliRunner
 from sqlalchemy import Connection, select
 
@@ -167,3 +168,37 @@ def test_customers_cli_explains_merges_and_undoes_them(runtime: Runtime, config)
     again = cli.invoke(main, ["customers", "unmerge", "-c", path, merge_id])
     assert again.exit_code == 1 and "already undone" in again.output
     assert json.loads(cli.invoke(main, ["customers", "show", "-c", path, b]).output)["id"] == b
+
+
+CARRY_CONFIG = """
+storage: {url: "{storage_url}"}
+identity: {carry_merges_to_crm: true}
+channels:
+  sms-main: {type: twilio, account_sid: "AC00000000000000000000000000000001", auth_token: "test-token"}
+crms:
+  desk: {type: zendesk, subdomain: acme, email: agent@example.com, api_token: test-zd-token,
+         directory_sync_seconds: 0}
+routes:
+  - {from: [sms-main], to: desk}
+"""
+
+
+@responses.activate
+def test_an_admin_merge_is_carried_into_the_crm_when_configured(write_config) -> None:  # type: ignore[no-untyped-def]
+    from gateway.config import load_config
+    from gateway.runtime import build_runtime
+
+    path = write_config(CARRY_CONFIG)
+    rt = build_runtime(load_config(path))
+    with rt.engine.begin() as conn:
+        a = resolve(conn, party(phone("+14155550100")))
+        b = resolve(conn, party(email("asha@example.com")))
+        for local, remote in ((a, "101"), (b, "202")):
+            conn.execute(crm_links.insert().values(crm="desk", entity="customer", local_id=local, remote_id=remote,
+                                                   data={}, updated_at=utcnow()))
+    merged = responses.put("https://acme.zendesk.com/api/v2/users/202/merge", json={"user": {"id": 101}},
+                           match=[responses.matchers.json_params_matcher({"user": {"id": 101}})])
+    result = CliRunner().invoke(main, ["customers", "merge", "-c", str(path), a, b, "--reason", "same person"])
+    assert result.exit_code == 0, result.output
+    assert merged.call_count == 1
+    assert "desk: record 202 merged into 101" in result.output
