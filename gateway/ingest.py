@@ -27,31 +27,47 @@ class InboxBatcher:
         self.queues = queues
         self.max_batch = max_batch
         self._pending: queue.SimpleQueue[tuple[InboxWrite, Future[StoredCount]]] = queue.SimpleQueue()
+        self._committing = threading.Lock()  # held by whoever is writing to the inbox in this process
         self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
         self._thread.start()
 
     def store(self, connector: str, items: Sequence[InboxItem], headers: dict[str, str],
               public_url: str) -> StoredCount:
-        """Returns after the transaction holding these items has committed; raises if it failed."""
+        """Returns after the transaction holding these items has committed; raises if it failed.
+
+        When nothing else is being committed the request writes at once, in its own thread; otherwise it joins
+        the batch the writer thread commits next.
+        """
+        write = InboxWrite(connector, items, headers, public_url)
+        if self._pending.empty() and self._committing.acquire(blocking=False):  # none waiting: no overtaking
+            try:
+                return self.queues.store_inbox_batch([write])[0]
+            finally:
+                self._committing.release()
         future: Future[StoredCount] = Future()
-        self._pending.put((InboxWrite(connector, items, headers, public_url), future))
+        self._pending.put((write, future))
         return future.result(timeout=TIMEOUT_SECONDS)
 
     def _run(self) -> None:
         while True:
-            batch = [self._pending.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._pending.get_nowait())
-                except queue.Empty:
-                    break
+            first = self._pending.get()
+            with self._committing:
+                self._commit(first)
+
+    def _commit(self, first: tuple[InboxWrite, Future[StoredCount]]) -> None:
+        batch = [first]
+        while len(batch) < self.max_batch:
             try:
-                counts = self.queues.store_inbox_batch([write for write, _ in batch])
-            except Exception:
-                self._one_by_one(batch)  # one bad request must not fail the others that shared its commit
-                continue
-            for (_, future), counted in zip(batch, counts, strict=True):
-                future.set_result(counted)
+                batch.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            counts = self.queues.store_inbox_batch([write for write, _ in batch])
+        except Exception:
+            self._one_by_one(batch)  # one bad request must not fail the others that shared its commit
+            return
+        for (_, future), counted in zip(batch, counts, strict=True):
+            future.set_result(counted)
 
     def _one_by_one(self, batch: list[tuple[InboxWrite, Future[StoredCount]]]) -> None:
         for write, future in batch:
