@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +33,8 @@ from responses import matchers
 from connectors.salesforce import MARKER_PREFIX, SalesforceConfig, SalesforceCrm
 from gateway.errors import PermanentError, RetryableError
 from gateway.model import ChannelType, Identifier, IdentifierKind, Party, ThreadRef
-from gateway.plugins import ConnectorContext, CrmConnector
+from gateway.plugins import ConnectorContext, CrmConnector, CustomerView
+from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from tests.conformance.crm import (
     CONVERSATION_ID,
     CUSTOMER_ID,
@@ -64,10 +67,38 @@ def private_key_pem() -> str:
 PRIVATE_KEY = private_key_pem()
 
 
-def salesforce(http: requests.Session | None = None, **settings: Any) -> SalesforceCrm:
+class Clock:
+    """A monotonic clock the test moves; sleeping advances it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def limiters(clock: Clock) -> Callable[[str, float], RateLimiter]:
+    """A limiter factory like the gateway's: one limiter per name, shared by every connector built with it."""
+    made: dict[str, MemoryRateLimiter] = {}
+
+    def limiter(name: str, per_minute: float) -> RateLimiter:
+        return made.setdefault(name, MemoryRateLimiter(per_minute, sleep=clock.sleep, clock=clock))
+
+    return limiter
+
+
+def salesforce(http: requests.Session | None = None, *, clock: Clock | None = None,
+               limiter: Callable[[str, float], RateLimiter] | None = None, **settings: Any) -> SalesforceCrm:
     values: dict[str, Any] = {"instance_url": INSTANCE, "session_id": SESSION_ID, **settings}
     config = SalesforceConfig(**{k: v for k, v in values.items() if v is not None})
-    return SalesforceCrm("sf", config, ConnectorContext(http=http or requests.Session()))
+    clock = clock or Clock()
+    context = ConnectorContext(http=http or requests.Session(), limiter=limiter or limiters(clock))
+    connector = SalesforceCrm("sf", config, context)
+    connector.api.clock = clock
+    return connector
 
 
 def upsert_ok(record_id: str, obj: str, created: bool) -> dict[str, Any]:
@@ -145,12 +176,16 @@ class MockedSalesforce:
 
     def query(self, request: Any) -> tuple[int, dict[str, str], str]:
         soql = parse_qs(urlsplit(request.url).query)["q"][0]
-        match = re.match(r"SELECT (.+?) FROM (\w+) WHERE (\w+) = '([^']*)'", soql)
+        match = re.fullmatch(r"SELECT (.+?) FROM (\w+) WHERE (.+?)(?: ORDER BY [\w ]+)?(?: LIMIT (\d+))?", soql)
         assert match, soql
-        columns, obj, field, value = match.groups()
-        found = [r for r in self.records.get(obj, {}).values() if r.get(field) == value]
+        columns, obj, where, limit = match.groups()
+        terms = [(field, [re.sub(r"\\(.)", r"\1", v) for v in re.findall(r"'((?:[^'\\]|\\.)*)'", value)])
+                 for field, value in re.findall(r"(\w+) (?:=|IN) ('(?:[^'\\]|\\.)*'|\([^)]*\))", where)]
+        test = any if " OR " in where else all
+        found = [r for r in self.records.get(obj, {}).values() if test(r.get(f) in values for f, values in terms)]
         records = [{"attributes": {"type": obj, "url": f"/services/data/v59.0/sobjects/{obj}/{r['Id']}"},
                     **{c.strip(): r.get(c.strip()) for c in columns.split(",")}} for r in reversed(found)]
+        records = records[:int(limit)] if limit else records
         return 200, self.headers(), json.dumps({"totalSize": len(records), "done": True, "records": records})
 
     def written(self) -> int:
@@ -180,6 +215,7 @@ class TestSalesforceConformance(HttpCrmConformance):
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:
         self.mock_login(mocked)
+        mocked.get(f"{DATA}/query", json={"totalSize": 0, "done": True, "records": []}, headers=LIMIT)
         mocked.post(f"{DATA}/composite", status=status, body=body, headers=headers)
 
     def error_body(self, status: int) -> tuple[str, str]:
@@ -222,10 +258,31 @@ def linked() -> MemoryLinkStore:
     return links
 
 
-# -- first message: one composite call -----------------------------------------------------------------------------
-def test_first_message_is_one_composite_call_with_references(mocked: responses.RequestsMock) -> None:
+def no_records() -> dict[str, Any]:
+    return {"totalSize": 0, "done": True, "records": []}
+
+
+def contact_records(*records: tuple[str, str | None]) -> dict[str, Any]:
+    """A SOQL answer listing Contacts as (Id, Gateway_Customer_Id__c)."""
+    return {"totalSize": len(records), "done": True, "records": [
+        {"attributes": {"type": "Contact", "url": f"/services/data/v59.0/sobjects/Contact/{record_id}"},
+         "Id": record_id, "Gateway_Customer_Id__c": external_id} for record_id, external_id in records]}
+
+
+def mock_query(mocked: responses.RequestsMock, soql: str, answer: dict[str, Any]) -> responses.BaseResponse:
+    return mocked.get(f"{DATA}/query", headers={**LIMIT, **JSON_CT}, json=answer,
+                      match=[matchers.query_param_matcher({"q": soql}, strict_match=True)])
+
+
+PHONE_MATCH = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Phone = '{CUSTOMER_PHONE}' "
+               f"OR MobilePhone = '{CUSTOMER_PHONE}' LIMIT 3")
+
+
+# -- first message: one query and one composite call ----------------------------------------------------------------
+def test_first_message_is_one_query_and_one_composite_call_with_references(mocked: responses.RequestsMock) -> None:
     item = delivery_item(crm="sf", fields=sf_fields())
     marker = f"\n\n{MARKER_PREFIX}{item.message.id}"
+    match = mock_query(mocked, PHONE_MATCH, no_records())
     call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
         {**upsert_ok(CONTACT_ID, "Contact", True), "referenceId": "contact"},
         {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
@@ -250,11 +307,11 @@ def test_first_message_is_one_composite_call_with_references(mocked: responses.R
 
     result = connector.deliver(item, links)
 
-    assert (result.operation, result.remote_id, result.calls) == ("case_created", CASE_ID, 1)
-    assert call.call_count == 1
+    assert (result.operation, result.remote_id, result.calls) == ("case_created", CASE_ID, 2)
+    assert (match.call_count, call.call_count) == (1, 1)
     assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {})
     assert links.get("conversation", CONVERSATION_ID) == (CASE_ID, {"created": True})
-    assert (connector.budget.used, connector.budget.total) == (18, 100000)
+    assert (connector.api.budget.used, connector.api.budget.total) == (18, 100000)
 
 
 def test_next_message_on_a_linked_case_writes_only_the_comment(mocked: responses.RequestsMock) -> None:
@@ -294,7 +351,7 @@ def test_email_becomes_an_email_message(mocked: responses.RequestsMock) -> None:
 def test_message_external_id_is_upserted_and_replays_need_no_lookup(mocked: responses.RequestsMock) -> None:
     org = MockedSalesforce()
     org.install(mocked, query=False)
-    connector = salesforce(message_external_id_field="Gateway_Message_Id__c")
+    connector = salesforce(message_external_id_field="Gateway_Message_Id__c", match_existing_contacts=False)
     item = delivery_item(crm="sf", fields=sf_fields())
     links = MemoryLinkStore()
     connector.deliver(item, links)
@@ -332,6 +389,130 @@ def test_replay_after_a_crash_before_linking_finds_the_case(mocked: responses.Re
     assert links.get("conversation", CONVERSATION_ID)[0] == next(iter(org.records["Case"]))
 
 
+# -- existing contacts --------------------------------------------------------------------------------------------
+EXISTING = "003R000000K1qzZIAR"
+
+
+def test_the_one_existing_contact_is_adopted_in_the_composite_call(mocked: responses.RequestsMock) -> None:
+    item = replace(delivery_item(crm="sf", fields=sf_fields()), customer=CustomerView(
+        CUSTOMER_ID, "Asha Rao", (("phone", CUSTOMER_PHONE), ("email", "asha@example.com"))))
+    soql = ("SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Email = 'asha@example.com' "
+            f"OR Phone = '{CUSTOMER_PHONE}' OR MobilePhone = '{CUSTOMER_PHONE}' LIMIT 3")
+    mock_query(mocked, soql, contact_records((EXISTING, None)))
+    call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {"body": None, "httpHeaders": {}, "httpStatusCode": 204, "referenceId": "contact"},
+        {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}),
+        match=[matchers.json_params_matcher({"allOrNone": True, "compositeRequest": [
+            {"method": "PATCH", "referenceId": "contact", "url": f"/services/data/v59.0/sobjects/Contact/{EXISTING}",
+             "body": {"Gateway_Customer_Id__c": CUSTOMER_ID}},
+            {"method": "PATCH", "referenceId": "case",
+             "url": f"/services/data/v59.0/sobjects/Case/Gateway_Conversation_Id__c/{CONVERSATION_ID}",
+             "body": {"Subject": f"SMS from {CUSTOMER_PHONE}", "Origin": "Phone", "Priority": "Medium",
+                      "Status": "New", "ContactId": EXISTING}},
+            {"method": "POST", "referenceId": "message", "url": "/services/data/v59.0/sobjects/CaseComment",
+             "body": {"ParentId": "@{case.id}",
+                      "CommentBody": f"My order #1234 never arrived\n\n{MARKER_PREFIX}{item.message.id}",
+                      "IsPublished": False}},
+        ]}, strict_match=True)])
+    links = MemoryLinkStore()
+
+    result = salesforce().deliver(item, links)
+
+    assert (result.operation, result.remote_id, result.calls) == ("case_created", CASE_ID, 2)
+    assert call.call_count == 1
+    assert links.get("customer", CUSTOMER_ID) == (EXISTING, {"adopted": True})
+
+    # the next message of this customer neither looks the contact up again nor writes it
+    follow_up = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {"body": {"id": "00aR0000000AbCeIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    second = delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32, inbox_id=2), crm="sf", outbox_id=2,
+                           fields={"comment": "Any news?"})
+    assert salesforce().deliver(second, links).calls == 1
+    assert [s["referenceId"] for s in sent(follow_up.calls[0])["compositeRequest"]] == ["message"]
+
+
+def test_several_existing_contacts_adopt_none(mocked: responses.RequestsMock,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    mock_query(mocked, PHONE_MATCH, contact_records((EXISTING, None), ("003R000000K1qzYIAR", None)))
+    call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {**upsert_ok(CONTACT_ID, "Contact", True), "referenceId": "contact"},
+        {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    links = MemoryLinkStore()
+
+    with caplog.at_level(logging.INFO, logger="connectors.salesforce"):
+        salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), links)
+
+    contact = sent(call.calls[0])["compositeRequest"][0]
+    assert (contact["method"], contact["url"]) == (
+        "PATCH", f"/services/data/v59.0/sobjects/Contact/Gateway_Customer_Id__c/{CUSTOMER_ID}")
+    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {})
+    assert "matches 2 Salesforce Contact records" in caplog.text
+    assert CUSTOMER_PHONE not in caplog.text
+
+
+@pytest.mark.parametrize("found", [
+    [(EXISTING, CUSTOMER_ID)],  # written by an earlier attempt: the upsert finds it
+    [(EXISTING, "another-customer-id")],  # another gateway customer's contact
+])
+def test_contacts_carrying_an_external_id_are_not_adopted(mocked: responses.RequestsMock,
+                                                          found: list[tuple[str, str]]) -> None:
+    mock_query(mocked, PHONE_MATCH, contact_records(*found))
+    call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {**upsert_ok(EXISTING, "Contact", False), "referenceId": "contact"},
+        {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), MemoryLinkStore())
+    assert sent(call.calls[0])["compositeRequest"][0]["url"].endswith(f"/Gateway_Customer_Id__c/{CUSTOMER_ID}")
+
+
+def test_match_query_escapes_quotes_and_backslashes(mocked: responses.RequestsMock) -> None:
+    item = replace(delivery_item(crm="sf", fields=sf_fields()), customer=CustomerView(
+        CUSTOMER_ID, None, (("email", "o'brien\\x@example.com"), ("whatsapp", CUSTOMER_PHONE))))
+    soql = ("SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Email = 'o\\'brien\\\\x@example.com' "
+            "LIMIT 3")
+    match = mock_query(mocked, soql, no_records())
+    mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {**upsert_ok(CONTACT_ID, "Contact", True), "referenceId": "contact"},
+        {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    salesforce().deliver(item, MemoryLinkStore())
+    assert match.call_count == 1
+
+
+def test_match_query_per_contact_object() -> None:
+    item = replace(delivery_item(crm="sf"), customer=CustomerView(
+        CUSTOMER_ID, None, (("email", "a@example.com"), ("email", "b@example.com"), ("phone", CUSTOMER_PHONE))))
+    assert salesforce(contact_object="Account").match_query(item) == (
+        "SELECT Id, Gateway_Customer_Id__c FROM Account WHERE IsPersonAccount = true AND ("
+        f"PersonEmail IN ('a@example.com','b@example.com') OR Phone = '{CUSTOMER_PHONE}' "
+        f"OR PersonMobilePhone = '{CUSTOMER_PHONE}') LIMIT 3")
+    assert salesforce(contact_object="Lead").match_query(item) == (
+        "SELECT Id, Gateway_Customer_Id__c FROM Lead WHERE IsConverted = false AND ("
+        f"Email IN ('a@example.com','b@example.com') OR Phone = '{CUSTOMER_PHONE}' "
+        f"OR MobilePhone = '{CUSTOMER_PHONE}') LIMIT 3")
+    slack_only = replace(item, customer=CustomerView(CUSTOMER_ID, None, (("slack", "U024BE7LH"),)))
+    assert salesforce().match_query(slack_only) is None
+    assert salesforce(contact_object="Member__c").match_query(item) is None
+
+
+def test_matching_can_be_turned_off(mocked: responses.RequestsMock) -> None:
+    call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {**upsert_ok(CONTACT_ID, "Contact", True), "referenceId": "contact"},
+        {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    result = salesforce(match_existing_contacts=False).deliver(delivery_item(crm="sf", fields=sf_fields()),
+                                                               MemoryLinkStore())
+    assert (result.calls, call.call_count, len(mocked.calls)) == (1, 1, 1)
+
+
 # -- errors ---------------------------------------------------------------------------------------------------------
 def test_validation_error_names_the_mapped_field(mocked: responses.RequestsMock) -> None:
     mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
@@ -340,7 +521,8 @@ def test_validation_error_names_the_mapped_field(mocked: responses.RequestsMock)
                               "errorCode": "STRING_TOO_LONG", "fields": ["Subject"]}]),
         sub_failure("message", halted())))
     with pytest.raises(PermanentError) as caught:
-        salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), MemoryLinkStore())
+        salesforce(match_existing_contacts=False).deliver(delivery_item(crm="sf", fields=sf_fields()),
+                                                          MemoryLinkStore())
     assert (caught.value.code, caught.value.field) == ("STRING_TOO_LONG", "case.Subject")
 
 
@@ -351,7 +533,8 @@ def test_several_contacts_with_the_external_id_is_permanent(mocked: responses.Re
          "httpHeaders": {}, "httpStatusCode": 300, "referenceId": "contact"},
         sub_failure("case", halted()), sub_failure("message", halted())))
     with pytest.raises(PermanentError) as caught:
-        salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), MemoryLinkStore())
+        salesforce(match_existing_contacts=False).deliver(delivery_item(crm="sf", fields=sf_fields()),
+                                                          MemoryLinkStore())
     assert caught.value.code == "300"
 
 
@@ -378,7 +561,7 @@ def test_duplicate_rule_match_is_adopted(mocked: responses.RequestsMock) -> None
          "httpStatusCode": 201, "referenceId": "message"}))
     links = MemoryLinkStore()
 
-    result = salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), links)
+    result = salesforce(match_existing_contacts=False).deliver(delivery_item(crm="sf", fields=sf_fields()), links)
 
     assert (result.operation, result.calls) == ("case_created", 3)
     assert stamp.call_count == 1
@@ -419,22 +602,14 @@ def test_expired_configured_session_waits_for_a_new_one(mocked: responses.Reques
 
 
 # -- API budget -----------------------------------------------------------------------------------------------------
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_budget_below_the_reserve_pauses_until_the_window_frees(mocked: responses.RequestsMock) -> None:
     org = MockedSalesforce(usage="api-usage=95001/100000")
     org.install(mocked, query=False)
     clock = Clock()
-    connector = salesforce(api_reserve_percent=5, budget_pause_seconds=600)
-    connector.clock = clock
+    connector = salesforce(clock=clock, api_reserve_percent=5, budget_pause_seconds=600,
+                           match_existing_contacts=False)
     connector.deliver(delivery_item(crm="sf", fields=sf_fields()), MemoryLinkStore())
-    assert connector.budget.remaining == 4999
+    assert connector.api.budget.remaining == 4999
     calls = len(mocked.calls)
 
     second = delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32, inbox_id=2), crm="sf", outbox_id=2)
@@ -448,15 +623,14 @@ def test_budget_below_the_reserve_pauses_until_the_window_frees(mocked: response
     org.usage = "api-usage=60000/100000"
     connector.deliver(second, MemoryLinkStore())
     assert org.written() == 2
-    connector.check_budget()
+    connector.api.check_budget()
 
 
 def test_request_limit_exceeded_pauses_delivery(mocked: responses.RequestsMock) -> None:
     mocked.post(f"{DATA}/composite", status=403, headers={"Sforce-Limit-Info": "api-usage=100012/100000"},
                 json=[{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
     clock = Clock()
-    connector = salesforce(budget_pause_seconds=300)
-    connector.clock = clock
+    connector = salesforce(clock=clock, budget_pause_seconds=300, match_existing_contacts=False)
     with pytest.raises(RetryableError) as caught:
         connector.deliver(delivery_item(crm="sf", fields=sf_fields()), MemoryLinkStore())
     assert (caught.value.code, caught.value.retry_after) == ("REQUEST_LIMIT_EXCEEDED", 300)
@@ -465,6 +639,40 @@ def test_request_limit_exceeded_pauses_delivery(mocked: responses.RequestsMock) 
         connector.deliver(delivery_item(crm="sf", fields=sf_fields()), MemoryLinkStore())
     assert caught.value.retry_after == 200
     assert len(mocked.calls) == 1
+
+
+def test_a_pause_stops_every_connector_sharing_the_limiter(mocked: responses.RequestsMock) -> None:
+    clock = Clock()
+    shared = limiters(clock)
+    first = salesforce(clock=clock, limiter=shared, budget_pause_seconds=300, match_existing_contacts=False)
+    other = salesforce(clock=clock, limiter=shared, budget_pause_seconds=300, match_existing_contacts=False)
+    mocked.post(f"{DATA}/composite", status=403, headers={"Sforce-Limit-Info": "api-usage=100012/100000"},
+                json=[{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}])
+    with pytest.raises(RetryableError):
+        first.deliver(delivery_item(crm="sf", fields=sf_fields()), MemoryLinkStore())
+    clock.now += 100
+
+    for connector in (first, other):
+        with pytest.raises(RetryableError) as caught:
+            connector.deliver(delivery_item(crm="sf", fields=sf_fields()), linked())
+        assert caught.value.retry_after == 200
+    assert caught.value.code == "API_BUDGET"
+    assert len(mocked.calls) == 1, "no API call is spent while paused"
+
+    clock.now += 201
+    mocked.replace("POST", f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    assert other.deliver(delivery_item(crm="sf", fields=sf_fields()), linked()).operation == "message_added"
+
+
+def test_connectors_with_separate_limiters_do_not_share_a_pause(mocked: responses.RequestsMock) -> None:
+    clock = Clock()
+    first, other = salesforce(clock=clock), salesforce(clock=clock)
+    first.api.pause("REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.")
+    with pytest.raises(RetryableError):
+        first.api.check_budget()
+    other.api.check_budget()
 
 
 # -- auth, config, online check -------------------------------------------------------------------------------------

@@ -1,15 +1,10 @@
-"""Salesforce: contact (Contact, Lead or Person Account), Case and one record per message, over the REST API.
+"""Salesforce REST client: settings, login, requests, error classification and the daily API budget.
 
 Authentication and session handling come from ``simple-salesforce`` (username + password + security token,
 OAuth 2.0 JWT bearer, or an instance URL + session id); every request goes through the injected
-``requests.Session``. Writes are idempotent: the contact is upserted by an external-ID field holding the gateway
-customer id, the Case by one holding the conversation id, and each message either by an external-ID field or
-after a look-up of a marker (a field, or a reference line in the body) when the item is a retry.
-
-A first message costs one API call: contact upsert, Case upsert and the message record go in one ``composite``
-request with ``allOrNone`` and ``@{ref.id}`` references, so a crash leaves all three written or none.
-The daily API budget is read from the ``Sforce-Limit-Info`` header of every answer; below the configured reserve,
-or after ``REQUEST_LIMIT_EXCEEDED``, delivery pauses (RetryableError with ``retry_after``).
+``requests.Session``. The daily API budget is read from the ``Sforce-Limit-Info`` header of every answer; below the
+configured reserve, or after ``REQUEST_LIMIT_EXCEEDED``, delivery pauses (RetryableError with ``retry_after``) in
+every worker process: the pause is kept in the connector context's shared rate limiter.
 API reference: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/
 """
 
@@ -20,28 +15,23 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote
 
 import requests
 from pydantic import Field, SecretStr, model_validator
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed
-from simple_salesforce.format import format_soql
 
 from gateway.errors import PermanentError, RetryableError
-from gateway.model import ChannelType
-from gateway.plugins import ConnectorConfig, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+from gateway.plugins import ConnectorConfig, ConnectorContext
 
 log = logging.getLogger(__name__)
 
-MARKER_PREFIX = "gateway-ref: "
 HALTED = "PROCESSING_HALTED"
 # Error codes worth another try although Salesforce answers them with a 4xx.
 RETRYABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT", "REQUEST_RUNNING_TOO_LONG"})
-BODY_FIELDS = {"CaseComment": "CommentBody", "EmailMessage": "TextBody"}
 LINK_FIELDS = {"Contact": "ContactId", "Account": "AccountId"}
-_COMMENT_BYTES = 4000  # CaseComment.CommentBody holds at most 4,000 bytes
-_LOOKBACK = 200
+# Far above any org's real request rate: the limiter only carries the budget pause between processes.
+_SHARED_PAUSE_RATE = 600_000.0
 
 
 class SalesforceConfig(ConnectorConfig):
@@ -78,6 +68,9 @@ class SalesforceConfig(ConnectorConfig):
         None, description="External-ID field on the message objects holding the gateway message id (upserted).")
     message_marker_field: str | None = Field(
         None, description="Field holding the gateway message id, looked up before a retried insert.")
+    match_existing_contacts: bool = Field(
+        True, description="Before creating a contact, adopt the one existing record with the customer's email or "
+                          "phone (Contact, Lead, Account only).")
     api_reserve_percent: float = Field(10.0, ge=0, le=100, description="Daily API calls left to other apps, %.")
     api_reserve_calls: int = Field(0, ge=0, description="Daily API calls left to other apps (the larger wins).")
     budget_pause_seconds: float = Field(900.0, gt=0, description="Wait before trying again when out of budget.")
@@ -157,20 +150,22 @@ def duplicate_match(body: Any) -> str | None:
     return None
 
 
-class SalesforceCrm(CrmConnector):
-    """Salesforce: contact per customer, Case per conversation, CaseComment or EmailMessage per message."""
+class SalesforceClient:
+    """Logged-in REST access to one org: every answer's API usage is tracked, failures are classified.
 
-    type_name = "salesforce"
-    Config = SalesforceConfig
-    summary = "Salesforce: contact and Case upserts by external id, comments or emails, composite, API budget"
-    default_mapping = "salesforce.yaml"
-    config: SalesforceConfig
+    The budget pause is kept twice: in ``budget`` (this process, with the reason) and in the context's shared rate
+    limiter, whose ``block`` stops every worker process.
+    """
+
     clock: Callable[[], float] = staticmethod(time.monotonic)
 
-    def __init__(self, name: str, config: SalesforceConfig, context: Any) -> None:
-        super().__init__(name, config, context)
-        self._sf: Salesforce | None = None
+    def __init__(self, name: str, config: SalesforceConfig, context: ConnectorContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
         self.budget = Budget()
+        self.shared = context.limiter(f"salesforce:{name}:budget", _SHARED_PAUSE_RATE)
+        self._sf: Salesforce | None = None
 
     # -- session -------------------------------------------------------------------------------------------------
     def client(self) -> Salesforce:
@@ -277,17 +272,27 @@ class SalesforceCrm(CrmConnector):
             self.pause(f"daily API budget at {usage.used}/{usage.total}, reserve {self.reserve}")
 
     def pause(self, reason: str) -> None:
-        self.budget.paused_until = self.clock() + self.config.budget_pause_seconds
+        """Stop delivering for ``budget_pause_seconds``, in this process and, through the shared limiter, all."""
+        seconds = self.config.budget_pause_seconds
+        self.budget.paused_until = self.clock() + seconds
         self.budget.reason = reason
-        log.warning("Salesforce %s: pausing delivery for %.0fs: %s", self.name, self.config.budget_pause_seconds,
-                    reason)
+        self.shared.block(seconds)
+        log.warning("Salesforce %s: pausing delivery for %.0fs: %s", self.name, seconds, reason)
 
     def check_budget(self) -> None:
-        """Raise RetryableError while delivery is paused; after the pause one call goes through to re-measure."""
+        """Raise RetryableError while delivery is paused; after the pause one call goes through to re-measure.
+
+        This process's own pause says why; another process's pause is seen in the shared limiter.
+        """
         wait = self.budget.paused_until - self.clock()
         if wait > 0:
             code = "REQUEST_LIMIT_EXCEEDED" if "REQUEST_LIMIT_EXCEEDED" in self.budget.reason else "API_BUDGET"
             raise RetryableError(f"Salesforce delivery paused: {self.budget.reason}", code=code, retry_after=wait)
+        try:
+            self.shared.acquire()
+        except RetryableError as exc:
+            raise RetryableError("Salesforce delivery paused: another worker found the daily API budget spent",
+                                 code="API_BUDGET", retry_after=exc.retry_after) from None
 
     # -- errors --------------------------------------------------------------------------------------------------
     def raise_for(self, status: int, body: Any, headers: Mapping[str, str] | None = None, *,
@@ -314,76 +319,6 @@ class SalesforceCrm(CrmConnector):
                 named = fields[0]
         raise PermanentError(message, code=code, field=named)
 
-    # -- payloads ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def group(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        """The mapped fields under ``prefix.`` (``case.Subject`` -> ``Subject``), empty values left out."""
-        start = prefix + "."
-        return {k[len(start):]: v for k, v in fields.items() if k.startswith(start) and v not in (None, "")}
-
-    def contact_body(self, item: DeliveryItem) -> dict[str, Any]:
-        customer = item.customer
-        phone, email = customer.first("phone") or customer.first("whatsapp"), customer.first("email")
-        body: dict[str, Any] = {"LastName": customer.display_name or phone or email or f"Customer {customer.id[:8]}"}
-        if self.config.contact_object == "Contact":
-            body.update({k: v for k, v in (("MobilePhone", phone), ("Email", email)) if v})
-        return {**body, **self.group(item.fields, "contact")}
-
-    def case_body(self, item: DeliveryItem, contact_ref: str | None) -> dict[str, Any]:
-        body = self.group(item.fields, "case")
-        if contact_ref is not None and self.config.link_field:
-            body[self.config.link_field] = contact_ref
-        return body
-
-    def message_object(self, item: DeliveryItem) -> str:
-        if item.message.channel is ChannelType.EMAIL and self.config.email_object:
-            return self.config.email_object
-        return self.config.comment_object
-
-    def body_field(self, obj: str) -> str:
-        return self.config.message_body_field or BODY_FIELDS.get(obj, "Body__c")
-
-    def uses_body_marker(self) -> bool:
-        return self.config.message_external_id_field is None and self.config.message_marker_field is None
-
-    def message_body(self, item: DeliveryItem, case_ref: str) -> dict[str, Any]:
-        message = item.message
-        obj = self.message_object(item)
-        text = str(item.fields.get("comment") or message.text or message.full_text or "(empty message)")
-        marker = f"\n\n{MARKER_PREFIX}{message.id}" if self.uses_body_marker() else ""
-        if obj == "CaseComment":
-            room = _COMMENT_BYTES - len(marker.encode())
-            text = text.encode()[:room].decode(errors="ignore")
-        text += marker
-        if obj == "CaseComment":
-            body: dict[str, Any] = {"ParentId": case_ref, "CommentBody": text,
-                                    "IsPublished": bool(item.fields.get("public", False))}
-        elif obj == "EmailMessage":
-            sender = next((i.value for i in message.sender.identifiers if i.kind == "email"), None)
-            to = [i.value for p in message.recipients for i in p.identifiers if i.kind == "email"]
-            body = {"ParentId": case_ref, "Subject": message.subject or "", "TextBody": text, "Incoming": True,
-                    "Status": "0", "MessageDate": message.sent_at.isoformat().replace("+00:00", "Z")}
-            body.update({k: v for k, v in (("FromAddress", sender), ("FromName", message.sender.display_name),
-                                           ("ToAddress", ";".join(to)), ("HtmlBody", message.html)) if v})
-        else:
-            body = {"ParentId": case_ref, self.body_field(obj): text}
-        if self.config.message_marker_field:
-            body[self.config.message_marker_field] = message.id
-        return {**body, **self.group(item.fields, "activity")}
-
-    def message_subrequest(self, item: DeliveryItem, case_ref: str) -> dict[str, Any]:
-        obj = self.message_object(item)
-        body = self.message_body(item, case_ref)
-        if self.config.message_external_id_field:
-            return {"method": "PATCH", "referenceId": "message", "body": body, "url": self.data_path(
-                f"sobjects/{obj}/{self.config.message_external_id_field}/{quote(item.message.id, safe='')}")}
-        return {"method": "POST", "referenceId": "message", "body": body, "url": self.data_path(f"sobjects/{obj}")}
-
-    def upsert_subrequest(self, obj: str, ext_field: str, value: str, body: dict[str, Any],
-                          reference: str) -> dict[str, Any]:
-        return {"method": "PATCH", "referenceId": reference, "body": body,
-                "url": self.data_path(f"sobjects/{obj}/{ext_field}/{quote(value, safe='')}")}
-
     # -- composite -----------------------------------------------------------------------------------------------
     def composite(self, subrequests: list[dict[str, Any]]) -> dict[str, Subresult]:
         """Run up to 25 subrequests in one API call with allOrNone; returns the results by reference."""
@@ -396,117 +331,8 @@ class SalesforceCrm(CrmConnector):
                                                           entry.get("body"), entry.get("httpHeaders") or {})
         return results
 
-    def fail_composite(self, results: dict[str, Subresult], item: DeliveryItem) -> None:
-        """Raise for the subrequest that failed (the others answer PROCESSING_HALTED)."""
-        failed = [r for r in results.values() if r.status >= 300]
-        if not failed:
-            return
-        cause = next((r for r in failed if first_error(r.body).get("errorCode") != HALTED), failed[0])
-        prefix = {"contact": "contact", "case": "case", "message": "activity"}.get(cause.reference, "")
-        if cause.reference == "message":
-            error_fields = first_error(cause.body).get("fields") or []
-            body_field = self.body_field(self.message_object(item))
-            if error_fields and error_fields[0] in (body_field, "CommentBody", "TextBody"):
-                prefix = ""
-                cause = Subresult(cause.reference, cause.status, [{**first_error(cause.body), "fields": ["comment"]}])
-        self.raise_for(cause.status, cause.body, cause.headers, prefix=prefix, mapped=item.fields)
-
-    # -- idempotency look-ups ------------------------------------------------------------------------------------
+    # -- SOQL ----------------------------------------------------------------------------------------------------
     def query(self, soql: str) -> list[dict[str, Any]]:
+        """The records a SOQL query returns (its first page)."""
         body = self.call("GET", "query", params={"q": soql}) or {}
         return list(body.get("records") or [])
-
-    def find_case(self, conversation_id: str) -> str | None:
-        records = self.query(format_soql("SELECT Id FROM Case WHERE {:literal} = {} LIMIT 1",
-                                         self.config.case_external_id_field, conversation_id))
-        return str(records[0]["Id"]) if records else None
-
-    def already_written(self, item: DeliveryItem, case_id: str) -> str | None:
-        """The id of the record an earlier attempt wrote for this message, if it landed."""
-        obj = self.message_object(item)
-        if self.config.message_marker_field:
-            records = self.query(format_soql("SELECT Id FROM {:literal} WHERE {:literal} = {} LIMIT 1", obj,
-                                             self.config.message_marker_field, item.message.id))
-            return str(records[0]["Id"]) if records else None
-        body_field = self.body_field(obj)
-        records = self.query(format_soql(
-            "SELECT Id, {:literal} FROM {:literal} WHERE ParentId = {} ORDER BY CreatedDate DESC LIMIT {:literal}",
-            body_field, obj, case_id, str(_LOOKBACK)))
-        marker = MARKER_PREFIX + item.message.id
-        return next((str(r["Id"]) for r in records if str(r.get(body_field) or "").rstrip().endswith(marker)), None)
-
-    # -- delivery ------------------------------------------------------------------------------------------------
-    def adopt_duplicate(self, item: DeliveryItem, record_id: str, links: LinkStore) -> None:
-        """A duplicate rule matched an existing contact: stamp our external id on it and link it."""
-        self.call("PATCH", f"sobjects/{self.config.contact_object}/{record_id}", prefix="contact",
-                  json={self.config.contact_external_id_field: item.customer.id})
-        links.put("customer", item.customer.id, record_id, {"adopted": True})
-
-    def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
-        self.check_budget()
-        calls = 0
-        case_link = links.get("conversation", item.conversation.id)
-        case_id = case_link[0] if case_link else None
-        needs_lookup = item.attempt > 1 and self.config.message_external_id_field is None
-        if needs_lookup:
-            if case_id is None:
-                case_id = self.find_case(item.conversation.id)
-                calls += 1
-                if case_id is not None:
-                    links.put("conversation", item.conversation.id, case_id)
-            if case_id is not None:
-                calls += 1
-                if self.already_written(item, case_id) is not None:
-                    return DeliveryResult("already_written", case_id, calls=calls)
-        for _ in range(3):
-            result = self._write(item, links, case_id)
-            calls += result.calls
-            if result.operation != "retry":
-                return DeliveryResult(result.operation, result.remote_id, result.detail, calls=calls)
-            case_id = result.remote_id
-        raise RetryableError("Salesforce write did not settle after adopting a duplicate", code="DUPLICATES_DETECTED")
-
-    def _write(self, item: DeliveryItem, links: LinkStore, case_id: str | None) -> DeliveryResult:
-        contact_link = links.get("customer", item.customer.id)
-        subrequests = []
-        contact_ref = contact_link[0] if contact_link else "@{contact.id}"
-        if contact_link is None:
-            subrequests.append(self.upsert_subrequest(
-                self.config.contact_object, self.config.contact_external_id_field, item.customer.id,
-                self.contact_body(item), "contact"))
-        if case_id is None:
-            subrequests.append(self.upsert_subrequest(
-                "Case", self.config.case_external_id_field, item.conversation.id,
-                self.case_body(item, contact_ref), "case"))
-        subrequests.append(self.message_subrequest(item, case_id or "@{case.id}"))
-        results = self.composite(subrequests)
-        contact = results.get("contact")
-        if contact is not None and contact.status >= 300 \
-                and first_error(contact.body).get("errorCode") == "DUPLICATES_DETECTED":
-            matched = duplicate_match(contact.body)
-            if matched is not None:
-                self.adopt_duplicate(item, matched, links)
-                return DeliveryResult("retry", case_id, calls=2)
-        message = results.get("message")
-        if case_id is not None and message is not None and message.status >= 300 \
-                and first_error(message.body).get("errorCode") in ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"):
-            # the linked Case was deleted: upsert it again by its external id
-            return DeliveryResult("retry", None, calls=1)
-        self.fail_composite(results, item)
-        if contact is not None:
-            links.put("customer", item.customer.id, str(contact.body["id"]))
-        case = results.get("case")
-        if case is not None:
-            case_id = str(case.body["id"])
-            links.put("conversation", item.conversation.id, case_id, {"created": bool(case.body.get("created"))})
-        created = case is not None and bool(case.body.get("created"))
-        operation = ("case_created" if created else "case_updated") if case is not None else "message_added"
-        record = results["message"].body or {}
-        return DeliveryResult(operation, case_id, detail=f"{self.message_object(item)} {record.get('id', '')}")
-
-    def check_online(self) -> str:
-        limits = self.call("GET", "limits") or {}
-        daily = limits.get("DailyApiRequests") or {}
-        if "Max" not in daily:
-            raise RuntimeError("Salesforce answered /limits without DailyApiRequests")
-        return f"daily API requests: {daily.get('Remaining')} of {daily.get('Max')} left"

@@ -1,0 +1,292 @@
+"""Salesforce: contact (Contact, Lead or Person Account), Case and one record per message, over the REST API.
+
+Writes are idempotent: the contact is upserted by an external-ID field holding the gateway customer id, the Case by
+one holding the conversation id, and each message either by an external-ID field or after a look-up of a marker (a
+field, or a reference line in the body) when the item is a retry.
+
+A first message costs one API call: contact upsert, Case upsert and the message record go in one ``composite``
+request with ``allOrNone`` and ``@{ref.id}`` references, so a crash leaves all three written or none. Before a
+customer's first write, one SOQL query looks for an existing record with the customer's email or phone; exactly one
+match is adopted (our external id is written onto it in the same composite request) instead of creating another.
+Login, requests, error classification and the API budget live in ``connectors.salesforce.client``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from simple_salesforce.format import format_soql
+
+from connectors.salesforce.client import (
+    HALTED,
+    SalesforceClient,
+    SalesforceConfig,
+    Subresult,
+    duplicate_match,
+    first_error,
+)
+from gateway.errors import RetryableError
+from gateway.model import ChannelType
+from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+
+log = logging.getLogger(__name__)
+
+MARKER_PREFIX = "gateway-ref: "
+BODY_FIELDS = {"CaseComment": "CommentBody", "EmailMessage": "TextBody"}
+# The fields an existing record may hold a customer's identifiers in, per contact object and identifier kind.
+MATCH_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "Contact": {"email": ("Email",), "phone": ("Phone", "MobilePhone")},
+    "Lead": {"email": ("Email",), "phone": ("Phone", "MobilePhone")},
+    "Account": {"email": ("PersonEmail",), "phone": ("Phone", "PersonMobilePhone")},
+}
+# Records that cannot be adopted: business accounts, and converted leads (read-only).
+MATCH_SCOPES = {"Account": "IsPersonAccount = true", "Lead": "IsConverted = false"}
+_MATCH_LIMIT = 3
+_COMMENT_BYTES = 4000  # CaseComment.CommentBody holds at most 4,000 bytes
+_LOOKBACK = 200
+
+
+class SalesforceCrm(CrmConnector):
+    """Salesforce: contact per customer, Case per conversation, CaseComment or EmailMessage per message."""
+
+    type_name = "salesforce"
+    Config = SalesforceConfig
+    summary = "Salesforce: contact and Case upserts by external id, comments or emails, composite, API budget"
+    default_mapping = "salesforce.yaml"
+    config: SalesforceConfig
+
+    def __init__(self, name: str, config: SalesforceConfig, context: ConnectorContext) -> None:
+        super().__init__(name, config, context)
+        self.api = SalesforceClient(name, config, context)
+
+    # -- payloads ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def group(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        """The mapped fields under ``prefix.`` (``case.Subject`` -> ``Subject``), empty values left out."""
+        start = prefix + "."
+        return {k[len(start):]: v for k, v in fields.items() if k.startswith(start) and v not in (None, "")}
+
+    def contact_body(self, item: DeliveryItem) -> dict[str, Any]:
+        customer = item.customer
+        phone, email = customer.first("phone") or customer.first("whatsapp"), customer.first("email")
+        body: dict[str, Any] = {"LastName": customer.display_name or phone or email or f"Customer {customer.id[:8]}"}
+        if self.config.contact_object == "Contact":
+            body.update({k: v for k, v in (("MobilePhone", phone), ("Email", email)) if v})
+        return {**body, **self.group(item.fields, "contact")}
+
+    def case_body(self, item: DeliveryItem, contact_ref: str | None) -> dict[str, Any]:
+        body = self.group(item.fields, "case")
+        if contact_ref is not None and self.config.link_field:
+            body[self.config.link_field] = contact_ref
+        return body
+
+    def message_object(self, item: DeliveryItem) -> str:
+        if item.message.channel is ChannelType.EMAIL and self.config.email_object:
+            return self.config.email_object
+        return self.config.comment_object
+
+    def body_field(self, obj: str) -> str:
+        return self.config.message_body_field or BODY_FIELDS.get(obj, "Body__c")
+
+    def uses_body_marker(self) -> bool:
+        return self.config.message_external_id_field is None and self.config.message_marker_field is None
+
+    def message_body(self, item: DeliveryItem, case_ref: str) -> dict[str, Any]:
+        message = item.message
+        obj = self.message_object(item)
+        text = str(item.fields.get("comment") or message.text or message.full_text or "(empty message)")
+        marker = f"\n\n{MARKER_PREFIX}{message.id}" if self.uses_body_marker() else ""
+        if obj == "CaseComment":
+            room = _COMMENT_BYTES - len(marker.encode())
+            text = text.encode()[:room].decode(errors="ignore")
+        text += marker
+        if obj == "CaseComment":
+            body: dict[str, Any] = {"ParentId": case_ref, "CommentBody": text,
+                                    "IsPublished": bool(item.fields.get("public", False))}
+        elif obj == "EmailMessage":
+            sender = next((i.value for i in message.sender.identifiers if i.kind == "email"), None)
+            to = [i.value for p in message.recipients for i in p.identifiers if i.kind == "email"]
+            body = {"ParentId": case_ref, "Subject": message.subject or "", "TextBody": text, "Incoming": True,
+                    "Status": "0", "MessageDate": message.sent_at.isoformat().replace("+00:00", "Z")}
+            body.update({k: v for k, v in (("FromAddress", sender), ("FromName", message.sender.display_name),
+                                           ("ToAddress", ";".join(to)), ("HtmlBody", message.html)) if v})
+        else:
+            body = {"ParentId": case_ref, self.body_field(obj): text}
+        if self.config.message_marker_field:
+            body[self.config.message_marker_field] = message.id
+        return {**body, **self.group(item.fields, "activity")}
+
+    def message_subrequest(self, item: DeliveryItem, case_ref: str) -> dict[str, Any]:
+        obj = self.message_object(item)
+        body = self.message_body(item, case_ref)
+        if self.config.message_external_id_field:
+            return {"method": "PATCH", "referenceId": "message", "body": body, "url": self.api.data_path(
+                f"sobjects/{obj}/{self.config.message_external_id_field}/{quote(item.message.id, safe='')}")}
+        return {"method": "POST", "referenceId": "message", "body": body, "url": self.api.data_path(f"sobjects/{obj}")}
+
+    def upsert_subrequest(self, obj: str, ext_field: str, value: str, body: dict[str, Any],
+                          reference: str) -> dict[str, Any]:
+        return {"method": "PATCH", "referenceId": reference, "body": body,
+                "url": self.api.data_path(f"sobjects/{obj}/{ext_field}/{quote(value, safe='')}")}
+
+    def fail_composite(self, results: dict[str, Subresult], item: DeliveryItem) -> None:
+        """Raise for the subrequest that failed (the others answer PROCESSING_HALTED)."""
+        failed = [r for r in results.values() if r.status >= 300]
+        if not failed:
+            return
+        cause = next((r for r in failed if first_error(r.body).get("errorCode") != HALTED), failed[0])
+        prefix = {"contact": "contact", "case": "case", "message": "activity"}.get(cause.reference, "")
+        if cause.reference == "message":
+            error_fields = first_error(cause.body).get("fields") or []
+            body_field = self.body_field(self.message_object(item))
+            if error_fields and error_fields[0] in (body_field, "CommentBody", "TextBody"):
+                prefix = ""
+                cause = Subresult(cause.reference, cause.status, [{**first_error(cause.body), "fields": ["comment"]}])
+        self.api.raise_for(cause.status, cause.body, cause.headers, prefix=prefix, mapped=item.fields)
+
+    def find_case(self, conversation_id: str) -> str | None:
+        records = self.api.query(format_soql("SELECT Id FROM Case WHERE {:literal} = {} LIMIT 1",
+                                             self.config.case_external_id_field, conversation_id))
+        return str(records[0]["Id"]) if records else None
+
+    def already_written(self, item: DeliveryItem, case_id: str) -> str | None:
+        """The id of the record an earlier attempt wrote for this message, if it landed."""
+        obj = self.message_object(item)
+        if self.config.message_marker_field:
+            records = self.api.query(format_soql("SELECT Id FROM {:literal} WHERE {:literal} = {} LIMIT 1", obj,
+                                                 self.config.message_marker_field, item.message.id))
+            return str(records[0]["Id"]) if records else None
+        body_field = self.body_field(obj)
+        records = self.api.query(format_soql(
+            "SELECT Id, {:literal} FROM {:literal} WHERE ParentId = {} ORDER BY CreatedDate DESC LIMIT {:literal}",
+            body_field, obj, case_id, str(_LOOKBACK)))
+        marker = MARKER_PREFIX + item.message.id
+        return next((str(r["Id"]) for r in records if str(r.get(body_field) or "").rstrip().endswith(marker)), None)
+
+    # -- existing contacts ---------------------------------------------------------------------------------------
+    def match_query(self, item: DeliveryItem) -> str | None:
+        """SOQL for records holding the customer's email or phone; None when there is nothing to look for."""
+        obj = self.config.contact_object
+        fields = MATCH_FIELDS.get(obj)
+        if fields is None:
+            return None
+        conditions = []
+        for kind, names in fields.items():
+            values = list(dict.fromkeys(value for k, value in item.customer.identifiers if k == kind))
+            for name in names if values else ():
+                conditions.append(format_soql("{:literal} = {}", name, values[0]) if len(values) == 1
+                                  else format_soql("{:literal} IN {}", name, values))
+        if not conditions:
+            return None
+        where = " OR ".join(conditions)
+        if obj in MATCH_SCOPES:
+            where = f"{MATCH_SCOPES[obj]} AND ({where})"
+        select = format_soql("SELECT Id, {:literal} FROM {:literal}", self.config.contact_external_id_field, obj)
+        return f"{select} WHERE {where} LIMIT {_MATCH_LIMIT}"
+
+    def match_contact(self, item: DeliveryItem, soql: str) -> str | None:
+        """The one existing record to adopt for a customer without a link, or None to create one."""
+        ext_field = self.config.contact_external_id_field
+        records = self.api.query(soql)
+        if any(r.get(ext_field) == item.customer.id for r in records):
+            return None  # written by an earlier attempt: the upsert by external id finds it
+        free = [str(r["Id"]) for r in records if not r.get(ext_field)]  # others belong to other customers
+        if len(free) > 1:
+            log.info("customer %s matches %s%d Salesforce %s records by email or phone; adopting none",
+                     item.customer.id, "at least " if len(records) == _MATCH_LIMIT else "", len(free),
+                     self.config.contact_object)
+        return free[0] if len(free) == 1 else None
+
+    # -- delivery ------------------------------------------------------------------------------------------------
+    def adopt_duplicate(self, item: DeliveryItem, record_id: str, links: LinkStore) -> None:
+        """A duplicate rule matched an existing contact: stamp our external id on it and link it."""
+        self.api.call("PATCH", f"sobjects/{self.config.contact_object}/{record_id}", prefix="contact",
+                      json={self.config.contact_external_id_field: item.customer.id})
+        links.put("customer", item.customer.id, record_id, {"adopted": True})
+
+    def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
+        self.api.check_budget()
+        calls = 0
+        case_link = links.get("conversation", item.conversation.id)
+        case_id = case_link[0] if case_link else None
+        needs_lookup = item.attempt > 1 and self.config.message_external_id_field is None
+        if needs_lookup:
+            if case_id is None:
+                case_id = self.find_case(item.conversation.id)
+                calls += 1
+                if case_id is not None:
+                    links.put("conversation", item.conversation.id, case_id)
+            if case_id is not None:
+                calls += 1
+                if self.already_written(item, case_id) is not None:
+                    return DeliveryResult("already_written", case_id, calls=calls)
+        adopt = None
+        if self.config.match_existing_contacts and links.get("customer", item.customer.id) is None:
+            soql = self.match_query(item)
+            if soql is not None:
+                adopt = self.match_contact(item, soql)
+                calls += 1
+        for _ in range(3):
+            result = self._write(item, links, case_id, adopt)
+            calls += result.calls
+            if result.operation != "retry":
+                return DeliveryResult(result.operation, result.remote_id, result.detail, calls=calls)
+            case_id = result.remote_id
+        raise RetryableError("Salesforce write did not settle after adopting a duplicate", code="DUPLICATES_DETECTED")
+
+    def _write(self, item: DeliveryItem, links: LinkStore, case_id: str | None,
+               adopt: str | None = None) -> DeliveryResult:
+        """One composite write; ``adopt`` is an existing record to link the customer to (our external id stamped)."""
+        contact_link = links.get("customer", item.customer.id)
+        subrequests = []
+        contact_ref = contact_link[0] if contact_link else adopt or "@{contact.id}"
+        if contact_link is None and adopt is not None:
+            subrequests.append({"method": "PATCH", "referenceId": "contact",
+                                "url": self.api.data_path(f"sobjects/{self.config.contact_object}/{adopt}"),
+                                "body": {self.config.contact_external_id_field: item.customer.id}})
+        elif contact_link is None:
+            subrequests.append(self.upsert_subrequest(
+                self.config.contact_object, self.config.contact_external_id_field, item.customer.id,
+                self.contact_body(item), "contact"))
+        if case_id is None:
+            subrequests.append(self.upsert_subrequest(
+                "Case", self.config.case_external_id_field, item.conversation.id,
+                self.case_body(item, contact_ref), "case"))
+        subrequests.append(self.message_subrequest(item, case_id or "@{case.id}"))
+        results = self.api.composite(subrequests)
+        contact = results.get("contact")
+        if contact is not None and contact.status >= 300 \
+                and first_error(contact.body).get("errorCode") == "DUPLICATES_DETECTED":
+            matched = duplicate_match(contact.body)
+            if matched is not None:
+                self.adopt_duplicate(item, matched, links)
+                return DeliveryResult("retry", case_id, calls=2)
+        message = results.get("message")
+        if case_id is not None and message is not None and message.status >= 300 \
+                and first_error(message.body).get("errorCode") in ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"):
+            # the linked Case was deleted: upsert it again by its external id
+            return DeliveryResult("retry", None, calls=1)
+        self.fail_composite(results, item)
+        if contact is not None and adopt is not None:
+            links.put("customer", item.customer.id, adopt, {"adopted": True})
+        elif contact is not None:
+            links.put("customer", item.customer.id, str(contact.body["id"]))
+        case = results.get("case")
+        if case is not None:
+            case_id = str(case.body["id"])
+            links.put("conversation", item.conversation.id, case_id, {"created": bool(case.body.get("created"))})
+        created = case is not None and bool(case.body.get("created"))
+        operation = ("case_created" if created else "case_updated") if case is not None else "message_added"
+        record = results["message"].body or {}
+        return DeliveryResult(operation, case_id, detail=f"{self.message_object(item)} {record.get('id', '')}")
+
+    def check_online(self) -> str:
+        """Read the org's daily API limit (tests credentials and reachability)."""
+        limits = self.api.call("GET", "limits") or {}
+        daily = limits.get("DailyApiRequests") or {}
+        if "Max" not in daily:
+            raise RuntimeError("Salesforce answered /limits without DailyApiRequests")
+        return f"daily API requests: {daily.get('Remaining')} of {daily.get('Max')} left"
