@@ -165,3 +165,31 @@ def test_a_role_address_on_a_crm_record_joins_nobody(runtime: Runtime, directory
         sender = resolve_customer(conn, party(("email", "sales@acme.example")), message_id="m2",
                                   rules=rules).customer_id
     assert sender != jane
+
+
+def test_an_email_about_an_order_first_texted_about_lands_on_the_same_conversation(
+        runtime: Runtime, directory: CrmDirectory) -> None:
+    """The CRM's record holds the customer's phone and address: the email joins the SMS conversation."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.config import ConversationsConfig
+    from gateway.conversations import assign_conversation
+    from gateway.model import ChannelType, Message, RawRef
+
+    directory.replace_record("9001", [("phone", "+14155550100"), ("email", "asha@example.com")])
+    texted = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+    def message(channel: ChannelType, ident: tuple[str, str], at: datetime) -> Message:
+        return Message(channel=channel, connector=channel.value, connector_type="test", provider_message_id=str(at),
+                       sender=party(ident), text="order #1042", sent_at=at, received_at=at,
+                       raw=RawRef(inbox_id=1, connector=channel.value))
+
+    with runtime.engine.begin() as conn:
+        sms = message(ChannelType.SMS, ("phone", "+14155550100"), texted)
+        first = resolve_customer(conn, sms.sender, message_id="m1").customer_id
+        opened = assign_conversation(conn, sms, first, ConversationsConfig())
+        mail = message(ChannelType.EMAIL, ("email", "asha@example.com"), texted + timedelta(hours=5))
+        second = resolve_customer(conn, mail.sender, message_id="m2").customer_id
+        joined = assign_conversation(conn, mail, second, ConversationsConfig())
+    assert second == first
+    assert (joined.conversation_id, joined.rule) == (opened.conversation_id, "continuity")
