@@ -17,6 +17,7 @@ import ssl
 import time
 from datetime import UTC, date, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from imapclient import IMAPClient
@@ -54,6 +55,10 @@ class ImapConfig(EmailSettings):
     username: str = Field(min_length=1)
     password: SecretStr | None = Field(None, description="Password (or app password); or give oauth2_token.")
     oauth2_token: SecretStr | None = Field(None, description="OAuth2 access token for XOAUTH2 instead of a password.")
+    tls_ca_file: str | None = Field(
+        None, min_length=1,
+        description="PEM file of CA certificates to trust instead of the system trust store (relative to the config "
+                    "file), e.g. for a private CA; the host name is always checked against the certificate.")
     folder: str = Field("INBOX", min_length=1, description="Folder to import from.")
     poll_seconds: float = Field(60.0, ge=1, description="How often to look for new mail.")
     after_import: str = Field(
@@ -71,6 +76,8 @@ class ImapConfig(EmailSettings):
             raise ValueError("password or oauth2_token is required")
         if self.security == "none" and not _is_loopback(self.host):
             raise ValueError("security: none sends the password in clear text: only allowed for a loopback host")
+        if self.security == "none" and self.tls_ca_file is not None:
+            raise ValueError("tls_ca_file needs security: ssl or starttls")
         return self
 
 
@@ -101,7 +108,7 @@ class ImapChannel(PollingChannel):
     def connect(self) -> IMAPClient:
         """A logged-in client (the caller logs out)."""
         cfg = self.config
-        context = ssl.create_default_context()
+        context = self.tls_context()
         port = cfg.port or (993 if cfg.security == "ssl" else 143)
         client = IMAPClient(cfg.host, port=port, ssl=cfg.security == "ssl", ssl_context=context,
                             timeout=cfg.timeout_seconds)
@@ -117,6 +124,16 @@ class ImapChannel(PollingChannel):
             _close(client)
             raise
         return client
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Certificate and host name verification on: the system trust store, or ``tls_ca_file`` instead of it."""
+        ca_file = self.config.tls_ca_file
+        if ca_file is None:
+            return ssl.create_default_context()
+        path = Path(ca_file)
+        if not path.is_absolute():
+            path = self.context.base_dir / path
+        return ssl.create_default_context(cafile=str(path))
 
     def check_online(self) -> str:
         client = self.connect()
@@ -154,8 +171,11 @@ class ImapChannel(PollingChannel):
         delay = min(self.config.max_backoff_seconds, self.config.poll_seconds * 2 ** min(self._failures - 1, 16))
         delay *= random.uniform(0.8, 1.2)
         self._next_attempt = time.monotonic() + delay
-        log.warning("imap %s: %s: %s; retrying in %.0fs (failure %d)", self.name, type(exc).__name__, exc, delay,
-                    self._failures)
+        hint = ""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            hint = " (the server's certificate is not trusted: tls_ca_file names the CA to trust)"
+        log.warning("imap %s: %s: %s%s; retrying in %.0fs (failure %d)", self.name, type(exc).__name__, exc, hint,
+                    delay, self._failures)
 
     def _catch_up(self, client: IMAPClient, sink: InboxSink, cursors: CursorStore) -> int:
         cfg = self.config

@@ -55,7 +55,7 @@ def connectors_markdown(registry: Registry) -> str:
     for name, cls in registry.items():
         out += [f"## `{name}` ({cls.role})", "", cls.summary, "",
                 "| setting | type | required | default | description |", "| --- | --- | --- | --- | --- |"]
-        out += [f"| `{r['name']}` | {r['type']} | {r['required']} | {r['default'].replace('|', '/')} "
-                f"| {r['description']} |" for r in settings(cls)]
+        out += [f"| `{r['name']}` | {r['type'].replace('|', '&#124;')} | {r['required']} "  # a bare | splits the cell
+                f"| {r['default'].replace('|', '/')} | {r['description']} |" for r in settings(cls)]
         out.append("")
     return "\n".join(out)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select, tuple_, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
 from gateway.identity.normalize import IdentityRules, name_key
@@ -47,7 +47,8 @@ def _owners(conn: Connection, idents: list[Identifier]) -> dict[str, _Owner]:
         select(identities.c.kind, identities.c.value, customers.c.id, customers.c.merged_into,
                customers.c.display_name, customers.c.created_at)
         .join(customers, customers.c.id == identities.c.customer_id)
-        .where(tuple_(identities.c.kind, identities.c.value).in_([(i.kind.value, i.value) for i in idents])))
+        # OR of (kind, value) pairs, not a row-value IN: SQLite answers the OR from the unique index, the IN by a scan
+        .where(or_(*[and_(identities.c.kind == i.kind.value, identities.c.value == i.value) for i in idents])))
     owners = {}
     for kind, value, customer_id, merged_into, name, created_at in rows:
         if merged_into:  # rare: follow the merge to the customer that stands for this one now
@@ -133,9 +134,11 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
             conn.execute(update(customers).where(
                 customers.c.id == survivor, customers.c.display_name.is_(None)).values(
                 display_name=party.display_name, name_key=name_key(party.display_name), updated_at=now))
+    added: dict[str, int] = {}
     for ident in new:
-        held = conn.execute(select(func.count()).select_from(identities).where(
-            identities.c.customer_id == result.customer_id, identities.c.kind == ident.kind.value)).scalar_one()
+        kind = ident.kind.value
+        held = added.get(kind, 0) if result.created else conn.execute(select(func.count()).select_from(
+            identities).where(identities.c.customer_id == result.customer_id, identities.c.kind == kind)).scalar_one()
         if held >= rules.max_per_kind:
             result.skipped.append((ident.kind.value, ident.value, f"limit of {rules.max_per_kind} per kind"))
             continue
@@ -144,4 +147,5 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
             evidence="crm_record" if ident.key in records else (
                 "first_seen" if result.created and ident is joinable[0] else evidence),
             source_message_id=message_id, created_at=now))
+        added[kind] = added.get(kind, 0) + 1
     return result

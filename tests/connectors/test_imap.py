@@ -1,4 +1,5 @@
-"""The ``imap`` channel against a real Dovecot: cursors, crash and restart, server-side actions, backoff, backfill.
+"""The ``imap`` channel against a real Dovecot: cursors, crash and restart, server-side actions, backoff, backfill,
+implicit TLS and STARTTLS with a certificate from a private CA, and XOAUTH2 checked by Dovecot's oauth2 passdb.
 
 Mail is appended over IMAP (as a delivering server leaves it), polled with the connector, and followed through the
 pipeline: every message arrives exactly once, broken ones are quarantined with their reason, auto-replies give no
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,7 +35,16 @@ from gateway.storage.tables import dead_letters, inbox, messages
 from gateway.webhooks import InboxItem
 from gateway.worker import InboxWriter
 from tests.conformance.channel import config_text, drain_pipeline
-from tests.dovecot import Dovecot, dovecot  # noqa: F401  (the fixture)
+from tests.dovecot import (  # noqa: F401  (the fixtures)
+    OAUTH2_TOKEN,
+    Dovecot,
+    TokenServer,
+    dovecot,
+    dovecot_oauth2,
+    dovecot_tls,
+    token_server,
+    write_ca,
+)
 from tests.mail.corpus import mixed_mailbox, text_mail
 
 CHANNEL = "mail-support"
@@ -271,3 +283,117 @@ def test_idle_imports_mail_arriving_while_waiting(
     assert poller.is_alive()  # it arrived through IDLE, before the poll returned
     poller.join(timeout=10)
     assert result == [1]
+
+
+def tls_logins(server: Dovecot, method: str = "PLAIN", expect: int = 0) -> int:
+    """How many logins Dovecot logged with ``method`` over an encrypted connection (waiting a little for ``expect``:
+    Dovecot's log process writes the file asynchronously)."""
+    deadline = time.monotonic() + 5
+    while True:
+        count = sum(f"method={method}," in line and ", TLS," in line for line in server.logins())
+        if count >= expect or time.monotonic() > deadline:
+            return count
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_tls_imports_each_message_once(
+        security: str, dovecot_tls: Dovecot, runtime_for: Callable[..., Runtime],  # noqa: F811
+        tmp_path: Path) -> None:
+    dovecot_tls.append([text_mail(f"Mail {n}", message_id=f"t{n}@x.example") for n in range(5)])
+    assert dovecot_tls.ca_file is not None
+    (tmp_path / "certs").mkdir()
+    shutil.copy(dovecot_tls.ca_file, tmp_path / "certs" / "imap-ca.pem")
+    # a relative tls_ca_file is found next to the config file
+    rt = runtime_for(dovecot_tls.settings(security, tls_ca_file="certs/imap-ca.pem"))
+    channel = channel_of(rt)
+    cursors = Cursors(rt.engine)
+    assert channel.config.port == (dovecot_tls.imaps_port if security == "ssl" else dovecot_tls.port)
+    assert tls_logins(dovecot_tls) == 0
+    assert channel.poll(InboxWriter(rt, CHANNEL), cursors) == 5
+    dovecot_tls.append([text_mail("Later", message_id="t-later@x.example")])
+    assert channel.poll(InboxWriter(rt, CHANNEL), cursors) == 1
+    assert channel.poll(InboxWriter(rt, CHANNEL), cursors) == 0
+    ids = inbox_ids(rt)
+    assert len(ids) == len(set(ids)) == 6
+    assert cursors.get(f"imap:{CHANNEL}")["last_uid"] == 6
+    assert tls_logins(dovecot_tls, expect=3) == 3  # each poll logged in over TLS (with STARTTLS: on the plain port)
+    assert "5 messages" not in channel.check_online() and "6 messages" in channel.check_online()
+    client = channel.connect()
+    try:
+        sock = client.socket()
+        assert isinstance(sock, ssl.SSLSocket)
+        assert sock.getpeercert()["subjectAltName"] == (("DNS", "localhost"), ("IP Address", "127.0.0.1"))
+    finally:
+        client.logout()
+
+
+@pytest.mark.parametrize("security,trust", [("ssl", "other-ca"), ("starttls", "system")])
+def test_untrusted_certificate_fails_backs_off_and_imports_nothing(
+        security: str, trust: str, dovecot_tls: Dovecot, runtime_for: Callable[..., Runtime],  # noqa: F811
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dovecot_tls.append([text_mail("First", message_id="c1@x.example")])
+    rt = runtime_for(dovecot_tls.settings(security, poll_seconds=30))
+    cursors = Cursors(rt.engine)
+    assert channel_of(rt).poll(InboxWriter(rt, CHANNEL), cursors) == 1
+    cursor = cursors.get(f"imap:{CHANNEL}")
+    dovecot_tls.append([text_mail("Second", message_id="c2@x.example")])
+    logins = len(dovecot_tls.logins())
+
+    settings = dovecot_tls.settings(security, poll_seconds=30)
+    if trust == "other-ca":  # a CA file that does not hold the server's CA
+        settings["tls_ca_file"] = str(write_ca(tmp_path, "unrelated-ca")[0])
+    else:  # the system trust store, which knows nothing of the test CA
+        del settings["tls_ca_file"]
+    channel = ImapChannel(CHANNEL, ImapConfig.model_validate(settings), channel_of(rt).context)
+    assert channel.poll(InboxWriter(rt, CHANNEL), cursors) == 0
+    assert channel._failures == 1 and channel._next_attempt > time.monotonic() + 20
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text and "tls_ca_file names the CA to trust" in caplog.text
+    assert dovecot_tls.password not in caplog.text
+    assert channel.poll(InboxWriter(rt, CHANNEL), cursors) == 0
+    assert channel._failures == 1  # no second attempt inside the backoff
+    assert inbox_ids(rt) == ["INBOX:c1@x.example"]
+    assert cursors.get(f"imap:{CHANNEL}") == cursor
+    assert len(dovecot_tls.logins()) == logins  # the password never reached the server
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+        channel.check_online()
+
+
+def test_xoauth2_token_checked_by_dovecot_oauth2_passdb(
+        dovecot_oauth2: Dovecot, token_server: TokenServer, runtime_for: Callable[..., Runtime],  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    dovecot_oauth2.append([text_mail(f"Mail {n}", message_id=f"o{n}@x.example") for n in range(3)])
+    settings = dovecot_oauth2.settings("starttls", oauth2_token=OAUTH2_TOKEN, poll_seconds=30)
+    del settings["password"]
+    rt = runtime_for(settings)
+    cursors = Cursors(rt.engine)
+    assert channel_of(rt).poll(InboxWriter(rt, CHANNEL), cursors) == 3
+    assert channel_of(rt).poll(InboxWriter(rt, CHANNEL), cursors) == 0
+    assert sorted(inbox_ids(rt)) == [f"INBOX:o{n}@x.example" for n in range(3)]
+    assert tls_logins(dovecot_oauth2, "XOAUTH2", expect=2) == 2
+    assert token_server.asked == [OAUTH2_TOKEN] * 2  # Dovecot asked the introspection endpoint each time
+    cursor = cursors.get(f"imap:{CHANNEL}")
+
+    dovecot_oauth2.append([text_mail("Not for a wrong token", message_id="o-wrong@x.example")])
+    wrong = ImapChannel(CHANNEL, ImapConfig.model_validate({**settings, "oauth2_token": "test-wrong-token"}),
+                        channel_of(rt).context)
+    assert wrong.poll(InboxWriter(rt, CHANNEL), cursors) == 0
+    assert token_server.asked[-1] == "test-wrong-token"
+    assert wrong._failures == 1 and wrong._next_attempt > time.monotonic() + 20
+    assert "LoginError: [AUTHENTICATIONFAILED]" in caplog.text
+    assert "test-wrong-token" not in caplog.text
+    assert tls_logins(dovecot_oauth2, "XOAUTH2") == 2
+    assert len(inbox_ids(rt)) == 3 and cursors.get(f"imap:{CHANNEL}") == cursor
+
+
+def test_tls_ca_file_rules() -> None:
+    base = {"type": "imap", "host": "127.0.0.1", "username": "u", "password": "p"}
+    with pytest.raises(ValidationError, match="tls_ca_file needs security"):
+        ImapConfig.model_validate({**base, "security": "none", "tls_ca_file": "ca.pem"})
+    channel = ImapChannel("m", ImapConfig.model_validate({**base, "tls_ca_file": "missing-ca.pem"}),
+                          ConnectorContext(http=requests.Session(), base_dir=Path("/nonexistent")))
+    with pytest.raises(FileNotFoundError):
+        channel.tls_context()
+    default = ImapChannel("m", ImapConfig.model_validate(base), ConnectorContext(http=requests.Session()))
+    context = default.tls_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
