@@ -33,8 +33,8 @@ _run_ids = count(1)
 class Settings:
     """One row of the benchmark: server and storage settings shared by both servers."""
 
-    processes: int = 2
-    threads: int = 4
+    processes: int = 1
+    threads: int = 8
     synchronous: str = "full"
     concurrency: int = 16
     rounds: int = 5
