@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
-ACCOUNT_SID = "AC" + "0" * 31 + "1"
+ACCOUNT_SID = "AC" + "F" * 31 + "1"
 AUTH_TOKEN = "bench-twilio-token"
 CHANNEL = "sms-main"
 

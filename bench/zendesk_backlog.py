@@ -55,7 +55,7 @@ from tests.fake_zendesk import FakeZendesk
 SECTION = "zendesk-backlog"
 PUBLIC_URL = "http://127.0.0.1:8080"
 CHANNEL = "sms-main"
-ACCOUNT_SID = "AC" + "0" * 31 + "2"
+ACCOUNT_SID = "AC" + "F" * 31 + "2"
 AUTH_TOKEN = "bench-twilio-token"
 LIMIT = 700  # requests per minute: Zendesk Enterprise
 TARGET_CALLS, TARGET_MINUTES = 0.1, 3.0

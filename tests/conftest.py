@@ -18,7 +18,7 @@ from gateway.runtime import Runtime, build_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TWILIO_SID = "AC" + "0" * 31 + "1"
+TWILIO_SID = "AC" + "F" * 31 + "1"
 TWILIO_TOKEN = "test-twilio-token"
 PUBLIC_URL = "https://gw.example.com"
 

@@ -138,7 +138,7 @@ def message_sid(n: int) -> str:
     return f"SM{n:032x}"
 
 
-TWILIO_SID = "AC" + "0" * 31 + "1"
+TWILIO_SID = "AC" + "F" * 31 + "1"
 TWILIO_TOKEN = "test-twilio-token"
 
 

@@ -174,7 +174,7 @@ CARRY_CONFIG = """
 storage: {url: "{storage_url}"}
 identity: {carry_merges_to_crm: true}
 channels:
-  sms-main: {type: twilio, account_sid: "AC00000000000000000000000000000001", auth_token: "test-token"}
+  sms-main: {type: twilio, account_sid: "ACFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF1", auth_token: "test-token"}
 crms:
   desk: {type: zendesk, subdomain: acme, email: agent@example.com, api_token: test-zd-token,
          directory_sync_seconds: 0}

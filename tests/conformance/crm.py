@@ -67,7 +67,7 @@ def twilio_sms(text: str = "My order #1234 never arrived", *, sid: str = "SM" + 
         sender=Party(identifiers=(Identifier(kind=IdentifierKind.PHONE, value=CUSTOMER_PHONE),)),
         recipients=(Party(identifiers=(Identifier(kind=IdentifierKind.PHONE, value=BUSINESS_PHONE),)),),
         text=text, full_text=text, sent_at=received, received_at=received,
-        extras={"To": BUSINESS_PHONE, "AccountSid": "AC" + "0" * 31 + "1", "NumSegments": "1"},
+        extras={"To": BUSINESS_PHONE, "AccountSid": "AC" + "F" * 31 + "1", "NumSegments": "1"},
         raw=RawRef(inbox_id=inbox_id, connector="sms-main"))
 
 
