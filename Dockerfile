@@ -7,7 +7,6 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    GATEWAY_MAPPINGS_DIR=/opt/gateway/mappings \
     GATEWAY_CONFIG=/etc/gateway/config.yaml \
     GATEWAY_LISTEN=0.0.0.0:8080 \
     GATEWAY_STORAGE_URL=sqlite:////var/lib/gateway/gateway.db \
@@ -21,8 +20,8 @@ WORKDIR /opt/gateway
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY connectors ./connectors
-RUN pip install .
 COPY mappings ./mappings
+RUN pip install .
 COPY config.example.yaml /etc/gateway/config.yaml
 
 USER gateway

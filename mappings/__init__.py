@@ -1,0 +1,1 @@
+"""Shipped mappings (YAML), installed with the package so a plain pip install finds its defaults."""
