@@ -13,7 +13,7 @@ import mimetypes
 import uuid
 from functools import cached_property
 from typing import Literal
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import Field, SecretStr
 from twilio.request_validator import RequestValidator, get_signature_algorithm
@@ -68,12 +68,9 @@ class TwilioChannel(ChannelConnector):
     config: TwilioConfig
 
     @cached_property
-    def _validator_list(self) -> list[RequestValidator]:
+    def _validators(self) -> list[RequestValidator]:
         tokens = [self.config.auth_token, self.config.previous_auth_token]
         return [RequestValidator(token.get_secret_value()) for token in tokens if token is not None]
-
-    def _validators(self) -> list[RequestValidator]:
-        return self._validator_list
 
     def verify(self, request: HookRequest) -> None:
         signature = request.headers.get(SIGNATURE_HEADER)
@@ -86,7 +83,7 @@ class TwilioChannel(ChannelConnector):
             # the URL exactly as configured matches in the common case: one HMAC; validate() then also tries
             # the URL with and without its default port, as Twilio's own signing varies there
             valid = any(hmac.compare_digest(v.compute_signature(request.public_url, params, algorithm), signature)
-                        or v.validate(request.public_url, params, signature, algorithm) for v in self._validators())
+                        or v.validate(request.public_url, params, signature, algorithm) for v in self._validators)
         except ValueError:
             raise SignatureInvalid(f"unsupported signature algorithm {algorithm!r}") from None
         if not valid:
@@ -180,7 +177,7 @@ class TwilioChannel(ChannelConnector):
             "FromCountry": "", "To": recipient or "+15005550006", "ToZip": "", "NumSegments": "1",
             "MessageSid": sid, "AccountSid": self.config.account_sid, "From": sender, "ApiVersion": "2010-04-01",
         }
-        signature = self._validators()[0].compute_signature(public_url, params)
+        signature = self._validators[0].compute_signature(public_url, params)
         body = urlencode(params).encode()
         headers = Headers({"Content-Type": "application/x-www-form-urlencoded", SIGNATURE_HEADER: signature})
         return HookRequest("POST", "", "", headers, body, public_url)
@@ -201,6 +198,4 @@ def _media_name(n: int, content_type: str | None) -> str:
 
 
 def _parse(body: bytes) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
     return parse_qsl(body.decode("utf-8"), keep_blank_values=True)

@@ -15,7 +15,7 @@ from typing import Literal
 import requests
 from pydantic import Field, SecretStr
 
-from gateway.errors import PermanentError, RetryableError
+from gateway.errors import PermanentError, RetryableError, retry_after_seconds
 from gateway.plugins import ConnectorConfig, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
 
 
@@ -40,9 +40,7 @@ def classify(response: requests.Response) -> None:
     if status < 300:
         return
     if status in (408, 429) or status >= 500:
-        retry_after = response.headers.get("Retry-After")
-        raise RetryableError(f"HTTP {status}", code=str(status),
-                             retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+        raise RetryableError(f"HTTP {status}", code=str(status), retry_after=retry_after_seconds(response.headers))
     raise PermanentError(f"HTTP {status}: {response.text[:200]}", code=str(status))
 
 

@@ -144,16 +144,15 @@ def simulate(config_path: Path, channel: str, sender: str, text: str, recipient:
     """Send a correctly signed sample provider request to the running gateway."""
     import requests
 
-    from gateway.config import channel_class
-    from gateway.plugins import ConnectorContext, Registry
+    from gateway.plugins import Registry
+    from gateway.runtime import build_connectors, connector_context
 
     config = _load(config_path)
     if channel not in config.channels:
         raise click.UsageError(f"no channel named {channel!r} in {config_path}")
-    registry = Registry.from_entry_points()
-    channel_config = config.channels[channel]
-    context = ConnectorContext(http=requests.Session(), default_region=config.settings.identity.default_region)
-    connector = channel_class(registry, channel_config)(channel, channel_config, context)
+    channels, _ = build_connectors(config, Registry.from_entry_points(),
+                                   connector_context(config, requests.Session(), engine=None))
+    connector = channels[channel]
     public = f"{config.settings.server.public_url}/hooks/{channel}"
     sample = connector.sample_request(sender=sender, text=text, recipient=recipient, public_url=public)
     target = (url or f"http://{config.settings.server.listen}").rstrip("/") + f"/hooks/{channel}"

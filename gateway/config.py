@@ -245,7 +245,7 @@ def _check_mappings(doc: YamlDocument, config: GatewayConfig, registry: Registry
         cls = registry.get(crm.type)
         if cls is None or not issubclass(cls, CrmConnector):
             continue
-        mapping = mapping_path_for(config, name)
+        mapping = mapping_path_for(config, name, registry)
         if mapping is None:
             continue
         if not mapping.exists():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class HookRejected(Exception):
     """A webhook request refused with a 4xx status and a short, secret-free reason."""
@@ -31,6 +33,15 @@ class MalformedRequest(HookRejected):
 class PayloadTooLarge(HookRejected):
     status = 413
     reason_code = "too_large"
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for; None when absent or not a number (the HTTP-date form is not read:
+    a wrong clock would make it wrong, and the back-off then applies)."""
+    try:
+        return max(float((headers or {}).get("Retry-After", "")), 0.0)
+    except ValueError:
+        return None
 
 
 class DeliveryError(Exception):

@@ -22,6 +22,7 @@ from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, dotted, i
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
+    from gateway.plugins import Registry
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 # The shipped mappings live in the top-level mappings/ folder; an installed copy points here with an env var.
@@ -172,15 +173,13 @@ def _render(value: Any, context: dict[str, Any], field: str) -> Any:
     return value
 
 
-def mapping_path_for(config: GatewayConfig, crm_name: str) -> Path | None:
+def mapping_path_for(config: GatewayConfig, crm_name: str, registry: Registry) -> Path | None:
     """The mapping file a CRM instance uses: its ``mapping`` setting, else the connector's shipped default."""
-    from gateway.plugins import Registry
-
     crm = config.crms[crm_name]
     explicit = getattr(crm, "mapping", None)
     if explicit:
         return config.resolve_path(explicit)
-    cls = Registry.from_entry_points().get(crm.type)
+    cls = registry.get(crm.type)
     default = getattr(cls, "default_mapping", None)
     return MAPPINGS_DIR / default if default else None
 

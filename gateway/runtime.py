@@ -91,7 +91,7 @@ def build_runtime(config: GatewayConfig, registry: Registry | None = None,
     rules = rules_from_config(config.settings.identity)
     for name in config.crms:
         runtime.directories[name] = CrmDirectory(engine, name, rules)
-        path = mapping_path_for(config, name)
+        path = mapping_path_for(config, name, registry)
         if path is not None:
             runtime.mappings[name] = Mapping.load(path)
     return runtime

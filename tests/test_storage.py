@@ -83,3 +83,12 @@ def test_download_refuses_other_hosts_and_oversized_bodies() -> None:
         download(session, "http://api.twilio.com/x", allowed_hosts=("twilio.com",), max_bytes=100)
     with pytest.raises(AttachmentTooLarge):
         download(session, url, allowed_hosts=("twilio.com",), max_bytes=4)
+
+
+
+def test_retry_after_reads_delay_seconds() -> None:
+    from gateway.errors import retry_after_seconds
+
+    assert retry_after_seconds({"Retry-After": "93"}) == 93.0
+    assert retry_after_seconds({"Retry-After": "1.5"}) == 1.5
+    assert retry_after_seconds({}) is None and retry_after_seconds({"Retry-After": "soon"}) is None

@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, model_validator
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed
 
-from gateway.errors import PermanentError, RetryableError
+from gateway.errors import PermanentError, RetryableError, retry_after_seconds
 from gateway.plugins import ConnectorConfig, ConnectorContext
 
 log = logging.getLogger(__name__)
@@ -306,9 +306,7 @@ class SalesforceClient:
             self.pause(f"REQUEST_LIMIT_EXCEEDED: {text}")
             raise RetryableError(message, code=code, retry_after=self.config.budget_pause_seconds)
         if status == 429 or status >= 500 or code in RETRYABLE_CODES:
-            retry_after = (headers or {}).get("Retry-After")
-            raise RetryableError(message, code=code, retry_after=float(retry_after)
-                                 if retry_after and retry_after.isdigit() else None)
+            raise RetryableError(message, code=code, retry_after=retry_after_seconds(headers))
         if code == "INVALID_SESSION_ID":
             raise RetryableError(message, code=code, retry_after=self.config.budget_pause_seconds)
         fields = [str(f) for f in error.get("fields") or []]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import requests
 from pydantic import Field, SecretStr, model_validator
 
-from gateway.errors import PermanentError, RetryableError
+from gateway.errors import PermanentError, RetryableError, retry_after_seconds
 from gateway.plugins import ConnectorConfig, ConnectorContext
 from gateway.ratelimit import MAX_WAIT_SECONDS
 
@@ -58,14 +58,6 @@ class ZendeskConfig(ConnectorConfig):
         return (self.base_url or f"https://{self.subdomain}.zendesk.com").rstrip("/") + "/api/v2"
 
 
-def retry_after_seconds(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
-
-
 def classify(response: requests.Response, *, mapped: dict[str, str] | None = None) -> None:
     """Raise RetryableError (429, 5xx, 409) or PermanentError (other 4xx) for a failed response."""
     status = response.status_code
@@ -78,7 +70,8 @@ def classify(response: requests.Response, *, mapped: dict[str, str] | None = Non
     error = body.get("error") if isinstance(body, dict) else None
     code = error if isinstance(error, str) else str(status)
     if status == 429 or status >= 500 or status == 409:
-        raise RetryableError(f"Zendesk answered {status} {code}", code=code, retry_after=retry_after_seconds(response))
+        raise RetryableError(f"Zendesk answered {status} {code}", code=code,
+                             retry_after=retry_after_seconds(response.headers))
     details = body.get("details") if isinstance(body, dict) else None
     field = None
     message = f"Zendesk answered {status} {code}"
@@ -132,7 +125,7 @@ class ZendeskClient:
                 raise RetryableError(f"Zendesk unreachable: {type(exc).__name__}", code="network") from None
             if response.status_code != 429:
                 return response
-            wait = retry_after_seconds(response) or 60.0
+            wait = retry_after_seconds(response.headers) or 60.0
             self.limiter.block(wait)  # every process pauses, not just this one
             if wait > MAX_WAIT_SECONDS:
                 break
