@@ -58,6 +58,7 @@ class Stats:
     ok: int = 0
     non_2xx: int = 0
     errors: int = 0
+    reconnects: int = 0
     latencies: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
 
@@ -94,6 +95,28 @@ class Connection:
         self.writer.close()
 
 
+async def exchange(host: str, port: int, conn: Connection | None, raw: bytes,
+                   stats: Stats) -> tuple[int, bool, Connection]:
+    """Send on ``conn`` (or a new connection); like HTTP clients do, a kept-alive connection that the server
+    closed while it sat idle (closed before any byte of the answer) is replaced once and the request resent."""
+    if conn is not None:
+        try:
+            status, keep = await conn.send(raw)
+            return status, keep, conn
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+            conn.close()
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise
+            stats.reconnects += 1
+    conn = await Connection.open(host, port)
+    try:
+        status, keep = await conn.send(raw)
+    except BaseException:
+        conn.close()
+        raise
+    return status, keep, conn
+
+
 def _record(stats: Stats, status: int) -> None:
     if 200 <= status < 300:
         stats.ok += 1
@@ -115,13 +138,9 @@ async def closed_loop(host: str, port: int, requests: list[bytes], concurrency: 
                 break
             started = time.perf_counter()
             try:
-                if conn is None:
-                    conn = await Connection.open(host, port)
-                status, keep = await conn.send(raw)
+                status, keep, conn = await exchange(host, port, conn, raw, stats)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 stats.errors += 1
-                if conn is not None:
-                    conn.close()
                 conn = None
                 continue
             stats.latencies.append(time.perf_counter() - started)
@@ -151,13 +170,9 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, du
             late_starts.append(time.perf_counter() - due)
             conn = idle.pop() if idle else None
             try:
-                if conn is None:
-                    conn = await Connection.open(host, port)
-                status, keep = await conn.send(raw)
+                status, keep, conn = await exchange(host, port, conn, raw, stats)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 stats.errors += 1
-                if conn is not None:
-                    conn.close()
                 return
             stats.latencies.append(time.perf_counter() - due)
             _record(stats, status)
@@ -198,7 +213,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _summary(stats: Stats, elapsed: float) -> dict:
     return {
-        "ok": stats.ok, "non_2xx": stats.non_2xx, "errors": stats.errors, "statuses": stats.statuses,
+        "ok": stats.ok, "non_2xx": stats.non_2xx, "errors": stats.errors, "reconnects": stats.reconnects,
+        "statuses": stats.statuses,
         "elapsed": round(elapsed, 3), "rps": round(stats.ok / elapsed, 1) if elapsed else 0.0,
         "p50_ms": round(_percentile(stats.latencies, 0.50) * 1000, 2),
         "p99_ms": round(_percentile(stats.latencies, 0.99) * 1000, 2),

@@ -80,6 +80,35 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
+def _receipt_id(event: dict[str, Any]) -> str:
+    """The inbox key of a Messenger/Instagram delivery or read receipt: its reader and how far it reaches."""
+    sender = event.get("sender")
+    reader = sender.get("id") if isinstance(sender, dict) else None
+    receipt = event.get("delivery") if isinstance(event.get("delivery"), dict) else event["read"]
+    reach = receipt.get("mid") or receipt.get("watermark") or ",".join(map(str, receipt.get("mids") or ()))
+    if not reader or not reach:
+        raise MalformedRequest("a receipt has no sender or watermark")
+    return f"{'delivery' if 'delivery' in event else 'read'}:{reader}:{reach}"
+
+
+def _receipts(connector: str, event: dict[str, Any]) -> list[StatusUpdate]:
+    """Receipts for messages the page or account sent. A watermark covers every message sent at or before it;
+    Messenger names the messages (``mids``) only sometimes, Instagram names the one read (``read.mid``)."""
+    status = "delivered" if "delivery" in event else "read"
+    receipt: dict[str, Any] = event["delivery"] if status == "delivered" else event["read"]
+    reader = str(event["sender"]["id"])
+    occurred_at = datetime.fromtimestamp(int(event.get("timestamp") or receipt.get("watermark") or 0) / 1000, UTC)
+    extras: dict[str, Any] = {"recipient_id": reader}
+    mids = [str(mid) for mid in receipt.get("mids") or ()] or ([str(receipt["mid"])] if receipt.get("mid") else [])
+    if "watermark" in receipt:
+        extras["watermark"] = receipt["watermark"]
+    if not mids:  # a watermark alone: the update stands for all of this person's messages up to it
+        mids = [f"{reader}:up-to:{receipt['watermark']}"]
+        extras["covers"] = "every message sent to recipient_id at or before watermark (epoch ms)"
+    return [StatusUpdate(connector=connector, provider_message_id=mid, status=status, occurred_at=occurred_at,
+                         extras=extras) for mid in mids]
+
+
 def _item(data: dict[str, Any], provider_id: Any, kind: str = "message") -> InboxItem:
     if not isinstance(provider_id, str) or not provider_id:
         raise MalformedRequest("a message has no id")
@@ -151,7 +180,9 @@ class MetaChannel(ChannelConnector):
                 reaction = event["reaction"]
                 items.append(_item(wrapped, f"{reaction.get('mid')}:{reaction.get('action')}:"
                                             f"{(event.get('sender') or {}).get('id')}:{event.get('timestamp')}"))
-            # delivery and read receipts, optins, referrals: nothing a customer wrote
+            elif isinstance(event.get("delivery"), dict) or isinstance(event.get("read"), dict):
+                items.append(_item(wrapped, _receipt_id(event), "status"))
+            # optins, referrals, handovers: nothing a customer wrote
         return items
 
     def _split_whatsapp(self, entry: dict[str, Any]) -> list[InboxItem]:
@@ -304,6 +335,8 @@ class MetaChannel(ChannelConnector):
 
     def statuses(self, record: RawRecord) -> list[StatusUpdate]:
         data = json.loads(record.body)
+        if "event" in data:
+            return _receipts(record.connector, data["event"])
         status = data["status"]
         errors = status.get("errors") or []
         extras = {key: status[key] for key in ("recipient_id", "conversation", "pricing") if key in status}

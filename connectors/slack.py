@@ -175,7 +175,7 @@ class SlackChannel(ChannelConnector):
         team_id: str = data["team_id"]
         own = self._own_users(data)
         etype = event.get("type")
-        if etype == "reaction_added":
+        if etype in ("reaction_added", "reaction_removed"):
             item = event.get("item") or {}
             channel = item.get("channel", "")
             if item.get("type") != "message" or event.get("user") in own or not isinstance(event.get("user"), str):
@@ -183,10 +183,13 @@ class SlackChannel(ChannelConnector):
             if not self._is_customer_channel(data, {"channel_type": _guess_type(channel)}, channel):
                 return []
             target = f"{channel}:{item['ts']}"
+            removed = etype == "reaction_removed"
+            # event_ts in the id: the same reaction added again after a removal is a new event
             return [self._message(record, data, event, event["user"], event.get("user_team") or team_id, channel,
-                                  f"{target}:reaction:{event['user']}:{event['reaction']}", event["event_ts"],
-                                  kind=MessageKind.REACTION, target=target, text=f":{event['reaction']}:",
-                                  thread_ts=item["ts"])]
+                                  f"{target}:reaction:{event['user']}:{event['reaction']}:{event['event_ts']}",
+                                  event["event_ts"], kind=MessageKind.REACTION, target=target,
+                                  text=f":{event['reaction']}:", thread_ts=item["ts"],
+                                  extras={"action": "unreact"} if removed else None)]
         if etype != "message":
             return []
         channel = event.get("channel", "")
@@ -218,7 +221,7 @@ class SlackChannel(ChannelConnector):
     def _message(self, record: RawRecord, data: dict[str, Any], event: dict[str, Any], user: str, user_team: str,
                  channel: str, provider_id: str, ts: str, *, kind: MessageKind = MessageKind.MESSAGE,
                  target: str | None = None, text: str | None = None, thread_ts: str, files: bool = True,
-                 ) -> Message:
+                 extras: dict[str, Any] | None = None) -> Message:
         body = html.unescape(event.get("text") or "") if text is None else text
         attachments = tuple(
             Attachment(filename=f.get("name") or f.get("id", "file"),
@@ -226,8 +229,8 @@ class SlackChannel(ChannelConnector):
                        size=f.get("size") if isinstance(f.get("size"), int) else None,
                        location=f.get("url_private_download") or f["url_private"])
             for f in (event.get("files") or []) if files and isinstance(f, dict) and f.get("url_private"))
-        extras: dict[str, Any] = {"team_id": data["team_id"], "channel": channel, "ts": event.get("ts", ts),
-                                  "event_id": data.get("event_id")}
+        extras = {"team_id": data["team_id"], "channel": channel, "ts": event.get("ts", ts),
+                  "event_id": data.get("event_id"), **(extras or {})}
         for key in ("channel_type", "thread_ts", "parent_user_id", "subtype"):
             if event.get(key):
                 extras[key] = event[key]

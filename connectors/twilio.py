@@ -57,6 +57,13 @@ class TwilioConfig(ConnectorConfig):
     max_media_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Larger MMS media are refused (Twilio: 5 MB).")
 
 
+class _SignedParams(MultiDict[str, str]):
+    """The form as RequestValidator reads it: it asks for ``getall`` first and falls back through exceptions."""
+
+    def getall(self, key: str) -> list[str]:
+        return self.getlist(key)
+
+
 class TwilioChannel(ChannelConnector):
     """Inbound SMS/MMS/WhatsApp messages from Twilio webhooks."""
 
@@ -77,7 +84,7 @@ class TwilioChannel(ChannelConnector):
         checked = f"{SIGNATURE_HEADER} over {request.public_url}"
         if not signature:
             raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
-        params = MultiDict(request.form())
+        params = _SignedParams(request.form())
         algorithm = get_signature_algorithm(request.headers.get(SETTINGS_HEADER))
         try:
             # the URL exactly as configured matches in the common case: one HMAC; validate() then also tries

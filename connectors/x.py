@@ -18,8 +18,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
+from requests_oauthlib import OAuth1
 
+from gateway.attachments import download
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
 from gateway.plugins import ChannelConnector, ConnectorConfig
@@ -37,6 +39,20 @@ class XConfig(ConnectorConfig):
     previous_consumer_secret: SecretStr | None = Field(
         None, description="The former consumer secret, accepted too while a rotation is under way.")
     user_id: str = Field(pattern=r"^\d+$", description="Our own account's numeric user id: its messages are ours.")
+    consumer_key: str | None = Field(
+        None, description="The app's consumer (API) key. With access_token and access_token_secret it lets the "
+                          "gateway fetch DM media (OAuth 1.0a user context); without them media stay links.")
+    access_token: SecretStr | None = Field(None, description="Our account's OAuth 1.0a access token.")
+    access_token_secret: SecretStr | None = Field(None, description="Our account's OAuth 1.0a access token secret.")
+    media_hosts: list[str] = Field(["ton.twitter.com"], description="Hosts DM media may be downloaded from.")
+    max_media_bytes: int = Field(15 * 1024 * 1024, gt=0, description="Larger media are refused (X DMs: 15 MB).")
+
+    @model_validator(mode="after")
+    def _media_credentials_together(self) -> XConfig:
+        given = [self.consumer_key is not None, self.access_token is not None, self.access_token_secret is not None]
+        if any(given) and not all(given):
+            raise ValueError("consumer_key, access_token and access_token_secret go together (media downloads)")
+        return self
 
 
 def sign(secret: str, data: bytes) -> str:
@@ -136,6 +152,24 @@ class XChannel(ChannelConnector):
             sent_at=datetime.fromtimestamp(int(event.get("created_timestamp", 0)) / 1000, UTC),
             received_at=record.received_at, extras=extras,
             raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+
+    def enrich(self, message: Message) -> Message:
+        """DM media fetched from X's media host, signed with OAuth 1.0a as our account, when its keys are set."""
+        if (not message.attachments or self.config.access_token is None
+                or all(a.location.startswith("store:") for a in message.attachments)):
+            return message
+        assert self.config.consumer_key and self.config.access_token_secret
+        auth = OAuth1(self.config.consumer_key, self.config.consumer_secret.get_secret_value(),
+                      self.config.access_token.get_secret_value(),
+                      self.config.access_token_secret.get_secret_value())
+        stored = []
+        for attachment in message.attachments:
+            data, content_type = download(self.context.http, attachment.location,
+                                          allowed_hosts=tuple(self.config.media_hosts),
+                                          max_bytes=self.config.max_media_bytes, auth=auth)
+            stored.append(self.context.attachments.put(data, attachment.filename,
+                                                       attachment.content_type or content_type))
+        return message.model_copy(update={"attachments": tuple(stored)})
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         body = json.dumps({"for_user_id": self.config.user_id, "direct_message_events": [{

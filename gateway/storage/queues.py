@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, and_, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -42,6 +42,38 @@ class InboxWrite:
     received_at: datetime | None = None
 
 
+_INBOX_COLUMNS = ("connector", "provider_id", "kind", "content_type", "headers", "body", "public_url",
+                  "received_at", "available_at", "status", "attempts")
+
+
+class _PreparedInsert:
+    """One INSERT compiled once and run on the DBAPI cursor of a SQLAlchemy transaction.
+
+    Webhook ingest runs it for every request while holding SQLite's write lock; SQLAlchemy's per-execution work
+    (cache key, parameter processing, result wrapping) costs more than the insert itself there. The SQL and the
+    column types' own bind processors still come from SQLAlchemy, so values are stored exactly as Core stores them.
+    """
+
+    def __init__(self, engine: Engine, statement: Any) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names: list[str] = list(compiled.positiontup or ()) if compiled.positional else []
+        dialect, table = engine.dialect, statement.table
+        self.processors = {name: processor for name in _INBOX_COLUMNS
+                           if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+                           is not None}
+
+    def parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
+        for name, processor in self.processors.items():
+            values[name] = processor(values[name])
+        return [values[name] for name in self.names] if self.positional else values
+
+    def run(self, cursor: Any, parameters: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        cursor.execute(self.sql, parameters)
+        return list(cursor.fetchall())
+
+
 def insert_for(engine: Engine, table: Table) -> Any:
     return (sqlite.insert if is_sqlite(engine) else postgresql.insert)(table)
 
@@ -52,9 +84,11 @@ class Queues:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._skip_locked = not is_sqlite(engine)
-        self._inbox_insert = (insert_for(engine, inbox)
-                              .on_conflict_do_nothing(index_elements=["connector", "provider_id"])
-                              .returning(inbox.c.id))
+        self._inbox_insert = _PreparedInsert(engine, (
+            insert_for(engine, inbox)
+            .values({name: bindparam(name) for name in _INBOX_COLUMNS})
+            .on_conflict_do_nothing(index_elements=["connector", "provider_id"])
+            .returning(inbox.c.id)))
 
     # -- inbox -------------------------------------------------------------------------------------------------
     def store_inbox(self, connector: str, items: Sequence[InboxItem], headers: dict[str, str],
@@ -64,20 +98,24 @@ class Queues:
 
     def store_inbox_batch(self, writes: Sequence[InboxWrite]) -> list[StoredCount]:
         """Several requests' items in one transaction: one commit (one fsync) for all of them."""
+        batches = []
+        for write in writes:
+            now = write.received_at or utcnow()
+            batches.append([self._inbox_insert.parameters({
+                "connector": write.connector, "provider_id": item.provider_id.replace("\x00", "")[:255],
+                "kind": item.kind, "content_type": item.content_type, "headers": write.headers, "body": item.body,
+                "public_url": write.public_url, "received_at": now, "available_at": now, "status": "pending",
+                "attempts": 0}) for item in write.items])
         counts = []
-        with self.engine.begin() as conn:
-            for write in writes:
-                now = write.received_at or utcnow()
-                stored = 0
-                for item in write.items:
-                    provider_id = item.provider_id.replace("\x00", "")[:255]
-                    row = {"connector": write.connector, "provider_id": provider_id, "kind": item.kind,
-                           "content_type": item.content_type, "headers": write.headers, "body": item.body,
-                           "public_url": write.public_url, "received_at": now, "available_at": now,
-                           "status": "pending", "attempts": 0}
+        with self.engine.begin() as conn:  # parameters are ready: the write lock is held for the inserts only
+            cursor = conn.connection.cursor()
+            try:
+                for write, rows in zip(writes, batches, strict=True):
                     # RETURNING, not rowcount: psycopg reports -1 as the rowcount of this insert
-                    stored += len(conn.execute(self._inbox_insert, row).all())
-                counts.append(StoredCount(stored, len(write.items) - stored))
+                    stored = sum(len(self._inbox_insert.run(cursor, row)) for row in rows)
+                    counts.append(StoredCount(stored, len(write.items) - stored))
+            finally:
+                cursor.close()
         return counts
 
     def claim_inbox(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:

@@ -198,15 +198,49 @@ def test_whatsapp_batch_is_split_per_message_and_status(runtime_meta: Runtime) -
 
 
 def test_messenger_batch_entries_and_reactions(runtime_meta: Runtime) -> None:
-    """Two entries, two messages from two people, a delivery receipt (not stored) and a reaction to our reply."""
+    """Two entries, two messages from two people, a delivery receipt (a status) and a reaction to our reply."""
     connector = runtime_meta.channels[CHANNEL]
     records = split_records(connector, post(raw("messenger_batch")))
-    assert [r.provider_id.split(":")[0] for r in records] == [
-        "m_BATCH_A", "m_BATCH_B", "m_EchoOurReply0001AbCdEfGhIjKlMnOpQrStUvWxYz"]
+    assert [(r.kind, r.provider_id.split(":")[0]) for r in records] == [
+        ("message", "m_BATCH_A"), ("status", "delivery"), ("message", "m_BATCH_B"),
+        ("message", "m_EchoOurReply0001AbCdEfGhIjKlMnOpQrStUvWxYz")]
     produced = [m for r in records for m in connector.normalize(r)]
     assert [(m.kind.value, m.text) for m in produced] == [("message", "one"), ("message", "two"),
                                                           ("reaction", "\u2764\ufe0f")]
     assert produced[2].target_provider_message_id == "m_EchoOurReply0001AbCdEfGhIjKlMnOpQrStUvWxYz"
+    [delivered] = connector.statuses(records[1])
+    assert (delivered.provider_message_id, delivered.status) == (
+        "m_EchoOurReply0001AbCdEfGhIjKlMnOpQrStUvWxYz", "delivered")
+    assert delivered.extras == {"recipient_id": "6543210987654321", "watermark": 1700002000400}
+
+
+def test_read_receipts_are_recorded_as_statuses_once(runtime_meta: Runtime) -> None:
+    """Messenger's read watermark and Instagram's read mid become status rows (no message, no customer); a
+    re-delivered receipt is stored once."""
+    client = create_app(runtime_meta).test_client()
+    for fixture in ("messenger_read", "instagram_seen", "messenger_read"):
+        assert send(client, post(raw(fixture)), CHANNEL).status_code == 200
+    assert count(runtime_meta, inbox, CHANNEL) == 2
+    assert drain_pipeline(runtime_meta) == 2
+    with runtime_meta.engine.connect() as conn:
+        rows = conn.execute(select(provider_statuses.c.provider_message_id, provider_statuses.c.status,
+                                   provider_statuses.c.occurred_at, provider_statuses.c.extras)
+                            .order_by(provider_statuses.c.occurred_at)).all()
+        assert conn.execute(select(messages.c.id)).first() is None
+        assert conn.execute(select(customers.c.id)).first() is None
+    messenger, instagram = rows
+    assert messenger.provider_message_id == "6543210987654321:up-to:1700002999000"
+    assert messenger.status == "read" and messenger.extras["watermark"] == 1700002999000
+    assert messenger.occurred_at.timestamp() == 1700003000.0
+    assert instagram.provider_message_id == payload("instagram_seen")["entry"][0]["messaging"][0]["read"]["mid"]
+    assert instagram.status == "read" and instagram.extras == {"recipient_id": "5432109876543210"}
+
+
+def test_receipt_without_watermark_is_400(runtime_meta: Runtime) -> None:
+    data = payload("messenger_read")
+    data["entry"][0]["messaging"][0]["read"] = {}
+    response = send(create_app(runtime_meta).test_client(), post(data), CHANNEL)
+    assert response.status_code == 400 and b"watermark" in response.get_data()
 
 
 def test_media_downloaded_with_token_into_attachment_store(media: responses.RequestsMock) -> None:

@@ -144,6 +144,12 @@ class TestSlackConformance(ChannelConformance):
         },)),
         "reaction_added": Expected("message", ({
             "kind": "reaction", "target_provider_message_id": "D0CUSTDM001:1700000800.000700", "text": ":thumbsup:",
+            "provider_message_id": "D0CUSTDM001:1700000800.000700:reaction:U0CUST00001:thumbsup:1700001100.001000",
+        },)),
+        "reaction_removed": Expected("message", ({
+            "kind": "reaction", "target_provider_message_id": "D0CUSTDM001:1700000800.000700", "text": ":thumbsup:",
+            "extras.action": "unreact",
+            "provider_message_id": "D0CUSTDM001:1700000800.000700:reaction:U0CUST00001:thumbsup:1700001200.001100",
         },)),
         "bot_message": Expected("message"),
         "own_bot_post": Expected("message"),

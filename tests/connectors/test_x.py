@@ -12,13 +12,17 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import requests
+import responses
 from sqlalchemy import select
 
 from connectors.x import XChannel, signed_request
+from gateway.attachments import SCHEME
 from gateway.config import load_config
 from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
@@ -183,3 +187,55 @@ def test_simulated_request_round_trips() -> None:
     [record] = split_records(connector, request)
     [message] = connector.normalize(record)
     assert message.text == "hello"
+
+
+MEDIA_URL = "https://ton.twitter.com/1.1/ton/data/dm/1727342516412456966/1727342490000000001/AbC.jpg"
+MEDIA_KEYS = {"consumer_key": "test-x-consumer-key", "access_token": "944480000-test-x-access-token",
+              "access_token_secret": "test-x-access-token-secret"}
+
+
+def test_dm_media_fetched_with_oauth1_signature_into_attachment_store() -> None:
+    """ton.twitter.com serves DM media only to an OAuth 1.0a request signed as our account: the request carries
+    a valid HMAC-SHA1 signature over consumer and token secrets, and the bytes land in the attachment store."""
+    from oauthlib.oauth1.rfc5849 import signature as oauth_signature
+    from oauthlib.oauth1.rfc5849.utils import parse_authorization_header
+
+    jpeg = b"\xff\xd8\xff\xe0" + b"x-media" * 20
+    connector = x_channel(**MEDIA_KEYS)
+    [record] = split_records(connector, post(raw("dm_media")))
+    [message] = connector.normalize(record)
+    with responses.RequestsMock() as mock:
+        mock.get(MEDIA_URL, body=jpeg, content_type="image/jpeg")
+        [attachment] = connector.enrich(message).attachments
+        [call] = mock.calls
+    assert attachment.location.startswith(SCHEME) and connector.context.attachments.read(attachment.location) == jpeg
+    header = call.request.headers["Authorization"]
+    header = header.decode() if isinstance(header, bytes) else header
+    params = dict(parse_authorization_header(header))
+    assert params["oauth_consumer_key"] == MEDIA_KEYS["consumer_key"]
+    assert params["oauth_token"] == MEDIA_KEYS["access_token"]
+    checked = oauth_signature.collect_parameters(headers={"Authorization": header}, exclude_oauth_signature=True)
+    base = oauth_signature.signature_base_string(
+        "GET", oauth_signature.base_string_uri(MEDIA_URL), oauth_signature.normalize_parameters(checked))
+    secrets = SimpleNamespace(client_secret=SECRET, resource_owner_secret=MEDIA_KEYS["access_token_secret"])
+    assert unquote(params["oauth_signature"]) == oauth_signature.sign_hmac_sha1_with_client(base, secrets)
+    assert SECRET not in header and MEDIA_KEYS["access_token_secret"] not in header
+
+
+def test_dm_media_stays_a_link_without_media_keys_and_other_hosts_are_refused() -> None:
+    connector = x_channel()
+    [record] = split_records(connector, post(raw("dm_media")))
+    [message] = connector.normalize(record)
+    assert connector.enrich(message) is message and message.attachments[0].location == MEDIA_URL
+    data = json.loads(raw("dm_media"))
+    data["direct_message_events"][0]["message_create"]["message_data"]["attachment"]["media"][
+        "media_url_https"] = "https://169.254.169.254/latest/meta-data"
+    keyed = x_channel(**MEDIA_KEYS)
+    [record] = split_records(keyed, post(data))
+    with pytest.raises(ValueError, match="refusing"):
+        keyed.enrich(keyed.normalize(record)[0])
+
+
+def test_media_keys_must_come_together() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        XChannel.Config.model_validate(settings(consumer_key="test-x-consumer-key"))
