@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import ACCOUNT_SID, AUTH_TOKEN, CHANNEL
+from gateway.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 _run_ids = count(1)
@@ -33,8 +34,8 @@ _run_ids = count(1)
 class Settings:
     """One row of the benchmark: server and storage settings shared by both servers."""
 
-    processes: int = 1
-    threads: int = 8
+    processes: int = ServerConfig.model_fields["processes"].default
+    threads: int = ServerConfig.model_fields["threads"].default
     synchronous: str = "full"
     concurrency: int = 16
     rounds: int = 5
@@ -189,8 +190,8 @@ def run(settings: Settings, workdir: Path | None = None, verbose: bool = True) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=Settings.processes)
+    parser.add_argument("--threads", type=int, default=Settings.threads)
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
