@@ -14,9 +14,10 @@ admin's merge. Never a name, never a fuzzy score. Guardrails:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, func, or_, select, update
 
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
 from gateway.identity.normalize import IdentityRules, name_key
@@ -41,20 +42,47 @@ class _Owner:
     created_at: Any
 
 
+@cache
+def _owners_statement(count: int) -> Select[Any]:
+    """The owners of ``count`` identifiers, with parameters ``kind0``, ``value0``, ...: built once per count.
+
+    An OR of (kind, value) pairs, not a row-value IN: SQLite answers the OR from the unique index, the IN by a scan.
+    """
+    return (select(identities.c.kind, identities.c.value, customers.c.id, customers.c.merged_into,
+                   customers.c.display_name, customers.c.created_at)
+            .join(customers, customers.c.id == identities.c.customer_id)
+            .where(or_(*[and_(identities.c.kind == bindparam(f"kind{n}"), identities.c.value == bindparam(f"value{n}"))
+                         for n in range(count)])))
+
+
+# Built once: the resolver runs for every message, and a prebuilt statement skips SQLAlchemy's per-call
+# construction and cache-key work.
+_CUSTOMER_SUMMARY = select(customers.c.display_name, customers.c.created_at).where(
+    customers.c.id == bindparam("customer_id"))
+_DIRECTORY_RECORDS = select(crm_directory.c.crm, crm_directory.c.remote_id).where(
+    crm_directory.c.kind == bindparam("kind"), crm_directory.c.value == bindparam("value"))
+_RECORD_IDENTIFIERS = select(crm_directory.c.kind, crm_directory.c.value).where(
+    crm_directory.c.crm == bindparam("crm"), crm_directory.c.remote_id == bindparam("remote_id"))
+_HELD_OF_KIND = select(func.count()).select_from(identities).where(
+    identities.c.customer_id == bindparam("customer_id"), identities.c.kind == bindparam("kind"))
+_NAME_IF_MISSING = update(customers).where(
+    customers.c.id == bindparam("customer_id"), customers.c.display_name.is_(None)).values(
+    display_name=bindparam("display_name"), name_key=bindparam("name_key"), updated_at=bindparam("now"))
+_NEW_CUSTOMER = customers.insert()
+_NEW_IDENTIFIER = identities.insert()
+
+
 def _owners(conn: Connection, idents: list[Identifier]) -> dict[str, _Owner]:
     """The live customer owning each identifier that has one: one indexed query for the common case."""
-    rows = conn.execute(
-        select(identities.c.kind, identities.c.value, customers.c.id, customers.c.merged_into,
-               customers.c.display_name, customers.c.created_at)
-        .join(customers, customers.c.id == identities.c.customer_id)
-        # OR of (kind, value) pairs, not a row-value IN: SQLite answers the OR from the unique index, the IN by a scan
-        .where(or_(*[and_(identities.c.kind == i.kind.value, identities.c.value == i.value) for i in idents])))
+    params = {}
+    for n, ident in enumerate(idents):
+        params[f"kind{n}"], params[f"value{n}"] = ident.kind.value, ident.value
     owners = {}
-    for kind, value, customer_id, merged_into, name, created_at in rows:
+    for kind, value, customer_id, merged_into, name, created_at in conn.execute(
+            _owners_statement(len(idents)), params):
         if merged_into:  # rare: follow the merge to the customer that stands for this one now
             customer_id = live_customer_id(conn, merged_into)
-            name, created_at = conn.execute(select(customers.c.display_name, customers.c.created_at)
-                                            .where(customers.c.id == customer_id)).one()
+            name, created_at = conn.execute(_CUSTOMER_SUMMARY, {"customer_id": customer_id}).one()
         owners[f"{kind}:{value}"] = _Owner(customer_id, name, created_at)
     return owners
 
@@ -67,14 +95,12 @@ def _via_crm_records(conn: Connection, idents: list[Identifier], rules: Identity
     """
     linked = {}
     for ident in idents:
-        records = conn.execute(select(crm_directory.c.crm, crm_directory.c.remote_id).where(
-            crm_directory.c.kind == ident.kind.value, crm_directory.c.value == ident.value)).all()
+        records = conn.execute(_DIRECTORY_RECORDS, {"kind": ident.kind.value, "value": ident.value}).all()
         if len(records) != 1:
             continue
         crm, remote_id = records[0]
         siblings = [Identifier(kind=IdentifierKind(kind), value=value) for kind, value in conn.execute(
-            select(crm_directory.c.kind, crm_directory.c.value).where(
-                crm_directory.c.crm == crm, crm_directory.c.remote_id == remote_id))
+            _RECORD_IDENTIFIERS, {"crm": crm, "remote_id": remote_id})
             if (kind, value) != (ident.kind.value, ident.value)]
         owners = _owners(conn, [s for s in siblings if not rules.isolation_reason(s)]) if siblings else {}
         if len({owner.id for owner in owners.values()}) == 1:
@@ -108,9 +134,8 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
     result: Resolution
     if not distinct:
         customer_id = new_id()
-        conn.execute(customers.insert().values(
-            id=customer_id, display_name=party.display_name, name_key=name_key(party.display_name),
-            created_at=now, updated_at=now))
+        conn.execute(_NEW_CUSTOMER, {"id": customer_id, "display_name": party.display_name,
+                                     "name_key": name_key(party.display_name), "created_at": now, "updated_at": now})
         result = Resolution(customer_id, created=True)
     else:
         survivor = min(distinct, key=lambda cid: (by_id[cid].created_at, cid))
@@ -131,21 +156,20 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
                 result.merges.append(merge_customers(
                     conn, survivor, other, evidence=kind, message_id=message_id, detail=detail))
         if party.display_name and not by_id[survivor].display_name:
-            conn.execute(update(customers).where(
-                customers.c.id == survivor, customers.c.display_name.is_(None)).values(
-                display_name=party.display_name, name_key=name_key(party.display_name), updated_at=now))
+            conn.execute(_NAME_IF_MISSING, {"customer_id": survivor, "display_name": party.display_name,
+                                            "name_key": name_key(party.display_name), "now": now})
     added: dict[str, int] = {}
     for ident in new:
         kind = ident.kind.value
-        held = added.get(kind, 0) if result.created else conn.execute(select(func.count()).select_from(
-            identities).where(identities.c.customer_id == result.customer_id, identities.c.kind == kind)).scalar_one()
+        held = added.get(kind, 0) if result.created else conn.execute(
+            _HELD_OF_KIND, {"customer_id": result.customer_id, "kind": kind}).scalar_one()
         if held >= rules.max_per_kind:
             result.skipped.append((ident.kind.value, ident.value, f"limit of {rules.max_per_kind} per kind"))
             continue
-        conn.execute(identities.insert().values(
-            kind=ident.kind.value, value=ident.value, customer_id=result.customer_id,
-            evidence="crm_record" if ident.key in records else (
+        conn.execute(_NEW_IDENTIFIER, {
+            "kind": ident.kind.value, "value": ident.value, "customer_id": result.customer_id,
+            "evidence": "crm_record" if ident.key in records else (
                 "first_seen" if result.created and ident is joinable[0] else evidence),
-            source_message_id=message_id, created_at=now))
+            "source_message_id": message_id, "created_at": now})
         added[kind] = added.get(kind, 0) + 1
     return result
