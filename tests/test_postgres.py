@@ -8,16 +8,18 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from gateway.config import load_config
 from gateway.pipeline import PipelineWorker
 from gateway.runtime import Runtime, build_runtime
+from gateway.storage.db import utcnow
 from gateway.storage.queues import Queues
 from gateway.storage.tables import conversations, customers, dead_letters, inbox, messages, outbox
 from tests.fake_zendesk import FakeZendesk
@@ -218,3 +220,22 @@ def test_claim_outbox_groups_follow_their_head_and_are_taken_once(pg_runtime: Ru
     taken_first = {r.conversation_id for g in first for r in g}
     assert {g[0].conversation_id for g in second}.isdisjoint(taken_first), "a claimed head blocks its followers"
     assert all([r.id for r in g] == by_conversation[g[0].conversation_id] for g in second)
+
+
+def test_a_follower_still_leased_is_not_overtaken(pg_runtime: Runtime) -> None:
+    """A crashed worker's follower lease outlives its head's by a moment: the head may be claimed again, but the
+    rows behind the still-leased follower must wait, or they would reach the CRM first."""
+    rows = queue_conversations(pg_runtime, 1, 4)
+    head, follower = rows[0], rows[1]
+    with pg_runtime.engine.begin() as conn:
+        conn.execute(update(outbox).where(outbox.c.id == head.id).values(
+            lease_owner="dead:1", lease_until=utcnow() - timedelta(seconds=1)))
+        conn.execute(update(outbox).where(outbox.c.id == follower.id).values(
+            lease_owner="dead:1", lease_until=utcnow() + timedelta(seconds=30)))
+    [group] = pg_runtime.queues.claim_outbox("new", 10, 30, per_conversation=4)
+    assert [r.id for r in group] == [head.id]
+    with pg_runtime.engine.begin() as conn:
+        conn.execute(update(outbox).where(outbox.c.id == follower.id).values(lease_until=None, lease_owner=None))
+        conn.execute(update(outbox).where(outbox.c.id == head.id).values(lease_until=None, lease_owner=None))
+    [group] = pg_runtime.queues.claim_outbox("new", 10, 30, per_conversation=4)
+    assert [r.id for r in group] == [r.id for r in rows]

@@ -146,24 +146,35 @@ class Queues:
 
     def _claim_followers(self, heads: list[Row[Any]], owner: str, per_conversation: int,
                          lease_seconds: int) -> list[list[Row[Any]]]:
+        """The rows right behind each claimed head, in order, stopping at the first that cannot be claimed now.
+
+        Stopping matters: a row still leased (a crashed worker's lease that outlives its head's by a moment) or
+        waiting out a retry must not be overtaken by the rows behind it.
+        """
         now = utcnow()
         by_key = {(head.crm, head.conversation_id): [head] for head in heads}
-        query = (select(outbox.c.id, outbox.c.crm, outbox.c.conversation_id)
-                 .where(outbox.c.status == "pending", outbox.c.available_at <= now,
+        query = (select(outbox.c.id, outbox.c.crm, outbox.c.conversation_id, outbox.c.available_at,
+                        outbox.c.lease_until)
+                 .where(outbox.c.status == "pending",
                         outbox.c.conversation_id.in_([h.conversation_id for h in heads]),
-                        outbox.c.id.not_in([h.id for h in heads]),
-                        or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now))
+                        outbox.c.id.not_in([h.id for h in heads]))
                  .order_by(outbox.c.conversation_id, outbox.c.id))
         if self._skip_locked:
-            query = query.with_for_update(skip_locked=True)
+            query = query.with_for_update()  # wait, never skip: a skipped row would be overtaken
         with self.engine.begin() as conn:
             counts = dict.fromkeys(by_key, 1)
+            open_keys = set(by_key)
             ids = []
-            for row_id, crm, conversation_id in conn.execute(query):
+            for row_id, crm, conversation_id, available_at, lease_until in conn.execute(query):
                 key = (crm, conversation_id)
-                if key in by_key and counts[key] < per_conversation and row_id > by_key[key][0].id:
-                    counts[key] += 1
-                    ids.append(row_id)
+                if key not in open_keys or row_id < by_key[key][0].id:
+                    continue
+                claimable = available_at <= now and (lease_until is None or lease_until < now)
+                if not claimable or counts[key] >= per_conversation:
+                    open_keys.discard(key)
+                    continue
+                counts[key] += 1
+                ids.append(row_id)
             if ids:
                 conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(
                     lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
