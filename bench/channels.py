@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -119,6 +120,7 @@ def build_requests(channel: str, host: str, port: int, public_url: str, run_id: 
 def _loadgen(args: argparse.Namespace) -> None:
     count = args.max_requests if args.mode == "closed" else int(args.rate * args.duration)
     requests = build_requests(args.channel, "127.0.0.1", args.port, args.public_url, args.run_id, count)
+    gc.freeze()  # as in loadgen.main: no collection pauses over the prebuilt requests
     if args.mode == "closed":
         result = asyncio.run(loadgen.closed_loop("127.0.0.1", args.port, requests, args.concurrency, args.duration))
     else:
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--round-seconds", type=float, default=3.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--latency-seconds", type=float, default=6.0)
-    parser.add_argument("--latency-rounds", type=int, default=2)
+    parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--no-doc", action="store_true", help="print the results only")
     parser.add_argument("--note", default="", help="a sentence added under the table (e.g. machine conditions)")
     args = parser.parse_args(argv)

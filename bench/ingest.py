@@ -42,7 +42,7 @@ class Settings:
     round_seconds: float = 3.0
     rate: float = 500.0
     latency_seconds: float = 10.0
-    latency_rounds: int = 2
+    latency_rounds: int = 5
 
     @property
     def label(self) -> str:
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=float, default=3.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--latency-rounds", type=int, default=2)
+    parser.add_argument("--latency-rounds", type=int, default=Settings.latency_rounds)
     args = parser.parse_args()
     settings = Settings(args.processes, args.threads, args.synchronous, args.concurrency, args.rounds,
                         args.round_seconds, args.rate, args.latency_seconds, args.latency_rounds)
