@@ -94,6 +94,12 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
         pairs = ", ".join(f"{g:.0f}/{b:.0f}" for g, b in zip(row["gateway"]["rps_rounds"], row["bare"]["rps_rounds"],
                                                             strict=True))
         lines.append(f"- {row['settings']['label']}: {pairs}; ratios {row['ratio_rps_per_round']}")
+    lines += ["", "Per-round p99 at 500 requests/s, ms (gateway / bare, in run order; the medians above come from "
+              "these):", ""]
+    for row in ingest_rows:
+        pairs = ", ".join(f"{g:.1f}/{b:.1f}" for g, b in zip(row["gateway"]["p99_ms_rounds"],
+                                                             row["bare"]["p99_ms_rounds"], strict=True))
+        lines.append(f"- {row['settings']['label']}: {pairs}")
     st, e2e = pipe["stages"], pipe["end_to_end"]
     lines += [
         "",
