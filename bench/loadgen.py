@@ -201,6 +201,7 @@ async def open_loop(host: str, port: int, requests: list[bytes], rate: float, du
     result = _summary(stats, elapsed)
     result["target_rate"] = rate
     result["max_send_lag_ms"] = round(max(late_starts, default=0) * 1000, 2)
+    result["send_lag_p99_ms"] = round(_percentile(late_starts, 0.99) * 1000, 2)
     return result
 
 
