@@ -19,7 +19,6 @@ from pydantic import Field, SecretStr
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 from werkzeug.datastructures import MultiDict
 
-from gateway.attachments import download
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone
 from gateway.model import (
@@ -163,18 +162,11 @@ class TwilioChannel(ChannelConnector):
 
     def enrich(self, message: Message) -> Message:
         """MMS and WhatsApp media fetched with the account's credentials, only from Twilio's media hosts."""
-        if not message.attachments or all(a.location.startswith("store:") for a in message.attachments):
-            return message
-        auth = (self.config.account_sid, self.config.auth_token.get_secret_value())
-        stored = []
-        for attachment in message.attachments:
-            # Twilio answers with a redirect to its media CDN; requests drops the credentials on the host change
-            data, content_type = download(self.context.http, attachment.location,
-                                          allowed_hosts=tuple(self.config.media_hosts),
-                                          max_bytes=self.config.max_media_bytes, auth=auth)
-            stored.append(self.context.attachments.put(data, attachment.filename,
-                                                       attachment.content_type or content_type))
-        return message.model_copy(update={"attachments": tuple(stored)})
+        # Twilio answers with a redirect to its media CDN; requests drops the credentials on the host change
+        return self.context.attachments.fetch_into(
+            self.context.http, message, allowed_hosts=tuple(self.config.media_hosts),
+            max_bytes=self.config.max_media_bytes,
+            auth=(self.config.account_sid, self.config.auth_token.get_secret_value()))
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         sid = "SM" + uuid.uuid4().hex

@@ -21,7 +21,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from requests_oauthlib import OAuth1
 
-from gateway.attachments import download
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
 from gateway.plugins import ChannelConnector, ConnectorConfig
@@ -155,21 +154,15 @@ class XChannel(ChannelConnector):
 
     def enrich(self, message: Message) -> Message:
         """DM media fetched from X's media host, signed with OAuth 1.0a as our account, when its keys are set."""
-        if (not message.attachments or self.config.access_token is None
-                or all(a.location.startswith("store:") for a in message.attachments)):
-            return message
+        if self.config.access_token is None:
+            return message  # media stay links
         assert self.config.consumer_key and self.config.access_token_secret
         auth = OAuth1(self.config.consumer_key, self.config.consumer_secret.get_secret_value(),
                       self.config.access_token.get_secret_value(),
                       self.config.access_token_secret.get_secret_value())
-        stored = []
-        for attachment in message.attachments:
-            data, content_type = download(self.context.http, attachment.location,
-                                          allowed_hosts=tuple(self.config.media_hosts),
-                                          max_bytes=self.config.max_media_bytes, auth=auth)
-            stored.append(self.context.attachments.put(data, attachment.filename,
-                                                       attachment.content_type or content_type))
-        return message.model_copy(update={"attachments": tuple(stored)})
+        return self.context.attachments.fetch_into(self.context.http, message,
+                                                   allowed_hosts=tuple(self.config.media_hosts),
+                                                   max_bytes=self.config.max_media_bytes, auth=auth)
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         body = json.dumps({"for_user_id": self.config.user_id, "direct_message_events": [{

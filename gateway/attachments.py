@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from gateway.model import Attachment
+from gateway.model import Attachment, Message
 
 SCHEME = "store:sha256/"
 
@@ -44,6 +44,21 @@ class AttachmentStore:
         return Attachment(filename=filename, content_type=content_type, size=len(data), sha256=digest,
                           location=SCHEME + digest, inline=inline)
 
+    def fetch_into(self, session: requests.Session, message: Message, *, allowed_hosts: tuple[str, ...],
+                   max_bytes: int, **kwargs: object) -> Message:
+        """``message`` with each attachment not stored yet downloaded (``download``: allowed hosts, size limit,
+        ``kwargs`` such as ``auth`` passed on) and stored here."""
+        if all(a.location.startswith(SCHEME) for a in message.attachments):
+            return message
+        stored = []
+        for attachment in message.attachments:
+            if not attachment.location.startswith(SCHEME):
+                data, content_type = download(session, attachment.location, allowed_hosts=allowed_hosts,
+                                              max_bytes=max_bytes, **kwargs)
+                attachment = self.put(data, attachment.filename, attachment.content_type or content_type)
+            stored.append(attachment)
+        return message.model_copy(update={"attachments": tuple(stored)})
+
     def read(self, location: str) -> bytes:
         if not location.startswith(SCHEME):
             raise ValueError(f"not a stored attachment: {location!r}")
@@ -72,3 +87,4 @@ def download(session: requests.Session, url: str, *, allowed_hosts: tuple[str, .
             chunks.append(chunk)
         content_type = response.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
         return b"".join(chunks), content_type
+
