@@ -84,17 +84,18 @@ def _receipt_id(event: dict[str, Any]) -> str:
     """The inbox key of a Messenger/Instagram delivery or read receipt: its reader and how far it reaches."""
     sender = event.get("sender")
     reader = sender.get("id") if isinstance(sender, dict) else None
-    receipt = event.get("delivery") if isinstance(event.get("delivery"), dict) else event["read"]
+    delivered = isinstance(event.get("delivery"), dict)
+    receipt = event["delivery"] if delivered else event["read"]
     reach = receipt.get("mid") or receipt.get("watermark") or ",".join(map(str, receipt.get("mids") or ()))
     if not reader or not reach:
         raise MalformedRequest("a receipt has no sender or watermark")
-    return f"{'delivery' if 'delivery' in event else 'read'}:{reader}:{reach}"
+    return f"{'delivery' if delivered else 'read'}:{reader}:{reach}"
 
 
 def _receipts(connector: str, event: dict[str, Any]) -> list[StatusUpdate]:
     """Receipts for messages the page or account sent. A watermark covers every message sent at or before it;
     Messenger names the messages (``mids``) only sometimes, Instagram names the one read (``read.mid``)."""
-    status = "delivered" if "delivery" in event else "read"
+    status = "delivered" if isinstance(event.get("delivery"), dict) else "read"
     receipt: dict[str, Any] = event["delivery"] if status == "delivered" else event["read"]
     reader = str(event["sender"]["id"])
     occurred_at = datetime.fromtimestamp(int(event.get("timestamp") or receipt.get("watermark") or 0) / 1000, UTC)
