@@ -31,11 +31,11 @@ class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
     public_url: str = Field("http://127.0.0.1:8080", description="The base URL providers are told to call.")
     processes: int = Field(
-        2, ge=1, le=64,
-        description="Web server processes. A request spends most of its time in Python, which a process runs on one "
-                    "core at a time; on SQLite, ingest holds the single write lock only for its inserts, so a few "
-                    "processes share it well. Raise it with PostgreSQL and more cores.")
-    threads: int = Field(4, ge=1, le=256, description="Threads per web server process.")
+        1, ge=1, le=64,
+        description="Web server processes. One suits SQLite (a single writer); with PostgreSQL and more cores, "
+                    "raise it. On SQLite, ingest holds the write lock only for its inserts, so two processes also "
+                    "work (measured side by side in docs/benchmarks.md).")
+    threads: int = Field(8, ge=1, le=256, description="Threads per web server process.")
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
 
     @field_validator("public_url")
