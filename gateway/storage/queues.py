@@ -59,10 +59,9 @@ class _PreparedInsert:
         self.sql = compiled.string
         self.positional = compiled.positional
         self.names: list[str] = list(compiled.positiontup or ()) if compiled.positional else []
-        dialect, table = engine.dialect, statement.table
-        self.processors = {name: processor for name in _INBOX_COLUMNS
-                           if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
-                           is not None}
+        dialect = engine.dialect
+        self.processors = {name: processor for name, bind in compiled.binds.items()
+                           if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
 
     def parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         for name, processor in self.processors.items():
