@@ -95,10 +95,12 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
                                                             strict=True))
         lines.append(f"- {row['settings']['label']}: {pairs}; ratios {row['ratio_rps_per_round']}")
     lines += ["", "Per-round p99 at 500 requests/s, ms (gateway / bare, in run order; the medians above come from "
-              "these):", ""]
+              "these), each with the worst machine stall seen in that round in brackets (`bench/stalls.py`: a probe "
+              "sleeping 1 ms at a time beside the round; a stall of that length held up every process on the "
+              "machine, servers and load generator included):", ""]
     for row in ingest_rows:
-        pairs = ", ".join(f"{g:.1f}/{b:.1f}" for g, b in zip(row["gateway"]["p99_ms_rounds"],
-                                                             row["bare"]["p99_ms_rounds"], strict=True))
+        pairs = ", ".join(f"{_with_stall(row['gateway'], i)} / {_with_stall(row['bare'], i)}"
+                          for i in range(len(row["gateway"]["p99_ms_rounds"])))
         lines.append(f"- {row['settings']['label']}: {pairs}")
     st, e2e = pipe["stages"], pipe["end_to_end"]
     lines += [
@@ -123,6 +125,12 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
         "",
     ]
     return "\n".join(lines)
+
+
+def _with_stall(server: dict[str, Any], index: int) -> str:
+    p99 = f"{server['p99_ms_rounds'][index]:.1f}"
+    stalls = server.get("stall_max_ms_rounds")  # absent from runs made before the probe existed
+    return f"{p99} [{stalls[index]:.0f}]" if stalls else p99
 
 
 def parse_variant(text: str) -> tuple[int, int, str]:
