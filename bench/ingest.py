@@ -116,7 +116,7 @@ class Server:
                    "--public-url", f"http://127.0.0.1:{self.port}", "--mode", mode,
                    "--run-id", str(next(_run_ids)), "--duration", str(duration),
                    "--concurrency", str(settings.concurrency), "--rate", str(settings.rate)]
-        with probing() as machine:
+        with probing(str(self.database.parent)) as machine:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=duration + 90,
                                   check=True)
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -164,7 +164,8 @@ def run(settings: Settings, workdir: Path | None = None, verbose: bool = True) -
                 server.open.append(result)
                 say(f"  latency round {index + 1} {server.name} @ {settings.rate:.0f}/s: p50 {result['p50_ms']} ms, "
                     f"p99 {result['p99_ms']} ms (ok {result['ok']}, non-2xx {result['non_2xx']}, "
-                    f"errors {result['errors']}; worst machine stall {result['machine']['stall_max_ms']} ms)")
+                    f"errors {result['errors']}; worst machine stall {result['machine']['stall_max_ms']} ms, "
+                    f"slowest fsync {result['machine']['fsync_max_ms']} ms)")
     finally:
         for server in servers:
             server.stop()
@@ -180,6 +181,7 @@ def run(settings: Settings, workdir: Path | None = None, verbose: bool = True) -
             "p99_ms_median": statistics.median(r["p99_ms"] for r in server.open),
             "p99_ms_rounds": [r["p99_ms"] for r in server.open],
             "stall_max_ms_rounds": [r["machine"]["stall_max_ms"] for r in server.open],
+            "fsync_max_ms_rounds": [r["machine"]["fsync_max_ms"] for r in server.open],
             "open_ok": sum(r["ok"] for r in server.open),
             "open_sent": sum(r["ok"] + r["non_2xx"] + r["errors"] for r in server.open),
             "failures": sum(r["non_2xx"] + r["errors"] for r in server.closed + server.open),

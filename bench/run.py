@@ -95,9 +95,10 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
                                                             strict=True))
         lines.append(f"- {row['settings']['label']}: {pairs}; ratios {row['ratio_rps_per_round']}")
     lines += ["", "Per-round p99 at 500 requests/s, ms (gateway / bare, in run order; the medians above come from "
-              "these), each with the worst machine stall seen in that round in brackets (`bench/stalls.py`: a probe "
-              "sleeping 1 ms at a time beside the round; a stall of that length held up every process on the "
-              "machine, servers and load generator included):", ""]
+              "these). In brackets, what `bench/stalls.py` saw beside that round: the worst machine stall (a probe "
+              "sleeping 1 ms at a time woke that late; every process on the machine, servers and load generator "
+              "included, was held up as long) and the slowest fsync (4 KiB appended and fsynced every 50 ms beside "
+              "the databases, as each commit with `synchronous=full` is), in ms:", ""]
     for row in ingest_rows:
         pairs = ", ".join(f"{_with_stall(row['gateway'], i)} / {_with_stall(row['bare'], i)}"
                           for i in range(len(row["gateway"]["p99_ms_rounds"])))
@@ -129,8 +130,10 @@ def render(ingest_rows: list[dict[str, Any]], pipe: dict[str, Any], command: str
 
 def _with_stall(server: dict[str, Any], index: int) -> str:
     p99 = f"{server['p99_ms_rounds'][index]:.1f}"
-    stalls = server.get("stall_max_ms_rounds")  # absent from runs made before the probe existed
-    return f"{p99} [{stalls[index]:.0f}]" if stalls else p99
+    stalls, fsyncs = server.get("stall_max_ms_rounds"), server.get("fsync_max_ms_rounds")  # newer runs only
+    if stalls and fsyncs:
+        return f"{p99} [stall {stalls[index]:.0f}, fsync {fsyncs[index]:.0f}]"
+    return f"{p99} [stall {stalls[index]:.0f}]" if stalls else p99
 
 
 def parse_variant(text: str) -> tuple[int, int, str]:

@@ -1,18 +1,26 @@
 """Machine-stall probe: what the machine allowed while a latency round ran.
 
-A process that asks to sleep 1 ms at a time and records how late each wake-up is. It uses almost no CPU, so it
-hardly competes with the servers; a wake-up 30 ms late means nothing on this machine, the servers and the load
-generator included, was sure to run during those 30 ms (another tenant, the hypervisor, a disk flush). The
-benchmarks run one beside every latency round, so a round's p99 can be read against the worst stall in it.
+Two measurements in one small process:
 
-    .venv/bin/python -m bench.stalls     # measures until its standard input closes (Ctrl-D), then prints JSON
+- the CPU: a thread asks to sleep 1 ms at a time and records how late each wake-up is. A wake-up 30 ms late means
+  nothing on this machine, the servers and the load generator included, was sure to run during those 30 ms
+  (another tenant, the hypervisor);
+- the disk: another thread appends 4 KiB to a file beside the benchmark's databases and fsyncs it every 50 ms, as
+  a commit with `synchronous=full` does. A slow fsync holds up every commit on that disk at that moment.
+
+Both use almost nothing of the machine. The benchmarks run one probe beside every latency round, so a round's p99
+can be read against the worst stall and the slowest fsync in it.
+
+    .venv/bin/python -m bench.stalls [FOLDER]   # measures until standard input closes (Ctrl-D), prints JSON
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +30,7 @@ from typing import Any
 TICK_S = 0.001
 STALL_MS = 5.0  # a wake-up later than this counts as a stall
 READY = "measuring"  # the probe's first line: it is running from here on
+FSYNC_EVERY_S = 0.05
 
 
 def measure(stop: threading.Event, since: float) -> dict[str, float]:
@@ -47,11 +56,34 @@ def measure(stop: threading.Event, since: float) -> dict[str, float]:
     }
 
 
+def measure_fsync(stop: threading.Event, folder: str) -> dict[str, float]:
+    """Append 4 KiB and fsync every FSYNC_EVERY_S until ``stop``; the slowest fsync and the 99th percentile."""
+    took_ms: list[float] = []
+    handle, path = tempfile.mkstemp(prefix="stall-probe-", dir=folder)
+    try:
+        while True:
+            os.write(handle, b"\0" * 4096)
+            began = time.perf_counter()
+            os.fsync(handle)
+            took_ms.append((time.perf_counter() - began) * 1000)
+            if stop.wait(FSYNC_EVERY_S):
+                break
+    finally:
+        os.close(handle)
+        os.unlink(path)
+    took_ms.sort()
+    return {"fsyncs": len(took_ms),
+            "fsync_p99_ms": round(took_ms[int(0.99 * (len(took_ms) - 1))], 2) if took_ms else 0.0,
+            "fsync_max_ms": round(took_ms[-1], 2) if took_ms else 0.0}
+
+
 @contextmanager
-def probing() -> Iterator[dict[str, Any]]:
-    """Run the probe for the duration of the ``with`` block; the yielded dict holds its figures afterwards."""
-    process = subprocess.Popen([sys.executable, "-m", "bench.stalls"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+def probing(folder: str | None = None) -> Iterator[dict[str, Any]]:
+    """Run the probe for the duration of the ``with`` block; the yielded dict holds its figures afterwards.
+
+    ``folder`` is where the fsync file goes: beside the databases being measured (default: the temp folder)."""
+    process = subprocess.Popen([sys.executable, "-m", "bench.stalls", folder or tempfile.gettempdir()],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     figures: dict[str, Any] = {}
     assert process.stdout is not None
     process.stdout.readline()  # READY
@@ -69,10 +101,16 @@ def main() -> None:
         sys.stdin.read()
         stop.set()
 
+    disk: dict[str, float] = {}
+    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.gettempdir()
+    disk_thread = threading.Thread(target=lambda: disk.update(measure_fsync(stop, folder)), daemon=True)
     threading.Thread(target=wait_for_stdin_to_close, daemon=True).start()
+    disk_thread.start()
     since = time.perf_counter()
     print(READY, flush=True)
-    json.dump(measure(stop, since), sys.stdout)
+    figures = measure(stop, since)
+    disk_thread.join()
+    json.dump(figures | disk, sys.stdout)
     sys.stdout.write("\n")
 
 

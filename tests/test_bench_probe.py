@@ -33,3 +33,5 @@ def test_probe_reports_the_time_it_was_held_up() -> None:
     assert figures["stalls"] >= 1
     assert figures["stalled_ms"] >= figures["stall_max_ms"]
     assert figures["wakeups"] >= 1
+    assert figures["fsyncs"] >= 1  # the disk side ran too: a stop of 200 ms spans several 50 ms periods
+    assert figures["fsync_max_ms"] > 0
