@@ -33,6 +33,10 @@ READY = "measuring"  # the probe's first line: it is running from here on
 FSYNC_EVERY_S = 0.05
 
 
+def _p99(ordered: list[float]) -> float:
+    return round(ordered[int(0.99 * (len(ordered) - 1))], 2)
+
+
 def measure(stop: threading.Event, since: float) -> dict[str, float]:
     """Sleep TICK_S at a time until ``stop``; lateness is each wake-up's distance from the one before, less a tick,
     counted from ``since`` so that a stall before the first sleep is seen too."""
@@ -49,7 +53,7 @@ def measure(stop: threading.Event, since: float) -> dict[str, float]:
     stalls = [late for late in late_ms if late > STALL_MS]
     return {
         "wakeups": len(late_ms),
-        "late_p99_ms": round(late_ms[int(0.99 * (len(late_ms) - 1))], 2),
+        "late_p99_ms": _p99(late_ms),
         "stall_max_ms": round(late_ms[-1], 2),
         "stalled_ms": round(sum(stalls), 2),
         "stalls": len(stalls),
@@ -71,10 +75,8 @@ def measure_fsync(stop: threading.Event, folder: str) -> dict[str, float]:
     finally:
         os.close(handle)
         os.unlink(path)
-    took_ms.sort()
-    return {"fsyncs": len(took_ms),
-            "fsync_p99_ms": round(took_ms[int(0.99 * (len(took_ms) - 1))], 2) if took_ms else 0.0,
-            "fsync_max_ms": round(took_ms[-1], 2) if took_ms else 0.0}
+    took_ms.sort()  # never empty: the loop fsyncs before it first waits
+    return {"fsyncs": len(took_ms), "fsync_p99_ms": _p99(took_ms), "fsync_max_ms": round(took_ms[-1], 2)}
 
 
 @contextmanager
