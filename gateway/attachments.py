@@ -87,4 +87,3 @@ def download(session: requests.Session, url: str, *, allowed_hosts: tuple[str, .
             chunks.append(chunk)
         content_type = response.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
         return b"".join(chunks), content_type
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -39,9 +40,10 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     """Seconds a ``Retry-After`` header asks for; None when absent or not a number (the HTTP-date form is not read:
     a wrong clock would make it wrong, and the back-off then applies)."""
     try:
-        return max(float((headers or {}).get("Retry-After", "")), 0.0)
+        seconds = float((headers or {}).get("Retry-After", ""))
     except ValueError:
         return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None  # "inf" or "nan" would stall the retry forever
 
 
 class DeliveryError(Exception):

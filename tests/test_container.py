@@ -146,8 +146,8 @@ def image(dockerfile: Dockerfile) -> Iterator[ReplayedImage]:
                     shutil.copy(path, target)
         venv = root / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        # the image's `RUN pip install .`, but its dependencies come from the test environment instead of PyPI:
-        # they are the same pinned ranges, installed by the test setup, and this keeps the test offline and fast
+        # the image's `RUN pip install .`, but its dependencies come from the test environment: the same ranges,
+        # installed by the test setup. Only the build backend is fetched (from pip's cache once it holds it).
         install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
                                   "--no-deps", "."], cwd=_in_root(root, "/opt/gateway"), capture_output=True,
                                  text=True)
@@ -161,8 +161,9 @@ def image(dockerfile: Dockerfile) -> Iterator[ReplayedImage]:
         data_dir = _in_root(root, image_env["GATEWAY_DATA_DIR"])
         data_dir.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if not key.startswith(("GATEWAY_", "PYTHON"))}
+        image_dirs = {*dockerfile.all("WORKDIR"), str(Path(image_env["GATEWAY_CONFIG"]).parent)}
         for key, value in image_env.items():
-            for image_dir in ("/var/lib/gateway", "/etc/gateway", "/opt/gateway"):
+            for image_dir in image_dirs:
                 value = value.replace(image_dir, str(_in_root(root, image_dir)))
             env[key] = value
         port = free_port()

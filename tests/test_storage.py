@@ -92,3 +92,5 @@ def test_retry_after_reads_delay_seconds() -> None:
     assert retry_after_seconds({"Retry-After": "93"}) == 93.0
     assert retry_after_seconds({"Retry-After": "1.5"}) == 1.5
     assert retry_after_seconds({}) is None and retry_after_seconds({"Retry-After": "soon"}) is None
+    assert retry_after_seconds({"Retry-After": "inf"}) is None and retry_after_seconds({"Retry-After": "nan"}) is None
+    assert retry_after_seconds({"Retry-After": "-5"}) == 0.0
