@@ -37,11 +37,12 @@ from gateway.attachments import AttachmentStore
 from gateway.config import load_config
 from gateway.mail.mime import provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
+from gateway.records import RawRecord
 from gateway.runtime import build_runtime
 from gateway.storage.cursors import Cursors
 from gateway.storage.db import utcnow
 from gateway.storage.tables import dead_letters, inbox, messages
-from gateway.webhooks import Headers, RawRecord
+from gateway.webhooks import Headers
 from gateway.worker import InboxWriter
 from tests.conformance.channel import config_text, drain_pipeline
 from tests.dovecot import Dovecot

@@ -28,9 +28,9 @@ from bench.loadgen import ACCOUNT_SID, AUTH_TOKEN, CHANNEL, signed_requests
 from gateway.config import load_config
 from gateway.delivery import DeliveryWorker
 from gateway.pipeline import PipelineWorker
+from gateway.records import InboxItem
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import inbox
-from gateway.webhooks import InboxItem
 from gateway.worker import WorkerProcess, drain_once
 
 PUBLIC_URL = "http://127.0.0.1:8080"

@@ -46,9 +46,9 @@ from twilio.request_validator import RequestValidator
 from bench.docs import write_section
 from gateway.config import load_config
 from gateway.pipeline import PipelineWorker
+from gateway.records import InboxItem
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import conversations, customers, dead_letters, delivery_log, messages, outbox
-from gateway.webhooks import InboxItem
 from gateway.worker import WorkerProcess, drain_once
 from tests.fake_zendesk import FakeZendesk
 

@@ -27,8 +27,8 @@ from pydantic import Field, SecretStr, model_validator
 from gateway.mail.mime import provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.model import ChannelType, Message
-from gateway.plugins import CursorStore, InboxSink, PollingChannel
-from gateway.webhooks import InboxItem, RawRecord
+from gateway.plugins import CursorStore, InboxSink, PollingChannel, PollingConfig
+from gateway.records import InboxItem, RawRecord
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "message/rfc822"
@@ -44,7 +44,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class ImapConfig(EmailSettings):
+class ImapConfig(EmailSettings, PollingConfig):
     """Settings of an ``imap`` channel: one folder of one mailbox (add a channel per mailbox)."""
 
     type: Literal["imap"] = "imap"
@@ -60,7 +60,6 @@ class ImapConfig(EmailSettings):
         description="PEM file of CA certificates to trust instead of the system trust store (relative to the config "
                     "file), e.g. for a private CA; the host name is always checked against the certificate.")
     folder: str = Field("INBOX", min_length=1, description="Folder to import from.")
-    poll_seconds: float = Field(60.0, ge=1, description="How often to look for new mail.")
     after_import: str = Field(
         "keep", pattern=r"^(keep|seen|move:.+)$",
         description="What to do on the server once a message is stored: keep, seen (flag \\Seen) or move:FOLDER.")
@@ -95,10 +94,6 @@ class ImapChannel(PollingChannel):
         super().__init__(*args, **kwargs)
         self._failures = 0
         self._next_attempt = 0.0
-
-    @property
-    def poll_seconds(self) -> float:
-        return self.config.poll_seconds
 
     @property
     def cursor_name(self) -> str:

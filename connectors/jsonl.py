@@ -8,24 +8,39 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
-from gateway.plugins import ConnectorConfig, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+from gateway import signed_replies
+from gateway.plugins import (
+    AgentReplies,
+    AgentReply,
+    CrmConfig,
+    CrmConnector,
+    DeliveryItem,
+    DeliveryResult,
+    InternalNotes,
+    LinkStore,
+)
+from gateway.records import InboxItem, RawRecord
+from gateway.webhooks import HookRequest
 
 
-class JsonlConfig(ConnectorConfig):
+class JsonlConfig(CrmConfig):
     """Settings of a ``jsonl`` CRM."""
 
     type: Literal["jsonl"] = "jsonl"
     path: str = Field("var/crm.jsonl", description="File the records are appended to (relative to the config file).")
-    mapping: str | None = Field(None, description="Mapping file; default mappings/jsonl.yaml.")
     fsync: bool = Field(True, description="fsync after each record, so a record written is a record kept.")
+    reply_secret: SecretStr | None = Field(
+        None, description="Key for agent replies posted to /crm-hooks/NAME (X-Gateway-Signature); unset: none taken.")
 
 
-class JsonlCrm(CrmConnector):
+class JsonlCrm(CrmConnector, AgentReplies, InternalNotes):
     """Appends one JSON object per delivered message: the message, its customer, conversation and mapped fields.
 
-    Replays are harmless: a message already written (same idempotency key) is not written again.
+    Replays are harmless: a message already written (same idempotency key) is not written again. With a
+    ``reply_secret`` it takes agent replies on the gateway's signed reply endpoint (a trial of two-way
+    conversations with nothing external), and notes for the agent are appended as ``{"note": ...}`` records.
     """
 
     type_name = "jsonl"
@@ -50,6 +65,11 @@ class JsonlCrm(CrmConnector):
             "fields": dict(item.fields),
             "message": item.message.model_dump(mode="json"),
         }
+        self._append(record)
+        links.put("message", item.message.id, item.idempotency_key)
+        return DeliveryResult("appended", item.idempotency_key)
+
+    def _append(self, record: dict[str, object]) -> None:
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -58,8 +78,26 @@ class JsonlCrm(CrmConnector):
             handle.flush()
             if self.config.fsync:
                 os.fsync(handle.fileno())
-        links.put("message", item.message.id, item.idempotency_key)
-        return DeliveryResult("appended", item.idempotency_key)
+
+    # -- two-way -----------------------------------------------------------------------------------------------
+    def verify_reply_hook(self, request: HookRequest) -> None:
+        signed_replies.verify(request, self.config.reply_secret)
+
+    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
+        return signed_replies.split(request)
+
+    def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
+        return signed_replies.replies(record)
+
+    def sample_reply_hook(self, *, conversation_id: str, text: str, public_url: str) -> HookRequest:
+        return signed_replies.sample(self.config.reply_secret, conversation_id=conversation_id, text=text,
+                                     public_url=public_url)
+
+    def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        if links.get("note", key) is not None:
+            return
+        self._append({"note": {"conversation_id": conversation_id, "text": text, "key": key, "internal": True}})
+        links.put("note", key, key)
 
     def check_online(self) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,10 @@ from gateway.mail.forms import FormField, first, parse_form, rebuild_email
 from gateway.mail.mime import UnparseableMail, provider_id, raw_digest
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.model import ChannelType, Message
-from gateway.plugins import ChannelConnector
+from gateway.plugins import WebhookChannel
+from gateway.records import InboxItem, RawRecord
 from gateway.storage.db import utcnow
-from gateway.webhooks import Headers, HookRequest, InboxItem, RawRecord
+from gateway.webhooks import Headers, HookRequest
 
 SIGNED_FIELDS = ("timestamp", "token", "signature")
 
@@ -48,7 +49,7 @@ def signature_for(key: str, timestamp: str, token: str) -> str:
     return hmac.new(key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
 
 
-class MailgunChannel(ChannelConnector):
+class MailgunChannel(WebhookChannel):
     """Inbound email from Mailgun routes (parsed fields or ``body-mime``)."""
 
     type_name = "mailgun"

@@ -35,8 +35,9 @@ from gateway.model import (
     StatusUpdate,
     ThreadRef,
 )
-from gateway.plugins import ChannelConnector, ConnectorConfig
-from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
+from gateway.plugins import ConnectorConfig, WebhookChannel
+from gateway.records import InboxItem, RawRecord
+from gateway.webhooks import Headers, HookRequest, HookResponse
 
 GRAPH_BASE = "https://graph.facebook.com/v21.0"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -116,7 +117,7 @@ def _item(data: dict[str, Any], provider_id: Any, kind: str = "message") -> Inbo
     return InboxItem(provider_id, json.dumps(data, ensure_ascii=False).encode(), "application/json", kind)
 
 
-class MetaChannel(ChannelConnector):
+class MetaChannel(WebhookChannel):
     """Inbound Messenger, Instagram and WhatsApp Cloud API messages from Meta webhooks."""
 
     type_name = "meta"

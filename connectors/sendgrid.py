@@ -25,9 +25,10 @@ from gateway.mail.forms import FormField, first, header_block_pairs, parse_form,
 from gateway.mail.mime import UnparseableMail, provider_id, raw_digest
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.model import ChannelType, Message
-from gateway.plugins import ChannelConnector
+from gateway.plugins import WebhookChannel
+from gateway.records import InboxItem, RawRecord
 from gateway.storage.db import utcnow
-from gateway.webhooks import Headers, HookRequest, InboxItem, RawRecord
+from gateway.webhooks import Headers, HookRequest
 
 TOKEN_PARAM = "token"
 
@@ -42,7 +43,7 @@ class SendgridConfig(EmailSettings):
     previous_url_token: SecretStr | None = Field(None, description="The former token, accepted during a change.")
 
 
-class SendgridChannel(ChannelConnector):
+class SendgridChannel(WebhookChannel):
     """Inbound email from SendGrid Inbound Parse (parsed fields or the raw MIME)."""
 
     type_name = "sendgrid"

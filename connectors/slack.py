@@ -35,8 +35,9 @@ from gateway.model import (
     RawRef,
     ThreadRef,
 )
-from gateway.plugins import ChannelConnector, ConnectorConfig
-from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
+from gateway.plugins import ConnectorConfig, WebhookChannel
+from gateway.records import InboxItem, RawRecord
+from gateway.webhooks import Headers, HookRequest, HookResponse
 
 API_BASE = "https://slack.com/api/"
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
@@ -83,7 +84,7 @@ def _ts_time(ts: str) -> datetime:
     return datetime.fromtimestamp(float(ts), UTC)
 
 
-class SlackChannel(ChannelConnector):
+class SlackChannel(WebhookChannel):
     """Inbound Slack messages from the Events API."""
 
     type_name = "slack"

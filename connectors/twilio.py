@@ -31,8 +31,9 @@ from gateway.model import (
     RawRef,
     StatusUpdate,
 )
-from gateway.plugins import ChannelConnector, ConnectorConfig
-from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
+from gateway.plugins import ConnectorConfig, WebhookChannel
+from gateway.records import InboxItem, RawRecord
+from gateway.webhooks import Headers, HookRequest, HookResponse
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
@@ -63,7 +64,7 @@ class _SignedParams(MultiDict[str, str]):
         return self.getlist(key)
 
 
-class TwilioChannel(ChannelConnector):
+class TwilioChannel(WebhookChannel):
     """Inbound SMS/MMS/WhatsApp messages from Twilio webhooks."""
 
     type_name = "twilio"

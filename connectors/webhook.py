@@ -6,32 +6,46 @@ The receiver checks ``X-Gateway-Signature: sha256=<hex HMAC-SHA256(secret, "{tim
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import requests
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
+from gateway import signed_replies
 from gateway.errors import PermanentError, RetryableError, retry_after_seconds
-from gateway.plugins import ConnectorConfig, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+from gateway.plugins import (
+    AgentReplies,
+    AgentReply,
+    CrmConfig,
+    CrmConnector,
+    DeliveryItem,
+    DeliveryResult,
+    InternalNotes,
+    LinkStore,
+)
+from gateway.records import InboxItem, RawRecord
+from gateway.signed_replies import sign
+from gateway.webhooks import HookRequest
 
 
-class WebhookConfig(ConnectorConfig):
+class WebhookConfig(CrmConfig):
     """Settings of a ``webhook`` CRM."""
 
     type: Literal["webhook"] = "webhook"
     url: str = Field(pattern=r"^https?://", description="Where each record is POSTed.")
     secret: SecretStr = Field(description="HMAC-SHA256 key for X-Gateway-Signature.")
     timeout_seconds: float = Field(10.0, gt=0, le=120)
-    mapping: str | None = Field(None, description="Mapping file; default mappings/webhook.yaml.")
+    reply_secret: SecretStr | None = Field(
+        None, description="Key other systems sign agent replies with (POST /crm-hooks/NAME, X-Gateway-Signature); "
+                          "must differ from secret. Unset: no replies are taken.")
 
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> WebhookConfig:
+        if self.reply_secret is not None and self.reply_secret.get_secret_value() == self.secret.get_secret_value():
+            raise ValueError("reply_secret must differ from secret (each direction has its own key)")
+        return self
 
 
 def classify(response: requests.Response) -> None:
@@ -44,7 +58,7 @@ def classify(response: requests.Response) -> None:
     raise PermanentError(f"HTTP {status}: {response.text[:200]}", code=str(status))
 
 
-class WebhookCrm(CrmConnector):
+class WebhookCrm(CrmConnector, AgentReplies, InternalNotes):
     """POSTs ``{"message", "customer", "conversation", "fields"}`` to a URL of your own."""
 
     type_name = "webhook"
@@ -54,17 +68,22 @@ class WebhookCrm(CrmConnector):
     config: WebhookConfig
 
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
-        body = json.dumps({
+        body = {
             "message": item.message.model_dump(mode="json"),
             "customer": {"id": item.customer.id, "display_name": item.customer.display_name,
                          "identifiers": [{"kind": k, "value": v} for k, v in item.customer.identifiers]},
             "conversation": {"id": item.conversation.id, "channel": item.conversation.channel},
             "fields": dict(item.fields),
-        }, ensure_ascii=False, sort_keys=True).encode()
+        }
+        response = self._post(body, item.idempotency_key)
+        return DeliveryResult("posted", item.idempotency_key, detail=f"HTTP {response.status_code}")
+
+    def _post(self, record: dict[str, Any], idempotency_key: str) -> requests.Response:
+        body = json.dumps(record, ensure_ascii=False, sort_keys=True).encode()
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": item.idempotency_key,
+            "Idempotency-Key": idempotency_key,
             "X-Gateway-Timestamp": timestamp,
             "X-Gateway-Signature": sign(self.config.secret.get_secret_value(), timestamp, body),
         }
@@ -74,4 +93,22 @@ class WebhookCrm(CrmConnector):
         except (requests.Timeout, requests.ConnectionError) as exc:
             raise RetryableError(f"receiver unreachable: {type(exc).__name__}", code="network") from None
         classify(response)
-        return DeliveryResult("posted", item.idempotency_key, detail=f"HTTP {response.status_code}")
+        return response
+
+    # -- two-way -----------------------------------------------------------------------------------------------
+    def verify_reply_hook(self, request: HookRequest) -> None:
+        signed_replies.verify(request, self.config.reply_secret)
+
+    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
+        return signed_replies.split(request)
+
+    def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
+        return signed_replies.replies(record)
+
+    def sample_reply_hook(self, *, conversation_id: str, text: str, public_url: str) -> HookRequest:
+        return signed_replies.sample(self.config.reply_secret, conversation_id=conversation_id, text=text,
+                                     public_url=public_url)
+
+    def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        """POSTs ``{"note": {"conversation_id", "text", "internal": true}}``, signed, with the note's key."""
+        self._post({"note": {"conversation_id": conversation_id, "text": text, "internal": True}}, key)

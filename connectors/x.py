@@ -23,8 +23,9 @@ from requests_oauthlib import OAuth1
 
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
-from gateway.plugins import ChannelConnector, ConnectorConfig
-from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
+from gateway.plugins import ConnectorConfig, WebhookChannel
+from gateway.records import InboxItem, RawRecord
+from gateway.webhooks import Headers, HookRequest, HookResponse
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
 _MEDIA_TYPES = {"photo": "image/jpeg", "video": "video/mp4", "animated_gif": "video/mp4"}
@@ -59,7 +60,7 @@ def sign(secret: str, data: bytes) -> str:
     return "sha256=" + base64.b64encode(hmac.new(secret.encode(), data, hashlib.sha256).digest()).decode()
 
 
-class XChannel(ChannelConnector):
+class XChannel(WebhookChannel):
     """Inbound X direct messages from Account Activity API webhooks."""
 
     type_name = "x"

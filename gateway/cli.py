@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from gateway.cli_crm import crm_group
 from gateway.cli_customers import customers_group
 from gateway.yamlsource import ConfigError
 
@@ -134,31 +135,69 @@ def work(ctx: click.Context, config_path: Path) -> None:
 
 @main.command()
 @config_option
-@click.argument("channel")
-@click.option("--from", "sender", required=True, help="Sender, as the provider would write it (+14155550100).")
+@click.argument("name")
+@click.option("--from", "sender", default=None, help="Sender, as the provider would write it (+14155550100).")
 @click.option("--text", required=True)
 @click.option("--to", "recipient", default=None, help="Recipient (the business number).")
+@click.option("--agent-reply", is_flag=True,
+              help="NAME is a crm: post a signed agent reply to it, as the CRM would (the reply then goes out).")
+@click.option("--conversation", default=None, help="With --agent-reply: the conversation; default the latest one.")
 @click.option("--url", default=None, help="Where to send it; default http://{server.listen}.")
-def simulate(config_path: Path, channel: str, sender: str, text: str, recipient: str | None,
-             url: str | None) -> None:
-    """Send a correctly signed sample provider request to the running gateway."""
+def simulate(config_path: Path, name: str, sender: str | None, text: str, recipient: str | None, agent_reply: bool,
+             conversation: str | None, url: str | None) -> None:
+    """Send a correctly signed sample request to the running gateway: a customer's message, or an agent's reply."""
     import requests
 
-    from gateway.plugins import Registry
+    from gateway.plugins import AgentReplies, Registry, WebhookChannel
     from gateway.runtime import build_connectors, connector_context
 
     config = _load(config_path)
-    if channel not in config.channels:
-        raise click.UsageError(f"no channel named {channel!r} in {config_path}")
-    channels, _ = build_connectors(config, Registry.from_entry_points(),
-                                   connector_context(config, requests.Session(), engine=None))
-    connector = channels[channel]
-    public = f"{config.settings.server.public_url}/hooks/{channel}"
-    sample = connector.sample_request(sender=sender, text=text, recipient=recipient, public_url=public)
-    target = (url or f"http://{config.settings.server.listen}").rstrip("/") + f"/hooks/{channel}"
+    channels, crms = build_connectors(config, Registry.from_entry_points(),
+                                      connector_context(config, requests.Session(), engine=None))
+    base = (url or f"http://{config.settings.server.listen}").rstrip("/")
+    if agent_reply:
+        crm = crms.get(name)
+        if not isinstance(crm, AgentReplies):
+            raise click.UsageError(f"no crm named {name!r} that takes agent replies in {config_path}")
+        conversation = conversation or _latest_conversation(config)
+        public = f"{config.settings.server.public_url}/crm-hooks/{name}"
+        try:
+            sample = crm.sample_reply_hook(conversation_id=conversation, text=text, public_url=public)
+        except (NotImplementedError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+        target = f"{base}/crm-hooks/{name}"
+    else:
+        connector = channels.get(name)
+        if not isinstance(connector, WebhookChannel):
+            raise click.UsageError(f"no webhook channel named {name!r} in {config_path}")
+        if sender is None:
+            raise click.UsageError("--from is required for a customer's message")
+        public = f"{config.settings.server.public_url}/hooks/{name}"
+        sample = connector.sample_request(sender=sender, text=text, recipient=recipient, public_url=public)
+        target = f"{base}/hooks/{name}"
     response = requests.post(target, data=sample.body, headers=dict(sample.headers), timeout=10)
     click.echo(f"POST {target} -> {response.status_code} {response.text.strip()[:200]}")
     sys.exit(0 if response.ok else 1)
+
+
+def _latest_conversation(config: Any) -> str:
+    from sqlalchemy import select
+
+    from gateway.runtime import storage_url
+    from gateway.storage.db import make_engine
+    from gateway.storage.tables import conversations
+
+    engine = make_engine(storage_url(config))
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(select(conversations.c.id).order_by(
+                conversations.c.last_activity_at.desc()).limit(1)).scalar()
+    finally:
+        engine.dispose()
+    if found is None:
+        raise click.UsageError("no conversation yet: simulate a customer's message first, or give --conversation")
+    click.echo(f"conversation {found}")
+    return str(found)
 
 
 @main.group()
@@ -294,3 +333,4 @@ def mapping_test(files: tuple[Path, ...]) -> None:
 
 
 main.add_command(customers_group, "customers")
+main.add_command(crm_group, "crm")

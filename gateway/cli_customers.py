@@ -20,6 +20,7 @@ from gateway.identity.merges import (
     unmerge,
 )
 from gateway.identity.normalize import InvalidIdentifier, normalize_email, normalize_phone
+from gateway.plugins import ContactMerge
 from gateway.storage.tables import conversations, crm_links, customers, identities, merge_suggestions
 
 
@@ -154,10 +155,9 @@ def _carry_to_crm(rt: Any, survivor: str, absorbed: str) -> list[str]:
             crm_links.c.local_id.in_([survivor, absorbed]))).all()) for name in rt.crms}
     done = []
     for name, crm in rt.crms.items():
-        remote_merge = getattr(crm, "merge_contacts", None)
         rows = records[name]
-        if remote_merge is not None and survivor in rows and absorbed in rows and rows[survivor] != rows[absorbed]:
-            remote_merge(rows[survivor], rows[absorbed])
+        if isinstance(crm, ContactMerge) and survivor in rows and absorbed in rows and rows[survivor] != rows[absorbed]:
+            crm.merge_contacts(rows[survivor], rows[absorbed])
             done.append(f"{name}: record {rows[absorbed]} merged into {rows[survivor]}")
     return done
 

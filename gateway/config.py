@@ -64,6 +64,9 @@ class RetryConfig(_Section):
 class WorkersConfig(_Section):
     pipeline_threads: int = Field(1, ge=0, le=32)
     delivery_threads: int = Field(2, ge=0, le=64)
+    send_threads: int = Field(
+        1, ge=0, le=64, description="Threads sending agent replies to channels (0: this process sends none).")
+    note_threads: int = Field(1, ge=0, le=16, description="Threads writing notes for agents to the CRMs.")
     batch_size: int = Field(20, ge=1, le=500, description="Rows (inbox) or conversations (outbox) per claim.")
     coalesce_max: int = Field(20, ge=1, le=100, description="Pending messages of one conversation written together.")
     idle_poll_seconds: float = Field(0.2, gt=0, le=60)

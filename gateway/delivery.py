@@ -6,10 +6,9 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Row, select
 
 from gateway import metrics
-from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, PermanentError, RetryableError
 from gateway.mapping import MappingRenderError
 from gateway.model import Message
@@ -17,42 +16,10 @@ from gateway.pipeline import customer_context, mapping_context
 from gateway.plugins import ConversationView, CustomerView, DeliveryItem, DeliveryResult
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
-from gateway.storage.queues import insert_for
-from gateway.storage.tables import conversations, crm_links, delivery_log, messages, outbox
+from gateway.storage.links import DbLinkStore
+from gateway.storage.tables import conversations, delivery_log, messages, outbox
 
 log = logging.getLogger(__name__)
-
-
-class DbLinkStore:
-    """Local id -> CRM record id for one CRM instance; every write commits at once.
-
-    ``find_records`` answers from the CRM's synced directory: the records that already hold an identifier.
-    """
-
-    def __init__(self, engine: Engine, crm: str, directory: CrmDirectory | None = None) -> None:
-        self.engine = engine
-        self.crm = crm
-        self.directory = directory
-
-    def find_records(self, kind: str, value: str) -> list[str]:
-        return self.directory.find(kind, value) if self.directory is not None else []
-
-    def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(crm_links.c.remote_id, crm_links.c.data).where(
-                crm_links.c.crm == self.crm, crm_links.c.entity == entity,
-                crm_links.c.local_id == local_id)).first()
-        return (row.remote_id, dict(row.data)) if row else None
-
-    def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None:
-        values = {"crm": self.crm, "entity": entity, "local_id": local_id, "remote_id": remote_id,
-                  "data": data or {}, "updated_at": utcnow()}
-        insert = insert_for(self.engine, crm_links).values(**values)
-        statement = insert.on_conflict_do_update(
-            index_elements=["crm", "entity", "local_id"],
-            set_={"remote_id": remote_id, "data": values["data"], "updated_at": values["updated_at"]})
-        with self.engine.begin() as conn:
-            conn.execute(statement)
 
 
 def idempotency_key(crm: str, message_id: str) -> str:

@@ -8,7 +8,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from gateway.plugins import Registry
+from gateway.plugins import Registry, abilities
 
 
 def _type_name(annotation: Any) -> str:
@@ -41,6 +41,7 @@ def connectors_text(registry: Registry) -> str:
     lines = []
     for name, cls in registry.items():
         lines.append(f"{name} ({cls.role}): {cls.summary}")
+        lines.append(f"    abilities: {', '.join(abilities(cls)) or 'none'}")
         for row in settings(cls):
             flag = "required" if row["required"] == "yes" else f"default {row['default']}"
             lines.append(f"    {row['name']:<22} {row['type']:<14} {flag:<22} {row['description']}")
@@ -54,6 +55,7 @@ def connectors_markdown(registry: Registry) -> str:
            "this file is stale. Secrets are masked whenever a config is printed.", ""]
     for name, cls in registry.items():
         out += [f"## `{name}` ({cls.role})", "", cls.summary, "",
+                f"Abilities: {', '.join(f'`{a}`' for a in abilities(cls)) or 'none'}.", "",
                 "| setting | type | required | default | description |", "| --- | --- | --- | --- | --- |"]
         out += [f"| `{r['name']}` | {r['type'].replace('|', '&#124;')} | {r['required']} "  # a bare | splits the cell
                 f"| {r['default'].replace('|', '/')} | {r['description']} |" for r in settings(cls)]

@@ -71,3 +71,14 @@ class RetryableError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """Trying again cannot help (other 4xx, validation errors): the item goes to the dead letters."""
+
+
+def as_delivery_error(exc: BaseException) -> DeliveryError:
+    """The one translation of an exception into a delivery failure: network trouble and unknown errors retry."""
+    import requests
+
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, requests.Timeout | requests.ConnectionError):
+        return RetryableError(f"{type(exc).__name__}: {exc}", code="network")
+    return RetryableError(f"{type(exc).__name__}: {exc}", code="internal")

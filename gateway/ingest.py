@@ -12,8 +12,8 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+from gateway.records import InboxItem
 from gateway.storage.queues import InboxWrite, Queues, StoredCount
-from gateway.webhooks import InboxItem
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 128

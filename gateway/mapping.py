@@ -18,6 +18,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.plugins import CrmConfig, CrmConnector
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, dotted, interpolate, load_yaml
 
 if TYPE_CHECKING:
@@ -176,11 +177,10 @@ def _render(value: Any, context: dict[str, Any], field: str) -> Any:
 def mapping_path_for(config: GatewayConfig, crm_name: str, registry: Registry) -> Path | None:
     """The mapping file a CRM instance uses: its ``mapping`` setting, else the connector's shipped default."""
     crm = config.crms[crm_name]
-    explicit = getattr(crm, "mapping", None)
-    if explicit:
-        return config.resolve_path(explicit)
+    if isinstance(crm, CrmConfig) and crm.mapping:
+        return config.resolve_path(crm.mapping)
     cls = registry.get(crm.type)
-    default = getattr(cls, "default_mapping", None)
+    default = cls.default_mapping if cls is not None and issubclass(cls, CrmConnector) else None
     return MAPPINGS_DIR / default if default else None
 
 

@@ -42,6 +42,7 @@ class IdentifierKind(StrEnum):
     MESSENGER = "messenger"
     INSTAGRAM = "instagram"
     X = "x"
+    AGENT = "agent"  # an agent in a CRM, scoped by the CRM's name: ``zendesk-main:12345``
 
 
 class Direction(StrEnum):

@@ -7,7 +7,7 @@ A row whose connector cannot normalise it is quarantined in the dead letters wit
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Row, select
@@ -15,21 +15,28 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics
 from gateway.conversations import assign_conversation
+from gateway.errors import DeliveryError
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.merges import live_customer_id
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.language import detect_language
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
-from gateway.plugins import ChannelConnector
+from gateway.notes import note_failed_send
+from gateway.optouts import record_keyword
+from gateway.plugins import AgentReply, ChannelConnector
+from gateway.records import RawRecord
+from gateway.replies import ReplyIntake, crm_of
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
+from gateway.storage.links import DbLinkStore
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import customers, identities, inbox, messages, outbox, provider_statuses
-from gateway.webhooks import Headers, RawRecord
+from gateway.webhooks import Headers
 
 log = logging.getLogger(__name__)
+FAILED_STATUSES = frozenset({"failed", "undelivered"})
 ENRICH_ATTEMPTS = 5  # then a message whose media cannot be fetched is delivered without them
 
 
@@ -54,9 +61,13 @@ class Prepared:
     row: Row[Any]
     messages: list[Message]
     statuses: list[StatusUpdate]
+    replies: list[AgentReply] = field(default_factory=list)
+    crm: str | None = None  # set for a CRM's reply event
 
     @property
     def outcome(self) -> str:
+        if self.crm is not None:
+            return "reply" if self.replies else "ignored"
         return "message" if self.messages else ("status" if self.statuses else "ignored")
 
 
@@ -66,6 +77,7 @@ class PipelineWorker:
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.rules = rules_from_config(runtime.config.settings.identity)
+        self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
 
     def claim(self) -> list[list[Row[Any]]]:
         rows = self.rt.queues.claim_inbox(self.owner, self.settings.batch_size, self.settings.lease_seconds)
@@ -101,14 +113,17 @@ class PipelineWorker:
 
     def _prepare(self, row: Row[Any]) -> Prepared | None:
         """Normalise (pure) and enrich (network) one row outside any transaction; None when it is settled."""
-        connector = self.rt.channels.get(row.connector)
-        if connector is None:
-            self._dead(row, "permanent", f"channel {row.connector!r} is no longer configured", "unknown_channel")
-            return None
         record = RawRecord(
             inbox_id=row.id, connector=row.connector, provider_id=row.provider_id, kind=row.kind, body=row.body,
             content_type=row.content_type, headers=Headers(row.headers), public_url=row.public_url,
             received_at=row.received_at)
+        crm_name = crm_of(row.connector)
+        if crm_name is not None:
+            return self._prepare_replies(row, record, crm_name)
+        connector = self.rt.channels.get(row.connector)
+        if connector is None:
+            self._dead(row, "permanent", f"channel {row.connector!r} is no longer configured", "unknown_channel")
+            return None
         try:
             if record.kind == "status":
                 normalized, statuses = [], connector.statuses(record)
@@ -128,7 +143,31 @@ class PipelineWorker:
             update={"language": detect_language(message.text or message.full_text)}) for message in normalized]
         return Prepared(row, normalized, statuses)
 
+    def _prepare_replies(self, row: Row[Any], record: RawRecord, crm_name: str) -> Prepared | None:
+        """A CRM's reply event: the connector reads the replies it carries (it may call the CRM's API)."""
+        if crm_name not in self.rt.crms:
+            self._dead(row, "permanent", f"crm {crm_name!r} is no longer configured", "unknown_crm")
+            return None
+        links = DbLinkStore(self.rt.engine, crm_name, self.rt.directories.get(crm_name))
+        try:
+            replies = self.replies.read(crm_name, record, links)
+        except DeliveryError as exc:
+            if not exc.retryable:
+                self._dead(row, "permanent", str(exc), exc.code or "reply_failed")
+                return None
+            self._failed(row, exc)
+            return None
+        except Exception as exc:
+            self._failed(row, exc)
+            return None
+        return Prepared(row, [], [], replies, crm_name)
+
     def _store_row(self, conn: Connection, item: Prepared) -> None:
+        if item.crm is not None:
+            outcome = self.replies.store(conn, item.crm, item.row.id, item.replies)
+            status = "done" if outcome.queued else "ignored"
+            self.rt.queues.finish(conn, inbox, item.row.id, status, processed_at=utcnow(), last_error=None)
+            return
         for message in item.messages:
             self._store(conn, message)
         for update in item.statuses:
@@ -169,6 +208,8 @@ class PipelineWorker:
             "connector": update.connector, "provider_message_id": update.provider_message_id,
             "status": update.status, "error_code": update.error_code, "occurred_at": update.occurred_at,
             "extras": update.extras, "inbox_id": inbox_id})
+        if update.status in FAILED_STATUSES:
+            note_failed_send(conn, update)
 
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""
@@ -202,6 +243,7 @@ class PipelineWorker:
             provider_message_id=message.provider_message_id, customer_id=customer_id,
             conversation_id=conversation_id, thread_rule=rule, data=message.model_dump(mode="json"),
             received_at=message.received_at, created_at=now))
+        record_keyword(conn, message)
         customer = customer_context(conn, customer_id)
         conversation = {"id": conversation_id, "channel": message.channel.value, "thread_rule": rule,
                         "opened_by_message": assignment.opened, "previous_id": assignment.previous_id}

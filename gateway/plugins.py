@@ -11,18 +11,20 @@ import abc
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import requests
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.attachments import AttachmentStore
 from gateway.errors import DeliveryError, RetryableError
-from gateway.model import ChannelType, Message, StatusUpdate
+from gateway.model import Attachment, ChannelType, Message, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
-from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
+from gateway.records import InboxItem, RawRecord
+from gateway.webhooks import HookRequest, HookResponse
 
 ENTRY_POINT_GROUP = "gateway.connectors"
 log = logging.getLogger(__name__)
@@ -34,6 +36,19 @@ class ConnectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: str
+
+
+class CrmConfig(ConnectorConfig):
+    """Base of every CRM's settings: the mapping file that turns messages into its fields."""
+
+    mapping: str | None = Field(
+        None, description="Mapping file (relative to the config file); default: the connector's shipped mapping.")
+
+
+class PollingConfig(ConnectorConfig):
+    """Base of a polled channel's settings."""
+
+    poll_seconds: float = Field(60.0, ge=1, description="How often to look for new items.")
 
 
 @dataclass
@@ -72,31 +87,15 @@ class Connector(abc.ABC):
 
 
 class ChannelConnector(Connector):
-    """An inbound channel: verifies webhooks, splits them into inbox items, and normalises stored items.
+    """A channel's normaliser: turns stored inbox items into canonical messages.
 
-    ``verify`` and ``split`` run in the web process before the 2xx; ``normalize`` runs in a worker and must be
-    pure: raw record in, messages out (none for bot echoes, our own replies and other non-messages).
+    How items reach the inbox is a second role: a ``WebhookChannel`` receives them, a ``PollingChannel`` fetches
+    them. ``normalize`` runs in a worker and must be pure: raw record in, messages out (none for bot echoes, our own
+    replies and other non-messages).
     """
 
     role = "channel"
     channel_types: ClassVar[tuple[ChannelType, ...]] = ()
-    max_body_bytes: ClassVar[int] = 1024 * 1024
-    accepts_webhooks: ClassVar[bool] = True
-
-    def handshake(self, request: HookRequest) -> HookResponse | None:
-        """Answer a provider's subscription handshake (GET challenge, url_verification); None if not one."""
-        return None
-
-    @abc.abstractmethod
-    def verify(self, request: HookRequest) -> None:
-        """Raise ``SignatureInvalid`` unless the request is authentic and fresh. Runs before any parsing."""
-
-    @abc.abstractmethod
-    def split(self, request: HookRequest) -> list[InboxItem]:
-        """The items to store, each with its provider id; raise ``MalformedRequest`` for bad bodies."""
-
-    def acknowledge(self, request: HookRequest, items: list[InboxItem]) -> HookResponse:
-        return HookResponse(200, b"")
 
     @abc.abstractmethod
     def normalize(self, record: RawRecord) -> list[Message]:
@@ -112,6 +111,27 @@ class ChannelConnector(Connector):
         Runs in the pipeline worker outside any transaction; an exception retries the inbox row later.
         """
         return message
+
+
+class WebhookChannel(ChannelConnector):
+    """A channel whose provider calls the gateway: ``verify`` and ``split`` run in the web process before the 2xx."""
+
+    max_body_bytes: ClassVar[int] = 1024 * 1024
+
+    def handshake(self, request: HookRequest) -> HookResponse | None:
+        """Answer a provider's subscription handshake (GET challenge, url_verification); None if not one."""
+        return None
+
+    @abc.abstractmethod
+    def verify(self, request: HookRequest) -> None:
+        """Raise ``SignatureInvalid`` unless the request is authentic and fresh. Runs before any parsing."""
+
+    @abc.abstractmethod
+    def split(self, request: HookRequest) -> list[InboxItem]:
+        """The items to store, each with its provider id; raise ``MalformedRequest`` for bad bodies."""
+
+    def acknowledge(self, request: HookRequest, items: list[InboxItem]) -> HookResponse:
+        return HookResponse(200, b"")
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         """A correctly signed request as the provider would send it (used by ``gateway simulate``)."""
@@ -133,25 +153,19 @@ class CursorStore(Protocol):
 class PollingChannel(ChannelConnector):
     """A channel the gateway fetches from (IMAP) instead of receiving webhooks.
 
-    The worker calls ``poll`` every ``poll_seconds`` while holding a cross-process lock for this channel, so one
-    poller runs per channel however many workers there are.
+    The worker calls ``poll`` every ``config.poll_seconds`` while holding a cross-process lock for this channel, so
+    one poller runs per channel however many workers there are.
     """
 
-    accepts_webhooks = False
+    config: PollingConfig
 
     @property
     def poll_seconds(self) -> float:
-        return float(getattr(self.config, "poll_seconds", 60))
+        return self.config.poll_seconds
 
     @abc.abstractmethod
     def poll(self, sink: InboxSink, cursors: CursorStore) -> int:
         """Fetch what is new since the cursor, store it, then advance the cursor; return how many were stored."""
-
-    def verify(self, request: HookRequest) -> None:  # pragma: no cover - never reached: no webhooks
-        raise NotImplementedError
-
-    def split(self, request: HookRequest) -> list[InboxItem]:  # pragma: no cover
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -194,11 +208,19 @@ class DeliveryResult:
 
 
 class LinkStore(Protocol):
-    """Durable map of local ids to CRM record ids; each write commits at once."""
+    """Durable map of local ids to CRM record ids; each write commits at once.
+
+    ``find_records`` answers from the CRM's synced directory: the records that already hold an identifier (none when
+    the CRM has no directory sync). ``find_local`` is the reverse map: the local id linked to a CRM record.
+    """
 
     def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None: ...
 
     def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None: ...
+
+    def find_records(self, kind: str, value: str) -> list[str]: ...
+
+    def find_local(self, entity: str, remote_id: str) -> str | None: ...
 
 
 class CrmConnector(Connector):
@@ -239,8 +261,172 @@ class CrmConnector(Connector):
         return outcomes
 
 
+# -- optional abilities: declared by subclassing, found by the core with isinstance ----------------------------------
+
+class DirectorySync(abc.ABC):
+    """A CRM whose existing contacts are synced into the gateway, so they are adopted instead of duplicated."""
+
+    @property
+    @abc.abstractmethod
+    def directory_sync_seconds(self) -> float:
+        """How often the sync runs; 0 turns it off."""
+
+    @abc.abstractmethod
+    def sync_directory(self, directory: Any, cursors: CursorStore) -> int:
+        """Bring ``directory`` (a ``gateway.directory.CrmDirectory``) up to date; return how many records changed."""
+
+
+class ContactMerge(abc.ABC):
+    """A CRM that can merge two of its contacts (used when an admin merges customers and asks for it)."""
+
+    @abc.abstractmethod
+    def merge_contacts(self, survivor_remote_id: str, absorbed_remote_id: str) -> None:
+        """Merge the absorbed record into the survivor, in the CRM. Cannot be undone there."""
+
+
+@dataclass(frozen=True)
+class AgentReply:
+    """A public reply an agent wrote in the CRM, to be carried to the customer's channel."""
+
+    reply_id: str  # the CRM's own id for it (a Zendesk comment id): the same reply is sent once, by any path
+    conversation_id: str
+    text: str
+    created_at: datetime
+    author: str | None = None
+    author_id: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+
+class AgentReplies(abc.ABC):
+    """A CRM whose agents' public replies go back to the customer.
+
+    Events reach the gateway by a signed webhook (``verify_reply_hook`` and ``split_reply_hook`` run in the web
+    process before the 2xx, like a channel's ``verify``/``split``) or by polling (``ReplyPolling``); both are stored
+    in the inbox under ``crm:NAME``. A worker then calls ``agent_replies`` (network allowed, no transaction): only
+    public replies by agents, never the gateway's own writes.
+    """
+
+    @abc.abstractmethod
+    def verify_reply_hook(self, request: HookRequest) -> None:
+        """Raise ``SignatureInvalid`` unless the CRM's webhook request is authentic and fresh."""
+
+    @abc.abstractmethod
+    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
+        """The events to store, each keyed by the CRM's delivery or event id; ``MalformedRequest`` for bad bodies."""
+
+    @abc.abstractmethod
+    def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
+        """The agent replies one stored event carries (read from the CRM's API where the event only points)."""
+
+    def sample_reply_hook(self, *, conversation_id: str, text: str, public_url: str) -> HookRequest:
+        """A correctly signed reply event as the CRM would send it (``gateway simulate --agent-reply``)."""
+        raise NotImplementedError(f"{self.type_name} cannot simulate agent replies")  # type: ignore[attr-defined]
+
+
+class ReplySetup(abc.ABC):
+    """A CRM that can be told, by ``gateway crm setup``, to call the gateway when an agent replies."""
+
+    @abc.abstractmethod
+    def setup_replies(self, hook_url: str, *, dry_run: bool) -> list[str]:
+        """Create what is missing (idempotently: a second run creates nothing); one line per thing, saying
+        "created", "exists" or, with ``dry_run``, "would create"."""
+
+
+class ReplyPolling(abc.ABC):
+    """A CRM polled for agent replies: the only path (Salesforce) or a safety net behind its webhook (Zendesk)."""
+
+    @property
+    @abc.abstractmethod
+    def reply_poll_seconds(self) -> float:
+        """How often to poll; 0 turns polling off."""
+
+    @abc.abstractmethod
+    def poll_replies(self, sink: InboxSink, cursors: CursorStore) -> int:
+        """Store the reply events since the cursor in ``sink``, then advance the cursor; return how many."""
+
+
+class InternalNotes(abc.ABC):
+    """A CRM that takes internal notes: what the agent must know (a reply not delivered, a closed window)."""
+
+    @abc.abstractmethod
+    def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        """Write a note no customer sees on the conversation's record; ``key`` is unique per note (idempotency).
+
+        Raise ``PermanentError`` when the conversation has no record in this CRM (yet).
+        """
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One outbound message as a channel connector sees it.
+
+    ``reply_to`` is the customer's latest message on this channel in the conversation: the address they wrote to
+    (the business's number, page, mailbox) is the one to answer from, and its thread is the one to answer in.
+    ``token`` is unique per outbound message and stable across attempts: put it where the provider keeps it (a
+    Message-ID, Slack metadata, WhatsApp ``biz_opaque_callback_data``) so ``reconcile`` can find an uncertain attempt.
+    """
+
+    send_id: int
+    attempt: int
+    token: str
+    message: Message
+    reply_to: Message
+    customer: CustomerView
+    last_inbound_at: datetime
+    attempt_started_at: datetime | None = None  # of the earlier attempt whose outcome is unknown
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider_message_id: str
+    status: str = "sent"
+    detail: str = ""
+
+
+class ReplySender(abc.ABC):
+    """A channel that can carry a reply back to the customer.
+
+    Providers have no idempotency key, so the core records each attempt before ``send`` and, when an attempt's
+    outcome is unknown (a timeout, a crash before the commit), calls ``reconcile`` before any new attempt.
+
+    ``send`` raises ``PermanentError`` when the message cannot go (closed window and no template, opted out, invalid
+    recipient) with a reason an agent understands; ``RetryableError`` for 429, 5xx and network trouble.
+    """
+
+    @abc.abstractmethod
+    def send(self, request: SendRequest) -> SendResult:
+        """Send one message from the address the customer wrote to."""
+
+    @abc.abstractmethod
+    def reconcile(self, request: SendRequest) -> SendResult | None:
+        """Look for an earlier attempt at the provider: its result if it went out, None if it surely did not.
+
+        Raise ``RetryableError`` when the provider cannot tell yet: the core then waits rather than resend.
+        """
+
+    def send_limit(self, request: SendRequest) -> tuple[str, float]:
+        """The shared budget this send draws from: (bucket name, messages per minute)."""
+        return (f"send:{self.name}", 60.0)  # type: ignore[attr-defined]
+
+
+ABILITIES: tuple[tuple[str, type], ...] = (
+    ("webhook", WebhookChannel), ("polling", PollingChannel), ("send_replies", ReplySender),
+    ("directory_sync", DirectorySync), ("contact_merge", ContactMerge), ("agent_replies", AgentReplies),
+    ("reply_polling", ReplyPolling), ("reply_setup", ReplySetup), ("internal_notes", InternalNotes),
+)
+
+
+def abilities(cls: type) -> list[str]:
+    """The optional abilities a connector class declares, by name (as ``gateway connectors`` lists them)."""
+    return [name for name, ability in ABILITIES if issubclass(cls, ability)]
+
+
 class DuplicateConnectorType(Exception):
     pass
+
+
+class ConnectorNameMismatch(Exception):
+    """An entry point's name differs from the connector's ``type_name``."""
 
 
 class Registry:
@@ -271,7 +457,12 @@ class Registry:
     def from_entry_points(cls) -> Registry:
         registry = cls()
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            registry.add(ep.name, ep.load())
+            cls = ep.load()
+            if getattr(cls, "type_name", None) != ep.name:
+                raise ConnectorNameMismatch(
+                    f"entry point {ep.name!r} ({ep.value}) loads a connector whose type_name is "
+                    f"{getattr(cls, 'type_name', None)!r}: the two must be equal")
+            registry.add(cls.type_name, cls)
         return registry
 
 

@@ -16,7 +16,7 @@ from gateway.directory import CrmDirectory
 from gateway.identity import rules_from_config
 from gateway.mapping import Mapping, mapping_path_for
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
-from gateway.ratelimit import DbRateLimiter
+from gateway.ratelimit import DbRateLimiter, RateLimiter
 from gateway.retry import RetryPolicy
 from gateway.storage.db import make_engine, migrate
 from gateway.storage.queues import Queues
@@ -43,6 +43,10 @@ class Runtime:
     @property
     def data_dir(self) -> Path:
         return self.config.resolve_path(self.config.settings.data_dir)
+
+    def limiter(self, name: str, per_minute: float) -> RateLimiter:
+        """A request budget shared by every process of this gateway (kept in the database)."""
+        return DbRateLimiter(self.engine, name, per_minute)
 
     def close(self) -> None:
         self.http.close()

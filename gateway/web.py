@@ -14,12 +14,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from gateway import metrics
 from gateway.errors import HookRejected, PayloadTooLarge
 from gateway.ingest import InboxBatcher
+from gateway.plugins import AgentReplies, WebhookChannel
 from gateway.runtime import Runtime
 from gateway.storage.db import check_ready
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 log = logging.getLogger("gateway.ingress")
 _STORED_HEADERS = 64
+CRM_HOOK_MAX_BYTES = 256 * 1024
 _NEVER_STORED = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 
 
@@ -51,7 +53,7 @@ def create_app(runtime: Runtime) -> Flask:
         connector = runtime.channels.get(name)
         if connector is None:
             return _reject("unknown", 404, "unknown_channel", f"no channel named {name!r}")
-        if not connector.accepts_webhooks:
+        if not isinstance(connector, WebhookChannel):
             return _reject(name, 404, "unknown_channel", f"channel {name!r} is polled and takes no webhooks")
         try:
             length = request.content_length
@@ -88,6 +90,48 @@ def create_app(runtime: Runtime) -> Flask:
         if counted.duplicates:
             metrics.DUPLICATES.labels(name).inc(counted.duplicates)
         return _reply(connector.acknowledge(hook_req, items))
+
+    @app.post("/crm-hooks/<name>")
+    def crm_hook(name: str) -> Response:
+        """A CRM's reply events (an agent answered): verified, stored under ``crm:NAME``, then answered 2xx."""
+        crm = runtime.crms.get(name)
+        label = f"crm:{name}"
+        if not isinstance(crm, AgentReplies):
+            return _reject("unknown", 404, "unknown_crm", f"no crm named {name!r} takes agent replies")
+        try:
+            length = request.content_length
+            if length is not None and length > CRM_HOOK_MAX_BYTES:
+                raise PayloadTooLarge(f"body over {CRM_HOOK_MAX_BYTES} bytes")
+            body = request.get_data(cache=False)
+            if len(body) > CRM_HOOK_MAX_BYTES:
+                raise PayloadTooLarge(f"body over {CRM_HOOK_MAX_BYTES} bytes")
+            query = request.query_string.decode("latin-1")
+            hook_req = HookRequest(
+                method=request.method, path=request.path, query_string=query,
+                headers=Headers(list(request.headers.items())), body=body,
+                public_url=f"{public_url}/crm-hooks/{name}" + (f"?{query}" if query else ""),
+                remote_addr=request.remote_addr)
+            crm.verify_reply_hook(hook_req)
+            items = crm.split_reply_hook(hook_req)
+        except RequestEntityTooLarge:
+            return _reject(label, 413, "too_large", "body too large")
+        except HookRejected as exc:
+            if exc.status == 401:
+                log.warning("%s: rejected %s: %s", label, exc.reason_code, exc.reason)
+            return _reject(label, exc.status, exc.reason_code, exc.reason)
+        headers = {key: value for key, value in list(hook_req.headers.items())[:_STORED_HEADERS]
+                   if key.lower() not in _NEVER_STORED}
+        try:
+            counted = batcher.store(label, items, headers, f"{public_url}/crm-hooks/{name}")
+        except Exception:
+            log.exception("%s: could not store %d event(s); answering 503 so the CRM retries", label, len(items))
+            metrics.REJECTED.labels(label, "storage").inc()
+            return Response("storage unavailable, retry later\n", status=503, headers={"Retry-After": "5"})
+        if counted.stored:
+            metrics.RECEIVED.labels(label).inc(counted.stored)
+        if counted.duplicates:
+            metrics.DUPLICATES.labels(label).inc(counted.duplicates)
+        return Response("", status=200)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -19,11 +19,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import metrics
 from gateway.delivery import DeliveryWorker
+from gateway.notes import NoteWorker
 from gateway.pipeline import PipelineWorker
-from gateway.plugins import PollingChannel
+from gateway.plugins import DirectorySync, InternalNotes, PollingChannel, ReplyPolling, ReplySender
+from gateway.records import InboxItem
+from gateway.replies import crm_inbox_name
 from gateway.runtime import Runtime
+from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
-from gateway.webhooks import InboxItem
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +100,8 @@ def poll_job(runtime: Runtime, channel: PollingChannel) -> Callable[[], None]:
     return job
 
 
-def directory_job(runtime: Runtime, name: str) -> Callable[[], None]:
+def directory_job(runtime: Runtime, name: str, crm: DirectorySync) -> Callable[[], None]:
     """A scheduler job: bring the CRM's directory of existing contacts up to date (one process at a time)."""
-    crm = runtime.crms[name]
     directory = runtime.directories[name]
     cursor_store = Cursors(runtime.engine)
 
@@ -108,9 +110,26 @@ def directory_job(runtime: Runtime, name: str) -> Callable[[], None]:
             if not acquired:
                 return
             try:
-                crm.sync_directory(directory, cursor_store)  # type: ignore[attr-defined]
+                crm.sync_directory(directory, cursor_store)
             except Exception:
                 log.exception("syncing the %s directory failed; the next run retries", name)
+
+    return job
+
+
+def reply_poll_job(runtime: Runtime, name: str, crm: ReplyPolling) -> Callable[[], None]:
+    """A scheduler job: store the agent replies a CRM poll finds (one process at a time); the pipeline sends them."""
+    sink = InboxWriter(runtime, crm_inbox_name(name))
+    cursor_store = Cursors(runtime.engine)
+
+    def job() -> None:
+        with exclusive(runtime.engine, f"replies:{name}", runtime.data_dir / "locks") as acquired:
+            if not acquired:
+                return
+            try:
+                crm.poll_replies(sink, cursor_store)
+            except Exception:
+                log.exception("polling %s for agent replies failed; the next poll retries", name)
 
     return job
 
@@ -128,9 +147,10 @@ class WorkerProcess:
             if isinstance(channel, PollingChannel):
                 self.jobs.append((poll_job(runtime, channel), channel.poll_seconds))
         for name, crm in runtime.crms.items():
-            seconds = getattr(crm.config, "directory_sync_seconds", 0)
-            if hasattr(crm, "sync_directory") and seconds:
-                self.jobs.append((directory_job(runtime, name), seconds))
+            if isinstance(crm, DirectorySync) and crm.directory_sync_seconds:
+                self.jobs.append((directory_job(runtime, name, crm), crm.directory_sync_seconds))
+            if isinstance(crm, ReplyPolling) and crm.reply_poll_seconds:
+                self.jobs.append((reply_poll_job(runtime, name, crm), crm.reply_poll_seconds))
 
     def start(self) -> None:
         settings = self.rt.config.settings.workers
@@ -139,6 +159,10 @@ class WorkerProcess:
                    for i in range(settings.pipeline_threads)]
         stages += [(f"delivery{i}", DeliveryWorker(self.rt, worker_id("delivery", i)))
                    for i in range(settings.delivery_threads)]
+        if any(isinstance(channel, ReplySender) for channel in self.rt.channels.values()):
+            stages += [(f"send{i}", SendWorker(self.rt, worker_id("send", i))) for i in range(settings.send_threads)]
+        if any(isinstance(crm, InternalNotes) for crm in self.rt.crms.values()):
+            stages += [(f"notes{i}", NoteWorker(self.rt, worker_id("notes", i))) for i in range(settings.note_threads)]
         for name, stage in stages:
             thread = threading.Thread(target=run_loop, args=(stage, self.stop_event, settings.idle_poll_seconds),
                                       name=name, daemon=False)
@@ -148,8 +172,7 @@ class WorkerProcess:
             self.scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True,
                                    next_run_time=datetime.now(UTC))
         self.scheduler.start()
-        log.info("worker started: %d pipeline and %d delivery threads",
-                 settings.pipeline_threads, settings.delivery_threads)
+        log.info("worker started: %s", ", ".join(name for name, _ in stages) or "no threads")
 
     def stop(self) -> None:
         self.stop_event.set()

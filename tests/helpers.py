@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import requests
 from twilio.request_validator import RequestValidator
 
-from gateway.webhooks import InboxItem
+from gateway.records import InboxItem
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

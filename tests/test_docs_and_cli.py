@@ -88,3 +88,23 @@ def test_mapping_test_command_reports_a_failing_case(tmp_path: Path) -> None:
 def test_mapping_without_tests_fails(tmp_path: Path) -> None:
     (tmp_path / "m.yaml").write_text("crm: jsonl\nfields: {a: b}\n")
     assert "missing" in run_mapping_tests(tmp_path / "m.yaml")[0]
+
+
+def test_an_entry_point_named_unlike_its_connector_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from gateway import plugins
+
+    wrong = EntryPoint(name="sms", value="connectors.twilio:TwilioChannel", group=plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [wrong])
+    with pytest.raises(plugins.ConnectorNameMismatch, match="'sms'.*'twilio'"):
+        Registry.from_entry_points()
+
+
+def test_connectors_lists_each_type_s_abilities() -> None:
+    result = CliRunner().invoke(main, ["connectors"])
+    assert result.exit_code == 0, result.output
+    blocks = {block.split(" ", 1)[0]: block for block in result.output.split("\n\n") if block.strip()}
+    assert "abilities: polling" in blocks["imap"]
+    assert "directory_sync" in blocks["zendesk"] and "contact_merge" in blocks["zendesk"]
+    assert "abilities: webhook" in blocks["twilio"].replace(", send_replies", "")

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import event, func, select
 
 from gateway.ingest import InboxBatcher
+from gateway.records import InboxItem
 from gateway.runtime import Runtime
 from gateway.storage.queues import InboxWrite
 from gateway.storage.tables import inbox
-from gateway.webhooks import InboxItem
 
 
 def item(n: int) -> InboxItem:

@@ -22,7 +22,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed
 
 from gateway.errors import PermanentError, RetryableError, retry_after_seconds
-from gateway.plugins import ConnectorConfig, ConnectorContext
+from gateway.plugins import ConnectorContext, CrmConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ LINK_FIELDS = {"Contact": "ContactId", "Account": "AccountId"}
 _SHARED_PAUSE_RATE = 600_000.0
 
 
-class SalesforceConfig(ConnectorConfig):
+class SalesforceConfig(CrmConfig):
     """Settings of a ``salesforce`` CRM.
 
     Give exactly one way to authenticate: ``username`` + ``password`` + ``security_token``; ``username`` +
@@ -74,7 +74,6 @@ class SalesforceConfig(ConnectorConfig):
     api_reserve_percent: float = Field(10.0, ge=0, le=100, description="Daily API calls left to other apps, %.")
     api_reserve_calls: int = Field(0, ge=0, description="Daily API calls left to other apps (the larger wins).")
     budget_pause_seconds: float = Field(900.0, gt=0, description="Wait before trying again when out of budget.")
-    mapping: str | None = Field(None, description="Mapping file; default mappings/salesforce.yaml.")
     timeout_seconds: float = Field(30.0, gt=0, le=120)
 
     @model_validator(mode="after")

@@ -13,14 +13,14 @@ import requests
 from pydantic import Field, SecretStr, model_validator
 
 from gateway.errors import PermanentError, RetryableError, retry_after_seconds
-from gateway.plugins import ConnectorConfig, ConnectorContext
+from gateway.plugins import ConnectorContext, CrmConfig
 from gateway.ratelimit import MAX_WAIT_SECONDS
 
 _MAX_INLINE_429_RETRIES = 3
 ENDED = ("solved", "closed")  # ticket statuses after which a new message starts a new ticket
 
 
-class ZendeskConfig(ConnectorConfig):
+class ZendeskConfig(CrmConfig):
     """Settings of a ``zendesk`` CRM: API token (``email`` + ``api_token``) or ``oauth_token`` auth."""
 
     type: Literal["zendesk"] = "zendesk"
@@ -29,7 +29,6 @@ class ZendeskConfig(ConnectorConfig):
     email: str | None = Field(None, description="Agent email for API-token auth.")
     api_token: SecretStr | None = Field(None, description="API token (with email).")
     oauth_token: SecretStr | None = Field(None, description="OAuth access token, instead of email + api_token.")
-    mapping: str | None = Field(None, description="Mapping file; default mappings/zendesk.yaml.")
     timeout_seconds: float = Field(15.0, gt=0, le=120)
     requests_per_minute: int = Field(
         400, ge=10, le=10000,

@@ -21,7 +21,16 @@ from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, class
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, PermanentError, RetryableError
-from gateway.plugins import ConnectorContext, CrmConnector, CursorStore, DeliveryItem, DeliveryResult, LinkStore
+from gateway.plugins import (
+    ConnectorContext,
+    ContactMerge,
+    CrmConnector,
+    CursorStore,
+    DeliveryItem,
+    DeliveryResult,
+    DirectorySync,
+    LinkStore,
+)
 
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
@@ -44,7 +53,7 @@ def marker(items: list[DeliveryItem]) -> dict[str, str]:
     return {MARKER: ",".join(item.message.id for item in items)}
 
 
-class ZendeskCrm(CrmConnector):
+class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge):
     """Zendesk Support: end user per customer, ticket per conversation, public comment per message."""
 
     type_name = "zendesk"
@@ -123,11 +132,8 @@ class ZendeskCrm(CrmConnector):
     # -- users -------------------------------------------------------------------------------------------------
     def adopt_user(self, item: DeliveryItem, links: LinkStore) -> str | None:
         """The existing Zendesk user holding one of the customer's identifiers, if exactly one does."""
-        find = getattr(links, "find_records", None)
-        if find is None:
-            return None
         found = {remote for kind, value in item.customer.identifiers if kind in ("email", "phone")
-                 for remote in find(kind, value)}
+                 for remote in links.find_records(kind, value)}
         if len(found) != 1:
             if found:
                 log.info("customer %s matches %d Zendesk users; creating none of them twice, adopting none",
@@ -353,6 +359,10 @@ class ZendeskCrm(CrmConnector):
         for items in groups:
             outcomes.update(self.deliver_group(items, links))
         return outcomes
+
+    @property
+    def directory_sync_seconds(self) -> float:
+        return self.config.directory_sync_seconds
 
     def sync_directory(self, directory: CrmDirectory, cursors: CursorStore, max_pages: int = 20) -> int:
         """Import end users created or changed since the last run (incremental export, cursor-based).

@@ -14,7 +14,7 @@ from gateway.mail.mime import UnparseableMail, parse_mail
 from gateway.mail.quotes import DEFAULT_LANGUAGES, visible_reply
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
 from gateway.plugins import ConnectorConfig
-from gateway.webhooks import RawRecord
+from gateway.records import RawRecord
 
 
 class EmailSettings(ConnectorConfig):

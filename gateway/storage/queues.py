@@ -18,11 +18,13 @@ from sqlalchemy import Connection, Engine, Row, Table, and_, bindparam, exists, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.records import InboxItem
 from gateway.storage.db import is_sqlite, utcnow
-from gateway.storage.tables import dead_letters, inbox, outbox
-from gateway.webhooks import InboxItem
+from gateway.storage.tables import crm_notes, dead_letters, inbox, outbox, sends
 
 log = logging.getLogger(__name__)
+# what a dead letter's stage names: the queue its source row lives in
+STAGE_TABLES: dict[str, Table] = {"pipeline": inbox, "delivery": outbox, "send": sends, "note": crm_notes}
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,16 @@ class Queues:
             groups = self._claim_followers(heads, owner, per_conversation, lease_seconds)
         return groups
 
+    def claim_sends(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:
+        """Claim due sends, each the oldest pending one of its conversation, so replies go out in order."""
+        earlier = sends.alias("earlier")
+        return self._claim(sends, owner, limit, lease_seconds, [~exists().where(
+            earlier.c.conversation_id == sends.c.conversation_id, earlier.c.id < sends.c.id,
+            earlier.c.status == "pending")])
+
+    def claim_notes(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:
+        return self._claim(crm_notes, owner, limit, lease_seconds, ())
+
     def _claim_followers(self, heads: list[Row[Any]], owner: str, per_conversation: int,
                          lease_seconds: int) -> list[list[Row[Any]]]:
         """The rows right behind each claimed head, in order, stopping at the first that cannot be claimed now.
@@ -254,8 +266,7 @@ class Queues:
     # -- dead letters ------------------------------------------------------------------------------------------
     def dead_letter(self, conn: Connection, *, stage: str, source_id: int, target: str, error_class: str,
                     reason: str, attempts: int, code: str | None = None, field: str | None = None) -> int:
-        table = inbox if stage == "pipeline" else outbox
-        self.finish(conn, table, source_id, "dead", last_error=reason[:2000])
+        self.finish(conn, STAGE_TABLES[stage], source_id, "dead", last_error=reason[:2000])
         return conn.execute(dead_letters.insert().values(
             stage=stage, source_id=source_id, target=target, error_class=error_class, error_code=code,
             reason=reason[:4000], field=field, attempts=attempts, created_at=utcnow())).inserted_primary_key[0]
@@ -279,9 +290,10 @@ class Queues:
             if letter is None:
                 return False
             if resolution == "replayed":
-                table = inbox if letter.stage == "pipeline" else outbox
+                table = STAGE_TABLES[letter.stage]
                 # an outbox row may have been written before it failed: its next try counts as a retry (attempt
-                # 2), so the connector checks before writing again
+                # 2), so the connector checks before writing again; a send keeps its unknown attempt, if any, so
+                # it is reconciled with the provider before anything is sent again
                 attempts = 0 if letter.stage == "pipeline" else 1
                 conn.execute(update(table).where(table.c.id == letter.source_id).values(
                     status="pending", attempts=attempts, available_at=utcnow(), lease_owner=None, lease_until=None))
@@ -295,6 +307,7 @@ class Queues:
             return {
                 "inbox": conn.execute(select(func.count()).where(inbox.c.status == "pending")).scalar_one(),
                 "outbox": conn.execute(select(func.count()).where(outbox.c.status == "pending")).scalar_one(),
+                "sends": conn.execute(select(func.count()).where(sends.c.status == "pending")).scalar_one(),
                 "dead_letters": conn.execute(select(func.count()).where(
                     and_(dead_letters.c.resolution.is_(None)))).scalar_one(),
             }

@@ -157,10 +157,12 @@ messages = Table(
     Column("customer_id", String(32), ForeignKey("customers.id"), nullable=False, index=True),
     Column("conversation_id", String(32), ForeignKey("conversations.id"), nullable=False, index=True),
     Column("thread_rule", String(32), nullable=False),
+    Column("direction", String(8), nullable=False, default="inbound", server_default="inbound"),
     Column("data", JSON, nullable=False),
     Column("received_at", Time, nullable=False),
     Column("created_at", Time, nullable=False),
     UniqueConstraint("connector", "provider_message_id", name="uq_messages_connector_provider_message_id"),
+    Index("ix_messages_conversation_direction", "conversation_id", "direction", "received_at"),
 )
 
 # One row per (message, crm): the mapped fields to write. Delivered in order per conversation.
@@ -268,4 +270,72 @@ cursors = Table(
     Column("name", String(255), primary_key=True),
     Column("value", JSON, nullable=False),
     Column("updated_at", Time, nullable=False),
+)
+
+# The send queue: one row per outbound message (an agent's reply). An attempt is recorded (attempt_started_at) before
+# the provider is called and cleared with its outcome, so an attempt whose outcome is unknown is reconciled with the
+# provider before anything is sent again. Sent in order per conversation.
+sends = Table(
+    "sends", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False, unique=True),
+    Column("channel", String(64), nullable=False),
+    Column("conversation_id", String(32), nullable=False),
+    Column("crm", String(64)),  # where the reply came from: notes for the agent go there
+    Column("status", String(16), nullable=False, default="pending"),  # pending -> sent | dead | blocked
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("available_at", Time, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Time),
+    Column("attempt_started_at", Time),
+    Column("last_error", Text),
+    Column("provider_message_id", String(255)),
+    Column("created_at", Time, nullable=False),
+    Column("sent_at", Time),
+    Index("ix_sends_claim", "status", "available_at"),
+    Index("ix_sends_order", "conversation_id", "id"),
+    Index("ix_sends_provider", "channel", "provider_message_id"),
+)
+
+send_log = Table(
+    "send_log", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("send_id", Id, nullable=False, index=True),
+    Column("channel", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # sent | reconciled | retry | uncertain | dead | blocked
+    Column("provider_message_id", String(255)),
+    Column("error_code", String(128)),
+    Column("detail", Text),
+    Column("duration_ms", Float, nullable=False),
+    Column("created_at", Time, nullable=False),
+)
+
+# Internal notes for the agent on the CRM record (a reply not delivered, a closed window); written once per key.
+crm_notes = Table(
+    "crm_notes", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("crm", String(64), nullable=False),
+    Column("conversation_id", String(32), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),  # pending -> done | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("available_at", Time, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Time),
+    Column("last_error", Text),
+    Column("created_at", Time, nullable=False),
+    Column("done_at", Time),
+    UniqueConstraint("crm", "key", name="uq_crm_notes_crm_key"),
+    Index("ix_crm_notes_claim", "status", "available_at"),
+)
+
+# Customers who asked not to be messaged on a channel (STOP), until they opt back in (START).
+opt_outs = Table(
+    "opt_outs", metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("keyword", String(32), nullable=False),
+    Column("created_at", Time, nullable=False),
 )

@@ -41,11 +41,12 @@ from gateway.errors import HookRejected, SignatureInvalid
 from gateway.model import Message
 from gateway.pipeline import PipelineWorker
 from gateway.plugins import ChannelConnector, ConnectorContext
+from gateway.records import RawRecord
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.tables import inbox, messages
 from gateway.web import create_app
-from gateway.webhooks import HookRequest, RawRecord
+from gateway.webhooks import HookRequest
 from gateway.worker import drain_once
 from gateway.yamlsource import ConfigError
 from tests.conftest import PUBLIC_URL

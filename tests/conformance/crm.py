@@ -56,6 +56,13 @@ class MemoryLinkStore:
         self.links[(entity, local_id)] = (remote_id, dict(data or {}))
         self.puts.append((entity, local_id, remote_id))
 
+    def find_records(self, kind: str, value: str) -> list[str]:
+        return []
+
+    def find_local(self, entity: str, remote_id: str) -> str | None:
+        return next((local for (kind, local), (remote, _) in self.links.items()
+                     if kind == entity and remote == remote_id), None)
+
 
 def twilio_sms(text: str = "My order #1234 never arrived", *, sid: str = "SM" + "1" * 32,
                inbox_id: int = 1) -> Message:

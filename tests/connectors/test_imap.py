@@ -29,10 +29,10 @@ from sqlalchemy import func, select
 from connectors.imap import ImapChannel, ImapConfig
 from gateway.config import GatewayConfig, load_config
 from gateway.plugins import ConnectorContext
+from gateway.records import InboxItem
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.cursors import Cursors
 from gateway.storage.tables import dead_letters, inbox, messages
-from gateway.webhooks import InboxItem
 from gateway.worker import InboxWriter
 from tests.conformance.channel import config_text, drain_pipeline
 from tests.dovecot import (  # noqa: F401  (the fixtures)

@@ -11,8 +11,9 @@ from gateway.attachments import AttachmentStore
 from gateway.mail.mime import UnparseableMail, parse_mail, provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.model import Message
+from gateway.records import RawRecord
 from gateway.storage.db import utcnow
-from gateway.webhooks import Headers, RawRecord
+from gateway.webhooks import Headers
 from tests.conformance.channel import assert_fields
 from tests.mail.corpus import PDF, CorpusMail, by_name, corpus, sha, text_mail
 

@@ -13,10 +13,10 @@ from connectors.sendgrid import multipart_body
 from gateway.config import GatewayConfig, load_config
 from gateway.conversations import close_conversation
 from gateway.mail.mime import provider_id
+from gateway.records import InboxItem
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.tables import crm_links, messages
-from gateway.webhooks import InboxItem
 from tests.conformance.channel import config_text, drain_pipeline
 from tests.mail.corpus import text_mail
 

@@ -1,0 +1,51 @@
+"""The durable map of local ids to CRM record ids, one CRM instance at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from gateway.directory import CrmDirectory
+from gateway.storage.db import utcnow
+from gateway.storage.queues import insert_for
+from gateway.storage.tables import crm_links
+
+
+class DbLinkStore:
+    """Local id -> CRM record id for one CRM instance; every write commits at once.
+
+    ``find_records`` answers from the CRM's synced directory: the records that already hold an identifier;
+    ``find_local`` maps a CRM record back to the local id linked to it (a ticket to its conversation).
+    """
+
+    def __init__(self, engine: Engine, crm: str, directory: CrmDirectory | None = None) -> None:
+        self.engine = engine
+        self.crm = crm
+        self.directory = directory
+
+    def find_records(self, kind: str, value: str) -> list[str]:
+        return self.directory.find(kind, value) if self.directory is not None else []
+
+    def find_local(self, entity: str, remote_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(crm_links.c.local_id).where(
+                crm_links.c.crm == self.crm, crm_links.c.entity == entity,
+                crm_links.c.remote_id == remote_id).order_by(crm_links.c.updated_at.desc()).limit(1)).scalar()
+
+    def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(crm_links.c.remote_id, crm_links.c.data).where(
+                crm_links.c.crm == self.crm, crm_links.c.entity == entity,
+                crm_links.c.local_id == local_id)).first()
+        return (row.remote_id, dict(row.data)) if row else None
+
+    def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None:
+        values = {"crm": self.crm, "entity": entity, "local_id": local_id, "remote_id": remote_id,
+                  "data": data or {}, "updated_at": utcnow()}
+        insert = insert_for(self.engine, crm_links).values(**values)
+        statement = insert.on_conflict_do_update(
+            index_elements=["crm", "entity", "local_id"],
+            set_={"remote_id": remote_id, "data": values["data"], "updated_at": values["updated_at"]})
+        with self.engine.begin() as conn:
+            conn.execute(statement)
