@@ -54,6 +54,11 @@ def _bounded(key: str) -> str:
     return key if len(key) <= MAX_KEY else f"{key[:MAX_KEY - 72]}~{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+def email_thread_key(message_id: str) -> str:
+    """The thread key an email's Message-ID (without <>) is known by: a reply naming it joins its conversation."""
+    return _bounded(f"email:mid:{message_id.strip().strip('<>')}")
+
+
 @dataclass(frozen=True)
 class Assignment:
     conversation_id: str

@@ -73,6 +73,10 @@ class PermanentError(DeliveryError):
     """Trying again cannot help (other 4xx, validation errors): the item goes to the dead letters."""
 
 
+class OutcomeUnknown(PermanentError):
+    """An earlier attempt may have reached the customer and the provider offers no way to find out."""
+
+
 def as_delivery_error(exc: BaseException) -> DeliveryError:
     """The one translation of an exception into a delivery failure: network trouble and unknown errors retry."""
     import requests

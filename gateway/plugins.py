@@ -378,9 +378,16 @@ class SendRequest:
 
 @dataclass(frozen=True)
 class SendResult:
+    """What the provider answered.
+
+    ``thread_keys`` thread the customer's answer back to this conversation: for an email, the key of the Message-ID
+    we gave it (``gateway.conversations.email_thread_key``).
+    """
+
     provider_message_id: str
     status: str = "sent"
     detail: str = ""
+    thread_keys: tuple[str, ...] = ()
 
 
 class ReplySender(abc.ABC):
@@ -401,7 +408,9 @@ class ReplySender(abc.ABC):
     def reconcile(self, request: SendRequest) -> SendResult | None:
         """Look for an earlier attempt at the provider: its result if it went out, None if it surely did not.
 
-        Raise ``RetryableError`` when the provider cannot tell yet: the core then waits rather than resend.
+        Raise ``RetryableError`` when the provider cannot tell yet: the core then waits rather than resend. Raise
+        ``OutcomeUnknown`` when this provider offers no way to find out: the reply is not sent again, and the
+        agent is told it may or may not have arrived.
         """
 
     def send_limit(self, request: SendRequest) -> tuple[str, float]:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 
 from gateway import metrics
-from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
+from gateway.errors import DeliveryError, OutcomeUnknown, PermanentError, RetryableError, as_delivery_error
 from gateway.model import Message
 from gateway.notes import queue_note
 from gateway.optouts import add_opt_out, opted_out
@@ -28,7 +28,8 @@ from gateway.plugins import CustomerView, ReplySender, SendRequest, SendResult
 from gateway.replies import last_inbound
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
-from gateway.storage.tables import inbox, messages, send_log, sends
+from gateway.storage.queues import insert_for
+from gateway.storage.tables import inbox, messages, send_log, sends, thread_keys
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class SendWorker:
         """True when the earlier, unknown attempt is settled (it went out, or the provider cannot tell yet)."""
         try:
             found = channel.reconcile(request)
+        except OutcomeUnknown as exc:
+            self._dead(row, exc, started, uncertain=True)
+            return True
         except Exception as exc:
             self._retry(row, as_delivery_error(exc), started, uncertain=True)
             return True
@@ -138,6 +142,9 @@ class SendWorker:
                                   provider_message_id=result.provider_message_id[:255], last_error=None)
             self._log(conn, row, outcome, started, provider_message_id=result.provider_message_id[:255],
                       detail=result.detail)
+            for key in result.thread_keys:  # the customer's answer to this reply threads back here
+                conn.execute(insert_for(conn.engine, thread_keys).values(
+                    key=key, conversation_id=row.conversation_id).on_conflict_do_nothing(index_elements=["key"]))
             event_stored = conn.execute(select(inbox.c.received_at).join(
                 messages, messages.c.inbox_id == inbox.c.id).where(messages.c.id == row.message_id)).scalar()
         metrics.SENT.labels(row.channel).inc()
@@ -171,6 +178,9 @@ class SendWorker:
                     + ("The last attempt may have reached the customer; check before answering again. "
                        if uncertain else "")
                     + "An admin can retry it with `gateway dlq replay`.")
+        elif isinstance(error, OutcomeUnknown):
+            text = (f"Perhaps not delivered: an attempt on {row.channel} was interrupted and {error} It was not sent "
+                    "again, so the customer gets it at most once; check with them before answering again.")
         else:
             text = f"Not delivered: {error}"
         with self.rt.engine.begin() as conn:
