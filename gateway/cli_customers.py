@@ -21,7 +21,15 @@ from gateway.identity.merges import (
 )
 from gateway.identity.normalize import InvalidIdentifier, normalize_email, normalize_phone
 from gateway.plugins import ContactMerge
-from gateway.storage.tables import conversations, crm_links, customers, identities, merge_suggestions
+from gateway.storage.tables import (
+    conversations,
+    crm_links,
+    customers,
+    identities,
+    merge_suggestions,
+    messages,
+    sends,
+)
 
 
 def _runtime(config_path: Path) -> Any:
@@ -80,7 +88,30 @@ def describe(conn: Connection, customer_id: str) -> dict[str, Any]:
             for c in conn.execute(select(conversations).where(conversations.c.customer_id.in_(family))
                                   .order_by(conversations.c.last_activity_at.desc()).limit(20))
         ],
+        "messages": recent_messages(conn, family),
     }
+
+
+def recent_messages(conn: Connection, family: list[str], limit: int = 50) -> list[dict[str, Any]]:
+    """The customer's latest messages both ways, oldest first; a reply shows what became of its send."""
+    rows = conn.execute(
+        select(messages.c.id, messages.c.direction, messages.c.connector, messages.c.conversation_id,
+               messages.c.received_at, messages.c.data, sends.c.status, sends.c.provider_message_id,
+               sends.c.attempts, sends.c.last_error)
+        .outerjoin(sends, sends.c.message_id == messages.c.id)
+        .where(messages.c.customer_id.in_(family))
+        .order_by(messages.c.received_at.desc(), messages.c.created_at.desc()).limit(limit)).all()
+    out = []
+    for row in reversed(rows):
+        entry: dict[str, Any] = {
+            "id": row.id, "at": row.received_at.isoformat(), "direction": row.direction, "channel": row.connector,
+            "conversation": row.conversation_id, "text": (row.data.get("text") or "")[:500]}
+        if row.direction == "outbound":
+            entry["author"] = row.data.get("sender", {}).get("display_name")
+            entry["send"] = {"status": row.status, "provider_message_id": row.provider_message_id,
+                             "attempts": row.attempts, "last_error": row.last_error}
+        out.append(entry)
+    return out
 
 
 @click.group()
