@@ -97,7 +97,7 @@ def test_an_entry_point_named_unlike_its_connector_is_refused(monkeypatch: pytes
 
     wrong = EntryPoint(name="sms", value="connectors.twilio:TwilioChannel", group=plugins.ENTRY_POINT_GROUP)
     monkeypatch.setattr(plugins, "entry_points", lambda group: [wrong])
-    with pytest.raises(plugins.ConnectorNameMismatch, match="'sms'.*'twilio'"):
+    with pytest.raises(plugins.ConnectorNameMismatch, match=r"'sms'.*'twilio'"):
         Registry.from_entry_points()
 
 
