@@ -215,7 +215,7 @@ class XReplies(ReplySender):
                                   f"who may message them, or blocked it); reach them another way. X says: {detail}",
                                   code="dm_refused")
         if status == 403:
-            return PermanentError(f"X does not let this app send the direct message: {detail}. An admin must check "
-                                  "the app's access level and its 'Read, write and Direct Messages' permission",
+            return PermanentError(f"X does not let this app use direct messages: {detail}. An admin must check the "
+                                  "app's access level and its 'Read, write and Direct Messages' permission",
                                   code="forbidden")
         return PermanentError(f"X refused the direct message (HTTP {status}): {detail}", code=f"http_{status}")

@@ -336,10 +336,16 @@ def test_reconcile_without_an_attempt_finds_nothing_without_asking() -> None:
 # -- our own posts never come back -------------------------------------------------------------------------------
 
 def test_the_echo_of_our_own_reply_is_not_a_customer_message() -> None:
-    """Slack delivers our chat.postMessage back as a message event (bot_id, our bot user, our metadata): it
-    normalises to nothing, in a shared channel's thread as in a DM."""
+    """Slack delivers our chat.postMessage back as a message event (bot_id, our bot user, our metadata), and again
+    as message_changed when it unfurls a link: each normalises to nothing."""
     connector = slack()
-    for data in (payload("own_reply_echo"), {**payload("own_reply_echo"), "authorizations": []}):
+    unfurled = payload("own_reply_echo")  # Slack edits our post when it adds a link preview: message_changed
+    unfurled["event"] = {"type": "message", "subtype": "message_changed", "hidden": True, "channel": "C0SHARED001",
+                         "ts": "1700000905.000905", "event_ts": "1700000905.000905", "channel_type": "channel",
+                         "message": {**unfurled["event"], "text": REPLY_TEXT + " https://example.com",
+                                     "attachments": [{"from_url": "https://example.com", "id": 1}]},
+                         "previous_message": {**unfurled["event"], "text": REPLY_TEXT}}
+    for data in (payload("own_reply_echo"), {**payload("own_reply_echo"), "authorizations": []}, unfurled):
         [record] = split_records(connector, signed_request(SECRET, json.dumps(data).encode(), PUBLIC_URL))
         assert connector.normalize(record) == []
 
