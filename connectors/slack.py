@@ -22,6 +22,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
+from connectors._slack_outbound import SlackReplies
 from gateway.attachments import download
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, email_identifier, scoped_identifier
@@ -55,7 +56,8 @@ class SlackConfig(ConnectorConfig):
     signing_secret: SecretStr = Field(description="The app's signing secret (Basic Information page).")
     previous_signing_secret: SecretStr | None = Field(
         None, description="The former signing secret, accepted too while a rotation is under way.")
-    bot_token: SecretStr = Field(description="Bot token (xoxb-...) for users.info and file downloads.")
+    bot_token: SecretStr = Field(
+        description="Bot token (xoxb-...) for users.info, file downloads and agent replies (scope chat:write).")
     workspace_tokens: dict[str, SecretStr] = Field(
         default_factory=dict, description="Bot tokens of further workspaces by team_id (T...); others use bot_token.")
     team_ids: list[str] = Field(
@@ -84,8 +86,8 @@ def _ts_time(ts: str) -> datetime:
     return datetime.fromtimestamp(float(ts), UTC)
 
 
-class SlackChannel(WebhookChannel):
-    """Inbound Slack messages from the Events API."""
+class SlackChannel(SlackReplies, WebhookChannel):
+    """Slack messages from the Events API; agent replies go back through ``SlackReplies``."""
 
     type_name = "slack"
     Config = SlackConfig

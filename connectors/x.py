@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from requests_oauthlib import OAuth1
 
+from connectors._x_outbound import XReplies
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
 from gateway.plugins import ConnectorConfig, WebhookChannel
@@ -28,6 +29,7 @@ from gateway.records import InboxItem, RawRecord
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
+API_BASE = "https://api.x.com/2/"
 _MEDIA_TYPES = {"photo": "image/jpeg", "video": "video/mp4", "animated_gif": "video/mp4"}
 
 
@@ -41,17 +43,20 @@ class XConfig(ConnectorConfig):
     user_id: str = Field(pattern=r"^\d+$", description="Our own account's numeric user id: its messages are ours.")
     consumer_key: str | None = Field(
         None, description="The app's consumer (API) key. With access_token and access_token_secret it lets the "
-                          "gateway fetch DM media (OAuth 1.0a user context); without them media stay links.")
+                          "gateway send agent replies and fetch DM media (OAuth 1.0a user context); without them "
+                          "replies cannot be sent and media stay links.")
     access_token: SecretStr | None = Field(None, description="Our account's OAuth 1.0a access token.")
     access_token_secret: SecretStr | None = Field(None, description="Our account's OAuth 1.0a access token secret.")
     media_hosts: list[str] = Field(["ton.twitter.com"], description="Hosts DM media may be downloaded from.")
     max_media_bytes: int = Field(15 * 1024 * 1024, gt=0, description="Larger media are refused (X DMs: 15 MB).")
+    api_base_url: str = Field(API_BASE, description="X API v2 base URL, for sending and looking up DMs (for proxies "
+                                                    "and local test servers).")
 
     @model_validator(mode="after")
     def _media_credentials_together(self) -> XConfig:
         given = [self.consumer_key is not None, self.access_token is not None, self.access_token_secret is not None]
         if any(given) and not all(given):
-            raise ValueError("consumer_key, access_token and access_token_secret go together (media downloads)")
+            raise ValueError("consumer_key, access_token and access_token_secret go together (replies, media)")
         return self
 
 
@@ -60,8 +65,8 @@ def sign(secret: str, data: bytes) -> str:
     return "sha256=" + base64.b64encode(hmac.new(secret.encode(), data, hashlib.sha256).digest()).decode()
 
 
-class XChannel(WebhookChannel):
-    """Inbound X direct messages from Account Activity API webhooks."""
+class XChannel(XReplies, WebhookChannel):
+    """X direct messages from Account Activity API webhooks; agent replies go back through ``XReplies``."""
 
     type_name = "x"
     Config = XConfig
