@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import requests
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed
 
@@ -75,6 +75,17 @@ class SalesforceConfig(CrmConfig):
     api_reserve_calls: int = Field(0, ge=0, description="Daily API calls left to other apps (the larger wins).")
     budget_pause_seconds: float = Field(900.0, gt=0, description="Wait before trying again when out of budget.")
     timeout_seconds: float = Field(30.0, gt=0, le=120)
+    reply_poll_seconds: float = Field(
+        60.0, ge=0, description="How often to look for agent replies (one query per object in reply_objects); "
+                                "0: never, else at least 10.")
+    reply_objects: list[Literal["CaseComment", "EmailMessage"]] = Field(
+        ["CaseComment", "EmailMessage"], min_length=1,
+        description="Objects polled for replies: published CaseComments, outgoing (sent) EmailMessages.")
+    reply_poll_limit: int = Field(200, ge=1, le=2000, description="Rows read per object and poll (SOQL LIMIT).")
+    reply_max_age_hours: float = Field(
+        24.0, ge=0, description="Replies created longer ago are never sent (merged or re-imported cases); 0: any.")
+    reply_secret: SecretStr | None = Field(
+        None, description="Key for agent replies posted to /crm-hooks/NAME (X-Gateway-Signature); unset: none taken.")
 
     @model_validator(mode="after")
     def _one_auth(self) -> SalesforceConfig:
@@ -94,6 +105,13 @@ class SalesforceConfig(CrmConfig):
         if session and self.instance_url is None:
             raise ValueError("session_id needs instance_url")
         return self
+
+    @field_validator("reply_poll_seconds")
+    @classmethod
+    def _poll_interval(cls, value: float) -> float:
+        if 0 < value < 10:
+            raise ValueError("0 (off) or at least 10: each poll spends daily API calls")
+        return value
 
     @property
     def link_field(self) -> str | None:

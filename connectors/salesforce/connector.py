@@ -28,6 +28,7 @@ from connectors.salesforce.client import (
     duplicate_match,
     first_error,
 )
+from connectors.salesforce.replies import SalesforceReplies
 from gateway.errors import RetryableError
 from gateway.model import ChannelType
 from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
@@ -49,8 +50,11 @@ _COMMENT_BYTES = 4000  # CaseComment.CommentBody holds at most 4,000 bytes
 _LOOKBACK = 200
 
 
-class SalesforceCrm(CrmConnector):
-    """Salesforce: contact per customer, Case per conversation, CaseComment or EmailMessage per message."""
+class SalesforceCrm(CrmConnector, SalesforceReplies):
+    """Salesforce: contact per customer, Case per conversation, CaseComment or EmailMessage per message.
+
+    Agent replies (polled or posted by a Flow) and notes for agents: ``connectors.salesforce.replies``.
+    """
 
     type_name = "salesforce"
     Config = SalesforceConfig
