@@ -76,7 +76,8 @@ class FakeTwilio:
         self._serial = itertools.count(1)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-twilio", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-twilio", daemon=True)
 
     @property
     def url(self) -> str:
@@ -193,7 +194,7 @@ class FakeTwilio:
         self.forms.append({key: list(values) for key, values in form.items()})
         self._messages.append(message)
         self._created[sid] = now
-        return 201, self._view(message), {}
+        return 201, {key: value for key, value in message.items() if key != "serial"}, {}  # as created: queued
 
     def _view(self, message: dict[str, Any]) -> dict[str, Any]:
         """The resource as Twilio shows it now: ``sent`` with a ``date_sent`` once ``queue_seconds`` have passed."""
