@@ -452,3 +452,15 @@ def test_the_echo_of_a_messenger_reply_never_comes_back_as_the_customers(write_c
             ("inbound", True), ("outbound", False)], "the echo added no message"
     finally:
         runtime.close()
+
+
+def test_the_echo_of_an_instagram_reply_gives_no_message() -> None:
+    """Instagram echoes our reply with the account as sender (and ``is_echo``): nothing a customer wrote."""
+    echo = payload("instagram_text")
+    event = echo["entry"][0]["messaging"][0]
+    event.update(sender={"id": IG_ACCOUNT}, recipient={"id": IGSID})
+    event["message"].update(mid="aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDAwMDA4NDYwMDU2Ok91clJlcGx5",
+                            text=REPLY_TEXT, is_echo=True)
+    connector = meta()
+    [record] = split_records(connector, post(echo))
+    assert connector.normalize(record) == []
