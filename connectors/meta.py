@@ -1,4 +1,5 @@
-"""Meta webhooks: Messenger, Instagram messaging and the WhatsApp Business Cloud API, from one app.
+"""Meta webhooks: Messenger, Instagram messaging and the WhatsApp Business Cloud API, from one app (replies:
+``_meta_outbound``).
 
 Subscription: GET ``hub.mode=subscribe&hub.verify_token=..&hub.challenge=..`` is answered with the challenge.
 Deliveries carry ``X-Hub-Signature-256: sha256=hex(HMAC-SHA256(app secret, raw body))`` over the raw bytes
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
+from connectors._meta_outbound import MetaSender, MetaTemplate
 from gateway.attachments import download
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone, scoped_identifier
@@ -55,12 +57,26 @@ class MetaConfig(ConnectorConfig):
     previous_app_secret: SecretStr | None = Field(
         None, description="The former app secret, accepted too while a rotation is under way.")
     verify_token: SecretStr = Field(description="The token entered with the callback URL (hub.verify_token).")
-    access_token: SecretStr = Field(description="Page or system-user token for fetching WhatsApp media.")
+    access_token: SecretStr = Field(
+        description="System-user (or page) token: WhatsApp media and replies, and replies on pages not in page_tokens.")
     graph_api_base_url: str = Field(GRAPH_BASE, description="Graph API base URL with version (proxies, tests).")
     media_hosts: list[str] = Field(list(MEDIA_HOSTS), description="Hosts media may be downloaded from.")
     max_media_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Larger media are refused.")
     default_region: str | None = Field(
         None, pattern=r"^[A-Z]{2}$", description="Region for phone numbers; default identity.default_region.")
+    page_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Page access tokens for Messenger/Instagram replies, by the page or "
+                                          "Instagram account id the webhooks name (entry id).")
+    human_agent_tag: bool = Field(
+        False, description="Answer Messenger/Instagram up to 7 days after the customer wrote (HUMAN_AGENT tag; needs "
+                           "Meta's approval); off: 24 hours.")
+    whatsapp_templates: dict[str, MetaTemplate] = Field(
+        default_factory=dict, description="Approved WhatsApp templates by customer language (`es`, `default`): "
+                                          "`{name, language, parameters: [\"{text}\"]}`, sent after 24 hours.")
+    send_per_minute: float = Field(600.0, gt=0, description="Replies per minute per page or WhatsApp number.")
+    reconcile_settle_seconds: float = Field(
+        60.0, ge=0, description="After an interrupted Messenger/Instagram send, how long the thread is given to "
+                                "show it before the reply counts as not sent and goes again.")
 
 
 def _load_object(body: bytes) -> dict[str, Any]:
@@ -117,12 +133,13 @@ def _item(data: dict[str, Any], provider_id: Any, kind: str = "message") -> Inbo
     return InboxItem(provider_id, json.dumps(data, ensure_ascii=False).encode(), "application/json", kind)
 
 
-class MetaChannel(WebhookChannel):
-    """Inbound Messenger, Instagram and WhatsApp Cloud API messages from Meta webhooks."""
+class MetaChannel(WebhookChannel, MetaSender):
+    """Messenger, Instagram and WhatsApp Cloud API messages from Meta webhooks; replies sent back (``MetaSender``)."""
 
     type_name = "meta"
     Config = MetaConfig
-    summary = "Meta webhooks: Messenger, Instagram, WhatsApp Cloud API (X-Hub-Signature-256, hub.challenge)"
+    summary = ("Meta webhooks: Messenger, Instagram, WhatsApp Cloud API (X-Hub-Signature-256, hub.challenge); replies "
+               "through the Send and Cloud APIs")
     channel_types = (ChannelType.MESSENGER, ChannelType.INSTAGRAM, ChannelType.WHATSAPP)
     config: MetaConfig
 
@@ -341,9 +358,11 @@ class MetaChannel(WebhookChannel):
             return _receipts(record.connector, data["event"])
         status = data["status"]
         errors = status.get("errors") or []
-        extras = {key: status[key] for key in ("recipient_id", "conversation", "pricing") if key in status}
+        extras = {key: status[key] for key in ("recipient_id", "conversation", "pricing", "biz_opaque_callback_data")
+                  if key in status}
         if errors:
             extras["errors"] = errors
+            extras["error_title"] = errors[0].get("title") or errors[0].get("message") or ""
         return [StatusUpdate(connector=record.connector, provider_message_id=status["id"], status=status["status"],
                              occurred_at=datetime.fromtimestamp(int(status.get("timestamp", 0)), UTC),
                              error_code=str(errors[0].get("code")) if errors else None, extras=extras)]

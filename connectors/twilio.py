@@ -1,4 +1,4 @@
-"""Twilio Programmable Messaging: inbound SMS, MMS and WhatsApp webhooks.
+"""Twilio Programmable Messaging: inbound SMS, MMS and WhatsApp webhooks (replies: ``_twilio_outbound``).
 
 Signatures are checked with twilio's own ``RequestValidator`` over ``server.public_url`` + the hook path and every
 form parameter received (Twilio adds parameters without notice, so none are dropped).
@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 from werkzeug.datastructures import MultiDict
 
+from connectors._twilio_outbound import TwilioSender, TwilioTemplate
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone
 from gateway.model import (
@@ -55,6 +56,18 @@ class TwilioConfig(ConnectorConfig):
     api_base_url: str = Field(API_BASE, description="Twilio REST API base URL (for proxies and test servers).")
     media_hosts: list[str] = Field(list(MEDIA_HOSTS), description="Hosts MMS media may be downloaded from.")
     max_media_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Larger MMS media are refused (Twilio: 5 MB).")
+    messaging_service_sid: str | None = Field(
+        None, pattern=r"^MG[0-9a-fA-F]{32}$",
+        description="Send SMS/MMS replies through this Messaging Service; unset: from the number the customer texted.")
+    send_per_minute: float = Field(
+        60.0, gt=0, description="Replies per minute per sending number (a US long code takes about 1 a second).")
+    whatsapp_templates: dict[str, TwilioTemplate] = Field(
+        default_factory=dict,
+        description="Approved WhatsApp templates by customer language (`es`, `pt-BR`, `default`): `{content_sid: "
+                    "HX..., variables: {\"1\": \"{text}\"}}`, sent once the 24-hour window has closed.")
+    reconcile_settle_seconds: float = Field(
+        120.0, ge=0, description="After an interrupted send, how long Twilio's message list is given to show it "
+                                 "before the reply counts as not sent and goes again.")
 
 
 class _SignedParams(MultiDict[str, str]):
@@ -64,12 +77,13 @@ class _SignedParams(MultiDict[str, str]):
         return self.getlist(key)
 
 
-class TwilioChannel(WebhookChannel):
-    """Inbound SMS/MMS/WhatsApp messages from Twilio webhooks."""
+class TwilioChannel(WebhookChannel, TwilioSender):
+    """SMS/MMS/WhatsApp messages from Twilio webhooks; agent replies sent back through Twilio (``TwilioSender``)."""
 
     type_name = "twilio"
     Config = TwilioConfig
-    summary = "Twilio SMS, MMS and WhatsApp webhooks (X-Twilio-Signature checked with RequestValidator)"
+    summary = ("Twilio SMS, MMS and WhatsApp webhooks (X-Twilio-Signature checked with RequestValidator); replies "
+               "through the Messages API")
     channel_types = (ChannelType.SMS, ChannelType.MMS, ChannelType.WHATSAPP)
     max_body_bytes = 64 * 1024  # Twilio caps inbound bodies at 32 KB; form encoding can double that
     config: TwilioConfig
