@@ -109,8 +109,8 @@ def test_the_message_id_is_stable_per_send_and_differs_between_sends(tmp_path: P
 
 @pytest.mark.parametrize(("subject", "expected"), [
     ("Order late", "Re: Order late"), ("Re: Order late", "Re: Order late"), ("RE:Order late", "RE:Order late"),
-    ("  re : Order late", "re : Order late"), ("Order\r\n late", "Re: Order late"), ("Fwd: Order", "Re: Fwd: Order"), ("", "Re: (no subject)"),
-    (None, "Re: (no subject)"),
+    ("  re : Order late", "re : Order late"), ("Order\r\n late", "Re: Order late"), ("Fwd: Order", "Re: Fwd: Order"),
+    ("", "Re: (no subject)"), (None, "Re: (no subject)"),
 ])
 def test_reply_subject_never_doubles_re(subject: str | None, expected: str) -> None:
     assert reply_subject(subject) == expected
