@@ -26,6 +26,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from gateway.mail.mime import provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
+from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, ImapSmtpSettings, SmtpReplies, imap_sent_copy
 from gateway.model import ChannelType, Message
 from gateway.plugins import CursorStore, InboxSink, PollingChannel, PollingConfig
 from gateway.records import InboxItem, RawRecord
@@ -68,6 +69,7 @@ class ImapConfig(EmailSettings, PollingConfig):
     batch_size: int = Field(100, ge=1, le=1000, description="Messages fetched and stored per transaction.")
     timeout_seconds: float = Field(30.0, gt=0, description="Socket timeout for the IMAP connection.")
     max_backoff_seconds: float = Field(900.0, ge=1, description="Longest wait after repeated connection failures.")
+    smtp: ImapSmtpSettings | None = Field(None, description=SMTP_FIELD_DESCRIPTION)
 
     @model_validator(mode="after")
     def _check(self) -> ImapConfig:
@@ -80,7 +82,7 @@ class ImapConfig(EmailSettings, PollingConfig):
         return self
 
 
-class ImapChannel(PollingChannel):
+class ImapChannel(SmtpReplies, PollingChannel):
     """Email imported from an IMAP folder."""
 
     type_name = "imap"
@@ -134,9 +136,16 @@ class ImapChannel(PollingChannel):
         client = self.connect()
         try:
             info = client.select_folder(self.config.folder, readonly=True)
-            return f"{self.config.folder}: {info.get(b'EXISTS', 0)} messages, UIDVALIDITY {info.get(b'UIDVALIDITY')}"
+            folder = f"{self.config.folder}: {info.get(b'EXISTS', 0)} messages, UIDVALIDITY {info.get(b'UIDVALIDITY')}"
         finally:
             _close(client)
+        return f"{folder}; {self.check_smtp()}"
+
+    def sent_copy(self, message_id: str) -> bool:
+        """Whether the SMTP server's copy of a reply is in ``smtp.sent_folder`` (False when none is set)."""
+        if self.config.smtp is None or self.config.smtp.sent_folder is None:
+            return False
+        return imap_sent_copy(self.connect, _close, self.config.smtp.sent_folder, message_id)
 
     # -- polling -------------------------------------------------------------------------------------------------
     def poll(self, sink: InboxSink, cursors: CursorStore) -> int:

@@ -25,6 +25,7 @@ from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.mail.forms import FormField, first, parse_form, rebuild_email
 from gateway.mail.mime import UnparseableMail, provider_id, raw_digest
 from gateway.mail.normalize import EmailSettings, email_to_messages
+from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, SmtpReplies, SmtpSettings
 from gateway.model import ChannelType, Message
 from gateway.plugins import WebhookChannel
 from gateway.records import InboxItem, RawRecord
@@ -42,6 +43,7 @@ class MailgunConfig(EmailSettings):
     previous_signing_key: SecretStr | None = Field(None, description="The former key, accepted during a rotation.")
     replay_window_seconds: int = Field(
         300, ge=30, le=86400, description="Posts whose timestamp is further from now than this are refused.")
+    smtp: SmtpSettings | None = Field(None, description=SMTP_FIELD_DESCRIPTION)
 
 
 def signature_for(key: str, timestamp: str, token: str) -> str:
@@ -49,7 +51,7 @@ def signature_for(key: str, timestamp: str, token: str) -> str:
     return hmac.new(key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
 
 
-class MailgunChannel(WebhookChannel):
+class MailgunChannel(SmtpReplies, WebhookChannel):
     """Inbound email from Mailgun routes (parsed fields or ``body-mime``)."""
 
     type_name = "mailgun"

@@ -24,6 +24,7 @@ from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.mail.forms import FormField, first, header_block_pairs, parse_form, rebuild_email
 from gateway.mail.mime import UnparseableMail, provider_id, raw_digest
 from gateway.mail.normalize import EmailSettings, email_to_messages
+from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, SmtpReplies, SmtpSettings
 from gateway.model import ChannelType, Message
 from gateway.plugins import WebhookChannel
 from gateway.records import InboxItem, RawRecord
@@ -41,9 +42,10 @@ class SendgridConfig(EmailSettings):
         description="Secret the parse URL carries as ?token=...; at least 16 characters (e.g. openssl rand -hex 24).",
         min_length=16)
     previous_url_token: SecretStr | None = Field(None, description="The former token, accepted during a change.")
+    smtp: SmtpSettings | None = Field(None, description=SMTP_FIELD_DESCRIPTION)
 
 
-class SendgridChannel(WebhookChannel):
+class SendgridChannel(SmtpReplies, WebhookChannel):
     """Inbound email from SendGrid Inbound Parse (parsed fields or the raw MIME)."""
 
     type_name = "sendgrid"

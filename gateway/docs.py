@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -20,21 +20,36 @@ def _is_secret(field: FieldInfo) -> bool:
     return "SecretStr" in str(field.annotation) or field.annotation is SecretStr
 
 
-def settings(cls: Any) -> list[dict[str, str]]:
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model of a nested block (``Model`` or ``Model | None``), else None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[dict[str, str]]:
     rows = []
-    for name, field in cls.Config.model_fields.items():
-        if name == "type":
+    for name, field in model.model_fields.items():
+        if name == "type" and not prefix:
             continue
         required = field.is_required()
         default = "" if required or field.default is PydanticUndefined else repr(field.default)
+        nested = _nested_model(field.annotation)
         rows.append({
-            "name": name,
-            "type": ("secret" if _is_secret(field) else _type_name(field.annotation)),
+            "name": prefix + name,
+            "type": ("secret" if _is_secret(field) else "block" if nested else _type_name(field.annotation)),
             "required": "yes" if required else "no",
             "default": default,
             "description": field.description or "",
         })
+        if nested is not None:  # a block's own settings follow it, as ``block.setting``
+            rows += _rows(nested, f"{prefix}{name}.")
     return rows
+
+
+def settings(cls: Any) -> list[dict[str, str]]:
+    return _rows(cls.Config)
 
 
 def connectors_text(registry: Registry) -> str:
