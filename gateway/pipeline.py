@@ -109,6 +109,8 @@ class PipelineWorker:
         for item in prepared:
             if item not in failed:
                 metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
+        if any(item.replies for item in prepared):
+            self.rt.sends_waiting.set()  # this process's send threads look at once instead of at their next poll
         return len(rows)
 
     def _prepare(self, row: Row[Any]) -> Prepared | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Runtime:
     crms: dict[str, CrmConnector] = field(default_factory=dict)
     mappings: dict[str, Mapping] = field(default_factory=dict)
     directories: dict[str, CrmDirectory] = field(default_factory=dict)
+    sends_waiting: threading.Event = field(default_factory=threading.Event)  # set when replies were queued
 
     @property
     def retry_policy(self) -> RetryPolicy:

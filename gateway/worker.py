@@ -57,11 +57,16 @@ def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
     return done
 
 
-def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float) -> None:
+def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float,
+             wake: threading.Event | None = None) -> None:
+    """Drain the stage until ``stop``; when idle, wait ``idle_seconds`` or until ``wake`` is set (new work)."""
     while not stop.is_set():
         try:
             if drain_once(stage, stop) == 0:
-                stop.wait(idle_seconds)
+                if wake is None:
+                    stop.wait(idle_seconds)
+                elif wake.wait(idle_seconds):
+                    wake.clear()
         except Exception:
             log.exception("worker loop error; continuing after a pause")
             stop.wait(max(idle_seconds, 1.0))
@@ -164,7 +169,9 @@ class WorkerProcess:
         if any(isinstance(crm, InternalNotes) for crm in self.rt.crms.values()):
             stages += [(f"notes{i}", NoteWorker(self.rt, worker_id("notes", i))) for i in range(settings.note_threads)]
         for name, stage in stages:
-            thread = threading.Thread(target=run_loop, args=(stage, self.stop_event, settings.idle_poll_seconds),
+            wake = self.rt.sends_waiting if isinstance(stage, SendWorker) else None
+            thread = threading.Thread(target=run_loop,
+                                      args=(stage, self.stop_event, settings.idle_poll_seconds, wake),
                                       name=name, daemon=False)
             thread.start()
             self.threads.append(thread)
