@@ -78,11 +78,35 @@ class OutcomeUnknown(PermanentError):
 
 
 def as_delivery_error(exc: BaseException) -> DeliveryError:
-    """The one translation of an exception into a delivery failure: network trouble and unknown errors retry."""
+    """The one translation of an exception into a delivery failure: network trouble and unknown errors retry.
+
+    A network error names the host only: the URL's path and query may hold a phone number or an address.
+    """
     import requests
 
     if isinstance(exc, DeliveryError):
         return exc
     if isinstance(exc, requests.Timeout | requests.ConnectionError):
-        return RetryableError(f"{type(exc).__name__}: {exc}", code="network")
+        return RetryableError(f"{type(exc).__name__} reaching {_host_of(exc)}", code="network")
     return RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
+
+
+def never_reached(exc: BaseException) -> bool:
+    """True when a request surely never reached the server (no connection was made): nothing can have been sent."""
+    import requests
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, NewConnectionError | NameResolutionError)
+    return False
+
+
+def _host_of(exc: BaseException) -> str:
+    from urllib.parse import urlsplit
+
+    request = getattr(exc, "request", None)
+    url = getattr(request, "url", None)
+    return (urlsplit(url).hostname or "the provider") if url else "the provider"

@@ -19,7 +19,14 @@ from typing import Any
 from sqlalchemy import Row, select, update
 
 from gateway import metrics
-from gateway.errors import DeliveryError, OutcomeUnknown, PermanentError, RetryableError, as_delivery_error
+from gateway.errors import (
+    DeliveryError,
+    OutcomeUnknown,
+    PermanentError,
+    RetryableError,
+    as_delivery_error,
+    never_reached,
+)
 from gateway.model import Message
 from gateway.notes import queue_note
 from gateway.optouts import add_opt_out, opted_out
@@ -115,7 +122,7 @@ class SendWorker:
             return
         except Exception as exc:
             # a timeout or 5xx may or may not have reached the customer: the next attempt reconciles first
-            self._retry(row, as_delivery_error(exc), started, uncertain=True)
+            self._retry(row, as_delivery_error(exc), started, uncertain=not never_reached(exc))
             return
         self._sent(row, result, started, outcome="sent")
 

@@ -381,3 +381,18 @@ def test_notes_are_counted_once_per_key(rt: Runtime) -> None:
         queue_note(conn, "trial", "c" * 32, "k", "one")
         queue_note(conn, "trial", "c" * 32, "k", "one again")
     assert count(rt, crm_notes) == 1
+
+
+def test_network_errors_name_the_host_only_and_a_refused_connection_is_surely_not_sent() -> None:
+    import requests
+
+    from gateway.errors import as_delivery_error, never_reached
+
+    session = requests.Session()
+    with pytest.raises(requests.ConnectionError) as refused:
+        session.post("http://127.0.0.1:9/Messages.json?To=%2B14155550100", timeout=2)
+    error = as_delivery_error(refused.value)
+    assert str(error) == "ConnectionError reaching 127.0.0.1" and error.retryable
+    assert "4155550100" not in str(error)
+    assert never_reached(refused.value)
+    assert not never_reached(requests.ReadTimeout("read timed out"))
