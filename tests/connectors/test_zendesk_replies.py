@@ -177,7 +177,7 @@ def mock_people(mocked: responses.RequestsMock) -> None:
     mocked.get(f"{API}/users/me", json=fixture("users_me"))
     mocked.get(f"{API}/users/show_many", json=users(
         user(AGENT_ID, "agent", "Ann Agent"), user(REQUESTER_ID, "end-user", "Jo Customer"),
-        user(4242, "end-user", "A stranger")))
+        user(4242, "end-user", "A stranger"), user(API_USER_ID, "admin", "Gateway API user")))
 
 
 def replies_for(crm: ZendeskCrm, found: dict[str, Any], links: MemoryLinkStore | None = None) -> list[Any]:
