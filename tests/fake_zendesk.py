@@ -30,6 +30,9 @@ has written without knowing it.
 A comment's marker (``metadata.gateway_message_id``) is the comma-joined list of the gateway message ids it carries
 (several pending messages of a conversation are written as one comment); ``comment_counts()`` and
 ``ticket_markers()`` read it message by message.
+
+Two-way endpoints (webhooks, triggers, comments, users, the ticket-event export) and agents who reply are in
+``tests.fake_zendesk_replies``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fake_zendesk_replies import API_USER_ID, RepliesApi
 
 MARKER = "gateway_message_id"
 Answer = tuple[int, dict[str, Any] | str, dict[str, str]]
@@ -107,7 +112,7 @@ class FakeState:
     throttled: int = 0
 
 
-class FakeZendesk:
+class FakeZendesk(RepliesApi):
     """The fake server: ``start()`` it on a free port, point ``base_url`` at ``url``, ``stop()`` it afterwards."""
 
     def __init__(self, *, delay_seconds: float = 0.0, job_delay_seconds: float = 0.2,
@@ -130,6 +135,7 @@ class FakeZendesk:
         self._hold_next = False
         self.held_write: Write | None = None
         self._local = threading.local()
+        self._init_replies()
 
     @property
     def url(self) -> str:
@@ -262,8 +268,12 @@ class FakeZendesk:
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
                body: dict[str, Any], raw: bytes) -> Answer:
+        two_way = self._route_replies(method, path, query, body)
+        if two_way is not None:
+            return two_way
         if method == "GET" and path == "/api/v2/users/me":
-            return 200, {"user": {"id": 1, "name": "Test Agent", "role": "admin", "email": "agent@example.com"}}, {}
+            return 200, {"user": {"id": API_USER_ID, "name": "Test Agent", "role": "admin",
+                                  "email": "agent@example.com"}}, {}
         if method == "POST" and path == "/api/v2/users/create_or_update":
             return self._user(body)
         if method == "POST" and path == "/api/v2/users/create_or_update_many":
@@ -405,7 +415,8 @@ class FakeZendesk:
                        if token in self.state.uploads]
         event = {"id": next(self._ids), "type": "Comment", "body": comment.get("body", ""),
                  "html_body": f"<p>{comment.get('body', '')}</p>", "public": comment.get("public", True),
-                 "author_id": comment.get("author_id", requester_id), "attachments": attachments}
+                 "author_id": comment.get("author_id", requester_id), "attachments": attachments,
+                 "plain_body": comment.get("body", ""), "created_at": _now(), "via": {"channel": "api"}}
         self.state.comments.setdefault(ticket_id, []).append({**event, "metadata": dict(metadata or {})})
         return event
 
@@ -473,7 +484,8 @@ class FakeZendesk:
                                                                    "ticket data and try again."}, {}
         events = []
         if isinstance(given.get("comment"), dict):
-            events.append(self._comment(ticket_id, given["comment"], given.get("metadata"), ticket["requester_id"]))
+            # an update's comment is by the API user unless it names its author (Zendesk's default)
+            events.append(self._comment(ticket_id, given["comment"], given.get("metadata"), API_USER_ID))
         for tag in given.get("additional_tags") or []:
             if tag not in ticket["tags"]:
                 ticket["tags"].append(tag)
@@ -576,6 +588,6 @@ def _handler_for(fake: FakeZendesk) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client went away (a killed worker): the write itself has already happened
 
-        do_GET = do_POST = do_PUT = _serve
+        do_GET = do_POST = do_PUT = do_PATCH = _serve
 
     return Handler

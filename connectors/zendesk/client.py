@@ -42,6 +42,12 @@ class ZendeskConfig(CrmConfig):
                                "they are adopted instead of duplicated; 0 turns the sync off.")
     upload_max_bytes: int = Field(
         10 * 1024 * 1024, ge=0, description="Attachments up to this size are uploaded; larger ones are linked.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Signing secret of the Zendesk webhook that reports agent replies; unset: the one "
+                          "`gateway crm setup` stores in {data_dir}/secrets/NAME.webhook-secret.")
+    reply_poll_seconds: int = Field(
+        60, ge=0, description="How often the ticket-event export is read for agent replies the webhook missed "
+                              "(a safety net; the export allows 10 requests a minute); 0 turns it off.")
 
     @model_validator(mode="after")
     def _one_auth(self) -> ZendeskConfig:

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import cached_property
 from typing import Any
 
 import requests
 
+from connectors.zendesk import export, setup
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
+from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, PermanentError, RetryableError
 from gateway.plugins import (
+    AgentReplies,
+    AgentReply,
     ConnectorContext,
     ContactMerge,
     CrmConnector,
@@ -29,8 +34,14 @@ from gateway.plugins import (
     DeliveryItem,
     DeliveryResult,
     DirectorySync,
+    InboxSink,
+    InternalNotes,
     LinkStore,
+    ReplyPolling,
+    ReplySetup,
 )
+from gateway.records import InboxItem, RawRecord
+from gateway.webhooks import HookRequest
 
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
@@ -53,7 +64,7 @@ def marker(items: list[DeliveryItem]) -> dict[str, str]:
     return {MARKER: ",".join(item.message.id for item in items)}
 
 
-class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge):
+class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplySetup, ReplyPolling, InternalNotes):
     """Zendesk Support: end user per customer, ticket per conversation, public comment per message."""
 
     type_name = "zendesk"
@@ -404,3 +415,30 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge):
         if not user.get("id") or user.get("role") not in ("agent", "admin"):
             raise RuntimeError("Zendesk did not accept the credentials (no agent or admin user)")
         return f"authenticated as {user.get('name')} ({user.get('role')})"
+
+    # -- two-way: agents' replies and notes (connectors.zendesk.replies, .export, .setup) --------------------------
+    @cached_property
+    def replies(self) -> ZendeskReplies:
+        return ZendeskReplies(self)
+
+    def setup_replies(self, hook_url: str, *, dry_run: bool) -> list[str]:
+        return setup.setup_replies(self, hook_url, dry_run=dry_run)
+
+    def verify_reply_hook(self, request: HookRequest) -> None:
+        verify(self, request)
+
+    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
+        return split(request)
+
+    def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
+        return self.replies.agent_replies(record, links)
+
+    @property
+    def reply_poll_seconds(self) -> float:
+        return self.config.reply_poll_seconds
+
+    def poll_replies(self, sink: InboxSink, cursors: CursorStore) -> int:
+        return export.poll(self, sink, cursors)
+
+    def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        self.replies.post_note(conversation_id, text, links, key)
