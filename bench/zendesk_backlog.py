@@ -77,7 +77,7 @@ channels:
 crms:
   desk: {{type: zendesk, subdomain: acme, base_url: "{fake_url}", email: agent@example.com,
           api_token: bench-zendesk-token, requests_per_minute: {LIMIT}, bulk_threshold: {bulk_threshold},
-          job_timeout_seconds: 120}}
+          job_timeout_seconds: 120, reply_poll_seconds: 0}}
 routes:
   - {{from: [{CHANNEL}], to: desk}}
 """, encoding="utf-8")

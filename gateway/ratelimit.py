@@ -23,6 +23,7 @@ MAX_WAIT_SECONDS = 20.0
 # A full bucket holds 3 seconds of budget: a minute that starts full sends at most 105 % of the rate, and the
 # rate itself is set under the CRM's limit (Zendesk: 95 %), so a window never exceeds the limit.
 BURST_SECONDS = 3.0
+TOKEN_EPSILON = 1e-9
 
 
 class RateLimiter(Protocol):
@@ -54,8 +55,9 @@ class MemoryRateLimiter:
                 self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
                 self.updated = now
                 wait = max(self.blocked_until - now, 0.0)
-                if not wait and self.tokens >= cost:
-                    self.tokens -= cost
+                # a bucket a rounding error short of a token is full: float sums of small refills fall just under
+                if not wait and self.tokens >= cost - TOKEN_EPSILON:
+                    self.tokens = max(self.tokens - cost, 0.0)
                     return
                 wait = wait or (cost - self.tokens) / self.rate
             if wait > MAX_WAIT_SECONDS:

@@ -94,3 +94,20 @@ def test_retry_after_reads_delay_seconds() -> None:
     assert retry_after_seconds({}) is None and retry_after_seconds({"Retry-After": "soon"}) is None
     assert retry_after_seconds({"Retry-After": "inf"}) is None and retry_after_seconds({"Retry-After": "nan"}) is None
     assert retry_after_seconds({"Retry-After": "-5"}) == 0.0
+
+
+def test_a_memory_bucket_a_rounding_error_short_of_a_token_does_not_spin() -> None:
+    from gateway.ratelimit import MemoryRateLimiter
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+        assert len(slept) < 100, "the limiter keeps waiting for a token it already has"
+
+    limiter = MemoryRateLimiter(10, sleep=sleep, clock=lambda: now[0])
+    limiter.tokens = 1 - 1e-12  # what a long run of small float refills leaves
+    limiter.acquire()
+    assert slept == []
