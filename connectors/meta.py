@@ -62,16 +62,6 @@ class MetaConfig(ConnectorConfig):
         None, pattern=r"^[A-Z]{2}$", description="Region for phone numbers; default identity.default_region.")
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedRequest("body is not a JSON object")
-    return data
-
-
 def _list(value: Any, what: str) -> list[Any]:
     if value is None:
         return []
@@ -151,7 +141,7 @@ class MetaChannel(ChannelConnector):
         raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the app secret")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
-        data = _load_object(request.body)
+        data = request.json_object()
         obj = data.get("object")
         if obj not in _OBJECTS:
             raise MalformedRequest(f"object {obj!r} is not page, instagram or whatsapp_business_account")

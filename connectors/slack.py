@@ -69,16 +69,6 @@ class SlackConfig(ConnectorConfig):
     max_file_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Larger files are refused.")
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedRequest("body is not a JSON object")
-    return data
-
-
 def _ts_time(ts: str) -> datetime:
     return datetime.fromtimestamp(float(ts), UTC)
 
@@ -121,7 +111,7 @@ class SlackChannel(ChannelConnector):
         if request.method != "POST" or b"url_verification" not in request.body:
             return None
         self._check_signature(request)
-        data = _load_object(request.body)
+        data = request.json_object()
         if data.get("type") != "url_verification":
             return None
         challenge = data.get("challenge")
@@ -133,7 +123,7 @@ class SlackChannel(ChannelConnector):
         self._check_signature(request)
 
     def split(self, request: HookRequest) -> list[InboxItem]:
-        data = _load_object(request.body)
+        data = request.json_object()
         kind = data.get("type")
         if not isinstance(kind, str):
             raise MalformedRequest("type is missing")

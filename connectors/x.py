@@ -87,12 +87,7 @@ class XChannel(ChannelConnector):
             raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the consumer secret")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
-        try:
-            data = json.loads(request.body)
-        except (UnicodeDecodeError, ValueError):
-            raise MalformedRequest("body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise MalformedRequest("body is not a JSON object")
+        data = request.json_object()
         events = data.get("direct_message_events")
         if events is None:
             return []  # likes, follows, typing indicators, ...: nothing a customer wrote to us
