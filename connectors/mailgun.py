@@ -27,6 +27,7 @@ from gateway.mail.mime import UnparseableMail, provider_id, raw_digest
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.model import ChannelType, Message
 from gateway.plugins import ChannelConnector
+from gateway.signing import current_or_previous, matches_any
 from gateway.storage.db import utcnow
 from gateway.webhooks import Headers, HookRequest, InboxItem, RawRecord
 
@@ -70,9 +71,9 @@ class MailgunChannel(ChannelConnector):
             raise SignatureInvalid("missing Mailgun signature fields (timestamp, token, signature)")
         if not values["timestamp"].isdigit():
             raise SignatureInvalid("timestamp is not a whole number of seconds")
-        keys = [k.get_secret_value() for k in (self.config.signing_key, self.config.previous_signing_key) if k]
-        if not any(hmac.compare_digest(signature_for(key, values["timestamp"], values["token"]), values["signature"])
-                   for key in keys):
+        keys = current_or_previous(self.config.signing_key, self.config.previous_signing_key)
+        if not matches_any(values["signature"], keys,
+                           lambda key: signature_for(key, values["timestamp"], values["token"])):
             raise SignatureInvalid("signature does not match: check the channel's signing_key (HTTP webhook "
                                    "signing key)")
         skew = abs(time.time() - int(values["timestamp"]))

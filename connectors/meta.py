@@ -36,6 +36,7 @@ from gateway.model import (
     ThreadRef,
 )
 from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
 
 GRAPH_BASE = "https://graph.facebook.com/v21.0"
@@ -133,12 +134,10 @@ class MetaChannel(ChannelConnector):
         scheme, _, given = header.partition("=")
         if scheme != "sha256" or not given:
             raise SignatureInvalid(f"{SIGNATURE_HEADER} is not sha256=<hex>")
-        secrets = [s for s in (self.config.app_secret, self.config.previous_app_secret) if s is not None]
-        for secret in secrets:
-            digest = hmac.new(secret.get_secret_value().encode(), request.body, hashlib.sha256).hexdigest()
-            if hmac.compare_digest(digest, given.lower()):
-                return
-        raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the app secret")
+        secrets = current_or_previous(self.config.app_secret, self.config.previous_app_secret)
+        if not matches_any(given.lower(), secrets,
+                           lambda secret: hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()):
+            raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the app secret")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
         data = request.json_object()

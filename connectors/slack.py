@@ -36,6 +36,7 @@ from gateway.model import (
     ThreadRef,
 )
 from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
 
 API_BASE = "https://slack.com/api/"
@@ -101,9 +102,8 @@ class SlackChannel(ChannelConnector):
             request.body.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedRequest("body is not UTF-8") from None
-        secrets = [s for s in (self.config.signing_secret, self.config.previous_signing_secret) if s is not None]
-        if not any(SignatureVerifier(s.get_secret_value()).is_valid(request.body, timestamp, signature)
-                   for s in secrets):
+        secrets = current_or_previous(self.config.signing_secret, self.config.previous_signing_secret)
+        if not any(SignatureVerifier(secret).is_valid(request.body, timestamp, signature) for secret in secrets):
             raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the signing secret")
 
     def handshake(self, request: HookRequest) -> HookResponse | None:

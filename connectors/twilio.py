@@ -32,6 +32,7 @@ from gateway.model import (
     StatusUpdate,
 )
 from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -75,8 +76,8 @@ class TwilioChannel(ChannelConnector):
 
     @cached_property
     def _validators(self) -> list[RequestValidator]:
-        tokens = [self.config.auth_token, self.config.previous_auth_token]
-        return [RequestValidator(token.get_secret_value()) for token in tokens if token is not None]
+        tokens = current_or_previous(self.config.auth_token, self.config.previous_auth_token)
+        return [RequestValidator(token) for token in tokens]
 
     def verify(self, request: HookRequest) -> None:
         signature = request.headers.get(SIGNATURE_HEADER)
@@ -176,7 +177,7 @@ class TwilioChannel(ChannelConnector):
             "FromCountry": "", "To": recipient or "+15005550006", "ToZip": "", "NumSegments": "1",
             "MessageSid": sid, "AccountSid": self.config.account_sid, "From": sender, "ApiVersion": "2010-04-01",
         }
-        signature = self._validators[0].compute_signature(public_url, params)
+        signature = RequestValidator(self.config.auth_token.get_secret_value()).compute_signature(public_url, params)
         body = urlencode(params).encode()
         headers = Headers({"Content-Type": "application/x-www-form-urlencoded", SIGNATURE_HEADER: signature})
         return HookRequest("POST", "", "", headers, body, public_url)

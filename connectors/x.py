@@ -24,6 +24,7 @@ from requests_oauthlib import OAuth1
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
 from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
@@ -68,22 +69,19 @@ class XChannel(ChannelConnector):
     channel_types = (ChannelType.X,)
     config: XConfig
 
-    def _secrets(self) -> list[str]:
-        return [s.get_secret_value() for s in (self.config.consumer_secret, self.config.previous_consumer_secret)
-                if s is not None]
-
     def handshake(self, request: HookRequest) -> HookResponse | None:
         if request.method != "GET" or "crc_token" not in request.query:
             return None
         token = request.query["crc_token"]
-        body = json.dumps({"response_token": sign(self._secrets()[0], token.encode())})
+        body = json.dumps({"response_token": sign(self.config.consumer_secret.get_secret_value(), token.encode())})
         return HookResponse(200, body, "application/json")
 
     def verify(self, request: HookRequest) -> None:
         given = request.headers.get(SIGNATURE_HEADER, "")
         if not given:
             raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
-        if not any(hmac.compare_digest(sign(secret, request.body), given) for secret in self._secrets()):
+        secrets = current_or_previous(self.config.consumer_secret, self.config.previous_consumer_secret)
+        if not matches_any(given, secrets, lambda secret: sign(secret, request.body)):
             raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the consumer secret")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
