@@ -31,7 +31,6 @@ from gateway.model import (
     Message,
     MessageKind,
     Party,
-    RawRef,
     StatusUpdate,
     ThreadRef,
 )
@@ -203,10 +202,8 @@ class MetaChannel(ChannelConnector):
 
     def _base(self, record: RawRecord, channel: ChannelType, provider_id: str, sender: Party, sent_at: datetime,
               **fields: Any) -> Message:
-        return Message(channel=channel, connector=record.connector, connector_type=self.type_name,
-                       provider_message_id=provider_id, sender=sender, sent_at=sent_at,
-                       received_at=record.received_at,
-                       raw=RawRef(inbox_id=record.inbox_id, connector=record.connector), **fields)
+        return self.message(record, channel=channel, provider_message_id=provider_id, sender=sender, sent_at=sent_at,
+                            **fields)
 
     def _messaging(self, record: RawRecord, data: dict[str, Any]) -> list[Message]:
         channel = _OBJECTS[data["object"]]

@@ -32,7 +32,6 @@ from gateway.model import (
     Message,
     MessageKind,
     Party,
-    RawRef,
     ThreadRef,
 )
 from gateway.plugins import ChannelConnector, ConnectorConfig
@@ -226,14 +225,12 @@ class SlackChannel(ChannelConnector):
                 extras[key] = event[key]
         if data.get("is_ext_shared_channel"):
             extras["is_ext_shared_channel"] = True
-        return Message(
-            channel=ChannelType.SLACK, connector=record.connector, connector_type=self.type_name, kind=kind,
-            provider_message_id=provider_id, target_provider_message_id=target,
+        return self.message(
+            record, channel=ChannelType.SLACK, kind=kind, provider_message_id=provider_id,
+            target_provider_message_id=target,
             thread=ThreadRef(provider_thread_id=f"{channel}:{thread_ts}"),
             sender=Party(identifiers=(scoped_identifier(IdentifierKind.SLACK, user_team, user),)),
-            text=body, full_text=body, attachments=attachments, sent_at=_ts_time(ts),
-            received_at=record.received_at, extras=extras,
-            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))
+            text=body, full_text=body, attachments=attachments, sent_at=_ts_time(ts), extras=extras)
 
     # -- network: profiles and files -----------------------------------------------------------------------------
     def _token(self, team_id: str) -> str:

@@ -28,7 +28,6 @@ from gateway.model import (
     IdentifierKind,
     Message,
     Party,
-    RawRef,
     StatusUpdate,
 )
 from gateway.plugins import ChannelConnector, ConnectorConfig
@@ -145,13 +144,11 @@ class TwilioChannel(ChannelConnector):
             "To", "AccountSid", "MessagingServiceSid", "NumSegments", "FromCountry", "FromState", "FromCity",
             "WaId", "ProfileName", "ButtonText", "ButtonPayload", "OriginalRepliedMessageSid", "Latitude",
             "Longitude") if form.get(key)}
-        return [Message(
-            channel=channel, connector=record.connector, connector_type=self.type_name,
-            provider_message_id=record.provider_id,
+        return [self.message(
+            record, channel=channel, provider_message_id=record.provider_id,
             sender=Party(identifiers=tuple(identifiers), display_name=form.get("ProfileName") or None),
             recipients=tuple(recipients), text=body, full_text=body, attachments=attachments,
-            sent_at=record.received_at, received_at=record.received_at, extras=extras,
-            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+            sent_at=record.received_at, extras=extras)]
 
     def statuses(self, record: RawRecord) -> list[StatusUpdate]:
         """A status callback: the state of a message the business sent, with Twilio's error code if any."""

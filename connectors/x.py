@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, model_validator
 from requests_oauthlib import OAuth1
 
 from gateway.errors import MalformedRequest, SignatureInvalid
-from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
+from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
 from gateway.plugins import ChannelConnector, ConnectorConfig
 from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
@@ -133,17 +133,15 @@ class XChannel(ChannelConnector):
         if create.get("source_app_id"):
             extras["source_app_id"] = create["source_app_id"]
         low, high = sorted([sender_id, recipient_id], key=lambda v: (len(v), v))
-        return [Message(
-            channel=ChannelType.X, connector=record.connector, connector_type=self.type_name,
-            provider_message_id=event["id"], thread=ThreadRef(provider_thread_id=f"{low}-{high}"),
+        return [self.message(
+            record, channel=ChannelType.X, provider_message_id=event["id"],
+            thread=ThreadRef(provider_thread_id=f"{low}-{high}"),
             sender=Party(identifiers=(Identifier(kind=IdentifierKind.X, value=sender_id),),
                          display_name=user.get("name") or None),
             recipients=(Party(identifiers=(Identifier(kind=IdentifierKind.X, value=recipient_id),)),)
             if recipient_id else (),
             text=text, full_text=text, attachments=tuple(attachments),
-            sent_at=datetime.fromtimestamp(int(event.get("created_timestamp", 0)) / 1000, UTC),
-            received_at=record.received_at, extras=extras,
-            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+            sent_at=datetime.fromtimestamp(int(event.get("created_timestamp", 0)) / 1000, UTC), extras=extras)]
 
     def enrich(self, message: Message) -> Message:
         """DM media fetched from X's media host, signed with OAuth 1.0a as our account, when its keys are set."""

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from gateway.attachments import AttachmentStore
 from gateway.errors import DeliveryError, RetryableError
-from gateway.model import ChannelType, Message, StatusUpdate
+from gateway.model import ChannelType, Message, RawRef, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
 
@@ -116,6 +116,21 @@ class ChannelConnector(Connector):
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         """A correctly signed request as the provider would send it (used by ``gateway simulate``)."""
         raise NotImplementedError(f"{self.type_name} cannot simulate requests")
+
+    def message(self, record: RawRecord, **fields: Any) -> Message:
+        """A message normalised from ``record``: see ``inbound_message``."""
+        return inbound_message(record, connector_type=self.type_name, **fields)
+
+
+def inbound_message(record: RawRecord, *, connector_type: str, **fields: Any) -> Message:
+    """A canonical message from one stored inbox row, with what the row says filled in.
+
+    ``connector`` and ``raw`` (the pointer back to the row) come from ``record``, and so does ``received_at`` unless
+    given; ``channel``, ``provider_message_id``, ``sender``, ``sent_at`` and the rest are the ``fields``.
+    """
+    fields.setdefault("received_at", record.received_at)
+    return Message(connector=record.connector, connector_type=connector_type,
+                   raw=RawRef(inbox_id=record.inbox_id, connector=record.connector), **fields)
 
 
 class InboxSink(Protocol):
