@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
-from gateway.attachments import download
+from gateway.attachments import MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone, scoped_identifier
 from gateway.model import (
@@ -335,24 +335,20 @@ class MetaChannel(ChannelConnector):
 
     # -- network: media ------------------------------------------------------------------------------------------
     def enrich(self, message: Message) -> Message:
-        if not message.attachments or all(a.location.startswith("store:") for a in message.attachments):
-            return message
+        """Media fetched into the attachment store: WhatsApp's by media id, Messenger's and Instagram's by URL."""
+        return self.context.attachments.fetch_into(self.context.http, message,
+                                                   allowed_hosts=tuple(self.config.media_hosts),
+                                                   max_bytes=self.config.max_media_bytes, prepare=self.media_request)
+
+    def media_request(self, attachment: Attachment) -> MediaRequest:
+        """WhatsApp media: the media id resolves to a short-lived URL, fetched with the same token. Messenger and
+        Instagram give a CDN URL, fetched as it is."""
+        if not attachment.location.startswith(self.config.graph_api_base_url + "/"):
+            return MediaRequest(attachment.location)
         auth = {"Authorization": f"Bearer {self.config.access_token.get_secret_value()}"}
-        hosts = tuple(self.config.media_hosts)
-        stored = []
-        for attachment in message.attachments:
-            url, headers = attachment.location, {}
-            if url.startswith(self.config.graph_api_base_url + "/"):
-                # WhatsApp: the media id resolves to a short-lived URL, fetched with the same token
-                answer = self.context.http.get(url, headers=auth, timeout=20)
-                answer.raise_for_status()
-                url, headers = answer.json()["url"], auth
-            data, content_type = download(self.context.http, url, allowed_hosts=hosts,
-                                          max_bytes=self.config.max_media_bytes, headers=headers)
-            stored.append(self.context.attachments.put(
-                data, attachment.filename,
-                attachment.content_type if attachment.content_type != "application/octet-stream" else content_type))
-        return message.model_copy(update={"attachments": tuple(stored)})
+        answer = self.context.http.get(attachment.location, headers=auth, timeout=20)
+        answer.raise_for_status()
+        return MediaRequest(answer.json()["url"], headers=auth)
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         now = int(time.time())

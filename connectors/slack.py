@@ -22,7 +22,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
-from gateway.attachments import download
+from gateway.attachments import MediaRefused, MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, email_identifier, scoped_identifier
 from gateway.model import (
@@ -43,6 +43,7 @@ TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 SIGNATURE_HEADER = "X-Slack-Signature"
 REPLAY_WINDOW_SECONDS = 300
 FILE_HOSTS = ("files.slack.com",)
+LOGIN_HOSTS = ("slack.com",)  # a token without files:read may be sent on to the workspace's sign-in page
 # message subtypes that are a person writing; everything else (joins, topic changes, bots, ...) is not a message
 _PERSON_SUBTYPES = {None, "file_share", "thread_broadcast", "me_message"}
 
@@ -274,17 +275,20 @@ class SlackChannel(ChannelConnector):
                 with contextlib.suppress(InvalidIdentifier):
                     identifiers.append(email_identifier(email))
             updates["sender"] = Party(identifiers=tuple(identifiers), display_name=name or None)
-        if any(not a.location.startswith("store:") for a in message.attachments):
-            stored = []
-            for attachment in message.attachments:
-                data, content_type = download(
-                    self.context.http, attachment.location, allowed_hosts=FILE_HOSTS,
-                    max_bytes=self.config.max_file_bytes, headers={"Authorization": f"Bearer {self._token(team_id)}"})
-                if content_type.startswith("text/html"):
-                    raise ValueError(f"Slack answered {attachment.filename} with a login page: check files:read")
-                stored.append(self.context.attachments.put(data, attachment.filename, attachment.content_type))
-            updates["attachments"] = tuple(stored)
-        return message.model_copy(update=updates) if updates else message
+        enriched = message.model_copy(update=updates) if updates else message
+        return self.context.attachments.fetch_into(
+            self.context.http, enriched, allowed_hosts=FILE_HOSTS, redirect_hosts=LOGIN_HOSTS,
+            max_bytes=self.config.max_file_bytes, prepare=lambda attachment: self.file_request(team_id, attachment))
+
+    def file_request(self, team_id: str, attachment: Attachment) -> MediaRequest:
+        """A file download with the workspace's bot token; an HTML answer is Slack's login page, not the file."""
+
+        def not_a_login_page(content_type: str) -> None:
+            if content_type.startswith("text/html"):
+                raise MediaRefused(f"Slack answered {attachment.filename} with a login page: check files:read")
+
+        return MediaRequest(attachment.location, headers={"Authorization": f"Bearer {self._token(team_id)}"},
+                            check=not_a_login_page)
 
     def check_online(self) -> str:
         answer = self.client("").auth_test()

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 from werkzeug.datastructures import MultiDict
 
+from gateway.attachments import MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone
 from gateway.model import (
@@ -39,6 +40,9 @@ SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 API_BASE = "https://api.twilio.com"
 MEDIA_HOSTS = ("api.twilio.com",)
+# where api.twilio.com redirects a media download: mms.twiliocdn.com when HTTP auth on media is enforced, the older
+# s3-external-1.amazonaws.com otherwise (help.twilio.com/articles/223183748)
+MEDIA_CDN_HOSTS = ("twiliocdn.com", "s3-external-1.amazonaws.com")
 
 
 class TwilioConfig(ConnectorConfig):
@@ -53,6 +57,9 @@ class TwilioConfig(ConnectorConfig):
         None, pattern=r"^[A-Z]{2}$", description="Region for national phone numbers; default identity.default_region.")
     api_base_url: str = Field(API_BASE, description="Twilio REST API base URL (for proxies and test servers).")
     media_hosts: list[str] = Field(list(MEDIA_HOSTS), description="Hosts MMS media may be downloaded from.")
+    media_redirect_hosts: list[str] = Field(
+        list(MEDIA_CDN_HOSTS), description="Hosts a media download may be redirected to (Twilio's media CDN); "
+                                           "the account's credentials are never sent there.")
     max_media_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Larger MMS media are refused (Twilio: 5 MB).")
 
 
@@ -159,12 +166,15 @@ class TwilioChannel(ChannelConnector):
                              error_code=form.get("ErrorCode") or None, extras=extras)]
 
     def enrich(self, message: Message) -> Message:
-        """MMS and WhatsApp media fetched with the account's credentials, only from Twilio's media hosts."""
-        # Twilio answers with a redirect to its media CDN; requests drops the credentials on the host change
+        """MMS and WhatsApp media fetched with the account's credentials, only from Twilio's media hosts.
+
+        Twilio answers with a redirect to its media CDN, which is followed without the credentials.
+        """
+        credentials = (self.config.account_sid, self.config.auth_token.get_secret_value())
         return self.context.attachments.fetch_into(
             self.context.http, message, allowed_hosts=tuple(self.config.media_hosts),
-            max_bytes=self.config.max_media_bytes,
-            auth=(self.config.account_sid, self.config.auth_token.get_secret_value()))
+            redirect_hosts=tuple(self.config.media_redirect_hosts), max_bytes=self.config.max_media_bytes,
+            prepare=lambda attachment: MediaRequest(attachment.location, auth=credentials))
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         sid = "SM" + uuid.uuid4().hex

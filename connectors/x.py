@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from requests_oauthlib import OAuth1
 
+from gateway.attachments import MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
 from gateway.plugins import ChannelConnector, ConnectorConfig
@@ -151,9 +152,10 @@ class XChannel(ChannelConnector):
         auth = OAuth1(self.config.consumer_key, self.config.consumer_secret.get_secret_value(),
                       self.config.access_token.get_secret_value(),
                       self.config.access_token_secret.get_secret_value())
-        return self.context.attachments.fetch_into(self.context.http, message,
-                                                   allowed_hosts=tuple(self.config.media_hosts),
-                                                   max_bytes=self.config.max_media_bytes, auth=auth)
+        return self.context.attachments.fetch_into(
+            self.context.http, message, allowed_hosts=tuple(self.config.media_hosts),
+            max_bytes=self.config.max_media_bytes,
+            prepare=lambda attachment: MediaRequest(attachment.location, auth=auth))
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         body = json.dumps({"for_user_id": self.config.user_id, "direct_message_events": [{
