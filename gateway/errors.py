@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from urllib.parse import urlparse
+
+import requests
+
+NETWORK = "network"
+INTERNAL = "internal"
+_ONE_LINE = 300
 
 
 class HookRejected(Exception):
@@ -71,3 +78,42 @@ class RetryableError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """Trying again cannot help (other 4xx, validation errors): the item goes to the dead letters."""
+
+
+def as_delivery_error(exc: BaseException) -> DeliveryError:
+    """The delivery outcome of any exception a CRM write raised; the one place that decides.
+
+    - a ``DeliveryError`` is its own outcome;
+    - a timeout or a broken connection is retryable, code ``network``;
+    - an HTTP error answer is retryable for 408, 429 and 5xx (honouring ``Retry-After``), permanent for other 4xx,
+      with the status as its code;
+    - anything else is a bug in a connector: retryable, code ``internal``, so the item waits for a fix instead of
+      being dropped.
+    """
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, requests.Timeout | requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return RetryableError(f"{type(exc).__name__} talking to {_host_of(exc)}", code=NETWORK)
+    response = exc.response if isinstance(exc, requests.HTTPError) else None
+    if response is not None:
+        status = response.status_code
+        message = f"{_host_of(exc)} answered HTTP {status}"
+        if status in (408, 429) or status >= 500:
+            return RetryableError(message, code=str(status), retry_after=retry_after_seconds(response.headers))
+        return PermanentError(message, code=str(status))
+    return RetryableError(one_line(f"{type(exc).__name__}: {exc}"), code=INTERNAL)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, its whitespace runs collapsed, cut to a few hundred characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= _ONE_LINE else line[:_ONE_LINE - 1] + "…"
+
+
+def _host_of(exc: BaseException) -> str:
+    """The host a requests exception was talking to, from its request or its response."""
+    for part in (getattr(exc, "request", None), getattr(exc, "response", None)):
+        host = urlparse(str(getattr(part, "url", None) or "")).hostname
+        if host:
+            return host
+    return "the server"

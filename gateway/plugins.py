@@ -19,7 +19,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from gateway.attachments import AttachmentStore
-from gateway.errors import DeliveryError, RetryableError
+from gateway.errors import INTERNAL, DeliveryError, as_delivery_error
 from gateway.model import ChannelType, Message, RawRef, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
@@ -241,15 +241,11 @@ class CrmConnector(Connector):
             for item in group:
                 try:
                     outcomes[item.outbox_id] = self.deliver(item, links)
-                except DeliveryError as exc:
-                    outcomes[item.outbox_id] = exc
-                    break
-                except (requests.Timeout, requests.ConnectionError) as exc:
-                    outcomes[item.outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
-                    break
-                except Exception as exc:  # a connector bug: this conversation waits, the others go on
-                    log.exception("%s: unexpected error delivering outbox row %s", self.name, item.outbox_id)
-                    outcomes[item.outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
+                except Exception as exc:  # this conversation waits, the others go on
+                    error = as_delivery_error(exc)
+                    if error.code == INTERNAL:
+                        log.exception("%s: unexpected error delivering outbox row %s", self.name, item.outbox_id)
+                    outcomes[item.outbox_id] = error
                     break
         return outcomes
 

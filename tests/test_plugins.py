@@ -1,14 +1,27 @@
-"""The channel author's side of the plugin contract: building a message from a stored inbox row."""
+"""The connector author's side of the plugin contract: messages from inbox rows, CRM errors."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
+import pytest
 import requests
 
+from gateway.errors import RetryableError
 from gateway.model import ChannelType, Identifier, IdentifierKind, Message, Party, RawRef
-from gateway.plugins import ChannelConnector, ConnectorConfig, ConnectorContext, inbound_message
+from gateway.plugins import (
+    ChannelConnector,
+    ConnectorConfig,
+    ConnectorContext,
+    CrmConnector,
+    DeliveryItem,
+    DeliveryResult,
+    LinkStore,
+    inbound_message,
+)
 from gateway.webhooks import HookRequest, InboxItem, RawRecord
+from tests.conformance.crm import MemoryLinkStore, delivery_item
 
 RECEIVED = datetime(2026, 11, 30, 9, 15, tzinfo=UTC)
 SENT = datetime(2026, 11, 30, 9, 14, tzinfo=UTC)
@@ -47,3 +60,40 @@ def test_received_at_may_be_given() -> None:
     message = inbound_message(RECORD, connector_type="imap", channel=ChannelType.EMAIL, provider_message_id="m1",
                               sender=SENDER, sent_at=SENT, received_at=later)
     assert (message.received_at, message.connector_type, message.raw.inbox_id) == (later, "imap", 42)
+
+
+# -- one error policy for CRM writes --------------------------------------------------------------------------------
+class FailingCrm(CrmConnector):
+    """Raises, for each outbox id, the exception it was given."""
+
+    type_name = "failing"
+    Config = ConnectorConfig
+
+    def __init__(self, failures: dict[int, Exception]) -> None:
+        super().__init__("desk", ConnectorConfig(type="failing"), ConnectorContext(http=requests.Session()))
+        self.failures = failures
+
+    def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
+        if item.outbox_id in self.failures:
+            raise self.failures[item.outbox_id]
+        return DeliveryResult("written", str(item.outbox_id))
+
+
+def test_default_deliver_groups_classifies_with_the_one_policy(caplog: pytest.LogCaptureFixture) -> None:
+    throttled = requests.Response()
+    throttled.status_code, throttled.headers["Retry-After"] = 429, "30"
+    crm = FailingCrm({1: requests.ReadTimeout("read timed out"),
+                      2: requests.HTTPError("429", response=throttled),
+                      3: KeyError("ticket")})
+    groups = [[delivery_item(outbox_id=1), delivery_item(outbox_id=11)], [delivery_item(outbox_id=2)],
+              [delivery_item(outbox_id=3)], [delivery_item(outbox_id=4)]]
+    with caplog.at_level(logging.ERROR):
+        outcomes = crm.deliver_groups(groups, MemoryLinkStore())
+    network, throttle, bug = (outcomes[n] for n in (1, 2, 3))
+    assert isinstance(network, RetryableError) and network.code == "network"
+    assert isinstance(throttle, RetryableError) and (throttle.code, throttle.retry_after) == ("429", 30.0)
+    assert isinstance(bug, RetryableError) and bug.code == "internal"
+    assert 11 not in outcomes  # behind a failed message of its conversation
+    assert isinstance(outcomes[4], DeliveryResult)
+    assert [record.message for record in caplog.records] == ["desk: unexpected error delivering outbox row 3"]
+

@@ -15,12 +15,10 @@ import hashlib
 import logging
 from typing import Any
 
-import requests
-
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
-from gateway.errors import DeliveryError, PermanentError, RetryableError
+from gateway.errors import INTERNAL, DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.plugins import ConnectorContext, CrmConnector, CursorStore, DeliveryItem, DeliveryResult, LinkStore
 
 log = logging.getLogger(__name__)
@@ -322,13 +320,9 @@ class ZendeskCrm(CrmConnector):
         except Exception as exc:
             # every message of the group was part of the write, which may have landed: all of them are retried
             # as retries (attempt > 1), which check Zendesk before writing again
-            if isinstance(exc, DeliveryError):
-                error: DeliveryError = exc
-            elif isinstance(exc, requests.Timeout | requests.ConnectionError):
-                error = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
-            else:
+            error = as_delivery_error(exc)
+            if error.code == INTERNAL:
                 log.exception("%s: unexpected error delivering conversation %s", self.name, items[0].conversation.id)
-                error = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
             # a refusal wrote nothing: the head carries it and the rest are tried again after it
             for item in items[:1] if isinstance(error, PermanentError) else items:
                 outcomes.setdefault(item.outbox_id, error)
