@@ -27,7 +27,7 @@ from pydantic import Field, SecretStr, model_validator
 from gateway.mail.mime import provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.model import ChannelType, Message
-from gateway.plugins import CursorStore, InboxSink, PollingChannel
+from gateway.plugins import CursorStore, InboxSink, PollingChannel, online_check
 from gateway.webhooks import InboxItem, RawRecord
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ class ImapChannel(PollingChannel):
             path = self.context.base_dir / path
         return ssl.create_default_context(cafile=str(path))
 
+    @online_check
     def check_online(self) -> str:
+        """Log in and open the folder read-only (tests the server, TLS, the credentials and the folder)."""
         client = self.connect()
         try:
             info = client.select_folder(self.config.folder, readonly=True)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from gateway.plugins import ConnectorConfig, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+from gateway.plugins import ConnectorConfig, CrmConnector, DeliveryItem, DeliveryResult, LinkStore, online_check
 
 
 class JsonlConfig(ConnectorConfig):
@@ -61,7 +61,9 @@ class JsonlCrm(CrmConnector):
         links.put("message", item.message.id, item.idempotency_key)
         return DeliveryResult("appended", item.idempotency_key)
 
+    @online_check
     def check_online(self) -> str:
+        """Open the file for appending (tests that it can be written)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8"):
             pass

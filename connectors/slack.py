@@ -23,7 +23,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
 from gateway.attachments import MediaRefused, MediaRequest
-from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.errors import MalformedRequest, OnlineCheckFailed, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, email_identifier, scoped_identifier
 from gateway.model import (
     Attachment,
@@ -34,7 +34,7 @@ from gateway.model import (
     Party,
     ThreadRef,
 )
-from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.plugins import ChannelConnector, ConnectorConfig, online_check
 from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
 
@@ -290,8 +290,14 @@ class SlackChannel(ChannelConnector):
         return MediaRequest(attachment.location, headers={"Authorization": f"Bearer {self._token(team_id)}"},
                             check=not_a_login_page)
 
+    @online_check
     def check_online(self) -> str:
-        answer = self.client("").auth_test()
+        """``auth.test`` with the bot token (tests the token and reachability)."""
+        try:
+            answer = self.client("").auth_test()
+        except SlackApiError as exc:
+            raise OnlineCheckFailed(f"Slack refused the bot_token: {exc.response.get('error') or 'no reason given'}"
+                                    ) from None
         return f"bot {answer.get('user')} in workspace {answer.get('team')}"
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:

@@ -20,7 +20,7 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from werkzeug.datastructures import MultiDict
 
 from gateway.attachments import MediaRequest
-from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.errors import MalformedRequest, OnlineCheckFailed, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone
 from gateway.model import (
     Attachment,
@@ -31,7 +31,7 @@ from gateway.model import (
     Party,
     StatusUpdate,
 )
-from gateway.plugins import ChannelConnector, ConnectorConfig
+from gateway.plugins import ChannelConnector, ConnectorConfig, online_check
 from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse, InboxItem, RawRecord
 
@@ -189,12 +189,14 @@ class TwilioChannel(ChannelConnector):
         headers = Headers({"Content-Type": "application/x-www-form-urlencoded", SIGNATURE_HEADER: signature})
         return HookRequest("POST", "", "", headers, body, public_url)
 
+    @online_check
     def check_online(self) -> str:
+        """Read the account (tests the account_sid and auth_token)."""
         url = f"{self.config.api_base_url}/2010-04-01/Accounts/{self.config.account_sid}.json"
         response = self.context.http.get(
             url, auth=(self.config.account_sid, self.config.auth_token.get_secret_value()), timeout=10)
         if response.status_code == 401:
-            raise RuntimeError("Twilio refused the account_sid/auth_token (401)")
+            raise OnlineCheckFailed("Twilio refused the account_sid/auth_token (401)")
         response.raise_for_status()
         return f"account {response.json().get('friendly_name', self.config.account_sid)} reachable"
 

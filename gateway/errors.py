@@ -1,4 +1,4 @@
-"""Errors that cross module boundaries: webhook rejections and CRM delivery failures."""
+"""Errors that cross module boundaries: webhook rejections, CRM delivery failures, failed online checks."""
 
 from __future__ import annotations
 
@@ -102,6 +102,26 @@ def as_delivery_error(exc: BaseException) -> DeliveryError:
             return RetryableError(message, code=str(status), retry_after=retry_after_seconds(response.headers))
         return PermanentError(message, code=str(status))
     return RetryableError(one_line(f"{type(exc).__name__}: {exc}"), code=INTERNAL)
+
+
+class OnlineCheckFailed(Exception):
+    """A connector's ``check_online`` failed: credentials refused, service unreachable, an answer not understood.
+
+    ``reason`` is one line that names no secret, fit for ``gateway check --online`` to print.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why ``exc`` happened, without URLs' paths and queries (where tokens may travel)."""
+    if isinstance(exc, OnlineCheckFailed):
+        return one_line(exc.reason)
+    if isinstance(exc, requests.RequestException | DeliveryError):
+        return str(as_delivery_error(exc))
+    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def one_line(text: str) -> str:

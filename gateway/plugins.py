@@ -8,18 +8,19 @@ config model whose unknown keys are refused and whose secrets are ``SecretStr`` 
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import requests
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from gateway.attachments import AttachmentStore
-from gateway.errors import INTERNAL, DeliveryError, as_delivery_error
+from gateway.errors import INTERNAL, DeliveryError, OnlineCheckFailed, as_delivery_error, failure_reason
 from gateway.model import ChannelType, Message, RawRef, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from gateway.webhooks import HookRequest, HookResponse, InboxItem, RawRecord
@@ -67,8 +68,36 @@ class Connector(abc.ABC):
         return f"<{type(self).__name__} {self.name!r} {self.config!r}>"
 
     def check_online(self) -> str:
-        """Test credentials and reachability; return a one-line description or raise with the reason."""
+        """Test credentials and reachability; return a one-line description.
+
+        On failure raise ``OnlineCheckFailed`` with a one-line reason naming no secret. Decorating an override with
+        ``online_check`` turns whatever else it raises into that (the CLI does the same for every connector).
+        """
         return "no online check for this connector type"
+
+
+C = TypeVar("C", bound=Connector)
+
+
+def online_failure(connector: Connector, exc: BaseException) -> OnlineCheckFailed:
+    """``exc`` from ``connector``'s online check as ``OnlineCheckFailed``: one line, the connector's secrets masked."""
+    reason = failure_reason(exc)
+    for secret in sorted(secret_values(connector.config), key=len, reverse=True):
+        reason = reason.replace(secret, "***")
+    return OnlineCheckFailed(reason)
+
+
+def online_check(method: Callable[[C], str]) -> Callable[[C], str]:
+    """Decorator for ``check_online``: any failure leaves as ``OnlineCheckFailed`` (see ``online_failure``)."""
+
+    @functools.wraps(method)
+    def checked(connector: C) -> str:
+        try:
+            return method(connector)
+        except Exception as exc:
+            raise online_failure(connector, exc) from None
+
+    return checked
 
 
 class ChannelConnector(Connector):
@@ -288,3 +317,25 @@ class Registry:
 
 def secret_fields(model: type[BaseModel]) -> list[str]:
     return [name for name, f in model.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)]
+
+
+def secret_values(config: BaseModel) -> list[str]:
+    """The plain values of every secret in ``config``, those in lists and mappings (per-workspace tokens) too."""
+    found: list[str] = []
+
+    def collect(value: object) -> None:
+        if isinstance(value, SecretStr):
+            if value.get_secret_value():
+                found.append(value.get_secret_value())
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                collect(getattr(value, name))
+
+    collect(config)
+    return found

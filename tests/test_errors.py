@@ -8,9 +8,11 @@ import requests
 from gateway.errors import (
     INTERNAL,
     NETWORK,
+    OnlineCheckFailed,
     PermanentError,
     RetryableError,
     as_delivery_error,
+    failure_reason,
     one_line,
 )
 
@@ -72,6 +74,8 @@ def test_anything_else_is_a_retryable_internal_error(exc: Exception) -> None:
     assert str(error).startswith(type(exc).__name__) and "\n" not in str(error)
 
 
-def test_one_line_is_one_line_and_short() -> None:
-    assert one_line("refused\n  (401)") == "refused (401)"
+def test_failure_reasons_are_one_line() -> None:
+    assert failure_reason(OnlineCheckFailed("refused\n  (401)")) == "refused (401)"
+    assert failure_reason(http_error(401)) == "crm.example answered HTTP 401"
+    assert failure_reason(OSError(13, "Permission denied")) == "PermissionError: [Errno 13] Permission denied"
     assert one_line("x" * 1000).endswith("…") and len(one_line("x" * 1000)) == 300

@@ -1,4 +1,4 @@
-"""The connector author's side of the plugin contract: messages from inbox rows, CRM errors."""
+"""The connector author's side of the plugin contract: messages from inbox rows, CRM errors, online checks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
+from pydantic import SecretStr
 
-from gateway.errors import RetryableError
+from gateway.errors import OnlineCheckFailed, RetryableError
 from gateway.model import ChannelType, Identifier, IdentifierKind, Message, Party, RawRef
 from gateway.plugins import (
     ChannelConnector,
@@ -19,6 +20,9 @@ from gateway.plugins import (
     DeliveryResult,
     LinkStore,
     inbound_message,
+    online_check,
+    online_failure,
+    secret_values,
 )
 from gateway.webhooks import HookRequest, InboxItem, RawRecord
 from tests.conformance.crm import MemoryLinkStore, delivery_item
@@ -97,3 +101,45 @@ def test_default_deliver_groups_classifies_with_the_one_policy(caplog: pytest.Lo
     assert isinstance(outcomes[4], DeliveryResult)
     assert [record.message for record in caplog.records] == ["desk: unexpected error delivering outbox row 3"]
 
+
+# -- online checks ----------------------------------------------------------------------------------------------
+class CheckedConfig(ConnectorConfig):
+    """Settings with secrets, one of them per workspace."""
+
+    api_token: SecretStr
+    workspace_tokens: dict[str, SecretStr] = {}
+
+
+class CheckedCrm(FailingCrm):
+    """Fails its online check with ``error``, a message that quotes its secrets."""
+
+    Config = CheckedConfig
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__({})
+        self.config = CheckedConfig(type="failing", api_token=SecretStr("test-api-token"),
+                                    workspace_tokens={"T1": SecretStr("test-ws-token")})
+        self.error = error
+
+    @online_check
+    def check_online(self) -> str:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (OnlineCheckFailed("credentials refused"), "credentials refused"),
+    (RuntimeError("login as test-api-token failed,\nworkspace test-ws-token"),
+     "RuntimeError: login as *** failed, workspace ***"),
+    (requests.ConnectTimeout("timed out", request=requests.Request("GET", "https://crm.example/?k=1").prepare()),
+     "ConnectTimeout talking to crm.example"),
+])
+def test_online_checks_fail_one_way_with_one_secret_free_line(error: Exception, reason: str) -> None:
+    crm = CheckedCrm(error)
+    with pytest.raises(OnlineCheckFailed) as caught:
+        crm.check_online()
+    assert caught.value.reason == reason
+    assert online_failure(crm, error).reason == reason  # what the CLI prints for a connector without the decorator
+
+
+def test_secret_values_are_found_in_nested_settings() -> None:
+    assert sorted(secret_values(CheckedCrm(RuntimeError()).config)) == ["test-api-token", "test-ws-token"]

@@ -29,9 +29,9 @@ from connectors.salesforce.client import (
     duplicate_match,
     first_error,
 )
-from gateway.errors import RetryableError
+from gateway.errors import OnlineCheckFailed, RetryableError
 from gateway.model import ChannelType
-from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore, online_check
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +296,11 @@ class SalesforceCrm(CrmConnector):
         record = results["message"].body or {}
         return DeliveryResult(operation, case_id, detail=f"{self.message_object(item)} {record.get('id', '')}")
 
+    @online_check
     def check_online(self) -> str:
         """Read the org's daily API limit (tests credentials and reachability)."""
         limits = self.api.call("GET", "limits") or {}
         daily = limits.get("DailyApiRequests") or {}
         if "Max" not in daily:
-            raise RuntimeError("Salesforce answered /limits without DailyApiRequests")
+            raise OnlineCheckFailed("Salesforce answered /limits without DailyApiRequests")
         return f"daily API requests: {daily.get('Remaining')} of {daily.get('Max')} left"

@@ -18,8 +18,23 @@ from typing import Any
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
-from gateway.errors import INTERNAL, DeliveryError, PermanentError, RetryableError, as_delivery_error
-from gateway.plugins import ConnectorContext, CrmConnector, CursorStore, DeliveryItem, DeliveryResult, LinkStore
+from gateway.errors import (
+    INTERNAL,
+    DeliveryError,
+    OnlineCheckFailed,
+    PermanentError,
+    RetryableError,
+    as_delivery_error,
+)
+from gateway.plugins import (
+    ConnectorContext,
+    CrmConnector,
+    CursorStore,
+    DeliveryItem,
+    DeliveryResult,
+    LinkStore,
+    online_check,
+)
 
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
@@ -382,9 +397,11 @@ class ZendeskCrm(CrmConnector):
         """Merge two Zendesk users (an admin's merge carried into the CRM): the absorbed user into the survivor."""
         self.client.call("PUT", f"/users/{absorbed_remote_id}/merge", json={"user": {"id": int(survivor_remote_id)}})
 
+    @online_check
     def check_online(self) -> str:
+        """Read the authenticated user (tests the credentials: an anonymous answer is a refusal too)."""
         body = self.client.call("GET", "/users/me")
         user = body.get("user") or {}
         if not user.get("id") or user.get("role") not in ("agent", "admin"):
-            raise RuntimeError("Zendesk did not accept the credentials (no agent or admin user)")
+            raise OnlineCheckFailed("Zendesk did not accept the credentials (no agent or admin user)")
         return f"authenticated as {user.get('name')} ({user.get('role')})"

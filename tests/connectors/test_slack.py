@@ -24,7 +24,7 @@ from sqlalchemy import select
 from connectors.slack import SIGNATURE_HEADER, TIMESTAMP_HEADER, SlackChannel, signed_request
 from gateway.attachments import SCHEME, MediaRefused
 from gateway.config import load_config
-from gateway.errors import SignatureInvalid
+from gateway.errors import OnlineCheckFailed, SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import conversations, customers, identities, inbox, messages
@@ -363,3 +363,9 @@ def test_simulate_sample_request_verifies_and_normalises() -> None:
     [record] = split_records(connector, request)
     [message] = connector.normalize(record)
     assert message.text == "hello"
+
+
+def test_check_online_names_the_refusal_and_lets_no_slack_error_escape() -> None:
+    assert slack().check_online() == "bot support in workspace GW Support"
+    with pytest.raises(OnlineCheckFailed, match=r"^Slack refused the bot_token: invalid_auth$"):
+        slack(bot_token="xoxb-test-revoked-token").check_online()
