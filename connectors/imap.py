@@ -28,7 +28,7 @@ from gateway.mail.mime import provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, ImapSmtpSettings, SmtpReplies, imap_sent_copy
 from gateway.model import ChannelType, Message
-from gateway.plugins import CursorStore, InboxSink, PollingChannel, PollingConfig
+from gateway.plugins import CursorStore, InboxSink, PollingChannel, PollingConfig, online_check
 from gateway.records import InboxItem, RawRecord
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,9 @@ class ImapChannel(SmtpReplies, PollingChannel):
             path = self.context.base_dir / path
         return ssl.create_default_context(cafile=str(path))
 
+    @online_check
     def check_online(self) -> str:
+        """Log in and open the folder read-only (tests the server, TLS, the credentials and the folder)."""
         client = self.connect()
         try:
             info = client.select_folder(self.config.folder, readonly=True)

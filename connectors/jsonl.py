@@ -20,6 +20,7 @@ from gateway.plugins import (
     DeliveryResult,
     InternalNotes,
     LinkStore,
+    online_check,
 )
 from gateway.records import InboxItem, RawRecord
 from gateway.webhooks import HookRequest
@@ -99,7 +100,9 @@ class JsonlCrm(CrmConnector, AgentReplies, InternalNotes):
         self._append({"note": {"conversation_id": conversation_id, "text": text, "key": key, "internal": True}})
         links.put("note", key, key)
 
+    @online_check
     def check_online(self) -> str:
+        """Open the file for appending (tests that it can be written)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8"):
             pass

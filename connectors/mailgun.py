@@ -29,6 +29,7 @@ from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, SmtpReplies, SmtpSettings
 from gateway.model import ChannelType, Message
 from gateway.plugins import WebhookChannel
 from gateway.records import InboxItem, RawRecord
+from gateway.signing import current_or_previous, matches_any
 from gateway.storage.db import utcnow
 from gateway.webhooks import Headers, HookRequest
 
@@ -73,9 +74,9 @@ class MailgunChannel(SmtpReplies, WebhookChannel):
             raise SignatureInvalid("missing Mailgun signature fields (timestamp, token, signature)")
         if not values["timestamp"].isdigit():
             raise SignatureInvalid("timestamp is not a whole number of seconds")
-        keys = [k.get_secret_value() for k in (self.config.signing_key, self.config.previous_signing_key) if k]
-        if not any(hmac.compare_digest(signature_for(key, values["timestamp"], values["token"]), values["signature"])
-                   for key in keys):
+        keys = current_or_previous(self.config.signing_key, self.config.previous_signing_key)
+        if not matches_any(values["signature"], keys,
+                           lambda key: signature_for(key, values["timestamp"], values["token"])):
             raise SignatureInvalid("signature does not match: check the channel's signing_key (HTTP webhook "
                                    "signing key)")
         skew = abs(time.time() - int(values["timestamp"]))

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from connectors._meta_outbound import MetaSender, MetaTemplate
-from gateway.attachments import download
+from gateway.attachments import MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone, scoped_identifier
 from gateway.model import (
@@ -33,12 +33,12 @@ from gateway.model import (
     Message,
     MessageKind,
     Party,
-    RawRef,
     StatusUpdate,
     ThreadRef,
 )
 from gateway.plugins import ConnectorConfig, WebhookChannel
 from gateway.records import InboxItem, RawRecord
+from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 GRAPH_BASE = "https://graph.facebook.com/v21.0"
@@ -77,16 +77,6 @@ class MetaConfig(ConnectorConfig):
     reconcile_settle_seconds: float = Field(
         60.0, ge=0, description="After an interrupted Messenger/Instagram send, how long the thread is given to "
                                 "show it before the reply counts as not sent and goes again.")
-
-
-def _load_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedRequest("body is not a JSON object")
-    return data
 
 
 def _list(value: Any, what: str) -> list[Any]:
@@ -161,15 +151,13 @@ class MetaChannel(WebhookChannel, MetaSender):
         scheme, _, given = header.partition("=")
         if scheme != "sha256" or not given:
             raise SignatureInvalid(f"{SIGNATURE_HEADER} is not sha256=<hex>")
-        secrets = [s for s in (self.config.app_secret, self.config.previous_app_secret) if s is not None]
-        for secret in secrets:
-            digest = hmac.new(secret.get_secret_value().encode(), request.body, hashlib.sha256).hexdigest()
-            if hmac.compare_digest(digest, given.lower()):
-                return
-        raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the app secret")
+        secrets = current_or_previous(self.config.app_secret, self.config.previous_app_secret)
+        if not matches_any(given.lower(), secrets,
+                           lambda secret: hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()):
+            raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the app secret")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
-        data = _load_object(request.body)
+        data = request.json_object()
         obj = data.get("object")
         if obj not in _OBJECTS:
             raise MalformedRequest(f"object {obj!r} is not page, instagram or whatsapp_business_account")
@@ -232,10 +220,8 @@ class MetaChannel(WebhookChannel, MetaSender):
 
     def _base(self, record: RawRecord, channel: ChannelType, provider_id: str, sender: Party, sent_at: datetime,
               **fields: Any) -> Message:
-        return Message(channel=channel, connector=record.connector, connector_type=self.type_name,
-                       provider_message_id=provider_id, sender=sender, sent_at=sent_at,
-                       received_at=record.received_at,
-                       raw=RawRef(inbox_id=record.inbox_id, connector=record.connector), **fields)
+        return self.message(record, channel=channel, provider_message_id=provider_id, sender=sender, sent_at=sent_at,
+                            **fields)
 
     def _messaging(self, record: RawRecord, data: dict[str, Any]) -> list[Message]:
         channel = _OBJECTS[data["object"]]
@@ -369,24 +355,20 @@ class MetaChannel(WebhookChannel, MetaSender):
 
     # -- network: media ------------------------------------------------------------------------------------------
     def enrich(self, message: Message) -> Message:
-        if not message.attachments or all(a.location.startswith("store:") for a in message.attachments):
-            return message
+        """Media fetched into the attachment store: WhatsApp's by media id, Messenger's and Instagram's by URL."""
+        return self.context.attachments.fetch_into(self.context.http, message,
+                                                   allowed_hosts=tuple(self.config.media_hosts),
+                                                   max_bytes=self.config.max_media_bytes, prepare=self.media_request)
+
+    def media_request(self, attachment: Attachment) -> MediaRequest:
+        """WhatsApp media: the media id resolves to a short-lived URL, fetched with the same token. Messenger and
+        Instagram give a CDN URL, fetched as it is."""
+        if not attachment.location.startswith(self.config.graph_api_base_url + "/"):
+            return MediaRequest(attachment.location)
         auth = {"Authorization": f"Bearer {self.config.access_token.get_secret_value()}"}
-        hosts = tuple(self.config.media_hosts)
-        stored = []
-        for attachment in message.attachments:
-            url, headers = attachment.location, {}
-            if url.startswith(self.config.graph_api_base_url + "/"):
-                # WhatsApp: the media id resolves to a short-lived URL, fetched with the same token
-                answer = self.context.http.get(url, headers=auth, timeout=20)
-                answer.raise_for_status()
-                url, headers = answer.json()["url"], auth
-            data, content_type = download(self.context.http, url, allowed_hosts=hosts,
-                                          max_bytes=self.config.max_media_bytes, headers=headers)
-            stored.append(self.context.attachments.put(
-                data, attachment.filename,
-                attachment.content_type if attachment.content_type != "application/octet-stream" else content_type))
-        return message.model_copy(update={"attachments": tuple(stored)})
+        answer = self.context.http.get(attachment.location, headers=auth, timeout=20)
+        answer.raise_for_status()
+        return MediaRequest(answer.json()["url"], headers=auth)
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         now = int(time.time())

@@ -12,7 +12,6 @@ https://www.twilio.com/docs/sendgrid/for-developers/parsing-email/setting-up-the
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import uuid
 from email.utils import format_datetime, make_msgid
@@ -28,6 +27,7 @@ from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, SmtpReplies, SmtpSettings
 from gateway.model import ChannelType, Message
 from gateway.plugins import WebhookChannel
 from gateway.records import InboxItem, RawRecord
+from gateway.signing import current_or_previous, matches_any
 from gateway.storage.db import utcnow
 from gateway.webhooks import Headers, HookRequest
 
@@ -61,8 +61,8 @@ class SendgridChannel(SmtpReplies, WebhookChannel):
         if not given:
             raise SignatureInvalid(f"missing ?{TOKEN_PARAM}= in the URL: give SendGrid the URL with the channel's "
                                    "url_token")
-        tokens = [t.get_secret_value() for t in (self.config.url_token, self.config.previous_url_token) if t]
-        if not any(hmac.compare_digest(given.encode(), token.encode()) for token in tokens):
+        tokens = current_or_previous(self.config.url_token, self.config.previous_url_token)
+        if not matches_any(given, tokens, lambda token: token):
             raise SignatureInvalid(f"?{TOKEN_PARAM}= does not match this channel's url_token")
 
     def split(self, request: HookRequest) -> list[InboxItem]:

@@ -23,8 +23,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
 from connectors._slack_outbound import SlackReplies
-from gateway.attachments import download
-from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.attachments import MediaRefused, MediaRequest
+from gateway.errors import MalformedRequest, OnlineCheckFailed, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, email_identifier, scoped_identifier
 from gateway.model import (
     Attachment,
@@ -33,11 +33,11 @@ from gateway.model import (
     Message,
     MessageKind,
     Party,
-    RawRef,
     ThreadRef,
 )
-from gateway.plugins import ConnectorConfig, WebhookChannel
+from gateway.plugins import ConnectorConfig, WebhookChannel, online_check
 from gateway.records import InboxItem, RawRecord
+from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 API_BASE = "https://slack.com/api/"
@@ -45,6 +45,7 @@ TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 SIGNATURE_HEADER = "X-Slack-Signature"
 REPLAY_WINDOW_SECONDS = 300
 FILE_HOSTS = ("files.slack.com",)
+LOGIN_HOSTS = ("slack.com",)  # a token without files:read may be sent on to the workspace's sign-in page
 # message subtypes that are a person writing; everything else (joins, topic changes, bots, ...) is not a message
 _PERSON_SUBTYPES = {None, "file_share", "thread_broadcast", "me_message"}
 
@@ -70,16 +71,6 @@ class SlackConfig(ConnectorConfig):
     api_base_url: str = Field(API_BASE, description="Slack Web API base URL (for proxies and local test servers).")
     profile_cache_seconds: int = Field(3600, ge=0, description="How long a users.info answer is reused.")
     max_file_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Larger files are refused.")
-
-
-def _load_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedRequest("body is not a JSON object")
-    return data
 
 
 def _ts_time(ts: str) -> datetime:
@@ -114,9 +105,8 @@ class SlackChannel(SlackReplies, WebhookChannel):
             request.body.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedRequest("body is not UTF-8") from None
-        secrets = [s for s in (self.config.signing_secret, self.config.previous_signing_secret) if s is not None]
-        if not any(SignatureVerifier(s.get_secret_value()).is_valid(request.body, timestamp, signature)
-                   for s in secrets):
+        secrets = current_or_previous(self.config.signing_secret, self.config.previous_signing_secret)
+        if not any(SignatureVerifier(secret).is_valid(request.body, timestamp, signature) for secret in secrets):
             raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the signing secret")
 
     def handshake(self, request: HookRequest) -> HookResponse | None:
@@ -124,7 +114,7 @@ class SlackChannel(SlackReplies, WebhookChannel):
         if request.method != "POST" or b"url_verification" not in request.body:
             return None
         self._check_signature(request)
-        data = _load_object(request.body)
+        data = request.json_object()
         if data.get("type") != "url_verification":
             return None
         challenge = data.get("challenge")
@@ -136,7 +126,7 @@ class SlackChannel(SlackReplies, WebhookChannel):
         self._check_signature(request)
 
     def split(self, request: HookRequest) -> list[InboxItem]:
-        data = _load_object(request.body)
+        data = request.json_object()
         kind = data.get("type")
         if not isinstance(kind, str):
             raise MalformedRequest("type is missing")
@@ -239,14 +229,12 @@ class SlackChannel(SlackReplies, WebhookChannel):
                 extras[key] = event[key]
         if data.get("is_ext_shared_channel"):
             extras["is_ext_shared_channel"] = True
-        return Message(
-            channel=ChannelType.SLACK, connector=record.connector, connector_type=self.type_name, kind=kind,
-            provider_message_id=provider_id, target_provider_message_id=target,
+        return self.message(
+            record, channel=ChannelType.SLACK, kind=kind, provider_message_id=provider_id,
+            target_provider_message_id=target,
             thread=ThreadRef(provider_thread_id=f"{channel}:{thread_ts}"),
             sender=Party(identifiers=(scoped_identifier(IdentifierKind.SLACK, user_team, user),)),
-            text=body, full_text=body, attachments=attachments, sent_at=_ts_time(ts),
-            received_at=record.received_at, extras=extras,
-            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))
+            text=body, full_text=body, attachments=attachments, sent_at=_ts_time(ts), extras=extras)
 
     # -- network: profiles and files -----------------------------------------------------------------------------
     def _token(self, team_id: str) -> str:
@@ -290,20 +278,29 @@ class SlackChannel(SlackReplies, WebhookChannel):
                 with contextlib.suppress(InvalidIdentifier):
                     identifiers.append(email_identifier(email))
             updates["sender"] = Party(identifiers=tuple(identifiers), display_name=name or None)
-        if any(not a.location.startswith("store:") for a in message.attachments):
-            stored = []
-            for attachment in message.attachments:
-                data, content_type = download(
-                    self.context.http, attachment.location, allowed_hosts=FILE_HOSTS,
-                    max_bytes=self.config.max_file_bytes, headers={"Authorization": f"Bearer {self._token(team_id)}"})
-                if content_type.startswith("text/html"):
-                    raise ValueError(f"Slack answered {attachment.filename} with a login page: check files:read")
-                stored.append(self.context.attachments.put(data, attachment.filename, attachment.content_type))
-            updates["attachments"] = tuple(stored)
-        return message.model_copy(update=updates) if updates else message
+        enriched = message.model_copy(update=updates) if updates else message
+        return self.context.attachments.fetch_into(
+            self.context.http, enriched, allowed_hosts=FILE_HOSTS, redirect_hosts=LOGIN_HOSTS,
+            max_bytes=self.config.max_file_bytes, prepare=lambda attachment: self.file_request(team_id, attachment))
 
+    def file_request(self, team_id: str, attachment: Attachment) -> MediaRequest:
+        """A file download with the workspace's bot token; an HTML answer is Slack's login page, not the file."""
+
+        def not_a_login_page(content_type: str) -> None:
+            if content_type.startswith("text/html"):
+                raise MediaRefused(f"Slack answered {attachment.filename} with a login page: check files:read")
+
+        return MediaRequest(attachment.location, headers={"Authorization": f"Bearer {self._token(team_id)}"},
+                            check=not_a_login_page)
+
+    @online_check
     def check_online(self) -> str:
-        answer = self.client("").auth_test()
+        """``auth.test`` with the bot token (tests the token and reachability)."""
+        try:
+            answer = self.client("").auth_test()
+        except SlackApiError as exc:
+            raise OnlineCheckFailed(f"Slack refused the bot_token: {exc.response.get('error') or 'no reason given'}"
+                                    ) from None
         return f"bot {answer.get('user')} in workspace {answer.get('team')}"
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:

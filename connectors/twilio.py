@@ -20,7 +20,8 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from werkzeug.datastructures import MultiDict
 
 from connectors._twilio_outbound import TwilioSender, TwilioTemplate
-from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.attachments import MediaRequest
+from gateway.errors import MalformedRequest, OnlineCheckFailed, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone
 from gateway.model import (
     Attachment,
@@ -29,11 +30,11 @@ from gateway.model import (
     IdentifierKind,
     Message,
     Party,
-    RawRef,
     StatusUpdate,
 )
-from gateway.plugins import ConnectorConfig, WebhookChannel
+from gateway.plugins import ConnectorConfig, WebhookChannel, online_check
 from gateway.records import InboxItem, RawRecord
+from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -41,6 +42,9 @@ SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 API_BASE = "https://api.twilio.com"
 MEDIA_HOSTS = ("api.twilio.com",)
+# where api.twilio.com redirects a media download: mms.twiliocdn.com when HTTP auth on media is enforced, the older
+# s3-external-1.amazonaws.com otherwise (help.twilio.com/articles/223183748)
+MEDIA_CDN_HOSTS = ("twiliocdn.com", "s3-external-1.amazonaws.com")
 
 
 class TwilioConfig(ConnectorConfig):
@@ -55,6 +59,9 @@ class TwilioConfig(ConnectorConfig):
         None, pattern=r"^[A-Z]{2}$", description="Region for national phone numbers; default identity.default_region.")
     api_base_url: str = Field(API_BASE, description="Twilio REST API base URL (for proxies and test servers).")
     media_hosts: list[str] = Field(list(MEDIA_HOSTS), description="Hosts MMS media may be downloaded from.")
+    media_redirect_hosts: list[str] = Field(
+        list(MEDIA_CDN_HOSTS), description="Hosts a media download may be redirected to (Twilio's media CDN); "
+                                           "the account's credentials are never sent there.")
     max_media_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Larger MMS media are refused (Twilio: 5 MB).")
     messaging_service_sid: str | None = Field(
         None, pattern=r"^MG[0-9a-fA-F]{32}$",
@@ -90,8 +97,8 @@ class TwilioChannel(WebhookChannel, TwilioSender):
 
     @cached_property
     def _validators(self) -> list[RequestValidator]:
-        tokens = [self.config.auth_token, self.config.previous_auth_token]
-        return [RequestValidator(token.get_secret_value()) for token in tokens if token is not None]
+        tokens = current_or_previous(self.config.auth_token, self.config.previous_auth_token)
+        return [RequestValidator(token) for token in tokens]
 
     def verify(self, request: HookRequest) -> None:
         signature = request.headers.get(SIGNATURE_HEADER)
@@ -159,13 +166,11 @@ class TwilioChannel(WebhookChannel, TwilioSender):
             "To", "AccountSid", "MessagingServiceSid", "NumSegments", "FromCountry", "FromState", "FromCity",
             "WaId", "ProfileName", "ButtonText", "ButtonPayload", "OriginalRepliedMessageSid", "Latitude",
             "Longitude") if form.get(key)}
-        return [Message(
-            channel=channel, connector=record.connector, connector_type=self.type_name,
-            provider_message_id=record.provider_id,
+        return [self.message(
+            record, channel=channel, provider_message_id=record.provider_id,
             sender=Party(identifiers=tuple(identifiers), display_name=form.get("ProfileName") or None),
             recipients=tuple(recipients), text=body, full_text=body, attachments=attachments,
-            sent_at=record.received_at, received_at=record.received_at, extras=extras,
-            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+            sent_at=record.received_at, extras=extras)]
 
     def statuses(self, record: RawRecord) -> list[StatusUpdate]:
         """A status callback: the state of a message the business sent, with Twilio's error code if any."""
@@ -176,12 +181,15 @@ class TwilioChannel(WebhookChannel, TwilioSender):
                              error_code=form.get("ErrorCode") or None, extras=extras)]
 
     def enrich(self, message: Message) -> Message:
-        """MMS and WhatsApp media fetched with the account's credentials, only from Twilio's media hosts."""
-        # Twilio answers with a redirect to its media CDN; requests drops the credentials on the host change
+        """MMS and WhatsApp media fetched with the account's credentials, only from Twilio's media hosts.
+
+        Twilio answers with a redirect to its media CDN, which is followed without the credentials.
+        """
+        credentials = (self.config.account_sid, self.config.auth_token.get_secret_value())
         return self.context.attachments.fetch_into(
             self.context.http, message, allowed_hosts=tuple(self.config.media_hosts),
-            max_bytes=self.config.max_media_bytes,
-            auth=(self.config.account_sid, self.config.auth_token.get_secret_value()))
+            redirect_hosts=tuple(self.config.media_redirect_hosts), max_bytes=self.config.max_media_bytes,
+            prepare=lambda attachment: MediaRequest(attachment.location, auth=credentials))
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         sid = "SM" + uuid.uuid4().hex
@@ -191,17 +199,19 @@ class TwilioChannel(WebhookChannel, TwilioSender):
             "FromCountry": "", "To": recipient or "+15005550006", "ToZip": "", "NumSegments": "1",
             "MessageSid": sid, "AccountSid": self.config.account_sid, "From": sender, "ApiVersion": "2010-04-01",
         }
-        signature = self._validators[0].compute_signature(public_url, params)
+        signature = RequestValidator(self.config.auth_token.get_secret_value()).compute_signature(public_url, params)
         body = urlencode(params).encode()
         headers = Headers({"Content-Type": "application/x-www-form-urlencoded", SIGNATURE_HEADER: signature})
         return HookRequest("POST", "", "", headers, body, public_url)
 
+    @online_check
     def check_online(self) -> str:
+        """Read the account (tests the account_sid and auth_token)."""
         url = f"{self.config.api_base_url}/2010-04-01/Accounts/{self.config.account_sid}.json"
         response = self.context.http.get(
             url, auth=(self.config.account_sid, self.config.auth_token.get_secret_value()), timeout=10)
         if response.status_code == 401:
-            raise RuntimeError("Twilio refused the account_sid/auth_token (401)")
+            raise OnlineCheckFailed("Twilio refused the account_sid/auth_token (401)")
         response.raise_for_status()
         return f"account {response.json().get('friendly_name', self.config.account_sid)} reachable"
 

@@ -22,10 +22,12 @@ from pydantic import Field, SecretStr, model_validator
 from requests_oauthlib import OAuth1
 
 from connectors._x_outbound import XReplies
+from gateway.attachments import MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid
-from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
+from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
 from gateway.plugins import ConnectorConfig, WebhookChannel
 from gateway.records import InboxItem, RawRecord
+from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
@@ -74,31 +76,23 @@ class XChannel(XReplies, WebhookChannel):
     channel_types = (ChannelType.X,)
     config: XConfig
 
-    def _secrets(self) -> list[str]:
-        return [s.get_secret_value() for s in (self.config.consumer_secret, self.config.previous_consumer_secret)
-                if s is not None]
-
     def handshake(self, request: HookRequest) -> HookResponse | None:
         if request.method != "GET" or "crc_token" not in request.query:
             return None
         token = request.query["crc_token"]
-        body = json.dumps({"response_token": sign(self._secrets()[0], token.encode())})
+        body = json.dumps({"response_token": sign(self.config.consumer_secret.get_secret_value(), token.encode())})
         return HookResponse(200, body, "application/json")
 
     def verify(self, request: HookRequest) -> None:
         given = request.headers.get(SIGNATURE_HEADER, "")
         if not given:
             raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
-        if not any(hmac.compare_digest(sign(secret, request.body), given) for secret in self._secrets()):
+        secrets = current_or_previous(self.config.consumer_secret, self.config.previous_consumer_secret)
+        if not matches_any(given, secrets, lambda secret: sign(secret, request.body)):
             raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the consumer secret")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
-        try:
-            data = json.loads(request.body)
-        except (UnicodeDecodeError, ValueError):
-            raise MalformedRequest("body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise MalformedRequest("body is not a JSON object")
+        data = request.json_object()
         events = data.get("direct_message_events")
         if events is None:
             return []  # likes, follows, typing indicators, ...: nothing a customer wrote to us
@@ -146,17 +140,15 @@ class XChannel(XReplies, WebhookChannel):
         if create.get("source_app_id"):
             extras["source_app_id"] = create["source_app_id"]
         low, high = sorted([sender_id, recipient_id], key=lambda v: (len(v), v))
-        return [Message(
-            channel=ChannelType.X, connector=record.connector, connector_type=self.type_name,
-            provider_message_id=event["id"], thread=ThreadRef(provider_thread_id=f"{low}-{high}"),
+        return [self.message(
+            record, channel=ChannelType.X, provider_message_id=event["id"],
+            thread=ThreadRef(provider_thread_id=f"{low}-{high}"),
             sender=Party(identifiers=(Identifier(kind=IdentifierKind.X, value=sender_id),),
                          display_name=user.get("name") or None),
             recipients=(Party(identifiers=(Identifier(kind=IdentifierKind.X, value=recipient_id),)),)
             if recipient_id else (),
             text=text, full_text=text, attachments=tuple(attachments),
-            sent_at=datetime.fromtimestamp(int(event.get("created_timestamp", 0)) / 1000, UTC),
-            received_at=record.received_at, extras=extras,
-            raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+            sent_at=datetime.fromtimestamp(int(event.get("created_timestamp", 0)) / 1000, UTC), extras=extras)]
 
     def enrich(self, message: Message) -> Message:
         """DM media fetched from X's media host, signed with OAuth 1.0a as our account, when its keys are set."""
@@ -166,9 +158,10 @@ class XChannel(XReplies, WebhookChannel):
         auth = OAuth1(self.config.consumer_key, self.config.consumer_secret.get_secret_value(),
                       self.config.access_token.get_secret_value(),
                       self.config.access_token_secret.get_secret_value())
-        return self.context.attachments.fetch_into(self.context.http, message,
-                                                   allowed_hosts=tuple(self.config.media_hosts),
-                                                   max_bytes=self.config.max_media_bytes, auth=auth)
+        return self.context.attachments.fetch_into(
+            self.context.http, message, allowed_hosts=tuple(self.config.media_hosts),
+            max_bytes=self.config.max_media_bytes,
+            prepare=lambda attachment: MediaRequest(attachment.location, auth=auth))
 
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         body = json.dumps({"for_user_id": self.config.user_id, "direct_message_events": [{

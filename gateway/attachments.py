@@ -5,18 +5,46 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TypeAlias
+from urllib.parse import urljoin, urlparse
 
 import requests
+from requests.auth import AuthBase
 
 from gateway.model import Attachment, Message
 
 SCHEME = "store:sha256/"
+GENERIC_TYPE = "application/octet-stream"
+MAX_REDIRECTS = 5
+Auth: TypeAlias = AuthBase | tuple[str, str] | None
 
 
 class AttachmentTooLarge(ValueError):
-    pass
+    """The bytes are over the size limit."""
+
+
+class MediaRefused(ValueError):
+    """A media download the rules do not allow: another host, plain http, too many redirects."""
+
+
+@dataclass(frozen=True)
+class MediaRequest:
+    """How to fetch one attachment: the URL of its bytes and the credentials for that URL's host.
+
+    ``check`` sees the answer's content type before the body is read and raises when it is not the file.
+    """
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    auth: Auth = None
+    check: Callable[[str], None] | None = None
+
+
+MediaHook: TypeAlias = Callable[[Attachment], MediaRequest]
+"""A connector's part of a media download: the request for one attachment (see ``AttachmentStore.fetch_into``)."""
 
 
 class AttachmentStore:
@@ -45,17 +73,27 @@ class AttachmentStore:
                           location=SCHEME + digest, inline=inline)
 
     def fetch_into(self, session: requests.Session, message: Message, *, allowed_hosts: tuple[str, ...],
-                   max_bytes: int, **kwargs: object) -> Message:
-        """``message`` with each attachment not stored yet downloaded (``download``: allowed hosts, size limit,
-        ``kwargs`` such as ``auth`` passed on) and stored here."""
+                   max_bytes: int, prepare: MediaHook | None = None, redirect_hosts: tuple[str, ...] = ()) -> Message:
+        """``message`` with each attachment not stored yet downloaded and stored here.
+
+        ``prepare`` is the connector's part: for an attachment, the URL its bytes are at and the credentials to send
+        (it may ask the provider first, as Meta's Graph API wants); without it the attachment's location is fetched
+        as it is. Every download then follows the same rules (``download``): allowed hosts, redirects, size limit.
+        A provider's generic ``application/octet-stream`` gives way to the type the download answered with.
+        """
         if all(a.location.startswith(SCHEME) for a in message.attachments):
             return message
         stored = []
         for attachment in message.attachments:
             if not attachment.location.startswith(SCHEME):
-                data, content_type = download(session, attachment.location, allowed_hosts=allowed_hosts,
-                                              max_bytes=max_bytes, **kwargs)
-                attachment = self.put(data, attachment.filename, attachment.content_type or content_type)
+                media = prepare(attachment) if prepare is not None else MediaRequest(attachment.location)
+                data, answered_type = download(session, media.url, allowed_hosts=allowed_hosts, max_bytes=max_bytes,
+                                               redirect_hosts=redirect_hosts, headers=media.headers, auth=media.auth,
+                                               check=media.check)
+                content_type = attachment.content_type
+                if content_type in ("", GENERIC_TYPE):
+                    content_type = answered_type
+                attachment = self.put(data, attachment.filename, content_type)
             stored.append(attachment)
         return message.model_copy(update={"attachments": tuple(stored)})
 
@@ -66,24 +104,55 @@ class AttachmentStore:
 
 
 def download(session: requests.Session, url: str, *, allowed_hosts: tuple[str, ...], max_bytes: int,
-             timeout: float = 20.0, **kwargs: object) -> tuple[bytes, str]:
-    """Fetch a provider's media URL, refusing other hosts and bodies over ``max_bytes``; returns (bytes, type).
+             redirect_hosts: tuple[str, ...] = (), headers: Mapping[str, str] | None = None, auth: Auth = None,
+             check: Callable[[str], None] | None = None, timeout: float = 20.0) -> tuple[bytes, str]:
+    """Fetch a provider's media URL; returns (bytes, content type).
 
-    ``allowed_hosts`` entries match a host exactly or as a parent domain (``twilio.com`` allows api.twilio.com).
+    The rules every media download follows:
+
+    - ``url`` is https on one of ``allowed_hosts``; an entry matches a host exactly or as a parent domain
+      (``twilio.com`` allows api.twilio.com);
+    - each redirect leads over https to one of ``allowed_hosts`` or ``redirect_hosts`` (a provider's CDN), at most
+      MAX_REDIRECTS of them; ``headers`` and ``auth`` (the credentials) are sent to ``url``'s host only and dropped
+      once a redirect leaves it;
+    - a body over ``max_bytes``, declared or received, is refused (``AttachmentTooLarge``);
+    - ``check``, if given, sees the answer's content type before the body is read and raises if it is not the file
+      (a login page).
     """
-    host = (urlparse(url).hostname or "").lower()
-    if urlparse(url).scheme != "https" or not any(host == h or host.endswith("." + h) for h in allowed_hosts):
-        raise ValueError(f"refusing to fetch media from {host or url!r}: not one of {', '.join(allowed_hosts)}")
-    with session.get(url, stream=True, timeout=timeout, **kwargs) as response:  # type: ignore[arg-type]
-        response.raise_for_status()
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            raise AttachmentTooLarge(f"media is {declared} bytes, over the {max_bytes}-byte limit")
-        chunks, total = [], 0
-        for chunk in response.iter_content(64 * 1024):
-            total += len(chunk)
-            if total > max_bytes:
-                raise AttachmentTooLarge(f"media is over the {max_bytes}-byte limit")
-            chunks.append(chunk)
-        content_type = response.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
-        return b"".join(chunks), content_type
+    origin = _host(url)
+    hosts, what = allowed_hosts, "fetch media from"
+    for _ in range(MAX_REDIRECTS + 1):
+        host = _host(url)
+        if urlparse(url).scheme != "https" or not any(host == h or host.endswith("." + h) for h in hosts):
+            raise MediaRefused(f"refusing to {what} {host or url!r}: not https on one of {', '.join(hosts)}")
+        if host != origin:
+            headers, auth = None, None
+        with session.get(url, stream=True, timeout=timeout, allow_redirects=False, headers=headers,
+                         auth=auth) as response:
+            if response.is_redirect:
+                url = urljoin(url, response.headers["Location"])
+                hosts, what = allowed_hosts + redirect_hosts, f"follow a redirect from {host} to"
+                continue
+            response.raise_for_status()
+            content_type = response.headers.get("Content-Type", GENERIC_TYPE).split(";")[0].strip()
+            if check is not None:
+                check(content_type)
+            return _read(response, max_bytes), content_type
+    raise MediaRefused(f"refusing to follow more than {MAX_REDIRECTS} redirects for media from {origin}")
+
+
+def _host(url: str) -> str:
+    return (urlparse(url).hostname or "").lower()
+
+
+def _read(response: requests.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise AttachmentTooLarge(f"media is {declared} bytes, over the {max_bytes}-byte limit")
+    chunks, total = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        total += len(chunk)
+        if total > max_bytes:
+            raise AttachmentTooLarge(f"media is over the {max_bytes}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -60,7 +60,7 @@ def check(config_path: Path, online: bool) -> None:
         return
     import requests
 
-    from gateway.plugins import Registry
+    from gateway.plugins import Registry, online_failure
     from gateway.runtime import build_connectors, connector_context
 
     channels, crms = build_connectors(config, Registry.from_entry_points(),
@@ -69,9 +69,9 @@ def check(config_path: Path, online: bool) -> None:
     for name, connector in [*channels.items(), *crms.items()]:
         try:
             click.echo(f"  {name}: ok: {connector.check_online()}")
-        except Exception as exc:
+        except Exception as exc:  # a connector without @online_check is held to the same contract here
             failures += 1
-            click.echo(f"  {name}: FAILED: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"  {name}: FAILED: {online_failure(connector, exc).reason}", err=True)
     sys.exit(1 if failures else 0)
 
 

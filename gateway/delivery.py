@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Row, select
 
 from gateway import metrics
-from gateway.errors import DeliveryError, PermanentError, RetryableError
+from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.mapping import MappingRenderError
 from gateway.model import Message
 from gateway.pipeline import customer_context, mapping_context
@@ -104,9 +104,9 @@ class DeliveryWorker:
         try:
             with self.rt.queues.holding(outbox, list(rows), self.owner, self.settings.lease_seconds):
                 outcomes.update(crm.deliver_groups(item_groups, links))
-        except Exception as exc:  # a connector bug: every item of the batch is retried later
+        except Exception as exc:  # the whole call failed: each group's head takes the error, the rest wait
             log.exception("unexpected error delivering %d group(s) to %s", len(item_groups), crm_name)
-            error = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
+            error = as_delivery_error(exc)
             for items in item_groups:
                 outcomes.setdefault(items[0].outbox_id, error)
         items_by_id = {item.outbox_id: item for items in item_groups for item in items}

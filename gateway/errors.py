@@ -1,9 +1,17 @@
-"""Errors that cross module boundaries: webhook rejections and CRM delivery failures."""
+"""Errors that cross module boundaries: webhook rejections, CRM delivery failures, failed online checks."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from urllib.parse import urlparse
+
+import requests
+from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+NETWORK = "network"
+INTERNAL = "internal"
+_ONE_LINE = 300
 
 
 class HookRejected(Exception):
@@ -77,25 +85,8 @@ class OutcomeUnknown(PermanentError):
     """An earlier attempt may have reached the customer and the provider offers no way to find out."""
 
 
-def as_delivery_error(exc: BaseException) -> DeliveryError:
-    """The one translation of an exception into a delivery failure: network trouble and unknown errors retry.
-
-    A network error names the host only: the URL's path and query may hold a phone number or an address.
-    """
-    import requests
-
-    if isinstance(exc, DeliveryError):
-        return exc
-    if isinstance(exc, requests.Timeout | requests.ConnectionError):
-        return RetryableError(f"{type(exc).__name__} reaching {_host_of(exc)}", code="network")
-    return RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
-
-
 def never_reached(exc: BaseException) -> bool:
     """True when a request surely never reached the server (no connection was made): nothing can have been sent."""
-    import requests
-    from urllib3.exceptions import NameResolutionError, NewConnectionError
-
     if isinstance(exc, requests.ConnectTimeout):
         return True
     if isinstance(exc, requests.ConnectionError):
@@ -104,9 +95,60 @@ def never_reached(exc: BaseException) -> bool:
     return False
 
 
-def _host_of(exc: BaseException) -> str:
-    from urllib.parse import urlsplit
+def as_delivery_error(exc: BaseException) -> DeliveryError:
+    """The delivery outcome of any exception a CRM write raised; the one place that decides.
 
-    request = getattr(exc, "request", None)
-    url = getattr(request, "url", None)
-    return (urlsplit(url).hostname or "the provider") if url else "the provider"
+    - a ``DeliveryError`` is its own outcome;
+    - a timeout or a broken connection is retryable, code ``network``;
+    - an HTTP error answer is retryable for 408, 429 and 5xx (honouring ``Retry-After``), permanent for other 4xx,
+      with the status as its code;
+    - anything else is a bug in a connector: retryable, code ``internal``, so the item waits for a fix instead of
+      being dropped.
+    """
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, requests.Timeout | requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return RetryableError(f"{type(exc).__name__} talking to {_host_of(exc)}", code=NETWORK)
+    response = exc.response if isinstance(exc, requests.HTTPError) else None
+    if response is not None:
+        status = response.status_code
+        message = f"{_host_of(exc)} answered HTTP {status}"
+        if status in (408, 429) or status >= 500:
+            return RetryableError(message, code=str(status), retry_after=retry_after_seconds(response.headers))
+        return PermanentError(message, code=str(status))
+    return RetryableError(one_line(f"{type(exc).__name__}: {exc}"), code=INTERNAL)
+
+
+class OnlineCheckFailed(Exception):
+    """A connector's ``check_online`` failed: credentials refused, service unreachable, an answer not understood.
+
+    ``reason`` is one line that names no secret, fit for ``gateway check --online`` to print.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why ``exc`` happened, without URLs' paths and queries (where tokens may travel)."""
+    if isinstance(exc, OnlineCheckFailed):
+        return one_line(exc.reason)
+    if isinstance(exc, requests.RequestException | DeliveryError):
+        return str(as_delivery_error(exc))
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, its whitespace runs collapsed, cut to a few hundred characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= _ONE_LINE else line[:_ONE_LINE - 1] + "…"
+
+
+def _host_of(exc: BaseException) -> str:
+    """The host a requests exception was talking to, from its request or its response."""
+    for part in (getattr(exc, "request", None), getattr(exc, "response", None)):
+        host = urlparse(str(getattr(part, "url", None) or "")).hostname
+        if host:
+            return host
+    return "the server"

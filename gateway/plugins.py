@@ -8,20 +8,21 @@ config model whose unknown keys are refused and whose secrets are ``SecretStr`` 
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.attachments import AttachmentStore
-from gateway.errors import DeliveryError, RetryableError
-from gateway.model import Attachment, ChannelType, Message, StatusUpdate
+from gateway.errors import INTERNAL, DeliveryError, OnlineCheckFailed, as_delivery_error, failure_reason
+from gateway.model import Attachment, ChannelType, Message, RawRef, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from gateway.records import InboxItem, RawRecord
 from gateway.webhooks import HookRequest, HookResponse
@@ -82,8 +83,36 @@ class Connector(abc.ABC):
         return f"<{type(self).__name__} {self.name!r} {self.config!r}>"
 
     def check_online(self) -> str:
-        """Test credentials and reachability; return a one-line description or raise with the reason."""
+        """Test credentials and reachability; return a one-line description.
+
+        On failure raise ``OnlineCheckFailed`` with a one-line reason naming no secret. Decorating an override with
+        ``online_check`` turns whatever else it raises into that (the CLI does the same for every connector).
+        """
         return "no online check for this connector type"
+
+
+C = TypeVar("C", bound=Connector)
+
+
+def online_failure(connector: Connector, exc: BaseException) -> OnlineCheckFailed:
+    """``exc`` from ``connector``'s online check as ``OnlineCheckFailed``: one line, the connector's secrets masked."""
+    reason = failure_reason(exc)
+    for secret in sorted(secret_values(connector.config), key=len, reverse=True):
+        reason = reason.replace(secret, "***")
+    return OnlineCheckFailed(reason)
+
+
+def online_check(method: Callable[[C], str]) -> Callable[[C], str]:
+    """Decorator for ``check_online``: any failure leaves as ``OnlineCheckFailed`` (see ``online_failure``)."""
+
+    @functools.wraps(method)
+    def checked(connector: C) -> str:
+        try:
+            return method(connector)
+        except Exception as exc:
+            raise online_failure(connector, exc) from None
+
+    return checked
 
 
 class ChannelConnector(Connector):
@@ -112,6 +141,10 @@ class ChannelConnector(Connector):
         """
         return message
 
+    def message(self, record: RawRecord, **fields: Any) -> Message:
+        """A message normalised from ``record``: see ``inbound_message``."""
+        return inbound_message(record, connector_type=self.type_name, **fields)
+
 
 class WebhookChannel(ChannelConnector):
     """A channel whose provider calls the gateway: ``verify`` and ``split`` run in the web process before the 2xx."""
@@ -136,6 +169,17 @@ class WebhookChannel(ChannelConnector):
     def sample_request(self, *, sender: str, text: str, recipient: str | None, public_url: str) -> HookRequest:
         """A correctly signed request as the provider would send it (used by ``gateway simulate``)."""
         raise NotImplementedError(f"{self.type_name} cannot simulate requests")
+
+
+def inbound_message(record: RawRecord, *, connector_type: str, **fields: Any) -> Message:
+    """A canonical message from one stored inbox row, with what the row says filled in.
+
+    ``connector`` and ``raw`` (the pointer back to the row) come from ``record``, and so does ``received_at`` unless
+    given; ``channel``, ``provider_message_id``, ``sender``, ``sent_at`` and the rest are the ``fields``.
+    """
+    fields.setdefault("received_at", record.received_at)
+    return Message(connector=record.connector, connector_type=connector_type,
+                   raw=RawRef(inbox_id=record.inbox_id, connector=record.connector), **fields)
 
 
 class InboxSink(Protocol):
@@ -248,15 +292,11 @@ class CrmConnector(Connector):
             for item in group:
                 try:
                     outcomes[item.outbox_id] = self.deliver(item, links)
-                except DeliveryError as exc:
-                    outcomes[item.outbox_id] = exc
-                    break
-                except (requests.Timeout, requests.ConnectionError) as exc:
-                    outcomes[item.outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
-                    break
-                except Exception as exc:  # a connector bug: this conversation waits, the others go on
-                    log.exception("%s: unexpected error delivering outbox row %s", self.name, item.outbox_id)
-                    outcomes[item.outbox_id] = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
+                except Exception as exc:  # this conversation waits, the others go on
+                    error = as_delivery_error(exc)
+                    if error.code == INTERNAL:
+                        log.exception("%s: unexpected error delivering outbox row %s", self.name, item.outbox_id)
+                    outcomes[item.outbox_id] = error
                     break
         return outcomes
 
@@ -477,3 +517,25 @@ class Registry:
 
 def secret_fields(model: type[BaseModel]) -> list[str]:
     return [name for name, f in model.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)]
+
+
+def secret_values(config: BaseModel) -> list[str]:
+    """The plain values of every secret in ``config``, those in lists and mappings (per-workspace tokens) too."""
+    found: list[str] = []
+
+    def collect(value: object) -> None:
+        if isinstance(value, SecretStr):
+            if value.get_secret_value():
+                found.append(value.get_secret_value())
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                collect(getattr(value, name))
+
+    collect(config)
+    return found

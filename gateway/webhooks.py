@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 from urllib.parse import parse_qsl
 
 from gateway.errors import MalformedRequest
@@ -67,6 +69,28 @@ class HookRequest:
             return parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
         except (UnicodeDecodeError, ValueError) as exc:
             raise MalformedRequest(f"body is not a valid urlencoded form: {exc.__class__.__name__}") from None
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object; parsed once per request (the same dict every call: do not change it).
+
+        Raises ``MalformedRequest`` when the body is not JSON, or is JSON but not an object. The content type is not
+        looked at.
+        """
+        return self._json_object
+
+    @cached_property
+    def _json_object(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.body)
+        except (UnicodeDecodeError, ValueError):
+            raise MalformedRequest("body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise MalformedRequest(f"body is not a JSON object (a JSON {_json_kind(data)})")
+        return data
+
+
+def _json_kind(value: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 @dataclass(frozen=True)

@@ -392,7 +392,7 @@ def test_network_errors_name_the_host_only_and_a_refused_connection_is_surely_no
     with pytest.raises(requests.ConnectionError) as refused:
         session.post("http://127.0.0.1:9/Messages.json?To=%2B14155550100", timeout=2)
     error = as_delivery_error(refused.value)
-    assert str(error) == "ConnectionError reaching 127.0.0.1" and error.retryable
+    assert str(error) == "ConnectionError talking to 127.0.0.1" and error.retryable
     assert "4155550100" not in str(error)
     assert never_reached(refused.value)
     assert not never_reached(requests.ReadTimeout("read timed out"))

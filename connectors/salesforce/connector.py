@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -29,9 +30,9 @@ from connectors.salesforce.client import (
     first_error,
 )
 from connectors.salesforce.replies import SalesforceReplies
-from gateway.errors import RetryableError
+from gateway.errors import OnlineCheckFailed, RetryableError
 from gateway.model import ChannelType
-from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore
+from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore, online_check
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,15 @@ MATCH_SCOPES = {"Account": "IsPersonAccount = true", "Lead": "IsConverted = fals
 _MATCH_LIMIT = 3
 _COMMENT_BYTES = 4000  # CaseComment.CommentBody holds at most 4,000 bytes
 _LOOKBACK = 200
+
+
+@dataclass(frozen=True)
+class WriteAgain:
+    """A composite write refused for a reason since dealt with (a duplicate rule's match adopted, a deleted Case
+    forgotten): nothing was written, and the write goes again with ``case_id`` after ``calls`` API calls."""
+
+    case_id: str | None
+    calls: int
 
 
 class SalesforceCrm(CrmConnector, SalesforceReplies):
@@ -234,16 +244,19 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
                 adopt = self.match_contact(item, soql)
                 calls += 1
         for _ in range(3):
-            result = self._write(item, links, case_id, adopt)
-            calls += result.calls
-            if result.operation != "retry":
-                return DeliveryResult(result.operation, result.remote_id, result.detail, calls=calls)
-            case_id = result.remote_id
+            outcome = self._write(item, links, case_id, adopt)
+            calls += outcome.calls
+            if isinstance(outcome, DeliveryResult):
+                return replace(outcome, calls=calls)
+            case_id = outcome.case_id
         raise RetryableError("Salesforce write did not settle after adopting a duplicate", code="DUPLICATES_DETECTED")
 
     def _write(self, item: DeliveryItem, links: LinkStore, case_id: str | None,
-               adopt: str | None = None) -> DeliveryResult:
-        """One composite write; ``adopt`` is an existing record to link the customer to (our external id stamped)."""
+               adopt: str | None = None) -> DeliveryResult | WriteAgain:
+        """One composite write; ``adopt`` is an existing record to link the customer to (our external id stamped).
+
+        ``WriteAgain`` when the write was refused for a reason it has just dealt with, and nothing was written.
+        """
         contact_link = links.get("customer", item.customer.id)
         subrequests = []
         contact_ref = contact_link[0] if contact_link else adopt or "@{contact.id}"
@@ -267,12 +280,12 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
             matched = duplicate_match(contact.body)
             if matched is not None:
                 self.adopt_duplicate(item, matched, links)
-                return DeliveryResult("retry", case_id, calls=2)
+                return WriteAgain(case_id, calls=2)
         message = results.get("message")
         if case_id is not None and message is not None and message.status >= 300 \
                 and first_error(message.body).get("errorCode") in ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"):
             # the linked Case was deleted: upsert it again by its external id
-            return DeliveryResult("retry", None, calls=1)
+            return WriteAgain(None, calls=1)
         self.fail_composite(results, item)
         if contact is not None and adopt is not None:
             links.put("customer", item.customer.id, adopt, {"adopted": True})
@@ -287,10 +300,11 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         record = results["message"].body or {}
         return DeliveryResult(operation, case_id, detail=f"{self.message_object(item)} {record.get('id', '')}")
 
+    @online_check
     def check_online(self) -> str:
         """Read the org's daily API limit (tests credentials and reachability)."""
         limits = self.api.call("GET", "limits") or {}
         daily = limits.get("DailyApiRequests") or {}
         if "Max" not in daily:
-            raise RuntimeError("Salesforce answered /limits without DailyApiRequests")
+            raise OnlineCheckFailed("Salesforce answered /limits without DailyApiRequests")
         return f"daily API requests: {daily.get('Remaining')} of {daily.get('Max')} left"

@@ -16,14 +16,19 @@ import logging
 from functools import cached_property
 from typing import Any
 
-import requests
-
 from connectors.zendesk import export, setup
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
-from gateway.errors import DeliveryError, PermanentError, RetryableError
+from gateway.errors import (
+    INTERNAL,
+    DeliveryError,
+    OnlineCheckFailed,
+    PermanentError,
+    RetryableError,
+    as_delivery_error,
+)
 from gateway.plugins import (
     AgentReplies,
     AgentReply,
@@ -39,6 +44,7 @@ from gateway.plugins import (
     LinkStore,
     ReplyPolling,
     ReplySetup,
+    online_check,
 )
 from gateway.records import InboxItem, RawRecord
 from gateway.webhooks import HookRequest
@@ -339,13 +345,9 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         except Exception as exc:
             # every message of the group was part of the write, which may have landed: all of them are retried
             # as retries (attempt > 1), which check Zendesk before writing again
-            if isinstance(exc, DeliveryError):
-                error: DeliveryError = exc
-            elif isinstance(exc, requests.Timeout | requests.ConnectionError):
-                error = RetryableError(f"{type(exc).__name__}: {exc}", code="network")
-            else:
+            error = as_delivery_error(exc)
+            if error.code == INTERNAL:
                 log.exception("%s: unexpected error delivering conversation %s", self.name, items[0].conversation.id)
-                error = RetryableError(f"{type(exc).__name__}: {exc}", code="internal")
             # a refusal wrote nothing: the head carries it and the rest are tried again after it
             for item in items[:1] if isinstance(error, PermanentError) else items:
                 outcomes.setdefault(item.outbox_id, error)
@@ -409,11 +411,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         """Merge two Zendesk users (an admin's merge carried into the CRM): the absorbed user into the survivor."""
         self.client.call("PUT", f"/users/{absorbed_remote_id}/merge", json={"user": {"id": int(survivor_remote_id)}})
 
+    @online_check
     def check_online(self) -> str:
+        """Read the authenticated user (tests the credentials: an anonymous answer is a refusal too)."""
         body = self.client.call("GET", "/users/me")
         user = body.get("user") or {}
         if not user.get("id") or user.get("role") not in ("agent", "admin"):
-            raise RuntimeError("Zendesk did not accept the credentials (no agent or admin user)")
+            raise OnlineCheckFailed("Zendesk did not accept the credentials (no agent or admin user)")
         return f"authenticated as {user.get('name')} ({user.get('role')})"
 
     # -- two-way: agents' replies and notes (connectors.zendesk.replies, .export, .setup) --------------------------

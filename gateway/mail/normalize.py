@@ -12,8 +12,8 @@ from gateway.identity.normalize import InvalidIdentifier, normalize_email
 from gateway.mail.autoreply import auto_reason
 from gateway.mail.mime import UnparseableMail, parse_mail
 from gateway.mail.quotes import DEFAULT_LANGUAGES, visible_reply
-from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
-from gateway.plugins import ConnectorConfig
+from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
+from gateway.plugins import ConnectorConfig, inbound_message
 from gateway.records import RawRecord
 
 
@@ -85,11 +85,9 @@ def email_to_messages(raw: bytes, record: RawRecord, *, connector_type: str, set
     if mail.text_from_html:
         info["text_from_html"] = True
     sent_at = mail.date or received_at
-    return [Message(
-        channel=ChannelType.EMAIL, connector=record.connector, connector_type=connector_type,
-        provider_message_id=record.provider_id,
+    return [inbound_message(
+        record, connector_type=connector_type, channel=ChannelType.EMAIL, provider_message_id=record.provider_id,
         thread=ThreadRef(message_id=mail.message_id, in_reply_to=mail.in_reply_to, references=mail.references),
         sender=sender, recipients=recipients, subject=mail.subject or None,
         text=visible_reply(mail.text, tuple(settings.reply_languages)), full_text=mail.text, html=mail.html,
-        attachments=tuple(stored), sent_at=sent_at, received_at=received_at, extras=info,
-        raw=RawRef(inbox_id=record.inbox_id, connector=record.connector))]
+        attachments=tuple(stored), sent_at=sent_at, received_at=received_at, extras=info)]

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 
 from connectors.imap import ImapChannel, ImapConfig
 from gateway.config import GatewayConfig, load_config
+from gateway.errors import OnlineCheckFailed
 from gateway.plugins import ConnectorContext
 from gateway.records import InboxItem
 from gateway.runtime import Runtime, build_runtime
@@ -355,7 +356,7 @@ def test_untrusted_certificate_fails_backs_off_and_imports_nothing(
     assert inbox_ids(rt) == ["INBOX:c1@x.example"]
     assert cursors.get(f"imap:{CHANNEL}") == cursor
     assert len(dovecot_tls.logins()) == logins  # the password never reached the server
-    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+    with pytest.raises(OnlineCheckFailed, match=r"^SSLCertVerificationError: .*certificate verify failed"):
         channel.check_online()
 
 

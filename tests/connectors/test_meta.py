@@ -21,7 +21,7 @@ import responses
 from sqlalchemy import select
 
 from connectors.meta import SIGNATURE_HEADER, MetaChannel, signed_request
-from gateway.attachments import SCHEME
+from gateway.attachments import SCHEME, MediaRefused
 from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
 from gateway.runtime import Runtime
@@ -265,6 +265,18 @@ def test_media_from_other_hosts_is_refused() -> None:
     [message] = connector.normalize(record)
     with pytest.raises(ValueError, match="refusing"):
         connector.enrich(message)
+
+
+def test_whatsapp_media_url_from_the_graph_api_follows_the_same_rules(media: responses.RequestsMock) -> None:
+    """The URL the Graph API resolves a media id to is held to the media hosts, redirects included."""
+    media.replace(responses.GET, WA_MEDIA_URL, status=302, headers={"Location": "https://169.254.169.254/x.jpg"})
+    connector = meta()
+    [record] = split_records(connector, post(raw("whatsapp_image")))
+    refused = r"refusing to follow a redirect from lookaside\.fbsbx\.com to '169\.254\.169\.254'"
+    with pytest.raises(MediaRefused, match=refused):
+        connector.enrich(connector.normalize(record)[0])
+    assert [call.request.url.split("?")[0] for call in media.calls] == [
+        f"{GRAPH}/1003383421387256", WA_MEDIA_URL.split("?")[0]]
 
 
 def test_verify_token_mismatch_is_403(runtime_meta: Runtime) -> None:

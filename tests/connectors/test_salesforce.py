@@ -569,6 +569,26 @@ def test_duplicate_rule_match_is_adopted(mocked: responses.RequestsMock) -> None
     assert sent(second.calls[0])["compositeRequest"][0]["body"]["ContactId"] == matched
 
 
+def test_a_deleted_case_is_upserted_again_by_its_external_id(mocked: responses.RequestsMock) -> None:
+    """The linked Case is gone: the comment is refused, nothing is written, and the write goes again with the Case
+    upserted by the conversation id."""
+    new_case = "500R000000B2cDfIAF"
+    deleted = [{"message": "entity is deleted", "errorCode": "ENTITY_IS_DELETED", "fields": []}]
+    first = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(sub_failure("message", deleted)))
+    second = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {**upsert_ok(new_case, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCfIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    links = linked()
+
+    result = salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), links)
+
+    assert (result.operation, result.remote_id, result.calls) == ("case_created", new_case, 2)
+    assert (first.call_count, second.call_count) == (1, 1)
+    assert [r["referenceId"] for r in sent(mocked.calls[1])["compositeRequest"]] == ["case", "message"]
+    assert links.get("conversation", CONVERSATION_ID) == (new_case, {"created": True})
+
+
 def test_expired_session_logs_in_again_once(mocked: responses.RequestsMock) -> None:
     logins = iter([SOAP_LOGIN, SOAP_LOGIN.replace(ACCESS_TOKEN, ACCESS_TOKEN + "-2")])
     mocked.add_callback("POST", "https://login.salesforce.com/services/Soap/u/59.0",

@@ -22,9 +22,9 @@ import responses
 from sqlalchemy import select
 
 from connectors.slack import SIGNATURE_HEADER, TIMESTAMP_HEADER, SlackChannel, signed_request
-from gateway.attachments import SCHEME
+from gateway.attachments import SCHEME, MediaRefused
 from gateway.config import load_config
-from gateway.errors import SignatureInvalid
+from gateway.errors import OnlineCheckFailed, SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import conversations, customers, identities, inbox, messages
@@ -223,6 +223,18 @@ def test_conversation_flow_with_edits_files_and_profiles(slack_runtime: Runtime)
     assert slack_runtime.channels[CHANNEL].context.attachments.read(attachment["location"]) == PNG
 
 
+def test_file_answered_with_the_sign_in_page_says_what_is_missing(_files: responses.RequestsMock) -> None:
+    """A token without files:read is sent on to the workspace's sign-in page: followed without the token, reported."""
+    sign_in = "https://gw1support.slack.com/?redir=%2Ffiles-pri%2FT0GW1SUPPORT-F0SCREEN001%2Fdownload%2Ferror.png"
+    _files.replace(responses.GET, FILE_URL, status=302, headers={"Location": sign_in})
+    _files.get(sign_in, body=b"<html>Sign in</html>", content_type="text/html; charset=utf-8")
+    connector = slack()
+    [record] = split_records(connector, request_for(payload("file_share")))
+    with pytest.raises(MediaRefused, match="with a login page: check files:read"):
+        connector.enrich(connector.normalize(record)[0])
+    assert "Authorization" not in _files.calls[-1].request.headers
+
+
 def test_retries_are_stored_once_and_acknowledged_without_network(slack_runtime: Runtime) -> None:
     """Slack's retries (X-Slack-Retry-Num, same event_id) are answered 200 and kept once; ingress calls no API."""
     client = create_app(slack_runtime).test_client()
@@ -351,3 +363,9 @@ def test_simulate_sample_request_verifies_and_normalises() -> None:
     [record] = split_records(connector, request)
     [message] = connector.normalize(record)
     assert message.text == "hello"
+
+
+def test_check_online_names_the_refusal_and_lets_no_slack_error_escape() -> None:
+    assert slack().check_online() == "bot support in workspace GW Support"
+    with pytest.raises(OnlineCheckFailed, match=r"^Slack refused the bot_token: invalid_auth$"):
+        slack(bot_token="xoxb-test-revoked-token").check_online()

@@ -23,7 +23,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from connectors.twilio import SIGNATURE_HEADER, TwilioChannel
-from gateway.attachments import SCHEME, AttachmentTooLarge
+from gateway.attachments import SCHEME, AttachmentTooLarge, MediaRefused
 from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
 from gateway.runtime import Runtime
@@ -323,6 +323,21 @@ def test_media_from_other_hosts_or_too_large_is_refused() -> None:
     [record] = split_records(small, form_request(load_fixture("mms")))
     with pytest.raises(AttachmentTooLarge):
         small.enrich(small.normalize(record)[0])
+
+
+def test_media_redirected_off_twilio_is_refused(media: responses.RequestsMock) -> None:
+    """Twilio's media URL may only send the download on to its CDN hosts, and never with the credentials."""
+    media.replace(responses.GET, MEDIA_URLS[0], status=307, headers={"Location": "https://evil.example.com/m0"})
+    connector = twilio()
+    [record] = split_records(connector, form_request(load_fixture("mms")))
+    refused = r"refusing to follow a redirect from api\.twilio\.com to 'evil\.example\.com'"
+    with pytest.raises(MediaRefused, match=refused):
+        connector.enrich(connector.normalize(record)[0])
+    assert [call.request.url for call in media.calls] == [MEDIA_URLS[0]]
+    cdn_only = twilio(media_hosts=["twiliocdn.com"])  # the CDN is reached by redirect only, never asked first
+    [record] = split_records(cdn_only, form_request(replace(load_fixture("mms"), MediaUrl0=f"{CDN}/m0", NumMedia="1")))
+    with pytest.raises(MediaRefused, match=r"refusing to fetch media from 's3-external-1\.amazonaws\.com'"):
+        cdn_only.enrich(cdn_only.normalize(record)[0])
 
 
 def test_whatsapp_media_through_twilio() -> None:

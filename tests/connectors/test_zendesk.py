@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from responses import matchers
 
 from connectors.zendesk import MARKER, ZendeskConfig, ZendeskCrm
-from gateway.errors import PermanentError, RetryableError
+from gateway.errors import OnlineCheckFailed, PermanentError, RetryableError
 from gateway.plugins import ConnectorContext, CrmConnector
 from tests.conformance.crm import (
     CONVERSATION_ID,
@@ -402,7 +402,7 @@ def test_oauth_auth_is_a_bearer_token(mocked: responses.RequestsMock) -> None:
 def test_check_online_refuses_an_anonymous_answer(mocked: responses.RequestsMock) -> None:
     # /users/me is allowed for anonymous users: bad credentials can still answer 200
     mocked.get(f"{API}/users/me", json={"user": {"id": None, "name": "Anonymous user", "role": "end-user"}})
-    with pytest.raises(RuntimeError, match="did not accept the credentials"):
+    with pytest.raises(OnlineCheckFailed, match="did not accept the credentials"):
         zendesk().check_online()
 
 
