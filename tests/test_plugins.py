@@ -18,6 +18,7 @@ from gateway.plugins import (
     DeliveryItem,
     DeliveryResult,
     LinkStore,
+    WebhookChannel,
     inbound_message,
     online_check,
     online_failure,
