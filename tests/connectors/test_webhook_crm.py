@@ -6,6 +6,7 @@ import hmac
 import json
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -137,3 +138,50 @@ def test_retry_after_in_http_date_form_is_not_misread(mocked: responses.Requests
     with pytest.raises(RetryableError) as caught:
         webhook().deliver(delivery_item(crm="hook"), MemoryLinkStore())
     assert caught.value.retry_after is None
+
+
+REPLY_SECRET = "test-reply-key"
+
+
+def two_way_webhook(http: requests.Session | None = None) -> WebhookCrm:
+    config = WebhookConfig(url=URL, secret=SECRET, reply_secret=REPLY_SECRET)
+    return WebhookCrm("hook", config, ConnectorContext(http=http or requests.Session()))
+
+
+def test_reply_secret_must_differ_from_the_signing_secret() -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        WebhookConfig(url=URL, secret=SECRET, reply_secret=SECRET)
+
+
+def test_a_signed_reply_is_taken_and_one_signed_with_our_own_key_is_refused() -> None:
+    from gateway import signed_replies
+    from gateway.errors import SignatureInvalid
+    from gateway.records import RawRecord
+    from gateway.webhooks import Headers
+
+    crm = two_way_webhook()
+    good = signed_replies.sample(crm.config.reply_secret, conversation_id=CONVERSATION_ID, text="On its way",
+                                 public_url="https://gw.example.com/crm-hooks/hook")
+    crm.verify_reply_hook(good)
+    [item] = crm.split_reply_hook(good)
+    record = RawRecord(1, "crm:hook", item.provider_id, item.kind, item.body, item.content_type, Headers({}),
+                       "", datetime.now(UTC))
+    [reply] = crm.agent_replies(record, MemoryLinkStore())
+    assert (reply.conversation_id, reply.text, reply.author) == (CONVERSATION_ID, "On its way", "Simulated agent")
+    # what the gateway itself posts is signed with `secret`: played back as a reply it is refused
+    ours = signed_replies.sample(crm.config.secret, conversation_id=CONVERSATION_ID, text="x", public_url="")
+    with pytest.raises(SignatureInvalid):
+        crm.verify_reply_hook(ours)
+    with pytest.raises(SignatureInvalid, match="not enabled"):
+        webhook().verify_reply_hook(good)
+
+
+def test_a_note_is_posted_signed_with_its_key_as_the_idempotency_key() -> None:
+    with responses.RequestsMock() as mocked:
+        mocked.post(URL, status=202)
+        two_way_webhook().post_note(CONVERSATION_ID, "Not delivered: window closed", MemoryLinkStore(), key="k-1")
+        [call] = mocked.calls
+    assert receiver_accepts(call.request)
+    assert call.request.headers["Idempotency-Key"] == "k-1"
+    assert json.loads(call.request.body)["note"] == {"conversation_id": CONVERSATION_ID,
+                                                      "text": "Not delivered: window closed", "internal": True}
