@@ -9,16 +9,15 @@ from typing import Any
 from sqlalchemy import Engine, Row, select
 
 from gateway import metrics
+from gateway.context import delivery_item, stored_message_context
 from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, PermanentError, RetryableError
 from gateway.mapping import MappingRenderError
-from gateway.model import Message
-from gateway.pipeline import customer_context, mapping_context
-from gateway.plugins import ConversationView, CustomerView, DeliveryItem, DeliveryResult
+from gateway.plugins import DeliveryItem, DeliveryResult
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.queues import insert_for
-from gateway.storage.tables import conversations, crm_links, delivery_log, messages, outbox
+from gateway.storage.tables import crm_links, delivery_log, outbox
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,6 @@ class DbLinkStore:
             conn.execute(statement)
 
 
-def idempotency_key(crm: str, message_id: str) -> str:
-    return f"gw-{crm}-{message_id}"
-
-
 class DeliveryWorker:
     """Claims a batch of outbox groups (one group = pending messages of one conversation, in order) and hands them to
     the CRM connector's ``deliver_groups``, which may coalesce a group into one write and batch many groups."""
@@ -80,25 +75,11 @@ class DeliveryWorker:
 
     def _item(self, row: Row[Any]) -> DeliveryItem:
         with self.rt.engine.connect() as conn:
-            stored = conn.execute(select(messages).where(messages.c.id == row.message_id)).one()
-            customer = customer_context(conn, stored.customer_id)
-            previous_id = conn.execute(select(conversations.c.previous_id).where(
-                conversations.c.id == stored.conversation_id)).scalar_one_or_none()
-        message = Message.model_validate(stored.data)
-        conversation = {"id": stored.conversation_id, "channel": message.channel.value,
-                        "thread_rule": stored.thread_rule, "opened_by_message": stored.thread_rule == "new",
-                        "previous_id": previous_id}
+            context = stored_message_context(conn, row.message_id)
         fields = row.fields
         if fields is None:  # dead-lettered by a mapping error, replayed after the mapping was fixed
-            fields = self.rt.mappings[row.crm].apply(mapping_context(message, customer, conversation))
-        return DeliveryItem(
-            outbox_id=row.id, attempt=row.attempts, idempotency_key=idempotency_key(row.crm, row.message_id),
-            message=message,
-            customer=CustomerView(customer["id"], customer["display_name"],
-                                  tuple((i["kind"], i["value"]) for i in customer["identifiers"])),
-            conversation=ConversationView(stored.conversation_id, message.channel.value,
-                                          conversation["opened_by_message"], previous_id),
-            fields=fields)
+            fields = self.rt.mappings[row.crm].apply(context.for_mapping())
+        return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields)
 
     def process(self, groups: list[list[Row[Any]]]) -> int:
         by_crm: dict[str, list[list[Row[Any]]]] = {}
