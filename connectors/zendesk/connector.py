@@ -173,8 +173,7 @@ class ZendeskCrm(CrmConnector):
             found = self.find_ticket(items[0].conversation.id) if exc.code == "IdempotentRequestError" else None
             if found is None:
                 raise
-            links.put("conversation", items[0].conversation.id, str(found["id"]), {"status": found.get("status")})
-            return str(found["id"])
+            return self.link_ticket(items[0].conversation.id, found, links)
         ticket_id = str(body["ticket"]["id"])
         links.put("conversation", items[0].conversation.id, ticket_id,
                   {"status": body["ticket"].get("status"), "updated_at": body["ticket"].get("updated_at")})
@@ -208,15 +207,9 @@ class ZendeskCrm(CrmConnector):
                       {"status": current.get("status"), "updated_at": current.get("updated_at")})
             return self.append(items, user_id, ticket_id, links, stamp_checked=True)
         if is_closed_error(response) or response.status_code == 404:
-            if any(item.attempt > 1 for item in items):
-                # an earlier attempt may have opened the new ticket and died before linking it; the
-                # Idempotency-Key guards that for two hours only (ticketing/introduction/#idempotency)
-                found = self.find_ticket(conversation)
-                if found is not None and str(found["id"]) != ticket_id:
-                    found_id = str(found["id"])
-                    links.put("conversation", conversation, found_id, {"status": found.get("status")})
-                    pending = self.unwritten(items, found_id)
-                    return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
+            recovered = self.recover_unlinked_ticket(items, user_id, ticket_id, links)
+            if recovered is not None:
+                return recovered
             if response.status_code == 404:
                 return "ticket_recreated", self.create_ticket(items, user_id, links)
             return self.continue_on_new_ticket(items, user_id, ticket_id, CLOSED, links)
@@ -228,13 +221,9 @@ class ZendeskCrm(CrmConnector):
         """A new ticket for a conversation whose ticket ended: a follow-up of a closed one (Zendesk links them),
         and for a solved one a ``followup-of-N`` tag, since Zendesk only records follow-ups of closed tickets."""
         links.put("conversation", items[0].conversation.id, old_ticket_id, {"status": old_status})
-        if any(item.attempt > 1 for item in items):
-            found = self.find_ticket(items[0].conversation.id)  # an earlier attempt may have made it already
-            if found is not None and str(found["id"]) != old_ticket_id:
-                found_id = str(found["id"])
-                links.put("conversation", items[0].conversation.id, found_id, {"status": found.get("status")})
-                pending = self.unwritten(items, found_id)
-                return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
+        recovered = self.recover_unlinked_ticket(items, user_id, old_ticket_id, links)
+        if recovered is not None:
+            return recovered
         followup_of = old_ticket_id if old_status == CLOSED else None
         extra_tags = [] if followup_of else [f"followup-of-{old_ticket_id}"]
         return "followup_ticket_created", self.create_ticket(items, user_id, links, followup_of, extra_tags)
@@ -255,17 +244,38 @@ class ZendeskCrm(CrmConnector):
             url = next_url.split("/api/v2", 1)[1] if next_url else None
         return found
 
-    def already_written(self, ticket_id: str, message_id: str) -> bool:
-        return message_id in self.written_ids(ticket_id)
-
     def unwritten(self, items: list[DeliveryItem], ticket_id: str) -> list[DeliveryItem]:
+        """The items whose message ids the ticket's audits do not hold."""
         written = self.written_ids(ticket_id)
         return [item for item in items if item.message.id not in written]
 
     def find_ticket(self, conversation_id: str) -> dict[str, Any] | None:
+        """The conversation's newest ticket that is not closed, found by its ``external_id``."""
         body = self.client.call("GET", "/tickets", params={"external_id": conversation_id})
         tickets = [t for t in body.get("tickets", []) if t.get("status") != CLOSED]
         return max(tickets, key=lambda t: t["id"]) if tickets else None
+
+    def link_ticket(self, conversation_id: str, ticket: dict[str, Any], links: LinkStore) -> str:
+        """Link the conversation to a ticket found in Zendesk; its id."""
+        links.put("conversation", conversation_id, str(ticket["id"]), {"status": ticket.get("status")})
+        return str(ticket["id"])
+
+    def recover_unlinked_ticket(self, items: list[DeliveryItem], user_id: str, linked_ticket_id: str,
+                                links: LinkStore) -> tuple[str, str] | None:
+        """On a retry, the new ticket an earlier attempt opened and died before linking: link it and write there
+        only what it lacks. None on a first attempt, or when the conversation has no other ticket.
+
+        The ``Idempotency-Key`` of that attempt guards against a second ticket for two hours only
+        (ticketing/introduction/#idempotency), so the ticket is looked up by the conversation id.
+        """
+        if not any(item.attempt > 1 for item in items):
+            return None
+        found = self.find_ticket(items[0].conversation.id)
+        if found is None or str(found["id"]) == linked_ticket_id:
+            return None
+        found_id = self.link_ticket(items[0].conversation.id, found, links)
+        pending = self.unwritten(items, found_id)
+        return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
 
     def ticket_from_job(self, conversation_id: str, links: LinkStore) -> str | None:
         """The ticket a batch job created for this conversation, if a previous attempt queued one."""
@@ -296,8 +306,7 @@ class ZendeskCrm(CrmConnector):
                 return from_job
             found = self.find_ticket(items[0].conversation.id)
             if found is not None:
-                links.put("conversation", items[0].conversation.id, str(found["id"]), {"status": found.get("status")})
-                return str(found["id"])
+                return self.link_ticket(items[0].conversation.id, found, links)
         return link[0] if link else None
 
     # -- delivery ----------------------------------------------------------------------------------------------
