@@ -64,7 +64,7 @@ class SalesforceCrm(CrmConnector):
 
     # -- payloads ------------------------------------------------------------------------------------------------
     @staticmethod
-    def group(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    def prefixed_fields(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         """The mapped fields under ``prefix.`` (``case.Subject`` -> ``Subject``), empty values left out."""
         start = prefix + "."
         return {k[len(start):]: v for k, v in fields.items() if k.startswith(start) and v not in (None, "")}
@@ -75,10 +75,10 @@ class SalesforceCrm(CrmConnector):
         body: dict[str, Any] = {"LastName": customer.display_name or phone or email or f"Customer {customer.id[:8]}"}
         if self.config.contact_object == "Contact":
             body.update({k: v for k, v in (("MobilePhone", phone), ("Email", email)) if v})
-        return {**body, **self.group(item.fields, "contact")}
+        return {**body, **self.prefixed_fields(item.fields, "contact")}
 
     def case_body(self, item: DeliveryItem, contact_ref: str | None) -> dict[str, Any]:
-        body = self.group(item.fields, "case")
+        body = self.prefixed_fields(item.fields, "case")
         if contact_ref is not None and self.config.link_field:
             body[self.config.link_field] = contact_ref
         return body
@@ -117,7 +117,7 @@ class SalesforceCrm(CrmConnector):
             body = {"ParentId": case_ref, self.body_field(obj): text}
         if self.config.message_marker_field:
             body[self.config.message_marker_field] = message.id
-        return {**body, **self.group(item.fields, "activity")}
+        return {**body, **self.prefixed_fields(item.fields, "activity")}
 
     def message_subrequest(self, item: DeliveryItem, case_ref: str) -> dict[str, Any]:
         obj = self.message_object(item)
@@ -152,7 +152,7 @@ class SalesforceCrm(CrmConnector):
                                              self.config.case_external_id_field, conversation_id))
         return str(records[0]["Id"]) if records else None
 
-    def already_written(self, item: DeliveryItem, case_id: str) -> str | None:
+    def written_record(self, item: DeliveryItem, case_id: str) -> str | None:
         """The id of the record an earlier attempt wrote for this message, if it landed."""
         obj = self.message_object(item)
         if self.config.message_marker_field:
@@ -221,7 +221,7 @@ class SalesforceCrm(CrmConnector):
                     links.put("conversation", item.conversation.id, case_id)
             if case_id is not None:
                 calls += 1
-                if self.already_written(item, case_id) is not None:
+                if self.written_record(item, case_id) is not None:
                     return DeliveryResult("already_written", case_id, calls=calls)
         adopt = None
         if self.config.match_existing_contacts and links.get("customer", item.customer.id) is None:

@@ -104,7 +104,7 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
     careful = [items for items in groups if any(item.attempt > 1 for item in items)]
     fresh = [items for items in groups if all(item.attempt <= 1 for item in items)]
     for items in careful:
-        outcomes.update(crm.deliver_group(items, links))
+        outcomes.update(crm.deliver_conversation(items, links))
     try:
         users = _ensure_users(crm, fresh, links, outcomes)
     except DeliveryError as exc:
@@ -120,7 +120,7 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
         if link is None:
             creates.append(items)
         elif link[1].get("status") in ENDED:
-            outcomes.update(crm.deliver_group(items, links))  # a follow-up ticket: the careful path
+            outcomes.update(crm.deliver_conversation(items, links))  # a follow-up ticket: the careful path
         else:
             updates.append((link[0], items))
     jobs: dict[str, tuple[str, list[Any]]] = {}
@@ -173,5 +173,5 @@ def deliver_bulk(crm: ZendeskCrm, groups: list[list[DeliveryItem]], links: LinkS
                 # refused (closed ticket, collision, ...): nothing landed; the one-conversation path continues
                 if "closed" in f"{result.get('error')} {result.get('details')}".lower():
                     links.put("conversation", items[0].conversation.id, ticket_id, {"status": "closed"})
-                outcomes.update(crm.deliver_group(items, links))
+                outcomes.update(crm.deliver_conversation(items, links))
     return outcomes

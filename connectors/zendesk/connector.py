@@ -310,8 +310,9 @@ class ZendeskCrm(CrmConnector):
         return link[0] if link else None
 
     # -- delivery ----------------------------------------------------------------------------------------------
-    def deliver_group(self, items: list[DeliveryItem], links: LinkStore) -> Outcomes:
-        """One conversation's pending messages, in order, as one write."""
+    def deliver_conversation(self, items: list[DeliveryItem], links: LinkStore) -> Outcomes:
+        """One conversation's pending messages, in order, as one write (the careful path: a retry checks Zendesk
+        before writing again)."""
         outcomes: Outcomes = {}
         try:
             user_id = self.ensure_user(items[0], links)
@@ -348,7 +349,7 @@ class ZendeskCrm(CrmConnector):
         return outcomes
 
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
-        outcome = self.deliver_group([item], links)[item.outbox_id]
+        outcome = self.deliver_conversation([item], links)[item.outbox_id]
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome
@@ -360,7 +361,7 @@ class ZendeskCrm(CrmConnector):
             return deliver_bulk(self, groups, links)
         outcomes: Outcomes = {}
         for items in groups:
-            outcomes.update(self.deliver_group(items, links))
+            outcomes.update(self.deliver_conversation(items, links))
         return outcomes
 
     def sync_directory(self, directory: CrmDirectory, cursors: CursorStore, max_pages: int = 20) -> int:
