@@ -17,7 +17,8 @@ from typing import Any
 
 import requests
 
-from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
+from connectors.zendesk.bulk import BatchDelivery, Outcomes
+from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
 from gateway.errors import DeliveryError, PermanentError, RetryableError
@@ -28,7 +29,6 @@ MARKER = "gateway_message_id"
 CLOSED = "closed"
 TICKET_FIELDS = ("subject", "tags", "priority", "type", "group_id", "brand_id", "custom_fields", "status")
 _MAX_AUDIT_PAGES = 20
-Outcomes = dict[int, DeliveryResult | DeliveryError]
 
 
 def coalesced_body(items: list[DeliveryItem]) -> str:
@@ -290,8 +290,6 @@ class ZendeskCrm(CrmConnector):
         status = response.json().get("job_status") or {}
         if status.get("status") in ("queued", "working"):
             raise RetryableError(f"Zendesk job {job[0]} is still running", code="job_pending", retry_after=10)
-        from connectors.zendesk.bulk import result_for
-
         result = result_for(status.get("results") or [], int(job[1].get("index", 0)))
         if result is None or not result.get("id") or result.get("error"):
             return None
@@ -355,10 +353,10 @@ class ZendeskCrm(CrmConnector):
         return outcome
 
     def deliver_groups(self, groups: list[list[DeliveryItem]], links: LinkStore) -> Outcomes:
+        """Each conversation's pending messages as one write; from ``bulk_threshold`` conversations on, through the
+        batch endpoints."""
         if len(groups) >= self.config.bulk_threshold:
-            from connectors.zendesk.bulk import deliver_bulk
-
-            return deliver_bulk(self, groups, links)
+            return BatchDelivery(self, links).deliver(groups)
         outcomes: Outcomes = {}
         for items in groups:
             outcomes.update(self.deliver_conversation(items, links))
