@@ -55,6 +55,7 @@ class ZendeskConfig(ConnectorConfig):
 
     @property
     def api(self) -> str:
+        """The API root: ``base_url`` or the subdomain's, with ``/api/v2``."""
         return (self.base_url or f"https://{self.subdomain}.zendesk.com").rstrip("/") + "/api/v2"
 
 
@@ -86,6 +87,7 @@ def classify(response: requests.Response, *, mapped: dict[str, str] | None = Non
 
 
 def is_closed_error(response: requests.Response) -> bool:
+    """Whether a 422 says the ticket is closed (closed tickets take no updates)."""
     if response.status_code != 422:
         return False
     try:
@@ -129,6 +131,7 @@ class ZendeskClient:
         self.calls = 0
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request within the shared budget; a 429 is waited out inline a few times, pausing every process."""
         headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
         if self.config.oauth_token is not None:
             headers["Authorization"] = f"Bearer {self.config.oauth_token.get_secret_value()}"
@@ -154,6 +157,7 @@ class ZendeskClient:
         return response
 
     def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> dict[str, Any]:
+        """A request whose answer must be one of ``ok``; its JSON body, or the classified error raised."""
         response = self.request(method, path, **kwargs)
         if response.status_code not in ok:
             classify(response)

@@ -41,6 +41,7 @@ def coalesced_body(items: list[DeliveryItem]) -> str:
 
 
 def marker(items: list[DeliveryItem]) -> dict[str, str]:
+    """The audit metadata naming the gateway message ids a write carries."""
     return {MARKER: ",".join(item.message.id for item in items)}
 
 
@@ -60,6 +61,7 @@ class ZendeskCrm(CrmConnector):
 
     # -- payloads ----------------------------------------------------------------------------------------------
     def user_payload(self, item: DeliveryItem) -> dict[str, Any]:
+        """The end user for the item's customer, keyed by ``external_id`` = customer id."""
         customer = item.customer
         phone, email = customer.first("phone"), customer.first("email")
         user: dict[str, Any] = {
@@ -74,6 +76,7 @@ class ZendeskCrm(CrmConnector):
         return user
 
     def comment(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
+        """One comment carrying the items' messages, authored by the customer's user, with uploaded attachments."""
         comment: dict[str, Any] = {"body": coalesced_body(items), "public": bool(items[0].fields.get("public", True)),
                                    "author_id": int(user_id)}
         tokens = self.upload_tokens(items)
@@ -96,6 +99,7 @@ class ZendeskCrm(CrmConnector):
         return tokens
 
     def ticket_payload(self, items: list[DeliveryItem], user_id: str, followup_of: str | None = None) -> dict[str, Any]:
+        """A new ticket for the items' conversation: its first comment, requester, mapped ticket fields and marker."""
         first = items[0]
         ticket: dict[str, Any] = {
             "comment": self.comment(items, user_id),
@@ -114,6 +118,7 @@ class ZendeskCrm(CrmConnector):
         return ticket
 
     def update_payload(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
+        """A comment on the conversation's ticket, with the marker and the tags of the messages' channels."""
         update: dict[str, Any] = {"comment": self.comment(items, user_id), "metadata": marker(items)}
         tags = [tag for item in items for tag in (item.fields.get("tags") or [])]
         if tags:  # the ticket gains the tags of the channel each message came from
@@ -138,6 +143,7 @@ class ZendeskCrm(CrmConnector):
         return user_id
 
     def ensure_user(self, item: DeliveryItem, links: LinkStore) -> str:
+        """The customer's Zendesk user id: linked, adopted from the directory, or upserted by external id."""
         link = links.get("customer", item.customer.id)
         if link is not None:
             return link[0]
@@ -152,6 +158,7 @@ class ZendeskCrm(CrmConnector):
     # -- tickets -----------------------------------------------------------------------------------------------
     def create_ticket(self, items: list[DeliveryItem], user_id: str, links: LinkStore,
                       followup_of: str | None = None, extra_tags: list[str] | None = None) -> str:
+        """Create the conversation's ticket under an ``Idempotency-Key`` and link it; its id."""
         key = items[0].idempotency_key
         if len(items) > 1:  # a coalesced write: the key names exactly the messages it carries
             ids = ",".join(item.message.id for item in items)
@@ -297,6 +304,7 @@ class ZendeskCrm(CrmConnector):
         return str(result["id"])
 
     def ticket_for(self, items: list[DeliveryItem], links: LinkStore) -> str | None:
+        """The conversation's ticket id, if it has one; a retry also asks an earlier batch job and Zendesk itself."""
         link = links.get("conversation", items[0].conversation.id)
         if link is None and any(item.attempt > 1 for item in items):
             from_job = self.ticket_from_job(items[0].conversation.id, links)
@@ -347,6 +355,7 @@ class ZendeskCrm(CrmConnector):
         return outcomes
 
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
+        """One message, on the one-conversation path."""
         outcome = self.deliver_conversation([item], links)[item.outbox_id]
         if isinstance(outcome, DeliveryError):
             raise outcome
@@ -397,6 +406,7 @@ class ZendeskCrm(CrmConnector):
         self.client.call("PUT", f"/users/{absorbed_remote_id}/merge", json={"user": {"id": int(survivor_remote_id)}})
 
     def check_online(self) -> str:
+        """Read the authenticated user (tests credentials and reachability)."""
         body = self.client.call("GET", "/users/me")
         user = body.get("user") or {}
         if not user.get("id") or user.get("role") not in ("agent", "admin"):

@@ -184,13 +184,16 @@ class MemoryDirectory:
         self.records: dict[str, list[tuple[str, str]]] = {}
 
     def replace_records(self, records: Iterable[tuple[str, Iterable[tuple[str, str]]]]) -> None:
+        """Store each record's identifiers, replacing what it held before."""
         for remote_id, identifiers in records:
             self.records[remote_id] = sorted(identifiers)
 
     def replace_record(self, remote_id: str, identifiers: Iterable[tuple[str, str]]) -> None:
+        """Store one record's identifiers."""
         self.replace_records([(remote_id, identifiers)])
 
     def remove_record(self, remote_id: str) -> None:
+        """Forget a record (deleted, suspended, or no longer a customer in the CRM)."""
         self.records.pop(remote_id, None)
 
 
@@ -201,9 +204,11 @@ class MemoryCursors:
         self.values: dict[str, dict[str, Any]] = {}
 
     def get(self, name: str) -> dict[str, Any] | None:
+        """The cursor stored under ``name``, if any."""
         return self.values.get(name)
 
     def put(self, name: str, value: dict[str, Any]) -> None:
+        """Store a cursor under ``name``."""
         self.values[name] = dict(value)
 
 
@@ -215,6 +220,7 @@ class DirectoryLinkStore(MemoryLinkStore):
         self.records = records
 
     def find_records(self, kind: str, value: str) -> list[str]:
+        """The CRM records that hold this identifier."""
         return list(self.records.get((kind, value), []))
 
 
