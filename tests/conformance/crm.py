@@ -17,7 +17,9 @@ existing contacts (``mock_directory``) and merging two contacts (``mock_merge`` 
 provides those hooks only when its connector has the ability; the cases are skipped for one without it.
 
 ``HttpCrmConformance`` adds the error-classification tests for CRMs reached over HTTP; its subclasses also provide
-``mock_failure(mocked, ...)`` (the first write answers with the given failure) and ``error_body(status)``.
+``mock_failure(mocked, ...)`` (the first write answers with the given failure) and ``error_body(status)``. The group
+cases register ``mock_success`` after ``mock_failure``: each failure registered once is then answered once, and the
+healthy CRM answers from the next request on.
 """
 
 from __future__ import annotations
