@@ -6,24 +6,21 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row
 
 from gateway import metrics
+from gateway.context import delivery_item, stored_message_context
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.mapping import MappingRenderError
-from gateway.model import Message
-from gateway.pipeline import customer_context, mapping_context
-from gateway.plugins import ConversationView, CustomerView, DeliveryItem, DeliveryResult
+from gateway.plugins import DeliveryItem, DeliveryResult
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
-from gateway.storage.tables import conversations, delivery_log, messages, outbox
+from gateway.storage.tables import delivery_log, outbox
 
 log = logging.getLogger(__name__)
 
 
-def idempotency_key(crm: str, message_id: str) -> str:
-    return f"gw-{crm}-{message_id}"
 
 
 class DeliveryWorker:
@@ -47,25 +44,11 @@ class DeliveryWorker:
 
     def _item(self, row: Row[Any]) -> DeliveryItem:
         with self.rt.engine.connect() as conn:
-            stored = conn.execute(select(messages).where(messages.c.id == row.message_id)).one()
-            customer = customer_context(conn, stored.customer_id)
-            previous_id = conn.execute(select(conversations.c.previous_id).where(
-                conversations.c.id == stored.conversation_id)).scalar_one_or_none()
-        message = Message.model_validate(stored.data)
-        conversation = {"id": stored.conversation_id, "channel": message.channel.value,
-                        "thread_rule": stored.thread_rule, "opened_by_message": stored.thread_rule == "new",
-                        "previous_id": previous_id}
+            context = stored_message_context(conn, row.message_id)
         fields = row.fields
         if fields is None:  # dead-lettered by a mapping error, replayed after the mapping was fixed
-            fields = self.rt.mappings[row.crm].apply(mapping_context(message, customer, conversation))
-        return DeliveryItem(
-            outbox_id=row.id, attempt=row.attempts, idempotency_key=idempotency_key(row.crm, row.message_id),
-            message=message,
-            customer=CustomerView(customer["id"], customer["display_name"],
-                                  tuple((i["kind"], i["value"]) for i in customer["identifiers"])),
-            conversation=ConversationView(stored.conversation_id, message.channel.value,
-                                          conversation["opened_by_message"], previous_id),
-            fields=fields)
+            fields = self.rt.mappings[row.crm].apply(context.for_mapping())
+        return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields)
 
     def process(self, groups: list[list[Row[Any]]]) -> int:
         by_crm: dict[str, list[list[Row[Any]]]] = {}

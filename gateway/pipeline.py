@@ -14,10 +14,10 @@ from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics
+from gateway.context import MessageContext, conversation_context, customer_context
 from gateway.conversations import assign_conversation
 from gateway.errors import DeliveryError
 from gateway.identity import resolve_customer, rules_from_config
-from gateway.identity.merges import live_customer_id
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.language import detect_language
 from gateway.mapping import MappingRenderError
@@ -32,26 +32,12 @@ from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
 from gateway.storage.queues import insert_for
-from gateway.storage.tables import customers, identities, inbox, messages, outbox, provider_statuses
+from gateway.storage.tables import inbox, messages, outbox, provider_statuses
 from gateway.webhooks import Headers
 
 log = logging.getLogger(__name__)
 FAILED_STATUSES = frozenset({"failed", "undelivered"})
 ENRICH_ATTEMPTS = 5  # then a message whose media cannot be fetched is delivered without them
-
-
-def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
-    """The customer as mappings and CRM connectors see it (the live customer, if it was merged since)."""
-    customer_id = live_customer_id(conn, customer_id)
-    name = conn.execute(select(customers.c.display_name).where(customers.c.id == customer_id)).scalar_one()
-    rows = conn.execute(select(identities.c.kind, identities.c.value)
-                        .where(identities.c.customer_id == customer_id).order_by(identities.c.id))
-    return {"id": customer_id, "display_name": name,
-            "identifiers": [{"kind": kind, "value": value} for kind, value in rows]}
-
-
-def mapping_context(message: Message, customer: dict[str, Any], conversation: dict[str, Any]) -> dict[str, Any]:
-    return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation}
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,16 +232,16 @@ class PipelineWorker:
             conversation_id=conversation_id, thread_rule=rule, data=message.model_dump(mode="json"),
             received_at=message.received_at, created_at=now))
         record_keyword(conn, message)
-        customer = customer_context(conn, customer_id)
-        conversation = {"id": conversation_id, "channel": message.channel.value, "thread_rule": rule,
-                        "opened_by_message": assignment.opened, "previous_id": assignment.previous_id}
+        context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
+            conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
+            previous_id=assignment.previous_id))
         for route in self.rt.config.routes_from(message.connector):
             fields: dict[str, Any] | None = None
             error: MappingRenderError | None = None
             mapping = self.rt.mappings.get(route.to)
             if mapping is not None:
                 try:
-                    fields = mapping.apply(mapping_context(message, customer, conversation))
+                    fields = mapping.apply(context.for_mapping())
                 except MappingRenderError as exc:
                     error = exc
             else:

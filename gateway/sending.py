@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 
 from gateway import metrics
+from gateway.context import customer_context
 from gateway.errors import (
     DeliveryError,
     OutcomeUnknown,
@@ -30,7 +31,6 @@ from gateway.errors import (
 from gateway.model import Message
 from gateway.notes import queue_note
 from gateway.optouts import add_opt_out, opted_out
-from gateway.pipeline import customer_context
 from gateway.plugins import CustomerView, ReplySender, SendRequest, SendResult
 from gateway.replies import last_inbound
 from gateway.runtime import Runtime

@@ -13,7 +13,6 @@ from responses import matchers
 from sqlalchemy import select
 
 from connectors.zendesk import ZendeskConfig, ZendeskCrm
-from gateway.delivery import DbLinkStore
 from gateway.directory import CrmDirectory
 from gateway.identity import IdentityRules, resolve_customer
 from gateway.identity.merges import live_customer_id
@@ -22,6 +21,7 @@ from gateway.plugins import ConnectorContext, CustomerView
 from gateway.runtime import Runtime
 from gateway.storage.cursors import Cursors
 from gateway.storage.db import utcnow
+from gateway.storage.links import DbLinkStore
 from gateway.storage.tables import crm_links, merge_suggestions, merges
 from tests.conformance.crm import delivery_item, twilio_sms
 

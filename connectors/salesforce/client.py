@@ -115,6 +115,7 @@ class SalesforceConfig(CrmConfig):
 
     @property
     def link_field(self) -> str | None:
+        """The Case field that points at the contact."""
         return self.case_contact_field or LINK_FIELDS.get(self.contact_object)
 
 
@@ -129,6 +130,7 @@ class Budget:
 
     @property
     def remaining(self) -> int | None:
+        """Daily API calls left, if known."""
         return None if self.used is None or self.total is None else self.total - self.used
 
 
@@ -273,6 +275,7 @@ class SalesforceClient:
     # -- API budget ----------------------------------------------------------------------------------------------
     @property
     def reserve(self) -> int:
+        """Daily API calls left to other apps: the larger of the configured count and percentage."""
         total = self.budget.total or 0
         return max(self.config.api_reserve_calls, int(total * self.config.api_reserve_percent / 100))
 

@@ -78,37 +78,43 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
 
     # -- payloads ------------------------------------------------------------------------------------------------
     @staticmethod
-    def group(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    def prefixed_fields(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         """The mapped fields under ``prefix.`` (``case.Subject`` -> ``Subject``), empty values left out."""
         start = prefix + "."
         return {k[len(start):]: v for k, v in fields.items() if k.startswith(start) and v not in (None, "")}
 
     def contact_body(self, item: DeliveryItem) -> dict[str, Any]:
+        """The contact record for the item's customer, with the mapped ``contact.`` fields."""
         customer = item.customer
         phone, email = customer.first("phone") or customer.first("whatsapp"), customer.first("email")
         body: dict[str, Any] = {"LastName": customer.display_name or phone or email or f"Customer {customer.id[:8]}"}
         if self.config.contact_object == "Contact":
             body.update({k: v for k, v in (("MobilePhone", phone), ("Email", email)) if v})
-        return {**body, **self.group(item.fields, "contact")}
+        return {**body, **self.prefixed_fields(item.fields, "contact")}
 
     def case_body(self, item: DeliveryItem, contact_ref: str | None) -> dict[str, Any]:
-        body = self.group(item.fields, "case")
+        """The Case for the item's conversation: the mapped ``case.`` fields, pointing at the contact."""
+        body = self.prefixed_fields(item.fields, "case")
         if contact_ref is not None and self.config.link_field:
             body[self.config.link_field] = contact_ref
         return body
 
     def message_object(self, item: DeliveryItem) -> str:
+        """The object a message is written as: the email object for email, else the comment object."""
         if item.message.channel is ChannelType.EMAIL and self.config.email_object:
             return self.config.email_object
         return self.config.comment_object
 
     def body_field(self, obj: str) -> str:
+        """The field of ``obj`` that holds the message text."""
         return self.config.message_body_field or BODY_FIELDS.get(obj, "Body__c")
 
     def uses_body_marker(self) -> bool:
+        """Whether the message id travels as a reference line in the body (no field is configured for it)."""
         return self.config.message_external_id_field is None and self.config.message_marker_field is None
 
     def message_body(self, item: DeliveryItem, case_ref: str) -> dict[str, Any]:
+        """The message record under the Case, with the mapped ``activity.`` fields."""
         message = item.message
         obj = self.message_object(item)
         text = str(item.fields.get("comment") or message.text or message.full_text or "(empty message)")
@@ -131,9 +137,10 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
             body = {"ParentId": case_ref, self.body_field(obj): text}
         if self.config.message_marker_field:
             body[self.config.message_marker_field] = message.id
-        return {**body, **self.group(item.fields, "activity")}
+        return {**body, **self.prefixed_fields(item.fields, "activity")}
 
     def message_subrequest(self, item: DeliveryItem, case_ref: str) -> dict[str, Any]:
+        """The composite subrequest writing the message: an upsert by external id, or an insert."""
         obj = self.message_object(item)
         body = self.message_body(item, case_ref)
         if self.config.message_external_id_field:
@@ -143,6 +150,7 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
 
     def upsert_subrequest(self, obj: str, ext_field: str, value: str, body: dict[str, Any],
                           reference: str) -> dict[str, Any]:
+        """A composite subrequest upserting ``obj`` by its external-id field."""
         return {"method": "PATCH", "referenceId": reference, "body": body,
                 "url": self.api.data_path(f"sobjects/{obj}/{ext_field}/{quote(value, safe='')}")}
 
@@ -162,11 +170,12 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         self.api.raise_for(cause.status, cause.body, cause.headers, prefix=prefix, mapped=item.fields)
 
     def find_case(self, conversation_id: str) -> str | None:
+        """The id of the Case holding the conversation id, if one exists."""
         records = self.api.query(format_soql("SELECT Id FROM Case WHERE {:literal} = {} LIMIT 1",
                                              self.config.case_external_id_field, conversation_id))
         return str(records[0]["Id"]) if records else None
 
-    def already_written(self, item: DeliveryItem, case_id: str) -> str | None:
+    def written_record(self, item: DeliveryItem, case_id: str) -> str | None:
         """The id of the record an earlier attempt wrote for this message, if it landed."""
         obj = self.message_object(item)
         if self.config.message_marker_field:
@@ -222,6 +231,7 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         links.put("customer", item.customer.id, record_id, {"adopted": True})
 
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
+        """One message in one composite request; a retry first looks for what an earlier attempt wrote."""
         self.api.check_budget()
         calls = 0
         case_link = links.get("conversation", item.conversation.id)
@@ -235,7 +245,7 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
                     links.put("conversation", item.conversation.id, case_id)
             if case_id is not None:
                 calls += 1
-                if self.already_written(item, case_id) is not None:
+                if self.written_record(item, case_id) is not None:
                     return DeliveryResult("already_written", case_id, calls=calls)
         adopt = None
         if self.config.match_existing_contacts and links.get("customer", item.customer.id) is None:

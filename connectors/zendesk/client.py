@@ -1,4 +1,4 @@
-"""Zendesk HTTP: authentication, the account's shared request budget, error classification, job statuses.
+"""Zendesk HTTP: authentication, the account's shared request budget, error classification, batch job results.
 
 API reference: https://developer.zendesk.com/api-reference/ticketing/introduction/
 """
@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import requests
 from pydantic import Field, SecretStr, model_validator
 
-from gateway.errors import PermanentError, RetryableError, retry_after_seconds
+from gateway.errors import DeliveryError, PermanentError, RetryableError, retry_after_seconds
 from gateway.plugins import ConnectorContext, CrmConfig
 from gateway.ratelimit import MAX_WAIT_SECONDS
 
@@ -60,6 +60,7 @@ class ZendeskConfig(CrmConfig):
 
     @property
     def api(self) -> str:
+        """The API root: ``base_url`` or the subdomain's, with ``/api/v2``."""
         return (self.base_url or f"https://{self.subdomain}.zendesk.com").rstrip("/") + "/api/v2"
 
 
@@ -91,6 +92,7 @@ def classify(response: requests.Response, *, mapped: dict[str, str] | None = Non
 
 
 def is_closed_error(response: requests.Response) -> bool:
+    """Whether a 422 says the ticket is closed (closed tickets take no updates)."""
     if response.status_code != 422:
         return False
     try:
@@ -98,6 +100,28 @@ def is_closed_error(response: requests.Response) -> bool:
     except ValueError:
         return False
     return any("closed" in str(d.get("description", "")).lower() for d in details.get("status", []))
+
+
+def result_for(results: list[dict[str, Any]], index: int) -> dict[str, Any] | None:
+    """A job's result for the index-th object sent; results carry ``index`` for creations, else keep order."""
+    for result in results:
+        if result.get("index") == index:
+            return result
+    return results[index] if index < len(results) and "index" not in results[index] else None
+
+
+def job_result_ok(result: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    """Whether a job's result says its object was written (it has an id, and no error or ``success: false``)."""
+    return result is not None and result.get("id") is not None and result.get("success", True) is not False \
+        and not result.get("error")
+
+
+def job_failure(result: dict[str, Any] | None, what: str) -> DeliveryError:
+    """The error for an object a job did not write: retryable when the job said nothing about it."""
+    if result is None:
+        return RetryableError(f"Zendesk batch job gave no result for this {what}", code="job_result_missing")
+    detail = f"{result.get('error') or 'failed'}: {result.get('details') or ''}".strip(": ")
+    return PermanentError(f"Zendesk could not write this {what}: {detail}", code=str(result.get("error") or "Failed"))
 
 
 class ZendeskClient:
@@ -112,6 +136,7 @@ class ZendeskClient:
         self.calls = 0
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request within the shared budget; a 429 is waited out inline a few times, pausing every process."""
         headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
         if self.config.oauth_token is not None:
             headers["Authorization"] = f"Bearer {self.config.oauth_token.get_secret_value()}"
@@ -137,6 +162,7 @@ class ZendeskClient:
         return response
 
     def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> dict[str, Any]:
+        """A request whose answer must be one of ``ok``; its JSON body, or the classified error raised."""
         response = self.request(method, path, **kwargs)
         if response.status_code not in ok:
             classify(response)

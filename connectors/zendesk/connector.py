@@ -17,7 +17,8 @@ from functools import cached_property
 from typing import Any
 
 from connectors.zendesk import export, setup
-from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error
+from connectors.zendesk.bulk import BatchDelivery, Outcomes
+from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
 from gateway.directory import CrmDirectory
@@ -54,7 +55,6 @@ MARKER = "gateway_message_id"
 CLOSED = "closed"
 TICKET_FIELDS = ("subject", "tags", "priority", "type", "group_id", "brand_id", "custom_fields", "status")
 _MAX_AUDIT_PAGES = 20
-Outcomes = dict[int, DeliveryResult | DeliveryError]
 
 
 def coalesced_body(items: list[DeliveryItem]) -> str:
@@ -67,6 +67,7 @@ def coalesced_body(items: list[DeliveryItem]) -> str:
 
 
 def marker(items: list[DeliveryItem]) -> dict[str, str]:
+    """The audit metadata naming the gateway message ids a write carries."""
     return {MARKER: ",".join(item.message.id for item in items)}
 
 
@@ -86,6 +87,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
 
     # -- payloads ----------------------------------------------------------------------------------------------
     def user_payload(self, item: DeliveryItem) -> dict[str, Any]:
+        """The end user for the item's customer, keyed by ``external_id`` = customer id."""
         customer = item.customer
         phone, email = customer.first("phone"), customer.first("email")
         user: dict[str, Any] = {
@@ -100,6 +102,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         return user
 
     def comment(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
+        """One comment carrying the items' messages, authored by the customer's user, with uploaded attachments."""
         comment: dict[str, Any] = {"body": coalesced_body(items), "public": bool(items[0].fields.get("public", True)),
                                    "author_id": int(user_id)}
         tokens = self.upload_tokens(items)
@@ -122,6 +125,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         return tokens
 
     def ticket_payload(self, items: list[DeliveryItem], user_id: str, followup_of: str | None = None) -> dict[str, Any]:
+        """A new ticket for the items' conversation: its first comment, requester, mapped ticket fields and marker."""
         first = items[0]
         ticket: dict[str, Any] = {
             "comment": self.comment(items, user_id),
@@ -140,6 +144,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         return ticket
 
     def update_payload(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
+        """A comment on the conversation's ticket, with the marker and the tags of the messages' channels."""
         update: dict[str, Any] = {"comment": self.comment(items, user_id), "metadata": marker(items)}
         tags = [tag for item in items for tag in (item.fields.get("tags") or [])]
         if tags:  # the ticket gains the tags of the channel each message came from
@@ -161,6 +166,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         return user_id
 
     def ensure_user(self, item: DeliveryItem, links: LinkStore) -> str:
+        """The customer's Zendesk user id: linked, adopted from the directory, or upserted by external id."""
         link = links.get("customer", item.customer.id)
         if link is not None:
             return link[0]
@@ -175,6 +181,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
     # -- tickets -----------------------------------------------------------------------------------------------
     def create_ticket(self, items: list[DeliveryItem], user_id: str, links: LinkStore,
                       followup_of: str | None = None, extra_tags: list[str] | None = None) -> str:
+        """Create the conversation's ticket under an ``Idempotency-Key`` and link it; its id."""
         key = items[0].idempotency_key
         if len(items) > 1:  # a coalesced write: the key names exactly the messages it carries
             ids = ",".join(item.message.id for item in items)
@@ -196,8 +203,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
             found = self.find_ticket(items[0].conversation.id) if exc.code == "IdempotentRequestError" else None
             if found is None:
                 raise
-            links.put("conversation", items[0].conversation.id, str(found["id"]), {"status": found.get("status")})
-            return str(found["id"])
+            return self.link_ticket(items[0].conversation.id, found, links)
         ticket_id = str(body["ticket"]["id"])
         links.put("conversation", items[0].conversation.id, ticket_id,
                   {"status": body["ticket"].get("status"), "updated_at": body["ticket"].get("updated_at")})
@@ -231,15 +237,9 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
                       {"status": current.get("status"), "updated_at": current.get("updated_at")})
             return self.append(items, user_id, ticket_id, links, stamp_checked=True)
         if is_closed_error(response) or response.status_code == 404:
-            if any(item.attempt > 1 for item in items):
-                # an earlier attempt may have opened the new ticket and died before linking it; the
-                # Idempotency-Key guards that for two hours only (ticketing/introduction/#idempotency)
-                found = self.find_ticket(conversation)
-                if found is not None and str(found["id"]) != ticket_id:
-                    found_id = str(found["id"])
-                    links.put("conversation", conversation, found_id, {"status": found.get("status")})
-                    pending = self.unwritten(items, found_id)
-                    return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
+            recovered = self.recover_unlinked_ticket(items, user_id, ticket_id, links)
+            if recovered is not None:
+                return recovered
             if response.status_code == 404:
                 return "ticket_recreated", self.create_ticket(items, user_id, links)
             return self.continue_on_new_ticket(items, user_id, ticket_id, CLOSED, links)
@@ -251,13 +251,9 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         """A new ticket for a conversation whose ticket ended: a follow-up of a closed one (Zendesk links them),
         and for a solved one a ``followup-of-N`` tag, since Zendesk only records follow-ups of closed tickets."""
         links.put("conversation", items[0].conversation.id, old_ticket_id, {"status": old_status})
-        if any(item.attempt > 1 for item in items):
-            found = self.find_ticket(items[0].conversation.id)  # an earlier attempt may have made it already
-            if found is not None and str(found["id"]) != old_ticket_id:
-                found_id = str(found["id"])
-                links.put("conversation", items[0].conversation.id, found_id, {"status": found.get("status")})
-                pending = self.unwritten(items, found_id)
-                return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
+        recovered = self.recover_unlinked_ticket(items, user_id, old_ticket_id, links)
+        if recovered is not None:
+            return recovered
         followup_of = old_ticket_id if old_status == CLOSED else None
         extra_tags = [] if followup_of else [f"followup-of-{old_ticket_id}"]
         return "followup_ticket_created", self.create_ticket(items, user_id, links, followup_of, extra_tags)
@@ -278,17 +274,38 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
             url = next_url.split("/api/v2", 1)[1] if next_url else None
         return found
 
-    def already_written(self, ticket_id: str, message_id: str) -> bool:
-        return message_id in self.written_ids(ticket_id)
-
     def unwritten(self, items: list[DeliveryItem], ticket_id: str) -> list[DeliveryItem]:
+        """The items whose message ids the ticket's audits do not hold."""
         written = self.written_ids(ticket_id)
         return [item for item in items if item.message.id not in written]
 
     def find_ticket(self, conversation_id: str) -> dict[str, Any] | None:
+        """The conversation's newest ticket that is not closed, found by its ``external_id``."""
         body = self.client.call("GET", "/tickets", params={"external_id": conversation_id})
         tickets = [t for t in body.get("tickets", []) if t.get("status") != CLOSED]
         return max(tickets, key=lambda t: t["id"]) if tickets else None
+
+    def link_ticket(self, conversation_id: str, ticket: dict[str, Any], links: LinkStore) -> str:
+        """Link the conversation to a ticket found in Zendesk; its id."""
+        links.put("conversation", conversation_id, str(ticket["id"]), {"status": ticket.get("status")})
+        return str(ticket["id"])
+
+    def recover_unlinked_ticket(self, items: list[DeliveryItem], user_id: str, linked_ticket_id: str,
+                                links: LinkStore) -> tuple[str, str] | None:
+        """On a retry, the new ticket an earlier attempt opened and died before linking: link it and write there
+        only what it lacks. None on a first attempt, or when the conversation has no other ticket.
+
+        The ``Idempotency-Key`` of that attempt guards against a second ticket for two hours only
+        (ticketing/introduction/#idempotency), so the ticket is looked up by the conversation id.
+        """
+        if not any(item.attempt > 1 for item in items):
+            return None
+        found = self.find_ticket(items[0].conversation.id)
+        if found is None or str(found["id"]) == linked_ticket_id:
+            return None
+        found_id = self.link_ticket(items[0].conversation.id, found, links)
+        pending = self.unwritten(items, found_id)
+        return self.append(pending, user_id, found_id, links) if pending else ("already_written", found_id)
 
     def ticket_from_job(self, conversation_id: str, links: LinkStore) -> str | None:
         """The ticket a batch job created for this conversation, if a previous attempt queued one."""
@@ -303,8 +320,6 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         status = response.json().get("job_status") or {}
         if status.get("status") in ("queued", "working"):
             raise RetryableError(f"Zendesk job {job[0]} is still running", code="job_pending", retry_after=10)
-        from connectors.zendesk.bulk import result_for
-
         result = result_for(status.get("results") or [], int(job[1].get("index", 0)))
         if result is None or not result.get("id") or result.get("error"):
             return None
@@ -312,6 +327,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         return str(result["id"])
 
     def ticket_for(self, items: list[DeliveryItem], links: LinkStore) -> str | None:
+        """The conversation's ticket id, if it has one; a retry also asks an earlier batch job and Zendesk itself."""
         link = links.get("conversation", items[0].conversation.id)
         if link is None and any(item.attempt > 1 for item in items):
             from_job = self.ticket_from_job(items[0].conversation.id, links)
@@ -319,13 +335,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
                 return from_job
             found = self.find_ticket(items[0].conversation.id)
             if found is not None:
-                links.put("conversation", items[0].conversation.id, str(found["id"]), {"status": found.get("status")})
-                return str(found["id"])
+                return self.link_ticket(items[0].conversation.id, found, links)
         return link[0] if link else None
 
     # -- delivery ----------------------------------------------------------------------------------------------
-    def deliver_group(self, items: list[DeliveryItem], links: LinkStore) -> Outcomes:
-        """One conversation's pending messages, in order, as one write."""
+    def deliver_conversation(self, items: list[DeliveryItem], links: LinkStore) -> Outcomes:
+        """One conversation's pending messages, in order, as one write (the careful path: a retry checks Zendesk
+        before writing again)."""
         outcomes: Outcomes = {}
         try:
             user_id = self.ensure_user(items[0], links)
@@ -358,19 +374,20 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         return outcomes
 
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
-        outcome = self.deliver_group([item], links)[item.outbox_id]
+        """One message, on the one-conversation path."""
+        outcome = self.deliver_conversation([item], links)[item.outbox_id]
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome
 
     def deliver_groups(self, groups: list[list[DeliveryItem]], links: LinkStore) -> Outcomes:
+        """Each conversation's pending messages as one write; from ``bulk_threshold`` conversations on, through the
+        batch endpoints."""
         if len(groups) >= self.config.bulk_threshold:
-            from connectors.zendesk.bulk import deliver_bulk
-
-            return deliver_bulk(self, groups, links)
+            return BatchDelivery(self, links).deliver(groups)
         outcomes: Outcomes = {}
         for items in groups:
-            outcomes.update(self.deliver_group(items, links))
+            outcomes.update(self.deliver_conversation(items, links))
         return outcomes
 
     @property

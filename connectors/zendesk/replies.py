@@ -275,7 +275,7 @@ class ZendeskReplies:
             return
         ticket_id = link[0]
         # a crash between the write and the link leaves the key in the audits: found there, not written twice
-        if not self.crm.already_written(ticket_id, key):
+        if key not in self.crm.written_ids(ticket_id):
             self.client.call("PUT", f"/tickets/{ticket_id}", json={"ticket": {
                 "comment": {"body": text, "public": False}, "metadata": {MARKER: key}}})
         links.put("note", key, ticket_id)

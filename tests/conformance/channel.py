@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import pytest
 import requests
 from flask.testing import FlaskClient
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
@@ -40,7 +40,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import HookRejected, SignatureInvalid
 from gateway.model import Message
 from gateway.pipeline import PipelineWorker
-from gateway.plugins import ChannelConnector, ConnectorContext
+from gateway.plugins import ChannelConnector, ConnectorContext, secret_fields
 from gateway.records import RawRecord
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
@@ -139,14 +139,9 @@ def split_records(connector: ChannelConnector, request: HookRequest) -> list[Raw
             for n, item in enumerate(connector.split(request))]
 
 
-def secret_values(settings: dict[str, Any], config_class: type[Any]) -> list[str]:
+def secret_values(settings: dict[str, Any], config_class: type[BaseModel]) -> list[str]:
     """The plain values of every secret-typed setting (``SecretStr`` fields) in ``settings``."""
-    values = []
-    for name, info in config_class.model_fields.items():
-        annotation = info.annotation
-        if name in settings and annotation in (SecretStr, SecretStr | None):
-            values.append(str(settings[name]))
-    return values
+    return [str(settings[name]) for name in secret_fields(config_class) if name in settings]
 
 
 class ChannelConformance:

@@ -41,6 +41,9 @@ class TestJsonlConformance(CrmConformance):
         assert not mocked.calls
         return len(records(tmp_path))
 
+    def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
+        return [record["message"]["id"] for record in records(tmp_path)]
+
 
 def test_replay_writes_one_line(tmp_path: Path) -> None:
     crm = jsonl(tmp_path)

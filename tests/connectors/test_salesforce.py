@@ -191,6 +191,12 @@ class MockedSalesforce:
     def written(self) -> int:
         return sum(len(self.records.get(obj, {})) for obj in ("CaseComment", "EmailMessage"))
 
+    def written_messages(self) -> list[str]:
+        """The gateway message ids of the message records, read from the reference line that ends each body."""
+        bodies = [str(record.get("CommentBody") or record.get("TextBody") or "")
+                  for obj in ("CaseComment", "EmailMessage") for record in self.records.get(obj, {}).values()]
+        return [body.rsplit(MARKER_PREFIX, 1)[1].strip() for body in bodies if MARKER_PREFIX in body]
+
 
 class TestSalesforceConformance(HttpCrmConformance):
     """Salesforce with an instance URL + session id passes the shared CRM suite."""
@@ -211,6 +217,9 @@ class TestSalesforceConformance(HttpCrmConformance):
 
     def count_writes(self, mocked: responses.RequestsMock, tmp_path: Path) -> int:
         return self.org.written()
+
+    def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
+        return self.org.written_messages()
 
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from connectors.sendgrid import TOKEN_PARAM, SendgridChannel, multipart_body
+from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector
 from gateway.webhooks import Headers, HookRequest
 from tests.conformance.channel import ChannelConformance, Expected, split_records
@@ -116,13 +119,17 @@ class TestSendgridConformance(ChannelConformance):
 
 
 def test_previous_token_accepted_during_a_change() -> None:
+    """While the token changes, the URL may carry the new or the previous token; any other is refused."""
     settings = {"type": "sendgrid", "url_token": "test-new-url-token-0001", "previous_url_token": TOKEN}
     connector = TestSendgridConformance().make_connector(settings)
     connector.verify(request_for(FIXTURES["parsed_plain"]))
+    connector.verify(request_for(FIXTURES["parsed_plain"], token="test-new-url-token-0001"))
+    for other in ("test-other-url-token-0002", TOKEN[:-1], TOKEN + "0"):
+        with pytest.raises(SignatureInvalid):
+            connector.verify(request_for(FIXTURES["parsed_plain"], token=other))
 
 
 def test_short_token_is_a_config_error() -> None:
-    import pytest
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):

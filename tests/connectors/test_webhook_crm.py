@@ -60,6 +60,13 @@ class TestWebhookConformance(HttpCrmConformance):
     def count_writes(self, mocked: responses.RequestsMock, tmp_path: Path) -> int:
         return len({request.headers["Idempotency-Key"] for request in posted(mocked)})
 
+    def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
+        accepted = [c.request for c in mocked.calls if c.request.method == "POST" and c.request.url == URL
+                    and isinstance(c.response, requests.Response) and c.response.status_code < 300]
+        by_key = {request.headers["Idempotency-Key"]: json.loads(request.body)["message"]["id"]
+                  for request in accepted}
+        return list(by_key.values())
+
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:
         mocked.post(URL, status=status, body=body, headers=headers)

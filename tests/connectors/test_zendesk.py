@@ -32,11 +32,14 @@ from tests.conformance.crm import (
     CONVERSATION_ID,
     CUSTOMER_ID,
     CUSTOMER_PHONE,
+    ContactMergeCases,
+    DirectorySyncCases,
     HttpCrmConformance,
     MemoryLinkStore,
     delivery_item,
     twilio_sms,
 )
+from tests.fake_zendesk import FakeZendesk
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "zendesk"
 API = "https://acme.zendesk.com/api/v2"
@@ -138,6 +141,11 @@ class MockedZendesk:
         body["ticket"]["id"] = ticket_id
         return 200, JSON, json.dumps(body)
 
+    def written_messages(self) -> list[str]:
+        """The gateway message ids in the audits of the writes that landed, one per message per write."""
+        return [message_id for audits in self.audits.values() for audit in audits
+                for message_id in str(audit["metadata"]["custom"].get(MARKER) or "").split(",") if message_id]
+
     def list_audits(self, request: Any) -> tuple[int, dict[str, str], str]:
         ticket_id = int(urlsplit(request.url).path.split("/")[-2])
         return 200, JSON, json.dumps({"audits": self.audits.get(ticket_id, []),
@@ -145,19 +153,39 @@ class MockedZendesk:
                                       "links": {"next": None, "prev": None}})
 
 
-class TestZendeskConformance(HttpCrmConformance):
+class TestZendeskConformance(HttpCrmConformance, DirectorySyncCases, ContactMergeCases):
     """Zendesk passes the shared CRM suite against a stateful fake built from the documented bodies."""
 
     secrets: ClassVar[tuple[str, ...]] = (API_TOKEN,)
+    helpdesk: MockedZendesk
 
     def build(self, http: requests.Session, tmp_path: Path) -> CrmConnector:
         return zendesk(http)
 
     def mock_success(self, mocked: responses.RequestsMock) -> None:
-        MockedZendesk().install(mocked)
+        self.helpdesk = MockedZendesk()
+        self.helpdesk.install(mocked)
 
     def count_writes(self, mocked: responses.RequestsMock, tmp_path: Path) -> int:
         return len(writes(mocked))
+
+    def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
+        return self.helpdesk.written_messages()
+
+    def mock_directory(self, mocked: responses.RequestsMock, records: dict[str, list[tuple[str, str]]]) -> None:
+        users = [{"id": int(remote_id), "name": f"User {remote_id}", "role": "end-user", "active": True,
+                  "suspended": False, "shared_phone_number": False, **{kind: value for kind, value in identifiers}}
+                 for remote_id, identifiers in records.items()]
+        mocked.get(f"{API}/incremental/users/cursor", json={
+            "users": users, "after_cursor": "c1", "after_url": f"{API}/incremental/users/cursor.json?cursor=c1",
+            "before_cursor": None, "before_url": None, "end_of_stream": True})
+
+    def mock_merge(self, mocked: responses.RequestsMock) -> None:
+        mocked.put(re.compile(rf"{API}/users/\d+/merge"), json=fixture("user_create_or_update"))
+
+    def merges(self, mocked: responses.RequestsMock) -> list[tuple[str, str]]:
+        return [(str(sent_json(call)["user"]["id"]), urlsplit(call.request.url).path.split("/")[-2])
+                for call in mocked.calls if call.request.url.endswith("/merge")]
 
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:
@@ -169,6 +197,52 @@ class TestZendeskConformance(HttpCrmConformance):
     def error_body(self, status: int) -> tuple[str, str]:
         name = {400: "error_400_idempotency_conflict", 422: "error_422_record_invalid"}[status]
         return json.dumps(fixture(name)), fixture(name)["error"]
+
+
+def answer_from(fake: FakeZendesk, mocked: responses.RequestsMock) -> None:
+    """Answer every request to the API from ``fake``, in process (its server is never started)."""
+
+    def callback(request: Any) -> tuple[int, dict[str, str], str]:
+        parts = urlsplit(request.url)
+        path = parts.path.removesuffix(".json")
+        raw = request.body or b""
+        raw = raw.encode() if isinstance(raw, str) else raw
+        body = json.loads(raw) if raw and path != "/api/v2/uploads" else {}
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        status, answer, extra = fake.handle(request.method, path, parse_qs(parts.query), headers, body, raw)
+        text = answer if isinstance(answer, str) else json.dumps(answer)
+        return status, {"Content-Type": "application/json", **extra}, text
+
+    for method in ("GET", "POST", "PUT"):
+        mocked.add_callback(method, re.compile(rf"{re.escape(API)}/.*"), callback=callback)
+
+
+class TestZendeskBatchConformance(TestZendeskConformance):
+    """The same suite with every batch of two or more conversations on the batch endpoints (``bulk_threshold`` 2),
+    against the fake Zendesk that runs their jobs; a refused first write is the first ``tickets/create_many``."""
+
+    fake: FakeZendesk
+
+    def build(self, http: requests.Session, tmp_path: Path) -> CrmConnector:
+        crm = zendesk(http, bulk_threshold=2)
+        crm.client.sleep = lambda _seconds: None
+        return crm
+
+    def mock_success(self, mocked: responses.RequestsMock) -> None:
+        self.fake = FakeZendesk(job_delay_seconds=0.0)
+        self.fake.close()
+        answer_from(self.fake, mocked)
+
+    def count_writes(self, mocked: responses.RequestsMock, tmp_path: Path) -> int:
+        return self.fake.comment_count()
+
+    def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
+        return list(self.fake.comment_counts().elements())
+
+    def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
+                     headers: dict[str, str] | None = None) -> None:
+        super().mock_failure(mocked, status=status, body=body, headers=headers)
+        mocked.post(f"{API}/tickets/create_many", status=status, body=body, headers=headers)
 
 
 class TestZendeskOAuthConformance(TestZendeskConformance):

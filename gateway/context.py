@@ -1,0 +1,87 @@
+"""What mappings and CRM connectors see of a stored message: its customer, its conversation, its outbox item.
+
+The pipeline worker builds these while it stores a message (to render each route's mapped fields); the delivery
+worker builds them again from the stored rows when it hands an outbox row to a CRM connector, and renders the fields
+of a row replayed after a mapping error. Both build them here, so the two views cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from gateway.identity.merges import live_customer_id
+from gateway.model import Message
+from gateway.plugins import ConversationView, CustomerView, DeliveryItem
+from gateway.storage.tables import conversations, customers, identities, messages
+
+
+def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
+    """The customer as mappings and CRM connectors see it (the live customer, if it was merged since)."""
+    customer_id = live_customer_id(conn, customer_id)
+    name = conn.execute(select(customers.c.display_name).where(customers.c.id == customer_id)).scalar_one()
+    rows = conn.execute(select(identities.c.kind, identities.c.value)
+                        .where(identities.c.customer_id == customer_id).order_by(identities.c.id))
+    return {"id": customer_id, "display_name": name,
+            "identifiers": [{"kind": kind, "value": value} for kind, value in rows]}
+
+
+def conversation_context(conversation_id: str, channel: str, thread_rule: str | None, *, opened_by_message: bool,
+                         previous_id: str | None) -> dict[str, Any]:
+    """The conversation as mappings see it: the threading rule that placed the message, whether the message opened
+    the conversation, and the conversation it continues after the previous one ended (if any)."""
+    return {"id": conversation_id, "channel": channel, "thread_rule": thread_rule,
+            "opened_by_message": opened_by_message, "previous_id": previous_id}
+
+
+def mapping_context(message: Message, customer: dict[str, Any], conversation: dict[str, Any]) -> dict[str, Any]:
+    """The variables a mapping renders with: ``message``, ``customer`` and ``conversation``."""
+    return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation}
+
+
+def idempotency_key(crm: str, message_id: str) -> str:
+    """The key a CRM connector writes a message under: the same for every attempt at the same CRM instance."""
+    return f"gw-{crm}-{message_id}"
+
+
+@dataclass(frozen=True)
+class MessageContext:
+    """A message with its customer and conversation, as the dictionaries mappings render with."""
+
+    message: Message
+    customer: dict[str, Any]
+    conversation: dict[str, Any]
+
+    def for_mapping(self) -> dict[str, Any]:
+        """The mapping variables of this message."""
+        return mapping_context(self.message, self.customer, self.conversation)
+
+
+def stored_message_context(conn: Connection, message_id: str) -> MessageContext:
+    """The context of a stored message, read back from its row (its customer as it is now, after any merge)."""
+    stored = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+    customer = customer_context(conn, stored.customer_id)
+    previous_id = conn.execute(select(conversations.c.previous_id).where(
+        conversations.c.id == stored.conversation_id)).scalar_one_or_none()
+    message = Message.model_validate(stored.data)
+    conversation = conversation_context(stored.conversation_id, message.channel.value, stored.thread_rule,
+                                        opened_by_message=stored.thread_rule == "new", previous_id=previous_id)
+    return MessageContext(message, customer, conversation)
+
+
+def delivery_item(context: MessageContext, *, crm: str, outbox_id: int, attempt: int,
+                  fields: Mapping[str, Any]) -> DeliveryItem:
+    """One outbox row as a CRM connector sees it: the message, typed views of its customer and conversation, and
+    the fields its mapping rendered."""
+    customer, conversation = context.customer, context.conversation
+    return DeliveryItem(
+        outbox_id=outbox_id, attempt=attempt, idempotency_key=idempotency_key(crm, context.message.id),
+        message=context.message,
+        customer=CustomerView(customer["id"], customer["display_name"],
+                              tuple((i["kind"], i["value"]) for i in customer["identifiers"])),
+        conversation=ConversationView(conversation["id"], conversation["channel"],
+                                      conversation["opened_by_message"], conversation["previous_id"]),
+        fields=fields)
