@@ -10,7 +10,6 @@ from the start (or from ``since``), and the same dedupe keeps it safe. Nothing i
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import random
 import ssl
@@ -26,23 +25,13 @@ from pydantic import Field, SecretStr, model_validator
 
 from gateway.mail.mime import provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
-from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, ImapSmtpSettings, SmtpReplies, imap_sent_copy
+from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, ImapSmtpSettings, SmtpReplies, imap_sent_copy, is_loopback_host
 from gateway.model import ChannelType, Message
 from gateway.plugins import CursorStore, InboxSink, PollingChannel, PollingConfig, online_check
 from gateway.records import InboxItem, RawRecord
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "message/rfc822"
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ImapConfig(EmailSettings, PollingConfig):
@@ -75,7 +64,7 @@ class ImapConfig(EmailSettings, PollingConfig):
     def _check(self) -> ImapConfig:
         if self.password is None and self.oauth2_token is None:
             raise ValueError("password or oauth2_token is required")
-        if self.security == "none" and not _is_loopback(self.host):
+        if self.security == "none" and not is_loopback_host(self.host):
             raise ValueError("security: none sends the password in clear text: only allowed for a loopback host")
         if self.security == "none" and self.tls_ca_file is not None:
             raise ValueError("tls_ca_file needs security: ssl or starttls")

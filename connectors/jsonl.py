@@ -10,10 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from gateway import signed_replies
 from gateway.plugins import (
-    AgentReplies,
-    AgentReply,
     CrmConfig,
     CrmConnector,
     DeliveryItem,
@@ -22,8 +19,7 @@ from gateway.plugins import (
     LinkStore,
     online_check,
 )
-from gateway.records import InboxItem, RawRecord
-from gateway.webhooks import HookRequest
+from gateway.signed_replies import SignedReplies
 
 
 class JsonlConfig(CrmConfig):
@@ -36,7 +32,7 @@ class JsonlConfig(CrmConfig):
         None, description="Key for agent replies posted to /crm-hooks/NAME (X-Gateway-Signature); unset: none taken.")
 
 
-class JsonlCrm(CrmConnector, AgentReplies, InternalNotes):
+class JsonlCrm(CrmConnector, SignedReplies, InternalNotes):
     """Appends one JSON object per delivered message: the message, its customer, conversation and mapped fields.
 
     Replays are harmless: a message already written (same idempotency key) is not written again. With a
@@ -81,19 +77,6 @@ class JsonlCrm(CrmConnector, AgentReplies, InternalNotes):
                 os.fsync(handle.fileno())
 
     # -- two-way -----------------------------------------------------------------------------------------------
-    def verify_reply_hook(self, request: HookRequest) -> None:
-        signed_replies.verify(request, self.config.reply_secret)
-
-    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
-        return signed_replies.split(request)
-
-    def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
-        return signed_replies.replies(record)
-
-    def sample_reply_hook(self, *, conversation_id: str, text: str, public_url: str) -> HookRequest:
-        return signed_replies.sample(self.config.reply_secret, conversation_id=conversation_id, text=text,
-                                     public_url=public_url)
-
     def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
         if links.get("note", key) is not None:
             return

@@ -13,11 +13,8 @@ from typing import Any, Literal
 import requests
 from pydantic import Field, SecretStr, model_validator
 
-from gateway import signed_replies
 from gateway.errors import PermanentError, RetryableError, retry_after_seconds
 from gateway.plugins import (
-    AgentReplies,
-    AgentReply,
     CrmConfig,
     CrmConnector,
     DeliveryItem,
@@ -25,9 +22,7 @@ from gateway.plugins import (
     InternalNotes,
     LinkStore,
 )
-from gateway.records import InboxItem, RawRecord
-from gateway.signed_replies import sign
-from gateway.webhooks import HookRequest
+from gateway.signed_replies import SignedReplies, sign
 
 
 class WebhookConfig(CrmConfig):
@@ -58,7 +53,7 @@ def classify(response: requests.Response) -> None:
     raise PermanentError(f"HTTP {status}: {response.text[:200]}", code=str(status))
 
 
-class WebhookCrm(CrmConnector, AgentReplies, InternalNotes):
+class WebhookCrm(CrmConnector, SignedReplies, InternalNotes):
     """POSTs ``{"message", "customer", "conversation", "fields"}`` to a URL of your own."""
 
     type_name = "webhook"
@@ -96,19 +91,6 @@ class WebhookCrm(CrmConnector, AgentReplies, InternalNotes):
         return response
 
     # -- two-way -----------------------------------------------------------------------------------------------
-    def verify_reply_hook(self, request: HookRequest) -> None:
-        signed_replies.verify(request, self.config.reply_secret)
-
-    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
-        return signed_replies.split(request)
-
-    def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
-        return signed_replies.replies(record)
-
-    def sample_reply_hook(self, *, conversation_id: str, text: str, public_url: str) -> HookRequest:
-        return signed_replies.sample(self.config.reply_secret, conversation_id=conversation_id, text=text,
-                                     public_url=public_url)
-
     def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
         """POSTs ``{"note": {"conversation_id", "text", "internal": true}}``, signed, with the note's key."""
         self._post({"note": {"conversation_id": conversation_id, "text": text, "internal": True}}, key)

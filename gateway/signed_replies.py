@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, Validatio
 
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment
-from gateway.plugins import AgentReply
+from gateway.plugins import AgentReplies, AgentReply, LinkStore
 from gateway.records import InboxItem, RawRecord
 from gateway.webhooks import Headers, HookRequest
 
@@ -117,3 +117,21 @@ def sample(secret: SecretStr | None, *, conversation_id: str, text: str, public_
     headers = Headers({"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
                        SIGNATURE_HEADER: sign(secret.get_secret_value(), timestamp, raw)})
     return HookRequest("POST", "", "", headers, raw, public_url)
+
+
+class SignedReplies(AgentReplies):
+    """``AgentReplies`` through this endpoint, for a CRM whose config has a ``reply_secret`` setting."""
+
+    config: Any
+
+    def verify_reply_hook(self, request: HookRequest) -> None:
+        verify(request, self.config.reply_secret)
+
+    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
+        return split(request)
+
+    def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
+        return replies(record)
+
+    def sample_reply_hook(self, *, conversation_id: str, text: str, public_url: str) -> HookRequest:
+        return sample(self.config.reply_secret, conversation_id=conversation_id, text=text, public_url=public_url)

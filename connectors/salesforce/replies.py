@@ -36,7 +36,6 @@ from gateway.errors import PermanentError, RetryableError
 from gateway.mail.html import html_to_text
 from gateway.mail.quotes import visible_reply
 from gateway.plugins import (
-    AgentReplies,
     AgentReply,
     CursorStore,
     InboxSink,
@@ -45,7 +44,7 @@ from gateway.plugins import (
     ReplyPolling,
 )
 from gateway.records import InboxItem, RawRecord
-from gateway.webhooks import HookRequest
+from gateway.signed_replies import SignedReplies
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ def note_link_key(key: str) -> str:
     return key if len(key) <= _LINK_KEY_CHARS else hashlib.sha256(key.encode()).hexdigest()
 
 
-class SalesforceReplies(AgentReplies, ReplyPolling, InternalNotes):
+class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
     """Agent replies (polled, or posted by a Flow to the signed reply endpoint) and notes, for ``SalesforceCrm``."""
 
     name: str
@@ -236,16 +235,6 @@ class SalesforceReplies(AgentReplies, ReplyPolling, InternalNotes):
         return body.rsplit("\n", 1)[-1].startswith((MARKER_PREFIX, NOTE_MARKER))
 
     # -- replies -------------------------------------------------------------------------------------------------
-    def verify_reply_hook(self, request: HookRequest) -> None:
-        signed_replies.verify(request, self.config.reply_secret)
-
-    def split_reply_hook(self, request: HookRequest) -> list[InboxItem]:
-        return signed_replies.split(request)
-
-    def sample_reply_hook(self, *, conversation_id: str, text: str, public_url: str) -> HookRequest:
-        return signed_replies.sample(self.config.reply_secret, conversation_id=conversation_id, text=text,
-                                     public_url=public_url)
-
     def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
         """A polled row (provider id ``CaseComment:Id`` / ``EmailMessage:Id``) or a reply posted to the hook."""
         obj = record.provider_id.partition(":")[0]

@@ -54,6 +54,12 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 Time = UtcDateTime()
 
+
+def lease_columns() -> list[Column[object]]:
+    """What every work queue row carries: tries so far, when it is next due, and who holds it until when."""
+    return [Column("attempts", Integer, nullable=False, default=0), Column("available_at", Time, nullable=False),
+            Column("lease_owner", String(64)), Column("lease_until", Time)]
+
 # Raw provider requests, exactly as received; unique per connector instance and provider message id.
 inbox = Table(
     "inbox", metadata,
@@ -68,10 +74,7 @@ inbox = Table(
     Column("received_at", Time, nullable=False),
     # pending -> done | ignored | failed (dead letter) ; leases let a crashed worker's claim expire
     Column("status", String(16), nullable=False, default="pending"),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("available_at", Time, nullable=False),
-    Column("lease_owner", String(64)),
-    Column("lease_until", Time),
+    *lease_columns(),
     Column("last_error", Text),
     Column("processed_at", Time),
     UniqueConstraint("connector", "provider_id", name="uq_inbox_connector_provider_id"),
@@ -174,10 +177,7 @@ outbox = Table(
     Column("conversation_id", String(32), nullable=False),
     Column("fields", JSON, nullable=False),
     Column("status", String(16), nullable=False, default="pending"),  # pending -> done | dead
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("available_at", Time, nullable=False),
-    Column("lease_owner", String(64)),
-    Column("lease_until", Time),
+    *lease_columns(),
     Column("last_error", Text),
     Column("created_at", Time, nullable=False),
     Column("delivered_at", Time),
@@ -283,10 +283,7 @@ sends = Table(
     Column("conversation_id", String(32), nullable=False),
     Column("crm", String(64)),  # where the reply came from: notes for the agent go there
     Column("status", String(16), nullable=False, default="pending"),  # pending -> sent | dead | blocked
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("available_at", Time, nullable=False),
-    Column("lease_owner", String(64)),
-    Column("lease_until", Time),
+    *lease_columns(),
     Column("attempt_started_at", Time),
     Column("last_error", Text),
     Column("provider_message_id", String(255)),
@@ -320,10 +317,7 @@ crm_notes = Table(
     Column("key", String(255), nullable=False),
     Column("text", Text, nullable=False),
     Column("status", String(16), nullable=False, default="pending"),  # pending -> done | dead
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("available_at", Time, nullable=False),
-    Column("lease_owner", String(64)),
-    Column("lease_until", Time),
+    *lease_columns(),
     Column("last_error", Text),
     Column("created_at", Time, nullable=False),
     Column("done_at", Time),
