@@ -4,6 +4,7 @@ small, out of the main package, and working together from a provider's webhook t
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from collections.abc import Callable
 from importlib.metadata import EntryPoint
@@ -126,3 +127,19 @@ def test_an_acme_sms_becomes_a_ticketbox_ticket(write_config: Callable[..., Path
     assert ticket["tags"] == ["channel-gateway", "sms"]
     assert ticket["comment"]["body"] == "Where is my order?"
     assert ticket["requester"]["phone"] == "+14155550100"
+
+
+def guide_excerpts() -> list[tuple[str, str]]:
+    """The code blocks of docs/writing-a-connector.md that open with ``# examples/PATH``: (path, the rest)."""
+    guide = (ROOT / "docs/writing-a-connector.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```\w*\n(.*?)^```$", guide, flags=re.MULTILINE | re.DOTALL)
+    return [(first.removeprefix("# "), rest) for first, _, rest in (block.partition("\n") for block in blocks)
+            if first.startswith("# examples/")]
+
+
+def test_the_guides_excerpts_are_the_examples_code() -> None:
+    excerpts = guide_excerpts()
+    assert {path for path, _ in excerpts} >= {
+        "examples/acme_sms/acme_sms.py", "examples/ticketbox/ticketbox/__init__.py", "examples/acme_sms/pyproject.toml"}
+    for path, excerpt in excerpts:
+        assert excerpt in (ROOT / path).read_text(encoding="utf-8"), f"the guide quotes {path} as it no longer is"
