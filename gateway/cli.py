@@ -77,12 +77,20 @@ def check(config_path: Path, online: bool) -> None:
 
 @main.command()
 @click.option("--markdown", is_flag=True, help="Print the reference as Markdown (docs/connectors.md).")
-def connectors(markdown: bool) -> None:
-    """List installed connector types and their settings."""
+@click.argument("types", nargs=-1)
+def connectors(markdown: bool, types: tuple[str, ...]) -> None:
+    """List installed connector types and their settings: all of them, or the TYPES named."""
     from gateway.docs import connectors_markdown, connectors_text
     from gateway.plugins import Registry
 
     registry = Registry.from_entry_points()
+    if types:
+        chosen = {name: registry.get(name) for name in types}
+        unknown = [name for name, cls in chosen.items() if cls is None]
+        if unknown:
+            raise click.UsageError(f"no installed connector type {', '.join(map(repr, unknown))}; "
+                                   f"installed: {', '.join(registry.names())}")
+        registry = Registry((name, cls) for name, cls in chosen.items() if cls is not None)
     click.echo(connectors_markdown(registry) if markdown else connectors_text(registry), nl=False)
 
 

@@ -1,0 +1,1 @@
+"""Tests of the example connector packages in ``examples/``."""
