@@ -364,6 +364,19 @@ def test_odd_reply_headers_are_4xx_not_503(rt: Runtime, client: FlaskClient, hea
     assert count(rt, inbox, inbox.c.connector == "crm:trial") == 0
 
 
+@pytest.mark.parametrize(("body", "status"), [
+    (b'{"conversation_id": "x", "reply_id": "1", "text": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400),
+    (b'{"conversation_id": "x", "reply_id": "1", "text": "half an emoji \\ud83d"}', 200),
+])
+def test_signed_replies_that_json_cannot_hold_are_not_503(rt: Runtime, client: FlaskClient, body: bytes,
+                                                          status: int) -> None:
+    stamp = str(int(time.time()))
+    response = client.post("/crm-hooks/trial", data=body, headers={
+        signed_replies.TIMESTAMP_HEADER: stamp,
+        signed_replies.SIGNATURE_HEADER: signed_replies.sign(REPLY_SECRET, stamp, body)})
+    assert response.status_code == status, response.get_data(as_text=True)
+
+
 def test_a_signed_reply_the_crm_connector_fails_on_is_kept_and_replayable(
         rt: Runtime, client: FlaskClient, provider: ScriptedProvider, monkeypatch: pytest.MonkeyPatch) -> None:
     conversation = customer_writes(rt)

@@ -239,3 +239,26 @@ def test_dm_media_stays_a_link_without_media_keys_and_other_hosts_are_refused() 
 def test_media_keys_must_come_together() -> None:
     with pytest.raises(ValueError, match="go together"):
         XChannel.Config.model_validate(settings(consumer_key="test-x-consumer-key"))
+
+
+# -- bodies X cannot have signed are not refused with a 5xx --------------------------------------------------
+
+def test_signed_json_nested_too_deep_is_400(x_runtime: Runtime) -> None:
+    client = create_app(x_runtime).test_client()
+    body = b'{"direct_message_events": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    response = send(client, post(body), CHANNEL)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert count(x_runtime, inbox, CHANNEL) == 0
+
+
+def test_signed_lone_surrogate_is_stored_and_delivered_readable(x_runtime: Runtime) -> None:
+    """JSON may escape half a surrogate pair (a text cut inside an emoji): the message is taken, the half character
+    becomes U+FFFD, and the rest of the text reaches the CRM."""
+    client = create_app(x_runtime).test_client()
+    body = raw("dm_text").replace(b'"My parcel', b'"\\ud83d My parcel')
+    response = send(client, post(body), CHANNEL)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert drain_pipeline(x_runtime) == 1
+    with x_runtime.engine.connect() as conn:
+        [data] = conn.execute(select(messages.c.data)).scalars().all()
+    assert data["text"] == "\ufffd My parcel & the invoice don't match <order 77>"
