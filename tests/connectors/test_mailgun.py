@@ -8,6 +8,7 @@ hex HMAC-SHA256(signing key, timestamp + token).
 
 from __future__ import annotations
 
+import email
 import io
 import json
 import time
@@ -19,7 +20,9 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
+from flask.testing import FlaskClient
 from sqlalchemy import select
+from werkzeug.test import TestResponse
 
 from connectors.mailgun import MailgunChannel, signature_for
 from connectors.sendgrid import multipart_body
@@ -30,7 +33,7 @@ from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import inbox
 from gateway.web import create_app
 from gateway.webhooks import Headers, HookRequest
-from tests.conformance.channel import ChannelConformance, Expected, config_text, split_records
+from tests.conformance.channel import ChannelConformance, Expected, config_text, count, split_records
 from tests.conftest import PUBLIC_URL
 from tests.mail.corpus import CASES_FOR_WEBHOOKS, PNG, sha
 
@@ -157,12 +160,17 @@ def test_sample_request_verifies_and_normalises() -> None:
     assert message.text == "Hello"
 
 
-# -- limits ------------------------------------------------------------------------------------------------------
+# -- replays, cost before the signature, limits -------------------------------------------------------------------
 
 def triple(key: str = KEY) -> dict[str, str]:
     """A fresh timestamp, token and signature, as Mailgun puts on one post."""
     timestamp, token = str(int(time.time())), uuid.uuid4().hex + uuid.uuid4().hex[:18]
     return {"timestamp": timestamp, "token": token, "signature": signature_for(key, timestamp, token)}
+
+
+def post_form(client: FlaskClient, fields: dict[str, Any], **headers: str) -> TestResponse:
+    body, content_type = multipart_body(fields)
+    return client.post(f"/hooks/{CHANNEL}", data=body, headers={"Content-Type": content_type, **headers})
 
 
 @pytest.fixture
@@ -171,6 +179,47 @@ def mg_runtime(write_config: Callable[..., Path]) -> Iterator[Runtime]:
                        http=requests.Session())
     yield rt
     rt.close()
+
+
+def huge_form(fields: int, signature: dict[str, str] | None) -> tuple[bytes, str]:
+    """About 4.8 MB in ``fields`` small fields, the signature fields (if any) at the end."""
+    boundary = "xYzZY" + uuid.uuid4().hex[:12]
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="f{{}}"\r\n\r\n{"v" * 16}\r\n'
+    chunks = [part.format(n).encode() for n in range(fields)]
+    for name, value in (signature or {}).items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("signature", [None, "signed"])
+def test_a_huge_form_costs_nothing_before_it_is_refused(mg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+                                                        signature: str | None) -> None:
+    """52,000 fields in 4.8 MB, unsigned or signed: refused from a scan of the raw bytes; the form is never parsed
+    (parsing it took about 10 s of CPU)."""
+    client = create_app(mg_runtime).test_client()
+    body, content_type = huge_form(52_000, triple() if signature else None)
+    assert 4_500_000 < len(body) < 5_000_000
+    parsed: list[bytes] = []
+    real = email.message_from_bytes
+    monkeypatch.setattr(email, "message_from_bytes", lambda data, *a, **k: parsed.append(data) or real(data, *a, **k))
+    started = time.process_time()
+    response = client.post(f"/hooks/{CHANNEL}", data=body, headers={"Content-Type": content_type})
+    spent = time.process_time() - started
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert not parsed, "the form was parsed"
+    assert spent < 2.0
+    assert count(mg_runtime, inbox, CHANNEL) == 0
+
+
+@pytest.mark.parametrize("bad", [{"signature": "é" * 64}, {"signature": "\u00b2" * 64}, {"timestamp": "\u00b2\u00b3"},
+                                 {"timestamp": "9" * 40}, {"token": "t" * 4000}, {"token": "\x00"}])
+def test_odd_signature_fields_are_4xx(mg_runtime: Runtime, bad: dict[str, str]) -> None:
+    client = create_app(mg_runtime).test_client()
+    response = post_form(client, {**PARSED, **triple(), **bad})
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert "Retry-After" not in response.headers
+    assert count(mg_runtime, inbox, CHANNEL) == 0
 
 
 def big_post(size: int) -> tuple[bytes, str]:
