@@ -2,7 +2,8 @@
 
 Each post carries ``timestamp``, ``token`` and ``signature`` = hex HMAC-SHA256(webhook signing key, timestamp +
 token) as form fields; it is checked in constant time (against a previous key too, during a rotation) and the
-timestamp must be inside the replay window. The signature covers no content, which is why the window is short.
+timestamp must be inside the replay window. The signature covers no content, so each token is taken once, for the
+post it came with (``gateway.replay``, kept in the database): the same signature on other content is a replay.
 The three fields are read from the raw bytes before the form is parsed, so unsigned posts cost a scan only.
 A route URL ending in ``mime`` receives ``body-mime`` (the raw MIME); otherwise the parsed fields are rebuilt into
 an email so one normaliser handles both. Answers: 200 stored; 406 tells Mailgun not to retry (used for posts
@@ -18,6 +19,7 @@ import json
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
 from typing import Any, Literal
 
@@ -31,12 +33,12 @@ from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, SmtpReplies, SmtpSettings
 from gateway.model import ChannelType, Message
 from gateway.plugins import WebhookChannel
 from gateway.records import InboxItem, RawRecord
+from gateway.replay import MAX_TOKEN_LENGTH
 from gateway.signing import current_or_previous, matches_any
 from gateway.storage.db import utcnow
 from gateway.webhooks import Headers, HookRequest
 
 SIGNED_FIELDS = ("timestamp", "token", "signature")
-MAX_TOKEN_LENGTH = 255
 _TIMESTAMP = re.compile(rb"[0-9]{1,12}")
 _TOKEN = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_TOKEN_LENGTH)
 _SIGNATURE = re.compile(rb"[0-9a-f]{64}")
@@ -74,7 +76,7 @@ class MailgunChannel(SmtpReplies, WebhookChannel):
 
     def verify(self, request: HookRequest) -> None:
         # the signature travels inside the form: its three fields are read from the raw bytes (the field count
-        # capped first), so nothing is parsed before the post is known to be Mailgun's
+        # capped first), so nothing is parsed before the post is known to be Mailgun's and unused
         found = find_fields(request.body, request.headers.get("Content-Type", ""), SIGNED_FIELDS, MAX_TOKEN_LENGTH)
         timestamp, token, signature = (found.get(name, b"") for name in SIGNED_FIELDS)
         if not (timestamp and token and signature):
@@ -92,6 +94,11 @@ class MailgunChannel(SmtpReplies, WebhookChannel):
         if skew > self.config.replay_window_seconds:
             raise SignatureInvalid(f"timestamp is {skew:.0f}s from now, outside the "
                                    f"{self.config.replay_window_seconds}s replay window")
+        # the signature covers no content: its token is good for the one post it came with (and that post's retries)
+        post = hashlib.sha256(self.name.encode() + b"\0" + request.body).hexdigest()
+        until = datetime.fromtimestamp(signed_at + self.config.replay_window_seconds + 1, UTC)
+        if not self.context.used_tokens.use("mailgun", token.decode(), post, until):
+            raise SignatureInvalid("token already used by another post: a replayed signature")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
         fields = self._fields(request)

@@ -181,6 +181,43 @@ def mg_runtime(write_config: Callable[..., Path]) -> Iterator[Runtime]:
     rt.close()
 
 
+def sender_variant(n: int) -> dict[str, Any]:
+    """Other content under the same signature: another sender, another body, no Message-Id to deduplicate on."""
+    headers = [pair for pair in MESSAGE_HEADERS if pair[0] not in ("From", "Message-Id")]
+    return {**PARSED, "sender": f"evil{n}@example.org", "from": f"Evil {n} <evil{n}@example.org>",
+            "body-plain": f"Pay invoice {n} to account 0000", "stripped-text": f"Pay invoice {n}",
+            "message-headers": json.dumps([*headers, ["From", f"evil{n}@example.org"]])}
+
+
+def test_a_captured_signature_is_refused_with_other_content(mg_runtime: Runtime) -> None:
+    """A timestamp/token/signature triple taken off one post and replayed inside the window with 20 other senders
+    and bodies: only the post it came with is taken. The same post again (a retry) is still answered 200."""
+    client = create_app(mg_runtime).test_client()
+    signature = triple()
+    genuine = {**PARSED, **signature}
+    assert post_form(client, genuine).status_code == 200
+    answers = [post_form(client, {**sender_variant(n), **signature}).status_code for n in range(20)]
+    assert answers == [401] * 20
+    assert count(mg_runtime, inbox, CHANNEL) == 1
+    with mg_runtime.engine.connect() as conn:
+        assert b"evil" not in conn.execute(select(inbox.c.body)).scalar_one()
+
+
+def test_a_replay_is_refused_by_every_web_process(write_config: Callable[..., Path], postgres_url: str) -> None:
+    """Two web processes (two engines on one PostgreSQL database): a token used on one is refused on the other."""
+    path = write_config(config_text(CHANNEL, {"type": "mailgun", "signing_key": KEY}), storage_url=postgres_url)
+    first, second = build_runtime(load_config(path)), build_runtime(load_config(path))
+    try:
+        signature = triple()
+        assert post_form(create_app(first).test_client(), {**PARSED, **signature}).status_code == 200
+        replayed = post_form(create_app(second).test_client(), {**sender_variant(1), **signature})
+        assert replayed.status_code == 401
+        assert count(second, inbox, CHANNEL) == 1
+    finally:
+        first.close()
+        second.close()
+
+
 def huge_form(fields: int, signature: dict[str, str] | None) -> tuple[bytes, str]:
     """About 4.8 MB in ``fields`` small fields, the signature fields (if any) at the end."""
     boundary = "xYzZY" + uuid.uuid4().hex[:12]
