@@ -2,7 +2,9 @@
 
 Each post carries ``timestamp``, ``token`` and ``signature`` = hex HMAC-SHA256(webhook signing key, timestamp +
 token) as form fields; it is checked in constant time (against a previous key too, during a rotation) and the
-timestamp must be inside the replay window. The signature covers no content, which is why the window is short.
+timestamp must be inside the replay window. The signature covers no content, so each token is taken once, for the
+post it came with (``gateway.replay``, kept in the database): the same signature on other content is a replay.
+The three fields are read from the raw bytes before the form is parsed, so unsigned posts cost a scan only.
 A route URL ending in ``mime`` receives ``body-mime`` (the raw MIME); otherwise the parsed fields are rebuilt into
 an email so one normaliser handles both. Answers: 200 stored; 406 tells Mailgun not to retry (used for posts
 without any message); anything else is retried by Mailgun for hours.
@@ -14,26 +16,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
+from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
 from gateway.errors import MalformedRequest, SignatureInvalid
-from gateway.mail.forms import FormField, first, parse_form, rebuild_email
+from gateway.mail.forms import FormField, find_fields, first, parse_form, rebuild_email
 from gateway.mail.mime import UnparseableMail, provider_id, raw_digest
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, SmtpReplies, SmtpSettings
 from gateway.model import ChannelType, Message
 from gateway.plugins import WebhookChannel
 from gateway.records import InboxItem, RawRecord
+from gateway.replay import MAX_TOKEN_LENGTH
 from gateway.signing import current_or_previous, matches_any
 from gateway.storage.db import utcnow
 from gateway.webhooks import Headers, HookRequest
 
 SIGNED_FIELDS = ("timestamp", "token", "signature")
+_TIMESTAMP = re.compile(rb"[0-9]{1,12}")
+_TOKEN = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_TOKEN_LENGTH)
+_SIGNATURE = re.compile(rb"[0-9a-f]{64}")
 
 
 class MailgunConfig(EmailSettings):
@@ -67,22 +75,30 @@ class MailgunChannel(SmtpReplies, WebhookChannel):
         return parse_form(request.body, request.headers.get("Content-Type", ""))
 
     def verify(self, request: HookRequest) -> None:
-        fields = self._fields(request)  # the signature is inside the form: an unreadable form is a 400
-        values = {name: (first(fields, name).data.decode("ascii", "replace") if first(fields, name) else "")
-                  for name in SIGNED_FIELDS}
-        if not all(values.values()):
+        # the signature travels inside the form: its three fields are read from the raw bytes (the field count
+        # capped first), so nothing is parsed before the post is known to be Mailgun's and unused
+        found = find_fields(request.body, request.headers.get("Content-Type", ""), SIGNED_FIELDS, MAX_TOKEN_LENGTH)
+        timestamp, token, signature = (found.get(name, b"") for name in SIGNED_FIELDS)
+        if not (timestamp and token and signature):
             raise SignatureInvalid("missing Mailgun signature fields (timestamp, token, signature)")
-        if not values["timestamp"].isdigit():
+        if not _TIMESTAMP.fullmatch(timestamp):
             raise SignatureInvalid("timestamp is not a whole number of seconds")
+        if not _TOKEN.fullmatch(token) or not _SIGNATURE.fullmatch(signature):
+            raise SignatureInvalid("token or signature is not in Mailgun's form (printable ASCII, hex)")
         keys = current_or_previous(self.config.signing_key, self.config.previous_signing_key)
-        if not matches_any(values["signature"], keys,
-                           lambda key: signature_for(key, values["timestamp"], values["token"])):
+        if not matches_any(signature, keys, lambda key: signature_for(key, timestamp.decode(), token.decode())):
             raise SignatureInvalid("signature does not match: check the channel's signing_key (HTTP webhook "
                                    "signing key)")
-        skew = abs(time.time() - int(values["timestamp"]))
+        signed_at = int(timestamp)
+        skew = abs(time.time() - signed_at)
         if skew > self.config.replay_window_seconds:
             raise SignatureInvalid(f"timestamp is {skew:.0f}s from now, outside the "
                                    f"{self.config.replay_window_seconds}s replay window")
+        # the signature covers no content: its token is good for the one post it came with (and that post's retries)
+        post = hashlib.sha256(self.name.encode() + b"\0" + request.body).hexdigest()
+        until = datetime.fromtimestamp(signed_at + self.config.replay_window_seconds + 1, UTC)
+        if not self.context.used_tokens.use("mailgun", token.decode(), post, until):
+            raise SignatureInvalid("token already used by another post: a replayed signature")
 
     def split(self, request: HookRequest) -> list[InboxItem]:
         fields = self._fields(request)

@@ -4,6 +4,12 @@ CRC: ``GET ?crc_token=T`` is answered ``{"response_token": "sha256=" + base64(HM
 deliveries carry ``x-twitter-webhooks-signature: sha256=base64(HMAC-SHA256(consumer secret, raw body))``
 (https://docs.x.com/x-api/account-activity/introduction). One delivery may hold several ``direct_message_events``:
 each is stored under its own event id. Messages our own account sent give no customer message.
+
+Both HMACs are X's and use the same key over unprefixed data, so an answered CRC is a valid delivery signature for
+a body equal to its token. The two are kept apart by their domains: a CRC token is answered only when it is a short
+opaque string (``CRC_TOKEN``: letters, digits and ``-._~+/=``, as X's base64 tokens are), and a delivery is
+verified only when its body is a JSON object, which starts with ``{`` (after JSON whitespace), a character no
+answered token holds. No body that can be accepted is ever a token that is answered.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import hmac
 import html
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,9 +30,10 @@ from requests_oauthlib import OAuth1
 
 from connectors._x_outbound import XReplies
 from gateway.attachments import MediaRequest
-from gateway.errors import MalformedRequest, SignatureInvalid
+from gateway.errors import MalformedRequest, SignatureInvalid, TooManyRequests
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
-from gateway.plugins import ConnectorConfig, WebhookChannel
+from gateway.plugins import ConnectorConfig, ConnectorContext, WebhookChannel
+from gateway.ratelimit import MemoryRateLimiter
 from gateway.records import InboxItem, RawRecord
 from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse
@@ -33,6 +41,11 @@ from gateway.webhooks import Headers, HookRequest, HookResponse
 SIGNATURE_HEADER = "x-twitter-webhooks-signature"
 API_BASE = "https://api.x.com/2/"
 _MEDIA_TYPES = {"photo": "image/jpeg", "video": "video/mp4", "animated_gif": "video/mp4"}
+CRC_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,255}")
+# X sends a CRC about hourly, at registration and when asked; per web process, as no two processes need agree
+CRC_PER_MINUTE = 12
+CRC_BURST = 6
+_JSON_WHITESPACE = b" \t\r\n"
 
 
 class XConfig(ConnectorConfig):
@@ -76,14 +89,26 @@ class XChannel(XReplies, WebhookChannel):
     channel_types = (ChannelType.X,)
     config: XConfig
 
+    def __init__(self, name: str, config: ConnectorConfig, context: ConnectorContext) -> None:
+        super().__init__(name, config, context)
+        self.crc_budget = MemoryRateLimiter(CRC_PER_MINUTE, burst=CRC_BURST)
+
     def handshake(self, request: HookRequest) -> HookResponse | None:
         if request.method != "GET" or "crc_token" not in request.query:
             return None
         token = request.query["crc_token"]
+        if not CRC_TOKEN.fullmatch(token):
+            raise MalformedRequest("crc_token is not a CRC token (1 to 255 of A-Z a-z 0-9 - . _ ~ + / =)")
+        wait = self.crc_budget.try_acquire()
+        if wait:
+            raise TooManyRequests(f"more than {CRC_PER_MINUTE} CRC requests a minute", retry_after=wait)
         body = json.dumps({"response_token": sign(self.config.consumer_secret.get_secret_value(), token.encode())})
         return HookResponse(200, body, "application/json")
 
     def verify(self, request: HookRequest) -> None:
+        if not request.body.lstrip(_JSON_WHITESPACE).startswith(b"{"):
+            # never verified: a body of this shape could be a CRC token, whose HMAC the CRC hands to anyone
+            raise MalformedRequest("a delivery is a JSON object and this body is not one")
         given = request.headers.get(SIGNATURE_HEADER, "")
         if not given:
             raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, interpolate, load_yaml
@@ -36,7 +36,11 @@ class ServerConfig(_Section):
                     "raise it. On SQLite, ingest holds the write lock only for its inserts, so two processes also "
                     "work (measured side by side in docs/benchmarks.md).")
     threads: int = Field(8, ge=1, le=256, description="Threads per web server process.")
-    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_body_bytes: int | None = Field(
+        None, ge=1024, description="No longer used, accepted so older configs still load: each webhook endpoint's own "
+                                   "limit applies (README, Connectors).")
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (it names channels and CRMs).")
 
     @field_validator("public_url")
     @classmethod
@@ -44,6 +48,13 @@ class ServerConfig(_Section):
         if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", value):
             raise ValueError("must be an absolute http(s) URL such as https://gw.example.com")
         return value.rstrip("/")
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a random token)")
+        return value
 
     @field_validator("listen")
     @classmethod

@@ -44,6 +44,17 @@ class PayloadTooLarge(HookRejected):
     reason_code = "too_large"
 
 
+class TooManyRequests(HookRejected):
+    """More requests of a kind than the gateway answers (a handshake flood); ``retry_after`` in seconds."""
+
+    status = 429
+    reason_code = "rate_limited"
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     """Seconds a ``Retry-After`` header asks for; None when absent or not a number (the HTTP-date form is not read:
     a wrong clock would make it wrong, and the back-off then applies)."""

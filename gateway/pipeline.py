@@ -1,14 +1,16 @@
 """The pipeline worker: inbox -> normalise -> customer -> conversation -> mapping -> outbox.
 
 One inbox row is processed in one transaction, so a crash anywhere repeats the row and never half-applies it.
-A row whose connector cannot normalise it is quarantined in the dead letters with the reason; the raw bytes stay.
+A row whose connector cannot normalise it (or split it, for a whole request the ingress stored unsplit) is
+quarantined in the dead letters with the reason; the raw bytes stay.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
@@ -24,8 +26,8 @@ from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
 from gateway.notes import note_failed_send
 from gateway.optouts import record_keyword
-from gateway.plugins import AgentReply, ChannelConnector
-from gateway.records import RawRecord
+from gateway.plugins import AgentReplies, AgentReply, ChannelConnector, WebhookChannel
+from gateway.records import REQUEST_KIND, RawRecord
 from gateway.replies import ReplyIntake, crm_of
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
@@ -33,7 +35,7 @@ from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import inbox, messages, outbox, provider_statuses
-from gateway.webhooks import Headers
+from gateway.webhooks import Headers, HookRequest
 
 log = logging.getLogger(__name__)
 FAILED_STATUSES = frozenset({"failed", "undelivered"})
@@ -55,6 +57,21 @@ class Prepared:
         if self.crm is not None:
             return "reply" if self.replies else "ignored"
         return "message" if self.messages else ("status" if self.statuses else "ignored")
+
+
+def split_again(record: RawRecord, connector: object) -> list[RawRecord]:
+    """The items of a whole request stored because the ingress could not split it (``REQUEST_KIND``), split now
+    by the channel (or the CRM's reply hook) it came to: after a fix, a replayed row goes on like any other."""
+    if isinstance(connector, WebhookChannel):
+        split = connector.split
+    elif isinstance(connector, AgentReplies):
+        split = connector.split_reply_hook
+    else:
+        raise TypeError(f"{record.connector} no longer takes webhooks: the stored request cannot be split")
+    request = HookRequest("POST", urlsplit(record.public_url).path, "", Headers(record.headers), record.body,
+                          record.public_url)
+    return [replace(record, provider_id=item.provider_id, kind=item.kind, body=item.body,
+                    content_type=item.content_type) for item in split(request)]
 
 
 class PipelineWorker:
@@ -113,14 +130,11 @@ class PipelineWorker:
             self._dead(row, "permanent", f"channel {row.connector!r} is no longer configured", "unknown_channel")
             return None
         try:
-            if record.kind == "status":
-                normalized, statuses = [], connector.statuses(record)
-            else:
-                normalized, statuses = connector.normalize(record), []
+            parts = split_again(record, connector) if record.kind == REQUEST_KIND else [record]
+            normalized = [m for part in parts if part.kind != "status" for m in connector.normalize(part)]
+            statuses = [s for part in parts if part.kind == "status" for s in connector.statuses(part)]
         except Exception as exc:
-            log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, exc, exc_info=True)
-            self._dead(row, "quarantined", f"{type(exc).__name__}: {exc}", "normalize_failed")
-            metrics.PROCESSED.labels(row.connector, "quarantined").inc()
+            self._quarantine(row, exc)
             return None
         try:
             normalized = [self._enrich(connector, message, row.attempts) for message in normalized]
@@ -138,7 +152,12 @@ class PipelineWorker:
             return None
         links = DbLinkStore(self.rt.engine, crm_name, self.rt.directories.get(crm_name))
         try:
-            replies = self.replies.read(crm_name, record, links)
+            parts = split_again(record, self.rt.crms[crm_name]) if record.kind == REQUEST_KIND else [record]
+        except Exception as exc:
+            self._quarantine(row, exc)
+            return None
+        try:
+            replies = [reply for part in parts for reply in self.replies.read(crm_name, part, links)]
         except DeliveryError as exc:
             if not exc.retryable:
                 self._dead(row, "permanent", str(exc), exc.code or "reply_failed")
@@ -254,6 +273,13 @@ class PipelineWorker:
                                            error_class="permanent", reason=str(error), attempts=0,
                                            code="mapping_error", field=error.field)
                 metrics.DEAD_LETTERED.labels("delivery", route.to).inc()
+
+    def _quarantine(self, row: Row[Any], exc: Exception) -> None:
+        """A row its connector cannot read: a dead letter with the reason; the raw bytes stay for a replay."""
+        log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, exc, exc_info=True)
+        code = "split_failed" if row.kind == REQUEST_KIND else "normalize_failed"
+        self._dead(row, "quarantined", f"{type(exc).__name__}: {exc}", code)
+        metrics.PROCESSED.labels(row.connector, "quarantined").inc()
 
     def _dead(self, row: Row[Any], error_class: str, reason: str, code: str) -> None:
         with self.rt.engine.begin() as conn:

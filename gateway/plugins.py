@@ -25,6 +25,7 @@ from gateway.errors import INTERNAL, DeliveryError, OnlineCheckFailed, as_delive
 from gateway.model import Attachment, ChannelType, Message, RawRef, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
 from gateway.records import InboxItem, RawRecord
+from gateway.replay import MemoryUsedTokens, UsedTokens
 from gateway.webhooks import HookRequest, HookResponse
 
 ENTRY_POINT_GROUP = "gateway.connectors"
@@ -56,6 +57,9 @@ class PollingConfig(ConnectorConfig):
 class ConnectorContext:
     """What the gateway hands a connector: outbound HTTP goes through ``http`` so tests can mock it.
 
+    ``limiter`` gives request budgets and ``used_tokens`` remembers single-use webhook tokens: per process here,
+    shared through the database when the gateway builds the context.
+
     Relative paths in a connector's settings are taken relative to ``base_dir``, the config file's folder.
     """
 
@@ -66,6 +70,7 @@ class ConnectorContext:
     default_region: str = "US"
     attachments: AttachmentStore = field(default_factory=lambda: AttachmentStore(Path("var/attachments")))
     limiter: Callable[[str, float], RateLimiter] = lambda _name, per_minute: MemoryRateLimiter(per_minute)
+    used_tokens: UsedTokens = field(default_factory=MemoryUsedTokens)
 
 
 class Connector(abc.ABC):

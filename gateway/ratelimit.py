@@ -38,9 +38,9 @@ class MemoryRateLimiter:
     """A token bucket for one process (tests, and connectors used outside the gateway)."""
 
     def __init__(self, per_minute: float, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, burst: int | None = None) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * BURST_SECONDS)
+        self.capacity = float(burst) if burst is not None else max(1.0, self.rate * BURST_SECONDS)
         self.tokens = self.capacity
         self.clock = clock
         self.updated = clock()
@@ -50,19 +50,25 @@ class MemoryRateLimiter:
 
     def acquire(self, cost: int = 1) -> None:
         while True:
-            with self._lock:
-                now = self.clock()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                wait = max(self.blocked_until - now, 0.0)
-                # a bucket a rounding error short of a token is full: float sums of small refills fall just under
-                if not wait and self.tokens >= cost - TOKEN_EPSILON:
-                    self.tokens = max(self.tokens - cost, 0.0)
-                    return
-                wait = wait or (cost - self.tokens) / self.rate
+            wait = self.try_acquire(cost)
+            if not wait:
+                return
             if wait > MAX_WAIT_SECONDS:
                 raise RetryableError(f"rate limit: next request in {wait:.0f}s", code="rate_limited", retry_after=wait)
             self.sleep(wait)
+
+    def try_acquire(self, cost: int = 1) -> float:
+        """Take ``cost`` without waiting: 0.0 when taken, otherwise the seconds until it could be."""
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            wait = max(self.blocked_until - now, 0.0)
+            # a bucket a rounding error short of a token is full: float sums of small refills fall just under
+            if not wait and self.tokens >= cost - TOKEN_EPSILON:
+                self.tokens = max(self.tokens - cost, 0.0)
+                return 0.0
+            return wait or (cost - self.tokens) / self.rate
 
     def block(self, seconds: float) -> None:
         with self._lock:

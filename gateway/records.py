@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+REQUEST_KIND = "request"  # a whole authenticated request the ingress could not split: the pipeline splits it again
+
 
 @dataclass(frozen=True)
 class InboxItem:

@@ -18,6 +18,7 @@ from gateway.identity import rules_from_config
 from gateway.mapping import Mapping, mapping_path_for
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
 from gateway.ratelimit import DbRateLimiter, RateLimiter
+from gateway.replay import DbUsedTokens
 from gateway.retry import RetryPolicy
 from gateway.storage.db import make_engine, migrate
 from gateway.storage.queues import Queues
@@ -65,13 +66,15 @@ def storage_url(config: GatewayConfig) -> str:
 
 
 def connector_context(config: GatewayConfig, http: requests.Session, engine: Engine | None) -> ConnectorContext:
-    """What connectors get: with an engine, rate limits shared through the database; without, per process."""
+    """What connectors get: with an engine, rate limits and used tokens shared through the database; without, per
+    process."""
     data_dir = config.resolve_path(config.settings.data_dir)
     context = ConnectorContext(
         http=http, public_url=config.settings.server.public_url, data_dir=data_dir, base_dir=config.base_dir,
         attachments=AttachmentStore(data_dir / "attachments"), default_region=config.settings.identity.default_region)
     if engine is not None:
         context.limiter = lambda name, per_minute: DbRateLimiter(engine, name, per_minute)
+        context.used_tokens = DbUsedTokens(engine)
     return context
 
 

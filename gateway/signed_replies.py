@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -28,11 +29,13 @@ from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.model import Attachment
 from gateway.plugins import AgentReplies, AgentReply, LinkStore
 from gateway.records import InboxItem, RawRecord
-from gateway.webhooks import Headers, HookRequest
+from gateway.signing import equal
+from gateway.webhooks import Headers, HookRequest, load_json
 
 SIGNATURE_HEADER = "X-Gateway-Signature"
 TIMESTAMP_HEADER = "X-Gateway-Timestamp"
 REPLAY_WINDOW_SECONDS = 300
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 MAX_ATTACHMENTS = 10
 
 
@@ -70,19 +73,16 @@ def verify(request: HookRequest, secret: SecretStr | None, now: float | None = N
         raise SignatureInvalid("agent replies are not enabled for this crm (set reply_secret)")
     signature = request.headers.get(SIGNATURE_HEADER, "")
     timestamp = request.headers.get(TIMESTAMP_HEADER, "")
-    if not signature or not timestamp.isdigit():
-        raise SignatureInvalid(f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
+    if not signature or not _TIMESTAMP.fullmatch(timestamp):
+        raise SignatureInvalid(f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER} (Unix seconds)")
     if abs((now if now is not None else time.time()) - int(timestamp)) > REPLAY_WINDOW_SECONDS:
         raise SignatureInvalid(f"{TIMESTAMP_HEADER} outside the {REPLAY_WINDOW_SECONDS} s window")
-    if not hmac.compare_digest(sign(secret.get_secret_value(), timestamp, request.body), signature):
+    if not equal(signature, sign(secret.get_secret_value(), timestamp, request.body)):
         raise SignatureInvalid(f"{SIGNATURE_HEADER} does not match the body (check reply_secret)")
 
 
 def parse(body: bytes) -> ReplyBody:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedRequest("body is not JSON") from None
+    data = load_json(body)
     try:
         return ReplyBody.model_validate(data)
     except ValidationError as exc:

@@ -27,5 +27,12 @@ def matches_any(given: str | bytes, secrets: Iterable[str], expected: Callable[[
     return any(hmac.compare_digest(_bytes(expected(secret)), given_bytes) for secret in secrets)
 
 
+def equal(given: str | bytes, expected: str | bytes) -> bool:
+    """``given == expected`` in constant time, for any text a client sent (``hmac.compare_digest`` refuses str
+    holding non-ASCII characters with a TypeError)."""
+    return hmac.compare_digest(_bytes(given), _bytes(expected))
+
+
 def _bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
+    # surrogatepass: a str decoded from JSON may hold a lone surrogate; it must compare unequal, not raise
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value

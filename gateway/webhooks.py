@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -80,13 +81,60 @@ class HookRequest:
 
     @cached_property
     def _json_object(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.body)
-        except (UnicodeDecodeError, ValueError):
-            raise MalformedRequest("body is not valid JSON") from None
+        data = load_json(self.body)
         if not isinstance(data, dict):
             raise MalformedRequest(f"body is not a JSON object (a JSON {_json_kind(data)})")
         return data
+
+
+def load_json(body: bytes | str) -> Any:
+    """JSON from a request body, holding only text that can be stored; ``MalformedRequest`` when it is not JSON.
+
+    A body nested deeper than the parser can follow is refused like any other unreadable one. JSON may escape half
+    of a surrogate pair (``"\\ud83d"``, a text cut inside an emoji): no UTF-8 text can hold it, so it becomes
+    U+FFFD, as a decoder does with bytes that are not UTF-8.
+    """
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedRequest("body is not valid JSON") from None
+    except RecursionError:
+        raise MalformedRequest("body is JSON nested too deeply") from None
+    if _ESCAPED_SURROGATE.search(body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")):
+        data = _without_lone_surrogates(data)
+    return data
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(data: Any) -> Any:
+    """``data`` with every lone surrogate in its strings (keys too) replaced by U+FFFD; iterative, as deep JSON
+    would exhaust the interpreter's recursion limit."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        if isinstance(value, dict):
+            copy: dict[Any, Any] = {}
+            pending.append((value, copy))
+            return copy
+        if isinstance(value, list):
+            items: list[Any] = []
+            pending.append((value, items))
+            return items
+        return value
+
+    pending: list[tuple[Any, Any]] = []
+    root = clean(data)
+    while pending:
+        source, target = pending.pop()
+        if isinstance(source, dict):
+            for key, value in source.items():
+                target[clean(key)] = clean(value)
+        else:
+            target.extend(clean(value) for value in source)
+    return root
 
 
 def _json_kind(value: object) -> str:

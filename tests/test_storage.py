@@ -1,8 +1,10 @@
-"""Storage: migrations match the table definitions, cursors, cross-process locks, attachments."""
+"""Storage: migrations match the table definitions, cursors, cross-process locks, attachments, used tokens."""
 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,13 @@ import requests
 import responses
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import select
 
 from gateway.attachments import AttachmentStore, AttachmentTooLarge, download
+from gateway.replay import DbUsedTokens
 from gateway.storage.cursors import Cursors, exclusive
 from gateway.storage.db import make_engine, migrate
-from gateway.storage.tables import metadata
+from gateway.storage.tables import metadata, used_tokens
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -111,3 +115,26 @@ def test_a_memory_bucket_a_rounding_error_short_of_a_token_does_not_spin() -> No
     limiter.tokens = 1 - 1e-12  # what a long run of small float refills leaves
     limiter.acquire()
     assert slept == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_token_is_taken_once_by_one_request_until_its_window_ends(backend: str, tmp_path: Path,
+                                                                     request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    store = DbUsedTokens(engine, clock=lambda: now[0], purge_every_seconds=0)
+    until = now[0] + timedelta(seconds=300)
+    assert store.use("mailgun", "t1", "post-a", until)
+    assert store.use("mailgun", "t1", "post-a", until)  # the same request again: a retry
+    assert not store.use("mailgun", "t1", "post-b", until)  # another request under the same token: a replay
+    assert store.use("elsewhere", "t1", "post-b", until)
+    with ThreadPoolExecutor(8) as pool:  # many web processes at once: the insert decides, one wins
+        taken = list(pool.map(lambda n: DbUsedTokens(engine).use("mailgun", "t2", f"post-{n}", until), range(24)))
+    assert taken.count(True) == 1
+    now[0] = until + timedelta(seconds=1)
+    assert store.use("mailgun", "t3", "post-c", now[0] + timedelta(seconds=300))  # purges what has expired
+    with engine.connect() as conn:
+        assert conn.execute(select(used_tokens.c.token)).scalars().all() == ["t3"]
+    engine.dispose()

@@ -7,6 +7,7 @@ a scripted provider (tests/scripted_channel.py) so timeouts, crashes and refusal
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -93,8 +94,6 @@ def post_reply(client: FlaskClient, conversation_id: str, text: str, reply_id: s
                secret: str = REPLY_SECRET, timestamp: int | None = None) -> Any:
     body = json.dumps({"conversation_id": conversation_id, "reply_id": reply_id, "text": text,
                        "author": "Ann Agent", "author_id": "42"}).encode()
-    import time
-
     stamp = str(timestamp if timestamp is not None else int(time.time()))
     return client.post("/crm-hooks/trial", data=body, headers={
         "Content-Type": "application/json", signed_replies.TIMESTAMP_HEADER: stamp,
@@ -338,8 +337,9 @@ def test_the_reply_endpoint_refuses_what_it_cannot_trust(rt: Runtime, client: Fl
     conversation = customer_writes(rt)
     assert post_reply(client, conversation, "x", secret="not-the-secret").status_code == 401
     assert post_reply(client, conversation, "x", timestamp=1_000_000_000).status_code == 401
-    assert client.post("/crm-hooks/trial", data=b"{}").status_code == 401
-    assert client.post("/crm-hooks/nobody", data=b"{}").status_code == 404
+    known, unknown = client.post("/crm-hooks/trial", data=b"{}"), client.post("/crm-hooks/nobody", data=b"{}")
+    assert known.status_code == 401  # and a name that takes no replies is answered the same: names cannot be guessed
+    assert (unknown.status_code, unknown.get_data()) == (known.status_code, known.get_data())
     stamp = "2000000000"
     body = b'{"conversation_id": "x", "reply_id": "1", "text": "hi", "surprise": 1}'
     assert count(rt, inbox, inbox.c.connector == "crm:trial") == 0
@@ -347,6 +347,54 @@ def test_the_reply_endpoint_refuses_what_it_cannot_trust(rt: Runtime, client: Fl
         signed_replies.TIMESTAMP_HEADER: stamp, signed_replies.SIGNATURE_HEADER: signed_replies.sign(
             REPLY_SECRET, stamp, body)})
     assert response.status_code == 401, "stale, whatever the body"
+
+
+@pytest.mark.parametrize("headers", [
+    {signed_replies.TIMESTAMP_HEADER: "\u00b2\u00b3", signed_replies.SIGNATURE_HEADER: "sha256=00"},
+    {signed_replies.SIGNATURE_HEADER: "sha256=\u00e9\u00e9"},
+    {signed_replies.TIMESTAMP_HEADER: "9" * 400, signed_replies.SIGNATURE_HEADER: "sha256=00"},
+])
+def test_odd_reply_headers_are_4xx_not_503(rt: Runtime, client: FlaskClient, headers: dict[str, str]) -> None:
+    """Superscript digits pass str.isdigit() but not int(); a non-ASCII signature made compare_digest raise."""
+    stamp = str(int(time.time()))
+    body = b'{"conversation_id": "x", "reply_id": "1", "text": "hi"}'
+    response = client.post("/crm-hooks/trial", data=body, headers={
+        signed_replies.TIMESTAMP_HEADER: stamp, **headers})
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert count(rt, inbox, inbox.c.connector == "crm:trial") == 0
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b'{"conversation_id": "x", "reply_id": "1", "text": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400),
+    (b'{"conversation_id": "x", "reply_id": "1", "text": "half an emoji \\ud83d"}', 200),
+])
+def test_signed_replies_that_json_cannot_hold_are_not_503(rt: Runtime, client: FlaskClient, body: bytes,
+                                                          status: int) -> None:
+    stamp = str(int(time.time()))
+    response = client.post("/crm-hooks/trial", data=body, headers={
+        signed_replies.TIMESTAMP_HEADER: stamp,
+        signed_replies.SIGNATURE_HEADER: signed_replies.sign(REPLY_SECRET, stamp, body)})
+    assert response.status_code == status, response.get_data(as_text=True)
+
+
+def test_a_signed_reply_the_crm_connector_fails_on_is_kept_and_replayable(
+        rt: Runtime, client: FlaskClient, provider: ScriptedProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    conversation = customer_writes(rt)
+    crm = rt.crms["trial"]
+    real_split = crm.split_reply_hook  # type: ignore[attr-defined]
+
+    def broken(request: Any) -> list[InboxItem]:
+        raise AttributeError("a bug in the connector")
+
+    monkeypatch.setattr(crm, "split_reply_hook", broken)
+    assert post_reply(client, conversation, "Your refund is on its way").status_code == 200
+    work(rt)
+    [letter] = rt.queues.list_dead_letters()
+    assert (letter.error_class, letter.error_code, letter.target) == ("quarantined", "split_failed", "crm:trial")
+    monkeypatch.setattr(crm, "split_reply_hook", real_split)
+    assert rt.queues.resolve_dead_letter(letter.id, "replayed")
+    work(rt)
+    assert [text.startswith("Your refund is on its way") for _, _, text in provider.accepted] == [True]
 
 
 def test_a_reply_for_an_unknown_conversation_sends_nothing(rt: Runtime, client: FlaskClient,

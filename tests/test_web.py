@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -59,13 +62,35 @@ def rejected(client: FlaskClient, connector: str, reason: str) -> float:
     return metric(client, "gateway_rejected_total", connector=connector, reason=reason)
 
 
-def test_unknown_channel_is_404(client: FlaskClient, runtime: Runtime) -> None:
+def test_unknown_channel_is_answered_like_a_known_one_with_a_bad_signature(client: FlaskClient,
+                                                                          runtime: Runtime) -> None:
+    """A guessed name learns nothing: an unknown channel answers what a known one answers a forged request (401,
+    the same body) and a GET (405), so names cannot be enumerated by their answers."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    known = client.post(HOOK, data=b"Body=hi", headers={**form, SIGNATURE_HEADER: "Zm9yZ2Vk"})
     before = rejected(client, "unknown", "unknown_channel")
-    response = client.post("/hooks/nope", data={"Body": "hi"})
-    assert response.status_code == 404
-    assert response.get_data(as_text=True) == "no channel named 'nope'\n"
+    unknown = client.post("/hooks/nope", data=b"Body=hi", headers={**form, SIGNATURE_HEADER: "Zm9yZ2Vk"})
+    assert known.status_code == 401
+    assert (unknown.status_code, unknown.get_data(), unknown.content_type) == (
+        known.status_code, known.get_data(), known.content_type)
+    assert b"nope" not in unknown.get_data()
     assert rejected(client, "unknown", "unknown_channel") == before + 1
+    known_get, unknown_get = client.get(HOOK), client.get("/hooks/nope")
+    assert (unknown_get.status_code, unknown_get.get_data()) == (known_get.status_code, known_get.get_data())
+    assert known_get.status_code == 405
     assert inbox_rows(runtime) == 0
+
+
+def test_a_polled_channel_is_answered_like_an_unknown_name(write_config: Callable[..., Path]) -> None:
+    rt = build_runtime(load_config(write_config(BASE_CONFIG.replace(
+        "channels:\n", "channels:\n  mail: {type: imap, host: imap.example.com, username: u, password: p}\n"))))
+    try:
+        client = create_app(rt).test_client()
+        polled, unknown = client.post("/hooks/mail", data=b"x"), client.post("/hooks/nope", data=b"x")
+        assert (polled.status_code, polled.get_data()) == (unknown.status_code, unknown.get_data()) == (
+            401, b"signature missing or invalid\n")
+    finally:
+        rt.close()
 
 
 def test_get_without_handshake_is_405(client: FlaskClient, runtime: Runtime) -> None:
@@ -78,7 +103,6 @@ def test_get_without_handshake_is_405(client: FlaskClient, runtime: Runtime) -> 
 
 def test_body_over_the_connector_limit_is_413(client: FlaskClient, runtime: Runtime) -> None:
     limit = runtime.channels[CHANNEL].max_body_bytes
-    assert limit < runtime.config.settings.server.max_body_bytes  # the connector's own limit is what bites
     request = signed(runtime, text="x" * limit)
     assert len(request.body) > limit
     before = rejected(client, CHANNEL, "too_large")
@@ -114,15 +138,17 @@ def test_malformed_body_is_400(client: FlaskClient, runtime: Runtime, content_ty
     assert inbox_rows(runtime) == 0
 
 
-def test_bad_signature_is_401(client: FlaskClient, runtime: Runtime) -> None:
+def test_bad_signature_is_401(client: FlaskClient, runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
     request = signed(runtime)
     forged = HookRequest(request.method, request.path, request.query_string,
                          type(request.headers)({**dict(request.headers.items()), SIGNATURE_HEADER: "Zm9yZ2Vk"}),
                          request.body, request.public_url)
     before = rejected(client, CHANNEL, "signature")
-    response = send(client, forged, CHANNEL)
+    with caplog.at_level(logging.WARNING, logger="gateway.ingress"):
+        response = send(client, forged, CHANNEL)
     assert response.status_code == 401
-    assert f"{SIGNATURE_HEADER} over {PUBLIC_URL}{HOOK} does not match" in response.get_data(as_text=True)
+    assert response.get_data(as_text=True) == "signature missing or invalid\n"  # the same for every endpoint
+    assert f"{SIGNATURE_HEADER} over {PUBLIC_URL}{HOOK} does not match" in caplog.text  # why: for the operator
     assert rejected(client, CHANNEL, "signature") == before + 1
     assert inbox_rows(runtime) == 0
 
@@ -226,3 +252,88 @@ def test_credentials_and_query_tokens_are_never_stored(client: FlaskClient, runt
         row = conn.execute(select(inbox.c.headers, inbox.c.public_url)).one()
     assert {k.lower() for k in row.headers} & {"authorization", "cookie"} == set()
     assert "?" not in row.public_url
+
+
+def test_a_chunked_body_over_the_connector_limit_is_413(client: FlaskClient, runtime: Runtime) -> None:
+    """Without a Content-Length the channel's limit still holds: reading stops there, nothing is stored."""
+    limit = runtime.channels[CHANNEL].max_body_bytes
+    request = signed(runtime, text="x" * limit)
+    response = client.post(HOOK, input_stream=io.BytesIO(request.body),
+                           headers={**dict(request.headers.items()), "Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert (response.status_code, response.get_data(as_text=True)) == (413, f"body over {limit} bytes\n")
+    assert inbox_rows(runtime) == 0
+
+
+def test_the_old_server_body_limit_loads_and_limits_nothing(write_config: Callable[..., Path]) -> None:
+    config = load_config(write_config(BASE_CONFIG.replace('public_url:', 'max_body_bytes: 5242880, public_url:')))
+    assert config.settings.server.max_body_bytes == 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize("header", ["é", "Zm9y\u00b2", "\u00ff" * 28])
+def test_a_signature_no_provider_could_send_is_4xx_not_503(client: FlaskClient, runtime: Runtime,
+                                                            header: str) -> None:
+    """A non-ASCII signature made the constant-time comparison raise TypeError, answered 503 (retry forever)."""
+    request = signed(runtime)
+    response = client.post(HOOK, data=request.body, headers={**dict(request.headers.items()), SIGNATURE_HEADER: header})
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert "Retry-After" not in response.headers
+    assert inbox_rows(runtime) == 0
+
+
+def test_an_authentic_request_its_connector_cannot_split_is_kept_and_quarantined(
+        client: FlaskClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signed request that makes the connector fail unforeseen (here a bug) is answered 2xx and kept whole: the
+    pipeline quarantines it with the reason, and once the code is fixed a replay delivers it."""
+    from gateway.pipeline import PipelineWorker
+    from gateway.storage.tables import dead_letters, messages
+    from gateway.worker import drain_once
+
+    connector = runtime.channels[CHANNEL]
+    real_split = connector.split
+
+    def broken(request: HookRequest) -> list[Any]:
+        raise KeyError("a field the code expected")
+
+    monkeypatch.setattr(connector, "split", broken)
+    request = signed(runtime, text="Kept despite the bug")
+    response = send(client, request, CHANNEL)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert drain_once(PipelineWorker(runtime, "t")) == 1
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(inbox.c.kind, inbox.c.body, inbox.c.status)).one()
+        letter = conn.execute(select(dead_letters)).one()
+    assert (row.kind, row.body, row.status) == ("request", request.body, "dead")
+    assert (letter.error_class, letter.error_code) == ("quarantined", "split_failed")
+    assert "a field the code expected" in letter.reason
+    monkeypatch.setattr(connector, "split", real_split)  # the fix
+    assert runtime.queues.resolve_dead_letter(letter.id, "replayed")
+    assert drain_once(PipelineWorker(runtime, "t")) == 1
+    with runtime.engine.connect() as conn:
+        [data] = conn.execute(select(messages.c.data)).scalars().all()
+    assert data["text"] == "Kept despite the bug"
+
+
+def test_metrics_need_the_bearer_token_when_one_is_set(write_config: Callable[..., Path]) -> None:
+    token = "test-metrics-token-0123456789"
+    rt = build_runtime(load_config(write_config(BASE_CONFIG.replace(
+        'public_url:', f'metrics_token: "{token}", public_url:'))))
+    try:
+        client = create_app(rt).test_client()
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Basic {token}"},
+                        {"Authorization": "Bearer é"}):
+            refused = client.get("/metrics", headers=headers)
+            assert refused.status_code == 401
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert b"gateway_" not in refused.get_data() and b"sms-main" not in refused.get_data()
+        allowed = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status_code == 200 and b"gateway_queue_depth" in allowed.get_data()
+    finally:
+        rt.close()
+
+
+def test_a_short_metrics_token_is_a_config_error(write_config: Callable[..., Path]) -> None:
+    from gateway.yamlsource import ConfigError
+
+    with pytest.raises(ConfigError, match=r"server\.metrics_token"):
+        load_config(write_config(BASE_CONFIG.replace('public_url:', 'metrics_token: "short", public_url:')))

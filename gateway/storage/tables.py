@@ -333,3 +333,14 @@ opt_outs = Table(
     Column("keyword", String(32), nullable=False),
     Column("created_at", Time, nullable=False),
 )
+
+# Single-use webhook tokens (Mailgun's ``token``): a token is taken for one request until its signature's replay
+# window has passed; the primary key makes the insert the check, so every web process agrees.
+used_tokens = Table(
+    "used_tokens", metadata,
+    Column("scope", String(32), primary_key=True),
+    Column("token", String(255), primary_key=True),
+    Column("used_for", String(128), nullable=False),  # a digest of the request it came with: its retries pass
+    Column("expires_at", Time, nullable=False),
+    Index("ix_used_tokens_expires_at", "expires_at"),
+)

@@ -8,20 +8,32 @@ hex HMAC-SHA256(signing key, timestamp + token).
 
 from __future__ import annotations
 
+import email
+import io
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import requests
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from werkzeug.test import TestResponse
 
 from connectors.mailgun import MailgunChannel, signature_for
 from connectors.sendgrid import multipart_body
+from gateway.config import load_config
 from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector
+from gateway.runtime import Runtime, build_runtime
+from gateway.storage.tables import inbox
+from gateway.web import create_app
 from gateway.webhooks import Headers, HookRequest
-from tests.conformance.channel import ChannelConformance, Expected, split_records
+from tests.conformance.channel import ChannelConformance, Expected, config_text, count, split_records
 from tests.conftest import PUBLIC_URL
 from tests.mail.corpus import CASES_FOR_WEBHOOKS, PNG, sha
 
@@ -149,3 +161,124 @@ def test_sample_request_verifies_and_normalises() -> None:
     [record] = split_records(connector, request)
     [message] = connector.normalize(record)
     assert message.text == "Hello"
+
+
+# -- replays, cost before the signature, limits -------------------------------------------------------------------
+
+def triple(key: str = KEY) -> dict[str, str]:
+    """A fresh timestamp, token and signature, as Mailgun puts on one post."""
+    timestamp, token = str(int(time.time())), uuid.uuid4().hex + uuid.uuid4().hex[:18]
+    return {"timestamp": timestamp, "token": token, "signature": signature_for(key, timestamp, token)}
+
+
+def post_form(client: FlaskClient, fields: dict[str, Any], **headers: str) -> TestResponse:
+    body, content_type = multipart_body(fields)
+    return client.post(f"/hooks/{CHANNEL}", data=body, headers={"Content-Type": content_type, **headers})
+
+
+@pytest.fixture
+def mg_runtime(write_config: Callable[..., Path]) -> Iterator[Runtime]:
+    rt = build_runtime(load_config(write_config(config_text(CHANNEL, {"type": "mailgun", "signing_key": KEY}))),
+                       http=requests.Session())
+    yield rt
+    rt.close()
+
+
+def sender_variant(n: int) -> dict[str, Any]:
+    """Other content under the same signature: another sender, another body, no Message-Id to deduplicate on."""
+    headers = [pair for pair in MESSAGE_HEADERS if pair[0] not in ("From", "Message-Id")]
+    return {**PARSED, "sender": f"evil{n}@example.org", "from": f"Evil {n} <evil{n}@example.org>",
+            "body-plain": f"Pay invoice {n} to account 0000", "stripped-text": f"Pay invoice {n}",
+            "message-headers": json.dumps([*headers, ["From", f"evil{n}@example.org"]])}
+
+
+def test_a_captured_signature_is_refused_with_other_content(mg_runtime: Runtime) -> None:
+    """A timestamp/token/signature triple taken off one post and replayed inside the window with 20 other senders
+    and bodies: only the post it came with is taken. The same post again (a retry) is still answered 200."""
+    client = create_app(mg_runtime).test_client()
+    signature = triple()
+    genuine = {**PARSED, **signature}
+    assert post_form(client, genuine).status_code == 200
+    answers = [post_form(client, {**sender_variant(n), **signature}).status_code for n in range(20)]
+    assert answers == [401] * 20
+    assert count(mg_runtime, inbox, CHANNEL) == 1
+    with mg_runtime.engine.connect() as conn:
+        assert b"evil" not in conn.execute(select(inbox.c.body)).scalar_one()
+
+
+def test_a_replay_is_refused_by_every_web_process(write_config: Callable[..., Path], postgres_url: str) -> None:
+    """Two web processes (two engines on one PostgreSQL database): a token used on one is refused on the other."""
+    path = write_config(config_text(CHANNEL, {"type": "mailgun", "signing_key": KEY}), storage_url=postgres_url)
+    first, second = build_runtime(load_config(path)), build_runtime(load_config(path))
+    try:
+        signature = triple()
+        assert post_form(create_app(first).test_client(), {**PARSED, **signature}).status_code == 200
+        replayed = post_form(create_app(second).test_client(), {**sender_variant(1), **signature})
+        assert replayed.status_code == 401
+        assert count(second, inbox, CHANNEL) == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def huge_form(fields: int, signature: dict[str, str] | None) -> tuple[bytes, str]:
+    """About 4.8 MB in ``fields`` small fields, the signature fields (if any) at the end."""
+    boundary = "xYzZY" + uuid.uuid4().hex[:12]
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="f{{}}"\r\n\r\n{"v" * 16}\r\n'
+    chunks = [part.format(n).encode() for n in range(fields)]
+    for name, value in (signature or {}).items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("signature", [None, "signed"])
+def test_a_huge_form_costs_nothing_before_it_is_refused(mg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+                                                        signature: str | None) -> None:
+    """52,000 fields in 4.8 MB, unsigned or signed: refused from a scan of the raw bytes; the form is never parsed
+    (parsing it took about 10 s of CPU)."""
+    client = create_app(mg_runtime).test_client()
+    body, content_type = huge_form(52_000, triple() if signature else None)
+    assert 4_500_000 < len(body) < 5_000_000
+    parsed: list[bytes] = []
+    real = email.message_from_bytes
+    monkeypatch.setattr(email, "message_from_bytes", lambda data, *a, **k: parsed.append(data) or real(data, *a, **k))
+    started = time.process_time()
+    response = client.post(f"/hooks/{CHANNEL}", data=body, headers={"Content-Type": content_type})
+    spent = time.process_time() - started
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert not parsed, "the form was parsed"
+    assert spent < 2.0
+    assert count(mg_runtime, inbox, CHANNEL) == 0
+
+
+@pytest.mark.parametrize("bad", [{"signature": "é" * 64}, {"signature": "\u00b2" * 64}, {"timestamp": "\u00b2\u00b3"},
+                                 {"timestamp": "9" * 40}, {"token": "t" * 4000}, {"token": "\x00"}])
+def test_odd_signature_fields_are_4xx(mg_runtime: Runtime, bad: dict[str, str]) -> None:
+    client = create_app(mg_runtime).test_client()
+    response = post_form(client, {**PARSED, **triple(), **bad})
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert "Retry-After" not in response.headers
+    assert count(mg_runtime, inbox, CHANNEL) == 0
+
+
+def big_post(size: int) -> tuple[bytes, str]:
+    attachment = ("big.bin", "application/octet-stream", b"\x00" * size)
+    return multipart_body({**PARSED, "attachment-1": attachment, **triple()})
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_signed_post_over_5_mb_is_taken(mg_runtime: Runtime, chunked: bool) -> None:
+    """Mailgun's own limit (40 MB here) applies, not a server-wide 5 MB: with a length or sent chunked."""
+    client = create_app(mg_runtime).test_client()
+    body, content_type = big_post(5_500_000)
+    headers = {"Content-Type": content_type}
+    if chunked:
+        response = client.post(f"/hooks/{CHANNEL}", input_stream=io.BytesIO(body),
+                               headers={**headers, "Transfer-Encoding": "chunked"},
+                               environ_overrides={"wsgi.input_terminated": True})
+    else:
+        response = client.post(f"/hooks/{CHANNEL}", data=body, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    with mg_runtime.engine.connect() as conn:
+        assert conn.execute(select(inbox.c.body)).scalar_one() == body

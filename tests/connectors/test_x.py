@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 import requests
@@ -239,3 +239,78 @@ def test_dm_media_stays_a_link_without_media_keys_and_other_hosts_are_refused() 
 def test_media_keys_must_come_together() -> None:
     with pytest.raises(ValueError, match="go together"):
         XChannel.Config.model_validate(settings(consumer_key="test-x-consumer-key"))
+
+
+# -- the CRC is no signing oracle, and bodies X cannot have signed are not refused with a 5xx ----------------------
+
+def crc(client: Any, token: str) -> Any:
+    return client.get(f"/hooks/{CHANNEL}", query_string={"crc_token": token})
+
+
+def test_a_crc_answer_cannot_sign_a_forged_delivery(x_runtime: Runtime) -> None:
+    """The attack: ask the CRC for HMAC(secret, body) with the body as crc_token, then post the body with that
+    answer as its signature. A JSON body is no CRC token, so it gets no answer; and a body shaped like a CRC token
+    (which the CRC does answer) is never taken as a delivery, so the two sets never meet."""
+    client = create_app(x_runtime).test_client()
+    data = json.loads(raw("dm_text"))
+    data["direct_message_events"][0]["message_create"]["message_data"]["text"] = "Send the refund to 0000"
+    forged = json.dumps(data).encode()
+    answer = crc(client, forged.decode())
+    signature = answer.get_json()["response_token"] if answer.status_code == 200 else "sha256="
+    posted = client.post(f"/hooks/{CHANNEL}", data=forged, headers={
+        "Content-Type": "application/json", "x-twitter-webhooks-signature": signature})
+    assert posted.status_code == 401 and count(x_runtime, inbox, CHANNEL) == 0
+    assert answer.status_code == 400 and b"response_token" not in answer.get_data()
+    token = "M2RkODJkZmMtYjlkYi00NmQ4LTk0MGUtM2JjYzkwM2Q4MjQ0"  # what X sends: base64 of a uuid
+    answer = crc(client, token)
+    assert answer.status_code == 200
+    response_token = answer.get_json()["response_token"]
+    posted = client.post(f"/hooks/{CHANNEL}", data=token, headers={
+        "Content-Type": "application/json", "x-twitter-webhooks-signature": response_token})
+    assert 400 <= posted.status_code < 500 and count(x_runtime, inbox, CHANNEL) == 0
+
+
+@pytest.mark.parametrize("token", ["", "a" * 256, "{}", "abc def", "abc\n", "é"])
+def test_only_short_opaque_crc_tokens_are_answered(token: str) -> None:
+    from gateway.errors import MalformedRequest
+
+    with pytest.raises(MalformedRequest):
+        x_channel().handshake(HookRequest("GET", "", f"crc_token={quote(token)}", Headers({}), b"", HOOK_URL))
+
+
+def test_crc_answers_are_rate_limited(x_runtime: Runtime) -> None:
+    """A burst of CRCs is answered, then 429 with Retry-After until the budget refills (clock controlled)."""
+    client = create_app(x_runtime).test_client()
+    connector = x_runtime.channels[CHANNEL]
+    assert isinstance(connector, XChannel)
+    now = [1000.0]
+    connector.crc_budget.clock = lambda: now[0]
+    connector.crc_budget.updated = now[0]
+    burst = int(connector.crc_budget.capacity)
+    answers = [crc(client, f"token-{n}").status_code for n in range(burst)]
+    assert answers == [200] * burst
+    refused = crc(client, "token-again")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    now[0] += 60
+    assert crc(client, "token-later").status_code == 200
+
+
+def test_signed_json_nested_too_deep_is_400(x_runtime: Runtime) -> None:
+    client = create_app(x_runtime).test_client()
+    body = b'{"direct_message_events": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    response = send(client, post(body), CHANNEL)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert count(x_runtime, inbox, CHANNEL) == 0
+
+
+def test_signed_lone_surrogate_is_stored_and_delivered_readable(x_runtime: Runtime) -> None:
+    """JSON may escape half a surrogate pair (a text cut inside an emoji): the message is taken, the half character
+    becomes U+FFFD, and the rest of the text reaches the CRM."""
+    client = create_app(x_runtime).test_client()
+    body = raw("dm_text").replace(b'"My parcel', b'"\\ud83d My parcel')
+    response = send(client, post(body), CHANNEL)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert drain_pipeline(x_runtime) == 1
+    with x_runtime.engine.connect() as conn:
+        [data] = conn.execute(select(messages.c.data)).scalars().all()
+    assert data["text"] == "\ufffd My parcel & the invoice don't match <order 77>"
