@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 from sqlalchemy import Engine
 
-from gateway.attachments import AttachmentStore
+from gateway.attachments import AttachmentStore, MediaPolicy
 from gateway.config import GatewayConfig, channel_class, crm_class
 from gateway.directory import CrmDirectory
 from gateway.identity import rules_from_config
@@ -67,9 +67,13 @@ def storage_url(config: GatewayConfig) -> str:
 def connector_context(config: GatewayConfig, http: requests.Session, engine: Engine | None) -> ConnectorContext:
     """What connectors get: with an engine, rate limits shared through the database; without, per process."""
     data_dir = config.resolve_path(config.settings.data_dir)
+    media = config.settings.media
+    policy = MediaPolicy(deadline_seconds=media.deadline_seconds, allow_networks=tuple(media.allow_networks),
+                         allow_http=media.allow_http)
     context = ConnectorContext(
         http=http, public_url=config.settings.server.public_url, data_dir=data_dir, base_dir=config.base_dir,
-        attachments=AttachmentStore(data_dir / "attachments"), default_region=config.settings.identity.default_region)
+        attachments=AttachmentStore(data_dir / "attachments", policy=policy),
+        default_region=config.settings.identity.default_region)
     if engine is not None:
         context.limiter = lambda name, per_minute: DbRateLimiter(engine, name, per_minute)
     return context
