@@ -72,6 +72,12 @@ class WorkersConfig(_Section):
     coalesce_max: int = Field(20, ge=1, le=100, description="Pending messages of one conversation written together.")
     idle_poll_seconds: float = Field(0.2, gt=0, le=60)
     lease_seconds: int = Field(120, ge=5)
+    enrich_threads: int = Field(
+        4, ge=1, le=64, description="Threads per pool fetching media and profiles (one pool for messages with "
+                                    "media, one for the rest).")
+    enrich_wait_seconds: float = Field(
+        5.0, gt=0, le=300, description="How long a batch waits for its media and profiles; a message still "
+                                       "waiting then goes back to the queue while the others go on.")
     retry: RetryConfig = RetryConfig()
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from gateway.attachments import AttachmentStore, MediaPolicy
 from gateway.config import GatewayConfig, channel_class, crm_class
 from gateway.directory import CrmDirectory
+from gateway.enrich import Enricher
 from gateway.identity import rules_from_config
 from gateway.mapping import Mapping, mapping_path_for
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
@@ -37,6 +38,8 @@ class Runtime:
     mappings: dict[str, Mapping] = field(default_factory=dict)
     directories: dict[str, CrmDirectory] = field(default_factory=dict)
     sends_waiting: threading.Event = field(default_factory=threading.Event)  # set when replies were queued
+    _enricher: Enricher | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -50,7 +53,17 @@ class Runtime:
         """A request budget shared by every process of this gateway (kept in the database)."""
         return DbRateLimiter(self.engine, name, per_minute)
 
+    @property
+    def enricher(self) -> Enricher:
+        """The threads the pipeline's network work runs on, shared by this process's pipeline threads."""
+        with self._lock:
+            if self._enricher is None:
+                self._enricher = Enricher(self.config.settings.workers.enrich_threads)
+            return self._enricher
+
     def close(self) -> None:
+        if self._enricher is not None:
+            self._enricher.close()
         self.http.close()
         self.engine.dispose()
 

@@ -104,11 +104,12 @@ def _handler_for(server: MediaServer) -> type[BaseHTTPRequestHandler]:
             try:
                 for _ in range(length):
                     if server.stop_event.wait(every):
+                        self.close_connection = True  # the client learns the body ended short
                         return
                     self.wfile.write(b"x")
                     self.wfile.flush()
             except OSError:  # the client gave up
-                return
+                self.close_connection = True
 
     return Handler
 

@@ -257,11 +257,15 @@ class Queues:
         conn.execute(update(table).where(table.c.id == row_id).values(
             status=status, lease_owner=None, lease_until=None, **values))
 
-    def reschedule(self, table: Table, row_id: int, delay_seconds: float, error: str) -> None:
+    def reschedule(self, table: Table, row_id: int, delay_seconds: float, error: str, *,
+                   count_attempt: bool = True) -> None:
+        """Try the row again after ``delay_seconds``; ``count_attempt=False`` when this claim was no attempt (the
+        row only waits for something still under way)."""
+        attempts = {} if count_attempt else {"attempts": table.c.attempts - 1}
         with self.engine.begin() as conn:
             conn.execute(update(table).where(table.c.id == row_id).values(
                 lease_owner=None, lease_until=None, last_error=error[:2000],
-                available_at=utcnow() + timedelta(seconds=delay_seconds)))
+                available_at=utcnow() + timedelta(seconds=delay_seconds), **attempts))
 
     # -- dead letters ------------------------------------------------------------------------------------------
     def dead_letter(self, conn: Connection, *, stage: str, source_id: int, target: str, error_class: str,
