@@ -29,6 +29,7 @@ from gateway.notes import note_failed_send
 from gateway.optouts import record_keyword
 from gateway.plugins import AgentReply
 from gateway.records import RawRecord
+from gateway.redact import describe_error
 from gateway.replies import ReplyIntake, crm_of
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
@@ -172,8 +173,9 @@ class PipelineWorker:
             else:
                 normalized, statuses = connector.normalize(record), []
         except Exception as exc:
-            log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, exc, exc_info=True)
-            self._dead(row, "quarantined", f"{type(exc).__name__}: {exc}", "normalize_failed")
+            log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, describe_error(exc),
+                        exc_info=True)
+            self._dead(row, "quarantined", describe_error(exc), "normalize_failed")
             metrics.PROCESSED.labels(row.connector, "quarantined").inc()
             return None
         return Prepared(row, normalized, statuses)
@@ -241,7 +243,8 @@ class PipelineWorker:
         for message, exc in results:
             if exc is not None:
                 log.warning("%s: delivering message %s without its media/profile after %d attempts: %s",
-                            message.connector, message.provider_message_id, item.row.attempts, exc)
+                            message.connector, message.provider_message_id, item.row.attempts,
+                            describe_error(exc))
                 # the class only: a message text can hold a signed media URL, which must not travel to the CRM
                 message = message.model_copy(update={"extras": {**message.extras, "enrich_error": type(exc).__name__}})
             if message.language is None:
@@ -261,12 +264,13 @@ class PipelineWorker:
 
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""
-        log.error("inbox row %s from %s failed: %s", row.id, row.connector, exc, exc_info=True)
+        reason = describe_error(exc)
+        log.error("inbox row %s from %s failed: %s", row.id, row.connector, reason, exc_info=True)
         delay = self.rt.retry_policy.next_delay(row.attempts, exc)
         if delay is None:
-            self._dead(row, "exhausted", f"{type(exc).__name__}: {exc}", "pipeline_failed")
+            self._dead(row, "exhausted", reason, "pipeline_failed")
         else:
-            self.rt.queues.reschedule(inbox, row.id, delay, f"{type(exc).__name__}: {exc}")
+            self.rt.queues.reschedule(inbox, row.id, delay, reason)
 
     def _store(self, conn: Connection, message: Message) -> None:
         already = conn.execute(select(messages.c.id).where(
