@@ -38,6 +38,7 @@ from gateway.model import (
 )
 from gateway.plugins import ConnectorConfig, WebhookChannel
 from gateway.records import InboxItem, RawRecord
+from gateway.redact import mask_identifier
 from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
@@ -285,7 +286,7 @@ class MetaChannel(WebhookChannel, MetaSender):
         try:
             phone = normalize_phone(wa_id, self._region(), international=True)
         except InvalidIdentifier as exc:
-            raise ValueError(f"from {wa_id!r}: {exc}") from None
+            raise ValueError(f"from {mask_identifier(wa_id)!r}: {exc}") from None
         name = next((c.get("profile", {}).get("name") for c in data["contacts"] if str(c.get("wa_id")) == wa_id),
                     None)
         sender = Party(identifiers=(Identifier(kind=IdentifierKind.PHONE, value=phone),

@@ -34,6 +34,7 @@ from gateway.model import (
 )
 from gateway.plugins import ConnectorConfig, WebhookChannel, online_check
 from gateway.records import InboxItem, RawRecord
+from gateway.redact import mask_identifier
 from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
@@ -146,7 +147,7 @@ class TwilioChannel(WebhookChannel, TwilioSender):
         try:
             phone = normalize_phone(sender_raw, region)
         except InvalidIdentifier as exc:
-            raise ValueError(f"From {sender_raw!r}: {exc}") from None
+            raise ValueError(f"From {mask_identifier(sender_raw)!r}: {exc}") from None
         identifiers = [Identifier(kind=IdentifierKind.PHONE, value=phone)]
         if is_whatsapp:
             identifiers.append(Identifier(kind=IdentifierKind.WHATSAPP, value=phone))

@@ -15,6 +15,10 @@ import requests
 from requests.auth import AuthBase
 
 from gateway.model import Attachment, Message
+from gateway.safehttp import Download, MediaPolicy, MediaRefused, MediaTimeout, media_transport
+
+__all__ = ["AttachmentStore", "AttachmentTooLarge", "MediaHook", "MediaPolicy", "MediaRefused", "MediaRequest",
+           "MediaTimeout", "download"]
 
 SCHEME = "store:sha256/"
 GENERIC_TYPE = "application/octet-stream"
@@ -24,10 +28,6 @@ Auth: TypeAlias = AuthBase | tuple[str, str] | None
 
 class AttachmentTooLarge(ValueError):
     """The bytes are over the size limit."""
-
-
-class MediaRefused(ValueError):
-    """A media download the rules do not allow: another host, plain http, too many redirects."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,12 @@ MediaHook: TypeAlias = Callable[[Attachment], MediaRequest]
 
 
 class AttachmentStore:
-    """Keeps each distinct content once, under ``root/ab/cd/<sha256>``."""
+    """Keeps each distinct content once, under ``root/ab/cd/<sha256>``; ``policy`` rules its downloads."""
 
-    def __init__(self, root: Path, max_bytes: int = 25 * 1024 * 1024) -> None:
+    def __init__(self, root: Path, max_bytes: int = 25 * 1024 * 1024, policy: MediaPolicy | None = None) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.policy = policy or MediaPolicy()
 
     def path_for(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
@@ -78,7 +79,8 @@ class AttachmentStore:
 
         ``prepare`` is the connector's part: for an attachment, the URL its bytes are at and the credentials to send
         (it may ask the provider first, as Meta's Graph API wants); without it the attachment's location is fetched
-        as it is. Every download then follows the same rules (``download``): allowed hosts, redirects, size limit.
+        as it is. Every download then follows the same rules (``download``): allowed hosts, addresses and redirects,
+        a deadline, a size limit.
         A provider's generic ``application/octet-stream`` gives way to the type the download answered with.
         """
         if all(a.location.startswith(SCHEME) for a in message.attachments):
@@ -89,7 +91,7 @@ class AttachmentStore:
                 media = prepare(attachment) if prepare is not None else MediaRequest(attachment.location)
                 data, answered_type = download(session, media.url, allowed_hosts=allowed_hosts, max_bytes=max_bytes,
                                                redirect_hosts=redirect_hosts, headers=media.headers, auth=media.auth,
-                                               check=media.check)
+                                               check=media.check, policy=self.policy)
                 content_type = attachment.content_type
                 if content_type in ("", GENERIC_TYPE):
                     content_type = answered_type
@@ -105,7 +107,7 @@ class AttachmentStore:
 
 def download(session: requests.Session, url: str, *, allowed_hosts: tuple[str, ...], max_bytes: int,
              redirect_hosts: tuple[str, ...] = (), headers: Mapping[str, str] | None = None, auth: Auth = None,
-             check: Callable[[str], None] | None = None, timeout: float = 20.0) -> tuple[bytes, str]:
+             check: Callable[[str], None] | None = None, policy: MediaPolicy | None = None) -> tuple[bytes, str]:
     """Fetch a provider's media URL; returns (bytes, content type).
 
     The rules every media download follows:
@@ -115,29 +117,36 @@ def download(session: requests.Session, url: str, *, allowed_hosts: tuple[str, .
     - each redirect leads over https to one of ``allowed_hosts`` or ``redirect_hosts`` (a provider's CDN), at most
       MAX_REDIRECTS of them; ``headers`` and ``auth`` (the credentials) are sent to ``url``'s host only and dropped
       once a redirect leaves it;
+    - every host, the first and each redirect's, resolves only to public addresses, and the connection is made to
+      the address checked (``gateway.safehttp``); ``policy`` may allow other networks, and plain http to them;
+    - the whole download, redirects included, ends within ``policy.deadline_seconds`` (``MediaTimeout``);
     - a body over ``max_bytes``, declared or received, is refused (``AttachmentTooLarge``);
     - ``check``, if given, sees the answer's content type before the body is read and raises if it is not the file
       (a login page).
     """
+    policy = policy or MediaPolicy()
     origin = _host(url)
     hosts, what = allowed_hosts, "fetch media from"
-    for _ in range(MAX_REDIRECTS + 1):
-        host = _host(url)
-        if urlparse(url).scheme != "https" or not any(host == h or host.endswith("." + h) for h in hosts):
-            raise MediaRefused(f"refusing to {what} {host or url!r}: not https on one of {', '.join(hosts)}")
-        if host != origin:
-            headers, auth = None, None
-        with session.get(url, stream=True, timeout=timeout, allow_redirects=False, headers=headers,
-                         auth=auth) as response:
-            if response.is_redirect:
-                url = urljoin(url, response.headers["Location"])
-                hosts, what = allowed_hosts + redirect_hosts, f"follow a redirect from {host} to"
-                continue
-            response.raise_for_status()
-            content_type = response.headers.get("Content-Type", GENERIC_TYPE).split(";")[0].strip()
-            if check is not None:
-                check(content_type)
-            return _read(response, max_bytes), content_type
+    with media_transport(session, policy) as transport:
+        for _ in range(MAX_REDIRECTS + 1):
+            host = _host(url)
+            if not policy.allows_scheme(urlparse(url).scheme) or not any(
+                    host == h or host.endswith("." + h) for h in hosts):
+                schemes = "http(s)" if policy.allow_http else "https"
+                raise MediaRefused(f"refusing to {what} {host or url!r}: not {schemes} on one of {', '.join(hosts)}")
+            if host != origin:
+                headers, auth = None, None
+            with transport.get(url, headers, auth) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers["Location"])
+                    hosts, what = allowed_hosts + redirect_hosts, f"follow a redirect from {host} to"
+                    continue
+                response.raise_for_status()
+                content_type = response.headers.get("Content-Type", GENERIC_TYPE).split(";")[0].strip()
+                if check is not None:
+                    check(content_type)
+                with transport.deadline(host):
+                    return _read(response, max_bytes, transport.download, host), content_type
     raise MediaRefused(f"refusing to follow more than {MAX_REDIRECTS} redirects for media from {origin}")
 
 
@@ -145,12 +154,14 @@ def _host(url: str) -> str:
     return (urlparse(url).hostname or "").lower()
 
 
-def _read(response: requests.Response, max_bytes: int) -> bytes:
+def _read(response: requests.Response, max_bytes: int, download: Download, host: str) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise AttachmentTooLarge(f"media is {declared} bytes, over the {max_bytes}-byte limit")
     chunks, total = [], 0
     for chunk in response.iter_content(64 * 1024):
+        if download.remaining() <= 0:
+            raise download.timed_out(host)
         total += len(chunk)
         if total > max_bytes:
             raise AttachmentTooLarge(f"media is over the {max_bytes}-byte limit")

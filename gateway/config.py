@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, interpolate, load_yaml
@@ -82,6 +83,12 @@ class WorkersConfig(_Section):
     coalesce_max: int = Field(20, ge=1, le=100, description="Pending messages of one conversation written together.")
     idle_poll_seconds: float = Field(0.2, gt=0, le=60)
     lease_seconds: int = Field(120, ge=5)
+    enrich_threads: int = Field(
+        4, ge=1, le=64, description="Threads per pool fetching media and profiles (one pool for messages with "
+                                    "media, one for the rest).")
+    enrich_wait_seconds: float = Field(
+        5.0, gt=0, le=300, description="How long a batch waits for its media and profiles; a message still "
+                                       "waiting then goes back to the queue while the others go on.")
     retry: RetryConfig = RetryConfig()
 
 
@@ -133,6 +140,23 @@ class ConversationsConfig(_Section):
         return value
 
 
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network such as 127.0.0.0/8 or fd00::/8") from None
+    return value
+
+
+class MediaConfig(_Section):
+    deadline_seconds: float = Field(
+        60.0, gt=0, le=600, description="The most one media download may take, redirects and every read included.")
+    allow_networks: list[Annotated[str, AfterValidator(_network)]] = Field(
+        [], description="Networks media may come from although they are not public (loopback, private, "
+                        "link-local), in CIDR notation: 127.0.0.0/8 for a test server, an internal media proxy.")
+    allow_http: bool = Field(False, description="Plain http, only to addresses in allow_networks (a test server).")
+
+
 class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -150,6 +174,7 @@ class GatewaySettings(_Section):
     identity: IdentityConfig = IdentityConfig()
     conversations: ConversationsConfig = ConversationsConfig()
     logging: LoggingConfig = LoggingConfig()
+    media: MediaConfig = MediaConfig()
     data_dir: str = "var"
     channels: dict[str, dict[str, Any]] = Field({}, repr=False)
     crms: dict[str, dict[str, Any]] = Field({}, repr=False)

@@ -13,6 +13,7 @@ from gateway.context import delivery_item, stored_message_context
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.mapping import MappingRenderError
 from gateway.plugins import DeliveryItem, DeliveryResult
+from gateway.redact import redact
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
@@ -122,7 +123,7 @@ class DeliveryWorker:
             self._dead(row, error, "exhausted", started)
             return
         log.warning("delivery of outbox row %s to %s failed (attempt %s, retry in %.0fs): %s",
-                    row.id, row.crm, row.attempts, delay, error)
+                    row.id, row.crm, row.attempts, delay, redact(str(error)))
         self.rt.queues.reschedule(outbox, row.id, delay, str(error))
         with self.rt.engine.begin() as conn:
             self._log(conn, row, "retry", started, error_code=error.code, detail=str(error))
@@ -130,7 +131,7 @@ class DeliveryWorker:
     def _dead(self, row: Row[Any], error: DeliveryError, error_class: str, started: float) -> None:
         if error_class == "permanent":
             metrics.FAILED.labels(row.crm, "permanent").inc()
-        log.error("outbox row %s to %s dead-lettered (%s): %s", row.id, row.crm, error_class, error)
+        log.error("outbox row %s to %s dead-lettered (%s): %s", row.id, row.crm, error_class, redact(str(error)))
         with self.rt.engine.begin() as conn:
             self.rt.queues.dead_letter(conn, stage="delivery", source_id=row.id, target=row.crm,
                                        error_class=error_class, reason=str(error), attempts=row.attempts,

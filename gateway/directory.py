@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, delete, func, select
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
 from gateway.identity.normalize import IdentityRules, InvalidIdentifier, normalize_email, normalize_phone
 from gateway.model import Identifier, IdentifierKind
+from gateway.redact import redact
 from gateway.storage.db import utcnow
 from gateway.storage.tables import crm_directory, customers, identities
 
@@ -100,5 +101,5 @@ class CrmDirectory:
                 merge_customers(conn, survivor, other, evidence="crm_record",
                                 detail={"crm": self.crm, "record": remote_id,
                                         "identifiers": [owners[survivor], owners[other]]})
-                log.info("merged customer %s into %s: %s", other, survivor, evidence)
+                log.info("merged customer %s into %s: %s", other, survivor, redact(evidence))
 

@@ -1,4 +1,9 @@
-"""Logging: plain text for people, JSON lines (one object per line) for log pipelines."""
+"""Logging: plain text for people, JSON lines (one object per line) for log pipelines.
+
+Whatever the processes write is masked on the way out (``gateway.redact``): a phone number or email address in
+any line, a library's or a traceback's included, is shortened to ``+1415…0100`` or ``a…@example.com``. Libraries
+that log whole requests or answers at DEBUG (slack_sdk logs every ``users.info`` profile) stay at WARNING.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,36 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+from gateway.redact import redact
+
+QUIET = ("apscheduler", "urllib3", "slack_sdk", "imapclient", "oauthlib", "requests_oauthlib", "twilio")
+
+
+class MaskingFormatter(logging.Formatter):
+    """The plain-text line, masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class MaskingJsonFormatter(JsonFormatter):
+    """The JSON line, masked (the masks are plain text, so the line stays valid JSON)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter(
+        handler.setFormatter(MaskingJsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
             datefmt="%Y-%m-%dT%H:%M:%S%z"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("apscheduler", "urllib3"):
+    for noisy in QUIET:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

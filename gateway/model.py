@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.redact import mask_identifier
+
 SCHEMA_VERSION = 1
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
@@ -93,7 +95,8 @@ class Identifier(_Frozen):
     @model_validator(mode="after")
     def _check_shape(self) -> Identifier:
         if self.kind in (IdentifierKind.PHONE, IdentifierKind.WHATSAPP) and not _E164.match(self.value):
-            raise ValueError(f"{self.kind} identifier must be E.164 (+ and 7-15 digits), got {self.value!r}")
+            raise ValueError(f"{self.kind} identifier must be E.164 (+ and 7-15 digits), "
+                             f"got {mask_identifier(self.value)!r}")
         if self.kind is IdentifierKind.EMAIL and "@" not in self.value:
             raise ValueError("email identifier must contain '@'")
         return self

@@ -16,6 +16,7 @@ from gateway import metrics
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.model import StatusUpdate
 from gateway.plugins import InternalNotes
+from gateway.redact import redact
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
@@ -98,7 +99,7 @@ class NoteWorker:
                 self._dead(row, error)
             else:
                 log.warning("note %s for %s failed (attempt %s, retry in %.0fs): %s", row.id, row.crm,
-                            row.attempts, delay, error)
+                            row.attempts, delay, redact(str(error)))
                 self.rt.queues.reschedule(crm_notes, row.id, delay, str(error))
             return 1
         with self.rt.engine.begin() as conn:
@@ -107,7 +108,7 @@ class NoteWorker:
 
     def _dead(self, row: Row[Any], error: DeliveryError) -> None:
         error_class = "exhausted" if isinstance(error, RetryableError) else "permanent"
-        log.error("note %s for %s dead-lettered (%s): %s", row.id, row.crm, error_class, error)
+        log.error("note %s for %s dead-lettered (%s): %s", row.id, row.crm, error_class, redact(str(error)))
         with self.rt.engine.begin() as conn:
             self.rt.queues.dead_letter(conn, stage="note", source_id=row.id, target=row.crm,
                                        error_class=error_class, reason=str(error), attempts=row.attempts,

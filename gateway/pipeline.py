@@ -8,7 +8,9 @@ quarantined in the dead letters with the reason; the raw bytes stay.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import metrics
 from gateway.context import MessageContext, conversation_context, customer_context
 from gateway.conversations import assign_conversation
+from gateway.enrich import Job, downloads_media, enrich_all, senders_of
 from gateway.errors import DeliveryError
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
@@ -26,8 +29,9 @@ from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
 from gateway.notes import note_failed_send
 from gateway.optouts import record_keyword
-from gateway.plugins import AgentReplies, AgentReply, ChannelConnector, WebhookChannel
+from gateway.plugins import AgentReplies, AgentReply, WebhookChannel
 from gateway.records import REQUEST_KIND, RawRecord
+from gateway.redact import describe_error
 from gateway.replies import ReplyIntake, crm_of
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
@@ -95,7 +99,7 @@ class PipelineWorker:
         Each row is stored inside its own savepoint: a row that fails is rolled back alone and retried by itself.
         """
         with self.rt.queues.holding(inbox, [row.id for row in rows], self.owner, self.settings.lease_seconds):
-            prepared = [p for p in (self._prepare(row) for row in rows) if p is not None]
+            prepared = self._prepare_batch(rows)
         failed: list[Prepared] = []
         try:
             with self.rt.engine.begin() as conn:
@@ -116,8 +120,45 @@ class PipelineWorker:
             self.rt.sends_waiting.set()  # this process's send threads look at once instead of at their next poll
         return len(rows)
 
+    def _prepare_batch(self, rows: list[Row[Any]]) -> list[Prepared]:
+        """Each row normalised, then its messages enriched on the enricher's threads, outside any transaction.
+
+        The batch waits at most ``enrich_wait_seconds`` for the enrichment it started. A row whose enrichment is
+        still running, or that follows such a row of the same sender, goes back to the queue (the wait is not an
+        attempt) and finds the same job when it comes back; the others are ready to store.
+        """
+        normalized = [item for item in (self._prepare(row) for row in rows) if item is not None]
+        jobs: dict[int, Job] = {}
+        started: list[Future[Any]] = []
+        for item in normalized:
+            if item.messages:
+                connector = self.rt.channels[item.row.connector]
+                job, new = self.rt.enricher.job(
+                    item.row.id, partial(enrich_all, connector, item.messages),
+                    media=downloads_media(item.messages), senders=senders_of(item.messages))
+                jobs[item.row.id] = job
+                if new:
+                    started.append(job.future)
+        if started:
+            wait(started, timeout=self.settings.enrich_wait_seconds)
+        ready, held = [], set()
+        for item in normalized:
+            job = jobs.get(item.row.id)
+            if job is None:
+                ready.append(item)
+                continue
+            if not job.future.done() or job.senders & (held | self.rt.enricher.running_before(item.row.id)):
+                held |= job.senders
+                self.rt.queues.reschedule(inbox, item.row.id, self.settings.enrich_wait_seconds,
+                                          "waiting for media or a profile", count_attempt=False)
+                continue
+            enriched = self._enriched(item, job)
+            if enriched is not None:
+                ready.append(enriched)
+        return ready
+
     def _prepare(self, row: Row[Any]) -> Prepared | None:
-        """Normalise (pure) and enrich (network) one row outside any transaction; None when it is settled."""
+        """Normalise one row (pure); None when it is settled."""
         record = RawRecord(
             inbox_id=row.id, connector=row.connector, provider_id=row.provider_id, kind=row.kind, body=row.body,
             content_type=row.content_type, headers=Headers(row.headers), public_url=row.public_url,
@@ -136,13 +177,6 @@ class PipelineWorker:
         except Exception as exc:
             self._quarantine(row, exc)
             return None
-        try:
-            normalized = [self._enrich(connector, message, row.attempts) for message in normalized]
-        except Exception as exc:
-            self._failed(row, exc)
-            return None
-        normalized = [message if message.language is not None else message.model_copy(
-            update={"language": detect_language(message.text or message.full_text)}) for message in normalized]
         return Prepared(row, normalized, statuses)
 
     def _prepare_replies(self, row: Row[Any], record: RawRecord, crm_name: str) -> Prepared | None:
@@ -193,20 +227,34 @@ class PipelineWorker:
             return
         metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
 
-    def _enrich(self, connector: ChannelConnector, message: Message, attempt: int) -> Message:
-        """Fetch media and profiles; when that keeps failing, the message goes on without them rather than wait.
+    def _enriched(self, item: Prepared, job: Job) -> Prepared | None:
+        """The row's messages as its finished job left them; None when the row is to be tried again.
 
-        The attachments then keep their provider URLs, and ``extras.enrich_error`` says what was missing.
+        When enrichment keeps failing, the message goes on without it rather than wait: the attachments keep their
+        provider URLs, and ``extras.enrich_error`` says what was missing.
         """
+        self.rt.enricher.forget(item.row.id)
         try:
-            return connector.enrich(message)
-        except Exception as exc:
-            if attempt < ENRICH_ATTEMPTS:
-                raise
-            log.warning("%s: delivering message %s without its media/profile after %d attempts: %s",
-                        message.connector, message.provider_message_id, attempt, exc)
-            # the class only: a message text can hold a signed media URL, which must not travel to the CRM
-            return message.model_copy(update={"extras": {**message.extras, "enrich_error": type(exc).__name__}})
+            results = job.future.result()
+        except Exception as exc:  # the job was cancelled (shutdown)
+            self._failed(item.row, exc)
+            return None
+        failures = [exc for _, exc in results if exc is not None]
+        if failures and item.row.attempts < ENRICH_ATTEMPTS:
+            self._failed(item.row, failures[0])
+            return None
+        messages = []
+        for message, exc in results:
+            if exc is not None:
+                log.warning("%s: delivering message %s without its media/profile after %d attempts: %s",
+                            message.connector, message.provider_message_id, item.row.attempts,
+                            describe_error(exc))
+                # the class only: a message text can hold a signed media URL, which must not travel to the CRM
+                message = message.model_copy(update={"extras": {**message.extras, "enrich_error": type(exc).__name__}})
+            if message.language is None:
+                message = message.model_copy(update={"language": detect_language(message.text or message.full_text)})
+            messages.append(message)
+        return replace(item, messages=messages)
 
     def _store_status(self, conn: Connection, update: StatusUpdate, inbox_id: int) -> None:
         statement = insert_for(conn.engine, provider_statuses).on_conflict_do_nothing(
@@ -220,12 +268,13 @@ class PipelineWorker:
 
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""
-        log.error("inbox row %s from %s failed: %s", row.id, row.connector, exc, exc_info=True)
+        reason = describe_error(exc)
+        log.error("inbox row %s from %s failed: %s", row.id, row.connector, reason, exc_info=True)
         delay = self.rt.retry_policy.next_delay(row.attempts, exc)
         if delay is None:
-            self._dead(row, "exhausted", f"{type(exc).__name__}: {exc}", "pipeline_failed")
+            self._dead(row, "exhausted", reason, "pipeline_failed")
         else:
-            self.rt.queues.reschedule(inbox, row.id, delay, f"{type(exc).__name__}: {exc}")
+            self.rt.queues.reschedule(inbox, row.id, delay, reason)
 
     def _store(self, conn: Connection, message: Message) -> None:
         already = conn.execute(select(messages.c.id).where(
@@ -276,9 +325,10 @@ class PipelineWorker:
 
     def _quarantine(self, row: Row[Any], exc: Exception) -> None:
         """A row its connector cannot read: a dead letter with the reason; the raw bytes stay for a replay."""
-        log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, exc, exc_info=True)
+        log.warning("quarantined inbox row %s from %s: %s", row.id, row.connector, describe_error(exc),
+                    exc_info=True)
         code = "split_failed" if row.kind == REQUEST_KIND else "normalize_failed"
-        self._dead(row, "quarantined", f"{type(exc).__name__}: {exc}", code)
+        self._dead(row, "quarantined", describe_error(exc), code)
         metrics.PROCESSED.labels(row.connector, "quarantined").inc()
 
     def _dead(self, row: Row[Any], error_class: str, reason: str, code: str) -> None:

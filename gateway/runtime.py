@@ -11,9 +11,10 @@ from pathlib import Path
 import requests
 from sqlalchemy import Engine
 
-from gateway.attachments import AttachmentStore
+from gateway.attachments import AttachmentStore, MediaPolicy
 from gateway.config import GatewayConfig, channel_class, crm_class
 from gateway.directory import CrmDirectory
+from gateway.enrich import Enricher
 from gateway.identity import rules_from_config
 from gateway.mapping import Mapping, mapping_path_for
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
@@ -38,6 +39,8 @@ class Runtime:
     mappings: dict[str, Mapping] = field(default_factory=dict)
     directories: dict[str, CrmDirectory] = field(default_factory=dict)
     sends_waiting: threading.Event = field(default_factory=threading.Event)  # set when replies were queued
+    _enricher: Enricher | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -51,7 +54,17 @@ class Runtime:
         """A request budget shared by every process of this gateway (kept in the database)."""
         return DbRateLimiter(self.engine, name, per_minute)
 
+    @property
+    def enricher(self) -> Enricher:
+        """The threads the pipeline's network work runs on, shared by this process's pipeline threads."""
+        with self._lock:
+            if self._enricher is None:
+                self._enricher = Enricher(self.config.settings.workers.enrich_threads)
+            return self._enricher
+
     def close(self) -> None:
+        if self._enricher is not None:
+            self._enricher.close()
         self.http.close()
         self.engine.dispose()
 
@@ -69,9 +82,13 @@ def connector_context(config: GatewayConfig, http: requests.Session, engine: Eng
     """What connectors get: with an engine, rate limits and used tokens shared through the database; without, per
     process."""
     data_dir = config.resolve_path(config.settings.data_dir)
+    media = config.settings.media
+    policy = MediaPolicy(deadline_seconds=media.deadline_seconds, allow_networks=tuple(media.allow_networks),
+                         allow_http=media.allow_http)
     context = ConnectorContext(
         http=http, public_url=config.settings.server.public_url, data_dir=data_dir, base_dir=config.base_dir,
-        attachments=AttachmentStore(data_dir / "attachments"), default_region=config.settings.identity.default_region)
+        attachments=AttachmentStore(data_dir / "attachments", policy=policy),
+        default_region=config.settings.identity.default_region)
     if engine is not None:
         context.limiter = lambda name, per_minute: DbRateLimiter(engine, name, per_minute)
         context.used_tokens = DbUsedTokens(engine)

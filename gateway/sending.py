@@ -32,6 +32,7 @@ from gateway.model import Message
 from gateway.notes import queue_note
 from gateway.optouts import add_opt_out, opted_out
 from gateway.plugins import CustomerView, ReplySender, SendRequest, SendResult
+from gateway.redact import redact
 from gateway.replies import last_inbound
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
@@ -165,11 +166,11 @@ class SendWorker:
             self._dead(row, error, started, exhausted=True, uncertain=uncertain)
             return
         log.warning("send %s on %s failed (attempt %s, retry in %.0fs%s): %s", row.id, row.channel, row.attempts,
-                    delay, ", reconciled first" if uncertain else "", error)
+                    delay, ", reconciled first" if uncertain else "", redact(str(error)))
         with self.rt.engine.begin() as conn:
             values: dict[str, Any] = {} if uncertain else {"attempt_started_at": None}
             conn.execute(update(sends).where(sends.c.id == row.id).values(
-                lease_owner=None, lease_until=None, last_error=str(error)[:2000],
+                lease_owner=None, lease_until=None, last_error=redact(str(error))[:2000],
                 available_at=utcnow() + timedelta(seconds=delay), **values))
             self._log(conn, row, "uncertain" if uncertain else "retry", started, error_code=error.code,
                       detail=str(error))
@@ -179,7 +180,7 @@ class SendWorker:
         if not exhausted:
             metrics.SEND_FAILURES.labels(row.channel, "permanent").inc()
         error_class = "exhausted" if exhausted else "permanent"
-        log.error("send %s on %s dead-lettered (%s): %s", row.id, row.channel, error_class, error)
+        log.error("send %s on %s dead-lettered (%s): %s", row.id, row.channel, error_class, redact(str(error)))
         if exhausted:
             text = (f"Not delivered: {row.channel} kept failing after {row.attempts} attempts ({error}). "
                     + ("The last attempt may have reached the customer; check before answering again. "

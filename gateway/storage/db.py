@@ -28,13 +28,16 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 5) -> Engine:
-    """An engine for ``url``. SQLite gets WAL, a busy timeout and the chosen fsync level on every connection."""
+    """An engine for ``url``. SQLite gets WAL, a busy timeout and the chosen fsync level on every connection.
+
+    A database error does not quote the statement's parameters (customers' numbers, addresses, messages).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -54,7 +57,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 
             conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True)
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.records import InboxItem
+from gateway.redact import redact
 from gateway.storage.db import is_sqlite, utcnow
 from gateway.storage.tables import crm_notes, dead_letters, inbox, outbox, sends
 
@@ -257,15 +258,20 @@ class Queues:
         conn.execute(update(table).where(table.c.id == row_id).values(
             status=status, lease_owner=None, lease_until=None, **values))
 
-    def reschedule(self, table: Table, row_id: int, delay_seconds: float, error: str) -> None:
+    def reschedule(self, table: Table, row_id: int, delay_seconds: float, error: str, *,
+                   count_attempt: bool = True) -> None:
+        """Try the row again after ``delay_seconds``; ``count_attempt=False`` when this claim was no attempt (the
+        row only waits for something still under way)."""
+        attempts = {} if count_attempt else {"attempts": table.c.attempts - 1}
         with self.engine.begin() as conn:
             conn.execute(update(table).where(table.c.id == row_id).values(
-                lease_owner=None, lease_until=None, last_error=error[:2000],
-                available_at=utcnow() + timedelta(seconds=delay_seconds)))
+                lease_owner=None, lease_until=None, last_error=redact(error)[:2000],
+                available_at=utcnow() + timedelta(seconds=delay_seconds), **attempts))
 
     # -- dead letters ------------------------------------------------------------------------------------------
     def dead_letter(self, conn: Connection, *, stage: str, source_id: int, target: str, error_class: str,
                     reason: str, attempts: int, code: str | None = None, field: str | None = None) -> int:
+        reason = redact(reason)  # a provider's or CRM's error text may quote the customer's number or address
         self.finish(conn, STAGE_TABLES[stage], source_id, "dead", last_error=reason[:2000])
         return conn.execute(dead_letters.insert().values(
             stage=stage, source_id=source_id, target=target, error_class=error_class, error_code=code,
