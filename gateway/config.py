@@ -37,6 +37,10 @@ class ServerConfig(_Section):
                     "work (measured side by side in docs/benchmarks.md).")
     threads: int = Field(8, ge=1, le=256, description="Threads per web server process.")
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    read_timeout_seconds: float = Field(
+        30.0, gt=0, le=600,
+        description="A request (headers and body) must arrive in full within this time, or it is answered 408. "
+                    "Requests are read by the server's event loop, so a slow client never holds a thread.")
 
     @field_validator("public_url")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from gateway.config import GatewayConfig
+from gateway.http_worker import worker_class
 from gateway.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
             "bind": server.listen,
             "workers": server.processes,
             "threads": server.threads,
-            "worker_class": "gthread" if server.threads > 1 else "sync",
+            "worker_class": worker_class(server.read_timeout_seconds, server.max_body_bytes),
             "graceful_timeout": 30,
             "timeout": 60,
             "keepalive": 5,
