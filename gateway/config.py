@@ -75,6 +75,10 @@ class WorkersConfig(_Section):
     coalesce_max: int = Field(20, ge=1, le=100, description="Pending messages of one conversation written together.")
     idle_poll_seconds: float = Field(0.2, gt=0, le=60)
     lease_seconds: int = Field(120, ge=5)
+    max_processing_seconds: float = Field(
+        300.0, gt=0, description="An inbox row whose normalising and media fetching take longer is dead-lettered "
+                                 "(the lease is no longer renewed) and the worker process restarts without the stuck "
+                                 "thread.")
     retry: RetryConfig = RetryConfig()
 
 
