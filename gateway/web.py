@@ -16,7 +16,7 @@ from gateway.errors import HookRejected, PayloadTooLarge
 from gateway.ingest import InboxBatcher
 from gateway.plugins import AgentReplies, WebhookChannel
 from gateway.runtime import Runtime
-from gateway.storage.db import check_ready
+from gateway.storage.db import NotReady, check_ready
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 log = logging.getLogger("gateway.ingress")
@@ -139,11 +139,14 @@ def create_app(runtime: Runtime) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
+        """200 only when a write can commit now (and, on SQLite, there is room for two of the largest requests)."""
         try:
-            check_ready(runtime.engine)
-        except Exception as exc:
-            log.warning("not ready: storage unreachable: %s", type(exc).__name__)
-            return Response("storage unreachable\n", status=503, content_type="text/plain")
+            check_ready(runtime.engine, min_free_bytes=2 * runtime.config.settings.server.max_body_bytes)
+        except NotReady as exc:
+            cause = getattr(exc.__cause__, "orig", None) or exc.__cause__  # the driver's own words, without the SQL
+            detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
+            log.warning("not ready: %s%s", exc, detail)
+            return Response(f"{exc}\n", status=503, content_type="text/plain")
         return Response("ready\n", content_type="text/plain")
 
     @app.get("/metrics")
