@@ -184,14 +184,17 @@ class PipelineWorker:
         reason = (f"processing took over {self.settings.max_processing_seconds:g} s (workers.max_processing_seconds):"
                   f" the {row.connector} connector's normalize or media fetch did not return")
         log.error("inbox row %s from %s: %s; dead-lettered", row.id, row.connector, reason)
-        with self.rt.engine.begin() as conn:
-            letter = self.rt.queues.dead_letter(conn, stage="pipeline", source_id=row.id, target=row.connector,
-                                                error_class="exhausted", reason=reason, attempts=row.attempts,
-                                                code="processing_timeout", owner=self.owner)
-        if letter is not None:
-            metrics.DEAD_LETTERED.labels("pipeline", row.connector).inc()
-        held = self._held_ids
-        self.rt.queues.release(inbox, [row_id for row_id in held if row_id != row.id], self.owner)
+        try:
+            with self.rt.engine.begin() as conn:
+                letter = self.rt.queues.dead_letter(conn, stage="pipeline", source_id=row.id, target=row.connector,
+                                                    error_class="exhausted", reason=reason, attempts=row.attempts,
+                                                    code="processing_timeout", owner=self.owner)
+            if letter is not None:
+                metrics.DEAD_LETTERED.labels("pipeline", row.connector).inc()
+            self.rt.queues.release(inbox, [row_id for row_id in self._held_ids if row_id != row.id], self.owner)
+        except Exception:
+            # the leases run out instead; the row's next claims count towards processing_abandoned
+            log.exception("could not settle the rows of a stuck pipeline thread")
         if self.on_stuck is not None:
             self.on_stuck(current.thread, f"pipeline thread {current.thread.name} is stuck in inbox row {row.id}")
         return False
