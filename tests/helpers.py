@@ -100,8 +100,8 @@ def wait_ready(base_url: str, proc: GatewayProcess, timeout: float = 30.0) -> No
         if not proc.alive():
             raise AssertionError(f"gateway exited with {proc.proc.returncode}:\n{proc.output()[-3000:]}")
         try:
-            return requests.get(f"{base_url}/readyz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{base_url}/readyz", timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # starting, or a commit slow on a busy machine
             return False
 
     deadline = time.monotonic() + timeout

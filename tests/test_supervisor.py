@@ -61,7 +61,7 @@ def test_a_killed_worker_is_started_again_while_the_web_side_keeps_answering(tmp
     def probe() -> None:  # /healthz, over and over, for as long as the worker is down and back
         while not done.is_set():
             try:
-                answers.append(requests.get(f"{base_url}/healthz", timeout=5).status_code)
+                answers.append(requests.get(f"{base_url}/healthz", timeout=10).status_code)
             except requests.RequestException:
                 answers.append(0)
             done.wait(0.05)
