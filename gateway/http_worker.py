@@ -9,7 +9,8 @@ announced length, or up to the last chunk) are in memory, and only then passes t
 parser finds everything in its buffer. A slow client costs a socket and its bytes so far, never a thread.
 
 A request not in full within ``read_seconds`` is answered 408 and closed; one announcing a body over
-``max_body_bytes`` is answered 413 at once, a header block over 64 KiB 431, and broken chunk framing 400. Anything
+``max_body_bytes`` is answered 413 at once, a header block over 64 KiB 431, and broken chunk framing 400; a request
+whose bytes would take all requests being read over ``BUFFERED_BODIES`` of the largest bodies gets 503. Anything
 else odd in the header block (a malformed length, an unknown transfer coding) is passed on as soon as the block is
 in, for gunicorn to refuse.
 """
@@ -33,6 +34,7 @@ from gunicorn.http.body import CHUNK_EXT_RE
 from gunicorn.workers.gthread import ThreadWorker
 
 MAX_HEADER_BYTES = 64 * 1024
+BUFFERED_BODIES = 32  # requests being read may hold this many of the largest bodies together, then get 503
 MAX_CHUNK_LINE = 8190  # gunicorn's own limit on a chunk-size line
 _RECV_BYTES = 256 * 1024
 _RECV_PER_EVENT = 4  # reads per readiness event, so one fast sender cannot hold up the loop
@@ -45,6 +47,7 @@ class Verdict(Enum):
     READY = "ready"  # a whole request is buffered (or gunicorn can refuse it from what is buffered)
     BAD_REQUEST = "400 Bad Request"
     HEADERS_TOO_LARGE = "431 Request Header Fields Too Large"
+    BUSY = "503 Service Unavailable"  # every request being read together holds too much memory
     BODY_TOO_LARGE = "413 Content Too Large"
 
 
@@ -145,10 +148,12 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     read_seconds: float = 30.0
     max_body_bytes: int = 5 * 1024 * 1024
+    max_buffered_bytes: int = BUFFERED_BODIES * 5 * 1024 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading: OrderedDict[Any, _Reading] = OrderedDict()  # oldest first: deadlines come in this order
+        self._buffered = 0  # bytes held by all requests being read
 
     def enqueue_req(self, conn: Any) -> None:
         """Called by the event loop for a new connection, a kept-alive one with a request coming, or one whose
@@ -160,6 +165,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         reading = _Reading(RequestScan(self.max_body_bytes), time.monotonic() + self.read_seconds)
         reading.data += conn.parser.unreader.take_buffered()
+        self._buffered += len(reading.data)
         self._reading[conn] = reading
         if self._advance(conn, reading, registered=False):
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
@@ -186,7 +192,10 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._drop(conn, registered)
                 return False
             reading.data += chunk
+            self._buffered += len(chunk)
             verdict = reading.scan.feed(reading.data)
+            if verdict is Verdict.MORE and self._buffered > self.max_buffered_bytes:
+                verdict = Verdict.BUSY
         if verdict is Verdict.MORE:
             if reading.scan.expects_continue and reading.scan.body_start >= 0 and not reading.continued:
                 reading.continued = True  # the client waits for this before it sends the body
@@ -195,7 +204,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         if verdict is not Verdict.READY:
             self._refuse(conn, verdict.value, registered)
             return False
-        del self._reading[conn]
+        self._forget(conn)
         if registered:
             self.poller.unregister(conn.sock)
         conn.parser.unreader.unread(bytes(reading.data))
@@ -219,8 +228,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _refuse(self, conn: Any, status: str, registered: bool) -> None:
         reason = status.split(" ", 1)[1].lower()
         body = f"{reason}\n".encode()
+        retry = "Retry-After: 5\r\n" if status.startswith("503") else ""
         self._send(conn, f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
-                         f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+                         f"{len(body)}\r\n{retry}Connection: close\r\n\r\n".encode() + body)
         self._drop(conn, registered)
 
     @staticmethod
@@ -231,8 +241,13 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             if exc.errno not in (errno.EAGAIN, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 raise
 
+    def _forget(self, conn: Any) -> None:
+        reading = self._reading.pop(conn, None)
+        if reading is not None:
+            self._buffered -= len(reading.data)
+
     def _drop(self, conn: Any, registered: bool) -> None:
-        self._reading.pop(conn, None)
+        self._forget(conn)
         if registered:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.poller.unregister(conn.sock)
@@ -245,4 +260,5 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 def worker_class(read_seconds: float, max_body_bytes: int) -> type[BufferingThreadWorker]:
     """The worker class gunicorn is given, with this gateway's read deadline and body limit."""
     return type("GatewayWorker", (BufferingThreadWorker,),
-                {"read_seconds": read_seconds, "max_body_bytes": max_body_bytes, "__module__": __name__})
+                {"read_seconds": read_seconds, "max_body_bytes": max_body_bytes,
+                 "max_buffered_bytes": BUFFERED_BODIES * max_body_bytes, "__module__": __name__})

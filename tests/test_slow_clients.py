@@ -2,7 +2,8 @@
 
 A client that sends its headers, or its headers and part of a body, and then waits, must not hold one of the
 server's threads: the request is read in full by the server's event loop before a thread takes it. A request that
-does not arrive in full within ``server.read_timeout_seconds`` is answered 408 and closed.
+does not arrive in full within ``server.read_timeout_seconds`` is answered 408 and closed; one too large, or one
+that would make the requests being read hold too much memory together, is refused at once.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ PARTIAL_BODY = (b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Type
 PARTIAL_HEADERS = b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nX-Slow: "
 
 
-def start(tmp_path: Path, read_timeout: float) -> tuple[str, GatewayProcess]:
+def start(tmp_path: Path, read_timeout: float, max_body_bytes: int = 5 * 2**20) -> tuple[str, GatewayProcess]:
     port = free_port()
     config = write_gateway_config(tmp_path, storage_url=f"sqlite:///{tmp_path / 'gateway.db'}", port=port,
                                   crms="{trial: {type: jsonl, path: out/crm.jsonl}}",
                                   routes="[{from: [sms-main], to: trial}]", threads=THREADS,
-                                  server=f", read_timeout_seconds: {read_timeout}")
+                                  server=f", read_timeout_seconds: {read_timeout}, max_body_bytes: {max_body_bytes}")
     proc = GatewayProcess(["serve", "-c", str(config)], tmp_path / "serve.log")
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -120,8 +121,8 @@ def test_slow_clients_beyond_the_thread_count_never_starve_a_fast_one(patient_se
             sock.close()
 
 
-def test_a_request_not_in_full_within_the_read_timeout_is_answered_408(tmp_path: Path) -> None:
-    base_url, proc = start(tmp_path, read_timeout=1)
+def test_requests_too_slow_too_large_or_too_many_are_refused_without_waiting(tmp_path: Path) -> None:
+    base_url, proc = start(tmp_path, read_timeout=5, max_body_bytes=1024)
     port = int(base_url.rsplit(":", 1)[1])
     try:
         stalled = connect(port, PARTIAL_BODY)
@@ -133,10 +134,20 @@ def test_a_request_not_in_full_within_the_read_timeout_is_answered_408(tmp_path:
             pass  # then closed
         stalled.close()
 
-        huge = connect(port, b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1000000000\r\n\r\n")
+        huge = connect(port, b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1025\r\n\r\n")
         huge.settimeout(FAST_SECONDS)
         assert huge.recv(4096).startswith(b"HTTP/1.1 413 ")  # at once, without waiting for a body never sent
         huge.close()
+
+        # requests being read hold at most 32 of the largest bodies (32 KiB here) together: the rest get 503
+        nearly = b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1000
+        many = [connect(port, nearly) for _ in range(40)]
+        many[-1].settimeout(FAST_SECONDS)
+        assert many[-1].recv(4096).startswith(b"HTTP/1.1 503 ")
         assert requests.get(f"{base_url}/healthz", timeout=FAST_SECONDS).status_code == 200
+        many[0].settimeout(FAST_SECONDS)
+        assert many[0].recv(4096).startswith(b"HTTP/1.1 408 ")  # the first ones were let be, until their deadline
+        for sock in many:
+            sock.close()
     finally:
         assert proc.stop() == 0, proc.output()[-3000:]
