@@ -18,7 +18,6 @@ in, for gunicorn to refuse.
 from __future__ import annotations
 
 import contextlib
-import errno
 import re
 import selectors
 import socket
@@ -167,13 +166,23 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         reading.data += conn.parser.unreader.take_buffered()
         self._buffered += len(reading.data)
         self._reading[conn] = reading
-        if self._advance(conn, reading, registered=False):
+        if self._guarded(conn, reading, registered=False):
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _on_readable(self, conn: Any, _sock: Any) -> None:
         reading = self._reading.get(conn)
         if reading is not None:
-            self._advance(conn, reading, registered=True)
+            self._guarded(conn, reading, registered=True)
+
+    def _guarded(self, conn: Any, reading: _Reading, *, registered: bool) -> bool:
+        """``_advance``; whatever goes wrong with one connection ends that connection, never the event loop."""
+        try:
+            return self._advance(conn, reading, registered=registered)
+        except Exception:
+            self.log.exception("error reading a request from %s; connection closed", conn.client)
+            if conn in self._reading:
+                self._drop(conn, registered=True)
+            return False
 
     def _advance(self, conn: Any, reading: _Reading, *, registered: bool) -> bool:
         """Take what has arrived; returns True while the request is still incomplete (and the connection ours)."""
@@ -235,11 +244,8 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     @staticmethod
     def _send(conn: Any, data: bytes) -> None:
-        try:
-            conn.sock.send(data)  # a few bytes on a non-blocking socket: whatever fits; an error response is a courtesy
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                raise
+        with contextlib.suppress(OSError):  # a few bytes on a non-blocking socket: whatever fits, as a courtesy
+            conn.sock.send(data)
 
     def _forget(self, conn: Any) -> None:
         reading = self._reading.pop(conn, None)
