@@ -80,6 +80,14 @@ class MetaConfig(ConnectorConfig):
                                 "show it before the reply counts as not sent and goes again.")
 
 
+def _short_id(value: Any, name: str) -> str:
+    """An id or phone number Meta sends (a few dozen characters at most), as a string."""
+    text = str(value)
+    if len(text) > 64:
+        raise MalformedRequest(f"{name} is over 64 characters")
+    return text
+
+
 def _list(value: Any, what: str) -> list[Any]:
     if value is None:
         return []
@@ -176,7 +184,7 @@ class MetaChannel(WebhookChannel, MetaSender):
     def _split_messaging(self, obj: str, entry: dict[str, Any]) -> list[InboxItem]:
         items = []
         for event in _list(entry.get("messaging"), "entry.messaging"):
-            wrapped = {"object": obj, "entry_id": str(entry.get("id", "")), "event": event}
+            wrapped = {"object": obj, "entry_id": _short_id(entry.get("id", ""), "entry.id"), "event": event}
             if isinstance(event.get("message"), dict):
                 items.append(_item(wrapped, event["message"].get("mid")))
             elif isinstance(event.get("message_edit"), dict):
@@ -199,15 +207,27 @@ class MetaChannel(WebhookChannel, MetaSender):
             value = change.get("value")
             if change.get("field") != "messages" or not isinstance(value, dict):
                 continue
-            common = {"object": "whatsapp_business_account", "entry_id": str(entry.get("id", "")),
-                      "metadata": value.get("metadata") or {}, "contacts": _list(value.get("contacts"), "contacts")}
+            metadata = value.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise MalformedRequest("metadata is not an object")
+            # every row of the POST carries these, so they are kept short: only what normalising reads
+            common = {"object": "whatsapp_business_account", "entry_id": _short_id(entry.get("id", ""), "entry.id"),
+                      "metadata": {key: _short_id(metadata[key], f"metadata.{key}")
+                                   for key in ("display_phone_number", "phone_number_id") if key in metadata}}
+            # and each message its sender's contact only: a copy of every contact in every row made n messages and
+            # n contacts in one POST n squared bytes of rows
+            contacts: dict[str, dict[str, Any]] = {}
+            for contact in _list(value.get("contacts"), "contacts"):
+                contacts.setdefault(str(contact.get("wa_id")), contact)
             for message in _list(value.get("messages"), "messages"):
-                items.append(_item({**common, "message": message}, message.get("id")))
+                sender = contacts.get(str(message.get("from")))
+                items.append(_item({**common, "contacts": [sender] if sender else [], "message": message},
+                                   message.get("id")))
             for status in _list(value.get("statuses"), "statuses"):
                 if not isinstance(status.get("status"), str):
                     raise MalformedRequest("a status has no status")
-                items.append(_item({**common, "status": status}, f"{status.get('id')}:status:{status['status']}",
-                                   "status"))
+                items.append(_item({**common, "contacts": [], "status": status},
+                                   f"{status.get('id')}:status:{status['status']}", "status"))
         return items
 
     # -- normalising ---------------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ MEDIA_HOSTS = ("api.twilio.com",)
 # where api.twilio.com redirects a media download: mms.twiliocdn.com when HTTP auth on media is enforced, the older
 # s3-external-1.amazonaws.com otherwise (help.twilio.com/articles/223183748)
 MEDIA_CDN_HOSTS = ("twiliocdn.com", "s3-external-1.amazonaws.com")
+# a message carries at most 10 media (https://www.twilio.com/docs/messaging/api/media-resource); NumMedia is checked
+# against it, as the count says how many MediaUrlN fields to read
+MAX_MEDIA = 10
 
 
 class TwilioConfig(ConnectorConfig):
@@ -128,8 +131,9 @@ class TwilioChannel(WebhookChannel, TwilioSender):
         if not sid:
             raise MalformedRequest("MessageSid is missing")
         for key in ("NumMedia", "NumSegments"):
-            if not form.get(key, "0").isdigit():
+            if not _whole_number(form.get(key, "0")):
                 raise MalformedRequest(f"{key} is not a whole number")
+        _media_count(form.get("NumMedia", "0"), MalformedRequest)
         if "MessageStatus" in form and form.get("SmsStatus", form["MessageStatus"]) != "received":
             return [InboxItem(f"{sid}:status:{form['MessageStatus']}", request.body, request.content_type, "status")]
         return [InboxItem(sid, request.body, request.content_type, "message")]
@@ -155,7 +159,7 @@ class TwilioChannel(WebhookChannel, TwilioSender):
         with contextlib.suppress(InvalidIdentifier):  # a short code or alphanumeric id stays in extras only
             recipients.append(Party(identifiers=(Identifier(
                 kind=IdentifierKind.PHONE, value=normalize_phone(form.get("To", ""), region)),)))
-        num_media = int(form.get("NumMedia", "0") or 0)
+        num_media = _media_count(form.get("NumMedia", "0") or "0", ValueError)
         attachments = tuple(
             Attachment(filename=_media_name(n, form.get(f"MediaContentType{n}")),
                        content_type=form.get(f"MediaContentType{n}") or "application/octet-stream",
@@ -215,6 +219,19 @@ class TwilioChannel(WebhookChannel, TwilioSender):
             raise OnlineCheckFailed("Twilio refused the account_sid/auth_token (401)")
         response.raise_for_status()
         return f"account {response.json().get('friendly_name', self.config.account_sid)} reachable"
+
+
+def _media_count(value: str, error: type[Exception]) -> int:
+    """NumMedia as a number within Twilio's limit, or ``error``."""
+    if not _whole_number(value):
+        raise error("NumMedia is not a whole number")
+    if len(value) > 2 or int(value) > MAX_MEDIA:
+        raise error(f"NumMedia {value[:40]} is over Twilio's limit of {MAX_MEDIA}")
+    return int(value)
+
+
+def _whole_number(value: str) -> bool:
+    return value.isascii() and value.isdigit()
 
 
 def _media_name(n: int, content_type: str | None) -> str:

@@ -124,6 +124,10 @@ class XChannel(XReplies, WebhookChannel):
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             raise MalformedRequest("direct_message_events is not a list of objects")
         users = data.get("users") if isinstance(data.get("users"), dict) else {}
+        for_user_id = data.get("for_user_id")
+        if for_user_id is not None and not (isinstance(for_user_id, str) and for_user_id.isascii()
+                                            and for_user_id.isdigit() and len(for_user_id) <= 20):
+            raise MalformedRequest("for_user_id is not an X user id")
         items = []
         for event in events:
             if event.get("type") != "message_create":
@@ -135,8 +139,9 @@ class XChannel(XReplies, WebhookChannel):
                 raise MalformedRequest("message_create has no sender_id")
             sender = create["sender_id"]
             recipient = str((create.get("target") or {}).get("recipient_id", ""))
-            body = {"for_user_id": data.get("for_user_id"), "event": event,
-                    "users": {k: v for k, v in users.items() if k in (sender, recipient)}}
+            # every row of the POST carries these: only the two users' name and handle, which normalising reads
+            body = {"for_user_id": for_user_id, "event": event,
+                    "users": {key: _user_names(users[key]) for key in (sender, recipient) if key in users}}
             items.append(InboxItem(event_id, json.dumps(body, ensure_ascii=False).encode(), "application/json"))
         return items
 
@@ -201,3 +206,11 @@ def signed_request(secret: str, body: bytes, public_url: str) -> HookRequest:
     """A delivery signed as X signs it."""
     headers = Headers({"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)})
     return HookRequest("POST", "", "", headers, body, public_url)
+
+
+def _user_names(user: Any) -> dict[str, str]:
+    """A user object's name and handle (X allows 50 and 15 characters)."""
+    if not isinstance(user, dict):
+        return {}
+    return {key: value for key in ("name", "screen_name")
+            if isinstance(value := user.get(key), str) and len(value) <= 200}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -137,8 +138,11 @@ def work(ctx: click.Context, config_path: Path) -> None:
     config = _load(config_path)
     _logging(ctx, config)
     runtime = build_runtime(config)
-    WorkerProcess(runtime).run_forever()
+    code = WorkerProcess(runtime).run_forever()
     runtime.close()
+    if code:
+        logging.shutdown()
+        os._exit(code)  # a stuck thread cannot be joined, and interpreter exit would wait for it
 
 
 @main.command()

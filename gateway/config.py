@@ -42,6 +42,10 @@ class ServerConfig(_Section):
                                    "limit applies (README, Connectors).")
     metrics_token: SecretStr | None = Field(
         None, description="When set, GET /metrics needs `Authorization: Bearer <token>` (it names channels and CRMs).")
+    read_timeout_seconds: float = Field(
+        30.0, gt=0, le=600,
+        description="A request (headers and body) must arrive in full within this time, or it is answered 408. "
+                    "Requests are read by the server's event loop, so a slow client never holds a thread.")
 
     @field_validator("public_url")
     @classmethod
@@ -89,6 +93,10 @@ class WorkersConfig(_Section):
     enrich_wait_seconds: float = Field(
         5.0, gt=0, le=300, description="How long a batch waits for its media and profiles; a message still "
                                        "waiting then goes back to the queue while the others go on.")
+    max_processing_seconds: float = Field(
+        300.0, gt=0, description="An inbox row whose normalising and media fetching take longer is dead-lettered "
+                                 "(the lease is no longer renewed) and the worker process restarts without the stuck "
+                                 "thread.")
     retry: RetryConfig = RetryConfig()
 
 

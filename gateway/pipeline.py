@@ -3,11 +3,22 @@
 One inbox row is processed in one transaction, so a crash anywhere repeats the row and never half-applies it.
 A row whose connector cannot normalise it (or split it, for a whole request the ingress stored unsplit) is
 quarantined in the dead letters with the reason; the raw bytes stay.
+
+Every row has a processing deadline, lease or no lease. While a row is normalised and enriched, the lease keeper
+checks its clock: past ``workers.max_processing_seconds`` it stops renewing, dead-letters the row (``exhausted``,
+``processing_timeout``), gives the batch's other rows back, and reports the stuck thread (the worker process then
+restarts without it: a Python thread cannot be stopped). A row whose worker died while processing it (crash, kill)
+is claimed again, alone, and once claimed more often than ``retry.max_attempts`` it is dead-lettered before
+anything runs (``processing_abandoned``). A worker stores only rows it still holds, so a stuck thread that returns
+at last changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -37,7 +48,7 @@ from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
-from gateway.storage.queues import insert_for
+from gateway.storage.queues import LeaseLost, insert_for
 from gateway.storage.tables import inbox, messages, outbox, provider_statuses
 from gateway.webhooks import Headers, HookRequest
 
@@ -78,17 +89,45 @@ def split_again(record: RawRecord, connector: object) -> list[RawRecord]:
                     content_type=item.content_type) for item in split(request)]
 
 
+@dataclass(frozen=True)
+class _InProgress:
+    row: Row[Any]
+    started: float
+    thread: threading.Thread
+
+
+StuckHandler = Callable[[threading.Thread, str], None]
+
+
 class PipelineWorker:
-    def __init__(self, runtime: Runtime, owner: str) -> None:
+    def __init__(self, runtime: Runtime, owner: str, on_stuck: StuckHandler | None = None) -> None:
         self.rt = runtime
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.rules = rules_from_config(runtime.config.settings.identity)
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
+        self.on_stuck = on_stuck  # told of a thread stuck past the processing deadline
+        self.clock: Callable[[], float] = time.monotonic
+        self._in_progress: _InProgress | None = None
+        self._held_ids: list[int] = []
+        self._abandoned = False
 
     def claim(self) -> list[list[Row[Any]]]:
+        """Rows never tried as one batch; a row tried before alone, or dead-lettered when its tries are spent."""
         rows = self.rt.queues.claim_inbox(self.owner, self.settings.batch_size, self.settings.lease_seconds)
-        return [rows] if rows else []
+        units = [[row for row in rows if row.attempts == 1]]
+        for row in rows:
+            if row.attempts <= 1:
+                continue
+            if row.attempts > self.settings.retry.max_attempts:  # the earlier tries ended neither done nor failed
+                log.error("inbox row %s from %s: claimed %d times without finishing; dead-lettered",
+                          row.id, row.connector, row.attempts)
+                self._dead(row, "exhausted", f"claimed {row.attempts} times and never finished: its worker stopped "
+                           "each time while processing it (crashed, killed or over workers.max_processing_seconds)",
+                           "processing_abandoned")
+                continue
+            units.append([row])
+        return [unit for unit in units if unit]
 
     def release(self, batches: list[list[Row[Any]]]) -> None:
         self.rt.queues.release(inbox, [row.id for rows in batches for row in rows], self.owner)
@@ -98,23 +137,35 @@ class PipelineWorker:
 
         Each row is stored inside its own savepoint: a row that fails is rolled back alone and retried by itself.
         """
-        with self.rt.queues.holding(inbox, [row.id for row in rows], self.owner, self.settings.lease_seconds):
+        self._abandoned = False
+        self._held_ids = [row.id for row in rows]
+        with self.rt.queues.holding(inbox, [row.id for row in rows], self.owner, self.settings.lease_seconds,
+                                    still_working=self._within_deadline):
             prepared = self._prepare_batch(rows)
+        if self._abandoned:
+            log.warning("a pipeline thread stuck past its deadline returned; its rows were settled meanwhile")
+            return len(rows)
         failed: list[Prepared] = []
+        lost: list[Prepared] = []
         try:
             with self.rt.engine.begin() as conn:
                 for item in prepared:
                     try:
                         with conn.begin_nested():
                             self._store_row(conn, item)
+                    except LeaseLost:
+                        lost.append(item)
                     except Exception:
                         failed.append(item)
         except Exception:
-            failed = prepared  # the commit itself failed: nothing of the batch was stored
+            failed, lost = prepared, []  # the commit itself failed: nothing of the batch was stored
         for item in failed:
             self._store_alone(item)
+        for item in lost:
+            log.warning("inbox row %s from %s was taken over or settled while being processed; not stored here",
+                        item.row.id, item.row.connector)
         for item in prepared:
-            if item not in failed:
+            if item not in failed and item not in lost:
                 metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
         if any(item.replies for item in prepared):
             self.rt.sends_waiting.set()  # this process's send threads look at once instead of at their next poll
@@ -127,7 +178,17 @@ class PipelineWorker:
         still running, or that follows such a row of the same sender, goes back to the queue (the wait is not an
         attempt) and finds the same job when it comes back; the others are ready to store.
         """
-        normalized = [item for item in (self._prepare(row) for row in rows) if item is not None]
+        normalized: list[Prepared] = []
+        try:
+            for row in rows:
+                self._in_progress = _InProgress(row, self.clock(), threading.current_thread())
+                item = self._prepare(row)
+                if self._abandoned:  # past the deadline: the lease keeper settled the batch's rows meanwhile
+                    return []
+                if item is not None:
+                    normalized.append(item)
+        finally:
+            self._in_progress = None
         jobs: dict[int, Job] = {}
         started: list[Future[Any]] = []
         for item in normalized:
@@ -156,6 +217,31 @@ class PipelineWorker:
             if enriched is not None:
                 ready.append(enriched)
         return ready
+
+    def _within_deadline(self) -> bool:
+        """Asked by the lease keeper before each renewal: False (and the rows settled) once a row overran."""
+        current = self._in_progress
+        if current is None or self.clock() - current.started <= self.settings.max_processing_seconds:
+            return True
+        self._abandoned = True
+        row = current.row
+        reason = (f"processing took over {self.settings.max_processing_seconds:g} s (workers.max_processing_seconds):"
+                  f" the {row.connector} connector's normalize or media fetch did not return")
+        log.error("inbox row %s from %s: %s; dead-lettered", row.id, row.connector, reason)
+        try:
+            with self.rt.engine.begin() as conn:
+                letter = self.rt.queues.dead_letter(conn, stage="pipeline", source_id=row.id, target=row.connector,
+                                                    error_class="exhausted", reason=reason, attempts=row.attempts,
+                                                    code="processing_timeout", owner=self.owner)
+            if letter is not None:
+                metrics.DEAD_LETTERED.labels("pipeline", row.connector).inc()
+            self.rt.queues.release(inbox, [row_id for row_id in self._held_ids if row_id != row.id], self.owner)
+        except Exception:
+            # the leases run out instead; the row's next claims count towards processing_abandoned
+            log.exception("could not settle the rows of a stuck pipeline thread")
+        if self.on_stuck is not None:
+            self.on_stuck(current.thread, f"pipeline thread {current.thread.name} is stuck in inbox row {row.id}")
+        return False
 
     def _prepare(self, row: Row[Any]) -> Prepared | None:
         """Normalise one row (pure); None when it is settled."""
@@ -206,15 +292,19 @@ class PipelineWorker:
     def _store_row(self, conn: Connection, item: Prepared) -> None:
         if item.crm is not None:
             outcome = self.replies.store(conn, item.crm, item.row.id, item.replies)
-            status = "done" if outcome.queued else "ignored"
-            self.rt.queues.finish(conn, inbox, item.row.id, status, processed_at=utcnow(), last_error=None)
+            self._finish(conn, item.row, "done" if outcome.queued else "ignored")
             return
         for message in item.messages:
             self._store(conn, message)
         for update in item.statuses:
             self._store_status(conn, update, item.row.id)
-        status = "done" if item.messages or item.statuses else "ignored"
-        self.rt.queues.finish(conn, inbox, item.row.id, status, processed_at=utcnow(), last_error=None)
+        self._finish(conn, item.row, "done" if item.messages or item.statuses else "ignored")
+
+    def _finish(self, conn: Connection, row: Row[Any], status: str) -> None:
+        """Settle a row this worker still holds; else ``LeaseLost`` rolls back what was stored for it."""
+        if not self.rt.queues.finish(conn, inbox, row.id, status, owner=self.owner, processed_at=utcnow(),
+                                     last_error=None):
+            raise LeaseLost(f"inbox row {row.id}")
 
     def _store_alone(self, item: Prepared) -> None:
         """A row that failed in the batch: its own transaction, a few quick tries, then the retry schedule."""
@@ -222,6 +312,10 @@ class PipelineWorker:
             for attempt in in_process_retry(attempts=4):
                 with attempt, self.rt.engine.begin() as conn:
                     self._store_row(conn, item)
+        except LeaseLost:
+            log.warning("inbox row %s from %s was taken over or settled while being processed; not stored here",
+                        item.row.id, item.row.connector)
+            return
         except Exception as exc:
             self._failed(item.row, exc)
             return

@@ -187,6 +187,15 @@ def inbound_message(record: RawRecord, *, connector_type: str, **fields: Any) ->
                    raw=RawRef(inbox_id=record.inbox_id, connector=record.connector), **fields)
 
 
+CRM_HOOK_MAX_BYTES = 256 * 1024  # a CRM's reply event (POST /crm-hooks/NAME)
+
+
+def largest_body(channel_classes: Iterable[type]) -> int:
+    """The largest body any endpoint takes: the server reads no more of one request, readiness wants twice it free."""
+    webhook_limits = (cls.max_body_bytes for cls in channel_classes if issubclass(cls, WebhookChannel))
+    return max([CRM_HOOK_MAX_BYTES, *webhook_limits])
+
+
 class InboxSink(Protocol):
     """Where a polling channel stores what it fetched; ``store`` returns after the commit."""
 

@@ -1,4 +1,5 @@
-"""Processes: ``serve`` (gunicorn, a production WSGI server), ``work``, and ``run`` (both, supervised)."""
+"""Processes: ``serve`` (gunicorn, a production WSGI server), ``work``, and ``run`` (both, supervised: a dead child
+is started again after a back-off while the other keeps running)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, channel_class
+from gateway.http_worker import worker_class
 from gateway.logs import setup_logging
+from gateway.plugins import Registry, largest_body
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 600  # how long SIGTERM waits for in-flight work (a CRM batch job) before killing
+RESTART_INITIAL_SECONDS = 1.0  # a dead child is started again after this, doubling while it keeps dying,
+RESTART_MAX_SECONDS = 60.0  # up to this,
+RESTART_STABLE_SECONDS = 60.0  # and back to the first delay once it has run this long
 
 
 class GatewayServer(BaseApplication):  # type: ignore[misc]
@@ -32,11 +41,13 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         server = self.gateway_config.settings.server
+        registry = Registry.from_entry_points()
         options: dict[str, Any] = {
             "bind": server.listen,
             "workers": server.processes,
             "threads": server.threads,
-            "worker_class": "gthread" if server.threads > 1 else "sync",
+            "worker_class": worker_class(server.read_timeout_seconds, largest_body(
+                channel_class(registry, channel) for channel in self.gateway_config.channels.values())),
             "graceful_timeout": 30,
             "timeout": 60,
             "keepalive": 5,
@@ -74,36 +85,80 @@ def serve(config: GatewayConfig, log_format: str) -> None:
     GatewayServer(config, log_format).run()
 
 
+class RestartBackoff:
+    """How long to wait before starting a dead child again: doubling while it keeps dying soon after its start,
+    never more than ``maximum``, back to ``initial`` after a run of ``stable`` seconds."""
+
+    def __init__(self, initial: float = RESTART_INITIAL_SECONDS, maximum: float = RESTART_MAX_SECONDS,
+                 stable: float = RESTART_STABLE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.initial, self.maximum, self.stable, self.clock = initial, maximum, stable, clock
+        self.failures = 0
+        self.since = clock()
+
+    def started(self) -> None:
+        self.since = self.clock()
+
+    def died(self) -> float:
+        """The child died: seconds to wait before starting it again."""
+        if self.clock() - self.since >= self.stable:
+            self.failures = 0
+        delay = min(self.initial * 2 ** self.failures, self.maximum)
+        self.failures += 1
+        return delay
+
+
+@dataclass
+class Child:
+    """A child process of ``gateway run``, started again after a back-off whenever it dies."""
+
+    name: str
+    args: list[str]
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)
+    proc: subprocess.Popen[bytes] | None = None
+    restart_at: float = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args)
+        self.backoff.started()
+
+    def check(self, now: float) -> None:
+        """Notice a death (and schedule the restart), or start the child again when its back-off is over."""
+        if self.proc is None:
+            if now >= self.restart_at:
+                log.warning("starting %s again", self.name)
+                self.start()
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        delay = self.backoff.died()
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        log.error("%s exited (%s); starting it again in %.0f s, the other keeps running", self.name, how, delay)
+        self.proc = None
+        self.restart_at = now + delay
+
+
 def run_all(config_path: Path, log_format: str) -> int:
-    """Start ``serve`` and ``work`` as child processes; SIGTERM stops both gracefully; a child's death stops all."""
+    """Start ``serve`` and ``work`` as child processes and keep them running: a child that dies is started again
+    after a back-off (the other goes on: webhooks are still taken while the worker is down). SIGTERM (or SIGINT)
+    stops both gracefully."""
     ensure_multiprocess_metrics_dir()
     base = [sys.executable, "-m", "gateway", "--log-format", log_format]
-    children = {
-        "serve": subprocess.Popen([*base, "serve", "-c", str(config_path)]),
-        "work": subprocess.Popen([*base, "work", "-c", str(config_path)]),
-    }
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    exit_code = 0
-    while not stopping:
-        for name, child in children.items():
-            if child.poll() is not None:
-                log.error("%s exited with %s; stopping the gateway", name, child.returncode)
-                exit_code = child.returncode or 1
-                stopping = True
-        time.sleep(0.2)
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children.values():
+    children = [Child(name, [*base, name, "-c", str(config_path)]) for name in ("serve", "work")]
+    for child in children:
+        child.start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    while not stopping.wait(0.2):
+        for child in children:
+            child.check(time.monotonic())
+    running = [child.proc for child in children if child.proc is not None and child.proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    for proc in running:
         try:
-            child.wait(timeout=DRAIN_SECONDS)
+            proc.wait(timeout=DRAIN_SECONDS)
         except subprocess.TimeoutExpired:
-            child.kill()
-    return exit_code
+            proc.kill()
+    return 0

@@ -29,16 +29,15 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from gateway import metrics
 from gateway.errors import HookRejected, TooManyRequests, one_line
 from gateway.ingest import InboxBatcher
-from gateway.plugins import AgentReplies, WebhookChannel
+from gateway.plugins import CRM_HOOK_MAX_BYTES, AgentReplies, WebhookChannel, largest_body
 from gateway.records import REQUEST_KIND, InboxItem
 from gateway.runtime import Runtime
 from gateway.signing import equal
-from gateway.storage.db import check_ready
+from gateway.storage.db import NotReady, check_ready
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 log = logging.getLogger("gateway.ingress")
 _STORED_HEADERS = 64
-CRM_HOOK_MAX_BYTES = 256 * 1024
 OTHER_MAX_BODY_BYTES = 64 * 1024  # any route without a limit of its own
 _NEVER_STORED = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 NOT_AUTHENTICATED = "signature missing or invalid"
@@ -184,11 +183,14 @@ def create_app(runtime: Runtime) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
+        """200 only when a write can commit now (and, on SQLite, there is room for two of the largest requests)."""
         try:
-            check_ready(runtime.engine)
-        except Exception as exc:
-            log.warning("not ready: storage unreachable: %s", type(exc).__name__)
-            return Response("storage unreachable\n", status=503, content_type="text/plain")
+            check_ready(runtime.engine, min_free_bytes=2 * largest_body(type(c) for c in runtime.channels.values()))
+        except NotReady as exc:
+            cause = getattr(exc.__cause__, "orig", None) or exc.__cause__  # the driver's own words, without the SQL
+            detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
+            log.warning("not ready: %s%s", exc, detail)
+            return Response(f"{exc}\n", status=503, content_type="text/plain")
         return Response("ready\n", content_type="text/plain")
 
     @app.get("/metrics")

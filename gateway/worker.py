@@ -1,7 +1,9 @@
 """The worker process: pipeline and delivery loops in threads, plus the scheduler for periodic jobs.
 
 SIGTERM (or SIGINT) stops claiming, lets every in-flight item finish, gives back claimed items not yet started,
-and exits: nothing is lost, and nothing is done twice.
+and exits: nothing is lost, and nothing is done twice. A pipeline thread stuck past its processing deadline (its row
+dead-lettered meanwhile) stops the process the same way, which then exits with ``EXIT_STUCK`` so that its
+supervisor (``gateway run``, systemd, the container runtime) starts it again without the stuck thread.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
 
 log = logging.getLogger(__name__)
+EXIT_STUCK = 70  # EX_SOFTWARE
 
 
 class Stage(Protocol):
@@ -146,6 +149,8 @@ class WorkerProcess:
         self.rt = runtime
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.stuck: set[threading.Thread] = set()  # never returned from a row past its deadline: not waited for
+        self.exit_code = 0
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.jobs = jobs or []
         for channel in runtime.channels.values():
@@ -160,7 +165,7 @@ class WorkerProcess:
     def start(self) -> None:
         settings = self.rt.config.settings.workers
         stages: list[tuple[str, Stage]] = []
-        stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i)))
+        stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i), on_stuck=self._stuck))
                    for i in range(settings.pipeline_threads)]
         stages += [(f"delivery{i}", DeliveryWorker(self.rt, worker_id("delivery", i)))
                    for i in range(settings.delivery_threads)]
@@ -184,16 +189,25 @@ class WorkerProcess:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def _stuck(self, thread: threading.Thread, what: str) -> None:
+        log.critical("%s past workers.max_processing_seconds (the row is dead-lettered); stopping this worker "
+                     "process so that it is started again without that thread", what)
+        self.stuck.add(thread)
+        self.exit_code = EXIT_STUCK
+        self.stop()
+
     def wait(self) -> None:
         for thread in self.threads:
-            while thread.is_alive():
+            while thread.is_alive() and thread not in self.stuck:
                 thread.join(timeout=0.5)
         self.scheduler.shutdown(wait=True)
         log.info("worker stopped: in-flight work finished")
 
-    def run_forever(self) -> None:
+    def run_forever(self) -> int:
+        """Run until SIGTERM/SIGINT or a stuck thread; the exit code (``EXIT_STUCK`` when a thread is stuck)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
         self.start()
         self.stop_event.wait()
         self.wait()
+        return self.exit_code

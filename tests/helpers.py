@@ -100,8 +100,8 @@ def wait_ready(base_url: str, proc: GatewayProcess, timeout: float = 30.0) -> No
         if not proc.alive():
             raise AssertionError(f"gateway exited with {proc.proc.returncode}:\n{proc.output()[-3000:]}")
         try:
-            return requests.get(f"{base_url}/readyz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{base_url}/readyz", timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # starting, or a commit slow on a busy machine
             return False
 
     deadline = time.monotonic() + timeout
@@ -143,14 +143,15 @@ TWILIO_TOKEN = "test-twilio-token"
 
 
 def write_gateway_config(directory: Path, *, storage_url: str, port: int, crms: str, routes: str,
-                         workers: str = "", name: str = "config.yaml") -> Path:
+                         workers: str = "", server: str = "", threads: int = 4, name: str = "config.yaml") -> Path:
     """A config for a gateway running as processes: listening on ``port``, with ``public_url`` to match.
 
-    ``crms`` and ``routes`` are YAML flow-style bodies of those sections; ``workers`` extra keys of ``workers``.
+    ``crms`` and ``routes`` are YAML flow-style bodies of those sections; ``workers`` and ``server`` extra keys of
+    those sections (``", lease_seconds: 5"``); ``threads`` the web server's threads.
     """
     text = f"""\
 storage: {{url: "{storage_url}"}}
-server: {{listen: "127.0.0.1:{port}", public_url: "http://127.0.0.1:{port}", processes: 1, threads: 4}}
+server: {{listen: "127.0.0.1:{port}", public_url: "http://127.0.0.1:{port}", processes: 1, threads: {threads}{server}}}
 workers: {{idle_poll_seconds: 0.05, retry: {{initial_seconds: 0.05, max_seconds: 0.5, jitter_seconds: 0}}{workers}}}
 logging: {{level: WARNING}}
 channels:

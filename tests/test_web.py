@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,34 @@ def test_readyz_follows_the_database(client: FlaskClient, runtime: Runtime, monk
     assert client.get("/readyz").status_code == 200
 
 
+def test_readyz_503_when_the_database_is_read_only(client: FlaskClient, runtime: Runtime,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that can be read but not written (a read-only file or mount) is not ready: a write must commit.
+
+    The tests run as root, whom file permissions do not stop, so the file is opened read-only (``mode=ro``)."""
+    assert client.get("/readyz").status_code == 200
+    read_only = create_engine(f"sqlite:///file:{runtime.engine.url.database}?mode=ro&uri=true")
+    monkeypatch.setattr(runtime, "engine", read_only)
+    response = client.get("/readyz")
+    assert (response.status_code, response.get_data(as_text=True)) == (503, "storage cannot commit a write\n")
+    read_only.dispose()
+
+
+def test_readyz_503_when_the_disk_is_nearly_full(client: FlaskClient, runtime: Runtime,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Less room beside the SQLite database than two of the largest requests: not ready, before writes fail.
+
+    (A commit alone does not tell: SQLite reuses the space of its write-ahead log, so a small write can still
+    commit on a full disk while the next webhook's cannot.)"""
+    usage = shutil.disk_usage(Path(runtime.engine.url.database).parent)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * 2**20))
+    response = client.get("/readyz")
+    assert (response.status_code, response.get_data(as_text=True)) == (
+        503, "disk full: 3 MiB free beside the database, 10 MiB needed\n")
+    monkeypatch.undo()
+    assert client.get("/readyz").status_code == 200
+
+
 @pytest.fixture
 def pg_runtime(write_config: Callable[..., Path], postgres_url: str) -> Iterator[Runtime]:
     """The base config's runtime on a fresh PostgreSQL database."""
@@ -228,6 +257,24 @@ def test_readyz_503_when_the_postgres_database_goes_away(pg_runtime: Runtime, po
         conn.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
     assert client.get("/readyz").status_code == 503
     assert send(client, signed(pg_runtime), CHANNEL).status_code == 503  # and nothing is answered 2xx
+
+
+def test_readyz_and_webhooks_503_while_the_postgres_database_is_read_only(pg_runtime: Runtime,
+                                                                          postgres_url: str) -> None:
+    """A PostgreSQL that answers but refuses writes (a standby after a failover, a read-only database)."""
+    client = create_app(pg_runtime).test_client()
+    assert client.get("/readyz").status_code == 200
+    url = make_url(postgres_url)
+    with psycopg.connect(f"host={url.host} port={url.port or 5432} user={url.username} dbname={url.database}",
+                         autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{url.database}" SET default_transaction_read_only = on')
+        pg_runtime.engine.dispose()  # new sessions take the setting
+        response = client.get("/readyz")
+        assert (response.status_code, response.get_data(as_text=True)) == (503, "storage cannot commit a write\n")
+        assert send(client, signed(pg_runtime), CHANNEL).status_code == 503
+        conn.execute(f'ALTER DATABASE "{url.database}" SET default_transaction_read_only = off')
+    pg_runtime.engine.dispose()
+    assert client.get("/readyz").status_code == 200
 
 
 def test_metrics_expose_queue_depth(client: FlaskClient, runtime: Runtime) -> None:

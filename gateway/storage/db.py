@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import shutil
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,11 +13,16 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+
+from gateway.storage.tables import cursors
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6761746577  # advisory lock key: "gatew"
+READY_ROW = "gateway:readyz"  # the cursors row /readyz writes
 
 
 def utcnow() -> datetime:
@@ -98,6 +104,36 @@ def migrate(engine: Engine) -> None:
         command.upgrade(alembic_config(engine), "head")
 
 
-def check_ready(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1 FROM inbox WHERE 1=0"))
+class NotReady(Exception):
+    """Storage cannot take a webhook's row now; the message is the line ``/readyz`` answers with."""
+
+
+def check_ready(engine: Engine, min_free_bytes: int = 0) -> None:
+    """Raise ``NotReady`` unless a write can commit now.
+
+    Only a commit proves that: SQLite writes nothing to disk before it (a write rolled back never touches the file,
+    so a read-only file or a failed fsync go unseen), and PostgreSQL refuses writes of a read-only database or
+    standby only once one is attempted. So a heartbeat row in ``cursors`` is updated and committed on every call.
+    A commit is not proof of room, though: SQLite reuses the space of its write-ahead log, so a small commit can
+    succeed on a full disk while the next webhook's cannot. Beside a SQLite file, ``min_free_bytes`` must be free.
+    """
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1 FROM inbox WHERE 1=0"))
+    except Exception as exc:
+        raise NotReady("storage unreachable") from exc
+    database = engine.url.database if is_sqlite(engine) else None
+    if min_free_bytes and database and database != ":memory:" and not database.startswith("file:"):
+        free = shutil.disk_usage(Path(database).resolve().parent).free
+        if free < min_free_bytes:
+            raise NotReady(f"disk full: {free // 2**20} MiB free beside the database, "
+                           f"{min_free_bytes // 2**20} MiB needed")
+    now = utcnow()
+    values = {"name": READY_ROW, "value": {"checked_at": now.isoformat()}, "updated_at": now}
+    statement = (sqlite_insert if is_sqlite(engine) else postgresql_insert)(cursors).values(values)
+    statement = statement.on_conflict_do_update(index_elements=["name"], set_=values)
+    try:
+        with engine.begin() as conn:
+            conn.execute(statement)
+    except Exception as exc:
+        raise NotReady("storage cannot commit a write") from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -80,6 +80,10 @@ def insert_for(engine: Engine, table: Table) -> Any:
     return (sqlite.insert if is_sqlite(engine) else postgresql.insert)(table)
 
 
+class LeaseLost(Exception):
+    """The row is no longer this worker's to settle: another took it over, or it was settled meanwhile."""
+
+
 class Queues:
     """Inbox, outbox and dead-letter operations over one engine."""
 
@@ -121,7 +125,12 @@ class Queues:
         return counts
 
     def claim_inbox(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:
-        return self._claim(inbox, owner, limit, lease_seconds, ())
+        """Claim due inbox rows, oldest first: those never tried, and at most one tried before.
+
+        A row tried before is claimed alone, so that a row which stops its worker each time (a crash, a processing
+        deadline) is the only one tried again and again, never the rows that happened to share its batch.
+        """
+        return self._claim(inbox, owner, limit, lease_seconds, (), one_retried=True)
 
     # -- outbox ------------------------------------------------------------------------------------------------
     def claim_outbox(self, owner: str, limit: int, lease_seconds: int,
@@ -196,10 +205,10 @@ class Queues:
         return list(by_key.values())
 
     def _claim(self, table: Table, owner: str, limit: int, lease_seconds: int,
-               conditions: Sequence[ColumnElement[bool]]) -> list[Row[Any]]:
+               conditions: Sequence[ColumnElement[bool]], one_retried: bool = False) -> list[Row[Any]]:
         now = utcnow()
         candidates = (
-            select(table.c.id)
+            select(table.c.id, table.c.attempts)
             .where(table.c.status == "pending", table.c.available_at <= now,
                    or_(table.c.lease_until.is_(None), table.c.lease_until < now), *conditions)
             .order_by(table.c.id)
@@ -208,7 +217,11 @@ class Queues:
         if self._skip_locked:
             candidates = candidates.with_for_update(skip_locked=True, of=table)
         with self.engine.begin() as conn:
-            ids = list(conn.execute(candidates).scalars())
+            found = list(conn.execute(candidates))
+            ids = [row_id for row_id, _ in found]
+            if one_retried:
+                retried = [row_id for row_id, attempts in found if attempts > 0][:1]
+                ids = [row_id for row_id, attempts in found if attempts == 0] + retried
             if not ids:
                 return []
             conn.execute(update(table).where(table.c.id.in_(ids)).values(
@@ -234,13 +247,20 @@ class Queues:
                 lease_until=utcnow() + timedelta(seconds=lease_seconds))).rowcount
 
     @contextmanager
-    def holding(self, table: Table, ids: Sequence[int], owner: str, lease_seconds: int) -> Iterator[None]:
+    def holding(self, table: Table, ids: Sequence[int], owner: str, lease_seconds: int,
+                still_working: Callable[[], bool] | None = None) -> Iterator[None]:
         """Renew the leases on ``ids`` every third of a lease while the block runs (a long CRM batch, say), so
-        no other worker takes rows over that are still in flight."""
+        no other worker takes rows over that are still in flight.
+
+        ``still_working`` is asked before each renewal; once it answers False the leases are no longer renewed
+        (the work overran its deadline, and whoever answered has settled the rows).
+        """
         stop = threading.Event()
 
         def renew() -> None:
             while not stop.wait(lease_seconds / 3):
+                if still_working is not None and not still_working():
+                    return
                 try:
                     self.extend_leases(table, ids, owner, lease_seconds)
                 except Exception:
@@ -254,9 +274,14 @@ class Queues:
             stop.set()
             keeper.join()
 
-    def finish(self, conn: Connection, table: Table, row_id: int, status: str, **values: Any) -> None:
-        conn.execute(update(table).where(table.c.id == row_id).values(
-            status=status, lease_owner=None, lease_until=None, **values))
+    def finish(self, conn: Connection, table: Table, row_id: int, status: str, *, owner: str | None = None,
+               **values: Any) -> bool:
+        """Settle a row; with ``owner``, only while that worker still holds it (returns whether it did)."""
+        statement = update(table).where(table.c.id == row_id)
+        if owner is not None:
+            statement = statement.where(table.c.lease_owner == owner, table.c.status == "pending")
+        return bool(conn.execute(statement.values(status=status, lease_owner=None, lease_until=None,
+                                                  **values)).rowcount)
 
     def reschedule(self, table: Table, row_id: int, delay_seconds: float, error: str, *,
                    count_attempt: bool = True) -> None:
@@ -270,9 +295,13 @@ class Queues:
 
     # -- dead letters ------------------------------------------------------------------------------------------
     def dead_letter(self, conn: Connection, *, stage: str, source_id: int, target: str, error_class: str,
-                    reason: str, attempts: int, code: str | None = None, field: str | None = None) -> int:
+                    reason: str, attempts: int, code: str | None = None, field: str | None = None,
+                    owner: str | None = None) -> int | None:
+        """Settle the row as dead and record why; with ``owner``, only while that worker holds it (else None)."""
         reason = redact(reason)  # a provider's or CRM's error text may quote the customer's number or address
-        self.finish(conn, STAGE_TABLES[stage], source_id, "dead", last_error=reason[:2000])
+        if not self.finish(conn, STAGE_TABLES[stage], source_id, "dead", owner=owner, last_error=reason[:2000]) \
+                and owner is not None:
+            return None
         return conn.execute(dead_letters.insert().values(
             stage=stage, source_id=source_id, target=target, error_class=error_class, error_code=code,
             reason=reason[:4000], field=field, attempts=attempts, created_at=utcnow())).inserted_primary_key[0]

@@ -197,6 +197,30 @@ def test_whatsapp_batch_is_split_per_message_and_status(runtime_meta: Runtime) -
     assert runtime_meta.channels[CHANNEL].context.attachments.read(attachment["location"]) == PDF
 
 
+def test_whatsapp_batch_stores_each_message_with_its_own_contact_only() -> None:
+    """Each message's row carried every contact and all the metadata of the POST: n messages and n contacts (or a
+    padded metadata object) in one signed body were stored n times over, and each sender's name was looked up by a
+    loop over every contact."""
+    people = 200
+    contacts = [{"profile": {"name": f"Person {n} " + "x" * 2000}, "wa_id": f"1650555{n:04d}"} for n in range(people)]
+    batch = {"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550783881",
+                                                          "padding": "p" * 200_000},
+            "contacts": contacts,
+            "messages": [{"from": f"1650555{n:04d}", "id": f"wamid.MANY{n:04d}", "timestamp": "1700001000",
+                          "type": "text", "text": {"body": f"message {n}"}} for n in range(people)],
+            "statuses": [{"id": "wamid.OUT0001", "status": "read", "timestamp": "1700001000",
+                          "recipient_id": "16505550000"}]}}]}]}
+    request = post(batch)
+    connector = meta()
+    records = split_records(connector, request)
+    assert len(records) == people + 1
+    assert sum(len(record.body) for record in records) < 3 * len(request.body)
+    messages_out = [message for record in records for message in connector.normalize(record)]
+    assert [message.sender.display_name for message in messages_out] == [c["profile"]["name"] for c in contacts]
+
+
 def test_messenger_batch_entries_and_reactions(runtime_meta: Runtime) -> None:
     """Two entries, two messages from two people, a delivery receipt (a status) and a reaction to our reply."""
     connector = runtime_meta.channels[CHANNEL]

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -26,8 +27,9 @@ from connectors.twilio import SIGNATURE_HEADER, TwilioChannel
 from gateway.attachments import SCHEME, AttachmentTooLarge, MediaRefused
 from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
+from gateway.records import InboxItem
 from gateway.runtime import Runtime
-from gateway.storage.tables import inbox, messages, provider_statuses
+from gateway.storage.tables import dead_letters, inbox, messages, provider_statuses
 from gateway.web import create_app
 from gateway.webhooks import Headers, HookRequest
 from tests.conformance.channel import (
@@ -178,6 +180,9 @@ class TestTwilioConformance(ChannelConformance):
             "not_utf8": form_request(sms, body=full.replace(b"Ahoy", b"\xff\xfeAhoy")),
             "no_message_sid": form_request([(k, v) for k, v in sms if "Sid" not in k or k == "AccountSid"]),
             "num_media_not_a_number": form_request(replace(sms, NumMedia="two")),
+            # Twilio sends at most 10 media per message; the count drove a loop of that many turns
+            "num_media_over_twilio_limit": form_request(replace(sms, NumMedia="99999999999999999999")),
+            "num_media_eleven": form_request(replace(sms, NumMedia="11")),
         }
 
     def test_extras_only_carry_fields_sent(self) -> None:
@@ -310,6 +315,21 @@ def test_mms_through_the_pipeline_keeps_the_bytes(runtime: Runtime) -> None:
     with runtime.engine.connect() as conn:
         data = conn.execute(select(messages.c.data)).scalar_one()
     assert [a["location"].startswith(SCHEME) for a in data["attachments"]] == [True, True]
+
+
+def test_a_stored_row_with_a_huge_media_count_is_quarantined_at_once(runtime: Runtime) -> None:
+    """A row stored before the ingress refused such counts: normalize refuses it quickly instead of looping 10^20
+    times, and the pipeline quarantines it with the reason."""
+    pairs = replace(load_fixture("sms"), NumMedia="99999999999999999999")
+    runtime.queues.store_inbox(CHANNEL, [InboxItem(SMS_SID, urlencode(pairs).encode(), FORM)], {}, HOOK_URL)
+    drained = threading.Thread(target=drain_pipeline, args=(runtime,), daemon=True)
+    drained.start()
+    drained.join(timeout=30)
+    assert not drained.is_alive(), "normalize is still looping over NumMedia"
+    with runtime.engine.connect() as conn:
+        [letter] = conn.execute(select(dead_letters)).all()
+    assert (letter.error_class, letter.error_code) == ("quarantined", "normalize_failed")
+    assert "NumMedia 99999999999999999999 is over Twilio's limit of 10" in letter.reason
 
 
 def test_media_from_other_hosts_or_too_large_is_refused() -> None:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from connectors.x import XChannel, signed_request
 from gateway.attachments import SCHEME
 from gateway.config import load_config
-from gateway.errors import SignatureInvalid
+from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import conversations, customers, inbox, messages
@@ -154,6 +154,26 @@ def test_several_events_in_one_delivery_are_stored_separately() -> None:
     data["direct_message_events"].append(second)
     records = split_records(x_channel(), post(data))
     assert [r.provider_id for r in records] == ["1727342516412456964", "1727342516412456999"]
+
+
+def test_each_event_is_stored_with_only_what_it_needs_of_the_users() -> None:
+    """Each event's row carried its sender's whole user object (and ``for_user_id`` as sent): one padded user and
+    many events in one signed body were stored once per event. The name and handle are all normalising reads."""
+    events = 300
+    data = json.loads(raw("dm_text"))
+    data["direct_message_events"] = [{**data["direct_message_events"][0], "id": str(1727342516412456964 + n)}
+                                     for n in range(events)]
+    data["users"][CUSTOMER]["description"] = "d" * 300_000
+    request = post(data)
+    connector = x_channel()
+    records = split_records(connector, request)
+    assert len(records) == events
+    assert sum(len(record.body) for record in records) < 3 * len(request.body)
+    [message] = connector.normalize(records[0])
+    assert (message.sender.display_name, message.extras["screen_name"]) == ("Jo Müller", "jo_mueller")
+    padded_id = post({**json.loads(raw("dm_text")), "for_user_id": "3" * 100_000})
+    with pytest.raises(MalformedRequest):
+        connector.split(padded_id)
 
 
 def test_other_activity_is_acknowledged_and_not_stored(x_runtime: Runtime) -> None:
