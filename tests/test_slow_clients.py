@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from gateway.plugins import CRM_HOOK_MAX_BYTES
 from tests.helpers import (
     TWILIO_SID,
     TWILIO_TOKEN,
@@ -33,15 +34,17 @@ FAST_SECONDS = 10.0  # a busy 2-core machine answers in well under a second; a s
 BODY_START, BODY_REST = b"Body=only+part+of+it", b"&Rest=arrives+at+last"
 PARTIAL_BODY = (b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(BODY_START + BODY_REST), BODY_START))
+# the largest body an endpoint of this config takes (a CRM reply hook): the server reads no more of one request
+LIMIT = CRM_HOOK_MAX_BYTES
 PARTIAL_HEADERS = b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nX-Slow: "
 
 
-def start(tmp_path: Path, read_timeout: float, max_body_bytes: int = 5 * 2**20) -> tuple[str, GatewayProcess]:
+def start(tmp_path: Path, read_timeout: float) -> tuple[str, GatewayProcess]:
     port = free_port()
     config = write_gateway_config(tmp_path, storage_url=f"sqlite:///{tmp_path / 'gateway.db'}", port=port,
                                   crms="{trial: {type: jsonl, path: out/crm.jsonl}}",
                                   routes="[{from: [sms-main], to: trial}]", threads=THREADS,
-                                  server=f", read_timeout_seconds: {read_timeout}, max_body_bytes: {max_body_bytes}")
+                                  server=f", read_timeout_seconds: {read_timeout}")
     proc = GatewayProcess(["serve", "-c", str(config)], tmp_path / "serve.log")
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -122,7 +125,7 @@ def test_slow_clients_beyond_the_thread_count_never_starve_a_fast_one(patient_se
 
 
 def test_requests_too_slow_too_large_or_too_many_are_refused_without_waiting(tmp_path: Path) -> None:
-    base_url, proc = start(tmp_path, read_timeout=5, max_body_bytes=1024)
+    base_url, proc = start(tmp_path, read_timeout=5)
     port = int(base_url.rsplit(":", 1)[1])
     try:
         stalled = connect(port, PARTIAL_BODY)
@@ -134,13 +137,15 @@ def test_requests_too_slow_too_large_or_too_many_are_refused_without_waiting(tmp
             pass  # then closed
         stalled.close()
 
-        huge = connect(port, b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1025\r\n\r\n")
+        huge = connect(port, b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n"
+                       % (LIMIT + 1))
         huge.settimeout(FAST_SECONDS)
         assert huge.recv(4096).startswith(b"HTTP/1.1 413 ")  # at once, without waiting for a body never sent
         huge.close()
 
-        # requests being read hold at most 32 of the largest bodies (32 KiB here) together: the rest get 503
-        nearly = b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1000
+        # requests being read hold at most 32 of the largest bodies (32 x 256 KiB here) together: the rest get 503
+        nearly = (b"POST /hooks/sms-main HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % LIMIT
+                  + b"x" * (LIMIT - 1000))
         many = [connect(port, nearly) for _ in range(40)]
         many[-1].settimeout(FAST_SECONDS)
         assert many[-1].recv(4096).startswith(b"HTTP/1.1 503 ")

@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from connectors.twilio import SIGNATURE_HEADER
 from gateway.config import load_config
+from gateway.plugins import largest_body
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.tables import inbox
 from gateway.web import create_app
@@ -231,10 +232,11 @@ def test_readyz_503_when_the_disk_is_nearly_full(client: FlaskClient, runtime: R
     (A commit alone does not tell: SQLite reuses the space of its write-ahead log, so a small write can still
     commit on a full disk while the next webhook's cannot.)"""
     usage = shutil.disk_usage(Path(runtime.engine.url.database).parent)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * 2**20))
+    needed = 2 * largest_body(type(channel) for channel in runtime.channels.values())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=needed - 2**10))
     response = client.get("/readyz")
     assert (response.status_code, response.get_data(as_text=True)) == (
-        503, "disk full: 3 MiB free beside the database, 10 MiB needed\n")
+        503, f"disk full: {needed // 2**10 - 1} KiB free beside the database, {needed // 2**10} KiB needed\n")
     monkeypatch.undo()
     assert client.get("/readyz").status_code == 200
 

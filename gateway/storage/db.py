@@ -126,8 +126,8 @@ def check_ready(engine: Engine, min_free_bytes: int = 0) -> None:
     if min_free_bytes and database and database != ":memory:" and not database.startswith("file:"):
         free = shutil.disk_usage(Path(database).resolve().parent).free
         if free < min_free_bytes:
-            raise NotReady(f"disk full: {free // 2**20} MiB free beside the database, "
-                           f"{min_free_bytes // 2**20} MiB needed")
+            raise NotReady(f"disk full: {free // 2**10} KiB free beside the database, "
+                           f"{min_free_bytes // 2**10} KiB needed")
     now = utcnow()
     values = {"name": READY_ROW, "value": {"checked_at": now.isoformat()}, "updated_at": now}
     statement = (sqlite_insert if is_sqlite(engine) else postgresql_insert)(cursors).values(values)
