@@ -223,10 +223,15 @@ def test_config_rules() -> None:
     assert ImapConfig.model_validate({**base, "password": "p", "since": "2024-01-01"}).since == date(2024, 1, 1)
 
 
+# enough mail that the import takes far longer than the check that kills it: on an idle machine 400 were once all
+# imported between two checks
+MAILS = 1200
+
+
 def test_gateway_work_killed_mid_import_then_restarted(
         dovecot: Dovecot, write_config: Callable[..., Path], tmp_path: Path) -> None:  # noqa: F811
     """A real ``gateway work`` process SIGKILLed while importing; the next one finishes: each mail once."""
-    mailbox = mixed_mailbox(400, seed="k")
+    mailbox = mixed_mailbox(MAILS, seed="k")
     dovecot.append([m.raw for m in mailbox])
     # a short lease: rows the killed worker had claimed are claimed again within seconds
     path = write_config(config_text(CHANNEL, dovecot.settings(batch_size=25, poll_seconds=1))
@@ -239,26 +244,26 @@ def test_gateway_work_killed_mid_import_then_restarted(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(inbox_ids(rt)) < 50:
             assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
-            time.sleep(0.02)
+            time.sleep(0.002)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        assert 0 < len(inbox_ids(rt)) < 400
+        assert 0 < len(inbox_ids(rt)) < MAILS, "the kill came after the import had finished"
         second = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 180
             while time.monotonic() < deadline and scalar(rt, select(func.count()).select_from(inbox).where(
-                    inbox.c.status == "pending")) + (400 - len(inbox_ids(rt))) > 0:
+                    inbox.c.status == "pending")) + (MAILS - len(inbox_ids(rt))) > 0:
                 time.sleep(0.1)
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(timeout=30)
         ids = inbox_ids(rt)
-        assert len(ids) == len(set(ids)) == 400
+        assert len(ids) == len(set(ids)) == MAILS
         kinds = [m.kind for m in mailbox]
         assert scalar(rt, select(func.count()).select_from(messages)) == kinds.count("customer") + kinds.count("reply")
         assert scalar(rt, select(func.count()).select_from(dead_letters)) == kinds.count("broken")
         cursor = Cursors(rt.engine).get(f"imap:{CHANNEL}")
-        assert cursor is not None and cursor["last_uid"] == 400
+        assert cursor is not None and cursor["last_uid"] == MAILS
         json.dumps(cursor)
     finally:
         rt.close()
