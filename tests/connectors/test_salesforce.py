@@ -283,7 +283,8 @@ def mock_query(mocked: responses.RequestsMock, soql: str, answer: dict[str, Any]
                       match=[matchers.query_param_matcher({"q": soql}, strict_match=True)])
 
 
-PHONE_MATCH = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Phone = '{CUSTOMER_PHONE}' "
+OWN = f"Gateway_Customer_Id__c = '{CUSTOMER_ID}'"
+PHONE_MATCH = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} OR Phone = '{CUSTOMER_PHONE}' "
                f"OR MobilePhone = '{CUSTOMER_PHONE}' LIMIT 3")
 
 
@@ -405,7 +406,7 @@ EXISTING = "003R000000K1qzZIAR"
 def test_the_one_existing_contact_is_adopted_in_the_composite_call(mocked: responses.RequestsMock) -> None:
     item = replace(delivery_item(crm="sf", fields=sf_fields()), customer=CustomerView(
         CUSTOMER_ID, "Asha Rao", (("phone", CUSTOMER_PHONE), ("email", "asha@example.com"))))
-    soql = ("SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Email = 'asha@example.com' "
+    soql = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} OR Email = 'asha@example.com' "
             f"OR Phone = '{CUSTOMER_PHONE}' OR MobilePhone = '{CUSTOMER_PHONE}' LIMIT 3")
     mock_query(mocked, soql, contact_records((EXISTING, None)))
     call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
@@ -464,15 +465,10 @@ def test_several_existing_contacts_adopt_none(mocked: responses.RequestsMock,
     assert CUSTOMER_PHONE not in caplog.text
 
 
-@pytest.mark.parametrize("found", [
-    [(EXISTING, CUSTOMER_ID)],  # written by an earlier attempt: the upsert finds it
-    [(EXISTING, "another-customer-id")],  # another gateway customer's contact
-])
-def test_contacts_carrying_an_external_id_are_not_adopted(mocked: responses.RequestsMock,
-                                                          found: list[tuple[str, str]]) -> None:
-    mock_query(mocked, PHONE_MATCH, contact_records(*found))
+def test_another_customers_contact_is_not_adopted(mocked: responses.RequestsMock) -> None:
+    mock_query(mocked, PHONE_MATCH, contact_records((EXISTING, "another-customer-id")))
     call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
-        {**upsert_ok(EXISTING, "Contact", False), "referenceId": "contact"},
+        {**upsert_ok(CONTACT_ID, "Contact", True), "referenceId": "contact"},
         {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
         {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
          "httpStatusCode": 201, "referenceId": "message"}))
@@ -480,10 +476,26 @@ def test_contacts_carrying_an_external_id_are_not_adopted(mocked: responses.Requ
     assert sent(call.calls[0])["compositeRequest"][0]["url"].endswith(f"/Gateway_Customer_Id__c/{CUSTOMER_ID}")
 
 
+def test_a_contact_already_holding_the_customer_id_is_linked_not_upserted(mocked: responses.RequestsMock) -> None:
+    """Written by an attempt whose answer was lost (for this conversation or another): upserting it again would
+    put the first write's body back over an agent's edits."""
+    mock_query(mocked, PHONE_MATCH, contact_records((EXISTING, CUSTOMER_ID)))
+    call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    links = MemoryLinkStore()
+    salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), links)
+    subrequests = sent(call.calls[0])["compositeRequest"]
+    assert [s["referenceId"] for s in subrequests] == ["case", "message"]
+    assert subrequests[0]["body"]["ContactId"] == EXISTING
+    assert links.get("customer", CUSTOMER_ID) == (EXISTING, {"recovered": True})
+
+
 def test_match_query_escapes_quotes_and_backslashes(mocked: responses.RequestsMock) -> None:
     item = replace(delivery_item(crm="sf", fields=sf_fields()), customer=CustomerView(
         CUSTOMER_ID, None, (("email", "o'brien\\x@example.com"), ("whatsapp", CUSTOMER_PHONE))))
-    soql = ("SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Email = 'o\\'brien\\\\x@example.com' "
+    soql = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} OR Email = 'o\\'brien\\\\x@example.com' "
             "LIMIT 3")
     match = mock_query(mocked, soql, no_records())
     mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
@@ -498,17 +510,20 @@ def test_match_query_escapes_quotes_and_backslashes(mocked: responses.RequestsMo
 def test_match_query_per_contact_object() -> None:
     item = replace(delivery_item(crm="sf"), customer=CustomerView(
         CUSTOMER_ID, None, (("email", "a@example.com"), ("email", "b@example.com"), ("phone", CUSTOMER_PHONE))))
-    assert salesforce(contact_object="Account").match_query(item) == (
-        "SELECT Id, Gateway_Customer_Id__c FROM Account WHERE IsPersonAccount = true AND ("
+    assert salesforce(contact_object="Account").contact_query(item, match=True) == (
+        f"SELECT Id, Gateway_Customer_Id__c FROM Account WHERE {OWN} OR (IsPersonAccount = true AND ("
         f"PersonEmail IN ('a@example.com','b@example.com') OR Phone = '{CUSTOMER_PHONE}' "
-        f"OR PersonMobilePhone = '{CUSTOMER_PHONE}') LIMIT 3")
-    assert salesforce(contact_object="Lead").match_query(item) == (
-        "SELECT Id, Gateway_Customer_Id__c FROM Lead WHERE IsConverted = false AND ("
+        f"OR PersonMobilePhone = '{CUSTOMER_PHONE}')) LIMIT 3")
+    assert salesforce(contact_object="Lead").contact_query(item, match=True) == (
+        f"SELECT Id, Gateway_Customer_Id__c FROM Lead WHERE {OWN} OR (IsConverted = false AND ("
         f"Email IN ('a@example.com','b@example.com') OR Phone = '{CUSTOMER_PHONE}' "
-        f"OR MobilePhone = '{CUSTOMER_PHONE}') LIMIT 3")
+        f"OR MobilePhone = '{CUSTOMER_PHONE}')) LIMIT 3")
+    assert salesforce().contact_query(item, match=False) == (
+        f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} LIMIT 3")
     slack_only = replace(item, customer=CustomerView(CUSTOMER_ID, None, (("slack", "U024BE7LH"),)))
-    assert salesforce().match_query(slack_only) is None
-    assert salesforce(contact_object="Member__c").match_query(item) is None
+    assert not salesforce().can_match(slack_only)
+    assert not salesforce(contact_object="Member__c").can_match(item)
+    assert salesforce(contact_object="Lead").can_match(item)
 
 
 def test_matching_can_be_turned_off(mocked: responses.RequestsMock) -> None:
