@@ -31,10 +31,12 @@ from pydantic import ValidationError
 from responses import matchers
 
 from connectors.salesforce import MARKER_PREFIX, SalesforceConfig, SalesforceCrm
+from gateway.config import load_config
 from gateway.errors import PermanentError, RetryableError
 from gateway.model import ChannelType, Identifier, IdentifierKind, Party, ThreadRef
 from gateway.plugins import ConnectorContext, CrmConnector, CustomerView
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
+from gateway.yamlsource import ConfigError
 from tests.conformance.crm import (
     CONVERSATION_ID,
     CUSTOMER_ID,
@@ -780,3 +782,26 @@ def test_lead_and_person_account_link_fields() -> None:
     assert salesforce(contact_object="Lead").config.link_field is None
     assert salesforce(contact_object="Account").config.link_field == "AccountId"
     assert salesforce(contact_object="Lead", case_contact_field="Lead__c").config.link_field == "Lead__c"
+
+
+@pytest.mark.parametrize("version", ["45.0", "20.0", "9.0"])
+def test_api_versions_before_46_are_refused_with_the_reason(write_config: Callable[..., Path], version: str) -> None:
+    """Before 46.0 an upsert does not say whether it created its record (``created``)."""
+    path = write_config(f"""
+        crms:
+          sf:
+            type: salesforce
+            instance_url: {INSTANCE}
+            session_id: "{SESSION_ID}"
+            api_version: "{version}"
+    """)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (issue,) = caught.value.issues
+    assert (issue.line, issue.path) == (7, "crms.sf.api_version")
+    assert f"{version} is too old: use 46.0 or later" in issue.message
+
+
+@pytest.mark.parametrize("version", ["46.0", "59.0", "62.0"])
+def test_api_versions_from_46_are_accepted(version: str) -> None:
+    assert salesforce(api_version=version).config.api_version == version
