@@ -41,6 +41,7 @@ from tests.conformance.crm import (
     CONVERSATION_ID,
     CUSTOMER_ID,
     CUSTOMER_PHONE,
+    ContactRecordCases,
     HttpCrmConformance,
     MemoryLinkStore,
     delivery_item,
@@ -190,6 +191,12 @@ class MockedSalesforce:
         records = records[:int(limit)] if limit else records
         return 200, self.headers(), json.dumps({"totalSize": len(records), "done": True, "records": records})
 
+    def contact(self, customer_id: str) -> dict[str, Any]:
+        """The one Contact holding the customer id."""
+        (found,) = [r for r in self.records.get("Contact", {}).values()
+                    if r.get("Gateway_Customer_Id__c") == customer_id]
+        return found
+
     def written(self) -> int:
         return sum(len(self.records.get(obj, {})) for obj in ("CaseComment", "EmailMessage"))
 
@@ -200,7 +207,7 @@ class MockedSalesforce:
         return [body.rsplit(MARKER_PREFIX, 1)[1].strip() for body in bodies if MARKER_PREFIX in body]
 
 
-class TestSalesforceConformance(HttpCrmConformance):
+class TestSalesforceConformance(HttpCrmConformance, ContactRecordCases):
     """Salesforce with an instance URL + session id passes the shared CRM suite."""
 
     secrets: ClassVar[tuple[str, ...]] = (SESSION_ID,)
@@ -223,6 +230,12 @@ class TestSalesforceConformance(HttpCrmConformance):
     def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
         return self.org.written_messages()
 
+    def rename_contact(self, mocked: responses.RequestsMock, customer_id: str, name: str) -> None:
+        self.org.contact(customer_id)["LastName"] = name
+
+    def contact_name(self, mocked: responses.RequestsMock, customer_id: str) -> str:
+        return str(self.org.contact(customer_id)["LastName"])
+
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:
         self.mock_login(mocked)
@@ -239,6 +252,7 @@ class TestSalesforceJwtConformance(TestSalesforceConformance):
     """The same suite with OAuth 2.0 JWT bearer auth: the private key is the secret."""
 
     secrets: ClassVar[tuple[str, ...]] = (PRIVATE_KEY,)
+    login_urls: ClassVar[tuple[str, ...]] = ("https://login.salesforce.com/services/oauth2/",)
 
     def build(self, http: requests.Session, tmp_path: Path) -> CrmConnector:
         return salesforce(http, instance_url=None, session_id=None, username="integration@acme.example",
