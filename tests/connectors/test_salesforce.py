@@ -43,6 +43,7 @@ from tests.conformance.crm import (
     CUSTOMER_PHONE,
     ContactRecordCases,
     HttpCrmConformance,
+    LostAnswers,
     MemoryLinkStore,
     delivery_item,
     twilio_sms,
@@ -153,6 +154,9 @@ class MockedSalesforce:
             record_id = self.new_id(parts[0])
             table[record_id] = {**body, "Id": record_id}
             return upsert_ok(record_id, parts[0], True) | {"body": {"id": record_id, "success": True, "errors": []}}
+        if len(parts) == 2:  # PATCH by record id
+            table[parts[1]].update(body)
+            return {"body": None, "httpHeaders": {}, "httpStatusCode": 204}
         field, value = parts[1], parts[2]
         found = [r for r in table.values() if r.get(field) == value]
         if len(found) > 1:
@@ -173,7 +177,7 @@ class MockedSalesforce:
         for sub in payload["compositeRequest"]:
             text = re.sub(r"@\{(\w+)\.id\}", lambda m: ids[m.group(1)], json.dumps(sub.get("body", {})))
             answer = self.apply(sub["method"], sub["url"], json.loads(text))
-            ids[sub["referenceId"]] = answer["body"]["id"]
+            ids[sub["referenceId"]] = answer["body"]["id"] if answer["body"] else sub["url"].rsplit("/", 1)[1]
             answers.append({**answer, "referenceId": sub["referenceId"]})
         return 200, self.headers(), json.dumps(composite_answer(*answers))
 
@@ -819,3 +823,69 @@ def test_api_versions_before_46_are_refused_with_the_reason(write_config: Callab
 @pytest.mark.parametrize("version", ["46.0", "59.0", "62.0"])
 def test_api_versions_from_46_are_accepted(version: str) -> None:
     assert salesforce(api_version=version).config.api_version == version
+
+
+# -- a composite call carried out, its answer lost ------------------------------------------------------------------
+def lost_answer_then_next_message(org: MockedSalesforce, mocked: responses.RequestsMock, connector: SalesforceCrm,
+                                  links: MemoryLinkStore, meanwhile: Callable[[], None] = lambda: None) -> None:
+    """The first message's composite call is carried out and its answer lost; ``meanwhile`` runs (an agent at
+    work), the message is retried, then the customer's next message is delivered."""
+    first = delivery_item(crm="sf")
+    lost = LostAnswers(mocked)
+    with pytest.raises(RetryableError):
+        connector.deliver(first, links)
+    assert lost.lost == [f"POST {DATA}/composite"]
+    meanwhile()
+    connector.deliver(replace(first, attempt=2), links)
+    connector.deliver(delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32, inbox_id=2), crm="sf",
+                                    outbox_id=2, opened=False), links)
+
+
+def contact_subrequests(mocked: responses.RequestsMock) -> list[dict[str, Any]]:
+    return [sub for call in mocked.calls if call.request.url == f"{DATA}/composite"
+            for sub in sent(call)["compositeRequest"] if sub["referenceId"] == "contact"]
+
+
+def test_an_adopted_record_keeps_its_own_last_name_after_a_lost_answer(mocked: responses.RequestsMock) -> None:
+    org = MockedSalesforce()
+    org.install(mocked)
+    org.records["Contact"] = {EXISTING: {"Id": EXISTING, "LastName": "Okafor", "MobilePhone": CUSTOMER_PHONE}}
+    links = MemoryLinkStore()
+
+    lost_answer_then_next_message(org, mocked, salesforce(), links)
+
+    assert org.records["Contact"] == {EXISTING: {"Id": EXISTING, "LastName": "Okafor", "MobilePhone": CUSTOMER_PHONE,
+                                                 "Gateway_Customer_Id__c": CUSTOMER_ID}}
+    assert links.get("customer", CUSTOMER_ID) == (EXISTING, {"recovered": True})
+    # the adopting PATCH (our id only) is the one contact write ever sent
+    assert contact_subrequests(mocked) == [{"method": "PATCH", "referenceId": "contact", "body": {
+        "Gateway_Customer_Id__c": CUSTOMER_ID}, "url": f"/services/data/v59.0/sobjects/Contact/{EXISTING}"}]
+    assert len(org.records["CaseComment"]) == 2
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"match_existing_contacts": False},
+    {"message_external_id_field": "Gateway_Message_Id__c"},
+    {"match_existing_contacts": False, "message_marker_field": "Gateway_Message_Id__c"},
+])
+def test_after_a_lost_answer_agents_edits_to_the_contact_and_case_survive(
+        mocked: responses.RequestsMock, settings: dict[str, Any]) -> None:
+    org = MockedSalesforce()
+    org.install(mocked)
+    links = MemoryLinkStore()
+
+    def agent_edits() -> None:
+        org.contact(CUSTOMER_ID)["LastName"] = "Asha Rao"
+        (case,) = org.records["Case"].values()
+        case["Status"] = "Working"
+
+    lost_answer_then_next_message(org, mocked, salesforce(**settings), links, agent_edits)
+
+    (contact,) = org.records["Contact"].values()
+    (case,) = org.records["Case"].values()
+    assert (contact["LastName"], case["Status"]) == ("Asha Rao", "Working")
+    assert links.get("customer", CUSTOMER_ID) == (contact["Id"], {"recovered": True})
+    assert links.get("conversation", CONVERSATION_ID) == (case["Id"], {"recovered": True})
+    assert len(contact_subrequests(mocked)) == 1
+    assert len(org.records["CaseComment"]) == 2
