@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from gateway.calendars import CalendarConfig
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, interpolate, load_yaml
 
@@ -187,6 +188,9 @@ class GatewaySettings(_Section):
     channels: dict[str, dict[str, Any]] = Field({}, repr=False)
     crms: dict[str, dict[str, Any]] = Field({}, repr=False)
     routes: list[RouteConfig] = []
+    business_hours: dict[str, CalendarConfig] = Field(
+        {}, description="Named calendars (time zone, weekly hours, holidays) for acknowledgements, routes and "
+                        "escalations.")
 
 
 @dataclass(frozen=True)
