@@ -312,11 +312,14 @@ def erase(conn: Connection, found: Holdings, *, key: bytes, requested_by: str,
 
 
 def _scrub_elsewhere(conn: Connection, found: Holdings) -> int:
-    """Replace the person's identifiers and names in rows that are not theirs; how many rows changed."""
+    """Replace the person's identifiers in rows that are not theirs, and their name in those rows; how many rows
+    changed."""
     values = sorted({v for _, v in found.identifiers} | set(found.needles()), key=len, reverse=True)
     if not values:
         return 0
-    pattern = re.compile("|".join(re.escape(v) for v in values), re.IGNORECASE)
+    # a name is erased only beside one of the identifiers: another person may well have the same name
+    names = sorted((n for n in found.names if len(n) >= 3), key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(v) for v in [*values, *names]), re.IGNORECASE)
     changed = 0
     targets: list[tuple[Table, str]] = [
         (messages, "data"), (crm_notes, "text"), (dead_letters, "reason"), (delivery_log, "detail"),
