@@ -49,7 +49,7 @@ def test_a_missing_or_unreadable_secret_file_is_named_and_its_content_never_show
     with pytest.raises(ConfigError) as caught:
         load_config(config_with(write_config, str(short), str(tmp_path / "absent")))
     lines = str(caught.value).splitlines()
-    missing = f"config.yaml:9 channels.sms-main.auth_token: secret file {tmp_path / 'absent'} does not exist"
+    missing = f"config.yaml:8 channels.sms-main.auth_token: secret file {tmp_path / 'absent'} does not exist"
     assert any(line.endswith(missing) for line in lines), lines
     assert any("server.metrics_token: must be at least 16 characters" in line for line in lines), lines
     assert "tiny-secret" not in str(caught.value)
