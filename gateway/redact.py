@@ -2,13 +2,15 @@
 
 ``mask_identifier`` shortens one identifier to what still tells an operator which one it was (``+1415…0100``,
 ``a…@example.com``); ``redact`` does the same to every number and address in a text, such as a provider's error
-message that quotes them. Log lines built from errors go through ``redact``, and so does everything the processes
-write (``gateway.logs``), tracebacks included.
+message that quotes them. Log lines built from errors go through ``redact``; what the processes write
+(``gateway.logs``), tracebacks included, goes through ``hash_identifiers``: there an address or number is a short
+keyed hash instead.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 ELLIPSIS = "…"
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
@@ -62,6 +64,17 @@ def redact(text: str) -> str:
     text = mask_cards(text)
     text = _EMAIL.sub(lambda m: mask_identifier(m.group()), text)
     return _PHONE.sub(lambda m: mask_identifier(m.group()), text)
+
+
+def hash_identifiers(text: str, digest: Callable[[str], str]) -> str:
+    """``text`` with each email address as ``email#1a2b3c4d`` and each phone number as ``phone#5e6f7a8b``, card
+    numbers masked: ``digest`` (a keyed hash) gives the same digits for the same address or number however it was
+    written, so one customer can be followed across log lines."""
+    if not text:
+        return text
+    text = mask_cards(text)
+    text = _EMAIL.sub(lambda m: f"email#{digest(m.group().lower())}", text)
+    return _PHONE.sub(lambda m: "phone#" + digest("+" + re.sub(r"\D", "", m.group()).lstrip("0")), text)
 
 
 def describe_error(exc: BaseException) -> str:
