@@ -3,15 +3,20 @@
 Whatever the processes write is masked on the way out: a phone number or email address in any line, a library's or
 a traceback's included, becomes a short keyed hash (``phone#1a2b3c4d``, ``gateway.redact.hash_identifiers``), the
 same in every line and process of one install, and a card number is masked. ``logging.include_pii: true`` turns the
-hashing off (card numbers stay masked). Libraries that log whole requests or answers at DEBUG (slack_sdk logs every
-``users.info`` profile) stay at WARNING.
+hashing off (card numbers stay masked). Message text is never logged; where an error quotes it back (a CRM echoing
+the request), ``withheld`` has it shown as ``[message text]``. Libraries that log whole requests or answers at DEBUG
+(slack_sdk logs every ``users.info`` profile) stay at WARNING.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
@@ -27,6 +32,50 @@ QUIET = ("apscheduler", "urllib3", "slack_sdk", "imapclient", "oauthlib", "reque
 _PROCESS_KEY = os.urandom(32)  # until setup_logging is given the install's key
 
 
+_WORD = re.compile(r"\w+")
+_SHINGLE = 3
+_WITHHELD: ContextVar[frozenset[tuple[str, ...]]] = ContextVar("withheld", default=frozenset())
+
+
+@contextmanager
+def withheld(texts: Iterable[str | None]) -> Iterator[None]:
+    """While inside, lines this thread logs show ``[message text]`` wherever they quote one of ``texts`` (a CRM's
+    or provider's error that echoes what it was sent), quoted in part, truncated or escaped as it may be."""
+    shingles = set(_WITHHELD.get())
+    for text in texts:
+        words = [w.lower() for w in _WORD.findall(text or "")]
+        size = min(_SHINGLE, len(words))
+        shingles |= {tuple(words[i:i + size]) for i in range(len(words) - size + 1)} if size else set()
+    token = _WITHHELD.set(frozenset(shingles))
+    try:
+        yield
+    finally:
+        _WITHHELD.reset(token)
+
+
+def _withhold(line: str) -> str:
+    shingles = _WITHHELD.get()
+    if not shingles:
+        return line
+    tokens = list(_WORD.finditer(line))
+    quoted = [False] * len(tokens)
+    for size in {len(s) for s in shingles}:
+        for i in range(len(tokens) - size + 1):
+            if tuple(t.group().lower() for t in tokens[i:i + size]) in shingles:
+                quoted[i:i + size] = [True] * size
+    out, last, i = [], 0, 0
+    while i < len(tokens):
+        if not quoted[i]:
+            i += 1
+            continue
+        start = i
+        while i < len(tokens) and quoted[i]:
+            i += 1
+        out += [line[last:tokens[start].start()], "[message text]"]
+        last = tokens[i - 1].end()
+    return "".join(out) + line[last:]
+
+
 class _Masking:
     """How a finished line is masked: identifiers hashed with ``key``, or (``include_pii``) left as written."""
 
@@ -35,6 +84,7 @@ class _Masking:
         self.digest = lru_cache(maxsize=4096)(partial(short_hash, key or _PROCESS_KEY))
 
     def __call__(self, line: str) -> str:
+        line = _withhold(line)
         return mask_cards(line) if self.include_pii else hash_identifiers(line, self.digest)
 
 
