@@ -86,6 +86,9 @@ class SalesforceConfig(CrmConfig):
     reply_poll_limit: int = Field(200, ge=1, le=2000, description="Rows read per object and poll (SOQL LIMIT).")
     reply_max_age_hours: float = Field(
         24.0, ge=0, description="Replies created longer ago are never sent (merged or re-imported cases); 0: any.")
+    erase_contacts: Literal["delete", "keep"] = Field(
+        "delete", description="What `gateway customers forget --crm` does with the person's contact record: delete "
+                              "it (Salesforce keeps it 15 days in the recycle bin), or keep it for your own process.")
     reply_secret: SecretStr | None = Field(
         None, description="Key for agent replies posted to /crm-hooks/NAME (X-Gateway-Signature); unset: none taken.")
 

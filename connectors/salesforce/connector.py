@@ -30,9 +30,17 @@ from connectors.salesforce.client import (
     first_error,
 )
 from connectors.salesforce.replies import SalesforceReplies
-from gateway.errors import OnlineCheckFailed, RetryableError
+from gateway.errors import OnlineCheckFailed, PermanentError, RetryableError
 from gateway.model import ChannelType
-from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore, online_check
+from gateway.plugins import (
+    ConnectorContext,
+    ContactErasure,
+    CrmConnector,
+    DeliveryItem,
+    DeliveryResult,
+    LinkStore,
+    online_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,7 @@ class WriteAgain:
     calls: int
 
 
-class SalesforceCrm(CrmConnector, SalesforceReplies):
+class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
     """Salesforce: contact per customer, Case per conversation, CaseComment or EmailMessage per message.
 
     Agent replies (polled or posted by a Flow) and notes for agents: ``connectors.salesforce.replies``.
@@ -331,6 +339,18 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         operation = ("case_created" if created else "case_updated") if case is not None else "message_added"
         record = results["message"].body or {}
         return DeliveryResult(operation, case_id, detail=f"{self.message_object(item)} {record.get('id', '')}")
+
+    def erase_contact(self, remote_id: str) -> str:
+        """Delete the contact record, as ``erase_contacts`` says; a record already deleted counts as deleted."""
+        obj = self.config.contact_object
+        if self.config.erase_contacts == "keep":
+            return f"{obj} {remote_id} kept (erase_contacts: keep)"
+        try:
+            self.api.call("DELETE", f"sobjects/{obj}/{quote(remote_id, safe='')}")
+        except PermanentError as exc:
+            if exc.code not in ("NOT_FOUND", "ENTITY_IS_DELETED"):
+                raise
+        return f"{obj} {remote_id} deleted (in the recycle bin for 15 days)"
 
     @online_check
     def check_online(self) -> str:

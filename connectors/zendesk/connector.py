@@ -35,6 +35,7 @@ from gateway.plugins import (
     AgentReplies,
     AgentReply,
     ConnectorContext,
+    ContactErasure,
     ContactMerge,
     CrmConnector,
     CursorStore,
@@ -72,7 +73,8 @@ def marker(items: list[DeliveryItem]) -> dict[str, str]:
     return {MARKER: ",".join(item.message.id for item in items)}
 
 
-class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplySetup, ReplyPolling, InternalNotes):
+class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, AgentReplies, ReplySetup, ReplyPolling,
+                 InternalNotes):
     """Zendesk Support: end user per customer, ticket per conversation, public comment per message."""
 
     type_name = "zendesk"
@@ -443,6 +445,15 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
     def merge_contacts(self, survivor_remote_id: str, absorbed_remote_id: str) -> None:
         """Merge two Zendesk users (an admin's merge carried into the CRM): the absorbed user into the survivor."""
         self.client.call("PUT", f"/users/{absorbed_remote_id}/merge", json={"user": {"id": int(survivor_remote_id)}})
+
+    def erase_contact(self, remote_id: str) -> str:
+        """Delete the user, then delete it permanently (Zendesk keeps a deleted user 30 days otherwise).
+
+        https://developer.zendesk.com/api-reference/ticketing/users/users/#permanently-delete-user
+        """
+        self.client.call("DELETE", f"/users/{int(remote_id)}", ok=(200, 404))
+        self.client.call("DELETE", f"/deleted_users/{int(remote_id)}", ok=(200, 404))
+        return f"user {remote_id} deleted permanently"
 
     @online_check
     def check_online(self) -> str:
