@@ -7,8 +7,8 @@ What belongs to a person, table by table:
   and of the CRM records linked to them;
 - ``messages`` they sent or that answered them, with their ``outbox`` and ``delivery_log`` rows, ``sends`` and
   ``send_log``, the ``provider_statuses`` of those sends, and the ``inbox`` rows (raw payloads) behind all of these;
-- inbox rows that never became a message (quarantined, ignored, waiting) whose raw bytes name one of their
-  identifiers;
+- inbox rows that never became a message (quarantined, ignored, dead-lettered) whose raw bytes name one of their
+  identifiers; rows still waiting are left to the pipeline (one may be another customer's message);
 - ``conversations`` they own with their ``thread_keys``, ``crm_notes`` and ``crm_links``; a conversation another
   customer also wrote in is handed to that customer instead (their messages stay);
 - ``dead_letters`` of any row above; attachment files no remaining message refers to.
@@ -171,17 +171,20 @@ def holdings(conn: Connection, customer_id: str) -> Holdings:
 
 
 def _raw_naming(conn: Connection, found: Holdings) -> set[int]:
-    """Inbox rows whose raw bytes name one of the person's identifiers (read in batches: bytes cannot be searched
-    alike on every database)."""
+    """Processed inbox rows whose raw bytes name one of the person's identifiers (read in batches: bytes cannot be
+    searched alike on every database). A row still waiting is left to the pipeline: it may be another customer's
+    message, and one of the person's own becomes a new customer, as any message after the erasure does."""
     needles = [n.lower().encode() for n in found.needles()]
     hits: set[int] = set()
     last = 0
     while needles:
-        batch = conn.execute(select(inbox.c.id, inbox.c.body, inbox.c.headers).where(inbox.c.id > last)
-                             .order_by(inbox.c.id).limit(_SCAN_BATCH)).all()
+        batch = conn.execute(select(inbox.c.id, inbox.c.status, inbox.c.body, inbox.c.headers)
+                             .where(inbox.c.id > last).order_by(inbox.c.id).limit(_SCAN_BATCH)).all()
         if not batch:
             break
         for row in batch:
+            if row.status == "pending":
+                continue
             text = bytes(row.body).lower() + json.dumps(row.headers).lower().encode()
             if any(needle in text for needle in needles):
                 hits.add(row.id)

@@ -217,3 +217,20 @@ def test_forget_asks_first_and_says_when_someone_was_erased_already(populated: R
     assert forget(populated, PHONE, "--yes", "--by", "dpo").exit_code == 0
     again = CliRunner().invoke(main, ["customers", "forget", "-c", str(populated.config.path), EMAIL, "--yes"])
     assert again.exit_code == 1 and "was erased on" in again.output and "request of dpo" in again.output
+
+
+def test_forget_leaves_waiting_messages_of_others_that_name_the_person(populated: Runtime) -> None:
+    rt = populated
+    waiting = mail("<b2@example.org>", f"Bo Lind <{OTHER_EMAIL}>", "second-waiting-note", OTHER_ATTACHED,
+                   cc=f"{NAME} <{EMAIL}>")
+    rt.queues.store_inbox("mail", [waiting], {}, PUBLIC_URL)
+
+    result = forget(rt, EMAIL, "--yes")
+    assert result.exit_code == 0, result.output
+    process(rt)
+
+    other = customer_of(rt, "email", OTHER_EMAIL)
+    with rt.engine.connect() as conn:
+        texts = [data["text"] for data in conn.execute(select(messages.c.data).where(
+            messages.c.customer_id == other)).scalars()]
+    assert any("second-waiting-note" in text for text in texts)
