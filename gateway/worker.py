@@ -9,9 +9,7 @@ supervisor (``gateway run``, systemd, the container runtime) starts it again wit
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from gateway.replies import crm_inbox_name
 from gateway.runtime import Runtime
 from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
+from gateway.storage.liveness import Liveness, this_process
 
 log = logging.getLogger(__name__)
 EXIT_STUCK = 70  # EX_SOFTWARE
@@ -45,7 +44,7 @@ class Stage(Protocol):
 
 
 def worker_id(kind: str, index: int) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{kind}{index}"
+    return f"{this_process()}:{kind}{index}"
 
 
 def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
@@ -151,6 +150,7 @@ class WorkerProcess:
         self.threads: list[threading.Thread] = []
         self.stuck: set[threading.Thread] = set()  # never returned from a row past its deadline: not waited for
         self.exit_code = 0
+        self.liveness: Liveness | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.jobs = jobs or []
         for channel in runtime.channels.values():
@@ -164,6 +164,10 @@ class WorkerProcess:
 
     def start(self) -> None:
         settings = self.rt.config.settings.workers
+        # held while this process lives: other workers take its rows over as soon as it is gone
+        self.liveness = Liveness(self.rt.engine, self.rt.data_dir / "locks")
+        self.liveness.hold()
+        self.rt.queues.liveness = self.liveness
         stages: list[tuple[str, Stage]] = []
         stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i), on_stuck=self._stuck))
                    for i in range(settings.pipeline_threads)]
@@ -201,6 +205,8 @@ class WorkerProcess:
             while thread.is_alive() and thread not in self.stuck:
                 thread.join(timeout=0.5)
         self.scheduler.shutdown(wait=True)
+        if self.liveness is not None:
+            self.liveness.release()
         log.info("worker stopped: in-flight work finished")
 
     def run_forever(self) -> int:
