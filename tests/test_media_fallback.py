@@ -38,7 +38,7 @@ TEAM, SLACK_USER = "T0GW1SUPPORT", "U0CUST00001"
 X_ACCOUNT = "3001969357"
 WHATSAPP_MEDIA_ID = "1003383421387256"
 FAILURES = {  # how the media host fails, and what the note then says
-    "timeout": ("/silent", "took longer than its 0.5 s deadline"),
+    "timeout": ("/silent", "took longer than its 0.5 s deadline"),  # the only case with a short deadline
     "404": ("/status/404", "answered HTTP 404"),
     "500": ("/status/500", "answered HTTP 500"),
     "redirect elsewhere": ("/redirect?to=https://elsewhere.test:{port}/file/photo.jpg", "elsewhere.test"),
@@ -49,7 +49,7 @@ storage: {{url: "{{storage_url}}"}}
 server: {{public_url: "{public_url}"}}
 workers: {{enrich_wait_seconds: 60, retry: {{max_attempts: {max_attempts}, initial_seconds: 3600, max_seconds: 3600,
           jitter_seconds: 0}}}}
-media: {{allow_networks: ["127.0.0.1/32"], deadline_seconds: 0.5}}
+media: {{allow_networks: ["127.0.0.1/32"], deadline_seconds: {deadline}}}
 channels:
   sms-main: {{type: twilio, account_sid: "{sid}", auth_token: test-token, media_hosts: [media.test],
              media_redirect_hosts: [cdn.media.test]}}
@@ -95,11 +95,13 @@ def slack_api() -> Iterator[FakeSlack]:
 
 @pytest.fixture
 def make_runtime(write_config: Callable[..., Path], media_host: MediaServer,
-                 slack_api: FakeSlack) -> Iterator[Callable[[int], Runtime]]:
+                 slack_api: FakeSlack) -> Iterator[Callable[..., Runtime]]:
     runtimes: list[Runtime] = []
 
-    def make(max_attempts: int) -> Runtime:
+    def make(max_attempts: int, deadline: float = 30.0) -> Runtime:
+        """A runtime whose media downloads end after ``deadline`` seconds (long enough for a busy machine)."""
         path = write_config(CONFIG.format(public_url=PUBLIC_URL, max_attempts=max_attempts, sid=TWILIO_SID,
+                                          deadline=deadline,
                                           media=media_host.url("", host="media.test"), slack=slack_api.base_url,
                                           x_account=X_ACCOUNT))
         session = requests.Session()
@@ -169,12 +171,12 @@ def delivered(tmp_path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("failure", list(FAILURES))
 def test_every_channel_delivers_the_text_with_the_provider_link_and_a_note(
-        failure: str, make_runtime: Callable[[int], Runtime], media_host: MediaServer, tmp_path: Path) -> None:
+        failure: str, make_runtime: Callable[..., Runtime], media_host: MediaServer, tmp_path: Path) -> None:
     """``retry.max_attempts`` below the media tries: the last try still delivers instead of dead-lettering."""
     path, said = FAILURES[failure]
     media_url = media_host.url(path.format(port=media_host.port), host="media.test")
     media_host.graph[WHATSAPP_MEDIA_ID] = media_url
-    rt = make_runtime(3)
+    rt = make_runtime(3, 0.5 if failure == "timeout" else 30.0)
     store_messages_with_media(rt, media_url)
     for attempt in (1, 2):
         drain(rt)
@@ -199,7 +201,7 @@ def test_every_channel_delivers_the_text_with_the_provider_link_and_a_note(
 
 
 def test_with_the_default_retry_budget_media_get_their_own_tries(
-        make_runtime: Callable[[int], Runtime], media_host: MediaServer, tmp_path: Path) -> None:
+        make_runtime: Callable[..., Runtime], media_host: MediaServer, tmp_path: Path) -> None:
     media_url = media_host.url("/status/404", host="media.test")
     media_host.graph[WHATSAPP_MEDIA_ID] = media_url
     rt = make_runtime(10)
@@ -216,7 +218,7 @@ def test_with_the_default_retry_budget_media_get_their_own_tries(
 
 
 def test_media_that_arrive_on_a_later_try_are_stored_without_a_note(
-        make_runtime: Callable[[int], Runtime], media_host: MediaServer, tmp_path: Path) -> None:
+        make_runtime: Callable[..., Runtime], media_host: MediaServer, tmp_path: Path) -> None:
     media_url = media_host.url("/file/later.jpg", host="media.test")
     media_host.graph[WHATSAPP_MEDIA_ID] = media_url
     rt = make_runtime(3)
