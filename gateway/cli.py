@@ -106,8 +106,8 @@ def run(ctx: click.Context, config_path: Path) -> None:
     config = _load(config_path)
     fmt = _logging(ctx, config)
     build_runtime(config).close()  # migrate once, before the children start
-    click.echo(f"gateway listening on {config.settings.server.listen}; webhooks at "
-               f"{config.settings.server.public_url}/hooks/<channel>", err=True)
+    logging.getLogger("gateway").info("gateway listening on %s; webhooks at %s/hooks/<channel>",
+                                      config.settings.server.listen, config.settings.server.public_url)
     sys.exit(run_all(config_path, fmt))
 
 

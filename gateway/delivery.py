@@ -123,6 +123,7 @@ class DeliveryWorker:
                       detail=result.detail)
         metrics.DELIVERED.labels(row.crm).inc()
         metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
+        _log_delivered(row, item, result)
 
     def _retry(self, row: Row[Any], error: RetryableError, started: float) -> None:
         delay = self.rt.retry_policy.next_delay(row.attempts, error)
@@ -151,3 +152,15 @@ class DeliveryWorker:
         conn.execute(delivery_log.insert().values(
             outbox_id=row.id, crm=row.crm, attempt=row.attempts, outcome=outcome,
             duration_ms=(time.monotonic() - started) * 1000, created_at=utcnow(), **values))
+
+
+def _log_delivered(row: Row[Any], item: DeliveryItem, result: DeliveryResult) -> None:
+    """One INFO line per delivered message: ids and where it went (JSON fields in JSON logs); never its text or the
+    customer's identifiers."""
+    message = item.message
+    log.info("delivered message %s (%s, %s) to %s: %s %s", message.id, message.channel.value, message.connector,
+             row.crm, result.operation, result.remote_id or "", extra={
+                 "event": "delivered", "message_id": message.id, "provider_message_id": message.provider_message_id,
+                 "channel": message.channel.value, "connector": message.connector, "crm": row.crm,
+                 "operation": result.operation, "remote_id": result.remote_id, "outbox_id": row.id,
+                 "conversation_id": item.conversation.id, "customer_id": item.customer.id, "attempt": row.attempts})

@@ -14,10 +14,12 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache, partial
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from pythonjsonlogger.json import JsonFormatter
@@ -125,9 +127,28 @@ def setup_logging(level: str = "INFO", fmt: str = "text", *, key: bytes | None =
     root.setLevel(level)
     for noisy in QUIET:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.captureWarnings(True)  # a library's warning is a log line too, not a bare line on stderr
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
 
 
 def setup_logging_for(config: GatewayConfig, fmt: str) -> None:
     """``setup_logging`` as a gateway's config says."""
     settings = config.settings.logging
     setup_logging(settings.level, fmt, key=config.privacy_key, include_pii=settings.include_pii)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """A crash is one log line with its traceback (one JSON object in JSON logs), not bare traceback lines."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("gateway").critical("stopped by an unexpected error", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("gateway").critical("%s stopped by an unexpected error", name,
+                                          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))

@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import metrics
 from gateway.context import MessageContext, conversation_context, customer_context
 from gateway.conversations import assign_conversation
-from gateway.enrich import Job, downloads_media, enrich_all, senders_of
+from gateway.enrich import Job, downloads_media, enrich_all, senders_of, without_enrichment
 from gateway.errors import DeliveryError
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
@@ -365,7 +365,8 @@ class PipelineWorker:
             self._failed(item.row, exc)
             return None
         failures = [exc for _, exc in results if exc is not None]
-        if failures and item.row.attempts < ENRICH_ATTEMPTS:
+        # the last try delivers without the media even when retry.max_attempts is below ENRICH_ATTEMPTS
+        if failures and item.row.attempts < min(ENRICH_ATTEMPTS, self.settings.retry.max_attempts):
             self._failed(item.row, failures[0])
             return None
         messages = []
@@ -374,8 +375,7 @@ class PipelineWorker:
                 log.warning("%s: delivering message %s without its media/profile after %d attempts: %s",
                             message.connector, message.provider_message_id, item.row.attempts,
                             describe_error(exc))
-                # the class only: a message text can hold a signed media URL, which must not travel to the CRM
-                message = message.model_copy(update={"extras": {**message.extras, "enrich_error": type(exc).__name__}})
+                message = without_enrichment(message, exc, item.row.attempts)
             if message.language is None:
                 message = message.model_copy(update={"language": detect_language(message.text or message.full_text)})
             messages.append(message)
@@ -394,7 +394,7 @@ class PipelineWorker:
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""
         reason = describe_error(exc)
-        log.error("inbox row %s from %s failed: %s", row.id, row.connector, reason, exc_info=True)
+        log.error("inbox row %s from %s failed: %s", row.id, row.connector, reason, exc_info=exc)
         delay = self.rt.retry_policy.next_delay(row.attempts, exc)
         if delay is None:
             self._dead(row, "exhausted", reason, "pipeline_failed")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger as GunicornBaseLogger
 
 from gateway.config import GatewayConfig, channel_class
 from gateway.http_worker import worker_class
@@ -53,12 +55,21 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": GunicornLogger,
             "loglevel": "warning",
             "proc_name": "gateway-serve",
             "post_fork": _post_fork,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
+
+    def run(self) -> None:
+        """gunicorn's ``run``, its last words logged rather than printed (JSON lines when the logs are)."""
+        try:
+            Arbiter(self).run()
+        except RuntimeError as exc:
+            log.critical("web server: %s", exc)
+            sys.exit(1)
 
     def load(self) -> Any:
         from gateway.runtime import build_runtime
@@ -69,6 +80,17 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
         app = create_app(runtime)
         gc.freeze()  # the app's long-lived objects leave the collector's generations: shorter pauses per request
         return app
+
+
+class GunicornLogger(GunicornBaseLogger):  # type: ignore[misc]
+    """gunicorn's own messages (bind errors, worker timeouts) through the gateway's handler: text or JSON, masked,
+    like every other line, instead of gunicorn's plain format."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            logger.handlers.clear()
+            logger.propagate = True
 
 
 def _post_fork(server: Any, worker: Any) -> None:
