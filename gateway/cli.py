@@ -328,11 +328,11 @@ def mapping() -> None:
 @mapping.command("test")
 @click.argument("files", type=click.Path(exists=True, path_type=Path), nargs=-1, required=True)
 def mapping_test(files: tuple[Path, ...]) -> None:
-    """Run each mapping's sibling NAME.tests.yaml."""
-    from gateway.mapping import run_mapping_tests
+    """Check each mapping (as 'gateway check' does) and run its sibling NAME.tests.yaml."""
+    from gateway.mapping import mappings_named, run_mapping_tests
 
     failed = 0
-    for path in files:
+    for path in mappings_named(list(files)):
         try:
             failures = run_mapping_tests(path)
         except ConfigError as exc:

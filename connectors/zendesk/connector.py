@@ -21,6 +21,7 @@ from connectors.zendesk.bulk import BatchDelivery, Outcomes
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
+from gateway.crmfields import FieldCatalog, field_list
 from gateway.directory import CrmDirectory
 from gateway.errors import (
     INTERNAL,
@@ -53,7 +54,7 @@ from gateway.webhooks import HookRequest
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
 CLOSED = "closed"
-TICKET_FIELDS = ("subject", "tags", "priority", "type", "group_id", "brand_id", "custom_fields", "status")
+TICKET_FIELDS = ("tags", *field_list("zendesk")["ticket"])  # written on a new ticket as the mapping rendered them
 _MAX_AUDIT_PAGES = 20
 
 
@@ -84,6 +85,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
     def __init__(self, name: str, config: ZendeskConfig, context: ConnectorContext) -> None:  # type: ignore[override]
         super().__init__(name, config, context)
         self.client = ZendeskClient(config, context, name)
+
+    @classmethod
+    def mapping_fields(cls, config: Any) -> FieldCatalog:
+        """The names in ``mappings/fields/zendesk.yaml``."""
+        known = field_list("zendesk")
+        return FieldCatalog("zendesk", frozenset(known["fields"]) | frozenset(known["ticket"]),
+                            reserved=known["reserved"])
 
     # -- payloads ----------------------------------------------------------------------------------------------
     def user_payload(self, item: DeliveryItem) -> dict[str, Any]:
