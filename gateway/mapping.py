@@ -139,13 +139,12 @@ class Mapping:
     spec: MappingSpec
 
     @classmethod
-    def load(cls, path: Path, catalog: FieldCatalog | None | str = "default") -> Mapping:
+    def load(cls, path: Path, catalog: FieldCatalog | None = None) -> Mapping:
         """Load and check a mapping; its field names against ``catalog``, by default its ``crm`` type's names."""
         doc, issues = _load(path)
-        if catalog == "default":
-            crm = doc.data.get("crm") if isinstance(doc.data, dict) else None
-            catalog = default_catalog(crm) if isinstance(crm, str) else None
-        spec, more = _check(doc, catalog if isinstance(catalog, FieldCatalog) else None)
+        if catalog is None and isinstance(doc.data, dict) and isinstance(doc.data.get("crm"), str):
+            catalog = default_catalog(doc.data["crm"])
+        spec, more = _check(doc, catalog)
         issues += more
         if issues or spec is None:
             raise ConfigError(issues)

@@ -155,11 +155,12 @@ def _render_samples(doc: YamlDocument, spec: Any, templates: list[tuple[Path_, s
     failures: dict[tuple[Path_, str], list[str]] = {}
     channels: list[str] = []
 
-    def attempt(path: Path_, run: Callable[[], Any], channel: str) -> Any:
+    def attempt(path: Path_, run: Callable[[str, dict[str, Any]], Any], source: str, context: dict[str, Any],
+                channel: str) -> Any:
         if path in unreadable:
             return None
         try:
-            return run()
+            return run(source, context)
         except Exception as exc:  # any error a message would meet at run time
             failures.setdefault((path, f"{type(exc).__name__}: {exc}"), []).append(channel)
             return None
@@ -168,13 +169,13 @@ def _render_samples(doc: YamlDocument, spec: Any, templates: list[tuple[Path_, s
         channels.append(channel)
         for path, source in templates:
             if path[0] == "fields":
-                attempt(path, lambda s=source: render(s, context), channel)  # type: ignore[misc]
+                attempt(path, render, source, context, channel)
         for index, rule in enumerate(spec.rules):
-            if not attempt(("rules", index, "when"), lambda w=rule.when: evaluate(w, context), channel):  # type: ignore[misc]
+            if not attempt(("rules", index, "when"), evaluate, rule.when, context, channel):
                 continue
             for path, source in templates:
                 if path[:2] == ("rules", index):
-                    attempt(path, lambda s=source: render(s, context), channel)  # type: ignore[misc]
+                    attempt(path, render, source, context, channel)
     everyone = list(dict.fromkeys(channels))
     issues = []
     for (path, error), failed in failures.items():
@@ -196,3 +197,20 @@ def _field_names(doc: YamlDocument, spec: Any, catalog: FieldCatalog) -> list[Co
         if rule.add_tags and (reason := catalog.problem("tags")) is not None:
             issues.append(doc.issue(("rules", index, "add_tags"), reason))
     return issues
+
+
+def check_against_crms(config: Any, registry: Any, crms: dict[str, Any]) -> list[str]:
+    """``gateway check --online``: each mapping's field names checked against the fields the CRM describes."""
+    from gateway.mapping import mapping_path_for, validate_mapping_file
+
+    lines = []
+    for name, crm in crms.items():
+        path = mapping_path_for(config, name, registry)
+        try:
+            catalog = crm.describe_fields()
+        except Exception as exc:  # reachability was reported above; this names what could not be checked
+            lines.append(f"{name}: mapping fields not checked against the CRM: {type(exc).__name__}: {exc}")
+            continue
+        if catalog is not None and path is not None:
+            lines += [str(issue) for issue in validate_mapping_file(path, catalog)]
+    return lines
