@@ -51,7 +51,9 @@ class DeliveryWorker:
         if fields is None or (catalog and catalog.problems(fields)):
             # dead-lettered by a mapping error and replayed, or rendered by an older mapping: the current one renders
             mapping = self.rt.mappings.get(row.crm, fresh=True)
-            fields = mapping.apply(context.for_mapping()) if mapping is not None else {}
+            if mapping is not None:
+                fields = mapping.apply(context.for_mapping())
+        fields = {} if fields is None else fields
         problems = catalog.problems(fields) if catalog else {}
         if problems:  # written, the field would be dropped without a word
             name, reason = next(iter(problems.items()))
