@@ -48,11 +48,10 @@ class FieldCatalog:
     custom_suffix: str | None = None
     case_sensitive: bool = True
 
-    def _fold(self, name: str) -> str:
-        return name if self.case_sensitive else name.lower()
-
-    def _has(self, name: str, known: Iterable[str]) -> bool:
-        return self._fold(name) in {self._fold(k) for k in known}
+    def _has(self, name: str, known: frozenset[str]) -> bool:
+        if self.case_sensitive:
+            return name in known
+        return name.lower() in {k.lower() for k in known}
 
     def problem(self, name: str) -> str | None:
         """Why the connector would not write ``name``; None when it does."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import TemplateAssertionError, TemplateSyntaxError, meta, nodes
@@ -55,8 +56,13 @@ def sample_message(channel: ChannelType, named: bool) -> Message:
         raw=RawRef(inbox_id=1, connector=f"sample-{channel.value}"))
 
 
-def samples() -> Iterator[tuple[str, dict[str, Any]]]:
+@lru_cache(maxsize=1)
+def samples() -> tuple[tuple[str, dict[str, Any]], ...]:
     """(channel, mapping variables) for every channel type, with and without a customer name."""
+    return tuple(_samples())
+
+
+def _samples() -> Iterator[tuple[str, dict[str, Any]]]:
     for channel in ChannelType:
         for named in (True, False):
             message = sample_message(channel, named)
@@ -72,12 +78,13 @@ def _hint(name: str, known: frozenset[str] | set[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def read_template(env: SandboxedEnvironment, source: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def read_template(env: SandboxedEnvironment, source: str) -> tuple[str, ...]:
     """What is wrong with the names, filters, tests and fields one template uses (it has parsed already)."""
     try:
         tree = env.parse(source)
     except TemplateSyntaxError:
-        return []  # reported as a syntax error
+        return ()  # reported as a syntax error
     problems = []
     known_names = set(VARIABLES) | set(env.globals)
     for name in sorted(_free_names(env, tree) - known_names):
@@ -92,7 +99,7 @@ def read_template(env: SandboxedEnvironment, source: str) -> list[str]:
     for owner, attr in _top_level_fields(tree):
         if attr not in VARIABLES[owner] and attr not in _DICT_METHODS:
             problems.append(f"{owner} has no field {attr!r}{_hint(attr, set(VARIABLES[owner]))}")
-    return list(dict.fromkeys(problems))
+    return tuple(dict.fromkeys(problems))
 
 
 def _free_names(env: SandboxedEnvironment, tree: nodes.Template) -> set[str]:

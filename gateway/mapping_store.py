@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.crmfields import FieldCatalog
@@ -59,12 +59,6 @@ class MappingStore:
         if mapping is None:
             raise KeyError(name)
         return mapping
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._mappings
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mappings)
 
     def refresh(self, *, now: bool = False) -> list[str]:
         """Load again the mappings whose file changed; the names of those now in use."""
