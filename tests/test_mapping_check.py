@@ -194,3 +194,20 @@ def test_zendesk_writes_every_ticket_field_its_list_names() -> None:
     assert catalog is not None
     assert set(TICKET_FIELDS) | {"comment", "public"} == set(catalog.names)
     assert catalog.problem("requester_id") is not None and "set by the gateway" in str(catalog.problem("external_id"))
+
+
+def test_zendesk_user_fields_reach_the_user_and_the_gateways_own_are_refused() -> None:
+    from connectors.zendesk.connector import ZendeskConfig, ZendeskCrm
+    from gateway.plugins import ConnectorContext
+    from tests.conformance.crm import delivery_item
+
+    config = ZendeskConfig(type="zendesk", subdomain="acme", email="agent@example.com", api_token="test-zendesk-token")
+    crm = ZendeskCrm("desk", config, ConnectorContext(http=requests.Session()))
+    item = delivery_item(fields={"comment": "hi", "user.locale": "es", "user.organization_id": "361", "user.notes": ""})
+    user = crm.user_payload(item)
+    assert (user["locale"], user["organization_id"], user["external_id"]) == ("es", 361, item.customer.id)
+    assert "notes" not in user, "an empty value is left out"
+    catalog = ZendeskCrm.mapping_fields(config)
+    assert "set by the gateway itself" in str(catalog.problem("user.external_id"))
+    assert catalog.problem("user.locale") is None
+    assert catalog.problem("user.locael") == "no zendesk user field 'locael' (did you mean 'locale'?)"

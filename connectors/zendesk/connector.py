@@ -91,7 +91,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         """The names in ``mappings/fields/zendesk.yaml``."""
         known = field_list("zendesk")
         return FieldCatalog("zendesk", frozenset(known["fields"]) | frozenset(known["ticket"]),
-                            reserved=known["reserved"])
+                            {"user": frozenset(known["user"])}, reserved=known["reserved"])
 
     # -- payloads ----------------------------------------------------------------------------------------------
     def user_payload(self, item: DeliveryItem) -> dict[str, Any]:
@@ -107,7 +107,9 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
             user["phone"] = phone
         if email:
             user["email"] = email
-        return user
+        mapped = {name[len("user."):]: int(value) if name.endswith("_id") and str(value).isdigit() else value
+                  for name, value in item.fields.items() if name.startswith("user.") and value not in (None, "")}
+        return {**mapped, **user}
 
     def comment(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
         """One comment carrying the items' messages, authored by the customer's user, with uploaded attachments."""
