@@ -42,10 +42,10 @@ def main(ctx: click.Context, log_format: str | None) -> None:
 
 
 def _logging(ctx: click.Context, config: Any) -> str:
-    from gateway.logs import setup_logging
+    from gateway.logs import setup_logging_for
 
     fmt = ctx.obj["log_format"] or config.settings.logging.format
-    setup_logging(config.settings.logging.level, fmt)
+    setup_logging_for(config, fmt)
     return fmt
 
 

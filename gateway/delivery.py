@@ -6,18 +6,19 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, select
 
 from gateway import metrics
 from gateway.context import delivery_item, stored_message_context
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
+from gateway.logs import withheld
 from gateway.mapping import MappingRenderError
 from gateway.plugins import DeliveryItem, DeliveryResult
 from gateway.redact import redact
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
-from gateway.storage.tables import delivery_log, outbox
+from gateway.storage.tables import delivery_log, messages, outbox
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,15 @@ class DeliveryWorker:
         for group in groups:
             by_crm.setdefault(group[0].crm, []).append(group)
         for crm_name, crm_groups in by_crm.items():
-            self._deliver(crm_name, crm_groups)
+            with withheld(self._texts(crm_groups)):  # a CRM's error may echo the message: not into the logs
+                self._deliver(crm_name, crm_groups)
         return sum(len(group) for group in groups)
+
+    def _texts(self, groups: list[list[Row[Any]]]) -> list[str]:
+        ids = [row.message_id for group in groups for row in group]
+        with self.rt.engine.connect() as conn:
+            rows = conn.execute(select(messages.c.data).where(messages.c.id.in_(ids))).scalars()
+            return [data.get(name) or "" for data in rows for name in ("text", "full_text", "subject")]
 
     def _deliver(self, crm_name: str, groups: list[list[Row[Any]]]) -> None:
         started = time.monotonic()

@@ -105,6 +105,7 @@ class PipelineWorker:
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.rules = rules_from_config(runtime.config.settings.identity)
+        self.maskers = {name: runtime.config.masker_for(name) for name in runtime.config.channels}
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
         self.on_stuck = on_stuck  # told of a thread stuck past the processing deadline
         self.clock: Callable[[], float] = time.monotonic
@@ -371,6 +372,8 @@ class PipelineWorker:
             self.rt.queues.reschedule(inbox, row.id, delay, reason)
 
     def _store(self, conn: Connection, message: Message) -> None:
+        if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
+            message = self.maskers[message.connector].message(message)
         already = conn.execute(select(messages.c.id).where(
             messages.c.connector == message.connector,
             messages.c.provider_message_id == message.provider_message_id)).first()

@@ -351,6 +351,17 @@ class ContactMerge(abc.ABC):
         """Merge the absorbed record into the survivor, in the CRM. Cannot be undone there."""
 
 
+class ContactErasure(abc.ABC):
+    """A CRM that can delete a person's contact record for good (``gateway customers forget --crm``)."""
+
+    @abc.abstractmethod
+    def erase_contact(self, remote_id: str) -> str:
+        """Delete the record (a record already gone counts as deleted); one line saying what was done.
+
+        Raise ``DeliveryError`` when it could not be done: the gateway then erases nothing, so it can be tried again.
+        """
+
+
 @dataclass(frozen=True)
 class AgentReply:
     """A public reply an agent wrote in the CRM, to be carried to the customer's channel."""
@@ -489,6 +500,7 @@ ABILITIES: tuple[tuple[str, type], ...] = (
     ("webhook", WebhookChannel), ("polling", PollingChannel), ("send_replies", ReplySender),
     ("directory_sync", DirectorySync), ("contact_merge", ContactMerge), ("agent_replies", AgentReplies),
     ("reply_polling", ReplyPolling), ("reply_setup", ReplySetup), ("internal_notes", InternalNotes),
+    ("contact_erasure", ContactErasure),
 )
 
 

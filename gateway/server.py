@@ -21,7 +21,7 @@ from gunicorn.app.base import BaseApplication
 
 from gateway.config import GatewayConfig, channel_class
 from gateway.http_worker import worker_class
-from gateway.logs import setup_logging
+from gateway.logs import setup_logging_for
 from gateway.plugins import Registry, largest_body
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
         from gateway.runtime import build_runtime
         from gateway.web import create_app
 
-        setup_logging(self.gateway_config.settings.logging.level, self.log_format)
+        setup_logging_for(self.gateway_config, self.log_format)
         runtime = build_runtime(self.gateway_config, migrate_schema=False)
         app = create_app(runtime)
         gc.freeze()  # the app's long-lived objects leave the collector's generations: shorter pauses per request

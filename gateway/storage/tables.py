@@ -344,3 +344,14 @@ used_tokens = Table(
     Column("expires_at", Time, nullable=False),
     Index("ix_used_tokens_expires_at", "expires_at"),
 )
+
+# One row per identifier of an erased customer: a keyed hash of ``kind:value`` (never the value), when and at whose
+# request. Proof the erasure happened, and how a later message from the same identifier is told apart: a new customer.
+tombstones = Table(
+    "tombstones", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("identifier_hash", String(64), nullable=False, index=True),
+    Column("erased_at", Time, nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("summary", JSON, nullable=False),  # what was removed, by table, and what each CRM was asked
+)
