@@ -23,7 +23,8 @@ Source = tuple[Path, FieldCatalog | None]
 Signature = tuple[int, int, int] | None
 
 
-def _signature(path: Path) -> Signature:
+def file_signature(path: Path) -> Signature:
+    """What tells a changed file: modification time, size and inode (None when it cannot be read)."""
     try:
         stat = os.stat(path)
     except OSError:
@@ -45,7 +46,7 @@ class MappingStore:
         self._checked_at = clock()
         self.reloads = 0  # mappings loaded again since the start
         for name, (path, catalog) in sources.items():  # at the start, a bad mapping is a config error
-            self._seen[name] = _signature(path)
+            self._seen[name] = file_signature(path)
             self._mappings[name] = Mapping.load(path, catalog)
         self._sources = dict(sources)
 
@@ -66,7 +67,8 @@ class MappingStore:
             return []
         with self._lock:
             self._checked_at = self.clock()
-            changed = [name for name, (path, _) in self._sources.items() if _signature(path) != self._seen.get(name)]
+            changed = [name for name, (path, _) in self._sources.items()
+                       if file_signature(path) != self._seen.get(name)]
             return self._load(changed)
 
     def reload(self, sources: dict[str, Source] | None = None) -> list[str]:
@@ -82,7 +84,7 @@ class MappingStore:
         loaded = []
         for name in names:
             path, catalog = self._sources[name]
-            self._seen[name] = _signature(path)
+            self._seen[name] = file_signature(path)
             try:
                 mapping = Mapping.load(path, catalog)
             except (ConfigError, OSError) as exc:

@@ -1,6 +1,7 @@
-"""SIGHUP in a worker process: read the config again and take what is safe to take while running, then load every
-mapping again. What needs a restart (connector settings, storage, workers, ...) is named in the log and left as it
-is; a config or mapping that fails its checks is refused with the errors logged, and the one before stays in use.
+"""SIGHUP in a worker process, or a changed config file: read the config again and take what is safe to take while
+running (routes, the CRMs' mapping settings), then load every mapping again. What needs a restart (connector
+settings, storage, workers, ...) is named in the log and left as it is; a config or mapping that fails its checks is
+refused with the errors logged, and the one before stays in use.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.config import GatewayConfig, load_config
+from gateway.mapping_store import file_signature
 from gateway.runtime import Runtime, mapping_sources
 from gateway.yamlsource import ConfigError
 
@@ -50,3 +52,19 @@ def reload_runtime(runtime: Runtime) -> list[str]:
     runtime.config = replace(runtime.config, crms=new.crms,
                              settings=runtime.config.settings.model_copy(update={"routes": new.settings.routes}))
     return runtime.mappings.reload(mapping_sources(runtime.config, runtime.registry))
+
+
+class Watch:
+    """What a worker process reloads: the config when its file changed or on request, else each changed mapping."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.seen = file_signature(runtime.config.path)
+
+    def poll(self, *, requested: bool = False) -> list[str]:
+        """Reload what changed (everything when ``requested``); the CRMs whose mapping was loaded again."""
+        now = file_signature(self.rt.config.path)
+        if requested or now != self.seen:
+            self.seen = now
+            return reload_runtime(self.rt)
+        return self.rt.mappings.refresh()

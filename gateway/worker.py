@@ -4,7 +4,8 @@ SIGTERM (or SIGINT) stops claiming, lets every in-flight item finish, gives back
 and exits: nothing is lost, and nothing is done twice. A pipeline thread stuck past its processing deadline (its row
 dead-lettered meanwhile) stops the process the same way, which then exits with ``EXIT_STUCK`` so that its
 supervisor (``gateway run``, systemd, the container runtime) starts it again without the stuck thread. SIGHUP
-reloads the mappings and the part of the config that can change while running (``gateway.reload``).
+(or a changed config file) reloads the mappings and the part of the config that can change while running
+(``gateway.reload``); a changed mapping file is loaded again by itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gateway.notes import NoteWorker
 from gateway.pipeline import PipelineWorker
 from gateway.plugins import DirectorySync, InternalNotes, PollingChannel, ReplyPolling, ReplySender
 from gateway.records import InboxItem
-from gateway.reload import reload_runtime
+from gateway.reload import Watch
 from gateway.replies import crm_inbox_name
 from gateway.runtime import Runtime
 from gateway.sending import SendWorker
@@ -191,14 +192,14 @@ class WorkerProcess:
         log.info("worker started: %s", ", ".join(name for name, _ in stages) or "no threads")
 
     def _watch_mappings(self) -> None:
-        """Reload on request (SIGHUP); between requests, load again each mapping whose file changed."""
+        """Reload on request (SIGHUP); between requests, what changed: the config file, or a mapping's."""
+        watch = Watch(self.rt)
         while not self.stop_event.is_set():
             try:
-                if self.reload_requested.wait(self.rt.mappings.check_seconds):
+                requested = self.reload_requested.wait(self.rt.mappings.check_seconds)
+                if requested:
                     self.reload_requested.clear()
-                    reload_runtime(self.rt)
-                else:
-                    self.rt.mappings.refresh()
+                watch.poll(requested=requested)
             except Exception:
                 log.exception("reloading the mappings failed; the ones loaded before stay in use")
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.mapping_store import MappingStore
-from gateway.reload import reload_runtime
+from gateway.reload import Watch, reload_runtime
 from gateway.runtime import build_runtime
 from tests.conftest import PUBLIC_URL, TWILIO_SID
 from tests.helpers import GatewayProcess, wait_for
@@ -84,8 +84,10 @@ def test_reload_takes_routes_and_mapping_files_but_not_what_needs_a_restart(
     path = write_config(text.replace("MAPPING", "a.yaml").replace("ROUTES", "[]"))
     rt = build_runtime(load_config(path), http=requests.Session())
     try:
+        watch = Watch(rt)
+        assert watch.poll() == [], "nothing changed"
         write_config(text.replace("MAPPING", "b.yaml").replace("ROUTES", routed))
-        assert reload_runtime(rt) == ["trial"]
+        assert watch.poll() == ["trial"], "a changed config file is read again"
         assert rt.mappings["trial"].apply(CONTEXT)["label"] == "b"
         assert [r.to for r in rt.config.routes_from("sms-main")] == ["trial"]
         changed = text.replace("MAPPING", "a.yaml").replace("ROUTES", "[]").replace("test-token", "other-token")
