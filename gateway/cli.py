@@ -53,7 +53,7 @@ def _logging(ctx: click.Context, config: Any) -> str:
 @config_option
 @click.option("--online", is_flag=True, help="Also test each connector's credentials and reachability.")
 def check(config_path: Path, online: bool) -> None:
-    """Validate a config file; list every error as FILE:LINE path: message."""
+    """Validate a config file and its mappings; list every error as FILE:LINE path: message."""
     config = _load(config_path)
     click.echo(f"{config_path}: valid ({len(config.channels)} channels, {len(config.crms)} crms, "
                f"{len(config.settings.routes)} routes)")
@@ -73,6 +73,11 @@ def check(config_path: Path, online: bool) -> None:
         except Exception as exc:  # a connector without @online_check is held to the same contract here
             failures += 1
             click.echo(f"  {name}: FAILED: {online_failure(connector, exc).reason}", err=True)
+    from gateway.mapping_check import check_against_crms
+
+    for line in check_against_crms(config, Registry.from_entry_points(), crms):
+        failures += 1
+        click.echo(line, err=True)
     sys.exit(1 if failures else 0)
 
 
@@ -328,11 +333,11 @@ def mapping() -> None:
 @mapping.command("test")
 @click.argument("files", type=click.Path(exists=True, path_type=Path), nargs=-1, required=True)
 def mapping_test(files: tuple[Path, ...]) -> None:
-    """Run each mapping's sibling NAME.tests.yaml."""
-    from gateway.mapping import run_mapping_tests
+    """Check each mapping (as 'gateway check' does) and run its sibling NAME.tests.yaml."""
+    from gateway.mapping import mappings_named, run_mapping_tests
 
     failed = 0
-    for path in files:
+    for path in mappings_named(list(files)):
         try:
             failures = run_mapping_tests(path)
         except ConfigError as exc:

@@ -350,7 +350,7 @@ def _check_mappings(doc: YamlDocument, config: GatewayConfig, registry: Registry
         if not mapping.exists():
             issues.append(doc.issue(("crms", name, "mapping"), f"mapping file {mapping} does not exist"))
             continue
-        issues += validate_mapping_file(mapping)
+        issues += validate_mapping_file(mapping, cls.mapping_fields(crm))
     return issues
 
 

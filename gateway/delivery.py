@@ -48,8 +48,17 @@ class DeliveryWorker:
         with self.rt.engine.connect() as conn:
             context = stored_message_context(conn, row.message_id)
         fields = row.fields
-        if fields is None:  # dead-lettered by a mapping error, replayed after the mapping was fixed
-            fields = self.rt.mappings[row.crm].apply(context.for_mapping())
+        catalog = self.rt.catalogs.get(row.crm)
+        if fields is None or (catalog and catalog.problems(fields)):
+            # dead-lettered by a mapping error and replayed, or rendered by an older mapping: the current one renders
+            mapping = self.rt.mappings.get(row.crm, fresh=True)
+            if mapping is not None:
+                fields = mapping.apply(context.for_mapping())
+        fields = {} if fields is None else fields
+        problems = catalog.problems(fields) if catalog else {}
+        if problems:  # written, the field would be dropped without a word
+            name, reason = next(iter(problems.items()))
+            raise MappingRenderError(name, reason)
         return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields)
 
     def process(self, groups: list[list[Row[Any]]]) -> int:

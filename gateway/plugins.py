@@ -21,6 +21,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.attachments import AttachmentStore
+from gateway.crmfields import FieldCatalog
 from gateway.errors import INTERNAL, DeliveryError, OnlineCheckFailed, as_delivery_error, failure_reason
 from gateway.model import Attachment, ChannelType, Message, RawRef, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
@@ -286,6 +287,18 @@ class CrmConnector(Connector):
 
     role = "crm"
     default_mapping: ClassVar[str | None] = None
+
+    @classmethod
+    def mapping_fields(cls, config: ConnectorConfig | None) -> FieldCatalog | None:
+        """The field names this connector reads from a mapping; None when it writes every field as it is.
+
+        ``config`` is None where no config is at hand (``gateway mapping test``): the defaults then apply.
+        """
+        return None
+
+    def describe_fields(self) -> FieldCatalog | None:
+        """The field names as the CRM itself describes them (``gateway check --online``); None: ``mapping_fields``."""
+        return None
 
     @abc.abstractmethod
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:

@@ -162,8 +162,8 @@ class Child:
 
 def run_all(config_path: Path, log_format: str) -> int:
     """Start ``serve`` and ``work`` as child processes and keep them running: a child that dies is started again
-    after a back-off (the other goes on: webhooks are still taken while the worker is down). SIGTERM (or SIGINT)
-    stops both gracefully."""
+    after a back-off (the other goes on: webhooks are still taken while the worker is down). SIGHUP is passed to
+    the worker (it reloads the mappings). SIGTERM (or SIGINT) stops both gracefully."""
     ensure_multiprocess_metrics_dir()
     base = [sys.executable, "-m", "gateway", "--log-format", log_format]
     children = [Child(name, [*base, name, "-c", str(config_path)]) for name in ("serve", "work")]
@@ -172,6 +172,8 @@ def run_all(config_path: Path, log_format: str) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    worker = children[1]
+    signal.signal(signal.SIGHUP, lambda *_: worker.proc.send_signal(signal.SIGHUP) if worker.proc else None)
     while not stopping.wait(0.2):
         for child in children:
             child.check(time.monotonic())

@@ -30,6 +30,7 @@ from connectors.salesforce.client import (
     first_error,
 )
 from connectors.salesforce.replies import SalesforceReplies
+from gateway.crmfields import FieldCatalog, field_list
 from gateway.errors import OnlineCheckFailed, PermanentError, RetryableError
 from gateway.model import ChannelType
 from gateway.plugins import (
@@ -83,6 +84,46 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
     def __init__(self, name: str, config: SalesforceConfig, context: ConnectorContext) -> None:
         super().__init__(name, config, context)
         self.api = SalesforceClient(name, config, context)
+
+    @staticmethod
+    def mapped_objects(config: SalesforceConfig | None) -> dict[str, tuple[str, ...]]:
+        """The objects behind each mapping prefix: ``activity.`` fields go to the comment or the email object."""
+        fields = SalesforceConfig.model_fields
+        contact = config.contact_object if config else fields["contact_object"].default
+        comment = config.comment_object if config else fields["comment_object"].default
+        email = config.email_object if config else fields["email_object"].default
+        return {"contact": (contact,), "case": ("Case",), "activity": tuple(o for o in (comment, email) if o)}
+
+    @classmethod
+    def mapping_fields(cls, config: Any) -> FieldCatalog:
+        """``comment``, ``public``, and the standard fields of ``mappings/fields/salesforce.yaml`` (custom ``__c``
+        fields taken as written); an object not listed there (a custom one) takes any field."""
+        known = field_list("salesforce")
+        standard: dict[str, list[str]] = known["objects"]
+
+        def names(objects: tuple[str, ...]) -> frozenset[str] | None:
+            lists = [standard.get(obj) for obj in objects]
+            return None if any(names is None for names in lists) else frozenset(n for ns in lists for n in ns or ())
+
+        prefixes = {prefix: names(objects) for prefix, objects in cls.mapped_objects(config).items()}
+        return FieldCatalog("salesforce", frozenset(known["fields"]), prefixes, custom_suffix="__c",
+                            case_sensitive=False)
+
+    def describe_fields(self) -> FieldCatalog:
+        """The fields Salesforce's describe calls createable or updateable, for each object the mapping writes."""
+        described: dict[str, frozenset[str]] = {}
+
+        def names(objects: tuple[str, ...]) -> frozenset[str]:
+            for obj in objects:
+                if obj not in described:
+                    body = self.api.call("GET", f"sobjects/{obj}/describe") or {}
+                    described[obj] = frozenset(f["name"] for f in body.get("fields", [])
+                                               if f.get("createable") or f.get("updateable"))
+            return frozenset(n for obj in objects for n in described[obj])
+
+        prefixes = {prefix: names(objects) for prefix, objects in self.mapped_objects(self.config).items()}
+        return FieldCatalog("salesforce", frozenset(field_list("salesforce")["fields"]), prefixes,
+                            case_sensitive=False)
 
     # -- payloads ------------------------------------------------------------------------------------------------
     @staticmethod

@@ -22,6 +22,7 @@ from connectors.zendesk.bulk import BatchDelivery, Outcomes
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
+from gateway.crmfields import FieldCatalog, field_list
 from gateway.directory import CrmDirectory
 from gateway.errors import (
     INTERNAL,
@@ -55,7 +56,7 @@ from gateway.webhooks import HookRequest
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
 CLOSED = "closed"
-TICKET_FIELDS = ("subject", "tags", "priority", "type", "group_id", "brand_id", "custom_fields", "status")
+TICKET_FIELDS = ("tags", *field_list("zendesk")["ticket"])  # written on a new ticket as the mapping rendered them
 _MAX_AUDIT_PAGES = 20
 
 
@@ -88,6 +89,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         super().__init__(name, config, context)
         self.client = ZendeskClient(config, context, name)
 
+    @classmethod
+    def mapping_fields(cls, config: Any) -> FieldCatalog:
+        """The names in ``mappings/fields/zendesk.yaml``."""
+        known = field_list("zendesk")
+        return FieldCatalog("zendesk", frozenset(known["fields"]) | frozenset(known["ticket"]),
+                            {"user": frozenset(known["user"])}, reserved=known["reserved"])
+
     # -- payloads ----------------------------------------------------------------------------------------------
     def user_payload(self, item: DeliveryItem) -> dict[str, Any]:
         """The end user for the item's customer, keyed by ``external_id`` = customer id."""
@@ -102,7 +110,9 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
             user["phone"] = phone
         if email:
             user["email"] = email
-        return user
+        mapped = {name[len("user."):]: int(value) if name.endswith("_id") and str(value).isdigit() else value
+                  for name, value in item.fields.items() if name.startswith("user.") and value not in (None, "")}
+        return {**mapped, **user}
 
     def comment(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
         """One comment carrying the items' messages, authored by the customer's user, with uploaded attachments."""
