@@ -239,16 +239,20 @@ def test_gateway_work_killed_mid_import_then_restarted(
     rt = build_runtime(load_config(path), http=requests.Session())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "gateway", "work", "--config", str(path)]
+    # logs go to files: a pipe nobody reads fills up and blocks the worker at its next log line
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     try:
-        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=first_log.open("wb"))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(inbox_ids(rt)) < 50:
-            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+            assert first.poll() is None, first_log.read_text(errors="replace")
             time.sleep(0.002)
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert 0 < len(inbox_ids(rt)) < MAILS, "the kill came after the import had finished"
-        second = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        second = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=second_log.open("wb"))
         try:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and scalar(rt, select(func.count()).select_from(inbox).where(
@@ -257,6 +261,7 @@ def test_gateway_work_killed_mid_import_then_restarted(
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(timeout=30)
+        assert second.returncode == 0, second_log.read_text(errors="replace")[-2000:]
         ids = inbox_ids(rt)
         assert len(ids) == len(set(ids)) == MAILS
         kinds = [m.kind for m in mailbox]
