@@ -37,7 +37,8 @@ def end_user(user_id: int, **fields: object) -> dict[str, object]:
 
 @pytest.fixture
 def zendesk(runtime: Runtime) -> ZendeskCrm:
-    config = ZendeskConfig(type="zendesk", subdomain="acme", email="agent@example.com", api_token="test-zd-token")
+    config = ZendeskConfig(type="zendesk", subdomain="acme", email="agent@example.com", api_token="test-zd-token",
+                          search_before_create=False)
     return ZendeskCrm("helpdesk", config, ConnectorContext(http=requests.Session()))
 
 
