@@ -8,6 +8,8 @@ A first message costs one API call: contact upsert, Case upsert and the message 
 request with ``allOrNone`` and ``@{ref.id}`` references, so a crash leaves all three written or none. Before a
 customer's first write, one SOQL query looks for an existing record with the customer's email or phone; exactly one
 match is adopted (our external id is written onto it in the same composite request) instead of creating another.
+A contact created for a customer without a name carries a placeholder (the phone or address); it is renamed once
+the customer's name is known, unless someone changed it in Salesforce meanwhile.
 Login, requests, error classification and the API budget live in ``connectors.salesforce.client``.
 """
 
@@ -30,7 +32,7 @@ from connectors.salesforce.client import (
     first_error,
 )
 from connectors.salesforce.replies import SalesforceReplies
-from gateway.errors import OnlineCheckFailed, RetryableError
+from gateway.errors import DeliveryError, OnlineCheckFailed, RetryableError
 from gateway.model import ChannelType
 from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore, online_check
 
@@ -223,6 +225,32 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
                      self.config.contact_object)
         return free[0] if len(free) == 1 else None
 
+    def created_link(self, item: DeliveryItem) -> dict[str, Any]:
+        """Link data for a contact the gateway created: the placeholder name it gave a customer without one."""
+        return {} if item.customer.display_name else {"placeholder": self.contact_body(item).get("LastName")}
+
+    def refresh_name(self, item: DeliveryItem, link: tuple[str, dict[str, Any]], links: LinkStore) -> int:
+        """Replace the placeholder name of a contact the gateway created once the customer's name is known, unless
+        someone changed it in Salesforce; the API calls spent. A failure leaves it for the next message."""
+        record_id, data = link
+        placeholder, name = data.get("placeholder"), item.customer.display_name
+        if not placeholder or not name or name == placeholder:
+            return 0
+        obj = self.config.contact_object
+        calls = 1
+        try:
+            records = self.api.query(format_soql("SELECT Id, LastName FROM {:literal} WHERE Id = {}", obj, record_id))
+            if records and records[0].get("LastName") == placeholder:
+                calls += 1
+                self.api.call("PATCH", f"sobjects/{obj}/{record_id}", prefix="contact", json={"LastName": name})
+            else:
+                log.info("Salesforce %s %s was renamed in Salesforce; its name is left alone", obj, record_id)
+        except DeliveryError as exc:
+            log.warning("Salesforce %s %s keeps its placeholder name for now: %s", obj, record_id, exc)
+            return calls
+        links.put("customer", item.customer.id, record_id, {k: v for k, v in data.items() if k != "placeholder"})
+        return calls
+
     # -- delivery ------------------------------------------------------------------------------------------------
     def adopt_duplicate(self, item: DeliveryItem, record_id: str, links: LinkStore) -> None:
         """A duplicate rule matched an existing contact: stamp our external id on it and link it."""
@@ -248,7 +276,10 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
                 if self.written_record(item, case_id) is not None:
                     return DeliveryResult("already_written", case_id, calls=calls)
         adopt = None
-        if self.config.match_existing_contacts and links.get("customer", item.customer.id) is None:
+        contact_link = links.get("customer", item.customer.id)
+        if contact_link is not None:
+            calls += self.refresh_name(item, contact_link, links)
+        if self.config.match_existing_contacts and contact_link is None:
             soql = self.match_query(item)
             if soql is not None:
                 adopt = self.match_contact(item, soql)
@@ -300,7 +331,7 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         if contact is not None and adopt is not None:
             links.put("customer", item.customer.id, adopt, {"adopted": True})
         elif contact is not None:
-            links.put("customer", item.customer.id, str(contact.body["id"]))
+            links.put("customer", item.customer.id, str(contact.body["id"]), self.created_link(item))
         case = results.get("case")
         if case is not None:
             case_id = str(case.body["id"])
