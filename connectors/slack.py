@@ -25,7 +25,7 @@ from slack_sdk.signature import SignatureVerifier
 from connectors._slack_outbound import SlackReplies
 from gateway.attachments import MediaRefused, MediaRequest
 from gateway.errors import MalformedRequest, OnlineCheckFailed, SignatureInvalid
-from gateway.identity.normalize import InvalidIdentifier, email_identifier, scoped_identifier
+from gateway.identity.normalize import AS_WRITTEN, InvalidIdentifier, email_identifier, scoped_identifier
 from gateway.model import (
     Attachment,
     ChannelType,
@@ -276,7 +276,7 @@ class SlackChannel(SlackReplies, WebhookChannel):
             email = profile.get("email")
             if email and not user.get("is_bot"):
                 with contextlib.suppress(InvalidIdentifier):
-                    identifiers.append(email_identifier(email))
+                    identifiers.append(email_identifier(email, AS_WRITTEN))
             updates["sender"] = Party(identifiers=tuple(identifiers), display_name=name or None)
         enriched = message.model_copy(update=updates) if updates else message
         return self.context.attachments.fetch_into(

@@ -22,6 +22,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from pydantic import Field, SecretStr, model_validator
 from requests_oauthlib import OAuth1
 
 from connectors._x_outbound import XReplies
+from connectors._x_profiles import XProfiles
 from gateway.attachments import MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid, TooManyRequests
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
@@ -66,6 +68,12 @@ class XConfig(ConnectorConfig):
     max_media_bytes: int = Field(15 * 1024 * 1024, gt=0, description="Larger media are refused (X DMs: 15 MB).")
     api_base_url: str = Field(API_BASE, description="X API v2 base URL, for sending and looking up DMs (for proxies "
                                                     "and local test servers).")
+    bearer_token: SecretStr | None = Field(
+        None, description="App-only bearer token for looking up the profile names of senders a delivery does not "
+                          "name (GET /2/users/:id); without it the OAuth 1.0a keys are used, if set.")
+    profile_cache_seconds: int = Field(3600, ge=0, description="How long a looked-up profile name is reused.")
+    profile_timeout_seconds: float = Field(
+        5.0, gt=0, le=30, description="Deadline of one profile lookup; the message goes on unnamed after it.")
 
     @model_validator(mode="after")
     def _media_credentials_together(self) -> XConfig:
@@ -92,6 +100,25 @@ class XChannel(XReplies, WebhookChannel):
     def __init__(self, name: str, config: ConnectorConfig, context: ConnectorContext) -> None:
         super().__init__(name, config, context)
         self.crc_budget = MemoryRateLimiter(CRC_PER_MINUTE, burst=CRC_BURST)
+        self.profiles = XProfiles(context.http, self.config.api_base_url, self._lookup_auth(),
+                                  cache_seconds=self.config.profile_cache_seconds,
+                                  timeout_seconds=self.config.profile_timeout_seconds)
+
+    def _oauth1(self) -> OAuth1 | None:
+        if self.config.access_token is None:
+            return None
+        assert self.config.consumer_key and self.config.access_token_secret
+        return OAuth1(self.config.consumer_key, self.config.consumer_secret.get_secret_value(),
+                      self.config.access_token.get_secret_value(),
+                      self.config.access_token_secret.get_secret_value())
+
+    def _lookup_auth(self) -> Callable[[], dict[str, Any]] | None:
+        """Request arguments authenticating a user lookup: the bearer token, else our account's OAuth 1.0a keys."""
+        if self.config.bearer_token is not None:
+            token = self.config.bearer_token
+            return lambda: {"headers": {"Authorization": f"Bearer {token.get_secret_value()}"}}
+        oauth1 = self._oauth1()
+        return (lambda: {"auth": oauth1}) if oauth1 is not None else None
 
     def handshake(self, request: HookRequest) -> HookResponse | None:
         if request.method != "GET" or "crc_token" not in request.query:
@@ -181,13 +208,16 @@ class XChannel(XReplies, WebhookChannel):
             sent_at=datetime.fromtimestamp(int(event.get("created_timestamp", 0)) / 1000, UTC), extras=extras)]
 
     def enrich(self, message: Message) -> Message:
-        """DM media fetched from X's media host, signed with OAuth 1.0a as our account, when its keys are set."""
-        if self.config.access_token is None:
+        """The sender's profile name when the delivery gave none; DM media fetched from X's media host, signed with
+        OAuth 1.0a as our account, when its keys are set."""
+        if not message.sender.display_name:
+            name = self.profiles.name(message.sender.identifiers[0].value)
+            if name:
+                message = message.model_copy(update={"sender": message.sender.model_copy(
+                    update={"display_name": name})})
+        auth = self._oauth1()
+        if auth is None:
             return message  # media stay links
-        assert self.config.consumer_key and self.config.access_token_secret
-        auth = OAuth1(self.config.consumer_key, self.config.consumer_secret.get_secret_value(),
-                      self.config.access_token.get_secret_value(),
-                      self.config.access_token_secret.get_secret_value())
         return self.context.attachments.fetch_into(
             self.context.http, message, allowed_hosts=tuple(self.config.media_hosts),
             max_bytes=self.config.max_media_bytes,

@@ -111,7 +111,8 @@ DEFAULT_ROLE_LOCAL_PARTS = (
 
 
 class EmailRuleConfig(_Section):
-    fold_case: bool = Field(False, description="Treat the local part case-insensitively.")
+    fold_case: bool = Field(True, description="Treat the local part case-insensitively (the default for every "
+                                              "domain; false for a domain whose mailboxes differ by case).")
     strip_plus: bool = Field(False, description="Drop a +tag from the local part.")
     ignore_dots: bool = Field(False, description="Ignore dots in the local part.")
     canonical_domain: str | None = Field(None, description="Domain to write instead (googlemail.com -> gmail.com).")
@@ -120,7 +121,8 @@ class EmailRuleConfig(_Section):
 class IdentityConfig(_Section):
     default_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="ISO 3166 region for national numbers.")
     email_rules: dict[str, EmailRuleConfig] = Field(
-        {}, description="Per-domain local-part rules; the key '*' applies to every other domain.")
+        {}, description="Per-domain local-part rules; the key '*' applies to every other domain. Without a rule, "
+                        "an address's case is folded and nothing else is changed.")
     role_local_parts: list[str] = Field(
         list(DEFAULT_ROLE_LOCAL_PARTS),
         description="Local parts of shared role addresses: such addresses never join identities.")

@@ -310,6 +310,15 @@ class FakeZendesk(RepliesApi):
             wanted = query["external_id"][0].lower()
             found = [dict(u) for u in self.state.users.values() if str(u.get("external_id") or "").lower() == wanted]
             return 200, {"users": found, "next_page": None, "previous_page": None, "count": len(found)}, {}
+        if method == "GET" and path == "/api/v2/users/search":
+            return self._search_users((query.get("query") or [""])[0])
+        if method == "PUT" and (user_path := re.fullmatch(r"/api/v2/users/(\d+)", path)):
+            found = self.state.users.get(int(user_path.group(1)))
+            if found is None:
+                return 404, {"error": "RecordNotFound", "description": "Not found"}, {}
+            found.update({k: v for k, v in (body.get("user") or {}).items() if k in ("name", "email", "phone")})
+            self._record("PUT", path, 200, body)
+            return 200, {"user": dict(found)}, {}
         if method == "POST" and path == "/api/v2/users/create_or_update_many":
             return self._queue("users", "bulk_create_or_update_users", path, body.get("users"), body)
         if method == "POST" and path == "/api/v2/tickets/create_many":
@@ -374,6 +383,22 @@ class FakeZendesk(RepliesApi):
         status = 201 if created else 200
         self._record("POST", "/api/v2/users/create_or_update", status, body)
         return status, {"user": dict(user)}, {"Location": f"/api/v2/users/{user['id']}.json"}
+
+    def _search_users(self, query: str) -> Answer:
+        """``users/search`` for the two forms the gateway sends: ``email:ADDRESS`` (case-insensitive) and
+        ``role:end-user phone:*DIGITS`` (a suffix of the number's digits)."""
+        terms = dict(term.split(":", 1) for term in query.split() if ":" in term)
+        found = []
+        for user in self.state.users.values():
+            if "email" in terms and str(user.get("email") or "").lower() != terms["email"].lower():
+                continue
+            digits = "".join(ch for ch in str(user.get("phone") or "") if ch.isdigit())
+            if "phone" in terms and not (digits and digits.endswith(terms["phone"].lstrip("*"))):
+                continue
+            if "role" in terms and user.get("role") != terms["role"]:
+                continue
+            found.append(dict(user))
+        return 200, {"users": found, "count": len(found), "next_page": None, "previous_page": None}, {}
 
     def _export_users(self, query: dict[str, list[str]]) -> Answer:
         """Incremental user export (cursor-based): users in creation order after the cursor, 100 a page."""

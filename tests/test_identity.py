@@ -13,6 +13,7 @@ from sqlalchemy import Connection, select
 from gateway.cli import main
 from gateway.identity import EmailRule, IdentityRules, normalize_email, normalize_phone, resolve_customer
 from gateway.identity.merges import customer_family, live_customer_id, unmerge
+from gateway.identity.normalize import AS_WRITTEN
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.model import Identifier, IdentifierKind, Party
 from gateway.runtime import Runtime
@@ -69,7 +70,32 @@ def test_email_rules_apply_only_where_configured() -> None:
     assert normalize_email("Asha.Rao+orders@GMail.com", rules) == "asharao@gmail.com"
     assert normalize_email("asha.rao@googlemail.com", rules) == "asharao@gmail.com"
     assert normalize_email("Asha.Rao+x@Example.org", rules) == "asha.rao+x@example.org"
-    assert normalize_email("Asha.Rao+x@Example.org") == "Asha.Rao+x@example.org", "no rule: local part untouched"
+    assert normalize_email("Asha.Rao+x@Example.org") == "asha.rao+x@example.org", "no rule: only the case folded"
+    kept = IdentityRules(email_rules={"legacy.example": EmailRule(fold_case=False)})
+    assert normalize_email("Asha.Rao@Legacy.Example", kept) == "Asha.Rao@legacy.example", "a rule turns folding off"
+    assert normalize_email("Asha.Rao@Example.org", kept) == "asha.rao@example.org"
+
+
+def test_an_address_in_two_cases_is_one_customer_without_any_rule(conn: Connection) -> None:
+    """SendGrid's ``Asha@Example.com`` and a Slack profile's ``asha@example.com``: one customer by default."""
+    rules = IdentityRules()
+    sendgrid = resolve_customer(conn, party(email(normalize_email("Asha@Example.com", AS_WRITTEN))),
+                                message_id="m1", rules=rules)
+    slack = resolve_customer(conn, party(Identifier(kind=IdentifierKind.SLACK, value="T1:U1"),
+                                         email(normalize_email("asha@example.com", AS_WRITTEN))),
+                             message_id="m2", rules=rules)
+    assert slack.customer_id == sendgrid.customer_id and not slack.merges
+    stored = conn.execute(select(identities.c.value).where(identities.c.kind == "email")).scalars().all()
+    assert stored == ["asha@example.com"]
+
+
+def test_a_rule_keeps_the_case_for_a_domain_that_needs_it(conn: Connection) -> None:
+    rules = IdentityRules(email_rules={"legacy.example": EmailRule(fold_case=False)})
+    upper = resolve_customer(conn, party(email(normalize_email("Asha@Legacy.example", AS_WRITTEN))),
+                             message_id="m1", rules=rules)
+    lower = resolve_customer(conn, party(email(normalize_email("asha@legacy.example", AS_WRITTEN))),
+                             message_id="m2", rules=rules)
+    assert upper.customer_id != lower.customer_id
 
 
 def test_same_identifier_is_the_same_customer_and_names_never_join(conn: Connection) -> None:

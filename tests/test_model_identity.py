@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.identity import InvalidIdentifier, normalize_email, normalize_phone
+from gateway.identity.normalize import AS_WRITTEN
 from gateway.model import ChannelType, Identifier, IdentifierKind, Message, Party, RawRef
 
 
@@ -67,8 +68,9 @@ def test_non_numbers_are_refused(raw: str) -> None:
         normalize_phone(raw, "US")
 
 
-def test_email_domain_is_case_folded_but_the_local_part_is_kept() -> None:
-    assert normalize_email(" Asha.Rao@Example.COM ") == "Asha.Rao@example.com"
+def test_email_is_case_folded_whole_by_default_and_kept_as_written_for_channels() -> None:
+    assert normalize_email(" Asha.Rao@Example.COM ") == "asha.rao@example.com"
+    assert normalize_email(" Asha.Rao@Example.COM ", AS_WRITTEN) == "Asha.Rao@example.com"
     with pytest.raises(InvalidIdentifier):
         normalize_email("no-at-sign")
 

@@ -8,6 +8,8 @@ A first message costs one API call: contact upsert, Case upsert and the message 
 request with ``allOrNone`` and ``@{ref.id}`` references, so a crash leaves all three written or none. Before a
 customer's first write, one SOQL query looks for an existing record with the customer's email or phone; exactly one
 match is adopted (our external id is written onto it in the same composite request) instead of creating another.
+A contact created for a customer without a name carries a placeholder (the phone or address); it is renamed once
+the customer's name is known, unless someone changed it in Salesforce meanwhile.
 Login, requests, error classification and the API budget live in ``connectors.salesforce.client``.
 """
 
@@ -31,7 +33,7 @@ from connectors.salesforce.client import (
 )
 from connectors.salesforce.replies import SalesforceReplies
 from gateway.crmfields import FieldCatalog, field_list
-from gateway.errors import OnlineCheckFailed, PermanentError, RetryableError
+from gateway.errors import DeliveryError, OnlineCheckFailed, PermanentError, RetryableError
 from gateway.model import ChannelType
 from gateway.plugins import (
     ConnectorContext,
@@ -296,6 +298,32 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
                      self.config.contact_object)
         return (free[0] if match and len(free) == 1 else None), calls
 
+    def created_link(self, item: DeliveryItem) -> dict[str, Any]:
+        """Link data for a contact the gateway created: the placeholder name it gave a customer without one."""
+        return {} if item.customer.display_name else {"placeholder": self.contact_body(item).get("LastName")}
+
+    def refresh_name(self, item: DeliveryItem, link: tuple[str, dict[str, Any]], links: LinkStore) -> int:
+        """Replace the placeholder name of a contact the gateway created once the customer's name is known, unless
+        someone changed it in Salesforce; the API calls spent. A failure leaves it for the next message."""
+        record_id, data = link
+        placeholder, name = data.get("placeholder"), item.customer.display_name
+        if not placeholder or not name or name == placeholder:
+            return 0
+        obj = self.config.contact_object
+        calls = 1
+        try:
+            records = self.api.query(format_soql("SELECT Id, LastName FROM {:literal} WHERE Id = {}", obj, record_id))
+            if records and records[0].get("LastName") == placeholder:
+                calls += 1
+                self.api.call("PATCH", f"sobjects/{obj}/{record_id}", prefix="contact", json={"LastName": name})
+            else:
+                log.info("Salesforce %s %s was renamed in Salesforce; its name is left alone", obj, record_id)
+        except DeliveryError as exc:
+            log.warning("Salesforce %s %s keeps its placeholder name for now: %s", obj, record_id, exc)
+            return calls
+        links.put("customer", item.customer.id, record_id, {k: v for k, v in data.items() if k != "placeholder"})
+        return calls
+
     # -- delivery ------------------------------------------------------------------------------------------------
     def adopt_duplicate(self, item: DeliveryItem, record_id: str, links: LinkStore) -> None:
         """A duplicate rule matched an existing contact: stamp our external id on it and link it."""
@@ -313,6 +341,9 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
         self.api.check_budget()
         retry = item.attempt > 1
         adopt, calls = self.contact_for(item, links, retry)
+        contact_link = links.get("customer", item.customer.id)
+        if contact_link is not None:
+            calls += self.refresh_name(item, contact_link, links)
         case_link = links.get("conversation", item.conversation.id)
         case_id = case_link[0] if case_link else None
         if retry and case_id is None:
@@ -371,7 +402,7 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
         if contact is not None and adopt is not None:
             links.put("customer", item.customer.id, adopt, {"adopted": True})
         elif contact is not None:
-            links.put("customer", item.customer.id, str(contact.body["id"]))
+            links.put("customer", item.customer.id, str(contact.body["id"]), self.created_link(item))
         case = results.get("case")
         if case is not None:
             case_id = str(case.body["id"])

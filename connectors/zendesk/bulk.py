@@ -107,15 +107,21 @@ class BatchDelivery:
         """Zendesk user id per customer; customers that failed get an outcome on their groups' first item."""
         users: dict[str, str] = {}
         waiting: dict[str, DeliveryItem] = {}
+        looked_up: dict[str, DeliveryError] = {}
         for items in groups:
             customer = items[0].customer.id
-            link = self.links.get("customer", customer)
-            known = link[0] if link is not None else self.crm.adopt_user(items[0], self.links)
+            if customer in users or customer in waiting or customer in looked_up:
+                continue
+            try:
+                known = self.crm.lookup_user(items[0], self.links)
+            except DeliveryError as exc:
+                looked_up[customer] = exc
+                continue
             if known is not None:
                 users[customer] = known
             else:
-                waiting.setdefault(customer, items[0])
-        failed = self.import_users(list(waiting.values()), users)
+                waiting[customer] = items[0]
+        failed = {**looked_up, **self.import_users(list(waiting.values()), users)}
         for items in groups:
             error = failed.get(items[0].customer.id)
             if error is not None:
@@ -146,7 +152,7 @@ class BatchDelivery:
                 result = result_for(results, index) if status.get("status") == "completed" else None
                 if job_result_ok(result):
                     users[item.customer.id] = str(result["id"])
-                    self.links.put("customer", item.customer.id, str(result["id"]))
+                    self.crm.link_created_user(item, str(result["id"]), self.links)
                 else:
                     failed[item.customer.id] = job_failure(result, "user")
         return failed

@@ -40,6 +40,10 @@ class ZendeskConfig(CrmConfig):
     directory_sync_seconds: int = Field(
         300, ge=0, description="How often the end users Zendesk already has are synced (incremental export), so "
                                "they are adopted instead of duplicated; 0 turns the sync off.")
+    search_before_create: bool = Field(
+        True, description="Before creating a user for a new customer, search Zendesk once by the customer's email "
+                          "(else phone) and adopt the one end user found: a contact created since the last directory "
+                          "sync is not duplicated.")
     upload_max_bytes: int = Field(
         10 * 1024 * 1024, ge=0, description="Attachments up to this size are uploaded; larger ones are linked.")
     webhook_secret: SecretStr | None = Field(

@@ -17,7 +17,7 @@ import logging
 from functools import cached_property
 from typing import Any
 
-from connectors.zendesk import export, setup
+from connectors.zendesk import export, setup, users
 from connectors.zendesk.bulk import BatchDelivery, Outcomes
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
@@ -178,32 +178,58 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         links.put("customer", item.customer.id, user_id, {"adopted": True})
         return user_id
 
-    def find_user(self, customer_id: str) -> str | None:
+    def find_own_user(self, customer_id: str) -> str | None:
         """The user holding the customer id as ``external_id`` (users/search takes ids only there, no syntax)."""
         body = self.client.call("GET", "/users/search", params={"external_id": customer_id})
-        users = body.get("users") or []
-        return str(users[0]["id"]) if users else None
+        found = body.get("users") or []
+        return str(found[0]["id"]) if found else None
 
-    def ensure_user(self, item: DeliveryItem, links: LinkStore) -> str:
-        """The customer's Zendesk user id: linked, adopted from the directory, or upserted by external id.
+    def find_user(self, item: DeliveryItem, links: LinkStore) -> str | None:
+        """The user Zendesk holds for a customer the directory does not know yet (one created since the last
+        sync): one search, linked when exactly one end user answers; None to create one."""
+        if not self.config.search_before_create:
+            return None
+        found = users.search(self.client, item.customer, self.context.default_region)
+        if found is None:
+            return None
+        user_id, ours = found
+        links.put("customer", item.customer.id, user_id, {} if ours else {"adopted": True})
+        return user_id
+
+    def lookup_user(self, item: DeliveryItem, links: LinkStore) -> str | None:
+        """The customer's Zendesk user id when it has one: linked (its placeholder name replaced once a better
+        name is known), adopted from the directory, recovered, or found by a search.
 
         On a retry the earlier upsert may have landed with its answer lost: the user it made is linked as it is, not
         upserted again, since ``create_or_update`` would put the first write's name back over an agent's edit.
         """
         link = links.get("customer", item.customer.id)
         if link is not None:
+            users.refresh_name(self, item.customer, link, links)
             return link[0]
         adopted = self.adopt_user(item, links)
         if adopted is not None:
             return adopted
         if item.attempt > 1:
-            found = self.find_user(item.customer.id)
-            if found is not None:
-                links.put("customer", item.customer.id, found, {"recovered": True})
-                return found
+            recovered = self.find_own_user(item.customer.id)
+            if recovered is not None:
+                links.put("customer", item.customer.id, recovered, {"recovered": True})
+                return recovered
+        return self.find_user(item, links)
+
+    def link_created_user(self, item: DeliveryItem, user_id: str, links: LinkStore) -> None:
+        """Link a user the gateway wrote, remembering the placeholder name it gave a customer without one."""
+        placeholder = None if item.customer.display_name else self.user_payload(item)["name"]
+        links.put("customer", item.customer.id, user_id, {"placeholder": placeholder} if placeholder else {})
+
+    def ensure_user(self, item: DeliveryItem, links: LinkStore) -> str:
+        """The customer's Zendesk user id: linked, adopted, recovered, found, or upserted by external id."""
+        known = self.lookup_user(item, links)
+        if known is not None:
+            return known
         body = self.client.call("POST", "/users/create_or_update", json={"user": self.user_payload(item)})
         user_id = str(body["user"]["id"])
-        links.put("customer", item.customer.id, user_id)
+        self.link_created_user(item, user_id, links)
         return user_id
 
     # -- tickets -----------------------------------------------------------------------------------------------

@@ -3,16 +3,20 @@
 - Phones become E.164 (``phonenumbers``, with the channel's default region for national forms). Known national
   variants of one mobile number map to one form: Brazil's mobile ninth digit (added since 2012-2016, still missing
   from many WhatsApp ids) and Mexico's former mobile ``1`` after +52 (dropped in 2019).
-- Emails get a lower-cased domain. The local part is only changed where a per-domain rule says so (case folding,
-  ``+tag`` removal, dots ignored): RFC 5321 leaves the local part to the receiving domain, so the gateway never
-  guesses.
+- Emails get a lower-cased domain and, by default, a lower-cased local part: every major mailbox provider and CRM
+  treats addresses case-insensitively. Anything further (``+tag`` removal, dots ignored, another domain) happens
+  only where a per-domain rule says so, and a rule can turn case folding off for a domain that needs it: RFC 5321
+  leaves the local part to the receiving domain, so the gateway never guesses beyond that.
+
+Channels write a sender's address as it came (``AS_WRITTEN``: only the domain lower-cased); the resolver applies the
+configured rules (``canonical_identifiers``), so a domain's rule decides even about case.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
@@ -62,9 +66,9 @@ def normalize_phone(raw: str, default_region: str, *, international: bool = Fals
 
 @dataclass(frozen=True)
 class EmailRule:
-    """What a domain's addresses may be folded by. Everything off by default."""
+    """What a domain's addresses may be folded by: case by default, everything else off."""
 
-    fold_case: bool = False
+    fold_case: bool = True
     strip_plus: bool = False
     ignore_dots: bool = False
     canonical_domain: str | None = None
@@ -112,6 +116,25 @@ def normalize_email(raw: str, rules: IdentityRules | None = None) -> str:
     if rule.fold_case:
         local = local.lower()
     return f"{local}@{rule.canonical_domain or domain}"
+
+
+AS_WRITTEN = IdentityRules(email_rules={"*": EmailRule(fold_case=False)})
+"""Rules that keep an address as written (domain lower-cased): for channels, before the configured rules apply."""
+
+
+def canonical_identifiers(identifiers: Iterable[Identifier], rules: IdentityRules) -> tuple[Identifier, ...]:
+    """Identifiers with the configured email rules applied, duplicates dropped (order kept)."""
+    out: dict[str, Identifier] = {}
+    for ident in identifiers:
+        if ident.kind is IdentifierKind.EMAIL:
+            try:
+                value = normalize_email(ident.value, rules)
+            except InvalidIdentifier:
+                value = ident.value
+            if value != ident.value:
+                ident = Identifier(kind=IdentifierKind.EMAIL, value=value)
+        out.setdefault(ident.key, ident)
+    return tuple(out.values())
 
 
 def phone_identifier(raw: str, default_region: str) -> Identifier:

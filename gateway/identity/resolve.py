@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, bindparam, func, or_, select, update
 
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
-from gateway.identity.normalize import IdentityRules, name_key
+from gateway.identity.normalize import IdentityRules, canonical_identifiers, name_key
 from gateway.model import Identifier, IdentifierKind, Party, new_id
 from gateway.storage.db import utcnow
 from gateway.storage.tables import crm_directory, customers, identities
@@ -116,11 +116,12 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
     caller retries, and then finds the row.
     """
     rules = rules or IdentityRules()
-    isolated = {ident.key: rules.isolation_reason(ident) for ident in party.identifiers}
-    joinable = [ident for ident in party.identifiers if not isolated[ident.key]]
+    identifiers = canonical_identifiers(party.identifiers, rules)
+    isolated = {ident.key: rules.isolation_reason(ident) for ident in identifiers}
+    joinable = [ident for ident in identifiers if not isolated[ident.key]]
     if not joinable:
-        joinable = [party.identifiers[0]]  # only isolated identifiers: the first keys a customer of its own
-        evidence = f"isolated:{isolated[party.identifiers[0].key]}"
+        joinable = [identifiers[0]]  # only isolated identifiers: the first keys a customer of its own
+        evidence = f"isolated:{isolated[identifiers[0].key]}"
     found = _owners(conn, joinable)
     owners = {ident.key: found[ident.key].id if ident.key in found else None for ident in joinable}
     by_id = {owner.id: owner for owner in found.values()}

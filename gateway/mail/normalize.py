@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from gateway.attachments import AttachmentStore, AttachmentTooLarge
-from gateway.identity.normalize import InvalidIdentifier, normalize_email
+from gateway.identity.normalize import AS_WRITTEN, InvalidIdentifier, normalize_email
 from gateway.mail.autoreply import auto_reason
 from gateway.mail.mime import UnparseableMail, parse_mail
 from gateway.mail.quotes import DEFAULT_LANGUAGES, visible_reply
@@ -34,7 +34,7 @@ class EmailSettings(ConnectorConfig):
 
 def _party(name: str, address: str) -> Party | None:
     try:
-        value = normalize_email(address)
+        value = normalize_email(address, AS_WRITTEN)  # the configured rules apply when the sender is resolved
     except InvalidIdentifier:
         return None
     return Party(identifiers=(Identifier(kind=IdentifierKind.EMAIL, value=value),), display_name=name or None)

@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.attachments import SCHEME, AttachmentStore
 from gateway.errors import PermanentError
-from gateway.identity.normalize import InvalidIdentifier, normalize_email
+from gateway.identity.normalize import AS_WRITTEN, InvalidIdentifier, normalize_email
 from gateway.mail.autoreply import LOOP_HEADER
 from gateway.model import IdentifierKind, Message, Party
 from gateway.plugins import SendRequest
@@ -84,7 +84,7 @@ def receiving_addresses(reply_to: Message, extra: Iterable[str] = ()) -> set[str
     out = set()
     for address in found:
         try:
-            out.add(normalize_email(address))
+            out.add(normalize_email(address, AS_WRITTEN))
         except InvalidIdentifier:
             continue
     return out

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from gateway.conversations import email_thread_key
 from gateway.errors import DeliveryError, PermanentError, RetryableError
-from gateway.identity.normalize import InvalidIdentifier, normalize_email
+from gateway.identity.normalize import AS_WRITTEN, InvalidIdentifier, normalize_email
 from gateway.mail.reply import business_address, compose, receiving_addresses, reply_message_id
 from gateway.plugins import ConnectorContext, ReplySender, SendRequest, SendResult
 
@@ -78,7 +78,7 @@ class SmtpSettings(BaseModel):
         if value is None:
             return None
         try:
-            return normalize_email(value)
+            return normalize_email(value, AS_WRITTEN)
         except InvalidIdentifier:
             raise ValueError(f"{value!r} is not an email address") from None
 

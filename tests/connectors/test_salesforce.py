@@ -339,7 +339,7 @@ def test_first_message_is_one_query_and_one_composite_call_with_references(mocke
 
     assert (result.operation, result.remote_id, result.calls) == ("case_created", CASE_ID, 2)
     assert (match.call_count, call.call_count) == (1, 1)
-    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {})
+    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {"placeholder": "Asha Rao"}), "the customer had no name"
     assert links.get("conversation", CONVERSATION_ID) == (CASE_ID, {"created": True})
     assert (connector.api.budget.used, connector.api.budget.total) == (18, 100000)
 
@@ -480,7 +480,7 @@ def test_several_existing_contacts_adopt_none(mocked: responses.RequestsMock,
     contact = sent(call.calls[0])["compositeRequest"][0]
     assert (contact["method"], contact["url"]) == (
         "PATCH", f"/services/data/v59.0/sobjects/Contact/Gateway_Customer_Id__c/{CUSTOMER_ID}")
-    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {})
+    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {"placeholder": "Asha Rao"})
     assert "matches 2 Salesforce Contact records" in caplog.text
     assert CUSTOMER_PHONE not in caplog.text
 
@@ -889,3 +889,65 @@ def test_after_a_lost_answer_agents_edits_to_the_contact_and_case_survive(
     assert links.get("conversation", CONVERSATION_ID) == (case["Id"], {"recovered": True})
     assert len(contact_subrequests(mocked)) == 1
     assert len(org.records["CaseComment"]) == 2
+
+
+# -- a better name for a contact the gateway named with a placeholder ------------------------------------------------
+NAME_QUERY = f"SELECT Id, LastName FROM Contact WHERE Id = '{CONTACT_ID}'"
+
+
+def named_item(name: str | None) -> Any:
+    item = delivery_item(twilio_sms("Any news?", sid="SM" + "3" * 32), crm="sf", opened=False,
+                         fields={"comment": "Any news?", "public": True})
+    return replace(item, customer=CustomerView(CUSTOMER_ID, name, (("phone", CUSTOMER_PHONE),)))
+
+
+def placeholder_links() -> MemoryLinkStore:
+    links = linked()
+    links.put("customer", CUSTOMER_ID, CONTACT_ID, {"placeholder": CUSTOMER_PHONE})
+    return links
+
+
+def comment_written(mocked: responses.RequestsMock) -> responses.BaseResponse:
+    return mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {"body": {"id": "00aR0000000AbCeIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+
+
+def test_a_new_contact_of_a_nameless_customer_remembers_its_placeholder(mocked: responses.RequestsMock) -> None:
+    MockedSalesforce().install(mocked)
+    links = MemoryLinkStore()
+    salesforce().deliver(delivery_item(crm="sf", fields={**sf_fields(), "contact.LastName": CUSTOMER_PHONE}), links)
+    assert links.get("customer", CUSTOMER_ID)[1] == {"placeholder": CUSTOMER_PHONE}
+
+
+def test_the_placeholder_name_is_replaced_once_the_customer_has_a_name(mocked: responses.RequestsMock) -> None:
+    read = mock_query(mocked, NAME_QUERY, {"totalSize": 1, "done": True, "records": [
+        {"attributes": {"type": "Contact", "url": f"/services/data/v59.0/sobjects/Contact/{CONTACT_ID}"},
+         "Id": CONTACT_ID, "LastName": CUSTOMER_PHONE}]})
+    rename = mocked.patch(f"{DATA}/sobjects/Contact/{CONTACT_ID}", status=204, headers=LIMIT,
+                          match=[matchers.json_params_matcher({"LastName": "Asha Rao"}, strict_match=True)])
+    comments = comment_written(mocked)
+    links = placeholder_links()
+    result = salesforce().deliver(named_item("Asha Rao"), links)
+    assert (read.call_count, rename.call_count, comments.call_count, result.calls) == (1, 1, 1, 3)
+    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {})
+    salesforce().deliver(named_item("Asha Rao"), links)
+    assert (read.call_count, rename.call_count, comments.call_count) == (1, 1, 2), "renamed once"
+
+
+def test_a_name_an_agent_gave_the_contact_is_never_overwritten(mocked: responses.RequestsMock) -> None:
+    mock_query(mocked, NAME_QUERY, {"totalSize": 1, "done": True, "records": [
+        {"attributes": {"type": "Contact", "url": f"/services/data/v59.0/sobjects/Contact/{CONTACT_ID}"},
+         "Id": CONTACT_ID, "LastName": "Rao (key account)"}]})
+    comment_written(mocked)
+    links = placeholder_links()
+    salesforce().deliver(named_item("Asha Rao"), links)
+    assert not [c for c in mocked.calls if c.request.method == "PATCH"]
+    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {})
+
+
+def test_a_customer_still_without_a_name_costs_no_call(mocked: responses.RequestsMock) -> None:
+    comment_written(mocked)
+    links = placeholder_links()
+    assert salesforce().deliver(named_item(None), links).calls == 1
+    assert links.get("customer", CUSTOMER_ID) == (CONTACT_ID, {"placeholder": CUSTOMER_PHONE})

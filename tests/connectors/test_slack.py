@@ -213,7 +213,7 @@ def test_conversation_flow_with_edits_files_and_profiles(slack_runtime: Runtime)
         names = list(conn.execute(select(customers.c.display_name)).scalars())
         convs = conn.execute(select(conversations.c.id)).all()
     assert [m["kind"] for m in stored] == ["message", "edit", "message", "delete"]
-    assert ids == [("email", "Dana.Reyes@example.com"), ("slack", f"{TEAM}:U0CUST00001")]
+    assert ids == [("email", "dana.reyes@example.com"), ("slack", f"{TEAM}:U0CUST00001")]
     assert names == ["dana"]
     assert len(convs) == 1
     edit = next(m for m in stored if m["kind"] == "edit")

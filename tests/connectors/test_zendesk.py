@@ -59,7 +59,8 @@ def fixture(name: str) -> dict[str, Any]:
 
 
 def zendesk(http: requests.Session | None = None, **settings: Any) -> ZendeskCrm:
-    values = {"subdomain": "acme", "email": EMAIL, "api_token": API_TOKEN, **settings}
+    # the look-up before a user is created has tests of its own (test_zendesk_users.py)
+    values = {"subdomain": "acme", "email": EMAIL, "api_token": API_TOKEN, "search_before_create": False, **settings}
     values = {k: v for k, v in values.items() if v is not None}
     config = ZendeskConfig(**values)
     return ZendeskCrm("helpdesk", config, ConnectorContext(http=http or requests.Session()))
@@ -321,7 +322,7 @@ def test_first_message_upserts_the_user_and_creates_a_ticket(mocked: responses.R
     assert (result.operation, result.remote_id) == ("ticket_created", str(TICKET_ID))
     assert user_call.call_count == ticket_call.call_count == 1
     assert "role" not in sent_json(mocked.calls[0])["user"]
-    assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {})
+    assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {"placeholder": CUSTOMER_PHONE})
     assert links.get("conversation", CONVERSATION_ID) == (
         str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
 
@@ -332,7 +333,7 @@ def test_user_upsert_accepts_200_for_an_existing_user(mocked: responses.Requests
     mocked.post(f"{API}/tickets", json=fixture("ticket_create"), status=201)
     links = MemoryLinkStore()
     zendesk().deliver(delivery_item(), links)
-    assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {})
+    assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {"placeholder": CUSTOMER_PHONE})
 
 
 def test_known_customer_is_not_upserted_again(mocked: responses.RequestsMock) -> None:

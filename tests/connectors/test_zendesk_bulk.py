@@ -52,7 +52,7 @@ class FakeTime:
 
 def zendesk(fake_time: FakeTime, **settings: Any) -> ZendeskCrm:
     values = {"subdomain": "acme", "email": "agent@example.com", "api_token": "test-zendesk-token",
-              "bulk_threshold": 2, **settings}
+              "bulk_threshold": 2, "search_before_create": False, **settings}
     context = ConnectorContext(
         http=requests.Session(),
         limiter=lambda _name, per_minute: MemoryRateLimiter(per_minute, sleep=fake_time.sleep,
@@ -164,7 +164,8 @@ def test_a_backlog_goes_through_the_batch_endpoints_with_exact_bodies(mocked: re
     assert outcomes[100].remote_id == "801" and outcomes[200].remote_id == "802"
     assert users.call_count == creates.call_count == updates.call_count == 1
     assert len(mocked.calls) == 5, "users, tickets and comments: one call each, plus two polls"
-    assert links.get("customer", "cust-1") == ("501", {}) and links.get("customer", "cust-2") == ("502", {})
+    assert links.get("customer", "cust-1") == ("501", {"placeholder": phone(1)})
+    assert links.get("customer", "cust-2") == ("502", {"placeholder": phone(2)})
     assert links.get("conversation", "conv-1")[0] == "801" and links.get("conversation", "conv-2")[0] == "802"
 
 
