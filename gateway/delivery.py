@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, update
 
 from gateway import metrics
 from gateway.context import delivery_item, stored_message_context
@@ -49,7 +49,8 @@ class DeliveryWorker:
         fields = row.fields
         if fields is None:  # dead-lettered by a mapping error, replayed after the mapping was fixed
             fields = self.rt.mappings[row.crm].apply(context.for_mapping())
-        return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields)
+        return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields,
+                             certain_failures=row.certain_failures)
 
     def process(self, groups: list[list[Row[Any]]]) -> int:
         by_crm: dict[str, list[list[Row[Any]]]] = {}
@@ -94,6 +95,7 @@ class DeliveryWorker:
             for items in item_groups:
                 outcomes.setdefault(items[0].outbox_id, error)
         items_by_id = {item.outbox_id: item for items in item_groups for item in items}
+        together = self._outage_delay(rows, outcomes)
         untried = []
         for row_id, row in rows.items():
             outcome = outcomes.get(row_id)
@@ -102,7 +104,7 @@ class DeliveryWorker:
             elif isinstance(outcome, PermanentError):
                 self._dead(row, outcome, "permanent", started)
             elif isinstance(outcome, RetryableError):
-                self._retry(row, outcome, started)
+                self._retry(row, outcome, started, together if outcome.outage else None)
             else:
                 untried.append(row_id)  # behind a failed message of its conversation: next round
         self.rt.queues.release(outbox, untried, self.owner)
@@ -116,17 +118,31 @@ class DeliveryWorker:
         metrics.DELIVERED.labels(row.crm).inc()
         metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
 
-    def _retry(self, row: Row[Any], error: RetryableError, started: float) -> None:
+    def _outage_delay(self, rows: dict[int, Row[Any]], outcomes: dict[int, Any]) -> float | None:
+        """One delay for every row the CRM refused as a whole in this call, so that they come back together and
+        the batch endpoints take them as one backlog (each row's own jitter would scatter them)."""
+        refused = [(rows[row_id].attempts, outcome) for row_id, outcome in outcomes.items()
+                   if row_id in rows and isinstance(outcome, RetryableError) and outcome.outage]
+        if not refused:
+            return None
+        attempts, error = max(refused, key=lambda pair: pair[0])
+        return self.rt.retry_policy.next_delay(attempts, error)
+
+    def _retry(self, row: Row[Any], error: RetryableError, started: float, together: float | None = None) -> None:
         delay = self.rt.retry_policy.next_delay(row.attempts, error)
         metrics.FAILED.labels(row.crm, "retryable").inc()
         if delay is None:
             self._dead(row, error, "exhausted", started)
             return
+        delay = together if together is not None else delay
         log.warning("delivery of outbox row %s to %s failed (attempt %s, retry in %.0fs): %s",
                     row.id, row.crm, row.attempts, delay, redact(str(error)))
         self.rt.queues.reschedule(outbox, row.id, delay, str(error))
         with self.rt.engine.begin() as conn:
-            self._log(conn, row, "retry", started, error_code=error.code, detail=str(error))
+            if not error.uncertain:  # after the reschedule: a crash in between leaves the row uncertain, never certain
+                conn.execute(update(outbox).where(outbox.c.id == row.id).values(
+                    certain_failures=outbox.c.certain_failures + 1))
+            self._log(conn, row, "retry", started, error_code=error.code, detail=str(error), uncertain=error.uncertain)
 
     def _dead(self, row: Row[Any], error: DeliveryError, error_class: str, started: float) -> None:
         if error_class == "permanent":

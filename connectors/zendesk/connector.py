@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from connectors.zendesk import export, setup
-from connectors.zendesk.bulk import BatchDelivery, Outcomes
+from connectors.zendesk.bulk import BatchDelivery, Outcomes, outage
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
@@ -28,6 +28,7 @@ from gateway.errors import (
     OnlineCheckFailed,
     PermanentError,
     RetryableError,
+    as_certain,
     as_delivery_error,
 )
 from gateway.plugins import (
@@ -298,7 +299,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         The ``Idempotency-Key`` of that attempt guards against a second ticket for two hours only
         (ticketing/introduction/#idempotency), so the ticket is looked up by the conversation id.
         """
-        if not any(item.attempt > 1 for item in items):
+        if not any(item.uncertain for item in items):
             return None
         found = self.find_ticket(items[0].conversation.id)
         if found is None or str(found["id"]) == linked_ticket_id:
@@ -329,7 +330,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
     def ticket_for(self, items: list[DeliveryItem], links: LinkStore) -> str | None:
         """The conversation's ticket id, if it has one; a retry also asks an earlier batch job and Zendesk itself."""
         link = links.get("conversation", items[0].conversation.id)
-        if link is None and any(item.attempt > 1 for item in items):
+        if link is None and any(item.uncertain for item in items):
             from_job = self.ticket_from_job(items[0].conversation.id, links)
             if from_job is not None:
                 return from_job
@@ -345,8 +346,11 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         outcomes: Outcomes = {}
         try:
             user_id = self.ensure_user(items[0], links)
+        except Exception as exc:  # an upsert by external id, before any ticket write: nothing of the messages landed
+            return {items[0].outbox_id: as_certain(as_delivery_error(exc))}
+        try:
             ticket_id = self.ticket_for(items, links)
-            if ticket_id is not None and any(item.attempt > 1 for item in items):
+            if ticket_id is not None and any(item.uncertain for item in items):
                 pending = self.unwritten(items, ticket_id)
                 for item in items:
                     if item not in pending:
@@ -359,8 +363,8 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
             else:
                 operation, ticket_id = self.append(items, user_id, ticket_id, links)
         except Exception as exc:
-            # every message of the group was part of the write, which may have landed: all of them are retried
-            # as retries (attempt > 1), which check Zendesk before writing again
+            # every message of the group was part of the write: all of them are retried, and when the outcome is
+            # uncertain the retry checks Zendesk before writing again
             error = as_delivery_error(exc)
             if error.code == INTERNAL:
                 log.exception("%s: unexpected error delivering conversation %s", self.name, items[0].conversation.id)
@@ -386,8 +390,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         if len(groups) >= self.config.bulk_threshold:
             return BatchDelivery(self, links).deliver(groups)
         outcomes: Outcomes = {}
-        for items in groups:
+        for index, items in enumerate(groups):
             outcomes.update(self.deliver_conversation(items, links))
+            refused = outage(outcomes.get(items[0].outbox_id))
+            if refused is not None:  # Zendesk is refusing everything: the rest wait with it, costing no request
+                for rest in groups[index + 1:]:
+                    outcomes[rest[0].outbox_id] = refused
+                break
         return outcomes
 
     @property

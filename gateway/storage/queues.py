@@ -330,8 +330,10 @@ class Queues:
                 # 2), so the connector checks before writing again; a send keeps its unknown attempt, if any, so
                 # it is reconciled with the provider before anything is sent again
                 attempts = 0 if letter.stage == "pipeline" else 1
+                fresh = {"certain_failures": 0} if table is outbox else {}  # so the replay counts as uncertain
                 conn.execute(update(table).where(table.c.id == letter.source_id).values(
-                    status="pending", attempts=attempts, available_at=utcnow(), lease_owner=None, lease_until=None))
+                    status="pending", attempts=attempts, available_at=utcnow(), lease_owner=None, lease_until=None,
+                    **fresh))
             conn.execute(update(dead_letters).where(dead_letters.c.id == letter_id).values(
                 resolution=resolution, resolved_at=utcnow()))
             return True

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -179,6 +180,8 @@ outbox = Table(
     Column("status", String(16), nullable=False, default="pending"),  # pending -> done | dead
     *lease_columns(),
     Column("last_error", Text),
+    # failed attempts that surely wrote nothing: a retry asks the CRM first only when some attempt is not among them
+    Column("certain_failures", Integer, nullable=False, default=0, server_default="0"),
     Column("created_at", Time, nullable=False),
     Column("delivered_at", Time),
     UniqueConstraint("crm", "message_id", name="uq_outbox_crm_message_id"),
@@ -237,6 +240,7 @@ delivery_log = Table(
     Column("operation", String(64)),
     Column("remote_id", String(255)),
     Column("error_code", String(128)),
+    Column("uncertain", Boolean),  # of a failed attempt: whether it may have written all the same
     Column("detail", Text),
     Column("duration_ms", Float, nullable=False),
     Column("created_at", Time, nullable=False),
@@ -303,6 +307,7 @@ send_log = Table(
     Column("outcome", String(16), nullable=False),  # sent | reconciled | retry | uncertain | dead | blocked
     Column("provider_message_id", String(255)),
     Column("error_code", String(128)),
+    Column("uncertain", Boolean),  # of a failed attempt: whether it may have written all the same
     Column("detail", Text),
     Column("duration_ms", Float, nullable=False),
     Column("created_at", Time, nullable=False),
