@@ -307,7 +307,6 @@ send_log = Table(
     Column("outcome", String(16), nullable=False),  # sent | reconciled | retry | uncertain | dead | blocked
     Column("provider_message_id", String(255)),
     Column("error_code", String(128)),
-    Column("uncertain", Boolean),  # of a failed attempt: whether it may have written all the same
     Column("detail", Text),
     Column("duration_ms", Float, nullable=False),
     Column("created_at", Time, nullable=False),
