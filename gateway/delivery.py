@@ -96,6 +96,7 @@ class DeliveryWorker:
                 outcomes.setdefault(items[0].outbox_id, error)
         items_by_id = {item.outbox_id: item for items in item_groups for item in items}
         together = self._outage_delay(rows, outcomes)
+        resume = None if together is None else time.monotonic() + together  # one instant, however long settling takes
         untried = []
         for row_id, row in rows.items():
             outcome = outcomes.get(row_id)
@@ -104,7 +105,8 @@ class DeliveryWorker:
             elif isinstance(outcome, PermanentError):
                 self._dead(row, outcome, "permanent", started)
             elif isinstance(outcome, RetryableError):
-                self._retry(row, outcome, started, together if outcome.outage else None)
+                self._retry(row, outcome, started,
+                            max(resume - time.monotonic(), 0.0) if resume is not None and outcome.outage else None)
             else:
                 untried.append(row_id)  # behind a failed message of its conversation: next round
         self.rt.queues.release(outbox, untried, self.owner)

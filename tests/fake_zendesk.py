@@ -22,6 +22,10 @@ are read with ``job_statuses/show_many?ids=`` or ``job_statuses/{id}``. ``bulk_u
 window; a request over it gets 429 with ``Retry-After`` (whole seconds until the window has room) and a text body,
 as Zendesk's rate-limit guide shows. ``throttled`` counts the 429s served.
 
+``outage(seconds)`` answers every request 503 (a plain-text body, no ``Retry-After``) for that long, as Zendesk does
+during an incident; ``unavailable`` counts those answers. ``drop_next(method, path)`` lets the next such request
+take effect and then closes the connection without an answer: the client cannot know whether it was written.
+
 Every write is recorded in ``writes``; ``delay_seconds`` slows each request down (applied after a write has taken
 effect and before the answer, the harshest case for a client that dies mid-request). ``hold_next_comment()`` makes
 the next comment write take effect and then withholds the answer until ``release`` is set: a client killed then
@@ -110,6 +114,10 @@ class FakeState:
     requests: int = 0
     by_endpoint: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
+    unavailable: int = 0
+    outage_until: float = float("-inf")
+    drops: list[tuple[str, str]] = field(default_factory=list)
+    dropped: int = 0
 
 
 class FakeZendesk(RepliesApi):
@@ -219,6 +227,12 @@ class FakeZendesk(RepliesApi):
         with self.lock:
             return self.state.throttled
 
+    @property
+    def unavailable(self) -> int:
+        """503 answers served during outages."""
+        with self.lock:
+            return self.state.unavailable
+
     def tickets(self) -> list[dict[str, Any]]:
         with self.lock:
             self._run_due_jobs()
@@ -239,6 +253,16 @@ class FakeZendesk(RepliesApi):
         with self.lock:
             self._hold_next = True
 
+    def outage(self, seconds: float) -> None:
+        """Answer every request 503 for ``seconds`` from now (by the fake's clock)."""
+        with self.lock:
+            self.state.outage_until = self.clock() + seconds
+
+    def drop_next(self, method: str, path: str) -> None:
+        """Carry out the next ``method path`` request (path under /api/v2), then close without answering."""
+        with self.lock:
+            self.state.drops.append((method, "/api/v2" + path))
+
     def close_ticket(self, ticket_id: int) -> None:
         with self.lock:
             self.state.tickets[ticket_id]["status"] = "closed"
@@ -252,8 +276,16 @@ class FakeZendesk(RepliesApi):
             throttled = self._throttle()
             if throttled is not None:
                 return throttled
+            if self.clock() < self.state.outage_until:
+                self.state.unavailable += 1
+                return 503, "Service Unavailable", {"Content-Type": "text/plain; charset=utf-8"}
             self._run_due_jobs()
-            return self._route(method, path, query, headers, body, raw)
+            answer = self._route(method, path, query, headers, body, raw)
+            if (method, path) in self.state.drops:
+                self.state.drops.remove((method, path))
+                self.state.dropped += 1
+                self._local.drop = True
+            return answer
 
     def _throttle(self) -> Answer | None:
         if self.requests_per_minute is None:
@@ -560,8 +592,11 @@ def _handler_for(fake: FakeZendesk) -> type[BaseHTTPRequestHandler]:
                     self._answer(400, {"error": "InvalidJSON", "description": "body is not JSON"}, {})
                     return
             headers = {key.lower(): value for key, value in self.headers.items()}
-            fake._local.hold = False
+            fake._local.hold = fake._local.drop = False
             status, answer, extra = fake.handle(self.command, path, parse_qs(parts.query), headers, body, raw)
+            if fake._local.drop:
+                self.close_connection = True  # written, never answered
+                return
             if fake._local.hold:
                 fake.held.set()
                 fake.release.wait(60)
