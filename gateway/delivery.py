@@ -95,8 +95,7 @@ class DeliveryWorker:
             for items in item_groups:
                 outcomes.setdefault(items[0].outbox_id, error)
         items_by_id = {item.outbox_id: item for items in item_groups for item in items}
-        together = self._outage_delay(rows, outcomes)
-        resume = None if together is None else time.monotonic() + together  # one instant, however long settling takes
+        resume = self._resume_times(rows, outcomes)
         untried = []
         for row_id, row in rows.items():
             outcome = outcomes.get(row_id)
@@ -105,8 +104,8 @@ class DeliveryWorker:
             elif isinstance(outcome, PermanentError):
                 self._dead(row, outcome, "permanent", started)
             elif isinstance(outcome, RetryableError):
-                self._retry(row, outcome, started,
-                            max(resume - time.monotonic(), 0.0) if resume is not None and outcome.outage else None)
+                at = resume.get(id(outcome))
+                self._retry(row, outcome, started, None if at is None else max(at - time.monotonic(), 0.0))
             else:
                 untried.append(row_id)  # behind a failed message of its conversation: next round
         self.rt.queues.release(outbox, untried, self.owner)
@@ -120,15 +119,21 @@ class DeliveryWorker:
         metrics.DELIVERED.labels(row.crm).inc()
         metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
 
-    def _outage_delay(self, rows: dict[int, Row[Any]], outcomes: dict[int, Any]) -> float | None:
-        """One delay for every row the CRM refused as a whole in this call, so that they come back together and
-        the batch endpoints take them as one backlog (each row's own jitter would scatter them)."""
-        refused = [(rows[row_id].attempts, outcome) for row_id, outcome in outcomes.items()
-                   if row_id in rows and isinstance(outcome, RetryableError) and outcome.outage]
-        if not refused:
-            return None
-        attempts, error = max(refused, key=lambda pair: pair[0])
-        return self.rt.retry_policy.next_delay(attempts, error)
+    def _resume_times(self, rows: dict[int, Row[Any]], outcomes: dict[int, Any]) -> dict[int, float]:
+        """When to try again, by failure, for a failure that ended several rows' writes (a whole batch call, or the
+        CRM refusing everything): one instant for all of them, so they come back together and are batched again
+        (each row's own jitter would scatter them)."""
+        shared: dict[int, list[tuple[int, RetryableError]]] = {}
+        for row_id, outcome in outcomes.items():
+            if row_id in rows and isinstance(outcome, RetryableError):
+                shared.setdefault(id(outcome), []).append((rows[row_id].attempts, outcome))
+        resume = {}
+        for key, failed in shared.items():
+            if len(failed) > 1 or failed[0][1].outage:
+                delay = self.rt.retry_policy.next_delay(*max(failed, key=lambda pair: pair[0]))
+                if delay is not None:
+                    resume[key] = time.monotonic() + delay
+        return resume
 
     def _retry(self, row: Row[Any], error: RetryableError, started: float, together: float | None = None) -> None:
         delay = self.rt.retry_policy.next_delay(row.attempts, error)

@@ -116,7 +116,7 @@ class FakeState:
     throttled: int = 0
     unavailable: int = 0
     outage_until: float = float("-inf")
-    drops: list[tuple[str, str]] = field(default_factory=list)
+    drops: list[tuple[str, str, int]] = field(default_factory=list)
     dropped: int = 0
 
 
@@ -258,10 +258,11 @@ class FakeZendesk(RepliesApi):
         with self.lock:
             self.state.outage_until = self.clock() + seconds
 
-    def drop_next(self, method: str, path: str) -> None:
-        """Carry out the next ``method path`` request (path under /api/v2), then close without answering."""
+    def drop_next(self, method: str, path: str, *, after: int = 0) -> None:
+        """Carry out the next ``method path`` request (path under /api/v2) but ``after`` more, then close without
+        answering."""
         with self.lock:
-            self.state.drops.append((method, "/api/v2" + path))
+            self.state.drops.append((method, "/api/v2" + path, after))
 
     def close_ticket(self, ticket_id: int) -> None:
         with self.lock:
@@ -281,10 +282,15 @@ class FakeZendesk(RepliesApi):
                 return 503, "Service Unavailable", {"Content-Type": "text/plain; charset=utf-8"}
             self._run_due_jobs()
             answer = self._route(method, path, query, headers, body, raw)
-            if (method, path) in self.state.drops:
-                self.state.drops.remove((method, path))
-                self.state.dropped += 1
-                self._local.drop = True
+            for index, (drop_method, drop_path, after) in enumerate(self.state.drops):
+                if (drop_method, drop_path) == (method, path):
+                    if after:
+                        self.state.drops[index] = (method, path, after - 1)
+                    else:
+                        del self.state.drops[index]
+                        self.state.dropped += 1
+                        self._local.drop = True
+                    break
             return answer
 
     def _throttle(self) -> Answer | None:

@@ -105,9 +105,13 @@ class BatchDelivery:
             finished = self.client.wait_for_jobs(submitted.job_ids())
         except DeliveryError as exc:
             # groups in a queued job may still land, and the retry looks first; the others were not sent
-            queued = {id(items) for items in submitted.groups()}
+            queued, unknown = {id(items) for items in submitted.groups()}, as_uncertain(exc)
             for items in plan.batched():
-                self.outcomes.setdefault(items[0].outbox_id, as_uncertain(exc) if id(items) in queued else exc)
+                if id(items) in queued:  # each message was in the write: each is retried as uncertain
+                    for item in items:
+                        self.outcomes.setdefault(item.outbox_id, unknown)
+                else:
+                    self.outcomes.setdefault(items[0].outbox_id, exc)
             return self.outcomes
         self.settle(submitted, finished)
         return self.outcomes
