@@ -104,17 +104,6 @@ class RetryableError(DeliveryError):
         self.outage = outage
 
 
-def as_certain(error: DeliveryError) -> DeliveryError:
-    """A copy of ``error`` saying nothing was written: for a failure before the first write of an attempt (an
-    idempotent upsert of the contact, say)."""
-    if not error.uncertain:
-        return error
-    if isinstance(error, RetryableError):
-        return RetryableError(str(error), code=error.code, retry_after=error.retry_after, uncertain=False,
-                              outage=error.outage)
-    return type(error)(str(error), code=error.code, field=error.field, uncertain=False)
-
-
 def as_uncertain(error: DeliveryError) -> RetryableError:
     """A retryable, uncertain copy of ``error``: for rows whose write was under way when ``error`` ended the call."""
     if isinstance(error, RetryableError) and error.uncertain:

@@ -23,13 +23,13 @@ window; a request over it gets 429 with ``Retry-After`` (whole seconds until the
 as Zendesk's rate-limit guide shows. ``throttled`` counts the 429s served.
 
 ``outage(seconds)`` answers every request 503 (a plain-text body, no ``Retry-After``) for that long, as Zendesk does
-during an incident; ``unavailable`` counts those answers. ``drop_next(method, path)`` lets the next such request
-take effect and then closes the connection without an answer: the client cannot know whether it was written.
+during an incident; ``unavailable`` counts those answers.
 
 Every write is recorded in ``writes``; ``delay_seconds`` slows each request down (applied after a write has taken
 effect and before the answer, the harshest case for a client that dies mid-request). ``hold_next_comment()`` makes
 the next comment write take effect and then withholds the answer until ``release`` is set: a client killed then
-has written without knowing it.
+has written without knowing it. ``lose_next_answer(method, path)`` makes the next such request take effect and then
+closes its connection without an answer (the client sees ``RemoteDisconnected``); ``lost`` lists them.
 
 A comment's marker (``metadata.gateway_message_id``) is the comma-joined list of the gateway message ids it carries
 (several pending messages of a conversation are written as one comment); ``comment_counts()`` and
@@ -116,8 +116,6 @@ class FakeState:
     throttled: int = 0
     unavailable: int = 0
     outage_until: float = float("-inf")
-    drops: list[tuple[str, str, int]] = field(default_factory=list)
-    dropped: int = 0
 
 
 class FakeZendesk(RepliesApi):
@@ -142,6 +140,8 @@ class FakeZendesk(RepliesApi):
         self.release = threading.Event()
         self._hold_next = False
         self.held_write: Write | None = None
+        self._to_lose: list[tuple[str, str, int]] = []
+        self.lost: list[str] = []
         self._local = threading.local()
         self._init_replies()
 
@@ -258,11 +258,24 @@ class FakeZendesk(RepliesApi):
         with self.lock:
             self.state.outage_until = self.clock() + seconds
 
-    def drop_next(self, method: str, path: str, *, after: int = 0) -> None:
-        """Carry out the next ``method path`` request (path under /api/v2) but ``after`` more, then close without
-        answering."""
+    def lose_next_answer(self, method: str, path: str, *, after: int = 0) -> None:
+        """Carry out the next ``method`` request to ``path`` (``/api/v2/...``) but ``after`` more, then close the
+        connection unanswered."""
         with self.lock:
-            self.state.drops.append((method, "/api/v2" + path, after))
+            self._to_lose.append((method, path, after))
+
+    def user_by_external_id(self, external_id: str) -> dict[str, Any]:
+        with self.lock:
+            (user,) = [u for u in self.state.users.values()
+                       if str(u.get("external_id") or "").lower() == external_id.lower()]
+            return dict(user)
+
+    def rename_user(self, external_id: str, name: str) -> None:
+        """An agent edits the user's name in Zendesk."""
+        with self.lock:
+            for user in self.state.users.values():
+                if str(user.get("external_id") or "").lower() == external_id.lower():
+                    user.update(name=name, updated_at=_now())
 
     def close_ticket(self, ticket_id: int) -> None:
         with self.lock:
@@ -282,14 +295,14 @@ class FakeZendesk(RepliesApi):
                 return 503, "Service Unavailable", {"Content-Type": "text/plain; charset=utf-8"}
             self._run_due_jobs()
             answer = self._route(method, path, query, headers, body, raw)
-            for index, (drop_method, drop_path, after) in enumerate(self.state.drops):
-                if (drop_method, drop_path) == (method, path):
+            for index, (lose_method, lose_path, after) in enumerate(self._to_lose):
+                if (lose_method, lose_path) == (method, path):
                     if after:
-                        self.state.drops[index] = (method, path, after - 1)
+                        self._to_lose[index] = (method, path, after - 1)
                     else:
-                        del self.state.drops[index]
-                        self.state.dropped += 1
-                        self._local.drop = True
+                        del self._to_lose[index]
+                        self.lost.append(f"{method} {path}")
+                        self._local.lose = True
                     break
             return answer
 
@@ -318,6 +331,10 @@ class FakeZendesk(RepliesApi):
                                   "email": "agent@example.com"}}, {}
         if method == "POST" and path == "/api/v2/users/create_or_update":
             return self._user(body)
+        if method == "GET" and path == "/api/v2/users/search" and "external_id" in query:
+            wanted = query["external_id"][0].lower()
+            found = [dict(u) for u in self.state.users.values() if str(u.get("external_id") or "").lower() == wanted]
+            return 200, {"users": found, "next_page": None, "previous_page": None, "count": len(found)}, {}
         if method == "POST" and path == "/api/v2/users/create_or_update_many":
             return self._queue("users", "bulk_create_or_update_users", path, body.get("users"), body)
         if method == "POST" and path == "/api/v2/tickets/create_many":
@@ -598,10 +615,10 @@ def _handler_for(fake: FakeZendesk) -> type[BaseHTTPRequestHandler]:
                     self._answer(400, {"error": "InvalidJSON", "description": "body is not JSON"}, {})
                     return
             headers = {key.lower(): value for key, value in self.headers.items()}
-            fake._local.hold = fake._local.drop = False
+            fake._local.hold = fake._local.lose = False
             status, answer, extra = fake.handle(self.command, path, parse_qs(parts.query), headers, body, raw)
-            if fake._local.drop:
-                self.close_connection = True  # written, never answered
+            if fake._local.lose:
+                self.close_connection = True  # the write took effect; the socket closes with no answer
                 return
             if fake._local.hold:
                 fake.held.set()

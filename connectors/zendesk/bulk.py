@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from connectors.zendesk.client import ENDED, job_failure, job_result_ok, result_for
-from gateway.errors import DeliveryError, PermanentError, RetryableError, as_certain, as_uncertain
+from gateway.errors import DeliveryError, PermanentError, RetryableError, as_uncertain
 from gateway.plugins import DeliveryItem, DeliveryResult, LinkStore
 
 if TYPE_CHECKING:
@@ -93,9 +93,8 @@ class BatchDelivery:
         try:
             users = self.ensure_users(fresh)
         except DeliveryError as exc:
-            # users are upserted by external id before any ticket write: nothing of the messages was written
             for items in fresh:
-                self.outcomes.setdefault(items[0].outbox_id, as_certain(exc))
+                self.outcomes.setdefault(items[0].outbox_id, exc)
             return self.outcomes
         plan = self.plan([items for items in fresh if items[0].customer.id in users])
         self.deliver_each(plan.careful)
@@ -237,7 +236,11 @@ class BatchDelivery:
                         failed[item.customer.id] = error
                 continue
             jobs[body["job_status"]["id"]] = chunk
-        for job_id, status in self.client.wait_for_jobs(list(jobs)).items():
+        try:
+            finished = self.client.wait_for_jobs(list(jobs))
+        except DeliveryError as exc:  # the queued upserts may land all the same
+            raise as_uncertain(exc) from None
+        for job_id, status in finished.items():
             results = status.get("results") or []
             for index, item in enumerate(jobs[job_id]):
                 result = result_for(results, index) if status.get("status") == "completed" else None

@@ -141,9 +141,9 @@ def test_a_batch_whose_answer_is_lost_is_written_once(tmp_path: Path, fake: Fake
     runtime = gateway(tmp_path, fake, messages=24, customers=12)
     try:
         worker = DeliveryWorker(runtime, "worker-1")
-        fake.drop_next(method, path, after=after)
+        fake.lose_next_answer(method, "/api/v2" + path, after=after)
         drain_due(worker)
-        assert fake.state.dropped == 1 and pending(runtime) == 24
+        assert len(fake.lost) == 1 and pending(runtime) == 24
         assert {tuple(r) for r in retries(runtime)} == {("network", True)}  # recorded as uncertain
         before = fake.endpoint_counts()
         advance(runtime)
@@ -173,7 +173,7 @@ def test_a_comment_whose_answer_is_lost_is_written_once(tmp_path: Path, fake: Fa
         [ticket] = fake.tickets()
         with runtime.engine.begin() as conn:
             conn.execute(update(outbox).where(outbox.c.id == 2).values(available_at=utcnow()))
-        fake.drop_next("PUT", f"/tickets/{ticket['id']}")
+        fake.lose_next_answer("PUT", f"/api/v2/tickets/{ticket['id']}")
         drain_due(worker)
         assert {tuple(r) for r in retries(runtime)} == {("network", True)}
         advance(runtime)
