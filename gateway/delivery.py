@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, select, update
@@ -121,8 +122,7 @@ class DeliveryWorker:
             elif isinstance(outcome, PermanentError):
                 self._dead(row, outcome, "permanent", started)
             elif isinstance(outcome, RetryableError):
-                at = resume.get(id(outcome))
-                self._retry(row, outcome, started, None if at is None else max(at - time.monotonic(), 0.0))
+                self._retry(row, outcome, started, resume.get(id(outcome)))
             else:
                 untried.append(row_id)  # behind a failed message of its conversation: next round
         self.rt.queues.release(outbox, untried, self.owner)
@@ -137,7 +137,7 @@ class DeliveryWorker:
         metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
         _log_delivered(row, item, result)
 
-    def _resume_times(self, rows: dict[int, Row[Any]], outcomes: dict[int, Any]) -> dict[int, float]:
+    def _resume_times(self, rows: dict[int, Row[Any]], outcomes: dict[int, Any]) -> dict[int, datetime]:
         """When to try again, by failure, for a failure that ended several rows' writes (a whole batch call, or the
         CRM refusing everything): one instant for all of them, so they come back together and are batched again
         (each row's own jitter would scatter them)."""
@@ -149,20 +149,21 @@ class DeliveryWorker:
         for key, failed in shared.items():
             if len(failed) > 1 or failed[0][1].outage:
                 delay = self.rt.retry_policy.next_delay(*max(failed, key=lambda pair: pair[0]))
-                if delay is not None:
-                    resume[key] = time.monotonic() + delay
+                if delay is not None:  # one instant exactly: a claim then finds all of them due, or none
+                    resume[key] = utcnow() + timedelta(seconds=delay)
         return resume
 
-    def _retry(self, row: Row[Any], error: RetryableError, started: float, together: float | None = None) -> None:
+    def _retry(self, row: Row[Any], error: RetryableError, started: float, together: datetime | None = None) -> None:
         delay = self.rt.retry_policy.next_delay(row.attempts, error)
         metrics.FAILED.labels(row.crm, "retryable").inc()
         if delay is None:
             self._dead(row, error, "exhausted", started)
             return
-        delay = together if together is not None else delay
+        if together is not None:
+            delay = max((together - utcnow()).total_seconds(), 0.0)
         log.warning("delivery of outbox row %s to %s failed (attempt %s, retry in %.0fs): %s",
                     row.id, row.crm, row.attempts, delay, redact(str(error)))
-        self.rt.queues.reschedule(outbox, row.id, delay, str(error))
+        self.rt.queues.reschedule(outbox, row.id, delay, str(error), at=together)
         with self.rt.engine.begin() as conn:
             if not error.uncertain:  # after the reschedule: a crash in between leaves the row uncertain, never certain
                 conn.execute(update(outbox).where(outbox.c.id == row.id).values(
