@@ -276,7 +276,8 @@ def render_outage(result: dict[str, Any], command: str) -> str:
         "",
         f"Target: at most {TARGET_OUTAGE_CALLS} calls per message after the outage: "
         f"{_verdict(result['target']['met'])} ({o['calls_per_message']}).",
-        "Where the calls went after the outage: " + ", ".join(f"`{k}` {v}" for k, v in o["endpoints"].items()) + ".",
+        "Where the outage run's calls went (503s included): "
+        + ", ".join(f"`{k}` {v}" for k, v in o["endpoints"].items()) + ".",
         "",
         "A 503 (like a 429) proves nothing was written, so the rows it failed are recorded as certain failures and",
         "come back on the batch endpoints; every row the 503 refused in one call is rescheduled with one delay, so",
