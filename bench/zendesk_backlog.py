@@ -22,6 +22,8 @@ dead-lettered.
     .venv/bin/python -m bench.zendesk_backlog --doc           # also rewrites its section of docs/benchmarks.md
     .venv/bin/python -m bench.zendesk_backlog --render FIGURES.json   # the section from figures saved by --json
     .venv/bin/python -m bench.zendesk_backlog --messages 2000 --customers 400 --naive-messages 500
+    .venv/bin/python -m bench.zendesk_backlog --messages 2000 --customers 400 --outage 30 --doc
+                                                              # healthy against 30 s of 503 first, side by side
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ ACCOUNT_SID = "AC" + "F" * 31 + "2"
 AUTH_TOKEN = "bench-twilio-token"
 LIMIT = 700  # requests per minute: Zendesk Enterprise
 TARGET_CALLS, TARGET_MINUTES = 0.1, 3.0
+TARGET_OUTAGE_CALLS = 0.02
+OUTAGE_SECTION = "zendesk-backlog-outage"
 BURST_SHARE = 1 / 3
 
 
@@ -195,7 +199,8 @@ def delivery_outcomes(runtime: Runtime) -> dict[str, Any]:
 
 
 def run_one(base: Path, name: str, messages_wanted: int, customers_wanted: int, *, batch_size: int,
-            coalesce_max: int, bulk_threshold: int, job_delay: float, timeout: float, run_id: int) -> dict[str, Any]:
+            coalesce_max: int, bulk_threshold: int, job_delay: float, timeout: float, run_id: int,
+            outage: float = 0.0) -> dict[str, Any]:
     with FakeZendesk(requests_per_minute=LIMIT, job_delay_seconds=job_delay) as fake:
         config = load_config(write_config(base / name, fake.url, batch_size=batch_size, coalesce_max=coalesce_max,
                                           bulk_threshold=bulk_threshold))
@@ -204,6 +209,8 @@ def run_one(base: Path, name: str, messages_wanted: int, customers_wanted: int, 
             prefill(runtime, messages_wanted, customers_wanted, run_id)
             processed, pipeline_s = run_pipeline(runtime)
             print(f"[{name}] pipeline: {processed} messages in {pipeline_s:.1f} s; delivering ...", file=sys.stderr)
+            if outage:
+                fake.outage(outage)  # the backlog meets a Zendesk answering 503 to everything
             drain_s, timed_out = run_delivery(runtime, timeout)
             check = verify(runtime, fake)
             outcomes = delivery_outcomes(runtime)
@@ -218,11 +225,64 @@ def run_one(base: Path, name: str, messages_wanted: int, customers_wanted: int, 
             "pipeline_seconds": round(pipeline_s, 1), "drain_seconds": round(drain_s, 1),
             "drain_minutes": round(drain_s / 60, 2), "timed_out": timed_out,
             "api_calls": calls, "calls_per_message": round(calls / messages_wanted, 4),
-            "throttled_429": fake.throttled, "endpoints": endpoints, "check": check, **outcomes,
+            "throttled_429": fake.throttled, "outage_seconds": outage, "unavailable_503": fake.unavailable,
+            "endpoints": endpoints, "check": check, **outcomes,
         }
     print(f"[{name}] {json.dumps({k: result[k] for k in ('drain_seconds', 'api_calls', 'throttled_429')})}",
           file=sys.stderr)
     return result
+
+
+def run_outage(messages_wanted: int, customers_wanted: int, outage: float, job_delay: float = 1.0,
+               timeout: float = 1800.0, workdir: Path | None = None) -> dict[str, Any]:
+    """The same backlog delivered twice in one run: into a healthy Zendesk, and into one answering 503 to every
+    request for the first ``outage`` seconds of the delivery."""
+    base = Path(workdir or tempfile.mkdtemp(prefix="gw-bench-zendesk-outage-"))
+    settings: dict[str, Any] = {"batch_size": 100, "coalesce_max": 20, "bulk_threshold": 10, "job_delay": job_delay,
+                                "timeout": timeout}
+    healthy = run_one(base, "healthy", messages_wanted, customers_wanted, run_id=13, **settings)
+    after = run_one(base, "outage", messages_wanted, customers_wanted, run_id=13, outage=outage, **settings)
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "limit_per_minute": LIMIT,
+            "workdir": str(base), "healthy": healthy, "outage": after,
+            "target": {"calls_per_message": TARGET_OUTAGE_CALLS, "value": after["calls_per_message"],
+                       "met": after["calls_per_message"] <= TARGET_OUTAGE_CALLS and after["check"]["exact"]}}
+
+
+def render_outage(result: dict[str, Any], command: str) -> str:
+    """The outage figures, as a subsection of the Zendesk backlog section."""
+    h, o = result["healthy"], result["outage"]
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        c = r["check"]
+        retried = sum(r["retries_by_code"].values())
+        return (f"| {name} | {r['messages']:,} / {r['customers']:,} | {r['api_calls']:,} | {r['calls_per_message']} |"
+                f" {r['unavailable_503']} | {retried} | {r['drain_seconds']} s | {c['written_once']:,} once, "
+                f"{c['written_twice_or_more']} twice, {c['missing']} missing | {r['dead_letters']} |")
+
+    return "\n".join([
+        f"### After an outage: {o['messages']:,} messages that met a Zendesk answering 503",
+        "",
+        f"Generated by `{command}` on {result['date']}: the same backlog (same messages, same settings: batch_size",
+        f"{o['batch_size']}, coalesce_max {o['coalesce_max']}, bulk_threshold {o['bulk_threshold']}, the default "
+        "retry policy) delivered twice in one run, into a healthy fake Zendesk and into one that answers",
+        f"every request 503 (no `Retry-After`) for the first {o['outage_seconds']:g} s of the delivery. "
+        "API calls count every request the fake answered, the 503s included.",
+        "",
+        "| delivery | messages / customers | API calls | calls / message | 503s served | rows rescheduled | drain |"
+        " written | dead letters |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        row("healthy Zendesk", h),
+        row(f"{o['outage_seconds']:g} s of 503 first", o),
+        "",
+        f"Target: at most {TARGET_OUTAGE_CALLS} calls per message after the outage: "
+        f"{_verdict(result['target']['met'])} ({o['calls_per_message']}).",
+        "Where the outage run's calls went (503s included): "
+        + ", ".join(f"`{k}` {v}" for k, v in o["endpoints"].items()) + ".",
+        "",
+        "A 503 (like a 429) proves nothing was written, so the rows it failed are recorded as certain failures and",
+        "come back on the batch endpoints; every row the 503 refused in one call is rescheduled with one delay, so",
+        "the backlog comes back together instead of scattered by each row's jitter.",
+    ])
 
 
 def run(messages_wanted: int = 10_000, customers_wanted: int = 2_000, naive_messages: int = 1_000,
@@ -359,9 +419,20 @@ def main() -> None:
     parser.add_argument("--doc", action="store_true", help="rewrite the section of docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only rewrite the section from saved figures")
+    parser.add_argument("--outage", type=float, metavar="SECONDS",
+                        help="instead: deliver --messages twice, into a healthy Zendesk and into one answering 503 "
+                             "for SECONDS first (try --messages 2000 --customers 400 --outage 30)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR if args.outage else logging.WARNING)  # the outage logs a retry per row
     command = " ".join([".venv/bin/python -m bench.zendesk_backlog", *sys.argv[1:]])
+    if args.outage:
+        outage = run_outage(args.messages, args.customers, args.outage, args.job_delay, args.timeout)
+        print(json.dumps(outage, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps({"command": command, "result": outage}, indent=2), encoding="utf-8")
+        if args.doc:
+            write_section(OUTAGE_SECTION, render_outage(outage, command))
+        return
     if args.render:
         saved = json.loads(args.render.read_text(encoding="utf-8"))
         write_doc(render(saved["result"], saved["command"]))

@@ -73,7 +73,7 @@ def stored_message_context(conn: Connection, message_id: str) -> MessageContext:
 
 
 def delivery_item(context: MessageContext, *, crm: str, outbox_id: int, attempt: int,
-                  fields: Mapping[str, Any]) -> DeliveryItem:
+                  fields: Mapping[str, Any], certain_failures: int = 0) -> DeliveryItem:
     """One outbox row as a CRM connector sees it: the message, typed views of its customer and conversation, and
     the fields its mapping rendered."""
     customer, conversation = context.customer, context.conversation
@@ -84,4 +84,4 @@ def delivery_item(context: MessageContext, *, crm: str, outbox_id: int, attempt:
                               tuple((i["kind"], i["value"]) for i in customer["identifiers"])),
         conversation=ConversationView(conversation["id"], conversation["channel"],
                                       conversation["opened_by_message"], conversation["previous_id"]),
-        fields=fields)
+        fields=fields, certain_failures=certain_failures)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, select, update
 
 from gateway import metrics
 from gateway.context import delivery_item, stored_message_context
@@ -59,7 +60,8 @@ class DeliveryWorker:
         if problems:  # written, the field would be dropped without a word
             name, reason = next(iter(problems.items()))
             raise MappingRenderError(name, reason)
-        return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields)
+        return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields,
+                             certain_failures=row.certain_failures)
 
     def process(self, groups: list[list[Row[Any]]]) -> int:
         by_crm: dict[str, list[list[Row[Any]]]] = {}
@@ -111,6 +113,7 @@ class DeliveryWorker:
             for items in item_groups:
                 outcomes.setdefault(items[0].outbox_id, error)
         items_by_id = {item.outbox_id: item for items in item_groups for item in items}
+        resume = self._resume_times(rows, outcomes)
         untried = []
         for row_id, row in rows.items():
             outcome = outcomes.get(row_id)
@@ -119,7 +122,7 @@ class DeliveryWorker:
             elif isinstance(outcome, PermanentError):
                 self._dead(row, outcome, "permanent", started)
             elif isinstance(outcome, RetryableError):
-                self._retry(row, outcome, started)
+                self._retry(row, outcome, started, resume.get(id(outcome)))
             else:
                 untried.append(row_id)  # behind a failed message of its conversation: next round
         self.rt.queues.release(outbox, untried, self.owner)
@@ -134,17 +137,38 @@ class DeliveryWorker:
         metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
         _log_delivered(row, item, result)
 
-    def _retry(self, row: Row[Any], error: RetryableError, started: float) -> None:
+    def _resume_times(self, rows: dict[int, Row[Any]], outcomes: dict[int, Any]) -> dict[int, datetime]:
+        """When to try again, by failure, for a failure that ended several rows' writes (a whole batch call, or the
+        CRM refusing everything): one instant for all of them, so they come back together and are batched again
+        (each row's own jitter would scatter them)."""
+        shared: dict[int, list[tuple[int, RetryableError]]] = {}
+        for row_id, outcome in outcomes.items():
+            if row_id in rows and isinstance(outcome, RetryableError):
+                shared.setdefault(id(outcome), []).append((rows[row_id].attempts, outcome))
+        resume = {}
+        for key, failed in shared.items():
+            if len(failed) > 1 or failed[0][1].outage:
+                delay = self.rt.retry_policy.next_delay(*max(failed, key=lambda pair: pair[0]))
+                if delay is not None:  # one instant exactly: a claim then finds all of them due, or none
+                    resume[key] = utcnow() + timedelta(seconds=delay)
+        return resume
+
+    def _retry(self, row: Row[Any], error: RetryableError, started: float, together: datetime | None = None) -> None:
         delay = self.rt.retry_policy.next_delay(row.attempts, error)
         metrics.FAILED.labels(row.crm, "retryable").inc()
         if delay is None:
             self._dead(row, error, "exhausted", started)
             return
+        if together is not None:
+            delay = max((together - utcnow()).total_seconds(), 0.0)
         log.warning("delivery of outbox row %s to %s failed (attempt %s, retry in %.0fs): %s",
                     row.id, row.crm, row.attempts, delay, redact(str(error)))
-        self.rt.queues.reschedule(outbox, row.id, delay, str(error))
+        self.rt.queues.reschedule(outbox, row.id, delay, str(error), at=together)
         with self.rt.engine.begin() as conn:
-            self._log(conn, row, "retry", started, error_code=error.code, detail=str(error))
+            if not error.uncertain:  # after the reschedule: a crash in between leaves the row uncertain, never certain
+                conn.execute(update(outbox).where(outbox.c.id == row.id).values(
+                    certain_failures=outbox.c.certain_failures + 1))
+            self._log(conn, row, "retry", started, error_code=error.code, detail=str(error), uncertain=error.uncertain)
 
     def _dead(self, row: Row[Any], error: DeliveryError, error_class: str, started: float) -> None:
         if error_class == "permanent":

@@ -256,6 +256,17 @@ class DeliveryItem:
     customer: CustomerView
     conversation: ConversationView
     fields: Mapping[str, Any]
+    certain_failures: int = 0
+    """Earlier attempts known to have written nothing (a 429, a 503, a refusal): see ``uncertain``."""
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether an earlier attempt may have written this message, so the CRM must be asked before writing again.
+
+        Every earlier attempt counts unless its failure was recorded as certain: one that crashed or timed out
+        recorded nothing, or recorded an uncertain outcome.
+        """
+        return self.attempt - 1 > self.certain_failures
 
 
 @dataclass(frozen=True)

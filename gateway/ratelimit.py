@@ -54,7 +54,8 @@ class MemoryRateLimiter:
             if not wait:
                 return
             if wait > MAX_WAIT_SECONDS:
-                raise RetryableError(f"rate limit: next request in {wait:.0f}s", code="rate_limited", retry_after=wait)
+                raise RetryableError(f"rate limit: next request in {wait:.0f}s", code="rate_limited", retry_after=wait,
+                                     uncertain=False, outage=True)  # nothing was sent
             self.sleep(wait)
 
     def try_acquire(self, cost: int = 1) -> float:
@@ -120,7 +121,8 @@ class DbRateLimiter:
             if wait <= 0:
                 return
             if wait > MAX_WAIT_SECONDS:
-                raise RetryableError(f"rate limit: next request in {wait:.0f}s", code="rate_limited", retry_after=wait)
+                raise RetryableError(f"rate limit: next request in {wait:.0f}s", code="rate_limited", retry_after=wait,
+                                     uncertain=False, outage=True)  # nothing was sent
             self.sleep(wait)
 
     def block(self, seconds: float) -> None:

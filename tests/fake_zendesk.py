@@ -22,6 +22,9 @@ are read with ``job_statuses/show_many?ids=`` or ``job_statuses/{id}``. ``bulk_u
 window; a request over it gets 429 with ``Retry-After`` (whole seconds until the window has room) and a text body,
 as Zendesk's rate-limit guide shows. ``throttled`` counts the 429s served.
 
+``outage(seconds)`` answers every request 503 (a plain-text body, no ``Retry-After``) for that long, as Zendesk does
+during an incident; ``unavailable`` counts those answers.
+
 Every write is recorded in ``writes``; ``delay_seconds`` slows each request down (applied after a write has taken
 effect and before the answer, the harshest case for a client that dies mid-request). ``hold_next_comment()`` makes
 the next comment write take effect and then withholds the answer until ``release`` is set: a client killed then
@@ -111,6 +114,8 @@ class FakeState:
     requests: int = 0
     by_endpoint: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
+    unavailable: int = 0
+    outage_until: float = float("-inf")
 
 
 class FakeZendesk(RepliesApi):
@@ -135,7 +140,7 @@ class FakeZendesk(RepliesApi):
         self.release = threading.Event()
         self._hold_next = False
         self.held_write: Write | None = None
-        self._to_lose: list[tuple[str, str]] = []
+        self._to_lose: list[tuple[str, str, int]] = []
         self.lost: list[str] = []
         self._local = threading.local()
         self._init_replies()
@@ -222,6 +227,12 @@ class FakeZendesk(RepliesApi):
         with self.lock:
             return self.state.throttled
 
+    @property
+    def unavailable(self) -> int:
+        """503 answers served during outages."""
+        with self.lock:
+            return self.state.unavailable
+
     def tickets(self) -> list[dict[str, Any]]:
         with self.lock:
             self._run_due_jobs()
@@ -242,10 +253,16 @@ class FakeZendesk(RepliesApi):
         with self.lock:
             self._hold_next = True
 
-    def lose_next_answer(self, method: str, path: str) -> None:
-        """Carry out the next ``method`` request to ``path`` (``/api/v2/...``), then close the connection unanswered."""
+    def outage(self, seconds: float) -> None:
+        """Answer every request 503 for ``seconds`` from now (by the fake's clock)."""
         with self.lock:
-            self._to_lose.append((method, path))
+            self.state.outage_until = self.clock() + seconds
+
+    def lose_next_answer(self, method: str, path: str, *, after: int = 0) -> None:
+        """Carry out the next ``method`` request to ``path`` (``/api/v2/...``) but ``after`` more, then close the
+        connection unanswered."""
+        with self.lock:
+            self._to_lose.append((method, path, after))
 
     def user_by_external_id(self, external_id: str) -> dict[str, Any]:
         with self.lock:
@@ -273,12 +290,20 @@ class FakeZendesk(RepliesApi):
             throttled = self._throttle()
             if throttled is not None:
                 return throttled
+            if self.clock() < self.state.outage_until:
+                self.state.unavailable += 1
+                return 503, "Service Unavailable", {"Content-Type": "text/plain; charset=utf-8"}
             self._run_due_jobs()
             answer = self._route(method, path, query, headers, body, raw)
-            if (method, path) in self._to_lose:
-                self._to_lose.remove((method, path))
-                self.lost.append(f"{method} {path}")
-                self._local.lose = True
+            for index, (lose_method, lose_path, after) in enumerate(self._to_lose):
+                if (lose_method, lose_path) == (method, path):
+                    if after:
+                        self._to_lose[index] = (method, path, after - 1)
+                    else:
+                        del self._to_lose[index]
+                        self.lost.append(f"{method} {path}")
+                        self._local.lose = True
+                    break
             return answer
 
     def _throttle(self) -> Answer | None:

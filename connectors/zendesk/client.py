@@ -12,7 +12,14 @@ from typing import Any, Literal, TypeGuard
 import requests
 from pydantic import Field, SecretStr, model_validator
 
-from gateway.errors import DeliveryError, PermanentError, RetryableError, retry_after_seconds
+from gateway.errors import (
+    DeliveryError,
+    PermanentError,
+    RetryableError,
+    never_reached,
+    retry_after_seconds,
+    written_nothing,
+)
 from gateway.plugins import ConnectorContext, CrmConfig
 from gateway.ratelimit import MAX_WAIT_SECONDS
 
@@ -69,7 +76,11 @@ class ZendeskConfig(CrmConfig):
 
 
 def classify(response: requests.Response, *, mapped: dict[str, str] | None = None) -> None:
-    """Raise RetryableError (429, 5xx, 409) or PermanentError (other 4xx) for a failed response."""
+    """Raise RetryableError (429, 5xx, 409) or PermanentError (other 4xx) for a failed response.
+
+    Certain (nothing written): 429, 503, 409 (``safe_update`` refused the write), any 4xx, any failed read. A 500,
+    502 or 504 answering a write is uncertain: Zendesk may have made the write before failing to answer.
+    """
     status = response.status_code
     if status < 400:
         return
@@ -80,8 +91,11 @@ def classify(response: requests.Response, *, mapped: dict[str, str] | None = Non
     error = body.get("error") if isinstance(body, dict) else None
     code = error if isinstance(error, str) else str(status)
     if status == 429 or status >= 500 or status == 409:
+        method = getattr(response.request, "method", None)
         raise RetryableError(f"Zendesk answered {status} {code}", code=code,
-                             retry_after=retry_after_seconds(response.headers))
+                             retry_after=retry_after_seconds(response.headers),
+                             uncertain=status != 409 and not written_nothing(status, method),
+                             outage=status in (429, 503))
     details = body.get("details") if isinstance(body, dict) else None
     field = None
     message = f"Zendesk answered {status} {code}"
@@ -156,7 +170,11 @@ class ZendeskClient:
                 response = self.http.request(method, url, headers=headers, auth=auth,
                                              timeout=self.config.timeout_seconds, **kwargs)
             except (requests.Timeout, requests.ConnectionError) as exc:
-                raise RetryableError(f"Zendesk unreachable: {type(exc).__name__}", code="network") from None
+                # a read, or a request that never reached Zendesk, wrote nothing; otherwise the write may have landed
+                unreached = never_reached(exc)
+                raise RetryableError(f"Zendesk unreachable: {type(exc).__name__}", code="network",
+                                     uncertain=not (unreached or method.upper() == "GET"),
+                                     outage=unreached) from None
             if response.status_code != 429:
                 return response
             wait = retry_after_seconds(response.headers) or 60.0

@@ -18,7 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from connectors.zendesk import export, setup, users
-from connectors.zendesk.bulk import BatchDelivery, Outcomes
+from connectors.zendesk.bulk import BatchDelivery, Outcomes, outage
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
@@ -210,7 +210,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         adopted = self.adopt_user(item, links)
         if adopted is not None:
             return adopted
-        if item.attempt > 1:
+        if item.uncertain:
             recovered = self.find_own_user(item.customer.id)
             if recovered is not None:
                 links.put("customer", item.customer.id, recovered, {"recovered": True})
@@ -352,7 +352,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         The ``Idempotency-Key`` of that attempt guards against a second ticket for two hours only
         (ticketing/introduction/#idempotency), so the ticket is looked up by the conversation id.
         """
-        if not any(item.attempt > 1 for item in items):
+        if not any(item.uncertain for item in items):
             return None
         found = self.find_ticket(items[0].conversation.id)
         if found is None or str(found["id"]) == linked_ticket_id:
@@ -383,7 +383,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
     def ticket_for(self, items: list[DeliveryItem], links: LinkStore) -> str | None:
         """The conversation's ticket id, if it has one; a retry also asks an earlier batch job and Zendesk itself."""
         link = links.get("conversation", items[0].conversation.id)
-        if link is None and any(item.attempt > 1 for item in items):
+        if link is None and any(item.uncertain for item in items):
             from_job = self.ticket_from_job(items[0].conversation.id, links)
             if from_job is not None:
                 return from_job
@@ -400,7 +400,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         try:
             user_id = self.ensure_user(items[0], links)
             ticket_id = self.ticket_for(items, links)
-            if ticket_id is not None and any(item.attempt > 1 for item in items):
+            if ticket_id is not None and any(item.uncertain for item in items):
                 pending = self.unwritten(items, ticket_id)
                 for item in items:
                     if item not in pending:
@@ -413,8 +413,8 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
             else:
                 operation, ticket_id = self.append(items, user_id, ticket_id, links)
         except Exception as exc:
-            # every message of the group was part of the write, which may have landed: all of them are retried
-            # as retries (attempt > 1), which check Zendesk before writing again
+            # every message of the group was part of the write: all of them are retried, and when the outcome is
+            # uncertain the retry checks Zendesk before writing again
             error = as_delivery_error(exc)
             if error.code == INTERNAL:
                 log.exception("%s: unexpected error delivering conversation %s", self.name, items[0].conversation.id)
@@ -440,8 +440,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         if len(groups) >= self.config.bulk_threshold:
             return BatchDelivery(self, links).deliver(groups)
         outcomes: Outcomes = {}
-        for items in groups:
+        for index, items in enumerate(groups):
             outcomes.update(self.deliver_conversation(items, links))
+            refused = outage(outcomes.get(items[0].outbox_id))
+            if refused is not None:  # Zendesk is refusing everything: the rest wait with it, costing no request
+                for rest in groups[index + 1:]:
+                    outcomes[rest[0].outbox_id] = refused
+                break
         return outcomes
 
     @property

@@ -324,14 +324,15 @@ class Queues:
                                                   **values)).rowcount)
 
     def reschedule(self, table: Table, row_id: int, delay_seconds: float, error: str, *,
-                   count_attempt: bool = True) -> None:
-        """Try the row again after ``delay_seconds``; ``count_attempt=False`` when this claim was no attempt (the
-        row only waits for something still under way)."""
+                   count_attempt: bool = True, at: datetime | None = None) -> None:
+        """Try the row again after ``delay_seconds`` (or at ``at``, the same instant for rows that must come back
+        together); ``count_attempt=False`` when this claim was no attempt (the row only waits for something still
+        under way)."""
         attempts = {} if count_attempt else {"attempts": table.c.attempts - 1}
         with self.engine.begin() as conn:
             conn.execute(update(table).where(table.c.id == row_id).values(
                 lease_owner=None, lease_until=None, last_error=redact(error)[:2000],
-                available_at=utcnow() + timedelta(seconds=delay_seconds), **attempts))
+                available_at=at or utcnow() + timedelta(seconds=delay_seconds), **attempts))
 
     # -- dead letters ------------------------------------------------------------------------------------------
     def dead_letter(self, conn: Connection, *, stage: str, source_id: int, target: str, error_class: str,
@@ -370,8 +371,10 @@ class Queues:
                 # 2), so the connector checks before writing again; a send keeps its unknown attempt, if any, so
                 # it is reconciled with the provider before anything is sent again
                 attempts = 0 if letter.stage == "pipeline" else 1
+                fresh = {"certain_failures": 0} if table is outbox else {}  # so the replay counts as uncertain
                 conn.execute(update(table).where(table.c.id == letter.source_id).values(
-                    status="pending", attempts=attempts, available_at=utcnow(), lease_owner=None, lease_until=None))
+                    status="pending", attempts=attempts, available_at=utcnow(), lease_owner=None, lease_until=None,
+                    **fresh))
             conn.execute(update(dead_letters).where(dead_letters.c.id == letter_id).values(
                 resolution=resolution, resolved_at=utcnow()))
             return True

@@ -193,6 +193,8 @@ outbox = Table(
     Column("status", String(16), nullable=False, default="pending"),  # pending -> done | dead
     *lease_columns(),
     Column("last_error", Text),
+    # failed attempts that surely wrote nothing: a retry asks the CRM first only when some attempt is not among them
+    Column("certain_failures", Integer, nullable=False, default=0, server_default="0"),
     Column("created_at", Time, nullable=False),
     Column("delivered_at", Time),
     UniqueConstraint("crm", "message_id", name="uq_outbox_crm_message_id"),
@@ -251,6 +253,7 @@ delivery_log = Table(
     Column("operation", String(64)),
     Column("remote_id", String(255)),
     Column("error_code", String(128)),
+    Column("uncertain", Boolean),  # of a failed attempt: whether it may have written all the same
     Column("detail", Text),
     Column("duration_ms", Float, nullable=False),
     Column("created_at", Time, nullable=False),
