@@ -209,7 +209,7 @@ class BatchDelivery:
             if customer in users or customer in waiting or customer in looked_up:
                 continue
             try:
-                known = self.crm.lookup_user(items[0], self.links)
+                known = self.crm.lookup_user(items[0], self.links, search=False)
             except DeliveryError as exc:
                 looked_up[customer] = exc
                 continue

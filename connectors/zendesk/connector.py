@@ -196,9 +196,11 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         links.put("customer", item.customer.id, user_id, {} if ours else {"adopted": True})
         return user_id
 
-    def lookup_user(self, item: DeliveryItem, links: LinkStore) -> str | None:
+    def lookup_user(self, item: DeliveryItem, links: LinkStore, search: bool = True) -> str | None:
         """The customer's Zendesk user id when it has one: linked (its placeholder name replaced once a better
-        name is known), adopted from the directory, recovered, or found by a search.
+        name is known), adopted from the directory, recovered, or found by a search (``search``: the batched path
+        leaves it to the directory sync and to ``create_or_update_many``'s match by email, so that a backlog
+        stays at a few calls per hundred messages).
 
         On a retry the earlier upsert may have landed with its answer lost: the user it made is linked as it is, not
         upserted again, since ``create_or_update`` would put the first write's name back over an agent's edit.
@@ -215,7 +217,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
             if recovered is not None:
                 links.put("customer", item.customer.id, recovered, {"recovered": True})
                 return recovered
-        return self.find_user(item, links)
+        return self.find_user(item, links) if search else None
 
     def link_created_user(self, item: DeliveryItem, user_id: str, links: LinkStore) -> None:
         """Link a user the gateway wrote, remembering the placeholder name it gave a customer without one."""
