@@ -56,8 +56,9 @@ CHANNEL = "sms-bench"
 TABLES = {"inbox": inbox, "messages": messages, "outbox": outbox, "delivery_log": delivery_log,
           "provider_statuses": provider_statuses, "conversations": conversations, "crm_links": crm_links,
           "customers": customers}
-WORDS = ("order parcel refund delivery invoice address payment tracking courier damaged replacement warranty "
-         "account password receipt cancel subscription store weekend morning please thanks again still").split()
+WORDS = ("order", "parcel", "refund", "delivery", "invoice", "address", "payment", "tracking", "courier",
+         "damaged", "replacement", "warranty", "account", "password", "receipt", "cancel", "subscription",
+         "store", "weekend", "morning", "please", "thanks", "again", "still")
 
 
 def write_config(folder: Path, retention: str) -> Path:

@@ -253,19 +253,19 @@ def test_dry_run_changes_nothing_and_the_command_prints_what_it_removed(make_run
 def test_webhooks_arriving_during_a_run_are_all_kept_and_delivered(
         backend: str, make_runtime: Callable[..., Runtime], request: pytest.FixtureRequest, tmp_path: Path) -> None:
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
-    rt = make_runtime(storage_url=url, extra=", conversations_days: 50, batch_size: 20")
-    old = 200
+    rt = make_runtime(storage_url=url, extra=", conversations_days: 50, batch_size: 10")
+    old = 100
     for n in range(old):
-        store(rt, sms(n, f"old message {n}", sender=f"+1415555{2000 + n % 50}"), days_ago=60)
+        store(rt, sms(n, f"old message {n}", sender=f"+1415555{2000 + n % 25}"), days_ago=60)
     drain(rt)
-    arriving, half_stored, started = 60, threading.Event(), threading.Event()
+    arriving, half_stored, started = 40, threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
             started.wait(timeout=60)
             for n in range(arriving):
-                store(rt, sms(10_000 + n, f"new message {n}", sender=f"+1415555{2000 + n % 50}"))
+                store(rt, sms(10_000 + n, f"new message {n}", sender=f"+1415555{2000 + n % 25}"))
                 if n == arriving // 2:
                     half_stored.set()
         except BaseException as exc:
@@ -290,12 +290,12 @@ def test_webhooks_arriving_during_a_run_are_all_kept_and_delivered(
         thread.join(timeout=60)
     assert not errors and not thread.is_alive()
     assert len(batches) > 5, "the run was made of many small transactions"
-    assert removed["conversations"] == 50 and removed["raw_payloads"] == old
+    assert removed["conversations"] == 25 and removed["raw_payloads"] == old
     assert count(rt, inbox, inbox.c.status == "pending") == arriving
     drain(rt)
     texts = crm_texts(tmp_path)
     assert sorted(t for t in texts if t.startswith("new")) == sorted(f"new message {n}" for n in range(arriving))
-    assert count(rt, messages) == arriving and count(rt, conversations) == 50
+    assert count(rt, messages) == arriving and count(rt, conversations) == 25
 
 
 def test_the_daily_job_runs_once_a_day_and_in_one_process_at_a_time(make_runtime: Callable[..., Runtime]) -> None:
