@@ -205,6 +205,11 @@ def render(figures: dict[str, Any], command: str) -> str:
         f"provider statuses {last['kept']['rows']['provider_statuses']:,} and "
         f"{last['retained']['rows']['provider_statuses']:,}.",
         "",
+        "Delivery log rows are stamped by the workers' real clock, which stays at the run's start while the "
+        "simulated days advance: they all fall due at once on the first day past their period (in service they go "
+        "day by day, like the rest). Messages stay as long as their conversation (`conversations_days`): a customer "
+        "writing every few days keeps one going, hence more messages than the other periods alone would keep.",
+        "",
         f"Seconds spent: {json.dumps(figures['seconds'])} (ingest, pipeline and delivery, retention runs).",
     ]
     return "\n".join(lines)
