@@ -70,6 +70,8 @@ class AttachmentStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(handle.name, path)
+        else:
+            os.utime(path)  # a file stored again is in use again: retention's sweep goes by this time
         return Attachment(filename=filename, content_type=content_type, size=len(data), sha256=digest,
                           location=SCHEME + digest, inline=inline)
 

@@ -13,6 +13,7 @@ import click
 
 from gateway.cli_crm import crm_group
 from gateway.cli_customers import customers_group
+from gateway.cli_retention import retention_group
 from gateway.yamlsource import ConfigError
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config.yaml")
@@ -351,3 +352,4 @@ def mapping_test(files: tuple[Path, ...]) -> None:
 
 main.add_command(customers_group, "customers")
 main.add_command(crm_group, "crm")
+main.add_command(retention_group, "retention")

@@ -206,6 +206,31 @@ class RedactConfig(_Section):
     patterns: list[PatternConfig] = Field([], description="Further patterns to mask.")
 
 
+Days = Annotated[int | None, Field(ge=1, le=36500)]
+
+
+class RetentionConfig(_Section):
+    """How long each kind of data is kept, in days; null keeps it. Rows still waiting to be processed, delivered
+    or sent, and open dead letters, are kept whatever their age (README, Privacy)."""
+
+    raw_payloads_days: Days = Field(
+        30, description="Raw webhook and mail payloads in the inbox: emptied (or removed when no message came "
+                        "of them) once processed and delivered.")
+    provider_statuses_days: Days = Field(30, description="Delivery statuses reported by providers.")
+    attachments_days: Days = Field(
+        30, description="Attachment files on disk, once their message is delivered (the CRM holds its copy); the "
+                        "message keeps the attachment's name, type, size and digest.")
+    message_text_days: Days = Field(
+        None, description="Message text (subject, text, HTML) and the CRM fields rendered from it; ids, times, "
+                          "direction, sender and conversation stay.")
+    delivery_logs_days: Days = Field(90, description="Delivery and send attempt logs, and notes already written.")
+    dead_letters_days: Days = Field(90, description="Dead letters replayed or discarded this long ago.")
+    conversations_days: Days = Field(
+        None, description="Conversations idle this long, whole: messages, thread keys, ticket links. A later "
+                          "message then opens a new conversation (and ticket). Customers and identifiers stay.")
+    batch_size: int = Field(500, ge=1, le=10000, description="Rows removed per transaction.")
+
+
 class RouteConfig(_Section):
     sources: list[str] = Field(alias="from", min_length=1)
     to: str
@@ -222,6 +247,7 @@ class GatewaySettings(_Section):
     logging: LoggingConfig = LoggingConfig()
     media: MediaConfig = MediaConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    retention: RetentionConfig = RetentionConfig()
     data_dir: str = "var"
     channels: dict[str, dict[str, Any]] = Field({}, repr=False)
     crms: dict[str, dict[str, Any]] = Field({}, repr=False)

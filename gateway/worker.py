@@ -27,6 +27,7 @@ from gateway.plugins import DirectorySync, InternalNotes, PollingChannel, ReplyP
 from gateway.records import InboxItem
 from gateway.reload import Watch
 from gateway.replies import crm_inbox_name
+from gateway.retention import retention_job
 from gateway.runtime import Runtime
 from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
@@ -165,6 +166,7 @@ class WorkerProcess:
                 self.jobs.append((directory_job(runtime, name, crm), crm.directory_sync_seconds))
             if isinstance(crm, ReplyPolling) and crm.reply_poll_seconds:
                 self.jobs.append((reply_poll_job(runtime, name, crm), crm.reply_poll_seconds))
+        self.jobs.append((retention_job(runtime), 3600))  # runs when the last run (any process) is a day old
 
     def start(self) -> None:
         settings = self.rt.config.settings.workers

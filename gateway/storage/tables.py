@@ -81,9 +81,11 @@ inbox = Table(
     Column("processed_at", Time),
     # true once a worker has normalised the row and written its order keys (none for a row without a sender)
     Column("keyed", Boolean, nullable=False, server_default=false()),
+    Column("payload_removed_at", Time),  # retention emptied body and headers; the row keeps the provider id
     UniqueConstraint("connector", "provider_id", name="uq_inbox_connector_provider_id"),
     Index("ix_inbox_claim", "status", "available_at"),
     Index("ix_inbox_unkeyed", "status", "keyed", "id"),
+    Index("ix_inbox_retention", "payload_removed_at", "received_at"),
 )
 
 # The order keys of pending inbox rows (digests of their senders' identifiers): a row waits while an older pending
@@ -156,6 +158,7 @@ conversations = Table(
     Column("created_at", Time, nullable=False),
     Column("last_activity_at", Time, nullable=False),
     Index("ix_conversations_customer", "customer_id", "status", "last_activity_at"),
+    Index("ix_conversations_last_activity_at", "last_activity_at"),
 )
 
 # Keys that thread a message onto a conversation: email Message-IDs, Slack thread_ts, provider conversation ids.
@@ -178,8 +181,12 @@ messages = Table(
     Column("data", JSON, nullable=False),
     Column("received_at", Time, nullable=False),
     Column("created_at", Time, nullable=False),
+    Column("text_removed_at", Time),  # retention blanked the text; metadata stays
+    Column("attachments_removed_at", Time),  # retention removed the attachment files
     UniqueConstraint("connector", "provider_message_id", name="uq_messages_connector_provider_message_id"),
     Index("ix_messages_conversation_direction", "conversation_id", "direction", "received_at"),
+    Index("ix_messages_text_retention", "text_removed_at", "received_at"),
+    Index("ix_messages_attachments_retention", "attachments_removed_at", "received_at"),
 )
 
 # One row per (message, crm): the mapped fields to write. Delivered in order per conversation.
@@ -256,7 +263,7 @@ delivery_log = Table(
     Column("uncertain", Boolean),  # of a failed attempt: whether it may have written all the same
     Column("detail", Text),
     Column("duration_ms", Float, nullable=False),
-    Column("created_at", Time, nullable=False),
+    Column("created_at", Time, nullable=False, index=True),
 )
 
 # Provider reports on messages the business sent (Twilio status callbacks, WhatsApp statuses).
@@ -271,6 +278,7 @@ provider_statuses = Table(
     Column("extras", JSON, nullable=False),
     Column("inbox_id", Id, nullable=False),
     UniqueConstraint("connector", "provider_message_id", "status", name="uq_provider_statuses_message_status"),
+    Index("ix_provider_statuses_occurred_at", "occurred_at"),
 )
 
 # Shared request budgets (token buckets) for CRMs' per-minute limits.
@@ -322,7 +330,7 @@ send_log = Table(
     Column("error_code", String(128)),
     Column("detail", Text),
     Column("duration_ms", Float, nullable=False),
-    Column("created_at", Time, nullable=False),
+    Column("created_at", Time, nullable=False, index=True),
 )
 
 # Internal notes for the agent on the CRM record (a reply not delivered, a closed window); written once per key.
