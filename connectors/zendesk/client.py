@@ -50,8 +50,8 @@ class ZendeskConfig(CrmConfig):
     search_before_create: bool = Field(
         True, description="Before creating a user for a new customer, search Zendesk once by the customer's email "
                           "(else phone) and adopt the one end user found: a contact created since the last directory "
-                          "sync is not duplicated. The batched path (a backlog) leaves this to the directory sync and to "
-                          "create_or_update_many's match by email.")
+                          "sync is not duplicated. The batched path (a backlog) leaves this to the directory sync "
+                          "and to create_or_update_many's match by email.")
     upload_max_bytes: int = Field(
         10 * 1024 * 1024, ge=0, description="Attachments up to this size are uploaded; larger ones are linked.")
     webhook_secret: SecretStr | None = Field(
