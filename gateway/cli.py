@@ -13,7 +13,7 @@ import click
 
 from gateway.cli_crm import crm_group
 from gateway.cli_customers import customers_group
-from gateway.cli_support import GatewayGroup, config_option, ensure_listen_free, load
+from gateway.cli_support import GatewayGroup, config_option, ensure_listen_free, load, unused_variables
 from gateway.yamlsource import ConfigError
 
 
@@ -98,6 +98,8 @@ def run(ctx: click.Context, config_path: Path) -> None:
     from gateway.server import run_all
 
     config = _load(config_path, starting=True)
+    for warning in unused_variables(config):
+        click.echo(warning, err=True)
     ensure_listen_free(config.settings.server.listen)
     fmt = _logging(ctx, config)
     build_runtime(config).close()  # migrate once, before the children start

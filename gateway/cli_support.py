@@ -25,7 +25,8 @@ def _discover(ctx: click.Context, param: click.Parameter, value: Path | None) ->
     from_env = os.environ.get(CONFIG_ENV)
     if from_env:
         path, source = Path(from_env), f"named by ${CONFIG_ENV}"
-        hint = "mount or write your config there, or give -c FILE"
+        hint = ("write your config there (in the container image: docker run "
+                "-v $PWD/config.yaml:/etc/gateway/config.yaml:ro ...), or give -c FILE")
     else:
         path, source = DEFAULT_CONFIG, f"in the current folder: no -c, no ${CONFIG_ENV}"
         hint = f"give -c FILE, set {CONFIG_ENV}, or start from the example: cp config.example.yaml config.yaml"
@@ -53,6 +54,24 @@ def load(config_path: Path, *, starting: bool = False) -> Any:
             click.echo(str(issue), err=True)
         click.echo(f"{len(exc.issues)} error(s){'; not starting' if starting else f' in {config_path}'}.", err=True)
         sys.exit(1)
+
+
+# the variables the container image sets, and the setting each is meant for
+IMAGE_VARIABLES = {"GATEWAY_LISTEN": ("server", "listen"), "GATEWAY_PUBLIC_URL": ("server", "public_url"),
+                   "GATEWAY_STORAGE_URL": ("storage", "url"), "GATEWAY_DATA_DIR": (None, "data_dir")}
+
+
+def unused_variables(config: Any) -> list[str]:
+    """A warning for each ``GATEWAY_*`` variable that is set while the config does not take it (``${VAR}``)."""
+    warnings = []
+    for variable, (section, name) in IMAGE_VARIABLES.items():
+        value = os.environ.get(variable)
+        holder = getattr(config.settings, section) if section else config.settings
+        if value and str(getattr(holder, name)) != value:
+            setting = f"{section}.{name}" if section else name
+            warnings.append(f"warning: ${variable} is set but {config.path} does not use it: {setting} comes from "
+                            f"the config only (write {name}: \"${{{variable}}}\" there to take it)")
+    return warnings
 
 
 def ensure_listen_free(listen: str) -> None:
