@@ -118,7 +118,6 @@ def serve(ctx: click.Context, config_path: Path) -> None:
     from gateway.server import serve as serve_forever
 
     config = _load(config_path, starting=True)
-    ensure_listen_free(config.settings.server.listen)
     fmt = _logging(ctx, config)
     ensure_multiprocess_metrics_dir()
     build_runtime(config).close()
