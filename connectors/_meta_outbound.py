@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from connectors._reply_text import require_links
 from gateway.errors import DeliveryError, OutcomeUnknown, PermanentError, RetryableError, retry_after_seconds
 from gateway.model import Attachment, ChannelType, IdentifierKind
 from gateway.plugins import ConnectorContext, ReplySender, SendRequest, SendResult
@@ -86,15 +87,15 @@ class MetaSender(ReplySender):
     # -- the contract ------------------------------------------------------------------------------------------
     def send(self, request: SendRequest) -> SendResult:
         thread = _thread(request)
-        payload, skipped = self._payload(request, thread, self._now())
+        require_links(request.message, LABELS[thread.channel])
+        payload = self._payload(request, thread, self._now())
         url = f"{self._graph}/{thread.owner if thread.channel is ChannelType.WHATSAPP else 'me'}/messages"
         response = self.context.http.post(url, json=payload, headers=self._auth(thread), timeout=SEND_TIMEOUT)
         if not response.ok:
             raise self._error(response, thread)
         data = response.json()
         message_id = data["messages"][0]["id"] if thread.channel is ChannelType.WHATSAPP else data["message_id"]
-        detail = f"{len(skipped)} attachment(s) without a public URL not sent: {', '.join(skipped)}" if skipped else ""
-        return SendResult(provider_message_id=str(message_id), status="accepted", detail=detail)
+        return SendResult(provider_message_id=str(message_id), status="accepted")
 
     def reconcile(self, request: SendRequest) -> SendResult | None:
         """Find an interrupted attempt in the Messenger or Instagram thread; WhatsApp offers no such lookup.
@@ -114,7 +115,7 @@ class MetaSender(ReplySender):
             raise OutcomeUnknown("the WhatsApp Cloud API offers no way to look up whether it went out.")
         now = self._now()
         since = (request.attempt_started_at or now) - CLOCK_SLACK
-        expected, _ = _text_with_links(request, thread)
+        expected = _text_with_links(request, thread)
         recent = self._thread_messages(thread)
         for message in recent:
             created = _graph_time(message.get("created_time"))
@@ -156,7 +157,7 @@ class MetaSender(ReplySender):
     def _auth(self, thread: _Thread) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token(thread)}"}
 
-    def _payload(self, request: SendRequest, thread: _Thread, now: datetime) -> tuple[dict[str, Any], list[str]]:
+    def _payload(self, request: SendRequest, thread: _Thread, now: datetime) -> dict[str, Any]:
         age = window_age(request.last_inbound_at, now)
         label = LABELS[thread.channel]
         if thread.channel is ChannelType.WHATSAPP:
@@ -172,7 +173,7 @@ class MetaSender(ReplySender):
             raise window_closed(label, age, "24-hour", "answering later needs the human agent tag (up to 7 days), "
                                                        "which is off for this channel (human_agent_tag).")
         public = [a for a in request.message.attachments if _public(a.location)]
-        text, skipped = _text_with_links(request, thread)
+        text = _text_with_links(request, thread)
         if not text.strip() and len(public) == 1:
             message: dict[str, Any] = {"attachment": {"type": _media_kind(public[0], thread.channel),
                                                       "payload": {"url": public[0].location, "is_reusable": False}}}
@@ -180,10 +181,9 @@ class MetaSender(ReplySender):
             message = {"text": _checked(text, thread)}
         if thread.channel is ChannelType.MESSENGER:
             message["metadata"] = request.token  # comes back on the echo of this message
-        return {"recipient": {"id": thread.recipient}, "message": message, **kind}, skipped
+        return {"recipient": {"id": thread.recipient}, "message": message, **kind}
 
-    def _whatsapp_payload(self, request: SendRequest, thread: _Thread,
-                          age: timedelta) -> tuple[dict[str, Any], list[str]]:
+    def _whatsapp_payload(self, request: SendRequest, thread: _Thread, age: timedelta) -> dict[str, Any]:
         payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
                                    "to": thread.recipient, "biz_opaque_callback_data": request.token}
         if age > FREE_WINDOW:
@@ -197,7 +197,7 @@ class MetaSender(ReplySender):
             if template.parameters:
                 body["components"] = [{"type": "body", "parameters": [
                     {"type": "text", "text": fill(value, fields)} for value in template.parameters]}]
-            return {**payload, "type": "template", "template": body}, []
+            return {**payload, "type": "template", "template": body}
         payload["context"] = {"message_id": request.reply_to.provider_message_id}
         public = [a for a in request.message.attachments if _public(a.location)]
         if len(public) == 1 and _media_kind(public[0], thread.channel) != "audio":
@@ -207,10 +207,9 @@ class MetaSender(ReplySender):
                 media["caption"] = _checked(request.message.text, thread)
             if kind == "document":
                 media["filename"] = public[0].filename
-            skipped = [a.filename for a in request.message.attachments if not _public(a.location)]
-            return {**payload, "type": kind, kind: media}, skipped
-        text, skipped = _text_with_links(request, thread)
-        return {**payload, "type": "text", "text": {"body": _checked(text, thread), "preview_url": False}}, skipped
+            return {**payload, "type": kind, kind: media}
+        text = _text_with_links(request, thread)
+        return {**payload, "type": "text", "text": {"body": _checked(text, thread), "preview_url": False}}
 
     # -- looking an attempt up ---------------------------------------------------------------------------------
     def _thread_messages(self, thread: _Thread) -> list[dict[str, Any]]:
@@ -288,17 +287,16 @@ def _thread(request: SendRequest) -> _Thread:
     return _Thread(channel, str(owner), str(recipient))
 
 
-def _text_with_links(request: SendRequest, thread: _Thread) -> tuple[str, list[str]]:
+def _text_with_links(request: SendRequest, thread: _Thread) -> str:
     """The reply's text, with the links of attachments that cannot travel as attachments below it.
 
     Messenger and Instagram take a text or one attachment; a lone attachment goes as itself (no text then)."""
     text = request.message.text
     public = [a for a in request.message.attachments if _public(a.location)]
-    skipped = [a.filename for a in request.message.attachments if not _public(a.location)]
     if thread.channel is not ChannelType.WHATSAPP and not text.strip() and len(public) == 1:
-        return "", skipped
+        return ""
     links = "\n".join(f"{a.filename}: {a.location}" for a in public)
-    return (f"{text}\n\n{links}" if text.strip() else links) if links else text, skipped
+    return (f"{text}\n\n{links}" if text.strip() else links) if links else text
 
 
 def _checked(text: str, thread: _Thread) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from connectors._reply_text import require_links
 from gateway.errors import DeliveryError, OutcomeUnknown, PermanentError, RetryableError, retry_after_seconds
 from gateway.model import ChannelType, IdentifierKind
 from gateway.plugins import ConnectorContext, ReplySender, SendRequest, SendResult
@@ -88,14 +89,12 @@ class TwilioSender(ReplySender):
     # -- the contract ------------------------------------------------------------------------------------------
     def send(self, request: SendRequest) -> SendResult:
         route = self._route(request)
-        form, skipped = self._content(request, route, self._now())
+        form = self._content(request, route, self._now())
         response = self.context.http.post(self._messages_url, data=form, auth=self._auth, timeout=SEND_TIMEOUT)
         if not response.ok:
             raise twilio_error(response)
         data = response.json()
-        detail = f"{len(skipped)} attachment(s) without a public URL not sent: {', '.join(skipped)}" if skipped else ""
-        return SendResult(provider_message_id=str(data["sid"]), status=str(data.get("status") or "queued"),
-                          detail=detail)
+        return SendResult(provider_message_id=str(data["sid"]), status=str(data.get("status") or "queued"))
 
     def reconcile(self, request: SendRequest) -> SendResult | None:
         """Find an interrupted attempt in Twilio's message list.
@@ -162,8 +161,9 @@ class TwilioSender(ReplySender):
                                  "configured, so there is nothing to send from", code="no_sender")
         return _Route(phone, business, None, whatsapp=False)
 
-    def _content(self, request: SendRequest, route: _Route, now: datetime) -> tuple[list[tuple[str, str]], list[str]]:
-        """The form to post, and the names of attachments that cannot go (no public URL)."""
+    def _content(self, request: SendRequest, route: _Route, now: datetime) -> list[tuple[str, str]]:
+        """The form to post; a reply with an attachment that has no public URL is refused (``require_links``)."""
+        require_links(request.message, "WhatsApp" if route.whatsapp else "SMS")
         form = [("To", route.to)]
         form.append(("From", route.sender) if route.sender else ("MessagingServiceSid", route.service or ""))
         form.append(("StatusCallback", f"{self.context.public_url.rstrip('/')}/hooks/{self.name}"))
@@ -175,13 +175,12 @@ class TwilioSender(ReplySender):
                                     "configured for this channel (whatsapp_templates).")
             content_sid, values = variables
             return [*form, ("ContentSid", content_sid),
-                    ("ContentVariables", json.dumps(values, ensure_ascii=False))], []
+                    ("ContentVariables", json.dumps(values, ensure_ascii=False))]
         text = request.message.text
         if len(text) > MAX_BODY:
             raise PermanentError(f"the reply is {len(text)} characters long and Twilio takes at most {MAX_BODY:,} in "
                                  "one message; shorten it or split it into several replies.", code="too_long")
         media = [a.location for a in request.message.attachments if _public(a.location)]
-        skipped = [a.filename for a in request.message.attachments if not _public(a.location)]
         if len(media) > MAX_MEDIA:
             raise PermanentError(f"the reply has {len(media)} attachments and Twilio takes at most {MAX_MEDIA} in one "
                                  "message; send the others in another reply.", code="too_many_attachments")
@@ -191,7 +190,7 @@ class TwilioSender(ReplySender):
         if text:
             form.append(("Body", text))
         form += [("MediaUrl", url) for url in media]
-        return form, skipped
+        return form
 
     def _template_variables(self, request: SendRequest) -> tuple[str, dict[str, str]] | None:
         template = pick_template(self.config.whatsapp_templates, request.reply_to.language)

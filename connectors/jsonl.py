@@ -21,6 +21,9 @@ from gateway.plugins import (
 )
 from gateway.signed_replies import SignedReplies
 
+# A retry looks this far back for its own line: far enough for any crash-to-retry gap of a trial or audit file.
+RETRY_SCAN_BYTES = 32 * 1024 * 1024
+
 
 class JsonlConfig(CrmConfig):
     """Settings of a ``jsonl`` CRM."""
@@ -54,6 +57,10 @@ class JsonlCrm(CrmConnector, SignedReplies, InternalNotes):
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
         if links.get("message", item.message.id) is not None:
             return DeliveryResult("already_written", item.idempotency_key, calls=0)
+        if item.attempt > 1 and self._appended_before(item.idempotency_key):
+            # the line was written but the process died before the link was stored
+            links.put("message", item.message.id, item.idempotency_key)
+            return DeliveryResult("already_written", item.idempotency_key, calls=0)
         record = {
             "idempotency_key": item.idempotency_key,
             "customer": {"id": item.customer.id, "display_name": item.customer.display_name,
@@ -65,6 +72,17 @@ class JsonlCrm(CrmConnector, SignedReplies, InternalNotes):
         self._append(record)
         links.put("message", item.message.id, item.idempotency_key)
         return DeliveryResult("appended", item.idempotency_key)
+
+    def _appended_before(self, key: str) -> bool:
+        """Whether the file's last `RETRY_SCAN_BYTES` hold a record with this key (read only on a retry)."""
+        needle = f'"idempotency_key": {json.dumps(key)}'.encode()
+        try:
+            with open(self.path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - RETRY_SCAN_BYTES))
+                return needle in handle.read()
+        except FileNotFoundError:
+            return False
 
     def _append(self, record: dict[str, object]) -> None:
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"

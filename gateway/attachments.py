@@ -18,7 +18,7 @@ from gateway.model import Attachment, Message
 from gateway.safehttp import Download, MediaPolicy, MediaRefused, MediaTimeout, media_transport
 
 __all__ = ["AttachmentStore", "AttachmentTooLarge", "MediaHook", "MediaPolicy", "MediaRefused", "MediaRequest",
-           "MediaTimeout", "download"]
+           "MediaTimeout", "download", "failure_reason"]
 
 SCHEME = "store:sha256/"
 GENERIC_TYPE = "application/octet-stream"
@@ -167,3 +167,20 @@ def _read(response: requests.Response, max_bytes: int, download: Download, host:
             raise AttachmentTooLarge(f"media is over the {max_bytes}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a media download failed, in words for an agent and never with a URL (a media URL can carry a signature).
+
+    The gateway's own refusals name hosts only; a library's error message quotes the URL, so only its kind is told.
+    """
+    if isinstance(exc, MediaRefused | AttachmentTooLarge):
+        return str(exc)
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        host = _host(exc.response.url) or "the media host"
+        return f"{host} answered HTTP {exc.response.status_code} {exc.response.reason or ''}".rstrip()
+    if isinstance(exc, requests.Timeout):
+        return "the media host did not answer in time"
+    if isinstance(exc, requests.ConnectionError):
+        return "the media host could not be reached"
+    return f"the download failed ({type(exc).__name__})"

@@ -36,10 +36,10 @@ def main(ctx: click.Context, log_format: str | None, debug: bool) -> None:
 
 
 def _logging(ctx: click.Context, config: Any) -> str:
-    from gateway.logs import setup_logging
+    from gateway.logs import setup_logging_for
 
     fmt = ctx.obj["log_format"] or config.settings.logging.format
-    setup_logging(config.settings.logging.level, fmt)
+    setup_logging_for(config, fmt)
     return fmt
 
 
@@ -47,7 +47,7 @@ def _logging(ctx: click.Context, config: Any) -> str:
 @config_option
 @click.option("--online", is_flag=True, help="Also test each connector's credentials and reachability.")
 def check(config_path: Path, online: bool) -> None:
-    """Validate a config file; list every error as FILE:LINE path: message."""
+    """Validate a config file and its mappings; list every error as FILE:LINE path: message."""
     config = _load(config_path)
     click.echo(f"{config_path}: valid ({len(config.channels)} channels, {len(config.crms)} crms, "
                f"{len(config.settings.routes)} routes)")
@@ -67,6 +67,11 @@ def check(config_path: Path, online: bool) -> None:
         except Exception as exc:  # a connector without @online_check is held to the same contract here
             failures += 1
             click.echo(f"  {name}: FAILED: {online_failure(connector, exc).reason}", err=True)
+    from gateway.mapping_check import check_against_crms
+
+    for line in check_against_crms(config, Registry.from_entry_points(), crms):
+        failures += 1
+        click.echo(line, err=True)
     sys.exit(1 if failures else 0)
 
 
@@ -103,8 +108,8 @@ def run(ctx: click.Context, config_path: Path) -> None:
     ensure_listen_free(config.settings.server.listen)
     fmt = _logging(ctx, config)
     build_runtime(config).close()  # migrate once, before the children start
-    click.echo(f"gateway listening on {config.settings.server.listen}; webhooks at "
-               f"{config.settings.server.public_url}/hooks/<channel>", err=True)
+    logging.getLogger("gateway").info("gateway listening on %s; webhooks at %s/hooks/<channel>",
+                                      config.settings.server.listen, config.settings.server.public_url)
     sys.exit(run_all(config_path, fmt))
 
 
@@ -351,11 +356,11 @@ def mapping() -> None:
 @mapping.command("test")
 @click.argument("files", type=click.Path(exists=True, path_type=Path), nargs=-1, required=True)
 def mapping_test(files: tuple[Path, ...]) -> None:
-    """Run each mapping's sibling NAME.tests.yaml."""
-    from gateway.mapping import run_mapping_tests
+    """Check each mapping (as 'gateway check' does) and run its sibling NAME.tests.yaml."""
+    from gateway.mapping import mappings_named, run_mapping_tests
 
     failed = 0
-    for path in files:
+    for path in mappings_named(list(files)):
         try:
             failures = run_mapping_tests(path)
         except ConfigError as exc:

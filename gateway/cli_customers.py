@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy import Connection, or_, select, update
 
+from gateway import erasure
+from gateway.attachments import AttachmentStore
 from gateway.cli_support import config_option, load
 from gateway.identity.merges import (
     MergeError,
@@ -21,7 +25,8 @@ from gateway.identity.merges import (
     unmerge,
 )
 from gateway.identity.normalize import InvalidIdentifier, normalize_email, normalize_phone
-from gateway.plugins import ContactMerge
+from gateway.plugins import ContactErasure, ContactMerge
+from gateway.redact import describe_error
 from gateway.storage.tables import (
     conversations,
     crm_links,
@@ -134,7 +139,7 @@ def recent_messages(conn: Connection, family: list[str], limit: int = 50) -> lis
 
 @click.group()
 def customers_group() -> None:
-    """Customers: why identifiers are joined; merge, unmerge, review suggestions."""
+    """Customers: why identifiers are joined; merge, unmerge, review suggestions; export and erase a person."""
 
 
 _config = config_option
@@ -240,3 +245,96 @@ def suggestions(config_path: Path, include_closed: bool, reject: int | None) -> 
         click.echo(f"{row.id:>5}  {row.score:5.1f}  {row.customer_a} ~ {row.customer_b}  [{row.status}]  {row.reason}")
     if not rows:
         click.echo("no suggestions")
+
+
+def _by_default() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@customers_group.command("forget")
+@_config
+@click.argument("query")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--crm", "in_crms", is_flag=True, help="Also delete the person's record in each CRM that can.")
+@click.option("--by", "requested_by", default=None, help="Who asked (kept in the tombstone); default: your user.")
+def forget(config_path: Path, query: str, yes: bool, in_crms: bool, requested_by: str | None) -> None:
+    """Erase everything held about a person (by customer id, email or phone): a deletion request.
+
+    A tombstone keeps only a keyed hash of each identifier, the time and who asked: a later message from the same
+    identifier starts a new customer.
+    """
+    rt = _runtime(config_path)
+    region = rt.config.settings.identity.default_region
+    key = rt.config.privacy_key
+    with rt.engine.connect() as conn:
+        try:
+            customer = erasure.find_customer(conn, query, region)
+        except erasure.NotFound as exc:
+            before = erasure.erased_before(conn, key, erasure.candidates(query, region))
+            if before:
+                raise click.ClickException(f"{query!r} was erased on {before[-1].erased_at:%Y-%m-%d %H:%M} UTC at "
+                                           f"the request of {before[-1].requested_by}") from None
+            raise click.ClickException(str(exc)) from None
+        found = erasure.holdings(conn, customer)
+        contacts = erasure.crm_contacts(conn, found)
+    click.echo(f"customer {customer}: {len(found.identifiers)} identifier(s), {len(found.messages)} message(s), "
+               f"{len(found.conversations)} conversation(s), {len(found.inbox)} raw payload(s), "
+               f"{len(found.attachments)} attachment(s); CRM records: "
+               + (", ".join(f"{name} {remote}" for name, remote in contacts.items()) or "none"))
+    if not yes:
+        click.confirm("Erase all of it? This cannot be undone", abort=True)
+    results: dict[str, str] = {}
+    if in_crms:
+        for name, remote in contacts.items():
+            connector = rt.crms.get(name)
+            if not isinstance(connector, ContactErasure):
+                results[name] = f"record {remote} not deleted: {name} cannot delete contacts"
+                continue
+            try:
+                results[name] = connector.erase_contact(remote)
+            except Exception as exc:
+                raise click.ClickException(
+                    f"{name}: could not delete record {remote} ({describe_error(exc)}); nothing was erased here: "
+                    "run again, or without --crm") from None
+    with rt.engine.begin() as conn:
+        found = erasure.holdings(conn, customer)  # again, inside the transaction: a message may have come since
+        summary = erasure.erase(conn, found, key=key, requested_by=requested_by or _by_default(), crm=results)
+    with rt.engine.connect() as conn:
+        files = erasure.remove_files(conn, found, _attachments(rt))
+    removed = ", ".join(f"{table} {count}" for table, count in summary["removed"].items())
+    click.echo(f"erased customer {customer}: {removed}; attachment files {files}")
+    for name, line in results.items():
+        click.echo(f"  {name}: {line}")
+    left = [f"{name} {remote}" for name, remote in contacts.items() if name not in results]
+    if left:
+        click.echo(f"  still in the CRM (use --crm, or delete them there): {', '.join(left)}")
+
+
+def _attachments(rt: Any) -> AttachmentStore:
+    return AttachmentStore(rt.data_dir / "attachments")
+
+
+@customers_group.command("export")
+@_config
+@click.argument("query")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write to FILE (default: stdout).")
+def export_command(config_path: Path, query: str, output: Path | None) -> None:
+    """Everything held about a person (by customer id, email or phone), as JSON: an access request."""
+    rt = _runtime(config_path)
+    with rt.engine.connect() as conn:
+        try:
+            customer = erasure.find_customer(conn, query, rt.config.settings.identity.default_region)
+        except erasure.NotFound as exc:
+            raise click.ClickException(str(exc)) from None
+        data = erasure.export(conn, erasure.holdings(conn, customer), _attachments(rt))
+    text = json.dumps({"customer": customer, **data}, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    click.echo(f"wrote {output}", err=True)

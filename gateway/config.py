@@ -10,7 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from gateway.calendars import CalendarConfig
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
+from gateway.privacy import install_key
+from gateway.sensitive import Masker, combined
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, interpolate, load_yaml
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -168,11 +171,44 @@ class MediaConfig(_Section):
 class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    include_pii: bool = Field(
+        False, description="Write phone numbers and email addresses into logs as they are. Off: each appears as a "
+                           "short stable hash (phone#1a2b3c4d), the same in every line and process.")
+
+
+class PrivacyConfig(_Section):
+    key: SecretStr | None = Field(
+        None, description="Key of the hashes kept for erased customers and written to logs. Unset: a random key "
+                          "kept in {data_dir}/secrets/privacy.key. Give one (${file:/run/secrets/...}) when several "
+                          "hosts share one database.")
+
+
+class PatternConfig(_Section):
+    regex: str = Field(description="A regular expression; each match is replaced.")
+    replacement: str = Field("[redacted]", description="What a match becomes.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class RedactConfig(_Section):
+    cards: bool = Field(True, description="Mask Luhn-valid payment card numbers as **** **** **** 4242.")
+    national_ids: list[Literal["us_ssn", "in_aadhaar", "uk_nino"]] = Field(
+        [], description="National ids to mask: US SSN, India Aadhaar (Verhoeff-checked), UK National Insurance.")
+    patterns: list[PatternConfig] = Field([], description="Further patterns to mask.")
 
 
 class RouteConfig(_Section):
     sources: list[str] = Field(alias="from", min_length=1)
     to: str
+    redact: RedactConfig = Field(
+        RedactConfig(), description="What is masked in a message's text before it is stored and sent to the CRM.")
 
 
 class GatewaySettings(_Section):
@@ -183,10 +219,14 @@ class GatewaySettings(_Section):
     conversations: ConversationsConfig = ConversationsConfig()
     logging: LoggingConfig = LoggingConfig()
     media: MediaConfig = MediaConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     data_dir: str = "var"
     channels: dict[str, dict[str, Any]] = Field({}, repr=False)
     crms: dict[str, dict[str, Any]] = Field({}, repr=False)
     routes: list[RouteConfig] = []
+    business_hours: dict[str, CalendarConfig] = Field(
+        {}, description="Named calendars (time zone, weekly hours, holidays) for acknowledgements, routes and "
+                        "escalations.")
 
 
 @dataclass(frozen=True)
@@ -208,6 +248,17 @@ class GatewayConfig:
 
     def routes_from(self, channel: str) -> list[RouteConfig]:
         return [route for route in self.settings.routes if channel in route.sources]
+
+    def masker_for(self, channel: str) -> Masker:
+        """What a message from ``channel`` is masked with: every route it feeds, the strictest union."""
+        return combined((r.redact.cards, r.redact.national_ids, [(p.regex, p.replacement) for p in r.redact.patterns])
+                        for r in self.routes_from(channel))
+
+    @property
+    def privacy_key(self) -> bytes:
+        """The key of identifier hashes (``gateway.privacy``)."""
+        key = self.settings.privacy.key
+        return install_key(self.resolve_path(self.settings.data_dir), key.get_secret_value() if key else None)
 
 
 def _pydantic_issues(doc: YamlDocument, prefix: tuple[str | int, ...], exc: ValidationError,
@@ -299,7 +350,7 @@ def _check_mappings(doc: YamlDocument, config: GatewayConfig, registry: Registry
         if not mapping.exists():
             issues.append(doc.issue(("crms", name, "mapping"), f"mapping file {mapping} does not exist"))
             continue
-        issues += validate_mapping_file(mapping)
+        issues += validate_mapping_file(mapping, cls.mapping_fields(crm))
     return issues
 
 

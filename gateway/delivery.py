@@ -6,18 +6,19 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, select
 
 from gateway import metrics
 from gateway.context import delivery_item, stored_message_context
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
+from gateway.logs import withheld
 from gateway.mapping import MappingRenderError
 from gateway.plugins import DeliveryItem, DeliveryResult
 from gateway.redact import redact
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
-from gateway.storage.tables import delivery_log, outbox
+from gateway.storage.tables import delivery_log, messages, outbox
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,17 @@ class DeliveryWorker:
         with self.rt.engine.connect() as conn:
             context = stored_message_context(conn, row.message_id)
         fields = row.fields
-        if fields is None:  # dead-lettered by a mapping error, replayed after the mapping was fixed
-            fields = self.rt.mappings[row.crm].apply(context.for_mapping())
+        catalog = self.rt.catalogs.get(row.crm)
+        if fields is None or (catalog and catalog.problems(fields)):
+            # dead-lettered by a mapping error and replayed, or rendered by an older mapping: the current one renders
+            mapping = self.rt.mappings.get(row.crm, fresh=True)
+            if mapping is not None:
+                fields = mapping.apply(context.for_mapping())
+        fields = {} if fields is None else fields
+        problems = catalog.problems(fields) if catalog else {}
+        if problems:  # written, the field would be dropped without a word
+            name, reason = next(iter(problems.items()))
+            raise MappingRenderError(name, reason)
         return delivery_item(context, crm=row.crm, outbox_id=row.id, attempt=row.attempts, fields=fields)
 
     def process(self, groups: list[list[Row[Any]]]) -> int:
@@ -56,8 +66,15 @@ class DeliveryWorker:
         for group in groups:
             by_crm.setdefault(group[0].crm, []).append(group)
         for crm_name, crm_groups in by_crm.items():
-            self._deliver(crm_name, crm_groups)
+            with withheld(self._texts(crm_groups)):  # a CRM's error may echo the message: not into the logs
+                self._deliver(crm_name, crm_groups)
         return sum(len(group) for group in groups)
+
+    def _texts(self, groups: list[list[Row[Any]]]) -> list[str]:
+        ids = [row.message_id for group in groups for row in group]
+        with self.rt.engine.connect() as conn:
+            rows = conn.execute(select(messages.c.data).where(messages.c.id.in_(ids))).scalars()
+            return [data.get(name) or "" for data in rows for name in ("text", "full_text", "subject")]
 
     def _deliver(self, crm_name: str, groups: list[list[Row[Any]]]) -> None:
         started = time.monotonic()
@@ -115,6 +132,7 @@ class DeliveryWorker:
                       detail=result.detail)
         metrics.DELIVERED.labels(row.crm).inc()
         metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
+        _log_delivered(row, item, result)
 
     def _retry(self, row: Row[Any], error: RetryableError, started: float) -> None:
         delay = self.rt.retry_policy.next_delay(row.attempts, error)
@@ -143,3 +161,15 @@ class DeliveryWorker:
         conn.execute(delivery_log.insert().values(
             outbox_id=row.id, crm=row.crm, attempt=row.attempts, outcome=outcome,
             duration_ms=(time.monotonic() - started) * 1000, created_at=utcnow(), **values))
+
+
+def _log_delivered(row: Row[Any], item: DeliveryItem, result: DeliveryResult) -> None:
+    """One INFO line per delivered message: ids and where it went (JSON fields in JSON logs); never its text or the
+    customer's identifiers."""
+    message = item.message
+    log.info("delivered message %s (%s, %s) to %s: %s %s", message.id, message.channel.value, message.connector,
+             row.crm, result.operation, result.remote_id or "", extra={
+                 "event": "delivered", "message_id": message.id, "provider_message_id": message.provider_message_id,
+                 "channel": message.channel.value, "connector": message.connector, "crm": row.crm,
+                 "operation": result.operation, "remote_id": result.remote_id, "outbox_id": row.id,
+                 "conversation_id": item.conversation.id, "customer_id": item.customer.id, "attempt": row.attempts})

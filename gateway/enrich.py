@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from gateway.attachments import SCHEME
+from gateway.attachments import SCHEME, failure_reason
 from gateway.model import Message
 from gateway.plugins import ChannelConnector
 
@@ -36,6 +36,21 @@ def enrich_all(connector: ChannelConnector, messages: Iterable[Message]) -> Enri
         except Exception as exc:
             results.append((message, exc))
     return results
+
+
+def without_enrichment(message: Message, exc: Exception, attempts: int) -> Message:
+    """``message`` as it was before its failed enrichment, marked so the CRM's readers know what is missing.
+
+    Its attachments keep the provider's links; ``extras.enrich_error`` names the failure's class and, when media are
+    missing, ``extras.media_note`` says in plain words what happened (the shipped mappings put it under the text).
+    """
+    extras: dict[str, object] = {**message.extras, "enrich_error": type(exc).__name__}
+    missing = [a for a in message.attachments if not a.location.startswith(SCHEME)]
+    if missing:
+        which = "The attachment" if len(missing) == 1 else f"{len(missing)} attachments"
+        extras["media_note"] = (f"{which} could not be downloaded after {attempts} tries ({failure_reason(exc)}); "
+                                "the link is the provider's and may need a login there.")
+    return message.model_copy(update={"extras": extras})
 
 
 def downloads_media(messages: Iterable[Message]) -> bool:

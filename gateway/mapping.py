@@ -8,7 +8,6 @@ and the fields they must produce; ``gateway mapping test`` and the test suite ru
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +17,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.crmfields import MAPPINGS_DIR, FieldCatalog
 from gateway.plugins import CrmConfig, CrmConnector
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, dotted, interpolate, load_yaml
 
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
     from gateway.plugins import Registry
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-# The shipped mappings live in the top-level mappings/ folder; an installed copy points here with an env var.
-MAPPINGS_DIR = Path(os.environ.get("GATEWAY_MAPPINGS_DIR") or Path(__file__).resolve().parent.parent / "mappings")
+__all__ = ["MAPPINGS_DIR", "Mapping", "MappingRenderError", "MappingSpec"]
 
 
 class Rule(BaseModel):
@@ -74,7 +73,7 @@ def _templates(value: Any, path: tuple[str | int, ...]) -> list[tuple[tuple[str 
     return []
 
 
-def _check(doc: YamlDocument) -> tuple[MappingSpec | None, list[ConfigIssue]]:
+def _check(doc: YamlDocument, catalog: FieldCatalog | None) -> tuple[MappingSpec | None, list[ConfigIssue]]:
     try:
         spec = MappingSpec.model_validate(doc.data)
     except ValidationError as exc:
@@ -96,7 +95,25 @@ def _check(doc: YamlDocument) -> tuple[MappingSpec | None, list[ConfigIssue]]:
                 _ENV.parse(source)
             except TemplateSyntaxError as exc:
                 issues.append(doc.issue(path, f"template syntax: {exc.message}"))
+    if not issues:
+        from gateway.mapping_check import check_mapping
+
+        issues = sorted(check_mapping(doc, spec, catalog, _ENV, _render_strict,
+                                      lambda source, context: _compiled_expression(source)(**context)),
+                        key=lambda issue: issue.line or 0)
     return spec, issues
+
+
+def _render_strict(source: str, context: dict[str, Any]) -> Any:
+    return _compiled_template(source).render(**context) if "{" in source else source
+
+
+def default_catalog(crm_type: str, registry: Registry | None = None) -> FieldCatalog | None:
+    """The field names a connector type reads with its default settings (None: any, or no such type)."""
+    from gateway.plugins import Registry
+
+    cls = (registry or Registry.from_entry_points()).get(crm_type)
+    return cls.mapping_fields(None) if cls is not None and issubclass(cls, CrmConnector) else None
 
 
 def _load(path: Path) -> tuple[YamlDocument, list[ConfigIssue]]:
@@ -105,12 +122,13 @@ def _load(path: Path) -> tuple[YamlDocument, list[ConfigIssue]]:
     return doc, interpolate(doc)
 
 
-def validate_mapping_file(path: Path) -> list[ConfigIssue]:
+def validate_mapping_file(path: Path, catalog: FieldCatalog | None) -> list[ConfigIssue]:
+    """Every issue of a mapping file, its field names checked against ``catalog`` (None: any name)."""
     try:
         doc, issues = _load(path)
     except ConfigError as exc:
         return exc.issues
-    return issues + _check(doc)[1]
+    return issues + _check(doc, catalog)[1]
 
 
 @dataclass(frozen=True)
@@ -121,9 +139,12 @@ class Mapping:
     spec: MappingSpec
 
     @classmethod
-    def load(cls, path: Path) -> Mapping:
+    def load(cls, path: Path, catalog: FieldCatalog | None = None) -> Mapping:
+        """Load and check a mapping; its field names against ``catalog``, by default its ``crm`` type's names."""
         doc, issues = _load(path)
-        spec, more = _check(doc)
+        if catalog is None and isinstance(doc.data, dict) and isinstance(doc.data.get("crm"), str):
+            catalog = default_catalog(doc.data["crm"])
+        spec, more = _check(doc, catalog)
         issues += more
         if issues or spec is None:
             raise ConfigError(issues)
@@ -188,12 +209,29 @@ def test_file_for(mapping: Path) -> Path:
     return mapping.with_name(mapping.name.removesuffix(".yaml") + ".tests.yaml")
 
 
+def mappings_named(paths: list[Path]) -> list[Path]:
+    """The mappings among ``paths``: a ``NAME.tests.yaml`` stands for its ``NAME.yaml``, so that
+    ``mappings/*.yaml`` names each mapping once."""
+    chosen: list[Path] = []
+    for path in paths:
+        if path.name.endswith(".tests.yaml"):
+            path = path.with_name(path.name.removesuffix(".tests.yaml") + ".yaml")
+        if path not in chosen:
+            chosen.append(path)
+    return chosen
+
+
 def run_mapping_tests(mapping_path: Path) -> list[str]:
-    """Run a mapping's sibling tests; return one line per failure (empty when all pass)."""
+    """Check a mapping and run its sibling tests; return one line per failure (empty when all pass)."""
+    if not mapping_path.exists():
+        return [f"{mapping_path}: missing (named by {test_file_for(mapping_path).name})"]
+    try:
+        mapping = Mapping.load(mapping_path)
+    except ConfigError as exc:
+        return [str(issue) for issue in exc.issues]
     tests_path = test_file_for(mapping_path)
     if not tests_path.exists():
         return [f"{tests_path}: missing (every mapping needs a sibling test file)"]
-    mapping = Mapping.load(mapping_path)
     doc = load_yaml(tests_path)
     cases = doc.data.get("cases") if isinstance(doc.data, dict) else None
     if not isinstance(cases, list) or not cases:

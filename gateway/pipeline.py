@@ -11,6 +11,10 @@ restarts without it: a Python thread cannot be stopped). A row whose worker died
 is claimed again, alone, and once claimed more often than ``retry.max_attempts`` it is dead-lettered before
 anything runs (``processing_abandoned``). A worker stores only rows it still holds, so a stuck thread that returns
 at last changes nothing.
+
+A customer's rows are stored in the order they arrived (``gateway.ordering``): a row waits while an older row of
+the same sender is pending, held by a worker that died or waiting for a retry; the rows of a worker that died are
+taken over as soon as its process is known to be gone (``gateway.storage.liveness``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import metrics
 from gateway.context import MessageContext, conversation_context, customer_context
 from gateway.conversations import assign_conversation
-from gateway.enrich import Job, downloads_media, enrich_all, senders_of
+from gateway.enrich import Job, downloads_media, enrich_all, senders_of, without_enrichment
 from gateway.errors import DeliveryError
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
@@ -40,6 +44,7 @@ from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
 from gateway.notes import note_failed_send
 from gateway.optouts import record_keyword
+from gateway.ordering import OrderKeys, forget_keys, must_wait, order_keys, record_keys
 from gateway.plugins import AgentReplies, AgentReply, WebhookChannel
 from gateway.records import REQUEST_KIND, RawRecord
 from gateway.redact import describe_error
@@ -66,6 +71,7 @@ class Prepared:
     statuses: list[StatusUpdate]
     replies: list[AgentReply] = field(default_factory=list)
     crm: str | None = None  # set for a CRM's reply event
+    keys: OrderKeys = frozenset()  # see gateway.ordering
 
     @property
     def outcome(self) -> str:
@@ -105,6 +111,7 @@ class PipelineWorker:
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.rules = rules_from_config(runtime.config.settings.identity)
+        self.maskers = {name: runtime.config.masker_for(name) for name in runtime.config.channels}
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
         self.on_stuck = on_stuck  # told of a thread stuck past the processing deadline
         self.clock: Callable[[], float] = time.monotonic
@@ -147,9 +154,14 @@ class PipelineWorker:
             return len(rows)
         failed: list[Prepared] = []
         lost: list[Prepared] = []
+        waiting: list[Prepared] = []
         try:
             with self.rt.engine.begin() as conn:
+                behind = must_wait(conn, [(item.row.id, item.keys) for item in prepared])
+                waiting = [item for item in prepared if item.row.id in behind]
                 for item in prepared:
+                    if item.row.id in behind:
+                        continue
                     try:
                         with conn.begin_nested():
                             self._store_row(conn, item)
@@ -158,14 +170,17 @@ class PipelineWorker:
                     except Exception:
                         failed.append(item)
         except Exception:
-            failed, lost = prepared, []  # the commit itself failed: nothing of the batch was stored
+            # the commit itself failed: nothing of the batch was stored
+            failed, lost = [item for item in prepared if item not in waiting], []
+        for item in waiting:
+            self._wait_in_order(item)
         for item in failed:
             self._store_alone(item)
         for item in lost:
             log.warning("inbox row %s from %s was taken over or settled while being processed; not stored here",
                         item.row.id, item.row.connector)
         for item in prepared:
-            if item not in failed and item not in lost:
+            if item not in failed and item not in lost and item not in waiting:
                 metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
         if any(item.replies for item in prepared):
             self.rt.sends_waiting.set()  # this process's send threads look at once instead of at their next poll
@@ -189,6 +204,9 @@ class PipelineWorker:
                     normalized.append(item)
         finally:
             self._in_progress = None
+        normalized = [replace(item, keys=order_keys(item.messages)) for item in normalized]
+        keys = {row.id: frozenset[str]() for row in rows} | {item.row.id: item.keys for item in normalized}
+        record_keys(self.rt.engine, keys)
         jobs: dict[int, Job] = {}
         started: list[Future[Any]] = []
         for item in normalized:
@@ -305,19 +323,32 @@ class PipelineWorker:
         if not self.rt.queues.finish(conn, inbox, row.id, status, owner=self.owner, processed_at=utcnow(),
                                      last_error=None):
             raise LeaseLost(f"inbox row {row.id}")
+        forget_keys(conn, row.id)
+
+    def _wait_in_order(self, item: Prepared) -> None:
+        """An older row of the same sender is still pending: this one goes back to the queue (not an attempt)."""
+        log.info("inbox row %s from %s waits for an older row of its sender", item.row.id, item.row.connector)
+        self.rt.queues.reschedule(inbox, item.row.id, self.settings.enrich_wait_seconds,
+                                  "waiting for an older message of the same sender", count_attempt=False)
 
     def _store_alone(self, item: Prepared) -> None:
         """A row that failed in the batch: its own transaction, a few quick tries, then the retry schedule."""
+        behind = False
         try:
             for attempt in in_process_retry(attempts=4):
                 with attempt, self.rt.engine.begin() as conn:
-                    self._store_row(conn, item)
+                    behind = bool(must_wait(conn, [(item.row.id, item.keys)]))
+                    if not behind:
+                        self._store_row(conn, item)
         except LeaseLost:
             log.warning("inbox row %s from %s was taken over or settled while being processed; not stored here",
                         item.row.id, item.row.connector)
             return
         except Exception as exc:
             self._failed(item.row, exc)
+            return
+        if behind:
+            self._wait_in_order(item)
             return
         metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
 
@@ -334,7 +365,8 @@ class PipelineWorker:
             self._failed(item.row, exc)
             return None
         failures = [exc for _, exc in results if exc is not None]
-        if failures and item.row.attempts < ENRICH_ATTEMPTS:
+        # the last try delivers without the media even when retry.max_attempts is below ENRICH_ATTEMPTS
+        if failures and item.row.attempts < min(ENRICH_ATTEMPTS, self.settings.retry.max_attempts):
             self._failed(item.row, failures[0])
             return None
         messages = []
@@ -343,8 +375,7 @@ class PipelineWorker:
                 log.warning("%s: delivering message %s without its media/profile after %d attempts: %s",
                             message.connector, message.provider_message_id, item.row.attempts,
                             describe_error(exc))
-                # the class only: a message text can hold a signed media URL, which must not travel to the CRM
-                message = message.model_copy(update={"extras": {**message.extras, "enrich_error": type(exc).__name__}})
+                message = without_enrichment(message, exc, item.row.attempts)
             if message.language is None:
                 message = message.model_copy(update={"language": detect_language(message.text or message.full_text)})
             messages.append(message)
@@ -363,7 +394,7 @@ class PipelineWorker:
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""
         reason = describe_error(exc)
-        log.error("inbox row %s from %s failed: %s", row.id, row.connector, reason, exc_info=True)
+        log.error("inbox row %s from %s failed: %s", row.id, row.connector, reason, exc_info=exc)
         delay = self.rt.retry_policy.next_delay(row.attempts, exc)
         if delay is None:
             self._dead(row, "exhausted", reason, "pipeline_failed")
@@ -371,6 +402,8 @@ class PipelineWorker:
             self.rt.queues.reschedule(inbox, row.id, delay, reason)
 
     def _store(self, conn: Connection, message: Message) -> None:
+        if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
+            message = self.maskers[message.connector].message(message)
         already = conn.execute(select(messages.c.id).where(
             messages.c.connector == message.connector,
             messages.c.provider_message_id == message.provider_message_id)).first()

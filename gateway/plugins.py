@@ -21,6 +21,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.attachments import AttachmentStore
+from gateway.crmfields import FieldCatalog
 from gateway.errors import INTERNAL, DeliveryError, OnlineCheckFailed, as_delivery_error, failure_reason
 from gateway.model import Attachment, ChannelType, Message, RawRef, StatusUpdate
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
@@ -287,6 +288,18 @@ class CrmConnector(Connector):
     role = "crm"
     default_mapping: ClassVar[str | None] = None
 
+    @classmethod
+    def mapping_fields(cls, config: ConnectorConfig | None) -> FieldCatalog | None:
+        """The field names this connector reads from a mapping; None when it writes every field as it is.
+
+        ``config`` is None where no config is at hand (``gateway mapping test``): the defaults then apply.
+        """
+        return None
+
+    def describe_fields(self) -> FieldCatalog | None:
+        """The field names as the CRM itself describes them (``gateway check --online``); None: ``mapping_fields``."""
+        return None
+
     @abc.abstractmethod
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
         """Write one message; raise ``RetryableError`` or ``PermanentError`` on failure.
@@ -336,6 +349,17 @@ class ContactMerge(abc.ABC):
     @abc.abstractmethod
     def merge_contacts(self, survivor_remote_id: str, absorbed_remote_id: str) -> None:
         """Merge the absorbed record into the survivor, in the CRM. Cannot be undone there."""
+
+
+class ContactErasure(abc.ABC):
+    """A CRM that can delete a person's contact record for good (``gateway customers forget --crm``)."""
+
+    @abc.abstractmethod
+    def erase_contact(self, remote_id: str) -> str:
+        """Delete the record (a record already gone counts as deleted); one line saying what was done.
+
+        Raise ``DeliveryError`` when it could not be done: the gateway then erases nothing, so it can be tried again.
+        """
 
 
 @dataclass(frozen=True)
@@ -476,6 +500,7 @@ ABILITIES: tuple[tuple[str, type], ...] = (
     ("webhook", WebhookChannel), ("polling", PollingChannel), ("send_replies", ReplySender),
     ("directory_sync", DirectorySync), ("contact_merge", ContactMerge), ("agent_replies", AgentReplies),
     ("reply_polling", ReplyPolling), ("reply_setup", ReplySetup), ("internal_notes", InternalNotes),
+    ("contact_erasure", ContactErasure),
 )
 
 

@@ -13,10 +13,12 @@ from sqlalchemy import Engine
 
 from gateway.attachments import AttachmentStore, MediaPolicy
 from gateway.config import GatewayConfig, channel_class, crm_class
+from gateway.crmfields import FieldCatalog
 from gateway.directory import CrmDirectory
 from gateway.enrich import Enricher
 from gateway.identity import rules_from_config
-from gateway.mapping import Mapping, mapping_path_for
+from gateway.mapping import mapping_path_for
+from gateway.mapping_store import MappingStore, Source
 from gateway.plugins import ChannelConnector, ConnectorContext, CrmConnector, Registry
 from gateway.ratelimit import DbRateLimiter, RateLimiter
 from gateway.replay import DbUsedTokens
@@ -36,7 +38,8 @@ class Runtime:
     http: requests.Session
     channels: dict[str, ChannelConnector] = field(default_factory=dict)
     crms: dict[str, CrmConnector] = field(default_factory=dict)
-    mappings: dict[str, Mapping] = field(default_factory=dict)
+    mappings: MappingStore = field(default_factory=lambda: MappingStore({}))
+    catalogs: dict[str, FieldCatalog | None] = field(default_factory=dict)  # the field names each CRM reads
     directories: dict[str, CrmDirectory] = field(default_factory=dict)
     sends_waiting: threading.Event = field(default_factory=threading.Event)  # set when replies were queued
     _enricher: Enricher | None = field(default=None, repr=False)
@@ -115,12 +118,21 @@ def build_runtime(config: GatewayConfig, registry: Registry | None = None,
     runtime = Runtime(config, registry, engine, Queues(engine), session)
     runtime.channels, runtime.crms = build_connectors(config, registry, connector_context(config, session, engine))
     rules = rules_from_config(config.settings.identity)
-    for name in config.crms:
+    for name, crm in config.crms.items():
         runtime.directories[name] = CrmDirectory(engine, name, rules)
+        runtime.catalogs[name] = crm_class(registry, crm).mapping_fields(crm)
+    runtime.mappings = MappingStore(mapping_sources(config, registry))
+    return runtime
+
+
+def mapping_sources(config: GatewayConfig, registry: Registry) -> dict[str, Source]:
+    """Each CRM's mapping file and the field names its connector reads."""
+    sources: dict[str, Source] = {}
+    for name, crm in config.crms.items():
         path = mapping_path_for(config, name, registry)
         if path is not None:
-            runtime.mappings[name] = Mapping.load(path)
-    return runtime
+            sources[name] = (path, crm_class(registry, crm).mapping_fields(crm))
+    return sources
 
 
 def _version() -> str:

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger as GunicornBaseLogger
 
 from gateway.config import GatewayConfig, channel_class
 from gateway.http_worker import worker_class
-from gateway.logs import setup_logging
+from gateway.logs import setup_logging_for
 from gateway.plugins import Registry, largest_body
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": GunicornLogger,
             "loglevel": "warning",
             "proc_name": "gateway-serve",
             "post_fork": _post_fork,
@@ -60,15 +63,34 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
         for key, value in options.items():
             self.cfg.set(key, value)
 
+    def run(self) -> None:
+        """gunicorn's ``run``, its last words logged rather than printed (JSON lines when the logs are)."""
+        try:
+            Arbiter(self).run()
+        except RuntimeError as exc:
+            log.critical("web server: %s", exc)
+            sys.exit(1)
+
     def load(self) -> Any:
         from gateway.runtime import build_runtime
         from gateway.web import create_app
 
-        setup_logging(self.gateway_config.settings.logging.level, self.log_format)
+        setup_logging_for(self.gateway_config, self.log_format)
         runtime = build_runtime(self.gateway_config, migrate_schema=False)
         app = create_app(runtime)
         gc.freeze()  # the app's long-lived objects leave the collector's generations: shorter pauses per request
         return app
+
+
+class GunicornLogger(GunicornBaseLogger):  # type: ignore[misc]
+    """gunicorn's own messages (bind errors, worker timeouts) through the gateway's handler: text or JSON, masked,
+    like every other line, instead of gunicorn's plain format."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            logger.handlers.clear()
+            logger.propagate = True
 
 
 def _post_fork(server: Any, worker: Any) -> None:
@@ -140,8 +162,8 @@ class Child:
 
 def run_all(config_path: Path, log_format: str) -> int:
     """Start ``serve`` and ``work`` as child processes and keep them running: a child that dies is started again
-    after a back-off (the other goes on: webhooks are still taken while the worker is down). SIGTERM (or SIGINT)
-    stops both gracefully."""
+    after a back-off (the other goes on: webhooks are still taken while the worker is down). SIGHUP is passed to
+    the worker (it reloads the mappings). SIGTERM (or SIGINT) stops both gracefully."""
     ensure_multiprocess_metrics_dir()
     base = [sys.executable, "-m", "gateway", "--log-format", log_format]
     children = [Child(name, [*base, name, "-c", str(config_path)]) for name in ("serve", "work")]
@@ -150,6 +172,8 @@ def run_all(config_path: Path, log_format: str) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    worker = children[1]
+    signal.signal(signal.SIGHUP, lambda *_: worker.proc.send_signal(signal.SIGHUP) if worker.proc else None)
     while not stopping.wait(0.2):
         for child in children:
             child.check(time.monotonic())

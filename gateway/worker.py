@@ -3,15 +3,15 @@
 SIGTERM (or SIGINT) stops claiming, lets every in-flight item finish, gives back claimed items not yet started,
 and exits: nothing is lost, and nothing is done twice. A pipeline thread stuck past its processing deadline (its row
 dead-lettered meanwhile) stops the process the same way, which then exits with ``EXIT_STUCK`` so that its
-supervisor (``gateway run``, systemd, the container runtime) starts it again without the stuck thread.
+supervisor (``gateway run``, systemd, the container runtime) starts it again without the stuck thread. SIGHUP
+(or a changed config file) reloads the mappings and the part of the config that can change while running
+(``gateway.reload``); a changed mapping file is loaded again by itself.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,10 +25,12 @@ from gateway.notes import NoteWorker
 from gateway.pipeline import PipelineWorker
 from gateway.plugins import DirectorySync, InternalNotes, PollingChannel, ReplyPolling, ReplySender
 from gateway.records import InboxItem
+from gateway.reload import Watch
 from gateway.replies import crm_inbox_name
 from gateway.runtime import Runtime
 from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
+from gateway.storage.liveness import Liveness, this_process
 
 log = logging.getLogger(__name__)
 EXIT_STUCK = 70  # EX_SOFTWARE
@@ -45,7 +47,7 @@ class Stage(Protocol):
 
 
 def worker_id(kind: str, index: int) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{kind}{index}"
+    return f"{this_process()}:{kind}{index}"
 
 
 def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
@@ -148,9 +150,11 @@ class WorkerProcess:
     def __init__(self, runtime: Runtime, jobs: list[tuple[Callable[[], None], float]] | None = None) -> None:
         self.rt = runtime
         self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()  # SIGHUP
         self.threads: list[threading.Thread] = []
         self.stuck: set[threading.Thread] = set()  # never returned from a row past its deadline: not waited for
         self.exit_code = 0
+        self.liveness: Liveness | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.jobs = jobs or []
         for channel in runtime.channels.values():
@@ -164,6 +168,10 @@ class WorkerProcess:
 
     def start(self) -> None:
         settings = self.rt.config.settings.workers
+        # held while this process lives: other workers take its rows over as soon as it is gone
+        self.liveness = Liveness(self.rt.engine, self.rt.data_dir / "locks")
+        self.liveness.hold()
+        self.rt.queues.liveness = self.liveness
         stages: list[tuple[str, Stage]] = []
         stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i), on_stuck=self._stuck))
                    for i in range(settings.pipeline_threads)]
@@ -184,7 +192,20 @@ class WorkerProcess:
             self.scheduler.add_job(job, "interval", seconds=seconds, max_instances=1, coalesce=True,
                                    next_run_time=datetime.now(UTC))
         self.scheduler.start()
+        threading.Thread(target=self._watch_mappings, name="mappings", daemon=True).start()
         log.info("worker started: %s", ", ".join(name for name, _ in stages) or "no threads")
+
+    def _watch_mappings(self) -> None:
+        """Reload on request (SIGHUP); between requests, what changed: the config file, or a mapping's."""
+        watch = Watch(self.rt)
+        while not self.stop_event.is_set():
+            try:
+                requested = self.reload_requested.wait(self.rt.mappings.check_seconds)
+                if requested:
+                    self.reload_requested.clear()
+                watch.poll(requested=requested)
+            except Exception:
+                log.exception("reloading the mappings failed; the ones loaded before stay in use")
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -201,12 +222,15 @@ class WorkerProcess:
             while thread.is_alive() and thread not in self.stuck:
                 thread.join(timeout=0.5)
         self.scheduler.shutdown(wait=True)
+        if self.liveness is not None:
+            self.liveness.release()
         log.info("worker stopped: in-flight work finished")
 
     def run_forever(self) -> int:
         """Run until SIGTERM/SIGINT or a stuck thread; the exit code (``EXIT_STUCK`` when a thread is stuck)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         self.start()
         self.stop_event.wait()
         self.wait()

@@ -1,4 +1,4 @@
-"""YAML loading that remembers where every value came from, and ``${VAR}`` interpolation.
+"""YAML loading that remembers where every value came from, and ``${VAR}`` / ``${file:PATH}`` interpolation.
 
 Config errors are reported as ``FILE:LINE path.to.key: message``; this module supplies the LINE.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 Path_ = tuple[str | int, ...]
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}|\$\$")
+_VAR = re.compile(r"\$\{file:([^}]+)\}|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}|\$\$")
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,12 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
 
 
 def interpolate(doc: YamlDocument, environ: Mapping[str, str] | None = None) -> list[ConfigIssue]:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value, in place; ``$$`` is a literal ``$``.
+    """Replace ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` in every string value, in place; ``$$`` is a
+    literal ``$``.
 
-    Returns an issue for each variable that is unset and has no default.
+    ``${file:/run/secrets/name}`` is the content of that file (Docker and Kubernetes secrets), without its final
+    newline; a relative PATH is taken relative to the config file. Returns an issue for each variable that is unset
+    and has no default, and for each file that cannot be read (named, its content never shown).
     """
     env = os.environ if environ is None else environ
     issues: list[ConfigIssue] = []
@@ -113,7 +116,9 @@ def interpolate(doc: YamlDocument, environ: Mapping[str, str] | None = None) -> 
         def one(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
-            name, default = match.group(1), match.group(2)
+            if match.group(1) is not None:
+                return read_secret_file(match.group(1), path)
+            name, default = match.group(2), match.group(3)
             if name in env and env[name] != "":
                 return env[name]
             if default is not None:
@@ -122,6 +127,25 @@ def interpolate(doc: YamlDocument, environ: Mapping[str, str] | None = None) -> 
             return ""
 
         return _VAR.sub(one, value)
+
+    def read_secret_file(name: str, path: Path_) -> str:
+        file = Path(name)
+        if not file.is_absolute():
+            file = Path(doc.file).parent / file
+        try:
+            content = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            problem = "does not exist"
+        except IsADirectoryError:
+            problem = "is a directory"
+        except PermissionError:
+            problem = "cannot be read (permission denied)"
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = f"cannot be read ({type(exc).__name__})"
+        else:
+            return content.removesuffix("\n").removesuffix("\r")
+        issues.append(doc.issue(path, f"secret file {file} {problem}"))
+        return ""
 
     def visit(value: Any, path: Path_) -> Any:
         if isinstance(value, dict):

@@ -25,7 +25,8 @@ as Zendesk's rate-limit guide shows. ``throttled`` counts the 429s served.
 Every write is recorded in ``writes``; ``delay_seconds`` slows each request down (applied after a write has taken
 effect and before the answer, the harshest case for a client that dies mid-request). ``hold_next_comment()`` makes
 the next comment write take effect and then withholds the answer until ``release`` is set: a client killed then
-has written without knowing it.
+has written without knowing it. ``lose_next_answer(method, path)`` makes the next such request take effect and then
+closes its connection without an answer (the client sees ``RemoteDisconnected``); ``lost`` lists them.
 
 A comment's marker (``metadata.gateway_message_id``) is the comma-joined list of the gateway message ids it carries
 (several pending messages of a conversation are written as one comment); ``comment_counts()`` and
@@ -134,6 +135,8 @@ class FakeZendesk(RepliesApi):
         self.release = threading.Event()
         self._hold_next = False
         self.held_write: Write | None = None
+        self._to_lose: list[tuple[str, str]] = []
+        self.lost: list[str] = []
         self._local = threading.local()
         self._init_replies()
 
@@ -239,6 +242,24 @@ class FakeZendesk(RepliesApi):
         with self.lock:
             self._hold_next = True
 
+    def lose_next_answer(self, method: str, path: str) -> None:
+        """Carry out the next ``method`` request to ``path`` (``/api/v2/...``), then close the connection unanswered."""
+        with self.lock:
+            self._to_lose.append((method, path))
+
+    def user_by_external_id(self, external_id: str) -> dict[str, Any]:
+        with self.lock:
+            (user,) = [u for u in self.state.users.values()
+                       if str(u.get("external_id") or "").lower() == external_id.lower()]
+            return dict(user)
+
+    def rename_user(self, external_id: str, name: str) -> None:
+        """An agent edits the user's name in Zendesk."""
+        with self.lock:
+            for user in self.state.users.values():
+                if str(user.get("external_id") or "").lower() == external_id.lower():
+                    user.update(name=name, updated_at=_now())
+
     def close_ticket(self, ticket_id: int) -> None:
         with self.lock:
             self.state.tickets[ticket_id]["status"] = "closed"
@@ -253,7 +274,12 @@ class FakeZendesk(RepliesApi):
             if throttled is not None:
                 return throttled
             self._run_due_jobs()
-            return self._route(method, path, query, headers, body, raw)
+            answer = self._route(method, path, query, headers, body, raw)
+            if (method, path) in self._to_lose:
+                self._to_lose.remove((method, path))
+                self.lost.append(f"{method} {path}")
+                self._local.lose = True
+            return answer
 
     def _throttle(self) -> Answer | None:
         if self.requests_per_minute is None:
@@ -280,6 +306,10 @@ class FakeZendesk(RepliesApi):
                                   "email": "agent@example.com"}}, {}
         if method == "POST" and path == "/api/v2/users/create_or_update":
             return self._user(body)
+        if method == "GET" and path == "/api/v2/users/search" and "external_id" in query:
+            wanted = query["external_id"][0].lower()
+            found = [dict(u) for u in self.state.users.values() if str(u.get("external_id") or "").lower() == wanted]
+            return 200, {"users": found, "next_page": None, "previous_page": None, "count": len(found)}, {}
         if method == "POST" and path == "/api/v2/users/create_or_update_many":
             return self._queue("users", "bulk_create_or_update_users", path, body.get("users"), body)
         if method == "POST" and path == "/api/v2/tickets/create_many":
@@ -560,8 +590,11 @@ def _handler_for(fake: FakeZendesk) -> type[BaseHTTPRequestHandler]:
                     self._answer(400, {"error": "InvalidJSON", "description": "body is not JSON"}, {})
                     return
             headers = {key.lower(): value for key, value in self.headers.items()}
-            fake._local.hold = False
+            fake._local.hold = fake._local.lose = False
             status, answer, extra = fake.handle(self.command, path, parse_qs(parts.query), headers, body, raw)
+            if fake._local.lose:
+                self.close_connection = True  # the write took effect; the socket closes with no answer
+                return
             if fake._local.hold:
                 fake.held.set()
                 fake.release.wait(60)

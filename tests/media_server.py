@@ -6,7 +6,9 @@ Paths:
 - ``/redirect?to=URL``: a 302 to URL;
 - ``/dribble?bytes=N&every=S``: declares N bytes, then sends one every S seconds (until the client goes or the
   server stops);
-- ``/silent``: accepts the request and never answers.
+- ``/silent``: accepts the request and never answers;
+- ``/status/CODE``: an empty answer with that HTTP status (404, 500, ...);
+- ``/graph/ID``: ``{"url": MediaServer.graph[ID]}``, as Meta's Graph API resolves a WhatsApp media id.
 
 With ``tls=True`` it serves HTTPS with a certificate for ``names`` signed by a throwaway CA (``ca_file``), so a
 client that verifies certificates reaches it under those names through a resolver that maps them to 127.0.0.1.
@@ -14,6 +16,7 @@ client that verifies certificates reaches it under those names through a resolve
 
 from __future__ import annotations
 
+import json
 import ssl
 import threading
 from collections.abc import Iterable
@@ -38,6 +41,7 @@ class MediaServer:
     def __init__(self, folder: Path, *, tls: bool = False, names: Iterable[str] = ("media.test",),
                  host: str = "127.0.0.1") -> None:
         self.files: dict[str, bytes] = {"photo.jpg": JPEG}
+        self.graph: dict[str, str] = {}
         self.requests: list[str] = []
         self.stop_event = threading.Event()
         self.dribbling = threading.Event()
@@ -87,6 +91,12 @@ def _handler_for(server: MediaServer) -> type[BaseHTTPRequestHandler]:
                 self._dribble(int(query.get("bytes", "100")), float(query.get("every", "0.1")))
             elif parts.path == "/silent":
                 server.stop_event.wait()
+            elif parts.path.startswith("/status/") and parts.path[8:].isdigit():
+                self._head(int(parts.path[8:]), 0, {})
+            elif parts.path.startswith("/graph/") and parts.path[7:] in server.graph:
+                body = json.dumps({"url": server.graph[parts.path[7:]]}).encode()
+                self._head(200, len(body), {"Content-Type": "application/json"})
+                self.wfile.write(body)
             else:
                 self._head(404, 0, {})
 

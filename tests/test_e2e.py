@@ -118,7 +118,7 @@ def test_first_sms_opens_a_ticket_and_the_next_one_comments_on_it(tmp_path: Path
         [first] = fake_zendesk.ticket_comments(ticket["id"])
         assert user["phone"] == INTERNATIONAL
         assert ticket["requester_id"] == user["id"]
-        assert first["body"] == "hello, my parcel is late"
+        assert first["body"] == "hello, my parcel is late\n\nvia SMS (sms-main)"
         assert first["author_id"] == user["id"] and first["public"] is True
         assert first["metadata"][MARKER]
 
@@ -132,7 +132,8 @@ def test_first_sms_opens_a_ticket_and_the_next_one_comments_on_it(tmp_path: Path
     assert fake_zendesk.write_counts() == {"user": 1, "ticket": 1, "comment": 1}
     assert [t["id"] for t in fake_zendesk.tickets()] == [ticket["id"]]
     comments = fake_zendesk.ticket_comments(ticket["id"])
-    assert [c["body"] for c in comments] == ["hello, my parcel is late", "any news?"]
+    assert [c["body"] for c in comments] == ["hello, my parcel is late\n\nvia SMS (sms-main)",
+                                             "any news?\n\nvia SMS (sms-main)"]
     assert comments[1]["author_id"] == user["id"]
     assert comments[0]["metadata"][MARKER] != comments[1]["metadata"][MARKER]
     markers = fake_zendesk.ticket_markers(ticket["id"])

@@ -203,7 +203,9 @@ def test_what_the_process_writes_is_masked_tracebacks_included(process_logging: 
     except ValueError:
         logging.getLogger("some.library").exception("failed for %s", EMAIL)
     written = capsys.readouterr().err
-    assert "Traceback" in written and "+1415…0100" in written and "a…@example.com" in written
+    assert "Traceback" in written
+    emails, phones = re.findall(r"email#[0-9a-f]{8}", written), re.findall(r"phone#[0-9a-f]{8}", written)
+    assert len(emails) == 2 and len(set(emails)) == 1 and len(phones) == 1  # stable: one address, one hash
     assert_private(written)
     if fmt == "json":
         [line] = [json.loads(x) for x in written.splitlines() if x.startswith("{")]

@@ -16,7 +16,8 @@ from tests.conformance.crm import MemoryLinkStore, delivery_item, twilio_sms
 from tests.conftest import ROOT
 
 CONTEXT = {
-    "message": {"channel": "whatsapp", "language": "ml", "subject": None, "text": "എന്റെ ഓർഡർ എവിടെ?",
+    "message": {"channel": "whatsapp", "connector": "whatsapp-main", "language": "ml", "subject": None,
+                "text": "എന്റെ ഓർഡർ എവിടെ?",
                 "attachments": [], "sender": {"identifiers": [{"kind": "phone", "value": "+919847000001"}]}},
     "customer": {"id": "c1", "display_name": "Anil", "identifiers": []},
     "conversation": {"id": "v1", "channel": "whatsapp"},

@@ -235,7 +235,8 @@ def test_conversation_order_is_kept_when_the_first_write_waits(webhook_runtime: 
 
 
 def test_mapping_error_is_dead_lettered_with_the_field(write_config: Callable[..., Path], tmp_path: Path) -> None:
-    (tmp_path / "m.yaml").write_text("crm: jsonl\nfields:\n  title: '{{ message.no_such_field.upper() }}'\n")
+    # passes every check (a sample message's text is longer), fails on this message's five characters
+    (tmp_path / "m.yaml").write_text("crm: jsonl\nfields:\n  title: '{{ 100 // (message.text | length - 5) }}'\n")
     path = write_config(f"""
         storage: {{url: "sqlite:///{tmp_path}/g.db"}}
         channels:

@@ -120,6 +120,11 @@ def test_two_worker_processes_write_every_message_exactly_once(postgres_url: str
         order[row.conversation_id].append(row.message_id)
     for ticket in fake_zendesk.tickets():
         assert fake_zendesk.ticket_markers(ticket["id"]) == order[ticket["external_id"]]
+    # and in the order each customer sent them, though two processes took their rows ("message n", n rising)
+    sent = {r.id: int(r.data["text"].split()[1]) for r in rows["messages"]}
+    for ticket in fake_zendesk.tickets():
+        numbers = [sent[mid] for mid in fake_zendesk.ticket_markers(ticket["id"])]
+        assert numbers == sorted(numbers), f"ticket {ticket['id']} out of order: {numbers}"
 
 
 def queue_conversations(rt: Runtime, conversations_wanted: int, per_conversation: int) -> list[Any]:

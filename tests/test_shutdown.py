@@ -1,6 +1,7 @@
 """Stopping workers: SIGTERM drains in-flight work and gives back the rest; kill -9 loses nothing either, because
-leases expire and the idempotent CRM writes turn the repeat into a no-op. Both end with every message in the
-(slow, fake) Zendesk exactly once."""
+the restarted worker takes the killed one's rows over at once (without waiting for their leases) and the idempotent
+CRM writes turn the repeat into a no-op. Both end with every message in the (slow, fake) Zendesk exactly once, each
+customer's in the order they were sent."""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
             tmp_path, storage_url=f"sqlite:///{tmp_path / 'gateway.db'}", port=free_port(),
             crms=zendesk_crm(fake.url), routes="[{from: [sms-main], to: desk}]",
             # two messages per write: each conversation's four messages take two rounds (a ticket, then a
-            # comment), so there is a mid-way to stop at, and the held write carries a comma-joined marker
-            workers=", batch_size: 5, coalesce_max: 2, delivery_threads: 2, lease_seconds: 5")
+            # comment), so there is a mid-way to stop at, and the held write carries a comma-joined marker; leases
+            # longer than the restarted worker is given: it must not wait for the killed one's to end
+            workers=", batch_size: 5, coalesce_max: 2, delivery_threads: 2, lease_seconds: 60")
         rt = build_runtime(load_config(config), http=requests.Session())
         items = [twilio_inbox_item(twilio_params(message_sid(n), f"+1415555{2000 + n % CUSTOMERS}", f"message {n}",
                                                  TWILIO_SID)) for n in range(MESSAGES)]
@@ -88,9 +90,14 @@ def assert_everything_delivered_once(s: Setup) -> None:
         order.setdefault(row.conversation_id, []).append(row.message_id)
     for ticket in s.fake.tickets():
         assert s.fake.ticket_markers(ticket["id"]) == order[ticket["external_id"]]
+    # and in the order each customer sent them ("message n", n rising)
+    sent = {r.id: int(r.data["text"].split()[-1]) for r in stored}
+    for ticket in s.fake.tickets():
+        numbers = [sent[mid] for mid in s.fake.ticket_markers(ticket["id"])]
+        assert numbers == sorted(numbers), f"ticket {ticket['id']} out of order: {numbers}"
 
 
-def deliver_the_rest(s: Setup, name: str, timeout: float) -> None:
+def deliver_the_rest(s: Setup, name: str, timeout: float) -> str:
     worker = s.worker(name)
     try:
         wait_for(lambda: {r.status for r in s.rows(outbox)} == {"done"} and len(s.rows(outbox)) == MESSAGES,
@@ -98,6 +105,7 @@ def deliver_the_rest(s: Setup, name: str, timeout: float) -> None:
     finally:
         code = worker.stop()
     assert code == 0, worker.output()[-3000:]
+    return worker.output()
 
 
 def test_sigterm_finishes_in_flight_work_gives_back_the_rest_and_exits_0(setup: Setup) -> None:
@@ -141,7 +149,9 @@ def test_kill_9_mid_batch_then_restart_delivers_everything_exactly_once(setup: S
     assert leased and {r.lease_owner.split(":")[1] for r in leased} == {str(worker.pid)}, \
         "the killed worker should have left claims behind"
 
-    deliver_the_rest(setup, "second", 30)  # the claims expire after lease_seconds (5 s), then are repeated
+    # the killed worker's claims are taken over at once, long before their 60 s leases end, and repeated
+    output = deliver_the_rest(setup, "second", 30)
+    assert "held by worker(s) that are gone" in output
     assert_everything_delivered_once(setup)
     repeated = [r for r in setup.rows(outbox) if r.attempts > 1]
     assert repeated, "rows claimed by the killed worker are tried again"

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 HALTED = "PROCESSING_HALTED"
 # Error codes worth another try although Salesforce answers them with a 4xx.
 RETRYABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT", "REQUEST_RUNNING_TOO_LONG"})
+MIN_API_VERSION = 46.0
 LINK_FIELDS = {"Contact": "ContactId", "Account": "AccountId"}
 # Far above any org's real request rate: the limiter only carries the budget pause between processes.
 _SHARED_PAUSE_RATE = 600_000.0
@@ -52,7 +53,8 @@ class SalesforceConfig(CrmConfig):
     private_key_file: str | None = Field(None, description="Path of the PEM private key, instead of private_key.")
     instance_url: str | None = Field(None, pattern=r"^https://", description="Instance URL (session id auth).")
     session_id: SecretStr | None = Field(None, description="Access token / session id (with instance_url).")
-    api_version: str = Field("59.0", pattern=r"^\d+\.\d$", description="REST API version (46.0 or later).")
+    api_version: str = Field("59.0", pattern=r"^\d+\.\d$", description=(
+        "REST API version, 46.0 or later: earlier versions do not say whether an upsert created its record."))
     contact_object: str = Field("Contact", description="Contact, Lead, or Account for Person Accounts.")
     contact_external_id_field: str = Field(
         "Gateway_Customer_Id__c", description="External-ID field on the contact object holding the customer id.")
@@ -84,6 +86,9 @@ class SalesforceConfig(CrmConfig):
     reply_poll_limit: int = Field(200, ge=1, le=2000, description="Rows read per object and poll (SOQL LIMIT).")
     reply_max_age_hours: float = Field(
         24.0, ge=0, description="Replies created longer ago are never sent (merged or re-imported cases); 0: any.")
+    erase_contacts: Literal["delete", "keep"] = Field(
+        "delete", description="What `gateway customers forget --crm` does with the person's contact record: delete "
+                              "it (Salesforce keeps it 15 days in the recycle bin), or keep it for your own process.")
     reply_secret: SecretStr | None = Field(
         None, description="Key for agent replies posted to /crm-hooks/NAME (X-Gateway-Signature); unset: none taken.")
 
@@ -105,6 +110,14 @@ class SalesforceConfig(CrmConfig):
         if session and self.instance_url is None:
             raise ValueError("session_id needs instance_url")
         return self
+
+    @field_validator("api_version")
+    @classmethod
+    def _recent_api(cls, value: str) -> str:
+        if float(value) < MIN_API_VERSION:
+            raise ValueError(f"{value} is too old: use {MIN_API_VERSION:.1f} or later (only from 46.0 does "
+                             "Salesforce report whether an upsert created its record)")
+        return value
 
     @field_validator("reply_poll_seconds")
     @classmethod

@@ -30,9 +30,18 @@ from connectors.salesforce.client import (
     first_error,
 )
 from connectors.salesforce.replies import SalesforceReplies
-from gateway.errors import OnlineCheckFailed, RetryableError
+from gateway.crmfields import FieldCatalog, field_list
+from gateway.errors import OnlineCheckFailed, PermanentError, RetryableError
 from gateway.model import ChannelType
-from gateway.plugins import ConnectorContext, CrmConnector, DeliveryItem, DeliveryResult, LinkStore, online_check
+from gateway.plugins import (
+    ConnectorContext,
+    ContactErasure,
+    CrmConnector,
+    DeliveryItem,
+    DeliveryResult,
+    LinkStore,
+    online_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +69,7 @@ class WriteAgain:
     calls: int
 
 
-class SalesforceCrm(CrmConnector, SalesforceReplies):
+class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
     """Salesforce: contact per customer, Case per conversation, CaseComment or EmailMessage per message.
 
     Agent replies (polled or posted by a Flow) and notes for agents: ``connectors.salesforce.replies``.
@@ -75,6 +84,46 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
     def __init__(self, name: str, config: SalesforceConfig, context: ConnectorContext) -> None:
         super().__init__(name, config, context)
         self.api = SalesforceClient(name, config, context)
+
+    @staticmethod
+    def mapped_objects(config: SalesforceConfig | None) -> dict[str, tuple[str, ...]]:
+        """The objects behind each mapping prefix: ``activity.`` fields go to the comment or the email object."""
+        fields = SalesforceConfig.model_fields
+        contact = config.contact_object if config else fields["contact_object"].default
+        comment = config.comment_object if config else fields["comment_object"].default
+        email = config.email_object if config else fields["email_object"].default
+        return {"contact": (contact,), "case": ("Case",), "activity": tuple(o for o in (comment, email) if o)}
+
+    @classmethod
+    def mapping_fields(cls, config: Any) -> FieldCatalog:
+        """``comment``, ``public``, and the standard fields of ``mappings/fields/salesforce.yaml`` (custom ``__c``
+        fields taken as written); an object not listed there (a custom one) takes any field."""
+        known = field_list("salesforce")
+        standard: dict[str, list[str]] = known["objects"]
+
+        def names(objects: tuple[str, ...]) -> frozenset[str] | None:
+            lists = [standard.get(obj) for obj in objects]
+            return None if any(names is None for names in lists) else frozenset(n for ns in lists for n in ns or ())
+
+        prefixes = {prefix: names(objects) for prefix, objects in cls.mapped_objects(config).items()}
+        return FieldCatalog("salesforce", frozenset(known["fields"]), prefixes, custom_suffix="__c",
+                            case_sensitive=False)
+
+    def describe_fields(self) -> FieldCatalog:
+        """The fields Salesforce's describe calls createable or updateable, for each object the mapping writes."""
+        described: dict[str, frozenset[str]] = {}
+
+        def names(objects: tuple[str, ...]) -> frozenset[str]:
+            for obj in objects:
+                if obj not in described:
+                    body = self.api.call("GET", f"sobjects/{obj}/describe") or {}
+                    described[obj] = frozenset(f["name"] for f in body.get("fields", [])
+                                               if f.get("createable") or f.get("updateable"))
+            return frozenset(n for obj in objects for n in described[obj])
+
+        prefixes = {prefix: names(objects) for prefix, objects in self.mapped_objects(self.config).items()}
+        return FieldCatalog("salesforce", frozenset(field_list("salesforce")["fields"]), prefixes,
+                            case_sensitive=False)
 
     # -- payloads ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -190,38 +239,62 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         return next((str(r["Id"]) for r in records if str(r.get(body_field) or "").rstrip().endswith(marker)), None)
 
     # -- existing contacts ---------------------------------------------------------------------------------------
-    def match_query(self, item: DeliveryItem) -> str | None:
-        """SOQL for records holding the customer's email or phone; None when there is nothing to look for."""
+    def own_condition(self, item: DeliveryItem) -> str:
+        """SOQL condition for the record already holding the customer's id (written by an earlier attempt)."""
+        return format_soql("{:literal} = {}", self.config.contact_external_id_field, item.customer.id)
+
+    def contact_query(self, item: DeliveryItem, *, match: bool) -> str:
+        """SOQL for the customer's own record and, with ``match``, the records holding its email or phone."""
         obj = self.config.contact_object
-        fields = MATCH_FIELDS.get(obj)
-        if fields is None:
-            return None
         conditions = []
-        for kind, names in fields.items():
+        for kind, names in (MATCH_FIELDS.get(obj, {}) if match else {}).items():
             values = list(dict.fromkeys(value for k, value in item.customer.identifiers if k == kind))
             for name in names if values else ():
                 conditions.append(format_soql("{:literal} = {}", name, values[0]) if len(values) == 1
                                   else format_soql("{:literal} IN {}", name, values))
-        if not conditions:
-            return None
-        where = " OR ".join(conditions)
-        if obj in MATCH_SCOPES:
-            where = f"{MATCH_SCOPES[obj]} AND ({where})"
+        where = self.own_condition(item)
+        if conditions:
+            matches = " OR ".join(conditions)
+            where += f" OR ({MATCH_SCOPES[obj]} AND ({matches}))" if obj in MATCH_SCOPES else f" OR {matches}"
         select = format_soql("SELECT Id, {:literal} FROM {:literal}", self.config.contact_external_id_field, obj)
         return f"{select} WHERE {where} LIMIT {_MATCH_LIMIT}"
 
-    def match_contact(self, item: DeliveryItem, soql: str) -> str | None:
-        """The one existing record to adopt for a customer without a link, or None to create one."""
+    def can_match(self, item: DeliveryItem) -> bool:
+        """Whether existing records are matched for this customer (enabled, a known object, an email or phone)."""
+        fields = MATCH_FIELDS.get(self.config.contact_object)
+        return self.config.match_existing_contacts and fields is not None \
+            and any(kind in fields for kind, _ in item.customer.identifiers)
+
+    def contact_for(self, item: DeliveryItem, links: LinkStore, retry: bool) -> tuple[str | None, int]:
+        """For a customer without a link: the one existing record to adopt (None: upsert by external id), and the
+        API calls spent.
+
+        A record already holding the customer's id was written by an attempt whose answer was lost: it is linked,
+        so that it is never upserted again with a first write's body (an agent's edits, an adopted record's own
+        fields stay). A retry always looks; a first attempt looks while matching existing records anyway.
+        """
+        if links.get("customer", item.customer.id) is not None:
+            return None, 0
+        match = self.can_match(item)
+        if not (match or retry):
+            return None, 0
+        records = self.api.query(self.contact_query(item, match=match))
+        calls = 1
         ext_field = self.config.contact_external_id_field
-        records = self.api.query(soql)
-        if any(r.get(ext_field) == item.customer.id for r in records):
-            return None  # written by an earlier attempt: the upsert by external id finds it
+        if match and len(records) == _MATCH_LIMIT and not any(r.get(ext_field) == item.customer.id for r in records):
+            # the limit may have cut our own record off: ask for it alone
+            records += self.api.query(self.contact_query(item, match=False))
+            calls += 1
+        own = next((str(r["Id"]) for r in records if r.get(ext_field) == item.customer.id), None)
+        if own is not None:
+            links.put("customer", item.customer.id, own, {"recovered": True})
+            return None, calls
         free = [str(r["Id"]) for r in records if not r.get(ext_field)]  # others belong to other customers
         if len(free) > 1:
             log.info("customer %s matches %s%d Salesforce %s records by email or phone; adopting none",
-                     item.customer.id, "at least " if len(records) == _MATCH_LIMIT else "", len(free),
+                     item.customer.id, "at least " if len(records) >= _MATCH_LIMIT else "", len(free),
                      self.config.contact_object)
-        return free[0] if len(free) == 1 else None
+        return (free[0] if match and len(free) == 1 else None), calls
 
     # -- delivery ------------------------------------------------------------------------------------------------
     def adopt_duplicate(self, item: DeliveryItem, record_id: str, links: LinkStore) -> None:
@@ -231,28 +304,26 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         links.put("customer", item.customer.id, record_id, {"adopted": True})
 
     def deliver(self, item: DeliveryItem, links: LinkStore) -> DeliveryResult:
-        """One message in one composite request; a retry first looks for what an earlier attempt wrote."""
+        """One message in one composite request.
+
+        A retry (the earlier attempt's outcome may be unknown: it may have been carried out and its answer lost)
+        first recovers every link that attempt may have made, the contact's and the Case's, and looks for the message
+        record, so nothing is written twice and nothing is upserted again with a first write's body.
+        """
         self.api.check_budget()
-        calls = 0
+        retry = item.attempt > 1
+        adopt, calls = self.contact_for(item, links, retry)
         case_link = links.get("conversation", item.conversation.id)
         case_id = case_link[0] if case_link else None
-        needs_lookup = item.attempt > 1 and self.config.message_external_id_field is None
-        if needs_lookup:
-            if case_id is None:
-                case_id = self.find_case(item.conversation.id)
-                calls += 1
-                if case_id is not None:
-                    links.put("conversation", item.conversation.id, case_id)
+        if retry and case_id is None:
+            case_id = self.find_case(item.conversation.id)
+            calls += 1
             if case_id is not None:
-                calls += 1
-                if self.written_record(item, case_id) is not None:
-                    return DeliveryResult("already_written", case_id, calls=calls)
-        adopt = None
-        if self.config.match_existing_contacts and links.get("customer", item.customer.id) is None:
-            soql = self.match_query(item)
-            if soql is not None:
-                adopt = self.match_contact(item, soql)
-                calls += 1
+                links.put("conversation", item.conversation.id, case_id, {"recovered": True})
+        if retry and case_id is not None and self.config.message_external_id_field is None:
+            calls += 1
+            if self.written_record(item, case_id) is not None:
+                return DeliveryResult("already_written", case_id, calls=calls)
         for _ in range(3):
             outcome = self._write(item, links, case_id, adopt)
             calls += outcome.calls
@@ -309,6 +380,18 @@ class SalesforceCrm(CrmConnector, SalesforceReplies):
         operation = ("case_created" if created else "case_updated") if case is not None else "message_added"
         record = results["message"].body or {}
         return DeliveryResult(operation, case_id, detail=f"{self.message_object(item)} {record.get('id', '')}")
+
+    def erase_contact(self, remote_id: str) -> str:
+        """Delete the contact record, as ``erase_contacts`` says; a record already deleted counts as deleted."""
+        obj = self.config.contact_object
+        if self.config.erase_contacts == "keep":
+            return f"{obj} {remote_id} kept (erase_contacts: keep)"
+        try:
+            self.api.call("DELETE", f"sobjects/{obj}/{quote(remote_id, safe='')}")
+        except PermanentError as exc:
+            if exc.code not in ("NOT_FOUND", "ENTITY_IS_DELETED"):
+                raise
+        return f"{obj} {remote_id} deleted (in the recycle bin for 15 days)"
 
     @online_check
     def check_online(self) -> str:

@@ -2,7 +2,8 @@
 
 Idempotency: users are upserted by ``external_id`` (the gateway's customer id); tickets are created with an
 ``Idempotency-Key`` and ``external_id`` = conversation id; every write carries the gateway message ids in the
-audit ``metadata``. A retry after an uncertain attempt first looks for them, so nothing is written twice.
+audit ``metadata``. A retry after an uncertain attempt first looks for them, so nothing is written twice, and links
+the user and ticket that attempt made, so neither is written again with a first write's body.
 
 Throughput: the pending messages of one conversation are coalesced into one comment (Zendesk allows about 30
 updates per ticket per 10 minutes), and when many conversations wait at once the batch endpoints take them 100 at a
@@ -21,6 +22,7 @@ from connectors.zendesk.bulk import BatchDelivery, Outcomes
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
+from gateway.crmfields import FieldCatalog, field_list
 from gateway.directory import CrmDirectory
 from gateway.errors import (
     INTERNAL,
@@ -34,6 +36,7 @@ from gateway.plugins import (
     AgentReplies,
     AgentReply,
     ConnectorContext,
+    ContactErasure,
     ContactMerge,
     CrmConnector,
     CursorStore,
@@ -53,7 +56,7 @@ from gateway.webhooks import HookRequest
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
 CLOSED = "closed"
-TICKET_FIELDS = ("subject", "tags", "priority", "type", "group_id", "brand_id", "custom_fields", "status")
+TICKET_FIELDS = ("tags", *field_list("zendesk")["ticket"])  # written on a new ticket as the mapping rendered them
 _MAX_AUDIT_PAGES = 20
 
 
@@ -71,7 +74,8 @@ def marker(items: list[DeliveryItem]) -> dict[str, str]:
     return {MARKER: ",".join(item.message.id for item in items)}
 
 
-class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplySetup, ReplyPolling, InternalNotes):
+class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, AgentReplies, ReplySetup, ReplyPolling,
+                 InternalNotes):
     """Zendesk Support: end user per customer, ticket per conversation, public comment per message."""
 
     type_name = "zendesk"
@@ -84,6 +88,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
     def __init__(self, name: str, config: ZendeskConfig, context: ConnectorContext) -> None:  # type: ignore[override]
         super().__init__(name, config, context)
         self.client = ZendeskClient(config, context, name)
+
+    @classmethod
+    def mapping_fields(cls, config: Any) -> FieldCatalog:
+        """The names in ``mappings/fields/zendesk.yaml``."""
+        known = field_list("zendesk")
+        return FieldCatalog("zendesk", frozenset(known["fields"]) | frozenset(known["ticket"]),
+                            {"user": frozenset(known["user"])}, reserved=known["reserved"])
 
     # -- payloads ----------------------------------------------------------------------------------------------
     def user_payload(self, item: DeliveryItem) -> dict[str, Any]:
@@ -99,7 +110,9 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
             user["phone"] = phone
         if email:
             user["email"] = email
-        return user
+        mapped = {name[len("user."):]: int(value) if name.endswith("_id") and str(value).isdigit() else value
+                  for name, value in item.fields.items() if name.startswith("user.") and value not in (None, "")}
+        return {**mapped, **user}
 
     def comment(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
         """One comment carrying the items' messages, authored by the customer's user, with uploaded attachments."""
@@ -165,14 +178,29 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
         links.put("customer", item.customer.id, user_id, {"adopted": True})
         return user_id
 
+    def find_user(self, customer_id: str) -> str | None:
+        """The user holding the customer id as ``external_id`` (users/search takes ids only there, no syntax)."""
+        body = self.client.call("GET", "/users/search", params={"external_id": customer_id})
+        users = body.get("users") or []
+        return str(users[0]["id"]) if users else None
+
     def ensure_user(self, item: DeliveryItem, links: LinkStore) -> str:
-        """The customer's Zendesk user id: linked, adopted from the directory, or upserted by external id."""
+        """The customer's Zendesk user id: linked, adopted from the directory, or upserted by external id.
+
+        On a retry the earlier upsert may have landed with its answer lost: the user it made is linked as it is, not
+        upserted again, since ``create_or_update`` would put the first write's name back over an agent's edit.
+        """
         link = links.get("customer", item.customer.id)
         if link is not None:
             return link[0]
         adopted = self.adopt_user(item, links)
         if adopted is not None:
             return adopted
+        if item.attempt > 1:
+            found = self.find_user(item.customer.id)
+            if found is not None:
+                links.put("customer", item.customer.id, found, {"recovered": True})
+                return found
         body = self.client.call("POST", "/users/create_or_update", json={"user": self.user_payload(item)})
         user_id = str(body["user"]["id"])
         links.put("customer", item.customer.id, user_id)
@@ -427,6 +455,15 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, AgentReplies, ReplyS
     def merge_contacts(self, survivor_remote_id: str, absorbed_remote_id: str) -> None:
         """Merge two Zendesk users (an admin's merge carried into the CRM): the absorbed user into the survivor."""
         self.client.call("PUT", f"/users/{absorbed_remote_id}/merge", json={"user": {"id": int(survivor_remote_id)}})
+
+    def erase_contact(self, remote_id: str) -> str:
+        """Delete the user, then delete it permanently (Zendesk keeps a deleted user 30 days otherwise).
+
+        https://developer.zendesk.com/api-reference/ticketing/users/users/#permanently-delete-user
+        """
+        self.client.call("DELETE", f"/users/{int(remote_id)}", ok=(200, 404))
+        self.client.call("DELETE", f"/deleted_users/{int(remote_id)}", ok=(200, 404))
+        return f"user {remote_id} deleted permanently"
 
     @online_check
     def check_online(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ from sqlalchemy.sql.elements import ColumnElement
 from gateway.records import InboxItem
 from gateway.redact import redact
 from gateway.storage.db import is_sqlite, utcnow
+from gateway.storage.liveness import Liveness
 from gateway.storage.tables import crm_notes, dead_letters, inbox, outbox, sends
 
 log = logging.getLogger(__name__)
 # what a dead letter's stage names: the queue its source row lives in
 STAGE_TABLES: dict[str, Table] = {"pipeline": inbox, "delivery": outbox, "send": sends, "note": crm_notes}
+GONE_SWEEP_SECONDS = 2.0  # how often a claim looks for rows held by workers that are gone
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,10 @@ class LeaseLost(Exception):
 class Queues:
     """Inbox, outbox and dead-letter operations over one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, liveness: Liveness | None = None) -> None:
         self.engine = engine
+        self.liveness = liveness  # set in worker processes: rows of a worker that is gone are taken over at once
+        self._next_sweep: dict[str, float] = {}
         self._skip_locked = not is_sqlite(engine)
         self._inbox_insert = _PreparedInsert(engine, (
             insert_for(engine, inbox)
@@ -204,8 +209,43 @@ class Queues:
                     by_key[(row.crm, row.conversation_id)].append(row)
         return list(by_key.values())
 
+    def reclaim_from_gone(self, table: Table) -> int:
+        """Free the rows leased by workers whose process has ended, without waiting for the leases to run out.
+
+        Their claim stays counted as an attempt: a row that kills its worker each time is still dead-lettered once
+        its tries are spent.
+        """
+        if self.liveness is None:
+            return 0
+        now = utcnow()
+        with self.engine.connect() as conn:
+            owners = list(conn.execute(select(table.c.lease_owner).distinct().where(
+                table.c.status == "pending", table.c.lease_owner.is_not(None), table.c.lease_until >= now)).scalars())
+        gone = [owner for owner in owners if self.liveness.is_gone(owner)]
+        if not gone:
+            return 0
+        with self.engine.begin() as conn:
+            freed = conn.execute(update(table).where(
+                table.c.status == "pending", table.c.lease_owner.in_(gone)).values(
+                lease_owner=None, lease_until=None)).rowcount
+        if freed:
+            log.warning("took over %d %s row(s) held by worker(s) that are gone: %s", freed, table.name,
+                        ", ".join(sorted(gone)))
+        return int(freed)
+
+    def _sweep_gone(self, table: Table) -> None:
+        """``reclaim_from_gone`` on a process's first claim, then every ``GONE_SWEEP_SECONDS`` at most."""
+        if self.liveness is None or time.monotonic() < self._next_sweep.get(table.name, 0.0):
+            return
+        self._next_sweep[table.name] = time.monotonic() + GONE_SWEEP_SECONDS
+        try:
+            self.reclaim_from_gone(table)
+        except Exception:
+            log.warning("could not look for %s rows held by workers that are gone", table.name, exc_info=True)
+
     def _claim(self, table: Table, owner: str, limit: int, lease_seconds: int,
                conditions: Sequence[ColumnElement[bool]], one_retried: bool = False) -> list[Row[Any]]:
+        self._sweep_gone(table)
         now = utcnow()
         candidates = (
             select(table.c.id, table.c.attempts)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.expression import false
 
 metadata = MetaData(
     naming_convention={
@@ -77,8 +79,20 @@ inbox = Table(
     *lease_columns(),
     Column("last_error", Text),
     Column("processed_at", Time),
+    # true once a worker has normalised the row and written its order keys (none for a row without a sender)
+    Column("keyed", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("connector", "provider_id", name="uq_inbox_connector_provider_id"),
     Index("ix_inbox_claim", "status", "available_at"),
+    Index("ix_inbox_unkeyed", "status", "keyed", "id"),
+)
+
+# The order keys of pending inbox rows (digests of their senders' identifiers): a row waits while an older pending
+# row shares one of its keys. Removed when the row is settled.
+inbox_keys = Table(
+    "inbox_keys", metadata,
+    Column("inbox_id", Id, primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Index("ix_inbox_keys_key", "key", "inbox_id"),
 )
 
 customers = Table(
@@ -343,4 +357,15 @@ used_tokens = Table(
     Column("used_for", String(128), nullable=False),  # a digest of the request it came with: its retries pass
     Column("expires_at", Time, nullable=False),
     Index("ix_used_tokens_expires_at", "expires_at"),
+)
+
+# One row per identifier of an erased customer: a keyed hash of ``kind:value`` (never the value), when and at whose
+# request. Proof the erasure happened, and how a later message from the same identifier is told apart: a new customer.
+tombstones = Table(
+    "tombstones", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("identifier_hash", String(64), nullable=False, index=True),
+    Column("erased_at", Time, nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("summary", JSON, nullable=False),  # what was removed, by table, and what each CRM was asked
 )

@@ -20,7 +20,10 @@ fails when the two disagree, so no ability goes untested and nothing is skipped.
 ``HttpCrmConformance`` adds the error-classification tests for CRMs reached over HTTP; its subclasses also provide
 ``mock_failure(mocked, ...)`` (the first write answers with the given failure) and ``error_body(status)``. The group
 cases register ``mock_success`` after ``mock_failure``: each failure registered once is then answered once, and the
-healthy CRM answers from the next request on.
+healthy CRM answers from the next request on. Its lost-answer cases put ``LostAnswers`` over the healthy CRM: each
+kind of write is carried out and then its connection closes without an answer, once, as when a CRM commits and the
+network fails before the reply arrives. A CRM that keeps a contact record per customer (a delivery links the
+customer) also mixes in ``ContactRecordCases`` (hooks ``rename_contact`` and ``contact_name``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from http.client import RemoteDisconnected
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import requests
 import responses
+from urllib3.exceptions import ProtocolError
 
 from gateway.errors import DeliveryError, PermanentError, RetryableError
 from gateway.model import ChannelType, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
@@ -170,6 +175,40 @@ def deliver_until_settled(connector: CrmConnector, groups: list[Group], links: M
         assert_outcomes_of(groups, outcomes)
         groups = next_round(groups, outcomes)
     assert not groups, f"still unsettled after {rounds} rounds: {groups}"
+
+
+class LostAnswers:
+    """Put over a mocked CRM's registered answers: the first request each write answer serves is carried out (its
+    callback runs, so a stateful fake holds the write), then the connection closes without an answer, as requests
+    reports a server that closed the socket: ``ConnectionError(ProtocolError("Connection aborted.",
+    RemoteDisconnected(...)))``. Later requests are answered. ``lost`` lists the requests whose answers were lost."""
+
+    WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+    def __init__(self, mocked: responses.RequestsMock, spare: tuple[str, ...] = ()) -> None:
+        """``spare``: URLs (their beginnings) of requests that write nothing, such as a login, always answered."""
+        self.lost: list[str] = []
+        for registered in mocked.registered():
+            url = registered.url if isinstance(registered.url, str) else registered.url.pattern
+            if registered.method in self.WRITES and not url.startswith(spare):
+                self._lose_first(registered)
+
+    def _lose_first(self, registered: responses.BaseResponse) -> None:
+        answer = registered.get_response
+        served = False
+
+        def carried_out_then_dropped(request: Any) -> Any:
+            nonlocal served
+            response = answer(request)
+            if served:
+                return response
+            served = True
+            self.lost.append(f"{request.method} {request.url}")
+            raise requests.ConnectionError(ProtocolError(
+                "Connection aborted.", RemoteDisconnected("Remote end closed connection without response")),
+                request=request)
+
+        registered.get_response = carried_out_then_dropped  # type: ignore[method-assign]
 
 
 class MemoryDirectory:
@@ -350,7 +389,10 @@ class CrmConformance:
 
 
 class HttpCrmConformance(CrmConformance):
-    """The suite for CRMs reached over HTTP: failures are classified, Retry-After honoured, secrets kept out."""
+    """The suite for CRMs reached over HTTP: failures are classified, Retry-After honoured, secrets kept out, lost
+    answers recovered."""
+
+    login_urls: ClassVar[tuple[str, ...]] = ()  # requests that write nothing: their answers are never lost
 
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:
@@ -446,6 +488,41 @@ class HttpCrmConformance(CrmConformance):
         expected = sorted(item.message.id for group in groups for item in group if item.outbox_id not in dead)
         assert sorted(self.written_messages(mocked, tmp_path)) == expected
 
+
+    # -- lost answers: the CRM carried a write out, then the connection closed without an answer ------------------
+    def _next_message(self, connector: CrmConnector) -> Group:
+        return [delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32, inbox_id=2), crm=connector.name,
+                              outbox_id=2, opened=False)]
+
+    def test_lost_answers_write_nothing_twice_and_every_link_is_recovered(
+            self, connector: CrmConnector, mocked: responses.RequestsMock, tmp_path: Path) -> None:
+        self.mock_success(mocked)
+        other = conversation(connector.name, ["Wrong size delivered"], first_outbox_id=21, other=True)
+        clean = MemoryLinkStore()
+        deliver_until_settled(connector, [other], clean)
+        lost = LostAnswers(mocked, self.login_urls)
+        links = MemoryLinkStore()
+        first = conversation(connector.name, ["My order #1234 never arrived"])
+        deliver_until_settled(connector, [first], links, rounds=5)
+        assert lost.lost, "no answer was lost: the case tested nothing"
+        # the links a clean write makes (customer, conversation), each recovered from the CRM
+        assert sorted(entity for entity, _ in links.links) == sorted(entity for entity, _ in clean.links)
+
+        following = self._next_message(connector)
+        deliver_until_settled(connector, [following], links, rounds=5)
+        expected = sorted(item.message.id for item in other + first + following)
+        assert sorted(self.written_messages(mocked, tmp_path)) == expected
+
+    def test_a_crm_that_links_customers_runs_the_contact_cases(
+            self, connector: CrmConnector, mocked: responses.RequestsMock) -> None:
+        self.mock_success(mocked)
+        links = MemoryLinkStore()
+        deliver_until_settled(connector, [conversation(connector.name, ["My order #1234 never arrived"])], links)
+        keeps_contacts = links.get("customer", CUSTOMER_ID) is not None
+        assert keeps_contacts == isinstance(self, ContactRecordCases), (
+            f"{type(connector).__name__} {'links' if keeps_contacts else 'does not link'} customers: "
+            f"{'mix' if keeps_contacts else 'do not mix'} ContactRecordCases into {type(self).__name__}")
+
     @pytest.mark.parametrize("status", [400, 422, 429, 500])
     def test_errors_and_logs_never_show_secrets(
             self, connector: CrmConnector, mocked: responses.RequestsMock, status: int,
@@ -506,6 +583,37 @@ class ContactMergeCases:
         self.mock_merge(mocked)
         connector.merge_contacts("9001", "9002")
         assert self.merges(mocked) == [("9001", "9002")]
+
+
+class ContactRecordCases:
+    """Cases for a CRM that keeps a contact record per customer: mix into its suite, with ``rename_contact`` and
+    ``contact_name`` (the record's name, found by the customer id the gateway stamps on it)."""
+
+    mock_success: Any
+    rename_contact: Any
+    contact_name: Any
+    login_urls: tuple[str, ...]
+    AGENTS_NAME = "Asha Rao (verified by phone)"
+
+    def test_a_lost_answer_never_puts_the_first_write_back_over_an_agents_edit(
+            self, connector: CrmConnector, mocked: responses.RequestsMock) -> None:
+        """The issue's case: after a lost answer the retry must learn the contact is written and linked, so neither
+        it nor the customer's next message upserts the contact again with its first-write body."""
+        self.mock_success(mocked)
+        lost = LostAnswers(mocked, self.login_urls)
+        links = MemoryLinkStore()
+        group = conversation(connector.name, ["My order #1234 never arrived"])
+        outcomes = connector.deliver_groups([group], links)
+        assert isinstance(outcomes.get(group[0].outbox_id), RetryableError) and lost.lost, outcomes
+        # the write landed: an agent corrects the contact's name before the retry comes
+        self.rename_contact(mocked, CUSTOMER_ID, self.AGENTS_NAME)
+        deliver_until_settled(connector, next_round([group], outcomes), links, rounds=5)
+        assert links.get("customer", CUSTOMER_ID) is not None
+
+        following = [delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32, inbox_id=2), crm=connector.name,
+                                   outbox_id=2, opened=False)]
+        deliver_until_settled(connector, [following], links, rounds=5)
+        assert self.contact_name(mocked, CUSTOMER_ID) == self.AGENTS_NAME
 
 
 ABILITY_CASES: tuple[tuple[type, type], ...] = ((DirectorySync, DirectorySyncCases), (ContactMerge, ContactMergeCases))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -70,3 +71,21 @@ def test_absolute_path_and_check_online(tmp_path: Path) -> None:
     assert crm.check_online() == f"writable: {target}"
     crm.deliver(delivery_item(crm="trial"), MemoryLinkStore())
     assert len(target.read_text(encoding="utf-8").splitlines()) == 1
+
+
+class _DiesBeforeLinking(MemoryLinkStore):
+    def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None:
+        raise SystemExit("killed between the append and the link")
+
+
+def test_a_retry_after_a_crash_between_append_and_link_writes_no_second_line(tmp_path: Path) -> None:
+    crm = jsonl(tmp_path)
+    item = delivery_item(crm="trial")
+    with contextlib.suppress(SystemExit):
+        crm.deliver(item, _DiesBeforeLinking())
+    links = MemoryLinkStore()
+    again = crm.deliver(replace(item, attempt=2), links)
+
+    assert again.operation == "already_written"
+    assert len(records(tmp_path)) == 1
+    assert links.get("message", item.message.id) == (item.idempotency_key, {})

@@ -254,6 +254,18 @@ def test_a_lone_attachment_goes_as_itself_and_with_text_as_links() -> None:
                                        "invoice.pdf: https://files.example.com/i")
 
 
+@pytest.mark.parametrize(("fixture", "label"), [("messenger_text", "Messenger"), ("instagram_text", "Instagram"),
+                                               ("whatsapp_text", "WhatsApp")])
+def test_an_attachment_without_a_public_url_is_refused_before_any_call(fixture: str, label: str) -> None:
+    """As on Slack and X: a file kept only in the gateway's store cannot be carried, so the agent is told before
+    anything reaches the customer, rather than the customer getting the text without it."""
+    photo = Attachment(filename="label.jpg", content_type="image/jpeg", location="https://files.example.com/l.jpg")
+    stored = Attachment(filename="local.pdf", content_type="application/pdf", location="store:sha256/abcd")
+    with responses.RequestsMock(), pytest.raises(PermanentError, match=rf"local\.pdf.*{label}") as caught:
+        meta().send(request_for(customer_message(fixture), attachments=(photo, stored)))
+    assert caught.value.code == "attachment_not_linkable"
+
+
 def test_an_instagram_reply_over_1000_characters_is_refused() -> None:
     with pytest.raises(PermanentError) as caught:
         meta().send(request_for(customer_message("instagram_text"), text="x" * 1001))

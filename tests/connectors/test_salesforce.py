@@ -31,15 +31,19 @@ from pydantic import ValidationError
 from responses import matchers
 
 from connectors.salesforce import MARKER_PREFIX, SalesforceConfig, SalesforceCrm
+from gateway.config import load_config
 from gateway.errors import PermanentError, RetryableError
 from gateway.model import ChannelType, Identifier, IdentifierKind, Party, ThreadRef
 from gateway.plugins import ConnectorContext, CrmConnector, CustomerView
 from gateway.ratelimit import MemoryRateLimiter, RateLimiter
+from gateway.yamlsource import ConfigError
 from tests.conformance.crm import (
     CONVERSATION_ID,
     CUSTOMER_ID,
     CUSTOMER_PHONE,
+    ContactRecordCases,
     HttpCrmConformance,
+    LostAnswers,
     MemoryLinkStore,
     delivery_item,
     twilio_sms,
@@ -150,6 +154,9 @@ class MockedSalesforce:
             record_id = self.new_id(parts[0])
             table[record_id] = {**body, "Id": record_id}
             return upsert_ok(record_id, parts[0], True) | {"body": {"id": record_id, "success": True, "errors": []}}
+        if len(parts) == 2:  # PATCH by record id
+            table[parts[1]].update(body)
+            return {"body": None, "httpHeaders": {}, "httpStatusCode": 204}
         field, value = parts[1], parts[2]
         found = [r for r in table.values() if r.get(field) == value]
         if len(found) > 1:
@@ -170,7 +177,7 @@ class MockedSalesforce:
         for sub in payload["compositeRequest"]:
             text = re.sub(r"@\{(\w+)\.id\}", lambda m: ids[m.group(1)], json.dumps(sub.get("body", {})))
             answer = self.apply(sub["method"], sub["url"], json.loads(text))
-            ids[sub["referenceId"]] = answer["body"]["id"]
+            ids[sub["referenceId"]] = answer["body"]["id"] if answer["body"] else sub["url"].rsplit("/", 1)[1]
             answers.append({**answer, "referenceId": sub["referenceId"]})
         return 200, self.headers(), json.dumps(composite_answer(*answers))
 
@@ -188,6 +195,12 @@ class MockedSalesforce:
         records = records[:int(limit)] if limit else records
         return 200, self.headers(), json.dumps({"totalSize": len(records), "done": True, "records": records})
 
+    def contact(self, customer_id: str) -> dict[str, Any]:
+        """The one Contact holding the customer id."""
+        (found,) = [r for r in self.records.get("Contact", {}).values()
+                    if r.get("Gateway_Customer_Id__c") == customer_id]
+        return found
+
     def written(self) -> int:
         return sum(len(self.records.get(obj, {})) for obj in ("CaseComment", "EmailMessage"))
 
@@ -198,7 +211,7 @@ class MockedSalesforce:
         return [body.rsplit(MARKER_PREFIX, 1)[1].strip() for body in bodies if MARKER_PREFIX in body]
 
 
-class TestSalesforceConformance(HttpCrmConformance):
+class TestSalesforceConformance(HttpCrmConformance, ContactRecordCases):
     """Salesforce with an instance URL + session id passes the shared CRM suite."""
 
     secrets: ClassVar[tuple[str, ...]] = (SESSION_ID,)
@@ -221,6 +234,12 @@ class TestSalesforceConformance(HttpCrmConformance):
     def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
         return self.org.written_messages()
 
+    def rename_contact(self, mocked: responses.RequestsMock, customer_id: str, name: str) -> None:
+        self.org.contact(customer_id)["LastName"] = name
+
+    def contact_name(self, mocked: responses.RequestsMock, customer_id: str) -> str:
+        return str(self.org.contact(customer_id)["LastName"])
+
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:
         self.mock_login(mocked)
@@ -237,6 +256,7 @@ class TestSalesforceJwtConformance(TestSalesforceConformance):
     """The same suite with OAuth 2.0 JWT bearer auth: the private key is the secret."""
 
     secrets: ClassVar[tuple[str, ...]] = (PRIVATE_KEY,)
+    login_urls: ClassVar[tuple[str, ...]] = ("https://login.salesforce.com/services/oauth2/",)
 
     def build(self, http: requests.Session, tmp_path: Path) -> CrmConnector:
         return salesforce(http, instance_url=None, session_id=None, username="integration@acme.example",
@@ -283,7 +303,8 @@ def mock_query(mocked: responses.RequestsMock, soql: str, answer: dict[str, Any]
                       match=[matchers.query_param_matcher({"q": soql}, strict_match=True)])
 
 
-PHONE_MATCH = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Phone = '{CUSTOMER_PHONE}' "
+OWN = f"Gateway_Customer_Id__c = '{CUSTOMER_ID}'"
+PHONE_MATCH = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} OR Phone = '{CUSTOMER_PHONE}' "
                f"OR MobilePhone = '{CUSTOMER_PHONE}' LIMIT 3")
 
 
@@ -405,7 +426,7 @@ EXISTING = "003R000000K1qzZIAR"
 def test_the_one_existing_contact_is_adopted_in_the_composite_call(mocked: responses.RequestsMock) -> None:
     item = replace(delivery_item(crm="sf", fields=sf_fields()), customer=CustomerView(
         CUSTOMER_ID, "Asha Rao", (("phone", CUSTOMER_PHONE), ("email", "asha@example.com"))))
-    soql = ("SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Email = 'asha@example.com' "
+    soql = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} OR Email = 'asha@example.com' "
             f"OR Phone = '{CUSTOMER_PHONE}' OR MobilePhone = '{CUSTOMER_PHONE}' LIMIT 3")
     mock_query(mocked, soql, contact_records((EXISTING, None)))
     call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
@@ -464,15 +485,10 @@ def test_several_existing_contacts_adopt_none(mocked: responses.RequestsMock,
     assert CUSTOMER_PHONE not in caplog.text
 
 
-@pytest.mark.parametrize("found", [
-    [(EXISTING, CUSTOMER_ID)],  # written by an earlier attempt: the upsert finds it
-    [(EXISTING, "another-customer-id")],  # another gateway customer's contact
-])
-def test_contacts_carrying_an_external_id_are_not_adopted(mocked: responses.RequestsMock,
-                                                          found: list[tuple[str, str]]) -> None:
-    mock_query(mocked, PHONE_MATCH, contact_records(*found))
+def test_another_customers_contact_is_not_adopted(mocked: responses.RequestsMock) -> None:
+    mock_query(mocked, PHONE_MATCH, contact_records((EXISTING, "another-customer-id")))
     call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
-        {**upsert_ok(EXISTING, "Contact", False), "referenceId": "contact"},
+        {**upsert_ok(CONTACT_ID, "Contact", True), "referenceId": "contact"},
         {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
         {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
          "httpStatusCode": 201, "referenceId": "message"}))
@@ -480,10 +496,26 @@ def test_contacts_carrying_an_external_id_are_not_adopted(mocked: responses.Requ
     assert sent(call.calls[0])["compositeRequest"][0]["url"].endswith(f"/Gateway_Customer_Id__c/{CUSTOMER_ID}")
 
 
+def test_a_contact_already_holding_the_customer_id_is_linked_not_upserted(mocked: responses.RequestsMock) -> None:
+    """Written by an attempt whose answer was lost (for this conversation or another): upserting it again would
+    put the first write's body back over an agent's edits."""
+    mock_query(mocked, PHONE_MATCH, contact_records((EXISTING, CUSTOMER_ID)))
+    call = mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
+        {**upsert_ok(CASE_ID, "Case", True), "referenceId": "case"},
+        {"body": {"id": "00aR0000000AbCdIAK", "success": True, "errors": []}, "httpHeaders": {},
+         "httpStatusCode": 201, "referenceId": "message"}))
+    links = MemoryLinkStore()
+    salesforce().deliver(delivery_item(crm="sf", fields=sf_fields()), links)
+    subrequests = sent(call.calls[0])["compositeRequest"]
+    assert [s["referenceId"] for s in subrequests] == ["case", "message"]
+    assert subrequests[0]["body"]["ContactId"] == EXISTING
+    assert links.get("customer", CUSTOMER_ID) == (EXISTING, {"recovered": True})
+
+
 def test_match_query_escapes_quotes_and_backslashes(mocked: responses.RequestsMock) -> None:
     item = replace(delivery_item(crm="sf", fields=sf_fields()), customer=CustomerView(
         CUSTOMER_ID, None, (("email", "o'brien\\x@example.com"), ("whatsapp", CUSTOMER_PHONE))))
-    soql = ("SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE Email = 'o\\'brien\\\\x@example.com' "
+    soql = (f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} OR Email = 'o\\'brien\\\\x@example.com' "
             "LIMIT 3")
     match = mock_query(mocked, soql, no_records())
     mocked.post(f"{DATA}/composite", headers=LIMIT, json=composite_answer(
@@ -498,17 +530,20 @@ def test_match_query_escapes_quotes_and_backslashes(mocked: responses.RequestsMo
 def test_match_query_per_contact_object() -> None:
     item = replace(delivery_item(crm="sf"), customer=CustomerView(
         CUSTOMER_ID, None, (("email", "a@example.com"), ("email", "b@example.com"), ("phone", CUSTOMER_PHONE))))
-    assert salesforce(contact_object="Account").match_query(item) == (
-        "SELECT Id, Gateway_Customer_Id__c FROM Account WHERE IsPersonAccount = true AND ("
+    assert salesforce(contact_object="Account").contact_query(item, match=True) == (
+        f"SELECT Id, Gateway_Customer_Id__c FROM Account WHERE {OWN} OR (IsPersonAccount = true AND ("
         f"PersonEmail IN ('a@example.com','b@example.com') OR Phone = '{CUSTOMER_PHONE}' "
-        f"OR PersonMobilePhone = '{CUSTOMER_PHONE}') LIMIT 3")
-    assert salesforce(contact_object="Lead").match_query(item) == (
-        "SELECT Id, Gateway_Customer_Id__c FROM Lead WHERE IsConverted = false AND ("
+        f"OR PersonMobilePhone = '{CUSTOMER_PHONE}')) LIMIT 3")
+    assert salesforce(contact_object="Lead").contact_query(item, match=True) == (
+        f"SELECT Id, Gateway_Customer_Id__c FROM Lead WHERE {OWN} OR (IsConverted = false AND ("
         f"Email IN ('a@example.com','b@example.com') OR Phone = '{CUSTOMER_PHONE}' "
-        f"OR MobilePhone = '{CUSTOMER_PHONE}') LIMIT 3")
+        f"OR MobilePhone = '{CUSTOMER_PHONE}')) LIMIT 3")
+    assert salesforce().contact_query(item, match=False) == (
+        f"SELECT Id, Gateway_Customer_Id__c FROM Contact WHERE {OWN} LIMIT 3")
     slack_only = replace(item, customer=CustomerView(CUSTOMER_ID, None, (("slack", "U024BE7LH"),)))
-    assert salesforce().match_query(slack_only) is None
-    assert salesforce(contact_object="Member__c").match_query(item) is None
+    assert not salesforce().can_match(slack_only)
+    assert not salesforce(contact_object="Member__c").can_match(item)
+    assert salesforce(contact_object="Lead").can_match(item)
 
 
 def test_matching_can_be_turned_off(mocked: responses.RequestsMock) -> None:
@@ -765,3 +800,92 @@ def test_lead_and_person_account_link_fields() -> None:
     assert salesforce(contact_object="Lead").config.link_field is None
     assert salesforce(contact_object="Account").config.link_field == "AccountId"
     assert salesforce(contact_object="Lead", case_contact_field="Lead__c").config.link_field == "Lead__c"
+
+
+@pytest.mark.parametrize("version", ["45.0", "20.0", "9.0"])
+def test_api_versions_before_46_are_refused_with_the_reason(write_config: Callable[..., Path], version: str) -> None:
+    """Before 46.0 an upsert does not say whether it created its record (``created``)."""
+    path = write_config(f"""
+        crms:
+          sf:
+            type: salesforce
+            instance_url: {INSTANCE}
+            session_id: "{SESSION_ID}"
+            api_version: "{version}"
+    """)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (issue,) = caught.value.issues
+    assert (issue.line, issue.path) == (7, "crms.sf.api_version")
+    assert f"{version} is too old: use 46.0 or later" in issue.message
+
+
+@pytest.mark.parametrize("version", ["46.0", "59.0", "62.0"])
+def test_api_versions_from_46_are_accepted(version: str) -> None:
+    assert salesforce(api_version=version).config.api_version == version
+
+
+# -- a composite call carried out, its answer lost ------------------------------------------------------------------
+def lost_answer_then_next_message(org: MockedSalesforce, mocked: responses.RequestsMock, connector: SalesforceCrm,
+                                  links: MemoryLinkStore, meanwhile: Callable[[], None] = lambda: None) -> None:
+    """The first message's composite call is carried out and its answer lost; ``meanwhile`` runs (an agent at
+    work), the message is retried, then the customer's next message is delivered."""
+    first = delivery_item(crm="sf")
+    lost = LostAnswers(mocked)
+    with pytest.raises(RetryableError):
+        connector.deliver(first, links)
+    assert lost.lost == [f"POST {DATA}/composite"]
+    meanwhile()
+    connector.deliver(replace(first, attempt=2), links)
+    connector.deliver(delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32, inbox_id=2), crm="sf",
+                                    outbox_id=2, opened=False), links)
+
+
+def contact_subrequests(mocked: responses.RequestsMock) -> list[dict[str, Any]]:
+    return [sub for call in mocked.calls if call.request.url == f"{DATA}/composite"
+            for sub in sent(call)["compositeRequest"] if sub["referenceId"] == "contact"]
+
+
+def test_an_adopted_record_keeps_its_own_last_name_after_a_lost_answer(mocked: responses.RequestsMock) -> None:
+    org = MockedSalesforce()
+    org.install(mocked)
+    org.records["Contact"] = {EXISTING: {"Id": EXISTING, "LastName": "Okafor", "MobilePhone": CUSTOMER_PHONE}}
+    links = MemoryLinkStore()
+
+    lost_answer_then_next_message(org, mocked, salesforce(), links)
+
+    assert org.records["Contact"] == {EXISTING: {"Id": EXISTING, "LastName": "Okafor", "MobilePhone": CUSTOMER_PHONE,
+                                                 "Gateway_Customer_Id__c": CUSTOMER_ID}}
+    assert links.get("customer", CUSTOMER_ID) == (EXISTING, {"recovered": True})
+    # the adopting PATCH (our id only) is the one contact write ever sent
+    assert contact_subrequests(mocked) == [{"method": "PATCH", "referenceId": "contact", "body": {
+        "Gateway_Customer_Id__c": CUSTOMER_ID}, "url": f"/services/data/v59.0/sobjects/Contact/{EXISTING}"}]
+    assert len(org.records["CaseComment"]) == 2
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"match_existing_contacts": False},
+    {"message_external_id_field": "Gateway_Message_Id__c"},
+    {"match_existing_contacts": False, "message_marker_field": "Gateway_Message_Id__c"},
+])
+def test_after_a_lost_answer_agents_edits_to_the_contact_and_case_survive(
+        mocked: responses.RequestsMock, settings: dict[str, Any]) -> None:
+    org = MockedSalesforce()
+    org.install(mocked)
+    links = MemoryLinkStore()
+
+    def agent_edits() -> None:
+        org.contact(CUSTOMER_ID)["LastName"] = "Asha Rao"
+        (case,) = org.records["Case"].values()
+        case["Status"] = "Working"
+
+    lost_answer_then_next_message(org, mocked, salesforce(**settings), links, agent_edits)
+
+    (contact,) = org.records["Contact"].values()
+    (case,) = org.records["Case"].values()
+    assert (contact["LastName"], case["Status"]) == ("Asha Rao", "Working")
+    assert links.get("customer", CUSTOMER_ID) == (contact["Id"], {"recovered": True})
+    assert links.get("conversation", CONVERSATION_ID) == (case["Id"], {"recovered": True})
+    assert len(contact_subrequests(mocked)) == 1
+    assert len(org.records["CaseComment"]) == 2

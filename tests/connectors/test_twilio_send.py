@@ -183,16 +183,21 @@ def test_an_sms_reply_goes_from_the_number_texted_with_a_status_callback() -> No
     assert (result.provider_message_id, result.status) == ("SM" + "5" * 32, "queued")
 
 
-def test_public_attachments_go_as_media_urls_and_stored_ones_are_named_in_the_detail() -> None:
+def test_public_attachments_go_as_media_urls_and_one_without_a_url_is_refused_before_any_call() -> None:
+    """As on Slack and X: a file kept only in the gateway's store cannot be carried, so the agent is told before
+    anything reaches the customer, rather than the customer getting the text without it."""
     photos = tuple(Attachment(filename=f"p{n}.jpg", content_type="image/jpeg",
                               location=f"https://files.example.com/p{n}.jpg") for n in range(2))
-    stored = Attachment(filename="local.pdf", content_type="application/pdf", location="store:ab/cd")
     with responses.RequestsMock() as rsps:
         rsps.post(MESSAGES, status=201, json=resource("MM" + "5" * 32, REPLY_TEXT, num_media=2))
-        result = twilio().send(request_for(customer_message(), attachments=(*photos, stored)))
+        twilio().send(request_for(customer_message(), attachments=photos))
         form = posted(rsps)
     assert form["MediaUrl"] == ["https://files.example.com/p0.jpg", "https://files.example.com/p1.jpg"]
-    assert "local.pdf" in result.detail
+    stored = Attachment(filename="local.pdf", content_type="application/pdf", location="store:sha256/abcd")
+    for fixture, label in (("sms", "SMS"), ("whatsapp", "WhatsApp")):
+        with responses.RequestsMock(), pytest.raises(PermanentError, match=rf"local\.pdf.*{label}") as caught:
+            twilio().send(request_for(customer_message(fixture), attachments=(*photos, stored)))
+        assert caught.value.code == "attachment_not_linkable"
 
 
 def test_eleven_media_or_an_overlong_body_are_refused_before_any_call() -> None:

@@ -33,6 +33,7 @@ from tests.conformance.crm import (
     CUSTOMER_ID,
     CUSTOMER_PHONE,
     ContactMergeCases,
+    ContactRecordCases,
     DirectorySyncCases,
     HttpCrmConformance,
     MemoryLinkStore,
@@ -82,15 +83,18 @@ def writes(mocked: responses.RequestsMock) -> list[Any]:
 
 
 class MockedZendesk:
-    """A stateful Zendesk behind ``responses``: tickets, comments and audits, with documented response bodies."""
+    """A stateful Zendesk behind ``responses``: users by external id, tickets, comments and audits, with documented
+    response bodies."""
 
     def __init__(self) -> None:
+        self.users: dict[str, dict[str, Any]] = {}
         self.tickets: dict[int, dict[str, Any]] = {}
         self.audits: dict[int, list[dict[str, Any]]] = {}
         self.idempotency: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
     def install(self, mocked: responses.RequestsMock) -> None:
         mocked.add_callback("POST", f"{API}/users/create_or_update", callback=self.upsert_user)
+        mocked.add_callback("GET", f"{API}/users/search", callback=self.search_users)
         mocked.add_callback("POST", f"{API}/tickets", callback=self.create_ticket)
         mocked.add_callback("GET", f"{API}/tickets", callback=self.list_tickets)
         mocked.add_callback("PUT", re.compile(rf"{API}/tickets/\d+"), callback=self.update_ticket)
@@ -103,7 +107,22 @@ class MockedZendesk:
         self.audits.setdefault(ticket_id, []).append(audit)
 
     def upsert_user(self, request: Any) -> tuple[int, dict[str, str], str]:
-        return 201, JSON, json.dumps(fixture("user_create_or_update"))
+        """201 with the new user, 200 with the one holding the external id (updated with the given fields)."""
+        given = json.loads(request.body)["user"]
+        user = self.users.get(given["external_id"])
+        created = user is None
+        if user is None:
+            user = fixture("user_create_or_update")["user"]
+            user["id"] = USER_ID + len(self.users)
+            self.users[given["external_id"]] = user
+        user.update({key: given[key] for key in ("name", "email", "phone", "external_id") if key in given})
+        return (201 if created else 200), JSON, json.dumps({"user": user})
+
+    def search_users(self, request: Any) -> tuple[int, dict[str, str], str]:
+        """``users/search?external_id=``: the user holding exactly that external id."""
+        wanted = parse_qs(urlsplit(request.url).query).get("external_id", [""])[0]
+        found = [user for external_id, user in self.users.items() if external_id == wanted]
+        return 200, JSON, json.dumps({"users": found, "next_page": None, "previous_page": None, "count": len(found)})
 
     def create_ticket(self, request: Any) -> tuple[int, dict[str, str], str]:
         key = request.headers.get("Idempotency-Key")
@@ -153,7 +172,7 @@ class MockedZendesk:
                                       "links": {"next": None, "prev": None}})
 
 
-class TestZendeskConformance(HttpCrmConformance, DirectorySyncCases, ContactMergeCases):
+class TestZendeskConformance(HttpCrmConformance, DirectorySyncCases, ContactMergeCases, ContactRecordCases):
     """Zendesk passes the shared CRM suite against a stateful fake built from the documented bodies."""
 
     secrets: ClassVar[tuple[str, ...]] = (API_TOKEN,)
@@ -171,6 +190,12 @@ class TestZendeskConformance(HttpCrmConformance, DirectorySyncCases, ContactMerg
 
     def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
         return self.helpdesk.written_messages()
+
+    def rename_contact(self, mocked: responses.RequestsMock, customer_id: str, name: str) -> None:
+        self.helpdesk.users[customer_id]["name"] = name
+
+    def contact_name(self, mocked: responses.RequestsMock, customer_id: str) -> str:
+        return str(self.helpdesk.users[customer_id]["name"])
 
     def mock_directory(self, mocked: responses.RequestsMock, records: dict[str, list[tuple[str, str]]]) -> None:
         users = [{"id": int(remote_id), "name": f"User {remote_id}", "role": "end-user", "active": True,
@@ -238,6 +263,12 @@ class TestZendeskBatchConformance(TestZendeskConformance):
 
     def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
         return list(self.fake.comment_counts().elements())
+
+    def rename_contact(self, mocked: responses.RequestsMock, customer_id: str, name: str) -> None:
+        self.fake.rename_user(customer_id, name)
+
+    def contact_name(self, mocked: responses.RequestsMock, customer_id: str) -> str:
+        return str(self.fake.user_by_external_id(customer_id)["name"])
 
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:
@@ -623,3 +654,39 @@ def test_a_ticket_known_to_be_closed_gets_a_follow_up_without_a_failed_update(
     assert result.operation == "followup_ticket_created"
     assert json.loads(post.calls[0].request.body)["ticket"]["via_followup_source_id"] == TICKET_ID
     assert [c.request.method for c in mocked.calls] == ["POST"]
+
+
+def test_answers_lost_on_the_socket_are_recovered_without_rewriting_anything() -> None:
+    """Against the fake server: each write takes effect and then the connection closes without an answer (the user
+    upsert, the ticket creation, the next comment). Every retry links what the lost write made and writes nothing
+    twice; the agent's rename of the user, made while a retry was pending, survives."""
+    renamed = "Asha Rao (verified by phone)"
+    with FakeZendesk() as fake:
+        crm = zendesk(base_url=fake.url)
+        links = MemoryLinkStore()
+        first = delivery_item(crm="helpdesk")
+        second = delivery_item(twilio_sms("Any news?", sid="SM" + "2" * 32, inbox_id=2), crm="helpdesk",
+                               outbox_id=2, opened=False)
+        fake.lose_next_answer("POST", "/api/v2/users/create_or_update")
+        fake.lose_next_answer("POST", "/api/v2/tickets")
+        for attempt in (1, 2):
+            with pytest.raises(RetryableError) as caught:
+                crm.deliver(replace(first, attempt=attempt), links)
+            assert caught.value.code == "network"
+            if attempt == 1:
+                fake.rename_user(CUSTOMER_ID, renamed)
+        assert crm.deliver(replace(first, attempt=3), links).operation == "already_written"
+        (ticket,) = fake.tickets()
+        fake.lose_next_answer("PUT", f"/api/v2/tickets/{ticket['id']}")
+        with pytest.raises(RetryableError):
+            crm.deliver(second, links)
+        assert crm.deliver(replace(second, attempt=2), links).operation == "already_written"
+
+        assert fake.lost == ["POST /api/v2/users/create_or_update", "POST /api/v2/tickets",
+                             f"PUT /api/v2/tickets/{ticket['id']}"]
+        (user,) = fake.users()
+        assert user["name"] == renamed
+        assert links.get("customer", CUSTOMER_ID) == (str(user["id"]), {"recovered": True})
+        assert links.get("conversation", CONVERSATION_ID)[0] == str(ticket["id"])
+        assert fake.comment_counts() == {first.message.id: 1, second.message.id: 1}
+        assert fake.write_counts() == {"user": 1, "ticket": 1, "comment": 1}

@@ -122,7 +122,8 @@ def test_agent_reply_by_webhook_is_queued_once_for_the_sms_customer(mocked_rt: R
                               f"{PUBLIC_URL}/hooks/sms-main")
         drain(rt)
         assert [json.loads(c.request.body)["ticket"]["comment"]["body"] for c in mocked.calls
-                if c.request.method == "POST" and c.request.url == f"{API}/tickets"] == ["Where is my parcel?"]
+                if c.request.method == "POST" and c.request.url == f"{API}/tickets"] == [
+            "Where is my parcel?\n\nvia SMS (sms-main)"]
         mocked.get(f"{API}/tickets/{TICKET_ID}/comments", json=comments_page([
             comment(5000, REQUESTER_ID, "Where is my parcel?", channel="api"), comment(5001, AGENT_ID, REPLY)]))
         mocked.get(f"{API}/users/me", json=fixture("users_me"))

@@ -25,6 +25,7 @@ from gateway.plugins import ConnectorContext, CrmConnector, Registry
 from tests.conformance.crm import (
     CONVERSATION_ID,
     CUSTOMER_ID,
+    ContactRecordCases,
     HttpCrmConformance,
     MemoryLinkStore,
     conversation,
@@ -41,6 +42,7 @@ class FakeTicketbox:
     """Tickets and comments as Ticketbox keeps them, each created once per Idempotency-Key."""
 
     def __init__(self) -> None:
+        self.requesters: dict[str, dict[str, Any]] = {}  # external id -> the requester, made by its first ticket
         self.tickets: dict[str, dict[str, Any]] = {}  # id -> the ticket as posted
         self.comments: dict[str, tuple[str, dict[str, Any]]] = {}  # id -> (ticket id, the comment as posted)
         self.answers: dict[str, tuple[int, dict[str, str], str]] = {}  # Idempotency-Key -> the first answer
@@ -61,7 +63,10 @@ class FakeTicketbox:
                 ticket_id = str(100 + len(self.tickets))
                 self.tickets[ticket_id] = body
                 self.comments[comment_id] = (ticket_id, body["comment"])
-                answer = {"id": ticket_id, "requester_id": "77"}
+                given = body["requester"]
+                requester = self.requesters.setdefault(given["external_id"],
+                                                       {**given, "id": str(77 + len(self.requesters))})
+                answer = {"id": ticket_id, "requester_id": requester["id"]}
             elif on_ticket.group(1) not in self.tickets:
                 return 404, {}, json.dumps({"error": {"code": "not_found", "message": "no such ticket"}})
             else:
@@ -80,7 +85,7 @@ def ticketbox(http: requests.Session | None = None) -> TicketboxCrm:
     return TicketboxCrm("helpdesk", config, ConnectorContext(http=http or requests.Session()))
 
 
-class TestTicketboxConformance(HttpCrmConformance):
+class TestTicketboxConformance(HttpCrmConformance, ContactRecordCases):
     """``ticketbox`` passes the shared HTTP suite; a write is a ticket or comment the fake created."""
 
     secrets: ClassVar[tuple[str, ...]] = (TOKEN,)
@@ -98,6 +103,12 @@ class TestTicketboxConformance(HttpCrmConformance):
 
     def written_messages(self, mocked: responses.RequestsMock, tmp_path: Path) -> list[str]:
         return self.fake.written_messages()
+
+    def rename_contact(self, mocked: responses.RequestsMock, customer_id: str, name: str) -> None:
+        self.fake.requesters[customer_id]["name"] = name
+
+    def contact_name(self, mocked: responses.RequestsMock, customer_id: str) -> str:
+        return str(self.fake.requesters[customer_id]["name"])
 
     def mock_failure(self, mocked: responses.RequestsMock, *, status: int = 500, body: str | Exception = "",
                      headers: dict[str, str] | None = None) -> None:

@@ -1,0 +1,80 @@
+"""Per-conversation order in the inbox, across workers and crashes.
+
+An inbox row's conversation is known only once it is stored; what is known as soon as the row is normalised is who
+sent it. So a row's *order keys* are its senders' identifiers (the key the enrichment step already holds a sender's
+later rows back by): two rows sharing one come from the same customer and, threaded by continuity, the same
+conversation. A worker writes the keys of the rows it claimed right after normalising them, and stores a row only
+when no older pending row shares one of its keys and no older row is claimed but not yet keyed (its sender is not
+known yet). A row held by a worker that died, or waiting for a retry, therefore holds its customer's later rows back
+until it is stored, as an outbox row does for its conversation's later writes; other customers' rows go on.
+
+The keys are digests, so no identifier is copied; they are removed when the row is settled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+from sqlalchemy import Connection, Engine, delete, func, select, update
+
+from gateway.enrich import senders_of
+from gateway.model import Message
+from gateway.storage.queues import insert_for
+from gateway.storage.tables import inbox, inbox_keys
+
+OrderKeys = frozenset[str]
+
+
+def order_keys(messages: Iterable[Message]) -> OrderKeys:
+    """The digests of the senders' identifiers (none for a status update or a CRM's reply event)."""
+    return frozenset(hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
+                     for kind, value in senders_of(messages))
+
+
+def record_keys(engine: Engine, keys: Mapping[int, OrderKeys]) -> None:
+    """Write the order keys of normalised rows, and mark the rows keyed, in one transaction."""
+    if not keys:
+        return
+    rows = [{"inbox_id": row_id, "key": key} for row_id, row_keys in keys.items() for key in sorted(row_keys)]
+    with engine.begin() as conn:
+        if rows:
+            conn.execute(insert_for(engine, inbox_keys).on_conflict_do_nothing(
+                index_elements=["inbox_id", "key"]), rows)
+        conn.execute(update(inbox).where(inbox.c.id.in_(list(keys)), inbox.c.keyed.is_(False)).values(keyed=True))
+
+
+def forget_keys(conn: Connection, row_id: int) -> None:
+    """A settled row holds nobody back any more."""
+    conn.execute(delete(inbox_keys).where(inbox_keys.c.inbox_id == row_id))
+
+
+def must_wait(conn: Connection, items: Sequence[tuple[int, OrderKeys]]) -> set[int]:
+    """Of rows about to be stored in this transaction, in id order, those that must wait for an older one.
+
+    A row waits when an older pending row (not among ``items``) shares one of its keys, when an older row is claimed
+    but not yet keyed, or when an older one of ``items`` waits and shares a key with it.
+    """
+    if not items:
+        return set()
+    ids = [row_id for row_id, _ in items]
+    newest = max(ids)
+    keys = set().union(*(row_keys for _, row_keys in items))
+    older: list[tuple[int, str]] = []
+    if keys:
+        older = [(row_id, key) for row_id, key in conn.execute(
+            select(inbox_keys.c.inbox_id, inbox_keys.c.key)
+            .join(inbox, inbox.c.id == inbox_keys.c.inbox_id)
+            .where(inbox_keys.c.key.in_(sorted(keys)), inbox_keys.c.inbox_id < newest,
+                   inbox_keys.c.inbox_id.not_in(ids), inbox.c.status == "pending"))]
+    oldest_unkeyed = conn.execute(select(func.min(inbox.c.id)).where(
+        inbox.c.status == "pending", inbox.c.keyed.is_(False), inbox.c.attempts > 0, inbox.c.id < newest,
+        inbox.c.id.not_in(ids))).scalar()
+    waiting: set[int] = set()
+    held: set[str] = set()
+    for row_id, row_keys in sorted(items):
+        if ((oldest_unkeyed is not None and oldest_unkeyed < row_id) or row_keys & held
+                or any(older_id < row_id and key in row_keys for older_id, key in older)):
+            waiting.add(row_id)
+            held |= row_keys
+    return waiting
