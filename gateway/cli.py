@@ -13,7 +13,14 @@ import click
 
 from gateway.cli_crm import crm_group
 from gateway.cli_customers import customers_group
-from gateway.cli_support import GatewayGroup, config_option, ensure_listen_free, load, unused_variables
+from gateway.cli_support import (
+    CONFIG_NOTE,
+    GatewayGroup,
+    config_option,
+    ensure_listen_free,
+    load,
+    unused_variables,
+)
 from gateway.yamlsource import ConfigError
 
 
@@ -40,6 +47,8 @@ def _logging(ctx: click.Context, config: Any) -> str:
 
     fmt = ctx.obj["log_format"] or config.settings.logging.format
     setup_logging_for(config, fmt)
+    if CONFIG_NOTE in ctx.meta:
+        logging.getLogger("gateway").info("%s", ctx.meta[CONFIG_NOTE])
     return fmt
 
 
@@ -103,10 +112,10 @@ def run(ctx: click.Context, config_path: Path) -> None:
     from gateway.server import run_all
 
     config = _load(config_path, starting=True)
-    for warning in unused_variables(config):
-        click.echo(warning, err=True)
     ensure_listen_free(config.settings.server.listen)
     fmt = _logging(ctx, config)
+    for warning in unused_variables(config):
+        logging.getLogger("gateway").warning("%s", warning)
     build_runtime(config).close()  # migrate once, before the children start
     logging.getLogger("gateway").info("gateway listening on %s; webhooks at %s/hooks/<channel>",
                                       config.settings.server.listen, config.settings.server.public_url)

@@ -16,6 +16,8 @@ from gateway.yamlsource import ConfigError
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 DEFAULT_CONFIG = Path("config.yaml")
+STARTING = ("run", "serve", "work")  # the commands that log; the others answer on stdout and stderr
+CONFIG_NOTE = "gateway.config_note"
 
 
 def _discover(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
@@ -34,7 +36,11 @@ def _discover(ctx: click.Context, param: click.Parameter, value: Path | None) ->
         return path
     if not path.is_file():
         raise click.ClickException(f"no config file {path} ({source})\n{hint}")
-    click.echo(f"config: {path} ({source})", err=True)
+    note = f"config: {path} ({source})"
+    if ctx.command.name in STARTING:
+        ctx.meta[CONFIG_NOTE] = note  # logged once logging is set up: a JSON log stays all JSON
+    else:
+        click.echo(note, err=True)
     return path
 
 
@@ -69,7 +75,7 @@ def unused_variables(config: Any) -> list[str]:
         holder = getattr(config.settings, section) if section else config.settings
         if value and str(getattr(holder, name)) != value:
             setting = f"{section}.{name}" if section else name
-            warnings.append(f"warning: ${variable} is set but {config.path} does not use it: {setting} comes from "
+            warnings.append(f"${variable} is set but {config.path} does not use it: {setting} comes from "
                             f"the config only (write {name}: \"${{{variable}}}\" there to take it)")
     return warnings
 

@@ -259,6 +259,8 @@ def test_image_runs_answers_its_healthcheck_takes_a_message_and_writes_only_to_i
     assert code == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert "warning" not in output.lower(), output[-3000:]
+    assert f"config: {mounted} (named by $GATEWAY_CONFIG)" in output, "the config found is named, once"
+    assert output.count("config: ") == 1
     assert jsonl.is_relative_to(image.data_dir)
     assert (image.data_dir / "gateway.db").exists()
     assert _snapshot(image.root, skip=image.data_dir) == read_only, "the gateway wrote outside its data volume"
