@@ -21,7 +21,8 @@ CONFIG_NOTE = "gateway.config_note"
 
 
 def _discover(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
-    """``-c`` if given, else ``$GATEWAY_CONFIG``, else ``./config.yaml``; a discovered file is named on stderr."""
+    """``-c`` if given, else ``$GATEWAY_CONFIG``, else ``./config.yaml``; a discovered file is named on stderr
+    (in the log of ``run``, ``serve`` and ``work``)."""
     if value is not None:
         return value
     from_env = os.environ.get(CONFIG_ENV)
