@@ -2,6 +2,8 @@
 #   docker build -t channel-gateway .
 #   docker run -p 8080:8080 -v $PWD/config.yaml:/etc/gateway/config.yaml:ro -v gateway-data:/var/lib/gateway \
 #     channel-gateway
+# The image holds no config (and so no credentials): without one mounted at $GATEWAY_CONFIG it refuses to start.
+# The GATEWAY_* values below reach the config only where it names them ("${GATEWAY_LISTEN:-...}").
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,12 +19,11 @@ RUN groupadd --system gateway && useradd --system --gid gateway --home-dir /var/
     && mkdir -p /opt/gateway /var/lib/gateway /etc/gateway && chown gateway:gateway /var/lib/gateway
 
 WORKDIR /opt/gateway
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY gateway ./gateway
 COPY connectors ./connectors
 COPY mappings ./mappings
 RUN pip install .
-COPY config.example.yaml /etc/gateway/config.yaml
 
 USER gateway
 WORKDIR /var/lib/gateway

@@ -14,31 +14,32 @@ import click
 from gateway.cli_crm import crm_group
 from gateway.cli_customers import customers_group
 from gateway.cli_retention import retention_group
+from gateway.cli_support import (
+    CONFIG_NOTE,
+    GatewayGroup,
+    config_option,
+    ensure_listen_free,
+    load,
+    unused_variables,
+)
 from gateway.yamlsource import ConfigError
 
-DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config.yaml")
-config_option = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
-                             default=DEFAULT_CONFIG, show_default=True, help="Config file (env GATEWAY_CONFIG).")
+
+def _load(config_path: Path, *, starting: bool = False) -> Any:
+    return load(config_path, starting=starting)
 
 
-def _load(config_path: Path) -> Any:
-    from gateway.config import load_config
-
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
-        click.echo(f"{len(exc.issues)} error(s); not starting.", err=True)
-        sys.exit(1)
-
-
-@click.group()
+@click.group(cls=GatewayGroup)
+@click.version_option(package_name="channel-gateway", prog_name="gateway")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="Log format; default from the config's logging.format.")
+@click.option("--debug", is_flag=True, envvar="GATEWAY_DEBUG", help="Show the traceback of an unexpected error.")
 @click.pass_context
-def main(ctx: click.Context, log_format: str | None) -> None:
-    """Customer-support channel gateway: every customer channel into the CRM you already have."""
+def main(ctx: click.Context, log_format: str | None, debug: bool) -> None:
+    """Customer-support channel gateway: every customer channel into the CRM you already have.
+
+    Each command reads the config file given with -c, else the one $GATEWAY_CONFIG names, else ./config.yaml.
+    """
     ctx.obj = {"log_format": log_format}
 
 
@@ -47,6 +48,8 @@ def _logging(ctx: click.Context, config: Any) -> str:
 
     fmt = ctx.obj["log_format"] or config.settings.logging.format
     setup_logging_for(config, fmt)
+    if CONFIG_NOTE in ctx.meta:
+        logging.getLogger("gateway").info("%s", ctx.meta[CONFIG_NOTE])
     return fmt
 
 
@@ -109,8 +112,11 @@ def run(ctx: click.Context, config_path: Path) -> None:
     from gateway.runtime import build_runtime
     from gateway.server import run_all
 
-    config = _load(config_path)
+    config = _load(config_path, starting=True)
+    ensure_listen_free(config.settings.server.listen)
     fmt = _logging(ctx, config)
+    for warning in unused_variables(config):
+        logging.getLogger("gateway").warning("%s", warning)
     build_runtime(config).close()  # migrate once, before the children start
     logging.getLogger("gateway").info("gateway listening on %s; webhooks at %s/hooks/<channel>",
                                       config.settings.server.listen, config.settings.server.public_url)
@@ -126,7 +132,7 @@ def serve(ctx: click.Context, config_path: Path) -> None:
     from gateway.server import ensure_multiprocess_metrics_dir
     from gateway.server import serve as serve_forever
 
-    config = _load(config_path)
+    config = _load(config_path, starting=True)
     fmt = _logging(ctx, config)
     ensure_multiprocess_metrics_dir()
     build_runtime(config).close()
@@ -141,7 +147,7 @@ def work(ctx: click.Context, config_path: Path) -> None:
     from gateway.runtime import build_runtime
     from gateway.worker import WorkerProcess
 
-    config = _load(config_path)
+    config = _load(config_path, starting=True)
     _logging(ctx, config)
     runtime = build_runtime(config)
     code = WorkerProcess(runtime).run_forever()
@@ -186,15 +192,34 @@ def simulate(config_path: Path, name: str, sender: str | None, text: str, recipi
         target = f"{base}/crm-hooks/{name}"
     else:
         connector = channels.get(name)
-        if not isinstance(connector, WebhookChannel):
-            raise click.UsageError(f"no webhook channel named {name!r} in {config_path}")
+        if connector is not None and not isinstance(connector, WebhookChannel):
+            raise click.ClickException(
+                f"{name} is an {connector.type_name} channel: it reads a mailbox, there is no request to simulate. "
+                "Send a mail to that mailbox, or try it locally with a Dovecot on loopback (README: "
+                "'Trying an IMAP channel locally')." if connector.type_name == "imap" else
+                f"{name} ({connector.type_name}) takes no webhooks: there is no request to simulate")
+        if connector is None:
+            raise click.UsageError(f"no channel named {name!r} in {config_path}; channels: {', '.join(channels)}")
         if sender is None:
             raise click.UsageError("--from is required for a customer's message")
         public = f"{config.settings.server.public_url}/hooks/{name}"
-        sample = connector.sample_request(sender=sender, text=text, recipient=recipient, public_url=public)
+        try:
+            sample = connector.sample_request(sender=sender, text=text, recipient=recipient, public_url=public)
+        except NotImplementedError:
+            raise click.ClickException(f"{name} ({connector.type_name}) cannot simulate requests") from None
         target = f"{base}/hooks/{name}"
-    response = requests.post(target, data=sample.body, headers=dict(sample.headers), timeout=10)
-    click.echo(f"POST {target} -> {response.status_code} {response.text.strip()[:200]}")
+    if sample.query_string:  # SendGrid's parse URL carries its secret ?token=
+        target = f"{target}?{sample.query_string}"
+    shown = target.split("?", 1)[0]
+    try:
+        response = requests.post(target, data=sample.body, headers=dict(sample.headers), timeout=10)
+    except requests.ConnectionError:
+        raise click.ClickException(
+            f"nothing answers at {base}: start the gateway (gateway run -c {config_path}) or, if it is starting, "
+            "try again in a few seconds; --url sends elsewhere") from None
+    except requests.Timeout:
+        raise click.ClickException(f"{base} did not answer within 10 s: is the gateway overloaded?") from None
+    click.echo(f"POST {shown} -> {response.status_code} {response.text.strip()[:200]}")
     sys.exit(0 if response.ok else 1)
 
 
@@ -233,9 +258,13 @@ def _queues(config_path: Path) -> Any:
 @config_option
 @click.option("--all", "include_resolved", is_flag=True, help="Include replayed and discarded ones.")
 def dlq_list(config_path: Path, include_resolved: bool) -> None:
+    """List the open dead letters (with --all, the replayed and discarded ones too), newest first; at most 100."""
     letters = _queues(config_path).list_dead_letters(include_resolved)
     if not letters:
         click.echo("no dead letters")
+        return
+    click.echo(f"{'ID':>6}  {'CREATED (UTC)':<16}  {'STAGE':<8} {'TARGET':<16} {'CLASS':<11} {'CODE':<18} "
+               f"{'STATE':<9} REASON")
     for letter in letters:
         state = letter.resolution or "open"
         click.echo(f"{letter.id:>6}  {letter.created_at:%Y-%m-%d %H:%M}  {letter.stage:<8} {letter.target:<16} "
@@ -246,6 +275,7 @@ def dlq_list(config_path: Path, include_resolved: bool) -> None:
 @config_option
 @click.argument("letter_id", type=int)
 def dlq_show(config_path: Path, letter_id: int) -> None:
+    """Print one dead letter as JSON, with the inbox or outbox row it came from."""
     from sqlalchemy import select
 
     from gateway.storage.tables import inbox, outbox
@@ -270,6 +300,7 @@ def dlq_show(config_path: Path, letter_id: int) -> None:
 @config_option
 @click.argument("letter_ids", type=int, nargs=-1, required=True)
 def dlq_replay(config_path: Path, letter_ids: tuple[int, ...]) -> None:
+    """Put the rows of these dead letters back in their queue, to be processed again."""
     _resolve(config_path, letter_ids, "replayed")
 
 
@@ -277,6 +308,7 @@ def dlq_replay(config_path: Path, letter_ids: tuple[int, ...]) -> None:
 @config_option
 @click.argument("letter_ids", type=int, nargs=-1, required=True)
 def dlq_discard(config_path: Path, letter_ids: tuple[int, ...]) -> None:
+    """Mark these dead letters as discarded: they are kept, and never processed again."""
     _resolve(config_path, letter_ids, "discarded")
 
 

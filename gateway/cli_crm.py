@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 import requests
 
-from gateway.config import load_config
+from gateway.cli_support import config_option, load
 from gateway.plugins import AgentReplies, Registry, ReplySetup
 from gateway.runtime import build_connectors, connector_context
-from gateway.yamlsource import ConfigError
 
 
 @click.group("crm")
@@ -19,16 +18,12 @@ def crm_group() -> None:
 
 
 @crm_group.command("setup")
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), default="config.yaml",
-              envvar="GATEWAY_CONFIG", show_default=True)
+@config_option
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Print what would be created; change nothing.")
 def setup(config_path: Path, name: str, dry_run: bool) -> None:
     """Create in the CRM what tells the gateway of agent replies (webhook, trigger, ...); safe to run twice."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load(config_path)
     session = requests.Session()
     _, crms = build_connectors(config, Registry.from_entry_points(), connector_context(config, session, engine=None))
     crm = crms.get(name)

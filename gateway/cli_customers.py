@@ -14,6 +14,7 @@ from sqlalchemy import Connection, or_, select, update
 
 from gateway import erasure
 from gateway.attachments import AttachmentStore
+from gateway.cli_support import config_option, load
 from gateway.identity.merges import (
     MergeError,
     customer_family,
@@ -38,10 +39,27 @@ from gateway.storage.tables import (
 
 
 def _runtime(config_path: Path) -> Any:
-    from gateway.cli import _load
     from gateway.runtime import build_runtime
 
-    return build_runtime(_load(config_path))
+    return build_runtime(load(config_path))
+
+
+def _customer_by_id(conn: Connection, given: str) -> str:
+    """The customer whose id is ``given`` or starts with it (as ``find`` and names like ``Customer 8c249776``
+    show it); an ambiguous or unknown prefix is an error that says what to do."""
+    if conn.execute(select(customers.c.id).where(customers.c.id == given)).first() is not None:
+        return given
+    if len(given) < 4:
+        raise click.ClickException(f"{given!r}: give at least 4 characters of a customer id "
+                                   "(see 'gateway customers find')")
+    found = list(conn.execute(select(customers.c.id).where(customers.c.id.startswith(given, autoescape=True))
+                              .order_by(customers.c.id).limit(6)).scalars())
+    if not found:
+        raise click.ClickException(f"no customer {given} (use 'gateway customers find' for ids)")
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise click.ClickException(f"{given} is the start of several customer ids ({shown}): give more of it")
+    return str(found[0])
 
 
 def _find_ids(conn: Connection, query: str, region: str) -> list[str]:
@@ -84,7 +102,7 @@ def describe(conn: Connection, customer_id: str) -> dict[str, Any]:
              "detail": {k: v for k, v in m.detail.items() if not k.startswith("moved_")},
              "message": m.message_id, "actor": m.actor, "at": m.created_at.isoformat(),
              "undone_at": m.undone_at.isoformat() if m.undone_at else None}
-            for cid in family for m in merges_of(conn, cid)
+            for m in {m.id: m for cid in family for m in merges_of(conn, cid)}.values()
         ],
         "crm_records": {r.crm: r.remote_id for r in conn.execute(select(crm_links).where(
             crm_links.c.entity == "customer", crm_links.c.local_id == live))},
@@ -124,22 +142,22 @@ def customers_group() -> None:
     """Customers: why identifiers are joined; merge, unmerge, review suggestions; export and erase a person."""
 
 
-_config = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), default="config.yaml",
-                       envvar="GATEWAY_CONFIG", show_default=True)
+_config = config_option
 
 
 @customers_group.command("show")
 @_config
 @click.argument("query")
 def show(config_path: Path, query: str) -> None:
-    """A customer (by id, identifier or name) with every identifier, its evidence, and every merge."""
+    """The customers matching QUERY (an id, an identifier in any written form, or a name), as a JSON array: each
+    with every identifier and its evidence, every merge, CRM records, conversations and recent messages."""
     rt = _runtime(config_path)
     with rt.engine.connect() as conn:
         ids = _find_ids(conn, query, rt.config.settings.identity.default_region)
         if not ids:
             raise click.ClickException(f"no customer matches {query!r}")
         out = [describe(conn, cid) for cid in ids]
-    click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=2, ensure_ascii=False))
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
 @customers_group.command("find")
@@ -165,12 +183,11 @@ def find(config_path: Path, query: str) -> None:
 @click.option("--reason", required=True, help="Why: kept with the merge.")
 @click.option("--actor", default="admin", show_default=True)
 def merge(config_path: Path, survivor: str, absorbed: str, reason: str, actor: str) -> None:
-    """Merge ABSORBED into SURVIVOR (an admin's merge: strong evidence by definition)."""
+    """Merge ABSORBED into SURVIVOR (an admin's merge: strong evidence by definition). Each is a customer id or
+    its first characters, as long as only one id starts with them."""
     rt = _runtime(config_path)
     with rt.engine.begin() as conn:
-        for customer in (survivor, absorbed):
-            if conn.execute(select(customers.c.id).where(customers.c.id == customer)).first() is None:
-                raise click.ClickException(f"no customer {customer} (use 'gateway customers find' for ids)")
+        survivor, absorbed = _customer_by_id(conn, survivor), _customer_by_id(conn, absorbed)
         a, b = live_customer_id(conn, survivor), live_customer_id(conn, absorbed)
         if a == b:
             raise click.ClickException("they are already one customer")

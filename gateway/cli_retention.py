@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-config_option = click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
-                             default=os.environ.get("GATEWAY_CONFIG", "config.yaml"), show_default=True,
-                             help="Config file (env GATEWAY_CONFIG).")
+from gateway.cli_support import config_option, load
 
 
 @click.group("retention")
@@ -22,11 +19,10 @@ def retention_group() -> None:
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
 def retention_run(config_path: Path, dry_run: bool) -> None:
     """Remove now what the scheduled daily run would remove, and print what was removed per kind."""
-    from gateway.cli import _load
     from gateway.retention import KINDS, retention_for
     from gateway.runtime import build_runtime
 
-    runtime = build_runtime(_load(config_path))
+    runtime = build_runtime(load(config_path))
     try:
         removed = retention_for(runtime).run(dry_run=dry_run)
     finally:

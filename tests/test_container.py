@@ -1,10 +1,12 @@
 """The Dockerfile, checked without a container engine (none runs here, and Docker Hub is out of reach).
 
 Its instructions are read, then its steps are replayed on this machine: the files it copies, and only those, are
-installed with ``pip install .`` into a fresh virtualenv, and the gateway runs as the image runs it (its
-environment, its entry point and command, the data volume as working folder). It must answer the image's
-HEALTHCHECK command, take a simulated SMS into the jsonl CRM, stop cleanly on SIGTERM and leave every file outside
-the data volume as it found it, so the image's non-root user, who may write only there, can run it.
+installed with ``pip install .`` into a fresh virtualenv (without a build warning), and the gateway runs as the
+image runs it (its environment, its entry point and command, the data volume as working folder). The image holds no
+config: without one mounted it refuses to start, in a sentence that says how to mount one. With the example config
+mounted it must answer the image's HEALTHCHECK command, take a simulated SMS into the jsonl CRM, stop cleanly on
+SIGTERM and leave every file outside the data volume as it found it, so the image's non-root user, who may write
+only there, can run it.
 """
 
 from __future__ import annotations
@@ -102,9 +104,24 @@ def test_config_and_data_live_outside_the_image(dockerfile: Dockerfile) -> None:
     assert data_dir in dockerfile.last("VOLUME")
     assert env["GATEWAY_STORAGE_URL"] == f"sqlite:///{data_dir}/gateway.db"
     assert env["GATEWAY_JSONL_PATH"].startswith(data_dir + "/")
-    for sources, _, _ in dockerfile.copies():
+    config_dir = str(Path(env["GATEWAY_CONFIG"]).parent)
+    for sources, destination, _ in dockerfile.copies():
+        assert not destination.startswith(config_dir), "the image must not carry a config: it is mounted at run time"
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+
+
+def test_image_carries_no_sample_credentials(dockerfile: Dockerfile) -> None:
+    sample_secrets = re.findall(r"(?:auth_token|reply_secret): \"\$\{\w+:-([^}]+)\}\"",
+                                (ROOT / "config.example.yaml").read_text(encoding="utf-8"))
+    assert len(sample_secrets) == 2
+    for sources, _, _ in dockerfile.copies():
+        for source in sources:
+            path = ROOT / source
+            for file in (path.rglob("*") if path.is_dir() else [path]):
+                if file.is_file() and "__pycache__" not in file.parts:
+                    text = file.read_text(encoding="utf-8", errors="replace")
+                    assert not any(secret in text for secret in sample_secrets), f"{file} carries a sample secret"
 
 
 @dataclass
@@ -152,6 +169,7 @@ def image(dockerfile: Dockerfile) -> Iterator[ReplayedImage]:
                                   "--no-deps", "."], cwd=_in_root(root, "/opt/gateway"), capture_output=True,
                                  text=True)
         assert install.returncode == 0, f"pip install . failed as the image's RUN would:\n{install.stderr[-3000:]}"
+        assert "Warning" not in install.stderr, f"the build warns (pyproject metadata?):\n{install.stderr[-3000:]}"
         site_packages = next(venv.glob("lib/python*/site-packages"))
         dependencies = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
         # a path line only: the test environment's own .pth files (its editable checkout) are not run
@@ -190,9 +208,27 @@ def test_installed_package_carries_migrations_mappings_and_connectors(image: Rep
         assert f"'{connector}'" in connectors
 
 
+def test_image_without_a_mounted_config_refuses_to_start_and_says_how_to_mount_one(
+        image: ReplayedImage, dockerfile: Dockerfile) -> None:
+    config = Path(image.env["GATEWAY_CONFIG"])
+    assert not config.exists()
+    command = [*json.loads(dockerfile.last("ENTRYPOINT")), *json.loads(dockerfile.last("CMD"))]
+    result = subprocess.run(command, cwd=image.data_dir, env=image.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"Error: no config file {config} (named by $GATEWAY_CONFIG)",
+                     "write your config there (in the container image: docker run "
+                     "-v $PWD/config.yaml:/etc/gateway/config.yaml:ro ...), or give -c FILE"]
+    assert list(image.data_dir.iterdir()) == [], "nothing may be written before the config is read"
+
+
 def test_image_runs_answers_its_healthcheck_takes_a_message_and_writes_only_to_its_volume(
         image: ReplayedImage, dockerfile: Dockerfile, tmp_path: Path) -> None:
     command = [*json.loads(dockerfile.last("ENTRYPOINT")), *json.loads(dockerfile.last("CMD"))]
+    mounted = Path(image.env["GATEWAY_CONFIG"])  # docker run -v $PWD/config.example.yaml:/etc/gateway/config.yaml:ro
+    mounted.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "config.example.yaml", mounted)
     read_only = _snapshot(image.root, skip=image.data_dir)
     log_path = tmp_path / "gateway.log"
     with open(log_path, "wb") as log:
@@ -222,6 +258,10 @@ def test_image_runs_answers_its_healthcheck_takes_a_message_and_writes_only_to_i
     output = log_path.read_text()
     assert code == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
+    assert "warning" not in output.lower(), output[-3000:]
+    assert f"config: {mounted} (named by $GATEWAY_CONFIG)" in output, "the config found is named, once"
+    assert output.count("config: ") == 1
     assert jsonl.is_relative_to(image.data_dir)
     assert (image.data_dir / "gateway.db").exists()
     assert _snapshot(image.root, skip=image.data_dir) == read_only, "the gateway wrote outside its data volume"
+    mounted.unlink()

@@ -416,7 +416,7 @@ def test_customers_show_lists_the_conversation_both_ways(rt: Runtime, client: Fl
     work(rt)
     result = CliRunner().invoke(main, ["customers", "show", "-c", str(rt.config.path), CUSTOMER])
     assert result.exit_code == 0, result.output
-    shown = json.loads(result.output)
+    [shown] = json.loads(result.stdout)
     directions = [(m["direction"], m["text"]) for m in shown["messages"]]
     assert directions == [("inbound", "Where is my order?"), ("outbound", "Both ways")]
     assert shown["messages"][1]["send"]["status"] == "sent"

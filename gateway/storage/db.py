@@ -12,6 +12,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -99,9 +101,24 @@ def _migration_lock(engine: Engine):  # type: ignore[no-untyped-def]
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration."""
+    """Bring the schema to the newest migration; Alembic's lines are logged only when a migration runs."""
+    config = alembic_config(engine)
     with _migration_lock(engine):
-        command.upgrade(alembic_config(engine), "head")
+        if _pending(engine, config):
+            command.upgrade(config, "head")
+
+
+def _pending(engine: Engine, config: AlembicConfig) -> bool:
+    """Whether the database is behind the newest migration (asked without Alembic's INFO lines)."""
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)
+    try:
+        with engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    finally:
+        alembic_log.setLevel(level)
+    return current != set(ScriptDirectory.from_config(config).get_heads())
 
 
 class NotReady(Exception):
