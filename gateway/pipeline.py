@@ -430,7 +430,7 @@ class PipelineWorker:
         context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id))
-        earlier = set() if assignment.opened else routing.earlier_crms(conn, conversation_id, message.id)
+        earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
         for route in routing.choose(self.rt.config, message, context.identifiers(), earlier):
             fields: dict[str, Any] | None = None
             error: MappingRenderError | None = None

@@ -192,12 +192,22 @@ def label_for(config: GatewayConfig, message: Message, identifiers: list[tuple[s
     return route_label(_holding(config.routes_from(message.connector), message, identifiers, config.settings), crm)
 
 
-def earlier_crms(conn: Connection, conversation_id: str, message_id: str) -> set[str]:
-    """The CRMs the conversation's other messages went to."""
+def earlier_crms(conn: Connection, config: GatewayConfig, message: Message, conversation_id: str) -> set[str]:
+    """The CRMs of the channel's routes that the conversation's other messages went to; only asked (one indexed
+    look-up per CRM) when the channel has a conditional route, since only those keep to a conversation's CRMs."""
     from gateway.storage.tables import outbox
 
-    return set(conn.execute(select(outbox.c.crm).distinct().where(
-        outbox.c.conversation_id == conversation_id, outbox.c.message_id != message_id)).scalars())
+    routes = config.routes_from(message.connector)
+    if not any(_conditional(route) for route in routes):
+        return set()
+    found = set()
+    for crm in dict.fromkeys(route.to for route in routes):
+        row = conn.execute(select(outbox.c.id).where(
+            outbox.c.crm == crm, outbox.c.conversation_id == conversation_id,
+            outbox.c.message_id != message.id).limit(1)).first()
+        if row is not None:
+            found.add(crm)
+    return found
 
 
 def route_issues(doc: YamlDocument, settings: GatewaySettings, channels: Iterable[str]) -> list[ConfigIssue]:
