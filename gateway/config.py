@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, Va
 from gateway.calendars import CalendarConfig
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
 from gateway.privacy import install_key
+from gateway.routing import RouteWhen, route_issues
 from gateway.sensitive import Masker, combined
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, interpolate, load_yaml
 
@@ -234,6 +235,11 @@ class RetentionConfig(_Section):
 class RouteConfig(_Section):
     sources: list[str] = Field(alias="from", min_length=1)
     to: str
+    name: str | None = Field(None, description="Shown to the mapping as `route.name` when the route holds.")
+    when: RouteWhen | None = Field(
+        None, description="Conditions on the message (channel, language, keywords, customer, business hours); "
+                          "without them the route takes every message of its channels (README, Routing).")
+    otherwise: bool = Field(False, description="Take the message only when no route with `when` took it.")
     redact: RedactConfig = Field(
         RedactConfig(), description="What is masked in a message's text before it is stored and sent to the CRM.")
 
@@ -355,6 +361,7 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
         target = route.get("to")
         if isinstance(target, str) and target not in raw_crms:
             issues.append(doc.issue(("routes", index, "to"), f"no crm named {target!r}"))
+    issues += route_issues(doc, settings, raw_channels)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
     settings = settings.model_copy(update={"channels": {}, "crms": {}})
     config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)

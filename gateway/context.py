@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select
 from gateway.identity.merges import live_customer_id
 from gateway.model import Message
 from gateway.plugins import ConversationView, CustomerView, DeliveryItem
+from gateway.routing import NO_ROUTE
 from gateway.storage.tables import conversations, customers, identities, messages
 
 
@@ -37,9 +38,11 @@ def conversation_context(conversation_id: str, channel: str, thread_rule: str | 
             "opened_by_message": opened_by_message, "previous_id": previous_id}
 
 
-def mapping_context(message: Message, customer: dict[str, Any], conversation: dict[str, Any]) -> dict[str, Any]:
-    """The variables a mapping renders with: ``message``, ``customer`` and ``conversation``."""
-    return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation}
+def mapping_context(message: Message, customer: dict[str, Any], conversation: dict[str, Any],
+                    route: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The variables a mapping renders with: ``message``, ``customer``, ``conversation`` and ``route``."""
+    return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation,
+            "route": route or NO_ROUTE}
 
 
 def idempotency_key(crm: str, message_id: str) -> str:
@@ -54,10 +57,15 @@ class MessageContext:
     message: Message
     customer: dict[str, Any]
     conversation: dict[str, Any]
+    route: dict[str, Any] | None = None  # gateway.routing: the routes that took the message to this CRM
 
     def for_mapping(self) -> dict[str, Any]:
         """The mapping variables of this message."""
-        return mapping_context(self.message, self.customer, self.conversation)
+        return mapping_context(self.message, self.customer, self.conversation, self.route)
+
+    def identifiers(self) -> list[tuple[str, str]]:
+        """The customer's identifiers as (kind, value)."""
+        return [(i["kind"], i["value"]) for i in self.customer["identifiers"]]
 
 
 def stored_message_context(conn: Connection, message_id: str) -> MessageContext:

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 # The shipped mappings live in the top-level mappings/ folder; an installed copy points here with an env var.
+UPDATE_KEY = "_update"
+"""The key under which a mapping hands over the fields its rules may change on an existing ticket (name -> value)."""
 MAPPINGS_DIR = Path(os.environ.get("GATEWAY_MAPPINGS_DIR") or Path(__file__).resolve().parent.parent / "mappings")
 
 
@@ -55,6 +57,8 @@ class FieldCatalog:
 
     def problem(self, name: str) -> str | None:
         """Why the connector would not write ``name``; None when it does."""
+        if name == UPDATE_KEY:
+            return None
         if name in self.reserved:
             return f"set by the gateway itself ({self.reserved[name]}); a mapping cannot set it"
         if self._has(name, self.names):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.logs import withheld
 from gateway.mapping import MappingRenderError
 from gateway.plugins import DeliveryItem, DeliveryResult
 from gateway.redact import redact
+from gateway.routing import label_for
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
@@ -54,7 +56,8 @@ class DeliveryWorker:
             # dead-lettered by a mapping error and replayed, or rendered by an older mapping: the current one renders
             mapping = self.rt.mappings.get(row.crm, fresh=True)
             if mapping is not None:
-                fields = mapping.apply(context.for_mapping())
+                route = label_for(self.rt.config, context.message, context.identifiers(), row.crm)
+                fields = mapping.apply(replace(context, route=route).for_mapping())
         fields = {} if fields is None else fields
         problems = catalog.problems(fields) if catalog else {}
         if problems:  # written, the field would be dropped without a word

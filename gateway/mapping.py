@@ -11,14 +11,15 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.crmfields import MAPPINGS_DIR, FieldCatalog
+from gateway.crmfields import MAPPINGS_DIR, UPDATE_KEY, FieldCatalog
 from gateway.plugins import CrmConfig, CrmConnector
+from gateway.routing import NO_ROUTE
 from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, dotted, interpolate, load_yaml
 
 if TYPE_CHECKING:
@@ -36,6 +37,24 @@ class Rule(BaseModel):
     when: str = Field(min_length=1, description="A Jinja expression over message, customer and conversation.")
     set: dict[str, Any] = Field({}, description="Fields to set (values are templates).")
     add_tags: list[str] = Field([], description="Tags to add (templates); duplicates are dropped.")
+    on: Literal["create", "every_message"] = Field(
+        "create", description="create: the fields it sets are written when a ticket is created; every_message: "
+                              "they also change the conversation's existing ticket (a priority only ever rises).")
+    update: list[str] = Field([], description="The fields it sets that may change an existing ticket (implies "
+                                              "on: every_message); without it, every_message changes them all.")
+
+    @model_validator(mode="after")
+    def _updates_known(self) -> Rule:
+        if self.update and self.on == "create" and "on" in self.model_fields_set:
+            raise ValueError("`update` changes existing tickets: leave `on` out or write on: every_message")
+        unknown = [name for name in self.update if name not in self.set and name != "tags"]
+        if unknown:
+            raise ValueError(f"update names {', '.join(map(repr, unknown))}, which the rule does not set")
+        return self
+
+    def changes_existing(self, name: str) -> bool:
+        """Whether the field ``name`` this rule sets is also written on an existing ticket."""
+        return (self.on == "every_message" or bool(self.update)) and (not self.update or name in self.update)
 
 
 class MappingSpec(BaseModel):
@@ -151,8 +170,11 @@ class Mapping:
         return cls(path, spec)
 
     def apply(self, context: dict[str, Any]) -> dict[str, Any]:
-        """Render the fields for one input (``message``, ``customer``, ``conversation`` as plain dicts)."""
+        """Render the fields for one input (``message``, ``customer``, ``conversation`` and ``route`` as plain
+        dicts). The fields that rules with ``on: every_message`` set are also under ``UPDATE_KEY``: the connector
+        writes those on an existing ticket too."""
         fields = {name: _render(value, context, name) for name, value in self.spec.fields.items()}
+        updates: dict[str, Any] = {}
         for index, rule in enumerate(self.spec.rules):
             try:
                 holds = _compiled_expression(rule.when)(**context)
@@ -162,10 +184,14 @@ class Mapping:
                 continue
             for name, value in rule.set.items():
                 fields[name] = _render(value, context, name)
+                if rule.changes_existing(name):
+                    updates[name] = fields[name]
             if rule.add_tags:
                 tags = list(fields.get("tags") or [])
                 tags += [tag for tag in (_render(t, context, "tags") for t in rule.add_tags) if tag not in tags]
                 fields["tags"] = tags
+        if updates:
+            fields[UPDATE_KEY] = updates
         return fields
 
 
@@ -241,7 +267,7 @@ def run_mapping_tests(mapping_path: Path) -> list[str]:
         name = case.get("name", f"case {index}")
         where = f"{tests_path}:{doc.line_of(('cases', index))}"
         try:
-            got = mapping.apply(case["input"])
+            got = mapping.apply({"route": NO_ROUTE, **case["input"]})
         except MappingRenderError as exc:
             failures.append(f"{where} {name}: {exc}")
             continue

@@ -26,6 +26,7 @@ VARIABLES = {
     "message": frozenset(Message.model_fields),
     "customer": frozenset({"id", "display_name", "identifiers"}),
     "conversation": frozenset({"id", "channel", "thread_rule", "opened_by_message", "previous_id"}),
+    "route": frozenset({"name", "names"}),
 }
 _DICT_METHODS = frozenset({"get", "items", "keys", "values"})
 _SENDERS = {
@@ -88,8 +89,8 @@ def read_template(env: SandboxedEnvironment, source: str) -> tuple[str, ...]:
     problems = []
     known_names = set(VARIABLES) | set(env.globals)
     for name in sorted(_free_names(env, tree) - known_names):
-        problems.append(f"unknown name {name!r}{_hint(name, known_names)}; a mapping sees message, customer and "
-                        "conversation")
+        problems.append(f"unknown name {name!r}{_hint(name, known_names)}; a mapping sees message, customer, "
+                        "conversation and route")
     for node in tree.find_all(nodes.Filter):
         if node.name not in env.filters:
             problems.append(f"unknown filter {node.name!r}{_hint(node.name, set(env.filters))}")

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway import metrics
+from gateway import metrics, routing
 from gateway.context import MessageContext, conversation_context, customer_context
 from gateway.conversations import assign_conversation
 from gateway.enrich import Job, downloads_media, enrich_all, senders_of, without_enrichment
@@ -430,25 +430,26 @@ class PipelineWorker:
         context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id))
-        for route in self.rt.config.routes_from(message.connector):
+        earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
+        for route in routing.choose(self.rt.config, message, context.identifiers(), earlier):
             fields: dict[str, Any] | None = None
             error: MappingRenderError | None = None
-            mapping = self.rt.mappings.get(route.to)
+            mapping = self.rt.mappings.get(route.crm)
             if mapping is not None:
                 try:
-                    fields = mapping.apply(context.for_mapping())
+                    fields = mapping.apply(replace(context, route=route.route).for_mapping())
                 except MappingRenderError as exc:
                     error = exc
             else:
                 fields = {}
             outbox_id = conn.execute(outbox.insert().values(
-                crm=route.to, message_id=message.id, conversation_id=conversation_id, fields=fields,
+                crm=route.crm, message_id=message.id, conversation_id=conversation_id, fields=fields,
                 status="pending", attempts=0, available_at=now, created_at=now)).inserted_primary_key[0]
             if error is not None:
-                self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.to,
+                self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.crm,
                                            error_class="permanent", reason=str(error), attempts=0,
                                            code="mapping_error", field=error.field)
-                metrics.DEAD_LETTERED.labels("delivery", route.to).inc()
+                metrics.DEAD_LETTERED.labels("delivery", route.crm).inc()
 
     def _quarantine(self, row: Row[Any], exc: Exception) -> None:
         """A row its connector cannot read: a dead letter with the reason; the raw bytes stay for a replay."""

@@ -62,6 +62,9 @@ class SalesforceConfig(CrmConfig):
         "Gateway_Conversation_Id__c", description="External-ID field on Case holding the conversation id.")
     case_contact_field: str | None = Field(
         None, description="Case field pointing at the contact; default ContactId (Contact) or AccountId (Account).")
+    priority_order: list[str] | None = Field(
+        None, min_length=1, description="Case Priority values from low to high, when your org's picklist differs "
+                                        "from Low, Medium, High: a mapping rule only ever raises a Case's priority.")
     comment_object: str = Field("CaseComment", description="Object written for non-email messages.")
     email_object: str | None = Field("EmailMessage", description="Object written for email; none: comment_object.")
     message_body_field: str | None = Field(

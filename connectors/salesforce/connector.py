@@ -32,7 +32,7 @@ from connectors.salesforce.client import (
     first_error,
 )
 from connectors.salesforce.replies import SalesforceReplies
-from gateway.crmfields import FieldCatalog, field_list
+from gateway.crmfields import UPDATE_KEY, FieldCatalog, field_list
 from gateway.errors import DeliveryError, OnlineCheckFailed, PermanentError, RetryableError
 from gateway.model import ChannelType
 from gateway.plugins import (
@@ -44,6 +44,7 @@ from gateway.plugins import (
     LinkStore,
     online_check,
 )
+from gateway.routing import priority_refusal
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,21 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
             body[self.config.link_field] = contact_ref
         return body
 
+    def case_changes(self, item: DeliveryItem, case_id: str) -> tuple[dict[str, Any], int]:
+        """The ``case.`` fields the item's rules change on its existing Case, and the API calls spent: a new
+        Priority is compared with the Case's own first (one query), since a priority only ever rises."""
+        changes = self.prefixed_fields(item.fields.get(UPDATE_KEY) or {}, "case")
+        wanted = next((key for key in changes if key.lower() == "priority"), None)
+        if wanted is None:
+            return changes, 0
+        record = self.api.call("GET", f"sobjects/Case/{quote(case_id, safe='')}", params={"fields": "Priority"})
+        order = self.config.priority_order or field_list("salesforce")["priorities"]
+        refusal = priority_refusal((record or {}).get("Priority"), str(changes[wanted]), order)
+        if refusal is not None:
+            log.info("%s: Case %s: %s", self.name, case_id, refusal)
+            del changes[wanted]
+        return changes, 1
+
     def message_object(self, item: DeliveryItem) -> str:
         """The object a message is written as: the email object for email, else the comment object."""
         if item.message.channel is ChannelType.EMAIL and self.config.email_object:
@@ -211,7 +227,8 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
         if not failed:
             return
         cause = next((r for r in failed if first_error(r.body).get("errorCode") != HALTED), failed[0])
-        prefix = {"contact": "contact", "case": "case", "message": "activity"}.get(cause.reference, "")
+        prefix = {"contact": "contact", "case": "case", "caseChanges": "case",
+                  "message": "activity"}.get(cause.reference, "")
         if cause.reference == "message":
             error_fields = first_error(cause.body).get("fields") or []
             body_field = self.body_field(self.message_object(item))
@@ -355,8 +372,12 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
             calls += 1
             if self.written_record(item, case_id) is not None:
                 return DeliveryResult("already_written", case_id, calls=calls)
+        changes: dict[str, Any] = {}
+        if case_id is not None:
+            changes, spent = self.case_changes(item, case_id)
+            calls += spent
         for _ in range(3):
-            outcome = self._write(item, links, case_id, adopt)
+            outcome = self._write(item, links, case_id, adopt, changes)
             calls += outcome.calls
             if isinstance(outcome, DeliveryResult):
                 return replace(outcome, calls=calls)
@@ -364,8 +385,9 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
         raise RetryableError("Salesforce write did not settle after adopting a duplicate", code="DUPLICATES_DETECTED")
 
     def _write(self, item: DeliveryItem, links: LinkStore, case_id: str | None,
-               adopt: str | None = None) -> DeliveryResult | WriteAgain:
-        """One composite write; ``adopt`` is an existing record to link the customer to (our external id stamped).
+               adopt: str | None = None, changes: Mapping[str, Any] | None = None) -> DeliveryResult | WriteAgain:
+        """One composite write; ``adopt`` is an existing record to link the customer to (our external id stamped),
+        ``changes`` the fields the item's rules change on its existing Case.
 
         ``WriteAgain`` when the write was refused for a reason it has just dealt with, and nothing was written.
         """
@@ -384,6 +406,9 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
             subrequests.append(self.upsert_subrequest(
                 "Case", self.config.case_external_id_field, item.conversation.id,
                 self.case_body(item, contact_ref), "case"))
+        elif changes:
+            subrequests.append({"method": "PATCH", "referenceId": "caseChanges", "body": dict(changes),
+                                "url": self.api.data_path(f"sobjects/Case/{quote(case_id, safe='')}")})
         subrequests.append(self.message_subrequest(item, case_id or "@{case.id}"))
         results = self.api.composite(subrequests)
         contact = results.get("contact")
@@ -408,7 +433,8 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
             case_id = str(case.body["id"])
             links.put("conversation", item.conversation.id, case_id, {"created": bool(case.body.get("created"))})
         created = case is not None and bool(case.body.get("created"))
-        operation = ("case_created" if created else "case_updated") if case is not None else "message_added"
+        operation = ("case_created" if created else "case_updated") if case is not None \
+            else ("case_changed" if changes else "message_added")
         record = results["message"].body or {}
         return DeliveryResult(operation, case_id, detail=f"{self.message_object(item)} {record.get('id', '')}")
 

@@ -265,8 +265,8 @@ class BatchDelivery:
             link = self.links.get("conversation", items[0].conversation.id)
             if link is None:
                 plan.creates.append(items)
-            elif link[1].get("status") in ENDED:
-                plan.careful.append(items)
+            elif link[1].get("status") in ENDED or self.crm.needs_priority(items, link[1]):
+                plan.careful.append(items)  # ended: a follow-up ticket; priority unknown: read the ticket first
             else:
                 plan.updates.append((link[0], items))
         return plan
@@ -283,7 +283,8 @@ class BatchDelivery:
                 self.links.put("ticket_job", items[0].conversation.id, job_id,
                                {"index": index, "messages": [item.message.id for item in items]})
         for update_chunk in chunks(plan.updates):
-            tickets = [{"id": int(ticket_id), **self.crm.update_payload(items, users[items[0].customer.id]),
+            tickets = [{"id": int(ticket_id), **self.crm.update_payload(items, users[items[0].customer.id],
+                                                                         self.known(items[0].conversation.id)),
                         **self.stamp(items[0].conversation.id)} for ticket_id, items in update_chunk]
             body = self.client.call("PUT", "/tickets/update_many", json={"tickets": tickets})
             job_id = body["job_status"]["id"]
@@ -291,6 +292,11 @@ class BatchDelivery:
             for ticket_id, items in update_chunk:
                 self.links.put("comment_job", items[0].conversation.id, job_id,
                                {"ticket": ticket_id, "messages": [item.message.id for item in items]})
+
+    def known(self, conversation_id: str) -> dict[str, Any]:
+        """What the link knows of the conversation's ticket."""
+        link = self.links.get("conversation", conversation_id)
+        return link[1] if link else {}
 
     def stamp(self, conversation_id: str) -> dict[str, Any]:
         """``safe_update`` with our last write's stamp: a ticket changed since then fails and takes the careful path."""

@@ -22,7 +22,7 @@ from connectors.zendesk.bulk import BatchDelivery, Outcomes, outage
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
 from gateway.attachments import SCHEME as STORED
-from gateway.crmfields import FieldCatalog, field_list
+from gateway.crmfields import UPDATE_KEY, FieldCatalog, field_list
 from gateway.directory import CrmDirectory
 from gateway.errors import (
     INTERNAL,
@@ -51,12 +51,14 @@ from gateway.plugins import (
     online_check,
 )
 from gateway.records import InboxItem, RawRecord
+from gateway.routing import highest, priority_refusal
 from gateway.webhooks import HookRequest
 
 log = logging.getLogger(__name__)
 MARKER = "gateway_message_id"
 CLOSED = "closed"
 TICKET_FIELDS = ("tags", *field_list("zendesk")["ticket"])  # written on a new ticket as the mapping rendered them
+PRIORITIES: tuple[str, ...] = tuple(field_list("zendesk")["priorities"])
 _MAX_AUDIT_PAGES = 20
 
 
@@ -67,6 +69,34 @@ def coalesced_body(items: list[DeliveryItem]) -> str:
         return bodies[0]
     return "\n\n".join(f"[{item.message.sent_at:%Y-%m-%d %H:%M} UTC, {item.message.channel.value}]\n{body}"
                        for item, body in zip(items, bodies, strict=True))
+
+
+def ticket_value(name: str, value: Any) -> Any:
+    """A mapped ticket field as Zendesk takes it: ids rendered by a template arrive as text, Zendesk wants numbers."""
+    return int(value) if name.endswith("_id") and str(value).isdigit() else value
+
+
+def wanted_changes(items: list[DeliveryItem]) -> dict[str, Any]:
+    """The ticket fields the items' rules may change on an existing ticket (tags travel as ``additional_tags``);
+    of several messages' priorities, the highest."""
+    changes: dict[str, Any] = {}
+    priorities = []
+    for item in items:
+        for name, value in (item.fields.get(UPDATE_KEY) or {}).items():
+            if name == "tags" or value in (None, ""):
+                continue
+            if name == "priority":
+                priorities.append(str(value))
+            else:
+                changes[name] = ticket_value(name, value)
+    if priorities:
+        changes["priority"] = highest(priorities, PRIORITIES)
+    return changes
+
+
+def ticket_meta(ticket: dict[str, Any]) -> dict[str, Any]:
+    """What the link keeps of a ticket Zendesk returned: status, the stamp of our last write, its priority."""
+    return {"status": ticket.get("status"), "updated_at": ticket.get("updated_at"), "priority": ticket.get("priority")}
 
 
 def marker(items: list[DeliveryItem]) -> dict[str, str]:
@@ -150,19 +180,30 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
             value = first.fields.get(name)
             if value in (None, ""):
                 continue
-            # ids rendered by a template arrive as text; Zendesk wants numbers
-            ticket[name] = int(value) if name.endswith("_id") and str(value).isdigit() else value
+            ticket[name] = ticket_value(name, value)
         if followup_of is not None:
             ticket["via_followup_source_id"] = int(followup_of)
         return ticket
 
-    def update_payload(self, items: list[DeliveryItem], user_id: str) -> dict[str, Any]:
-        """A comment on the conversation's ticket, with the marker and the tags of the messages' channels."""
+    def update_payload(self, items: list[DeliveryItem], user_id: str,
+                       known: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A comment on the conversation's ticket, with the marker, the tags of the messages' channels and the
+        fields their rules change on every message (``known``: what the link knows of the ticket, its priority)."""
         update: dict[str, Any] = {"comment": self.comment(items, user_id), "metadata": marker(items)}
         tags = [tag for item in items for tag in (item.fields.get("tags") or [])]
         if tags:  # the ticket gains the tags of the channel each message came from
             update["additional_tags"] = list(dict.fromkeys(tags))
-        return update
+        changes = wanted_changes(items)
+        if "priority" in changes:
+            refusal = priority_refusal((known or {}).get("priority"), changes["priority"], PRIORITIES)
+            if refusal is not None:
+                log.info("%s: conversation %s: %s", self.name, items[0].conversation.id, refusal)
+                del changes["priority"]
+        return {**changes, **update}
+
+    def needs_priority(self, items: list[DeliveryItem], known: dict[str, Any]) -> bool:
+        """Whether a rule raises the priority of a ticket whose current priority the link does not know."""
+        return "priority" in wanted_changes(items) and "priority" not in known
 
     # -- users -------------------------------------------------------------------------------------------------
     def adopt_user(self, item: DeliveryItem, links: LinkStore) -> str | None:
@@ -261,8 +302,7 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
                 raise
             return self.link_ticket(items[0].conversation.id, found, links)
         ticket_id = str(body["ticket"]["id"])
-        links.put("conversation", items[0].conversation.id, ticket_id,
-                  {"status": body["ticket"].get("status"), "updated_at": body["ticket"].get("updated_at")})
+        links.put("conversation", items[0].conversation.id, ticket_id, ticket_meta(body["ticket"]))
         return ticket_id
 
     def append(self, items: list[DeliveryItem], user_id: str, ticket_id: str, links: LinkStore,
@@ -278,20 +318,18 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         known = link[1] if link and link[0] == ticket_id else {}
         if known.get("status") in ENDED:
             return self.continue_on_new_ticket(items, user_id, ticket_id, known["status"], links)
-        payload = self.update_payload(items, user_id)
+        if self.needs_priority(items, known) and not stamp_checked:
+            return self.append_after_reading(items, user_id, ticket_id, links)
+        payload = self.update_payload(items, user_id, known)
         if known.get("updated_at") and not stamp_checked:
             payload.update(safe_update=True, updated_stamp=known["updated_at"])
         response = self.client.request("PUT", f"/tickets/{ticket_id}", json={"ticket": payload})
         if response.status_code == 200:
             ticket = (response.json() or {}).get("ticket") or {}
-            links.put("conversation", conversation, ticket_id,
-                      {"status": ticket.get("status"), "updated_at": ticket.get("updated_at")})
+            links.put("conversation", conversation, ticket_id, ticket_meta(ticket))
             return "comment_added", ticket_id
         if response.status_code == 409 and not stamp_checked:
-            current = self.client.call("GET", f"/tickets/{ticket_id}")["ticket"]
-            links.put("conversation", conversation, ticket_id,
-                      {"status": current.get("status"), "updated_at": current.get("updated_at")})
-            return self.append(items, user_id, ticket_id, links, stamp_checked=True)
+            return self.append_after_reading(items, user_id, ticket_id, links)
         if is_closed_error(response) or response.status_code == 404:
             recovered = self.recover_unlinked_ticket(items, user_id, ticket_id, links)
             if recovered is not None:
@@ -301,6 +339,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
             return self.continue_on_new_ticket(items, user_id, ticket_id, CLOSED, links)
         classify(response)
         raise RetryableError(f"unexpected Zendesk status {response.status_code}")
+
+    def append_after_reading(self, items: list[DeliveryItem], user_id: str, ticket_id: str,
+                             links: LinkStore) -> tuple[str, str]:
+        """Read the ticket (someone changed it since our last write, or its priority is not known), then append."""
+        current = self.client.call("GET", f"/tickets/{ticket_id}")["ticket"]
+        links.put("conversation", items[0].conversation.id, ticket_id, ticket_meta(current))
+        return self.append(items, user_id, ticket_id, links, stamp_checked=True)
 
     def continue_on_new_ticket(self, items: list[DeliveryItem], user_id: str, old_ticket_id: str, old_status: str,
                                links: LinkStore) -> tuple[str, str]:
@@ -343,7 +388,8 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
 
     def link_ticket(self, conversation_id: str, ticket: dict[str, Any], links: LinkStore) -> str:
         """Link the conversation to a ticket found in Zendesk; its id."""
-        links.put("conversation", conversation_id, str(ticket["id"]), {"status": ticket.get("status")})
+        links.put("conversation", conversation_id, str(ticket["id"]),
+                  {"status": ticket.get("status"), "priority": ticket.get("priority")})
         return str(ticket["id"])
 
     def recover_unlinked_ticket(self, items: list[DeliveryItem], user_id: str, linked_ticket_id: str,

@@ -324,7 +324,7 @@ def test_first_message_upserts_the_user_and_creates_a_ticket(mocked: responses.R
     assert "role" not in sent_json(mocked.calls[0])["user"]
     assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {"placeholder": CUSTOMER_PHONE})
     assert links.get("conversation", CONVERSATION_ID) == (
-        str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
+        str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z", "priority": "high"})
 
 
 def test_user_upsert_accepts_200_for_an_existing_user(mocked: responses.RequestsMock) -> None:
@@ -393,7 +393,7 @@ def test_closed_ticket_gets_a_follow_up_ticket(mocked: responses.RequestsMock) -
     assert (result.operation, result.remote_id) == ("followup_ticket_created", "35437")
     assert post.call_count == 1
     assert links.get("conversation", CONVERSATION_ID) == (
-        "35437", {"status": "open", "updated_at": "2011-05-05T10:38:52Z"})
+        "35437", {"status": "open", "updated_at": "2011-05-05T10:38:52Z", "priority": "high"})
 
 
 def test_deleted_ticket_is_replaced_by_a_new_one(mocked: responses.RequestsMock) -> None:
@@ -463,7 +463,7 @@ def test_retry_without_a_link_finds_the_ticket_by_external_id(mocked: responses.
 
     assert (result.operation, result.remote_id) == ("already_written", str(TICKET_ID))
     assert writes(mocked) == []
-    assert links.get("conversation", CONVERSATION_ID) == (str(TICKET_ID), {"status": "open"})
+    assert links.get("conversation", CONVERSATION_ID) == (str(TICKET_ID), {"status": "open", "priority": "high"})
 
 
 def test_retry_without_a_link_or_ticket_creates_it_with_the_same_key(mocked: responses.RequestsMock) -> None:
