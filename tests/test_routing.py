@@ -253,6 +253,7 @@ def test_a_refund_on_a_later_message_raises_the_existing_ticket_s_priority(
 """)
     (tmp_path / "desk.tests.yaml").write_text("cases: []\n", encoding="utf-8")
     rt = build_runtime(load_config(write_config(DESK)), http=requests.Session())
+    responses.get(f"{API}/users/search", json={"users": [], "count": 0, "next_page": None, "previous_page": None})
     responses.post(f"{API}/users/create_or_update", status=201, json={"user": {"id": 7}})
     created = responses.post(f"{API}/tickets", status=201, json={"ticket": {
         "id": 9, "status": "new", "priority": "normal", "updated_at": "2026-01-05T04:30:01Z"}})
