@@ -132,27 +132,31 @@ def timing(rule: AckRule, calendar: BusinessCalendar | None, at: datetime) -> di
     }
 
 
-def reference_issues(doc: YamlDocument, rules: list[AckRule], channels: set[str], crms: set[str],
-                     calendars: set[str], routes: list[tuple[list[str], str]]) -> list[ConfigIssue]:
-    """Names a rule uses that the config does not define, each with its line."""
-    issues = []
-    for index, rule in enumerate(rules):
+def reference_issues(doc: YamlDocument, raw_rules: Any, channels: set[str], crms: set[str], calendars: set[str],
+                     routes: list[tuple[list[str], str]]) -> list[ConfigIssue]:
+    """Names the rules use that the config does not define, each with its line; read from the YAML as written, so
+    they are reported alongside a rule's other mistakes."""
+    issues: list[ConfigIssue] = []
+    for index, rule in enumerate(raw_rules if isinstance(raw_rules, list) else []):
+        if not isinstance(rule, dict):
+            continue
         path: tuple[str | int, ...] = ("acknowledgements", index)
-        for position, channel in enumerate(rule.channels):
-            if channel not in channels:
-                issues.append(doc.issue((*path, "channels", position), f"no channel named {channel!r}"))
-        if rule.crm is not None and rule.crm not in crms:
-            issues.append(doc.issue((*path, "crm"), f"no crm named {rule.crm!r}"))
-        if rule.business_hours is not None and rule.business_hours not in calendars:
+        rule_channels = rule.get("channels") if isinstance(rule.get("channels"), list) else []
+        crm, calendar = rule.get("crm"), rule.get("business_hours")
+        if isinstance(crm, str) and crm not in crms:
+            issues.append(doc.issue((*path, "crm"), f"no crm named {crm!r}"))
+        if isinstance(calendar, str) and calendar not in calendars:
             known = ", ".join(sorted(calendars)) or "none defined"
             issues.append(doc.issue((*path, "business_hours"),
-                                    f"no business_hours calendar named {rule.business_hours!r} (known: {known})"))
-        for position, channel in enumerate(rule.channels):
+                                    f"no business_hours calendar named {calendar!r} (known: {known})"))
+        for position, channel in enumerate(rule_channels):
             targets = [to for sources, to in routes if channel in sources]
-            if channel in channels and not targets:
+            if channel not in channels:
+                issues.append(doc.issue((*path, "channels", position), f"no channel named {channel!r}"))
+            elif not targets:
                 issues.append(doc.issue((*path, "channels", position),
                                         f"{channel!r} is routed to no crm: no ticket to name"))
-            elif channel in channels and rule.crm is not None and rule.crm in crms and rule.crm not in targets:
+            elif isinstance(crm, str) and crm in crms and crm not in targets:
                 issues.append(doc.issue((*path, "channels", position),
-                                        f"{channel!r} is not routed to {rule.crm!r}: no ticket there to name"))
+                                        f"{channel!r} is not routed to {crm!r}: no ticket there to name"))
     return issues

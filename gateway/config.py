@@ -330,8 +330,11 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
         target = route.get("to")
         if isinstance(target, str) and target not in raw_crms:
             issues.append(doc.issue(("routes", index, "to"), f"no crm named {target!r}"))
-    issues += reference_issues(doc, settings.acknowledgements, set(raw_channels), set(raw_crms),
-                               set(settings.business_hours), [(r.sources, r.to) for r in settings.routes])
+    raw_routes = [(r.get("from") if isinstance(r.get("from"), list) else [], r.get("to"))
+                  for r in doc.data.get("routes") or [] if isinstance(r, dict)]
+    raw_calendars = doc.data.get("business_hours") if isinstance(doc.data.get("business_hours"), dict) else {}
+    issues += reference_issues(doc, doc.data.get("acknowledgements"), set(raw_channels), set(raw_crms),
+                               set(raw_calendars), raw_routes)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
     settings = settings.model_copy(update={"channels": {}, "crms": {}})
     config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)
