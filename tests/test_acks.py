@@ -20,6 +20,7 @@ from gateway.attachments import AttachmentStore
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.delivery import DeliveryWorker
+from gateway.erasure import erase, export, holdings
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.mail.reply import compose
 from gateway.model import ChannelType, Direction, Identifier, IdentifierKind, Message, Party, RawRef, ThreadRef
@@ -299,3 +300,17 @@ def test_simulate_dry_run_shows_the_acknowledgement() -> None:
                                   "--at", "2026-01-11T11:00:00+05:30"])
     assert closed.exit_code == 0, closed.output
     assert "business closed" in closed.output and "Mon-Fri" in closed.output
+
+
+def test_forgetting_the_customer_removes_their_acknowledgements(gateway_for: Any) -> None:
+    gw = gateway_for()
+    gw.now = OPEN_TIME + timedelta(seconds=2)
+    gw.receive("SM" + "1" * 32, "Where is my order? It has not arrived yet.", OPEN_TIME)
+    gw.run()
+    with gw.rt.engine.begin() as conn:
+        customer_id = conn.execute(select(acknowledgements.c.customer_id)).scalar_one()
+        found = holdings(conn, customer_id)
+        exported = export(conn, found, AttachmentStore(gw.rt.data_dir / "attachments"))
+        assert [row["status"] for row in exported["acknowledgements"]] == ["sent"]
+        erase(conn, found, key=b"k" * 32, requested_by="test")
+    assert gw.ack_rows() == []
