@@ -17,6 +17,7 @@ from gateway.plugins import (
     DeliveryResult,
     InternalNotes,
     LinkStore,
+    PublicComments,
     online_check,
 )
 from gateway.signed_replies import SignedReplies
@@ -35,7 +36,7 @@ class JsonlConfig(CrmConfig):
         None, description="Key for agent replies posted to /crm-hooks/NAME (X-Gateway-Signature); unset: none taken.")
 
 
-class JsonlCrm(CrmConnector, SignedReplies, InternalNotes):
+class JsonlCrm(CrmConnector, SignedReplies, InternalNotes, PublicComments):
     """Appends one JSON object per delivered message: the message, its customer, conversation and mapped fields.
 
     Replays are harmless: a message already written (same idempotency key) is not written again. With a
@@ -96,9 +97,15 @@ class JsonlCrm(CrmConnector, SignedReplies, InternalNotes):
 
     # -- two-way -----------------------------------------------------------------------------------------------
     def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        self._note(conversation_id, text, links, key, internal=True)
+
+    def post_public_comment(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        self._note(conversation_id, text, links, key, internal=False)
+
+    def _note(self, conversation_id: str, text: str, links: LinkStore, key: str, *, internal: bool) -> None:
         if links.get("note", key) is not None:
             return
-        self._append({"note": {"conversation_id": conversation_id, "text": text, "key": key, "internal": True}})
+        self._append({"note": {"conversation_id": conversation_id, "text": text, "key": key, "internal": internal}})
         links.put("note", key, key)
 
     @online_check

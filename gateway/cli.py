@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,11 @@ def work(ctx: click.Context, config_path: Path) -> None:
               help="NAME is a crm: post a signed agent reply to it, as the CRM would (the reply then goes out).")
 @click.option("--conversation", default=None, help="With --agent-reply: the conversation; default the latest one.")
 @click.option("--url", default=None, help="Where to send it; default http://{server.listen}.")
+@click.option("--dry-run", is_flag=True, help="Send nothing: show the acknowledgement the message would get.")
+@click.option("--at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="With --dry-run: when the message is written (ISO 8601, UTC without an offset); default now.")
 def simulate(config_path: Path, name: str, sender: str | None, text: str, recipient: str | None, agent_reply: bool,
-             conversation: str | None, url: str | None) -> None:
+             conversation: str | None, url: str | None, dry_run: bool, at: datetime | None) -> None:
     """Send a correctly signed sample request to the running gateway: a customer's message, or an agent's reply."""
     import requests
 
@@ -178,6 +182,15 @@ def simulate(config_path: Path, name: str, sender: str | None, text: str, recipi
     config = _load(config_path)
     channels, crms = build_connectors(config, Registry.from_entry_points(),
                                       connector_context(config, requests.Session(), engine=None))
+    if dry_run:
+        from gateway.ack_preview import preview_lines
+
+        if not isinstance(channels.get(name), WebhookChannel) or sender is None:
+            raise click.UsageError("--dry-run needs a webhook channel's name and --from")
+        when = at.replace(tzinfo=at.tzinfo or UTC) if at is not None else datetime.now(UTC)
+        click.echo("\n".join(preview_lines(config, channels, channels[name], sender=sender, text=text,  # type: ignore[arg-type]
+                                            recipient=recipient, at=when)))
+        return
     base = (url or f"http://{config.settings.server.listen}").rstrip("/")
     if agent_reply:
         crm = crms.get(name)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from gateway.ack_rules import AckRule, reference_issues
 from gateway.calendars import CalendarConfig
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
 from gateway.privacy import install_key
@@ -261,6 +262,8 @@ class GatewaySettings(_Section):
     business_hours: dict[str, CalendarConfig] = Field(
         {}, description="Named calendars (time zone, weekly hours, holidays) for acknowledgements, routes and "
                         "escalations.")
+    acknowledgements: list[AckRule] = Field(
+        [], description="Automatic answers to the first message of a new conversation (README, Automation).")
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,11 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
         if isinstance(target, str) and target not in raw_crms:
             issues.append(doc.issue(("routes", index, "to"), f"no crm named {target!r}"))
     issues += route_issues(doc, settings, raw_channels)
+    raw_routes = [(r.get("from") if isinstance(r.get("from"), list) else [], r.get("to"))
+                  for r in doc.data.get("routes") or [] if isinstance(r, dict)]
+    raw_calendars = doc.data.get("business_hours") if isinstance(doc.data.get("business_hours"), dict) else {}
+    issues += reference_issues(doc, doc.data.get("acknowledgements"), set(raw_channels), set(raw_crms),
+                               set(raw_calendars), raw_routes)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
     settings = settings.model_copy(update={"channels": {}, "crms": {}})
     config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)

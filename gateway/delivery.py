@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 
 from gateway import metrics
+from gateway.acks import Acknowledgements
 from gateway.context import delivery_item, stored_message_context
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.logs import withheld
@@ -37,6 +38,7 @@ class DeliveryWorker:
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.crms = crms
+        self.acks = Acknowledgements(runtime.config, runtime.channels)
 
     def claim(self) -> list[list[list[Row[Any]]]]:
         groups = self.rt.queues.claim_outbox(self.owner, self.settings.batch_size, self.settings.lease_seconds,
@@ -136,6 +138,9 @@ class DeliveryWorker:
             self.rt.queues.finish(conn, outbox, row.id, "done", delivered_at=now, last_error=None)
             self._log(conn, row, "delivered", started, operation=result.operation, remote_id=result.remote_id,
                       detail=result.detail)
+            acknowledged = self.acks.after_delivery(conn, row.crm, row.conversation_id)
+        if acknowledged:
+            self.rt.sends_waiting.set()
         metrics.DELIVERED.labels(row.crm).inc()
         metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
         _log_delivered(row, item, result)

@@ -9,8 +9,8 @@ What belongs to a person, table by table:
   ``send_log``, the ``provider_statuses`` of those sends, and the ``inbox`` rows (raw payloads) behind all of these;
 - inbox rows that never became a message (quarantined, ignored, dead-lettered) whose raw bytes name one of their
   identifiers; rows still waiting are left to the pipeline (one may be another customer's message);
-- ``conversations`` they own with their ``thread_keys``, ``crm_notes`` and ``crm_links``; a conversation another
-  customer also wrote in is handed to that customer instead (their messages stay);
+- ``conversations`` they own with their ``thread_keys``, ``crm_notes``, ``crm_links`` and ``acknowledgements``; a
+  conversation another customer also wrote in is handed to that customer instead (their messages stay);
 - ``dead_letters`` of any row above; attachment files no remaining message refers to.
 
 Elsewhere their identifiers are replaced by ``[erased]``: another customer's message that names them (an email's
@@ -38,6 +38,7 @@ from gateway.identity.normalize import InvalidIdentifier, normalize_email, norma
 from gateway.privacy import identifier_hash
 from gateway.storage.db import utcnow
 from gateway.storage.tables import (
+    acknowledgements,
     conversations,
     crm_directory,
     crm_links,
@@ -222,6 +223,11 @@ def _letters_filter(found: Holdings) -> Any:
                (dead_letters.c.stage == "note") & dead_letters.c.source_id.in_(found.notes))
 
 
+def _acks_filter(found: Holdings) -> Any:
+    return or_(acknowledgements.c.conversation_id.in_(found.conversations),
+               acknowledgements.c.customer_id.in_(found.family))
+
+
 def _phones(found: Holdings) -> list[str]:
     return [v for k, v in found.identifiers if k in ("phone", "whatsapp")]
 
@@ -260,6 +266,7 @@ def export(conn: Connection, found: Holdings, attachments: AttachmentStore) -> d
         "send_log": _rows(conn, send_log, send_log.c.send_id.in_(found.sends)),
         "provider_statuses": _rows(conn, provider_statuses, provider_statuses.c.id.in_(found.statuses)),
         "crm_notes": _rows(conn, crm_notes, crm_notes.c.id.in_(found.notes)),
+        "acknowledgements": _rows(conn, acknowledgements, _acks_filter(found)),
         "crm_records": _rows(conn, crm_links, _link_filter(found)),
         "crm_directory": _rows(conn, crm_directory, _directory_filter(conn, found)),
         "opt_outs": _rows(conn, opt_outs, opt_outs.c.address.in_(_phones(found))),
@@ -293,6 +300,7 @@ def erase(conn: Connection, found: Holdings, *, key: bytes, requested_by: str,
     remove(crm_directory, _directory_filter(conn, found))  # before the links that name the person's records
     remove(crm_links, _link_filter(found))
     remove(crm_notes, crm_notes.c.id.in_(found.notes))
+    remove(acknowledgements, _acks_filter(found))
     remove(messages, messages.c.id.in_(found.messages))
     remove(inbox, inbox.c.id.in_(found.inbox))
     remove(thread_keys, thread_keys.c.conversation_id.in_(found.conversations))

@@ -8,6 +8,7 @@ CRM, so the same news is written once however often it is learnt.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Row, select
@@ -15,7 +16,7 @@ from sqlalchemy import Connection, Row, select
 from gateway import metrics
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.model import StatusUpdate
-from gateway.plugins import InternalNotes
+from gateway.plugins import InternalNotes, PublicComments
 from gateway.redact import redact
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
@@ -26,14 +27,18 @@ from gateway.storage.tables import crm_notes, sends
 log = logging.getLogger(__name__)
 
 
-def queue_note(conn: Connection, crm: str | None, conversation_id: str, key: str, text: str) -> None:
-    """Queue an internal note for ``crm``'s record of the conversation; a key already queued is kept once."""
+def queue_note(conn: Connection, crm: str | None, conversation_id: str, key: str, text: str, *,
+               public: bool = False) -> None:
+    """Queue an internal note for ``crm``'s record of the conversation; a key already queued is kept once.
+
+    ``public``: a public comment instead, for what the gateway itself told the customer (``PublicComments``).
+    """
     if crm is None:
         return
     now = utcnow()
     conn.execute(insert_for(conn.engine, crm_notes).values(
         crm=crm, conversation_id=conversation_id, key=key[:255], text=text, status="pending", attempts=0,
-        available_at=now, created_at=now).on_conflict_do_nothing(index_elements=["crm", "key"]))
+        available_at=now, created_at=now, public=public).on_conflict_do_nothing(index_elements=["crm", "key"]))
 
 
 def note_failed_send(conn: Connection, update: StatusUpdate) -> None:
@@ -84,14 +89,20 @@ class NoteWorker:
 
     def process(self, row: Row[Any]) -> int:
         crm = self.rt.crms.get(row.crm)
+        if row.public and isinstance(crm, PublicComments):
+            return self._write(row, crm.post_public_comment)
         if not isinstance(crm, InternalNotes):
             # the CRM cannot take notes: the news stays in the log and in `gateway dlq list`
             self._dead(row, PermanentError(f"crm {row.crm!r} takes no internal notes: {row.text}",
                                            code="no_notes"))
             return 1
+        # a CRM without public comments keeps what the customer was told as an internal note
+        return self._write(row, crm.post_note)
+
+    def _write(self, row: Row[Any], post: Callable[..., None]) -> int:
         links = DbLinkStore(self.rt.engine, row.crm, self.rt.directories.get(row.crm))
         try:
-            crm.post_note(row.conversation_id, row.text, links, key=f"gw-note-{row.crm}-{row.key}")
+            post(row.conversation_id, row.text, links, key=f"gw-note-{row.crm}-{row.key}")
         except Exception as exc:
             error = as_delivery_error(exc)
             delay = self.rt.retry_policy.next_delay(row.attempts, error) if error.retryable else None

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics, routing
+from gateway.acks import Acknowledgements
 from gateway.context import MessageContext, conversation_context, customer_context
 from gateway.conversations import assign_conversation
 from gateway.enrich import Job, downloads_media, enrich_all, senders_of, without_enrichment
@@ -113,6 +114,7 @@ class PipelineWorker:
         self.rules = rules_from_config(runtime.config.settings.identity)
         self.maskers = {name: runtime.config.masker_for(name) for name in runtime.config.channels}
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
+        self.acks = Acknowledgements(runtime.config, runtime.channels)
         self.on_stuck = on_stuck  # told of a thread stuck past the processing deadline
         self.clock: Callable[[], float] = time.monotonic
         self._in_progress: _InProgress | None = None
@@ -427,6 +429,7 @@ class PipelineWorker:
             conversation_id=conversation_id, thread_rule=rule, data=message.model_dump(mode="json"),
             received_at=message.received_at, created_at=now))
         record_keyword(conn, message)
+        self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened)
         context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id))

@@ -445,6 +445,18 @@ class InternalNotes(abc.ABC):
         """
 
 
+class PublicComments(abc.ABC):
+    """A CRM that shows, as a public comment on the ticket, what the gateway itself told the customer (an automatic
+    acknowledgement), so the agent reads the conversation as the customer saw it."""
+
+    @abc.abstractmethod
+    def post_public_comment(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        """Write a public comment, by the gateway's own user, on the conversation's record; once per ``key``.
+
+        Raise ``PermanentError`` when the conversation has no record in this CRM (yet).
+        """
+
+
 @dataclass(frozen=True)
 class SendRequest:
     """One outbound message as a channel connector sees it.
@@ -511,7 +523,7 @@ ABILITIES: tuple[tuple[str, type], ...] = (
     ("webhook", WebhookChannel), ("polling", PollingChannel), ("send_replies", ReplySender),
     ("directory_sync", DirectorySync), ("contact_merge", ContactMerge), ("agent_replies", AgentReplies),
     ("reply_polling", ReplyPolling), ("reply_setup", ReplySetup), ("internal_notes", InternalNotes),
-    ("contact_erasure", ContactErasure),
+    ("contact_erasure", ContactErasure), ("public_comments", PublicComments),
 )
 
 

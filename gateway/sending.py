@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 
 from gateway import metrics
+from gateway.acks import record_sent
 from gateway.context import customer_context
 from gateway.errors import (
     DeliveryError,
@@ -153,10 +154,11 @@ class SendWorker:
             for key in result.thread_keys:  # the customer's answer to this reply threads back here
                 conn.execute(insert_for(conn.engine, thread_keys).values(
                     key=key, conversation_id=row.conversation_id).on_conflict_do_nothing(index_elements=["key"]))
+            automatic = record_sent(conn, row, now)
             event_stored = conn.execute(select(inbox.c.received_at).join(
                 messages, messages.c.inbox_id == inbox.c.id).where(messages.c.id == row.message_id)).scalar()
         metrics.SENT.labels(row.channel).inc()
-        if isinstance(event_stored, datetime):
+        if isinstance(event_stored, datetime) and not automatic:
             metrics.REPLY_LATENCY.labels(row.channel).observe((now - event_stored).total_seconds())
 
     def _retry(self, row: Row[Any], error: DeliveryError, started: float, *, uncertain: bool) -> None:

@@ -41,6 +41,7 @@ from gateway.plugins import (
     InboxSink,
     InternalNotes,
     LinkStore,
+    PublicComments,
     ReplyPolling,
 )
 from gateway.records import InboxItem, RawRecord
@@ -155,7 +156,7 @@ def note_link_key(key: str) -> str:
     return key if len(key) <= _LINK_KEY_CHARS else hashlib.sha256(key.encode()).hexdigest()
 
 
-class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
+class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes, PublicComments):
     """Agent replies (polled, or posted by a Flow to the signed reply endpoint) and notes, for ``SalesforceCrm``."""
 
     name: str
@@ -261,7 +262,14 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
 
     # -- notes ---------------------------------------------------------------------------------------------------
     def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
-        """A private CaseComment on the conversation's Case; an attempt cut short is looked up before a new one."""
+        self._case_comment(conversation_id, text, links, key, published=False)
+
+    def post_public_comment(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        self._case_comment(conversation_id, text, links, key, published=True)
+
+    def _case_comment(self, conversation_id: str, text: str, links: LinkStore, key: str, *, published: bool) -> None:
+        """A CaseComment (private for a note) on the conversation's Case; an attempt cut short is looked up before a
+        new one."""
         link_key = note_link_key(key)
         written = links.get("note", link_key)
         if written is not None and not written[1].get("pending"):
@@ -270,7 +278,7 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
         case_id = self.note_case(conversation_id, links)
         marker = f"\n\n{NOTE_MARKER}{key}"
         if written is not None:
-            found = self.find_note(case_id, marker)
+            found = self.find_note(case_id, marker, published)
             if found is not None:
                 links.put("note", link_key, found)
                 return
@@ -279,7 +287,7 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
         room = _COMMENT_BYTES - len(marker.encode())
         body = text.encode()[:room].decode(errors="ignore") + marker
         answer = self.api.call("POST", "sobjects/CaseComment", prefix="note",
-                               json={"ParentId": case_id, "CommentBody": body, "IsPublished": False})
+                               json={"ParentId": case_id, "CommentBody": body, "IsPublished": published})
         links.put("note", link_key, str((answer or {}).get("id") or ""))
 
     def note_case(self, conversation_id: str, links: LinkStore) -> str:
@@ -296,11 +304,12 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
         links.put("conversation", conversation_id, case_id)
         return case_id
 
-    def find_note(self, case_id: str, marker: str) -> str | None:
-        """The private comment an earlier attempt wrote, found by its marker line among the Case's latest."""
+    def find_note(self, case_id: str, marker: str, published: bool = False) -> str | None:
+        """The comment an earlier attempt wrote, found by its marker line among the Case's latest."""
         records = self.api.query(format_soql(
-            "SELECT Id, CommentBody FROM CaseComment WHERE ParentId = {} AND IsPublished = false "
-            "ORDER BY CreatedDate DESC LIMIT {:literal}", case_id, str(_NOTE_LOOKBACK)))
+            "SELECT Id, CommentBody FROM CaseComment WHERE ParentId = {} AND IsPublished = {:literal} "
+            "ORDER BY CreatedDate DESC LIMIT {:literal}", case_id, "true" if published else "false",
+            str(_NOTE_LOOKBACK)))
         return next((str(r["Id"]) for r in records if str(r.get("CommentBody") or "").rstrip().endswith(
             marker.strip())), None)
 

@@ -46,6 +46,7 @@ from gateway.plugins import (
     InboxSink,
     InternalNotes,
     LinkStore,
+    PublicComments,
     ReplyPolling,
     ReplySetup,
     online_check,
@@ -105,7 +106,7 @@ def marker(items: list[DeliveryItem]) -> dict[str, str]:
 
 
 class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, AgentReplies, ReplySetup, ReplyPolling,
-                 InternalNotes):
+                 InternalNotes, PublicComments):
     """Zendesk Support: end user per customer, ticket per conversation, public comment per message."""
 
     type_name = "zendesk"
@@ -579,3 +580,6 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
 
     def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
         self.replies.post_note(conversation_id, text, links, key)
+
+    def post_public_comment(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
+        self.replies.post_note(conversation_id, text, links, key, public=True)

@@ -264,8 +264,9 @@ class ZendeskReplies:
             attachments=attachments)]
 
     # -- notes -----------------------------------------------------------------------------------------------------
-    def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
-        """A private comment by the API user, written once per key (the key is kept in the audit metadata too)."""
+    def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str, *, public: bool = False) -> None:
+        """A private comment by the API user (public: what the gateway told the customer), written once per key
+        (the key is kept in the audit metadata too)."""
         from connectors.zendesk.connector import MARKER
 
         link = links.get("conversation", conversation_id)
@@ -277,5 +278,5 @@ class ZendeskReplies:
         # a crash between the write and the link leaves the key in the audits: found there, not written twice
         if key not in self.crm.written_ids(ticket_id):
             self.client.call("PUT", f"/tickets/{ticket_id}", json={"ticket": {
-                "comment": {"body": text, "public": False}, "metadata": {MARKER: key}}})
+                "comment": {"body": text, "public": public}, "metadata": {MARKER: key}}})
         links.put("note", key, ticket_id)

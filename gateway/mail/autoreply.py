@@ -45,3 +45,12 @@ def auto_reason(mail: ParsedMail, *, own_addresses: tuple[str, ...] = (), ignore
     if ignore_lists and (mail.mime.get("List-Id") is not None or mail.mime.get("List-Unsubscribe") is not None):
         return "mailing_list"
     return None
+
+
+def robot_reason(mail: ParsedMail) -> str | None:
+    """Why no automatic answer may go to this mail, whatever the channel ignores: every ``auto_reason``, list mail
+    included, and a null sender (``Return-Path: <>``, which bounces and other machine mail carry)."""
+    reason = auto_reason(mail, ignore_lists=True)
+    if reason is None and mail.header("Return-Path").strip() == "<>":
+        reason = "null_sender"
+    return reason

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from gateway.attachments import AttachmentStore, AttachmentTooLarge
 from gateway.identity.normalize import AS_WRITTEN, InvalidIdentifier, normalize_email
-from gateway.mail.autoreply import auto_reason
+from gateway.mail.autoreply import auto_reason, robot_reason
 from gateway.mail.mime import UnparseableMail, parse_mail
 from gateway.mail.quotes import DEFAULT_LANGUAGES, visible_reply
 from gateway.model import Attachment, ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
@@ -78,6 +78,9 @@ def email_to_messages(raw: bytes, record: RawRecord, *, connector_type: str, set
         info["attachments_skipped"] = skipped
     if reason is not None:
         info["auto_reply"] = reason
+    robot = reason if reason is not None and reason != "own_mail" else robot_reason(mail)
+    if robot is not None:  # never answered automatically (gateway.acks)
+        info["no_auto_answer"] = robot
     if mail.reply_to:
         info["reply_to"] = [address for _, address in mail.reply_to]
     if content_ids:  # cid: references in the HTML, by the sha256 of the stored inline part

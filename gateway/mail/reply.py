@@ -182,6 +182,9 @@ def compose(request: SendRequest, *, channel: str, from_address: str, from_name:
     if references:
         mail["References"] = " ".join(f"<{r}>" for r in references)
     mail[LOOP_HEADER] = channel  # our own reply never comes back in as a customer message
+    if message.extras.get("automatic"):  # an acknowledgement: RFC 3834, so auto-responders do not answer it
+        mail["Auto-Submitted"] = "auto-replied"
+        mail["X-Auto-Response-Suppress"] = "All"
     parts, links = _attachments(message, store)
     text = message.text or message.full_text or ""
     if links:

@@ -346,6 +346,8 @@ crm_notes = Table(
     Column("last_error", Text),
     Column("created_at", Time, nullable=False),
     Column("done_at", Time),
+    # a public comment showing what the gateway itself told the customer (an acknowledgement), not a private note
+    Column("public", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("crm", "key", name="uq_crm_notes_crm_key"),
     Index("ix_crm_notes_claim", "status", "available_at"),
 )
@@ -379,4 +381,25 @@ tombstones = Table(
     Column("erased_at", Time, nullable=False),
     Column("requested_by", String(128), nullable=False),
     Column("summary", JSON, nullable=False),  # what was removed, by table, and what each CRM was asked
+)
+
+# One row per conversation an acknowledgement rule matched: whether the customer is answered automatically (and
+# why not), waiting for the CRM's ticket, then the outbound message queued. The primary key makes it once per
+# conversation; ``acknowledged_at`` (the customer's message time) is how "acknowledged in the last N hours" is told.
+acknowledgements = Table(
+    "acknowledgements", metadata,
+    Column("conversation_id", String(32), primary_key=True),
+    Column("customer_id", String(32), nullable=False),
+    Column("message_id", String(32), nullable=False),  # the customer's message being acknowledged
+    Column("channel", String(64), nullable=False),
+    Column("crm", String(64), nullable=False),  # whose ticket the text names; the public comment goes there
+    Column("rule", Integer, nullable=False),  # index in ``acknowledgements:``
+    Column("status", String(16), nullable=False),  # waiting -> queued -> sent | skipped | failed
+    Column("reason", Text),  # why skipped or failed
+    Column("outbound_id", String(32)),  # the acknowledgement's own message (and send)
+    Column("acknowledged_at", Time, nullable=False),
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    Index("ix_acknowledgements_customer", "customer_id", "status", "acknowledged_at"),
+    Index("ix_acknowledgements_outbound", "outbound_id"),
 )

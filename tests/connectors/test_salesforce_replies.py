@@ -413,6 +413,20 @@ def test_a_note_is_a_private_case_comment_written_once(org: ReplyOrg, mocked: re
     assert sink.items == [], "a note is never read back as a reply"
 
 
+def test_an_acknowledgement_is_a_published_case_comment_never_read_back(org: ReplyOrg,
+                                                                         mocked: responses.RequestsMock) -> None:
+    crm, links = connector(org), linked()
+    text = "Sent automatically to the customer on sms-main (acknowledgement):\n\nThanks, we got your message."
+    crm.post_public_comment(CONVERSATION_ID, text, links, key="gw-note-sf-ack-c1")
+    crm.post_public_comment(CONVERSATION_ID, text, links, key="gw-note-sf-ack-c1")
+    [comment] = list(org.comments())
+    assert comment["ParentId"] == CASE_ID and comment["IsPublished"] is True
+    assert comment["CommentBody"] == f"{text}\n\ngateway-note: gw-note-sf-ack-c1"
+    sink, cursors = Sink(), MemoryCursors()
+    crm.poll_replies(sink, cursors)
+    assert sink.items == [], "the gateway's own comment is never sent to the customer as an agent's reply"
+
+
 def test_a_note_cut_short_is_looked_up_before_it_is_written_again(org: ReplyOrg) -> None:
     crm, links = connector(org), linked()
     key = "gw-note-sf-reply-00aR0000000AbCdIAK-no-channel-" + "x" * 40  # longer than a link key
