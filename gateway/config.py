@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from gateway import sla_config
 from gateway.calendars import CalendarConfig
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
 from gateway.privacy import install_key
@@ -227,6 +228,10 @@ class GatewaySettings(_Section):
     business_hours: dict[str, CalendarConfig] = Field(
         {}, description="Named calendars (time zone, weekly hours, holidays) for acknowledgements, routes and "
                         "escalations.")
+    escalations: list[sla_config.EscalationRule] = Field(
+        [], description="Escalate a ticket left without an agent reply (README, Automation).")
+    surveys: list[sla_config.SurveyRule] = Field(
+        [], description="Ask for a 1-5 rating when a ticket is solved (README, Automation).")
 
 
 @dataclass(frozen=True)
@@ -327,6 +332,7 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
         target = route.get("to")
         if isinstance(target, str) and target not in raw_crms:
             issues.append(doc.issue(("routes", index, "to"), f"no crm named {target!r}"))
+    issues += sla_config.check_references(doc, doc.data)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
     settings = settings.model_copy(update={"channels": {}, "crms": {}})
     config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)
