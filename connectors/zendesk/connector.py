@@ -17,7 +17,7 @@ import logging
 from functools import cached_property
 from typing import Any
 
-from connectors.zendesk import export, setup
+from connectors.zendesk import automation, export, setup
 from connectors.zendesk.bulk import BatchDelivery, Outcomes
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
@@ -42,11 +42,17 @@ from gateway.plugins import (
     DeliveryItem,
     DeliveryResult,
     DirectorySync,
+    Escalation,
     InboxSink,
     InternalNotes,
     LinkStore,
+    Rating,
     ReplyPolling,
     ReplySetup,
+    SatisfactionRatings,
+    TicketEscalation,
+    TicketStatus,
+    TicketStatuses,
     online_check,
 )
 from gateway.records import InboxItem, RawRecord
@@ -74,7 +80,7 @@ def marker(items: list[DeliveryItem]) -> dict[str, str]:
 
 
 class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, AgentReplies, ReplySetup, ReplyPolling,
-                 InternalNotes):
+                 InternalNotes, TicketStatuses, TicketEscalation, SatisfactionRatings):
     """Zendesk Support: end user per customer, ticket per conversation, public comment per message."""
 
     type_name = "zendesk"
@@ -490,3 +496,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
 
     def post_note(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
         self.replies.post_note(conversation_id, text, links, key)
+
+    # -- automation: solved tickets, escalations, ratings (connectors.zendesk.automation) -----------------------------
+    def ticket_statuses(self, record: RawRecord, links: LinkStore) -> list[TicketStatus]:
+        return automation.ticket_statuses(record, links)
+
+    def escalate(self, conversation_id: str, escalation: Escalation, links: LinkStore) -> str:
+        return automation.escalate(self, conversation_id, escalation, links)
+
+    def record_rating(self, conversation_id: str, rating: Rating, links: LinkStore) -> None:
+        automation.record_rating(self, conversation_id, rating, links)
