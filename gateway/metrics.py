@@ -27,13 +27,13 @@ FAILED = Counter("gateway_delivery_failures_total", "Failed CRM delivery attempt
 DEAD_LETTERED = Counter("gateway_dead_lettered_total", "Items moved to the dead letters", ["stage", "target"])
 SENT = Counter("gateway_replies_sent_total", "Agent replies handed to a channel's provider", ["channel"])
 SEND_FAILURES = Counter("gateway_send_failures_total", "Failed reply attempts", ["channel", "kind"])
-REPLY_ESCALATIONS = Counter("gateway_escalations_total", "Conversations escalated for want of an agent reply", ["rule"])
-SURVEYS_ASKED = Counter("gateway_surveys_asked_total", "Satisfaction surveys queued to customers", ["channel"])
-SURVEY_RATINGS = Counter("gateway_survey_ratings_total", "Satisfaction ratings received", ["channel", "rating"])
-LATENCY = Histogram(
+REPLY_LATENCY = Histogram(
     "gateway_reply_seconds", "From the CRM's reply event stored to the provider's acceptance", ["channel"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
+ESCALATIONS = Counter("gateway_escalations_total", "Conversations escalated for want of an agent reply", ["rule"])
+SURVEYS_ASKED = Counter("gateway_surveys_asked_total", "Satisfaction surveys queued to customers", ["channel"])
+SURVEY_RATINGS = Counter("gateway_survey_ratings_total", "Satisfaction ratings received", ["channel", "rating"])
 LATENCY = Histogram(
     "gateway_end_to_end_seconds", "From webhook receipt to CRM write", ["crm"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
