@@ -41,11 +41,10 @@ LEASE = timedelta(minutes=5)
 MAX_ATTEMPTS = 8
 _WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 _STARS = "\u2b50\u2605"  # ⭐ ★
-# a rating at the start, then the end, punctuation or a line break (so "2 more questions" is not a rating)
-_DIGIT = re.compile(r"^([1-5])(?:\s*(?:/|out of|of)\s*5)?(?:\s*stars?)?(?:\s*(?:$|[-.,:;!)\n]|\s-)\s*)(.*)$",
-                    re.DOTALL | re.IGNORECASE)
-_WORD = re.compile(r"^(one|two|three|four|five)(?:\s*stars?)?(?:\s*(?:$|[-.,:;!\n])\s*)(.*)$",
-                   re.DOTALL | re.IGNORECASE)
+# a rating at the start: a digit or a number word, perhaps "/5", "out of 5" or "stars"
+_RATING = re.compile(r"^([1-5]|one|two|three|four|five)\b[ \t]*(/\s*5\b|out of 5\b|stars?\b)?(.*)$",
+                     re.DOTALL | re.IGNORECASE)
+_SEPARATORS = "-.,:;!)\n"
 
 
 def parse_rating(text: str) -> tuple[int, str] | None:
@@ -56,13 +55,16 @@ def parse_rating(text: str) -> tuple[int, str] | None:
     stars = len(text) - len(text.lstrip(_STARS + " "))
     count = sum(1 for char in text[:stars] if char in _STARS)
     if 1 <= count <= 5 and (len(text) == stars or not text[stars].isdigit()):
-        return count, text[stars:].strip(" -.,:;!\n")
-    for pattern in (_DIGIT, _WORD):
-        match = pattern.match(text)
-        if match:
-            value = match.group(1).lower()
-            return int(_WORDS.get(value, value)), match.group(2).strip()
-    return None
+        return count, text[stars:].strip(_SEPARATORS + " \t")
+    match = _RATING.match(text)
+    if match is None:
+        return None
+    value, unit, rest = match.group(1).lower(), match.group(2), match.group(3)
+    # a bare number must stand alone or before punctuation: "2 more questions" is no rating, "4.5" neither
+    tail = rest.lstrip(" \t")
+    if not unit and tail and (tail[0] not in _SEPARATORS or re.match(r"^[.,]\d", tail)):
+        return None
+    return int(_WORDS.get(value, value)), rest.strip(_SEPARATORS + " \t")
 
 
 def read_statuses(crm: object, records: list[RawRecord], links: Any) -> list[TicketStatus]:
@@ -117,7 +119,7 @@ def _queue_question(conn: Connection, crm: str, inbox_id: int, conversation_id: 
         thread=ThreadRef(in_reply_to=customer_message.thread.message_id,
                          provider_thread_id=customer_message.thread.provider_thread_id),
         sender=Party(identifiers=(Identifier(kind=IdentifierKind.AGENT, value=f"{crm}:survey"),)),
-        recipients=(customer_message.sender,), text=text, full_text=text, received_at=now,
+        recipients=(customer_message.sender,), text=text, full_text=text, sent_at=now, received_at=now,
         extras={"crm": crm, "automated": "survey", "quick_replies": list(CHOICES), "answers": answered.id},
         raw=RawRef(inbox_id=inbox_id, connector=crm_inbox_name(crm)))
     conn.execute(messages.insert().values(
