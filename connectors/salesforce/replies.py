@@ -221,6 +221,12 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
                 stored += sink.store(items)
             state[obj] = position.dump()
             cursors.put(self.reply_cursor, state)
+        else:
+            if self.config.poll_closed_cases:
+                from connectors.salesforce.automation import poll_closed
+
+                stored += poll_closed(self, sink, state, now)  # type: ignore[arg-type]
+                cursors.put(self.reply_cursor, state)
         return stored
 
     @staticmethod
@@ -237,6 +243,8 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes):
     # -- replies -------------------------------------------------------------------------------------------------
     def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
         """A polled row (provider id ``CaseComment:Id`` / ``EmailMessage:Id``) or a reply posted to the hook."""
+        if record.kind == "salesforce_case_closed":  # connectors.salesforce.automation: no reply
+            return []
         obj = record.provider_id.partition(":")[0]
         if obj not in REPLY_OBJECTS:
             return signed_replies.replies(record)
