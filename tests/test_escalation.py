@@ -30,6 +30,7 @@ from gateway.yamlsource import ConfigError
 from tests.conftest import PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN
 from tests.helpers import message_sid, twilio_inbox_item, twilio_params
 from tests.reply_flow import REPLY_SECRET, drain
+from tests.smtp_server import SmtpServer
 
 API = "https://acme.zendesk.com/api/v2"
 SLACK = "https://slack.com/api/chat.postMessage"
@@ -233,3 +234,30 @@ def test_config_names_what_an_escalation_refers_to(write_config: Callable[..., P
     assert "escalations[0].channels[0]: no channel named 'sms-ghost'" in text
     assert "escalations[0].calendar: no business_hours calendar 'night'" in text
     assert "escalations[0].notify.slack.via: must be a slack channel" in text
+
+
+def test_the_team_can_be_told_by_email_and_a_ticket_missing_in_the_crm_does_not_stop_the_notice(
+        write_config: Callable[..., Path], mocked: responses.RequestsMock) -> None:
+    server = SmtpServer.start()
+    try:
+        smtp = json.dumps(server.settings(from_address="alerts@example.com"))
+        config = CONFIG.replace(
+            "  team-slack:", f"  support-mail: {{type: sendgrid, url_token: test-url-token-123456, smtp: {smtp}}}\n"
+                             "  team-slack:").replace(
+            "    calendar: office\n", "").replace(
+            "notify: {slack: {via: team-slack, channel: C0LEADS}}",
+            "notify: {email: {via: support-mail, to: [leads@example.com]}}")
+        rt = open_runtime(write_config(config))
+        received = datetime.now(UTC) - timedelta(minutes=40)
+        customer_writes(rt, 1, received)  # its ticket is not in Zendesk yet: the CRM step fails for good
+        assert EscalationRunner(rt, "w").run_due(now=received + timedelta(minutes=30)) == 1
+        [mail] = [item.mail for item in server.received]
+        assert mail["To"] == "leads@example.com" and mail["Subject"] == "Escalation: first-response"
+        assert mail["Auto-Submitted"] == "auto-generated"
+        assert "waited over 30 minutes for an agent reply" in mail.get_content()
+        with rt.engine.connect() as conn:
+            [clock] = conn.execute(select(sla_clocks)).all()
+        assert clock.status == "escalated" and "no Zendesk ticket" in clock.last_error
+        rt.close()
+    finally:
+        server.stop()
