@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Row, case, or_, select, update
 from gateway import metrics
 from gateway.calendars import BusinessCalendar, build_calendars
 from gateway.errors import as_delivery_error
+from gateway.model import Message, MessageKind
 from gateway.plugins import AgentReply, Escalation, TicketEscalation
 from gateway.redact import redact
 from gateway.sla_config import EscalationRule
@@ -50,10 +51,15 @@ def due_at(rule: EscalationRule, calendars: dict[str, BusinessCalendar], started
 
 # -- the clocks (called inside the pipeline's transaction) ---------------------------------------------------------
 def start_clocks(conn: Connection, rules: list[EscalationRule], calendars: dict[str, BusinessCalendar],
-                 channel: str, conversation_id: str, received_at: datetime) -> int:
-    """A customer's message: start each matching rule's clock unless one already runs for the conversation."""
+                 message: Message, conversation_id: str) -> int:
+    """A customer's message: start each matching rule's clock unless one already runs for the conversation.
+
+    Edits, deletions, reactions and auto-replies (out of office, bounces) wait for nobody and start none."""
+    if message.kind is not MessageKind.MESSAGE or message.extras.get("auto_reply"):
+        return 0
     started = 0
     now = utcnow()
+    channel, received_at = message.connector, message.received_at
     for rule in rules:
         if rule.channels and channel not in rule.channels:
             continue

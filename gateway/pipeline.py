@@ -439,7 +439,7 @@ class PipelineWorker:
         record_keyword(conn, message)
         if take_answer(conn, self.surveys, message, customer_id):
             return  # a survey rating: written back by the worker's automation job, not a new support message
-        start_clocks(conn, self.escalations, self.calendars, message.connector, conversation_id, message.received_at)
+        start_clocks(conn, self.escalations, self.calendars, message, conversation_id)
         context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id))

@@ -20,8 +20,10 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from gateway import signed_replies
+from gateway.calendars import build_calendars
 from gateway.config import load_config
-from gateway.escalation import EscalationRunner
+from gateway.escalation import EscalationRunner, start_clocks
+from gateway.model import Identifier, IdentifierKind, Message, MessageKind, Party, RawRef
 from gateway.pipeline import PipelineWorker
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.links import DbLinkStore
@@ -261,3 +263,20 @@ def test_the_team_can_be_told_by_email_and_a_ticket_missing_in_the_crm_does_not_
         rt.close()
     finally:
         server.stop()
+
+
+def test_reactions_and_auto_replies_start_no_clock(write_config: Callable[..., Path]) -> None:
+    rt = open_runtime(write_config(CONFIG))
+    settings = rt.config.settings
+    sender = Party(identifiers=(Identifier(kind=IdentifierKind.PHONE, value="+14155550100"),))
+    base = {"channel": "sms", "connector": "sms-main", "connector_type": "twilio", "provider_message_id": "SMx",
+            "sender": sender, "text": "ok", "sent_at": FRIDAY_1650, "received_at": FRIDAY_1650,
+            "raw": RawRef(inbox_id=1, connector="sms-main")}
+    with rt.engine.begin() as conn:
+        for message in (Message(**base, kind=MessageKind.REACTION, target_provider_message_id="SMy"),
+                        Message(**base, extras={"auto_reply": "auto_submitted:auto-replied"})):
+            assert start_clocks(conn, settings.escalations, build_calendars(settings.business_hours), message,
+                                "c" * 32) == 0
+        assert start_clocks(conn, settings.escalations, build_calendars(settings.business_hours),
+                            Message(**base), "c" * 32) == 1
+    rt.close()
