@@ -22,12 +22,13 @@ from sqlalchemy import select
 from gateway import signed_replies
 from gateway.calendars import build_calendars
 from gateway.config import load_config
-from gateway.escalation import EscalationRunner, start_clocks
+from gateway.escalation import CHECK_SECONDS, EscalationRunner, start_clocks
 from gateway.model import Identifier, IdentifierKind, Message, MessageKind, Party, RawRef
 from gateway.pipeline import PipelineWorker
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.links import DbLinkStore
 from gateway.storage.tables import messages, sla_clocks
+from gateway.worker import WorkerProcess
 from gateway.yamlsource import ConfigError
 from tests.conftest import PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN
 from tests.helpers import message_sid, twilio_inbox_item, twilio_params
@@ -279,4 +280,18 @@ def test_reactions_and_auto_replies_start_no_clock(write_config: Callable[..., P
                                 "c" * 32) == 0
         assert start_clocks(conn, settings.escalations, build_calendars(settings.business_hours),
                             Message(**base), "c" * 32) == 1
+    rt.close()
+
+
+def test_every_worker_process_schedules_the_check_when_escalations_are_configured(
+        write_config: Callable[..., Path], mocked: responses.RequestsMock) -> None:
+    rt = open_runtime(write_config(CONFIG))
+    mocked.add(responses.GET, f"{API}/tickets/9", json=ticket(9))
+    mocked.add(responses.PUT, f"{API}/tickets/9", json=ticket(9, "urgent"))
+    link_ticket(rt, customer_writes(rt, 1, datetime.now(UTC) - timedelta(days=8)), 9)  # a week of open hours ago
+    [(job, seconds)] = [(job, seconds) for job, seconds in WorkerProcess(rt).jobs if job.__qualname__.startswith(
+        "automation_job")]
+    assert seconds == CHECK_SECONDS
+    job()
+    assert clocks(rt)[0][0] == "escalated" and len(puts(mocked)) == 1
     rt.close()
