@@ -179,6 +179,10 @@ class MetaSender(ReplySender):
                                                       "payload": {"url": public[0].location, "is_reusable": False}}}
         else:
             message = {"text": _checked(text, thread)}
+            choices = _choices(request)
+            if choices:  # https://developers.facebook.com/docs/messenger-platform/send-messages/quick-replies
+                message["quick_replies"] = [{"content_type": "text", "title": c, "payload": f"CHOICE_{c}"}
+                                            for c in choices]
         if thread.channel is ChannelType.MESSENGER:
             message["metadata"] = request.token  # comes back on the echo of this message
         return {"recipient": {"id": thread.recipient}, "message": message, **kind}
@@ -209,6 +213,13 @@ class MetaSender(ReplySender):
                 media["filename"] = public[0].filename
             return {**payload, "type": kind, kind: media}
         text = _text_with_links(request, thread)
+        choices = _choices(request)
+        if choices:
+            # reply buttons take at most 3, so a list (up to 10 rows); the answer comes back as its row's title
+            rows = [{"id": f"choice_{c}", "title": c} for c in choices]
+            return {**payload, "type": "interactive", "interactive": {
+                "type": "list", "body": {"text": _checked(text, thread)[:1024]},
+                "action": {"button": "Choose", "sections": [{"title": "Choose one", "rows": rows}]}}}
         return {**payload, "type": "text", "text": {"body": _checked(text, thread), "preview_url": False}}
 
     # -- looking an attempt up ---------------------------------------------------------------------------------
@@ -297,6 +308,14 @@ def _text_with_links(request: SendRequest, thread: _Thread) -> str:
         return ""
     links = "\n".join(f"{a.filename}: {a.location}" for a in public)
     return (f"{text}\n\n{links}" if text.strip() else links) if links else text
+
+
+def _choices(request: SendRequest) -> list[str]:
+    """Quick-reply choices an automatic message offers (a satisfaction survey's 1-5), at most 10."""
+    choices = request.message.extras.get("quick_replies")
+    if not isinstance(choices, list) or request.message.attachments:
+        return []
+    return [str(choice)[:20] for choice in choices[:10]]
 
 
 def _checked(text: str, thread: _Thread) -> str:

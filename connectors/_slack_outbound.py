@@ -141,6 +141,18 @@ class SlackReplies(ReplySender):
             raise RetryableError("Slack accepted the reply without saying its ts", code="no_ts")
         return SendResult(f"{channel}:{ts}", detail=f"thread {target.thread_ts}" if target.thread_ts else "")
 
+    def post_notice(self, channel: str, text: str) -> str:
+        """Post a notice for the support team (an escalation) in a channel of the ``bot_token``'s workspace; its ts.
+
+        Through ``context.http`` like replies (not slack_sdk's ``WebClient``, whose urllib calls bypass the injected
+        session), with the same error classification and per-channel budget.
+        """
+        target = SlackTarget("", channel, None)
+        self.context.limiter(self._bucket(target), PER_CHANNEL_PER_MINUTE).acquire()
+        answer = self._call("POST", "chat.postMessage", target,
+                            json={"channel": channel, "text": html.escape(text, quote=False)})
+        return str(answer.get("ts") or "")
+
     def reconcile(self, request: SendRequest) -> SendResult | None:
         """Look through the conversation (or its thread) around the earlier attempt for the reply's metadata token."""
         started = request.attempt_started_at

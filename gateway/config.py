@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from gateway import sla_config
 from gateway.ack_rules import AckRule, reference_issues
 from gateway.calendars import CalendarConfig
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
@@ -264,6 +265,10 @@ class GatewaySettings(_Section):
                         "escalations.")
     acknowledgements: list[AckRule] = Field(
         [], description="Automatic answers to the first message of a new conversation (README, Automation).")
+    escalations: list[sla_config.EscalationRule] = Field(
+        [], description="Escalate a ticket left without an agent reply (README, Automation).")
+    surveys: list[sla_config.SurveyRule] = Field(
+        [], description="Ask for a 1-5 rating when a ticket is solved (README, Automation).")
 
 
 @dataclass(frozen=True)
@@ -370,6 +375,7 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
     raw_calendars = doc.data.get("business_hours") if isinstance(doc.data.get("business_hours"), dict) else {}
     issues += reference_issues(doc, doc.data.get("acknowledgements"), set(raw_channels), set(raw_crms),
                                set(raw_calendars), raw_routes)
+    issues += sla_config.check_references(doc, doc.data)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
     settings = settings.model_copy(update={"channels": {}, "crms": {}})
     config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)

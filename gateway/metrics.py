@@ -31,6 +31,9 @@ REPLY_LATENCY = Histogram(
     "gateway_reply_seconds", "From the CRM's reply event stored to the provider's acceptance", ["channel"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
+ESCALATIONS = Counter("gateway_escalations_total", "Conversations escalated for want of an agent reply", ["rule"])
+SURVEYS_ASKED = Counter("gateway_surveys_asked_total", "Satisfaction surveys queued to customers", ["channel"])
+SURVEY_RATINGS = Counter("gateway_survey_ratings_total", "Satisfaction ratings received", ["channel", "rating"])
 LATENCY = Histogram(
     "gateway_end_to_end_seconds", "From webhook receipt to CRM write", ["crm"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),

@@ -34,10 +34,12 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics, routing
 from gateway.acks import Acknowledgements
+from gateway.calendars import build_calendars
 from gateway.context import MessageContext, conversation_context, customer_context
 from gateway.conversations import assign_conversation
 from gateway.enrich import Job, downloads_media, enrich_all, senders_of, without_enrichment
 from gateway.errors import DeliveryError
+from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.language import detect_language
@@ -46,7 +48,7 @@ from gateway.model import Message, StatusUpdate
 from gateway.notes import note_failed_send
 from gateway.optouts import record_keyword
 from gateway.ordering import OrderKeys, forget_keys, must_wait, order_keys, record_keys
-from gateway.plugins import AgentReplies, AgentReply, WebhookChannel
+from gateway.plugins import AgentReplies, AgentReply, TicketStatus, WebhookChannel
 from gateway.records import REQUEST_KIND, RawRecord
 from gateway.redact import describe_error
 from gateway.replies import ReplyIntake, crm_of
@@ -56,6 +58,7 @@ from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
 from gateway.storage.queues import LeaseLost, insert_for
 from gateway.storage.tables import inbox, messages, outbox, provider_statuses
+from gateway.surveys import ask, read_statuses, take_answer
 from gateway.webhooks import Headers, HookRequest
 
 log = logging.getLogger(__name__)
@@ -73,11 +76,12 @@ class Prepared:
     replies: list[AgentReply] = field(default_factory=list)
     crm: str | None = None  # set for a CRM's reply event
     keys: OrderKeys = frozenset()  # see gateway.ordering
+    solved: list[TicketStatus] = field(default_factory=list)  # a CRM's ticket status events (surveys)
 
     @property
     def outcome(self) -> str:
         if self.crm is not None:
-            return "reply" if self.replies else "ignored"
+            return "reply" if self.replies else ("ticket_status" if self.solved else "ignored")
         return "message" if self.messages else ("status" if self.statuses else "ignored")
 
 
@@ -115,6 +119,9 @@ class PipelineWorker:
         self.maskers = {name: runtime.config.masker_for(name) for name in runtime.config.channels}
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
         self.acks = Acknowledgements(runtime.config, runtime.channels)
+        settings = runtime.config.settings
+        self.escalations, self.surveys = settings.escalations, settings.surveys
+        self.calendars = build_calendars(settings.business_hours)
         self.on_stuck = on_stuck  # told of a thread stuck past the processing deadline
         self.clock: Callable[[], float] = time.monotonic
         self._in_progress: _InProgress | None = None
@@ -184,7 +191,7 @@ class PipelineWorker:
         for item in prepared:
             if item not in failed and item not in lost and item not in waiting:
                 metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
-        if any(item.replies for item in prepared):
+        if any(item.replies or item.solved for item in prepared):
             self.rt.sends_waiting.set()  # this process's send threads look at once instead of at their next poll
         return len(rows)
 
@@ -298,6 +305,7 @@ class PipelineWorker:
             return None
         try:
             replies = [reply for part in parts for reply in self.replies.read(crm_name, part, links)]
+            solved = read_statuses(self.rt.crms[crm_name], parts, links)
         except DeliveryError as exc:
             if not exc.retryable:
                 self._dead(row, "permanent", str(exc), exc.code or "reply_failed")
@@ -307,12 +315,14 @@ class PipelineWorker:
         except Exception as exc:
             self._failed(row, exc)
             return None
-        return Prepared(row, [], [], replies, crm_name)
+        return Prepared(row, [], [], replies, crm_name, solved=solved)
 
     def _store_row(self, conn: Connection, item: Prepared) -> None:
         if item.crm is not None:
             outcome = self.replies.store(conn, item.crm, item.row.id, item.replies)
-            self._finish(conn, item.row, "done" if outcome.queued else "ignored")
+            stop_clocks(conn, item.replies)
+            asked = ask(conn, self.surveys, self.rt.channels, item.crm, item.row.id, item.solved)
+            self._finish(conn, item.row, "done" if outcome.queued or asked else "ignored")
             return
         for message in item.messages:
             self._store(conn, message)
@@ -429,6 +439,9 @@ class PipelineWorker:
             conversation_id=conversation_id, thread_rule=rule, data=message.model_dump(mode="json"),
             received_at=message.received_at, created_at=now))
         record_keyword(conn, message)
+        if take_answer(conn, self.surveys, message, customer_id):
+            return  # a survey rating: written back by the worker's automation job, not a new support message
+        start_clocks(conn, self.escalations, self.calendars, message, conversation_id)
         self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened)
         context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,

@@ -519,11 +519,74 @@ class ReplySender(abc.ABC):
         return (f"send:{self.name}", 60.0)  # type: ignore[attr-defined]
 
 
+PRIORITIES = ("low", "normal", "high", "urgent")  # in rising order; each CRM maps them to its own values
+
+
+@dataclass(frozen=True)
+class TicketStatus:
+    """A CRM ticket reached a status the gateway acts on (``solved`` or ``closed``: a satisfaction survey)."""
+
+    conversation_id: str
+    status: str
+    occurred_at: datetime
+
+
+class TicketStatuses(abc.ABC):
+    """A CRM that reports its tickets being solved, through the same stored events as its agent replies."""
+
+    @abc.abstractmethod
+    def ticket_statuses(self, record: RawRecord, links: LinkStore) -> list[TicketStatus]:
+        """The status changes one stored event carries (none for a reply event)."""
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """What an escalation rule asks of the ticket: ``priority`` only ever rises; ``key`` is unique per escalation."""
+
+    key: str
+    note: str
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+    group: str | None = None
+
+
+class TicketEscalation(abc.ABC):
+    """A CRM whose ticket for a conversation can be escalated (priority raised, tags or group added)."""
+
+    @abc.abstractmethod
+    def escalate(self, conversation_id: str, escalation: Escalation, links: LinkStore) -> str:
+        """Apply it (a repeat changes nothing more); one line saying what was done. ``PermanentError`` when the
+        conversation has no ticket in this CRM."""
+
+
+@dataclass(frozen=True)
+class Rating:
+    """A customer's answer to a satisfaction survey and where the CRM keeps it (``field``: a Zendesk custom
+    field id or a Salesforce Case field; ``tags``: Zendesk ``csat_N``)."""
+
+    key: str
+    rating: int
+    comment: str = ""
+    field: str | None = None
+    comment_field: str | None = None
+    tags: bool = True
+
+
+class SatisfactionRatings(abc.ABC):
+    """A CRM that takes the customer's 1-5 rating of a solved ticket."""
+
+    @abc.abstractmethod
+    def record_rating(self, conversation_id: str, rating: Rating, links: LinkStore) -> None:
+        """Write the rating (and comment) on the conversation's record; a repeat writes the same values."""
+
+
 ABILITIES: tuple[tuple[str, type], ...] = (
     ("webhook", WebhookChannel), ("polling", PollingChannel), ("send_replies", ReplySender),
     ("directory_sync", DirectorySync), ("contact_merge", ContactMerge), ("agent_replies", AgentReplies),
     ("reply_polling", ReplyPolling), ("reply_setup", ReplySetup), ("internal_notes", InternalNotes),
     ("contact_erasure", ContactErasure), ("public_comments", PublicComments),
+    ("contact_erasure", ContactErasure), ("ticket_statuses", TicketStatuses),
+    ("ticket_escalation", TicketEscalation), ("satisfaction_ratings", SatisfactionRatings),
 )
 
 

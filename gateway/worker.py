@@ -21,6 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import metrics
 from gateway.delivery import DeliveryWorker
+from gateway.escalation import CHECK_SECONDS, EscalationRunner
 from gateway.notes import NoteWorker
 from gateway.pipeline import PipelineWorker
 from gateway.plugins import DirectorySync, InternalNotes, PollingChannel, ReplyPolling, ReplySender
@@ -32,6 +33,7 @@ from gateway.runtime import Runtime
 from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
 from gateway.storage.liveness import Liveness, this_process
+from gateway.surveys import RatingWriter
 
 log = logging.getLogger(__name__)
 EXIT_STUCK = 70  # EX_SOFTWARE
@@ -145,6 +147,21 @@ def reply_poll_job(runtime: Runtime, name: str, crm: ReplyPolling) -> Callable[[
     return job
 
 
+def automation_job(runtime: Runtime) -> Callable[[], None]:
+    """A scheduler job in every worker process: due escalations and survey ratings, each claimed by one worker."""
+    escalations = EscalationRunner(runtime, worker_id("escalation", 0))
+    ratings = RatingWriter(runtime, worker_id("ratings", 0))
+
+    def job() -> None:
+        for name, run in (("escalations", escalations.run_due), ("survey ratings", ratings.run_due)):
+            try:
+                run()
+            except Exception:
+                log.exception("%s failed; the next run retries", name)
+
+    return job
+
+
 class WorkerProcess:
     """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``."""
 
@@ -167,6 +184,8 @@ class WorkerProcess:
             if isinstance(crm, ReplyPolling) and crm.reply_poll_seconds:
                 self.jobs.append((reply_poll_job(runtime, name, crm), crm.reply_poll_seconds))
         self.jobs.append((retention_job(runtime), 3600))  # runs when the last run (any process) is a day old
+        if runtime.config.settings.escalations or runtime.config.settings.surveys:
+            self.jobs.append((automation_job(runtime), CHECK_SECONDS))
 
     def start(self) -> None:
         settings = self.rt.config.settings.workers

@@ -87,6 +87,9 @@ class SalesforceConfig(CrmConfig):
         ["CaseComment", "EmailMessage"], min_length=1,
         description="Objects polled for replies: published CaseComments, outgoing (sent) EmailMessages.")
     reply_poll_limit: int = Field(200, ge=1, le=2000, description="Rows read per object and poll (SOQL LIMIT).")
+    poll_closed_cases: bool = Field(
+        False, description="Each reply poll also looks for the gateway's Cases closed since the last one (one more "
+                            "query a poll), so their customers are asked for a rating (`surveys:`).")
     reply_max_age_hours: float = Field(
         24.0, ge=0, description="Replies created longer ago are never sent (merged or re-imported cases); 0: any.")
     erase_contacts: Literal["delete", "keep"] = Field(

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from simple_salesforce.format import format_soql
 
+from connectors.salesforce import automation
 from connectors.salesforce.client import (
     HALTED,
     SalesforceClient,
@@ -41,9 +42,16 @@ from gateway.plugins import (
     CrmConnector,
     DeliveryItem,
     DeliveryResult,
+    Escalation,
     LinkStore,
+    Rating,
+    SatisfactionRatings,
+    TicketEscalation,
+    TicketStatus,
+    TicketStatuses,
     online_check,
 )
+from gateway.records import RawRecord
 from gateway.routing import priority_refusal
 
 log = logging.getLogger(__name__)
@@ -72,7 +80,8 @@ class WriteAgain:
     calls: int
 
 
-class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
+class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure, TicketStatuses, TicketEscalation,
+                    SatisfactionRatings):
     """Salesforce: contact per customer, Case per conversation, CaseComment or EmailMessage per message.
 
     Agent replies (polled or posted by a Flow) and notes for agents: ``connectors.salesforce.replies``.
@@ -458,3 +467,13 @@ class SalesforceCrm(CrmConnector, SalesforceReplies, ContactErasure):
         if "Max" not in daily:
             raise OnlineCheckFailed("Salesforce answered /limits without DailyApiRequests")
         return f"daily API requests: {daily.get('Remaining')} of {daily.get('Max')} left"
+
+    # -- automation: closed Cases, escalations, ratings (connectors.salesforce.automation) ---------------------------
+    def ticket_statuses(self, record: RawRecord, links: LinkStore) -> list[TicketStatus]:
+        return automation.ticket_statuses(record, links)
+
+    def escalate(self, conversation_id: str, escalation: Escalation, links: LinkStore) -> str:
+        return automation.escalate(self, conversation_id, escalation, links)
+
+    def record_rating(self, conversation_id: str, rating: Rating, links: LinkStore) -> None:
+        automation.record_rating(self, conversation_id, rating, links)

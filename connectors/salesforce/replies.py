@@ -222,6 +222,12 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes, PublicCommen
                 stored += sink.store(items)
             state[obj] = position.dump()
             cursors.put(self.reply_cursor, state)
+        else:
+            if self.config.poll_closed_cases:
+                from connectors.salesforce.automation import poll_closed
+
+                stored += poll_closed(self, sink, state, now)  # type: ignore[arg-type]
+                cursors.put(self.reply_cursor, state)
         return stored
 
     @staticmethod
@@ -238,6 +244,8 @@ class SalesforceReplies(SignedReplies, ReplyPolling, InternalNotes, PublicCommen
     # -- replies -------------------------------------------------------------------------------------------------
     def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
         """A polled row (provider id ``CaseComment:Id`` / ``EmailMessage:Id``) or a reply posted to the hook."""
+        if record.kind == "salesforce_case_closed":  # connectors.salesforce.automation: no reply
+            return []
         obj = record.provider_id.partition(":")[0]
         if obj not in REPLY_OBJECTS:
             return signed_replies.replies(record)

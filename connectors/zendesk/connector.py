@@ -17,7 +17,7 @@ import logging
 from functools import cached_property
 from typing import Any
 
-from connectors.zendesk import export, setup, users
+from connectors.zendesk import automation, export, setup, users
 from connectors.zendesk.bulk import BatchDelivery, Outcomes, outage
 from connectors.zendesk.client import ENDED, ZendeskClient, ZendeskConfig, classify, is_closed_error, result_for
 from connectors.zendesk.replies import ZendeskReplies, split, verify
@@ -43,12 +43,18 @@ from gateway.plugins import (
     DeliveryItem,
     DeliveryResult,
     DirectorySync,
+    Escalation,
     InboxSink,
     InternalNotes,
     LinkStore,
     PublicComments,
+    Rating,
     ReplyPolling,
     ReplySetup,
+    SatisfactionRatings,
+    TicketEscalation,
+    TicketStatus,
+    TicketStatuses,
     online_check,
 )
 from gateway.records import InboxItem, RawRecord
@@ -106,7 +112,7 @@ def marker(items: list[DeliveryItem]) -> dict[str, str]:
 
 
 class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, AgentReplies, ReplySetup, ReplyPolling,
-                 InternalNotes, PublicComments):
+                 InternalNotes, PublicComments, TicketStatuses, TicketEscalation, SatisfactionRatings):
     """Zendesk Support: end user per customer, ticket per conversation, public comment per message."""
 
     type_name = "zendesk"
@@ -583,3 +589,13 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
 
     def post_public_comment(self, conversation_id: str, text: str, links: LinkStore, key: str) -> None:
         self.replies.post_note(conversation_id, text, links, key, public=True)
+
+    # -- automation: solved tickets, escalations, ratings (connectors.zendesk.automation) -----------------------------
+    def ticket_statuses(self, record: RawRecord, links: LinkStore) -> list[TicketStatus]:
+        return automation.ticket_statuses(record, links)
+
+    def escalate(self, conversation_id: str, escalation: Escalation, links: LinkStore) -> str:
+        return automation.escalate(self, conversation_id, escalation, links)
+
+    def record_rating(self, conversation_id: str, rating: Rating, links: LinkStore) -> None:
+        automation.record_rating(self, conversation_id, rating, links)

@@ -40,6 +40,7 @@ INVOCATION_HEADER = "X-Zendesk-Webhook-Invocation-Id"
 REPLAY_WINDOW_SECONDS = 300
 HOOK_KIND = "zendesk_comment"
 EVENT_KIND = "zendesk_ticket_event"
+STATUS_KIND = "zendesk_status"  # a solved ticket (connectors.zendesk.automation)
 AGENT_ROLES = ("agent", "admin")
 MAX_COMMENT_PAGES = 10
 MAX_ATTACHMENTS = 20
@@ -111,6 +112,11 @@ def hook_ids(body: bytes) -> tuple[str, str]:
 
 def split(request: HookRequest) -> list[InboxItem]:
     """One event per request, keyed by Zendesk's invocation id (the same on every retry of one notification)."""
+    from connectors.zendesk.automation import split_status, status_event
+
+    solved = status_event(request.body)
+    if solved is not None:
+        return split_status(request, solved)
     ticket_id, comment_id = hook_ids(request.body)
     invocation = request.headers.get(INVOCATION_HEADER, "").strip()
     key = f"hook:{invocation}" if _INVOCATION.match(invocation) else f"hook:ticket:{ticket_id}:comment:{comment_id}"
@@ -227,6 +233,8 @@ class ZendeskReplies:
     def agent_replies(self, record: RawRecord, links: LinkStore) -> list[AgentReply]:
         """The reply one stored event carries: none unless it is an agent's public comment on a gateway ticket."""
         comment: dict[str, Any] | None
+        if record.kind == STATUS_KIND:
+            return []
         if record.kind == EVENT_KIND:
             ticket_id, comment = event_comment(record.body)
             comment_id = str(comment["id"])

@@ -152,6 +152,9 @@ def setup_replies(crm: ZendeskCrm, hook_url: str, *, dry_run: bool) -> list[str]
         lines.append(f"webhook {name!r} -> {hook_url}: exists (id {webhook_id}{inactive})")
     lines.append(_secret_line(crm, webhook_id, dry_run))
     lines.append(_trigger_line(crm, webhook_id, dry_run))
+    from connectors.zendesk.automation import solved_trigger_line
+
+    lines.append(solved_trigger_line(crm, webhook_id, dry_run))
     return lines
 
 

@@ -403,3 +403,50 @@ acknowledgements = Table(
     Index("ix_acknowledgements_customer", "customer_id", "status", "acknowledged_at"),
     Index("ix_acknowledgements_outbound", "outbound_id"),
 )
+
+# Escalation clocks (gateway.escalation): one per rule and unanswered stretch of a conversation. ``open_key`` is set
+# while the customer waits for an agent, so a conversation has at most one running clock per rule.
+sla_clocks = Table(
+    "sla_clocks", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("rule", String(64), nullable=False),
+    Column("conversation_id", String(32), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("open_key", String(128), unique=True),
+    Column("status", String(16), nullable=False),  # waiting -> escalating -> escalated | answered | failed
+    Column("started_at", Time, nullable=False),
+    Column("due_at", Time, nullable=False),
+    *lease_columns(),
+    Column("crm_done_at", Time),
+    Column("notify_started_at", Time),
+    Column("escalated_at", Time),
+    Column("answered_at", Time),
+    Column("last_error", Text),
+    Column("created_at", Time, nullable=False),
+    Index("ix_sla_clocks_due", "status", "due_at"),
+    Index("ix_sla_clocks_conversation", "conversation_id", "status"),
+)
+
+# Satisfaction surveys (gateway.surveys): one per CRM ticket, asked when it is solved; the answer is written back.
+surveys = Table(
+    "surveys", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("crm", String(64), nullable=False),
+    Column("conversation_id", String(32), nullable=False),
+    Column("customer_id", String(32), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("message_id", String(32)),
+    Column("status", String(16), nullable=False),  # asked -> answered -> written | failed
+    Column("asked_at", Time, nullable=False),
+    Column("answered_at", Time),
+    Column("rating", Integer),
+    Column("comment", Text),
+    Column("answer_message_id", String(32)),
+    *lease_columns(),
+    Column("written_at", Time),
+    Column("last_error", Text),
+    UniqueConstraint("crm", "conversation_id", name="uq_surveys_crm_conversation"),
+    Index("ix_surveys_customer", "customer_id", "channel", "status"),
+    Index("ix_surveys_claim", "status", "available_at"),
+)

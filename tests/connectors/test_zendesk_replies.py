@@ -414,7 +414,7 @@ def test_setup_creates_webhook_trigger_and_secret_then_nothing_more(tmp_path: Pa
     with responses.RequestsMock() as mocked:
         state.install(mocked)
         first = crm.setup_replies(HOOK_URL, dry_run=False)
-        assert writes(mocked) == ["POST /api/v2/webhooks", "POST /api/v2/triggers"]
+        assert writes(mocked) == ["POST /api/v2/webhooks", "POST /api/v2/triggers", "POST /api/v2/triggers"]
         listing = parse_qs(urlsplit(mocked.calls[0].request.url).query)
         assert listing["filter[name_contains]"] == ["Channel gateway: agent replies (helpdesk)"]
     hook = state.webhooks[0]
@@ -432,7 +432,10 @@ def test_setup_creates_webhook_trigger_and_secret_then_nothing_more(tmp_path: Pa
                                               "comment_id": "{{ticket.latest_comment.id}}"}
     assert secret_path(crm).read_text() == WEBHOOK_SECRET
     assert stat.S_IMODE(secret_path(crm).stat().st_mode) == 0o600
-    assert [line.rsplit(": ", 1)[-1].split(" ")[0] for line in first] == ["created", "created", "created"]
+    solved = state.triggers[1]  # for satisfaction surveys (connectors.zendesk.automation)
+    assert solved["conditions"]["all"] == [{"field": "status", "operator": "changed_to", "value": "solved"}]
+    assert json.loads(solved["actions"][0]["value"][1]) == {"event": "ticket_solved", "ticket_id": "{{ticket.id}}"}
+    assert [line.rsplit(": ", 1)[-1].split(" ")[0] for line in first] == ["created"] * 4
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mocked:
         state.install(mocked)
         second = crm.setup_replies(HOOK_URL, dry_run=False)

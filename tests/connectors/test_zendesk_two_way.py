@@ -164,12 +164,12 @@ def test_setup_then_webhook_and_poll_carry_one_reply(fake: FakeZendesk, write_co
     cli = CliRunner()
     dry = cli.invoke(main, ["crm", "setup", "-c", str(path), "desk", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert dry.output.count("would") == 3 and not fake.webhooks and not fake.triggers
+    assert dry.output.count("would") == 4 and not fake.webhooks and not fake.triggers
     first = cli.invoke(main, ["crm", "setup", "-c", str(path), "desk"])
     second = cli.invoke(main, ["crm", "setup", "-c", str(path), "desk"])
     assert first.exit_code == second.exit_code == 0, first.output + second.output
-    assert first.output.count("created") == 3 and second.output.count("exists") == 3, second.output
-    assert len(fake.webhooks) == len(fake.triggers) == 1
+    assert first.output.count("created") == 4 and second.output.count("exists") == 4, second.output
+    assert len(fake.webhooks) == 1 and len(fake.triggers) == 2  # agent replies; solved tickets (surveys)
     [hook] = fake.webhooks.values()
     assert hook["endpoint"] == f"{PUBLIC_URL}/crm-hooks/desk"
     secret_file = tmp_path / "var" / "secrets" / "desk.webhook-secret"
