@@ -19,7 +19,18 @@ from gateway.config import load_config
 from gateway.console.accounts import set_password
 from gateway.runtime import Runtime, build_runtime
 from gateway.storage.db import utcnow
-from gateway.storage.tables import admin_audit, admin_users, dead_letters, inbox, login_failures, merge_suggestions
+from gateway.storage.tables import (
+    admin_audit,
+    admin_users,
+    dead_letters,
+    inbox,
+    login_failures,
+    merge_suggestions,
+    messages,
+    provider_statuses,
+    send_log,
+    sends,
+)
 from gateway.web import create_app
 from tests.conftest import BASE_CONFIG, PUBLIC_URL, TWILIO_TOKEN
 from tests.console_helpers import (
@@ -287,3 +298,57 @@ def test_console_turned_off_answers_404_and_webhooks_still_work(write_config: Ca
             assert conn.execute(select(inbox.c.id)).first() is not None
     finally:
         runtime.close()
+
+
+def test_trace_shows_a_reply_its_send_and_the_providers_statuses(app: Flask, runtime: Runtime, story: Story) -> None:
+    """An agent's reply as the send queue leaves it: sent, then reported delivered and later failed by Twilio."""
+    now = utcnow()
+    with runtime.engine.begin() as conn:
+        reply_inbox = conn.execute(inbox.insert().values(
+            connector="crm:trial", provider_id="reply-1", kind="message", content_type="application/json",
+            headers={}, body=b"{}", public_url=f"{PUBLIC_URL}/crm-hooks/trial", received_at=now, status="done",
+            attempts=1, available_at=now)).inserted_primary_key[0]
+        customer = conn.execute(select(messages.c.customer_id).where(messages.c.id == story.message_id)).scalar_one()
+        conn.execute(messages.insert().values(
+            id="r" * 32, inbox_id=reply_inbox, connector="sms-main", provider_message_id="reply-1",
+            customer_id=customer, conversation_id=story.conversation_id, thread_rule="reply", direction="outbound",
+            data={"channel": "sms", "text": "It ships today.", "sender": {"display_name": "Agent Smith",
+                                                                          "identifiers": []}},
+            received_at=now + timedelta(minutes=1), created_at=now))
+        send_id = conn.execute(sends.insert().values(
+            message_id="r" * 32, channel="sms-main", conversation_id=story.conversation_id, crm="trial",
+            status="sent", attempts=1, available_at=now, provider_message_id="SM" + "c" * 32, created_at=now,
+            sent_at=now)).inserted_primary_key[0]
+        conn.execute(send_log.insert().values(send_id=send_id, channel="sms-main", attempt=1, outcome="sent",
+                                              provider_message_id="SM" + "c" * 32, duration_ms=12.0, created_at=now))
+        for status, code in (("delivered", None), ("undelivered", "30003")):
+            conn.execute(provider_statuses.insert().values(
+                connector="sms-main", provider_message_id="SM" + "c" * 32, status=status, error_code=code,
+                occurred_at=now, extras={}, inbox_id=reply_inbox))
+    client = app.test_client()
+    log_in(client, VIEWER)
+    page = client.get("/admin/trace", query_string={"q": PHONE}).get_data(as_text=True)
+    assert page.index(TEXT) < page.index("It ships today.")
+    assert "Reply by\n        Agent Smith" in page
+    assert f"Send on sms-main: sent, provider id SM{'c' * 32}" in page
+    assert "Provider status: delivered" in page and "Provider status: undelivered" in page
+    assert "status undelivered: error 30003" in page  # among the errors
+
+
+@pytest.mark.postgres
+def test_accounts_limits_and_audit_on_postgresql(write_config: Callable[..., Path], postgres_url: str) -> None:
+    path = write_config(BASE_CONFIG + "console: {max_failures_per_account: 2}\n", storage_url=postgres_url)
+    first, second = (build_runtime(load_config(path), http=requests.Session()) for _ in range(2))
+    try:
+        add_accounts(first)
+        one, two = create_app(first).test_client(), create_app(second).test_client()
+        assert log_in(one, ADMIN, "wrong password!") == 401
+        assert log_in(two, ADMIN, "wrong password!") == 401
+        assert log_in(one, ADMIN) == 429
+        assert log_in(two, VIEWER) == 302
+        assert two.get("/admin/audit").status_code == 200
+        assert [action for _actor, action, _target in audit(second)] == [
+            "login_failed", "login_failed", "login_throttled", "login"]
+    finally:
+        first.close()
+        second.close()
