@@ -22,7 +22,9 @@ from gateway.storage.db import utcnow
 from gateway.storage.tables import (
     admin_audit,
     admin_users,
+    crm_links,
     dead_letters,
+    identities,
     inbox,
     login_failures,
     merge_suggestions,
@@ -352,3 +354,39 @@ def test_accounts_limits_and_audit_on_postgresql(write_config: Callable[..., Pat
     finally:
         first.close()
         second.close()
+
+
+def test_a_session_lasts_session_hours_from_the_login(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.console.app as console_app
+
+    client = app.test_client()
+    assert log_in(client, ADMIN) == 302
+    logged_in = console_app.time.time()
+
+    class Clock:
+        now = logged_in + 12 * 3600 - 5
+
+        def time(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(console_app, "time", clock)
+    assert client.get("/admin/audit").status_code == 200, "still within the 12 hours, however active"
+    clock.now = logged_in + 12 * 3600 + 1
+    assert client.get("/admin/audit").status_code == 302
+
+
+def test_trace_finds_a_conversation_by_slack_id_and_by_ticket(app: Flask, runtime: Runtime, story: Story) -> None:
+    with runtime.engine.begin() as conn:
+        customer = conn.execute(select(messages.c.customer_id).where(messages.c.id == story.message_id)).scalar_one()
+        conn.execute(identities.insert().values(kind="slack", value="T0TEAM:U0ASHA42", customer_id=customer,
+                                                evidence="same_identifier", created_at=utcnow()))
+        conn.execute(crm_links.insert().values(crm="zendesk-main", entity="conversation",
+                                               local_id=story.conversation_id, remote_id="4711", data={},
+                                               updated_at=utcnow()))
+    client = app.test_client()
+    log_in(client, VIEWER)
+    for query in ("U0ASHA42", "slack:T0TEAM:U0ASHA42", "4711"):
+        page = client.get("/admin/trace", query_string={"q": query}).get_data(as_text=True)
+        assert f"Conversation {story.conversation_id}" in page, query
+        assert "zendesk-main ticket <strong>4711</strong>" in page

@@ -5,11 +5,12 @@
 - Anything but GET needs the ``admin`` role (403 for a viewer) and a CSRF token (400 without one).
 - The session is a signed cookie (``gateway_console``, path ``/admin``, HttpOnly, SameSite=Lax, Secure when
   ``server.public_url`` is https or the request came over https) holding the account id and its session epoch,
-  which a new password or a removed account makes stale; it lasts ``console.session_hours``.
+  which a new password or a removed account makes stale; it lasts ``console.session_hours`` from the login.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,13 @@ def install_console(app: Flask, runtime: Runtime) -> None:
     if not console.enabled:
         return
     secret = console.session_secret
+    lifetime = timedelta(hours=console.session_hours)  # from the login, however active the session
     app.secret_key = install_key(runtime.data_dir, secret.get_secret_value() if secret else None, SESSION_KEY_FILE)
     app.session_interface = _SessionInterface()
     app.config.update(
         SESSION_COOKIE_NAME=COOKIE, SESSION_COOKIE_PATH="/admin", SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=settings.server.public_url.startswith("https://"),
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=console.session_hours),
+        PERMANENT_SESSION_LIFETIME=lifetime,
         WTF_CSRF_CHECK_DEFAULT=False,  # webhooks are not forms: only the console's views are checked
         WTF_CSRF_TIME_LIMIT=None,  # a token lasts as long as its session
     )
@@ -72,8 +74,9 @@ def install_console(app: Flask, runtime: Runtime) -> None:
         g.runtime = runtime
         g.account = None
         if "uid" in session:
-            with runtime.engine.connect() as conn:
-                g.account = session_account(conn, int(session["uid"]), int(session.get("epoch", -1)))
+            if time.time() - float(session.get("at", 0)) < lifetime.total_seconds():
+                with runtime.engine.connect() as conn:
+                    g.account = session_account(conn, int(session["uid"]), int(session.get("epoch", -1)))
             if g.account is None:
                 session.clear()
         if request.endpoint in _OPEN_ENDPOINTS:
@@ -114,7 +117,7 @@ def install_console(app: Flask, runtime: Runtime) -> None:
             if result.account is not None:
                 session.clear()  # a new session: nothing from before the login carries over
                 session.permanent = True
-                session["uid"], session["epoch"] = result.account.id, result.account.session_epoch
+                session.update(uid=result.account.id, epoch=result.account.session_epoch, at=time.time())
                 return redirect(_safe_next(request.args.get("next")))
             status = 429 if result.throttled else 401
             error = ("Too many failed logins: wait a few minutes and try again." if result.throttled

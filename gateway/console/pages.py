@@ -31,10 +31,12 @@ def _trace() -> Trace:
         return trace(conn, request.args.get("q", "")[:320], _region())
 
 
-def _after_merge(merge_id: int, survivor: str, absorbed: str, detail: dict[str, Any]) -> None:
+def _after_merge(merge_id: int, survivor: str, absorbed: str) -> None:
+    """Once the local merge (and its audit row) has committed: the CRMs' contacts too, where configured."""
     carried = carry_to_crm(g.runtime, survivor, absorbed) \
         if g.runtime.config.settings.identity.carry_merges_to_crm else []
-    audit("merge", f"merge {merge_id}", {**detail, "survivor": survivor, "absorbed": absorbed, "crm": carried})
+    if carried:
+        audit("merge_carried_to_crm", f"merge {merge_id}", {"crm": carried})
     flash(f"Merge {merge_id}: {absorbed} merged into {survivor}." + "".join(f" {c}." for c in carried))
 
 
@@ -84,10 +86,11 @@ def register(bp: Blueprint) -> None:
         try:
             with g.runtime.engine.begin() as conn:
                 merge_id, a, b = admin_merge(conn, survivor, absorbed, reason, f"console:{g.account.name}")
+                audit("merge", f"merge {merge_id}", {"reason": reason, "survivor": a, "absorbed": b}, conn)
         except MergeError as exc:
             flash(str(exc), "error")
             return redirect(url_for("console.customers_page"))
-        _after_merge(merge_id, a, b, {"reason": reason})
+        _after_merge(merge_id, a, b)
         return redirect(url_for("console.customer_page", customer_id=a))
 
     @bp.post("/merges/<int:merge_id>/undo")
@@ -108,10 +111,12 @@ def register(bp: Blueprint) -> None:
         try:
             with g.runtime.engine.begin() as conn:
                 merge_id, a, b = approve_suggestion(conn, suggestion_id, f"console:{g.account.name}")
+                audit("merge", f"merge {merge_id}", {"suggestion": suggestion_id, "survivor": a, "absorbed": b},
+                      conn)
         except MergeError as exc:
             flash(str(exc), "error")
             return redirect(url_for("console.customers_page"))
-        _after_merge(merge_id, a, b, {"suggestion": suggestion_id})
+        _after_merge(merge_id, a, b)
         return redirect(url_for("console.customers_page"))
 
     @bp.post("/suggestions/<int:suggestion_id>/reject")
