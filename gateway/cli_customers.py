@@ -84,7 +84,7 @@ def describe(conn: Connection, customer_id: str) -> dict[str, Any]:
              "detail": {k: v for k, v in m.detail.items() if not k.startswith("moved_")},
              "message": m.message_id, "actor": m.actor, "at": m.created_at.isoformat(),
              "undone_at": m.undone_at.isoformat() if m.undone_at else None}
-            for cid in family for m in merges_of(conn, cid)
+            for m in {m.id: m for cid in family for m in merges_of(conn, cid)}.values()  # each merge names two
         ],
         "crm_records": {r.crm: r.remote_id for r in conn.execute(select(crm_links).where(
             crm_links.c.entity == "customer", crm_links.c.local_id == live))},

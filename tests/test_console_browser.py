@@ -26,6 +26,7 @@ from gateway.web import create_app
 from tests.conftest import BASE_CONFIG, ROOT
 from tests.console_helpers import ADMIN, OTHER_PHONE, PASSWORD, PHONE, TEXT, VIEWER, Story, add_accounts, tell_story
 
+expect.set_options(timeout=20_000)  # a busy 2-core machine: waits end as soon as the page is right
 CHROMIUM = os.environ.get("GATEWAY_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("GATEWAY_ARTIFACTS", ROOT / "artifacts")) / "console"
 
@@ -70,6 +71,12 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def new_page(browser: Browser) -> Page:
+    page = new_page(browser)
+    page.set_default_timeout(20_000)
+    return page
+
+
 def log_in(page: Page, base: str, name: str) -> None:
     page.goto(f"{base}/admin/channels")
     expect(page).to_have_url(f"{base}/admin/login?next=/admin/channels")
@@ -81,7 +88,7 @@ def log_in(page: Page, base: str, name: str) -> None:
 
 def test_an_admin_traces_approves_and_replays(browser: Browser, console: tuple[str, Runtime, Story]) -> None:
     base, runtime, story = console
-    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page = new_page(browser)
     page.goto(f"{base}/admin/login")
     page.get_by_label("User name").fill(ADMIN)
     page.get_by_label("Password").fill("not the password")
@@ -134,7 +141,7 @@ def test_an_admin_traces_approves_and_replays(browser: Browser, console: tuple[s
 
 def test_a_viewer_is_refused_a_change(browser: Browser, console: tuple[str, Runtime, Story]) -> None:
     base, runtime, story = console
-    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page = new_page(browser)
     log_in(page, base, VIEWER)
     page.goto(f"{base}/admin/dead-letters/{story.dead_letter_id}")
     expect(page.get_by_role("heading", name=f"Dead letter {story.dead_letter_id}")).to_be_visible()
