@@ -72,7 +72,7 @@ def shot(page: Page, name: str) -> None:
 
 
 def new_page(browser: Browser) -> Page:
-    page = new_page(browser)
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     page.set_default_timeout(20_000)
     return page
 
