@@ -254,6 +254,16 @@ def test_add_user_from_the_cli_stores_an_argon2_hash(write_config: Callable[...,
         client = create_app(runtime).test_client()
         assert log_in(client, "lead", "a long enough password") == 302
         assert [action for _actor, action, _target in audit(runtime)] == ["user_added", "login"]
+        changed = runner.invoke(main, ["admin", "set-password", "lead", "--password-stdin", "-c", str(path)],
+                                input="a different long password\n")
+        assert changed.exit_code == 0, changed.output
+        assert client.get("/admin/trace").status_code == 302, "a new password ends the sessions"
+        assert log_in(client, "lead", "a different long password") == 302
+        removed = runner.invoke(main, ["admin", "remove-user", "lead", "-c", str(path)])
+        assert removed.exit_code == 0, removed.output
+        assert client.get("/admin/trace").status_code == 302, "a removed account's session ends"
+        assert [action for _actor, action, _target in audit(runtime)][2:] == [
+            "password_set", "login", "user_removed"]
     finally:
         runtime.close()
 
