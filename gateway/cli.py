@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from gateway.cli_admin import admin_group
 from gateway.cli_crm import crm_group
 from gateway.cli_customers import customers_group
 from gateway.cli_retention import retention_group
@@ -398,3 +399,4 @@ def mapping_test(files: tuple[Path, ...]) -> None:
 main.add_command(customers_group, "customers")
 main.add_command(crm_group, "crm")
 main.add_command(retention_group, "retention")
+main.add_command(admin_group, "admin")

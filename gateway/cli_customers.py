@@ -102,7 +102,7 @@ def describe(conn: Connection, customer_id: str) -> dict[str, Any]:
              "detail": {k: v for k, v in m.detail.items() if not k.startswith("moved_")},
              "message": m.message_id, "actor": m.actor, "at": m.created_at.isoformat(),
              "undone_at": m.undone_at.isoformat() if m.undone_at else None}
-            for m in {m.id: m for cid in family for m in merges_of(conn, cid)}.values()
+            for m in {m.id: m for cid in family for m in merges_of(conn, cid)}.values()  # each merge names two
         ],
         "crm_records": {r.crm: r.remote_id for r in conn.execute(select(crm_links).where(
             crm_links.c.entity == "customer", crm_links.c.local_id == live))},
@@ -186,21 +186,50 @@ def merge(config_path: Path, survivor: str, absorbed: str, reason: str, actor: s
     """Merge ABSORBED into SURVIVOR (an admin's merge: strong evidence by definition). Each is a customer id or
     its first characters, as long as only one id starts with them."""
     rt = _runtime(config_path)
-    with rt.engine.begin() as conn:
-        survivor, absorbed = _customer_by_id(conn, survivor), _customer_by_id(conn, absorbed)
-        a, b = live_customer_id(conn, survivor), live_customer_id(conn, absorbed)
-        if a == b:
-            raise click.ClickException("they are already one customer")
-        merge_id = merge_customers(conn, a, b, evidence="admin", detail={"reason": reason}, actor=actor)
-        conn.execute(update(merge_suggestions).where(
-            merge_suggestions.c.customer_a.in_([a, b]), merge_suggestions.c.customer_b.in_([a, b])
-        ).values(status="merged"))
+    try:
+        with rt.engine.begin() as conn:
+            survivor, absorbed = _customer_by_id(conn, survivor), _customer_by_id(conn, absorbed)
+            merge_id, a, b = admin_merge(conn, survivor, absorbed, reason, actor)
+    except MergeError as exc:
+        raise click.ClickException(str(exc)) from None
     # after the local merge has committed
-    carried = _carry_to_crm(rt, a, b) if rt.config.settings.identity.carry_merges_to_crm else []
+    carried = carry_to_crm(rt, a, b) if rt.config.settings.identity.carry_merges_to_crm else []
     click.echo(f"merge {merge_id}: {b} merged into {a}" + "".join(f"; {c}" for c in carried))
 
 
-def _carry_to_crm(rt: Any, survivor: str, absorbed: str) -> list[str]:
+def admin_merge(conn: Connection, survivor: str, absorbed: str, reason: str, actor: str) -> tuple[int, str, str]:
+    """An admin's merge of ABSORBED into SURVIVOR (each followed to the customer it stands for now): the merge id
+    and the two customers merged; suggestions naming both are closed as merged."""
+    for customer in (survivor, absorbed):
+        if conn.execute(select(customers.c.id).where(customers.c.id == customer)).first() is None:
+            raise MergeError(f"no customer {customer} (use 'gateway customers find' for ids)")
+    a, b = live_customer_id(conn, survivor), live_customer_id(conn, absorbed)
+    if a == b:
+        raise MergeError("they are already one customer")
+    merge_id = merge_customers(conn, a, b, evidence="admin", detail={"reason": reason}, actor=actor)
+    conn.execute(update(merge_suggestions).where(
+        merge_suggestions.c.customer_a.in_([a, b]), merge_suggestions.c.customer_b.in_([a, b])
+    ).values(status="merged"))
+    return merge_id, a, b
+
+
+def approve_suggestion(conn: Connection, suggestion_id: int, actor: str) -> tuple[int, str, str]:
+    """Merge an open suggestion's second customer into its first, as an admin's merge."""
+    row = conn.execute(select(merge_suggestions).where(merge_suggestions.c.id == suggestion_id)).first()
+    if row is None or row.status != "open":
+        raise MergeError(f"no open suggestion {suggestion_id}")
+    return admin_merge(conn, row.customer_a, row.customer_b, f"suggestion {suggestion_id} approved: {row.reason}",
+                       actor)
+
+
+def reject_suggestion(conn: Connection, suggestion_id: int) -> bool:
+    """Mark a suggestion rejected; False when there is no open suggestion of that id."""
+    return bool(conn.execute(update(merge_suggestions).where(
+        merge_suggestions.c.id == suggestion_id, merge_suggestions.c.status == "open").values(status="rejected")
+    ).rowcount)
+
+
+def carry_to_crm(rt: Any, survivor: str, absorbed: str) -> list[str]:
     """Merge the two contacts in each CRM that has a record for both and supports merging."""
     with rt.engine.connect() as conn:
         records = {name: dict(conn.execute(select(crm_links.c.local_id, crm_links.c.remote_id).where(
@@ -239,7 +268,7 @@ def suggestions(config_path: Path, include_closed: bool, reject: int | None) -> 
     rt = _runtime(config_path)
     with rt.engine.begin() as conn:
         if reject is not None:
-            conn.execute(update(merge_suggestions).where(merge_suggestions.c.id == reject).values(status="rejected"))
+            reject_suggestion(conn, reject)
         rows = open_suggestions(conn, include_closed)
     for row in rows:
         click.echo(f"{row.id:>5}  {row.score:5.1f}  {row.customer_a} ~ {row.customer_b}  [{row.status}]  {row.reason}")

@@ -188,6 +188,19 @@ class PrivacyConfig(_Section):
                           "hosts share one database.")
 
 
+class ConsoleConfig(_Section):
+    enabled: bool = Field(True, description="Serve the operations console at /admin (off: /admin answers 404).")
+    session_secret: SecretStr | None = Field(
+        None, description="Key that signs console session cookies. Unset: a random key kept in "
+                          "{data_dir}/secrets/console-session.key. Give one when several hosts serve the console.")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a login lasts.")
+    max_failures_per_account: int = Field(
+        5, ge=1, description="Failed logins of one account within failure_window_minutes before it is refused.")
+    max_failures_per_address: int = Field(
+        20, ge=1, description="Failed logins from one client address within failure_window_minutes.")
+    failure_window_minutes: float = Field(15.0, gt=0)
+
+
 class PatternConfig(_Section):
     regex: str = Field(description="A regular expression; each match is replaced.")
     replacement: str = Field("[redacted]", description="What a match becomes.")
@@ -256,6 +269,7 @@ class GatewaySettings(_Section):
     media: MediaConfig = MediaConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     retention: RetentionConfig = RetentionConfig()
+    console: ConsoleConfig = ConsoleConfig()
     data_dir: str = "var"
     channels: dict[str, dict[str, Any]] = Field({}, repr=False)
     crms: dict[str, dict[str, Any]] = Field({}, repr=False)

@@ -55,11 +55,21 @@ class QueueDepthCollector(Collector):
 
 def render(depths: Callable[[], dict[str, int]]) -> tuple[bytes, str]:
     """The exposition text: this process's (or every process's, in multiprocess mode) metrics plus depths."""
-    registry = REGISTRY
+    return generate_latest(_registry()) + generate_latest(_depth_registry(depths)), CONTENT_TYPE_LATEST
+
+
+def samples(name: str) -> list[tuple[dict[str, str], float]]:
+    """Each sample called ``name`` (``gateway_rejected_total``) with its labels, as ``render`` would expose it."""
+    return [(dict(sample.labels), sample.value) for family in _registry().collect() for sample in family.samples
+            if sample.name == name]
+
+
+def _registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry) + generate_latest(_depth_registry(depths)), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
 
 
 def _depth_registry(depths: Callable[[], dict[str, int]]) -> CollectorRegistry:

@@ -27,11 +27,12 @@ def short_hash(key: bytes, value: str) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:8]
 
 
-def install_key(data_dir: Path, configured: str | None = None) -> bytes:
-    """The configured key, else the one kept in ``data_dir`` (created on first use, by whichever process is first)."""
+def install_key(data_dir: Path, configured: str | None = None, file: Path = KEY_FILE) -> bytes:
+    """The configured key, else the one kept in ``data_dir / file`` (created on first use, by whichever process is
+    first)."""
     if configured:
         return configured.encode()
-    path = data_dir / KEY_FILE
+    path = data_dir / file
     try:
         return bytes.fromhex(path.read_text(encoding="ascii").strip())
     except FileNotFoundError:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gateway import metrics
+from gateway.console.app import install_console
 from gateway.errors import HookRejected, TooManyRequests, one_line
 from gateway.ingest import InboxBatcher
 from gateway.plugins import CRM_HOOK_MAX_BYTES, AgentReplies, WebhookChannel, largest_body
@@ -202,6 +203,8 @@ def create_app(runtime: Runtime) -> Flask:
                                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         body, content_type = metrics.render(runtime.queues.depths)
         return Response(body, content_type=content_type)
+
+    install_console(app, runtime)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -41,3 +41,10 @@ if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then
   apt_install dovecot-imapd
 fi
 echo "Dovecot $( (command -v dovecot >/dev/null 2>&1 && dovecot --version) || /usr/sbin/dovecot --version) installed"
+
+# Chromium for the console's browser tests (driven by Playwright with executable_path; no browser is downloaded).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Chromium from Debian's packages"
+  apt_install chromium
+fi
+echo "$(chromium --version 2>/dev/null || echo 'Chromium missing') installed"

@@ -197,10 +197,14 @@ def test_installed_package_carries_migrations_mappings_and_connectors(image: Rep
              "from gateway.storage.db import MIGRATIONS; from gateway.mapping import MAPPINGS_DIR;"
              "print(gateway.__file__); print(len(list(MIGRATIONS.glob('versions/*.py'))));"
              "print(sorted(p.name for p in MAPPINGS_DIR.glob('*.yaml')));"
-             "print(sorted(e.name for e in m.entry_points(group='gateway.connectors')))")
+             "print(sorted(e.name for e in m.entry_points(group='gateway.connectors')));"
+             "import gateway.console as c, pathlib; d = pathlib.Path(c.__file__).parent;"
+             "print(len(list(d.glob('templates/console/*.html'))), len(list(d.glob('static/*.css'))))")
     result = subprocess.run([str(image.venv / "bin" / "python"), "-c", probe], cwd=image.data_dir, env=image.env,
                             capture_output=True, text=True, check=True)
-    module_file, migrations, mapping_files, connectors = result.stdout.splitlines()
+    module_file, migrations, mapping_files, connectors, console_files = result.stdout.splitlines()
+    templates = len(list((ROOT / "gateway" / "console" / "templates" / "console").glob("*.html")))
+    assert console_files == f"{templates} 1", "the console's templates and stylesheet are installed"
     assert module_file.startswith(str(image.venv)), "the image must run the installed package, not a checkout"
     assert int(migrations) == len(list((ROOT / "gateway" / "migrations" / "versions").glob("*.py")))
     assert mapping_files == repr(sorted(p.name for p in (ROOT / "mappings").glob("*.yaml")))

@@ -450,3 +450,42 @@ surveys = Table(
     Index("ix_surveys_customer", "customer_id", "channel", "status"),
     Index("ix_surveys_claim", "status", "available_at"),
 )
+
+# Console accounts: an argon2 hash, never the password. ``session_epoch`` grows when the password changes or the
+# account is removed from use, which ends every session signed before.
+admin_users = Table(
+    "admin_users", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", String(16), nullable=False),  # admin | viewer
+    Column("session_epoch", Integer, nullable=False, default=0),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    Column("last_login_at", Time),
+)
+
+# Failed console logins, counted per account and per client address over a window (shared by every web process).
+login_failures = Table(
+    "login_failures", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("at", Time, nullable=False),
+    Index("ix_login_failures_account", "account", "at"),
+    Index("ix_login_failures_address", "address", "at"),
+)
+
+# Every console action that changes something, and every login: who, what, on what, from where.
+admin_audit = Table(
+    "admin_audit", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", Time, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(255)),
+    Column("detail", JSON, nullable=False),
+    Column("address", String(64)),
+    Index("ix_admin_audit_at", "at"),
+)
