@@ -288,8 +288,19 @@ def test_check_reports_each_mistake_with_its_line(write_config: Callable[..., Pa
     assert "no business_hours calendar named 'office' (known: kochi)" in shown
 
 
-def test_simulate_dry_run_shows_the_acknowledgement() -> None:
-    example = ROOT / "config.example.yaml"
+def example_with_acknowledgements(tmp_path: Path) -> Path:
+    """config.example.yaml with its commented acknowledgements block switched on, as the comment tells an admin."""
+    text = (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+    start = text.index("# acknowledgements:")
+    end = text.index("\n\n", start)
+    block = "\n".join(line[2:] for line in text[start:end].split("\n"))
+    example = tmp_path / "config.yaml"
+    example.write_text(text[:start] + block + text[end:], encoding="utf-8")
+    return example
+
+
+def test_simulate_dry_run_shows_the_acknowledgement(tmp_path: Path) -> None:
+    example = example_with_acknowledgements(tmp_path)
     runner = CliRunner()
     shown = runner.invoke(main, ["simulate", "-c", str(example), "sms-main", "--from", CUSTOMER, "--dry-run",
                                  "--text", MALAYALAM, "--at", "2026-01-12T11:00:00+05:30"])

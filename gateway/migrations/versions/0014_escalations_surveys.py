@@ -1,4 +1,4 @@
-"""escalation clocks and satisfaction surveys (issue 13, part c)
+"""escalation clocks and satisfaction surveys
 
 Revision ID: 0014
 Revises: 0013
