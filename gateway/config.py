@@ -13,6 +13,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, Va
 from gateway import sla_config
 from gateway.ack_rules import AckRule, reference_issues
 from gateway.calendars import CalendarConfig
+from gateway.kpis import KpisConfig
+from gateway.kpis import check_references as kpi_references
 from gateway.plugins import ChannelConnector, ConnectorConfig, CrmConnector, Registry
 from gateway.privacy import install_key
 from gateway.routing import RouteWhen, route_issues
@@ -283,6 +285,8 @@ class GatewaySettings(_Section):
         [], description="Escalate a ticket left without an agent reply (README, Automation).")
     surveys: list[sla_config.SurveyRule] = Field(
         [], description="Ask for a 1-5 rating when a ticket is solved (README, Automation).")
+    kpis: KpisConfig = Field(
+        KpisConfig(), description="Which calendar the KPIs' response times count in (README, Console).")
 
 
 @dataclass(frozen=True)
@@ -390,6 +394,7 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
     issues += reference_issues(doc, doc.data.get("acknowledgements"), set(raw_channels), set(raw_crms),
                                set(raw_calendars), raw_routes)
     issues += sla_config.check_references(doc, doc.data)
+    issues += kpi_references(doc, doc.data)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
     settings = settings.model_copy(update={"channels": {}, "crms": {}})
     config = GatewayConfig(path=path, settings=settings, channels=channels, crms=crms)

@@ -108,14 +108,24 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
             .order_by(conversations.c.last_activity_at.desc()).limit(1)).scalar_one_or_none()
         conn.execute(conversations.insert().values(
             id=conversation_id, customer_id=customer_id, channel=message.channel.value, previous_id=previous_id,
-            connector=message.connector, status="open", created_at=at, last_activity_at=at))
+            connector=message.connector, status="open", created_at=at, last_activity_at=at,
+            language=_language(message)))
     else:
         conn.execute(update(conversations).where(
             conversations.c.id == conversation_id, conversations.c.last_activity_at < at).values(last_activity_at=at))
+        if _language(message):
+            conn.execute(update(conversations).where(
+                conversations.c.id == conversation_id, conversations.c.language.is_(None)).values(
+                language=_language(message)))
     statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
     for key in own:
         conn.execute(statement, {"key": key, "conversation_id": conversation_id})
     return Assignment(conversation_id, rule, opened, previous_id)
+
+
+def _language(message: Message) -> str | None:
+    """The conversation's language for the KPIs: the first detected one ('und' says nothing)."""
+    return message.language[:16] if message.language and message.language != "und" else None
 
 
 def _by_subject_token(conn: Connection, subject: str, pattern: str, family: list[str]) -> str | None:

@@ -42,6 +42,7 @@ from gateway.errors import DeliveryError
 from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
+from gateway.kpis import record_solved
 from gateway.language import detect_language
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
@@ -322,6 +323,7 @@ class PipelineWorker:
             outcome = self.replies.store(conn, item.crm, item.row.id, item.replies)
             stop_clocks(conn, item.replies)
             asked = ask(conn, self.surveys, self.rt.channels, item.crm, item.row.id, item.solved)
+            record_solved(conn, item.solved)
             self._finish(conn, item.row, "done" if outcome.queued or asked else "ignored")
             return
         for message in item.messages:

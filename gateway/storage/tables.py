@@ -157,8 +157,11 @@ conversations = Table(
     Column("previous_id", String(32)),  # the conversation this one follows up
     Column("created_at", Time, nullable=False),
     Column("last_activity_at", Time, nullable=False),
+    Column("language", String(16)),  # of its first customer message with a detected language (KPIs per language)
+    Column("solved_at", Time),  # when a CRM first reported its ticket solved (KPIs: resolution time)
     Index("ix_conversations_customer", "customer_id", "status", "last_activity_at"),
     Index("ix_conversations_last_activity_at", "last_activity_at"),
+    Index("ix_conversations_created_at", "created_at"),
 )
 
 # Keys that thread a message onto a conversation: email Message-IDs, Slack thread_ts, provider conversation ids.
@@ -187,6 +190,7 @@ messages = Table(
     Index("ix_messages_conversation_direction", "conversation_id", "direction", "received_at"),
     Index("ix_messages_text_retention", "text_removed_at", "received_at"),
     Index("ix_messages_attachments_retention", "attachments_removed_at", "received_at"),
+    Index("ix_messages_received_at", "received_at", "conversation_id", "direction", "connector"),
 )
 
 # One row per (message, crm): the mapped fields to write. Delivered in order per conversation.
@@ -248,6 +252,7 @@ dead_letters = Table(
     Column("resolution", String(16)),  # replayed | discarded
     Column("resolved_at", Time),
     Index("ix_dead_letters_open", "resolution", "id"),
+    Index("ix_dead_letters_created_at", "created_at"),
 )
 
 delivery_log = Table(
@@ -402,6 +407,7 @@ acknowledgements = Table(
     Column("updated_at", Time, nullable=False),
     Index("ix_acknowledgements_customer", "customer_id", "status", "acknowledged_at"),
     Index("ix_acknowledgements_outbound", "outbound_id"),
+    Index("ix_acknowledgements_acknowledged_at", "acknowledged_at"),
 )
 
 # Escalation clocks (gateway.escalation): one per rule and unanswered stretch of a conversation. ``open_key`` is set
@@ -449,6 +455,7 @@ surveys = Table(
     UniqueConstraint("crm", "conversation_id", name="uq_surveys_crm_conversation"),
     Index("ix_surveys_customer", "customer_id", "channel", "status"),
     Index("ix_surveys_claim", "status", "available_at"),
+    Index("ix_surveys_answered_at", "answered_at"),
 )
 
 # Console accounts: an argon2 hash, never the password. ``session_epoch`` grows when the password changes or the

@@ -1,0 +1,113 @@
+"""KPIs read from the database: a constructed week with known answers, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway.calendars import BusinessCalendar, CalendarConfig
+from gateway.kpis import KpisConfig, OpenClock, backlog, compute, open_dead_letters, percentile, record_solved
+from gateway.plugins import TicketStatus
+from gateway.storage.db import make_engine, migrate
+from gateway.storage.tables import conversations
+from tests.kpi_data import OFFICE, at, build
+
+CALENDARS = {"office": BusinessCalendar("office", CalendarConfig.model_validate(OFFICE))}
+CONFIG = KpisConfig(channels={"sms-main": "office"})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'k.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    with engine.begin() as conn:
+        build(conn)
+    yield engine
+    engine.dispose()
+
+
+def test_a_week_per_channel_and_language(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        week, = compute(conn, [(at(0, 0), at(7, 0))], CONFIG, CALENDARS)
+    sms_en = week.groups[("sms", "sms-main", "en")].summary()
+    assert sms_en == {
+        "conversations": 4, "messages_in": 5, "messages_out": 5, "answered": 3,
+        "first_response_p50": 1800.0, "first_response_p90": 3600.0,  # 600, 1800 (over the night), 3600 open seconds
+        "resolved": 1, "resolution_p50": 7200.0, "resolution_p90": 7200.0, "channel_switches": 0,
+        "acknowledgements": 1, "satisfaction_answers": 1, "satisfaction_average": 5.0}
+    assert week.groups[("sms", "sms-main", "es")].summary()["first_response_p50"] == 3600.0
+    wa_en = week.groups[("whatsapp", "wa", "en")].summary()
+    assert (wa_en["conversations"], wa_en["messages_in"], wa_en["channel_switches"]) == (1, 4, 2)
+    assert (wa_en["satisfaction_answers"], wa_en["satisfaction_average"]) == (1, 4.0)
+    wa_und = week.groups[("whatsapp", "wa", "und")].summary()
+    assert (wa_und["conversations"], wa_und["messages_out"], wa_und["first_response_p50"]) == (1, 0, 86400.0)
+    by_channel = {key: figures.summary() for key, figures in week.by_channel().items()}
+    assert by_channel[("whatsapp", "wa")]["first_response_p50"] == 1800.0  # wall-clock: wa has no calendar
+    assert by_channel[("whatsapp", "wa")]["first_response_p90"] == 86400.0
+    assert by_channel[("sms", "sms-main")]["conversations"] == 5
+    assert week.calendars == {"sms-main": "office", "wa": None}
+    assert week.dead_letters == {"sms-main": 2}
+    assert week.total().conversations == 7
+
+
+def test_several_periods_at_once_agree_with_each_alone(engine) -> None:  # type: ignore[no-untyped-def]
+    periods = [(at(0, 0), at(1, 0)), (at(0, 0), at(7, 0)), (None, at(30, 0))]
+    with engine.connect() as conn:
+        together = compute(conn, periods, CONFIG, CALENDARS)
+        alone = [compute(conn, [period], CONFIG, CALENDARS)[0] for period in periods]
+    for one, other in zip(together, alone, strict=True):
+        assert {k: v.summary() for k, v in one.groups.items()} == {k: v.summary() for k, v in other.groups.items()}
+    monday = together[0].groups[("sms", "sms-main", "en")].summary()
+    assert (monday["conversations"], monday["messages_in"], monday["messages_out"]) == (2, 3, 3)
+    assert monday["first_response_p50"] == 600.0 and monday["first_response_p90"] == 1800.0
+    assert together[2].total().conversations == 8  # since the beginning: the week before too
+    assert together[2].dead_letters == {"sms-main": 2, "zd": 1}
+
+
+def test_without_a_calendar_every_second_counts(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        week, = compute(conn, [(at(0, 0), at(7, 0))], KpisConfig(), CALENDARS)
+    assert sorted(week.groups[("sms", "sms-main", "en")].first_responses) == [600.0, 3600.0, 16 * 3600 + 1800.0]
+    assert week.calendars == {"sms-main": None, "wa": None}
+
+
+def test_dead_letters_open_and_the_backlog(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        assert open_dead_letters(conn) == {"sms-main": 1, "zd": 1}
+        waiting = backlog(conn)
+    assert waiting.ages(at(7, 0)) == {("inbox", "wa"): 3600.0}
+
+
+def test_a_solved_ticket_keeps_its_first_solved_time(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.begin() as conn:
+        record_solved(conn, [TicketStatus("w2", "open", at(6, 11)), TicketStatus("w2", "solved", at(6, 12))])
+        record_solved(conn, [TicketStatus("w2", "closed", at(6, 20))])
+        assert conn.execute(select(conversations.c.solved_at).where(conversations.c.id == "w2")).scalar() \
+            == at(6, 12)
+    with engine.connect() as conn:
+        week, = compute(conn, [(at(0, 0), at(7, 0))], CONFIG, CALENDARS)
+    assert week.groups[("whatsapp", "wa", "und")].resolutions == [7200.0]
+
+
+def test_nearest_rank_percentiles() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0.9) == 4.0
+    assert percentile(list(map(float, range(1, 11))), 0.9) == 9.0
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_the_running_open_clock_agrees_with_the_calendar(zone: str) -> None:
+    calendar = BusinessCalendar("c", CalendarConfig(timezone=zone, hours={"mon-fri": ["09:00-13:00", "14:00-18:00"],
+                                                                         "sat": ["10:00-24:00"]},
+                                                  holidays=[datetime(2026, 3, 10).date()]))
+    clock = OpenClock(calendar)
+    start = datetime(2026, 3, 5, 7, 13, tzinfo=UTC)  # across the US change to summer time on 8 March
+    moments = [start + timedelta(hours=7 * n, minutes=11 * n) for n in range(40)]
+    for first in moments[::7]:
+        for second in moments:
+            assert clock.between(first, second) == calendar.business_seconds_between(first, second)
