@@ -15,6 +15,7 @@ import click
 from gateway.cli_admin import admin_group
 from gateway.cli_crm import crm_group
 from gateway.cli_customers import customers_group
+from gateway.cli_kpis import kpis_command
 from gateway.cli_retention import retention_group
 from gateway.cli_support import (
     CONFIG_NOTE,
@@ -400,3 +401,4 @@ main.add_command(customers_group, "customers")
 main.add_command(crm_group, "crm")
 main.add_command(retention_group, "retention")
 main.add_command(admin_group, "admin")
+main.add_command(kpis_command, "kpis")

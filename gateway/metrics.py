@@ -53,9 +53,15 @@ class QueueDepthCollector(Collector):
         yield family
 
 
-def render(depths: Callable[[], dict[str, int]]) -> tuple[bytes, str]:
-    """The exposition text: this process's (or every process's, in multiprocess mode) metrics plus depths."""
-    return generate_latest(_registry()) + generate_latest(_depth_registry(depths)), CONTENT_TYPE_LATEST
+def render(depths: Callable[[], dict[str, int]], *read_at_scrape: Collector) -> tuple[bytes, str]:
+    """The exposition text: this process's (or every process's, in multiprocess mode) metrics plus depths and any
+    other collectors that read the database at scrape time (the KPIs)."""
+    body = generate_latest(_registry()) + generate_latest(_depth_registry(depths))
+    for collector in read_at_scrape:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        body += generate_latest(registry)
+    return body, CONTENT_TYPE_LATEST
 
 
 def samples(name: str) -> list[tuple[dict[str, str], float]]:

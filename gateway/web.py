@@ -30,6 +30,7 @@ from gateway import metrics
 from gateway.console.app import install_console
 from gateway.errors import HookRejected, TooManyRequests, one_line
 from gateway.ingest import InboxBatcher
+from gateway.kpi_metrics import KpiCollector
 from gateway.plugins import CRM_HOOK_MAX_BYTES, AgentReplies, WebhookChannel, largest_body
 from gateway.records import REQUEST_KIND, InboxItem
 from gateway.runtime import Runtime
@@ -194,6 +195,8 @@ def create_app(runtime: Runtime) -> Flask:
             return Response(f"{exc}\n", status=503, content_type="text/plain")
         return Response("ready\n", content_type="text/plain")
 
+    kpi_collector = KpiCollector.for_settings(runtime.engine, runtime.config.settings)
+
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
         if server.metrics_token is not None:
@@ -201,7 +204,7 @@ def create_app(runtime: Runtime) -> Flask:
             if scheme.lower() != "bearer" or not equal(given.strip(), server.metrics_token.get_secret_value()):
                 return Response("bearer token required\n", status=401, content_type="text/plain; charset=utf-8",
                                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
-        body, content_type = metrics.render(runtime.queues.depths)
+        body, content_type = metrics.render(runtime.queues.depths, kpi_collector)
         return Response(body, content_type=content_type)
 
     install_console(app, runtime)

@@ -1,0 +1,96 @@
+"""The KPIs on ``/metrics``: read from the database at scrape time (all time, so the counters only grow), kept for
+``kpis.cache_seconds`` so a busy scraper does not repeat the queries. Every process reads the same rows, so every
+process reports the same numbers. ``channel`` is the channel type (sms, whatsapp, email, ...), ``connector`` the
+configured channel's name."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+
+from gateway.calendars import BusinessCalendar, build_calendars
+from gateway.kpis import KpisConfig, backlog, compute, open_dead_letters
+from gateway.storage.db import utcnow
+
+LABELS = ["channel", "connector", "language"]
+# seconds: a minute, 5 and 15 minutes, an hour, 4 and 8 hours, a day, 3 days, a week
+BUCKETS = (60.0, 300.0, 900.0, 3600.0, 14400.0, 28800.0, 86400.0, 259200.0, 604800.0)
+
+
+def _histogram(name: str, doc: str, values: dict[tuple[str, str, str], list[float]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=LABELS)
+    for labels, durations in sorted(values.items()):
+        buckets = [(repr(bound), float(sum(1 for d in durations if d <= bound))) for bound in BUCKETS]
+        family.add_metric(list(labels), [*buckets, ("+Inf", float(len(durations)))], sum(durations))
+    return family
+
+
+class KpiCollector(Collector):
+    """Collects the KPI families; ``clock`` and ``cache_seconds`` make the cache testable."""
+
+    def __init__(self, engine: Engine, config: KpisConfig, calendars: dict[str, BusinessCalendar],
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.engine = engine
+        self.config = config
+        self.calendars = calendars
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[datetime, list[Metric]] | None = None
+
+    @classmethod
+    def for_settings(cls, engine: Engine, settings: object) -> KpiCollector:
+        return cls(engine, settings.kpis, build_calendars(settings.business_hours))  # type: ignore[attr-defined]
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        with self._lock:
+            if self._cached is None or (now - self._cached[0]).total_seconds() >= self.config.cache_seconds:
+                self._cached = (now, self._read(now))
+            families = self._cached[1]
+        yield from families
+
+    def _read(self, now: datetime) -> list[Metric]:
+        with self.engine.connect() as conn:
+            report, = compute(conn, [(None, now)], self.config, self.calendars)
+            dead = open_dead_letters(conn)
+            waiting = backlog(conn).ages(now)
+        conversations = CounterMetricFamily("gateway_conversations", "Conversations opened", labels=LABELS)
+        messages = CounterMetricFamily("gateway_messages", "Messages stored, both ways", labels=[*LABELS, "direction"])
+        switches = CounterMetricFamily(
+            "gateway_channel_switches", "Customer messages on another channel than their previous one in the same "
+                                        "conversation", labels=LABELS)
+        acks = CounterMetricFamily("gateway_acknowledgements_sent", "Acknowledgements sent", labels=LABELS)
+        answers = CounterMetricFamily("gateway_satisfaction_answers", "Satisfaction ratings received", labels=LABELS)
+        points = CounterMetricFamily("gateway_satisfaction_points", "Sum of the 1-5 ratings received (divide by "
+                                                                    "answers for the average)", labels=LABELS)
+        first: dict[tuple[str, str, str], list[float]] = {}
+        solved: dict[tuple[str, str, str], list[float]] = {}
+        for labels, figures in sorted(report.groups.items()):
+            key = list(labels)
+            conversations.add_metric(key, figures.conversations)
+            messages.add_metric([*key, "inbound"], figures.messages_in)
+            messages.add_metric([*key, "outbound"], figures.messages_out)
+            switches.add_metric(key, figures.switches)
+            acks.add_metric(key, figures.acknowledgements)
+            answers.add_metric(key, figures.survey_answers)
+            points.add_metric(key, figures.rating_sum)
+            first[labels] = figures.first_responses
+            solved[labels] = figures.resolutions
+        open_dead = GaugeMetricFamily("gateway_dead_letters_open", "Dead letters neither replayed nor discarded",
+                                      labels=["target"])
+        for target, count in sorted(dead.items()):
+            open_dead.add_metric([target], count)
+        age = GaugeMetricFamily("gateway_backlog_age_seconds", "Age of the oldest row waiting in a queue",
+                                labels=["queue", "name"])
+        for (queue, name), seconds in waiting.items():
+            age.add_metric([queue, name], seconds)
+        return [conversations, messages, switches, acks, answers, points, open_dead, age,
+                _histogram("gateway_first_response_seconds", "From a conversation's first customer message to the "
+                           "first agent reply (open seconds where a kpis calendar applies)", first),
+                _histogram("gateway_resolution_seconds", "From a conversation's first customer message to its "
+                           "ticket solved (open seconds where a kpis calendar applies)", solved)]
