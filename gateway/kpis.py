@@ -169,6 +169,8 @@ class Report:
     end: datetime
     groups: dict[Group, Figures] = field(default_factory=lambda: defaultdict(Figures))
     dead_letters: dict[str, int] = field(default_factory=dict)  # new in the period, per connector or CRM
+    # per (channel type, channel name) and UTC date the conversation opened: filled when compute(by_day=True)
+    days: dict[tuple[str, str], dict[date, Figures]] = field(default_factory=dict)
     calendars: dict[str, str | None] = field(default_factory=dict)
 
     def by_channel(self) -> dict[tuple[str, str], Figures]:
@@ -218,8 +220,10 @@ def _language() -> Any:
 
 
 def compute(conn: Connection, periods: Sequence[Period], config: KpisConfig,
-            calendars: dict[str, BusinessCalendar]) -> list[Report]:
-    """One report per period (``start`` None: since the beginning); each table is read once for all periods."""
+            calendars: dict[str, BusinessCalendar], *, by_day: bool = False) -> list[Report]:
+    """One report per period (``start`` None: since the beginning); each table is read once for all periods.
+    ``by_day`` also splits each report's conversations (count, first responses, resolutions) by the day they
+    opened, for charts."""
     reports = [Report(start, end) for start, end in periods]
     clocks: dict[str, OpenClock | None] = {}
 
@@ -233,20 +237,24 @@ def compute(conn: Connection, periods: Sequence[Period], config: KpisConfig,
     reply = (select(func.min(messages.c.received_at)).where(
         messages.c.conversation_id == conversations.c.id, messages.c.direction == "outbound",
         messages.c.thread_rule == "reply").scalar_subquery())
-    opened = select(conversations.c.id, conversations.c.channel, conversations.c.connector, _language(),
+    opened = select(conversations.c.channel, conversations.c.connector, _language(),
                     conversations.c.created_at, conversations.c.solved_at, reply.label("first_reply")).where(
         _span(conversations.c.created_at, periods))
-    for cid, channel, connector, language, created, solved, first_reply in conn.execute(opened):
-        del cid
+    for channel, connector, language, created, solved, first_reply in conn.execute(opened):
+        response = duration(connector, created, first_reply) if first_reply is not None else None
+        resolution = duration(connector, created, solved) if solved is not None else None
         for report in reports:
             if not _contains(report, created):
                 continue
-            figures = report.groups[(channel, connector, language or UNKNOWN_LANGUAGE)]
-            figures.conversations += 1
-            if first_reply is not None:
-                figures.first_responses.append(duration(connector, created, first_reply))
-            if solved is not None:
-                figures.resolutions.append(duration(connector, created, solved))
+            into = [report.groups[(channel, connector, language or UNKNOWN_LANGUAGE)]]
+            if by_day:
+                into.append(report.days.setdefault((channel, connector), defaultdict(Figures))[created.date()])
+            for figures in into:
+                figures.conversations += 1
+                if response is not None:
+                    figures.first_responses.append(response)
+                if resolution is not None:
+                    figures.resolutions.append(resolution)
     _switches(conn, periods, reports)
     _counted(conn, periods, reports)
     for report in reports:

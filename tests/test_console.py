@@ -229,7 +229,7 @@ def test_login_never_redirects_off_the_console(app: Flask) -> None:
         token = csrf_token(client.get("/admin/login").get_data(as_text=True))
         answer = client.post(f"/admin/login?next={target}",
                              data={"name": ADMIN, "password": PASSWORD, "csrf_token": token})
-        assert answer.headers["Location"] == "/admin/trace", target
+        assert answer.headers["Location"] == "/admin/", target
 
 
 def test_add_user_from_the_cli_stores_an_argon2_hash(write_config: Callable[..., Path]) -> None:
@@ -279,6 +279,24 @@ def test_trace_follows_a_message_from_the_inbox_to_the_crm(app: Flask, story: St
     answer = client.get("/admin/api/trace", query_string={"q": PHONE}).get_json()
     assert answer["conversations"][0]["messages"][0]["crm_writes"] == {"trial": "done"}
     assert "Nothing matches" in client.get("/admin/trace?q=%2B19998887777").get_data(as_text=True)
+
+
+def test_the_overview_is_the_landing_page_with_the_kpis(app: Flask, story: Story) -> None:
+    client = app.test_client()
+    token = csrf_token(client.get("/admin/login").get_data(as_text=True))
+    answer = client.post("/admin/login", data={"name": VIEWER, "password": PASSWORD, "csrf_token": token})
+    assert answer.headers["Location"] == "/admin/"
+    page = client.get("/admin/").get_data(as_text=True)
+    assert 'aria-current="page">Overview</a>' in page and 'href="/admin/trace"' in page
+    day = page.split('aria-label="Last 24 hours"')[1].split("</section>")[0]
+    assert re.search(r"<td>sms-main <small>\(sms\)</small></td>\s*<td class=\"n\">2</td>", day), day
+    assert "<svg" in page and "sms-main: conversations per day" in page and "<script" not in page
+    periods = client.get("/admin/api/kpis").get_json()["periods"]
+    week = periods["Last 7 days"]
+    assert [(c["channel"], c["connector"], c["conversations"], c["messages_in"]) for c in week["channels"]] == [
+        ("sms", "sms-main", 2, 2)]
+    assert week["dead_letters"] == {"new": {"sms-main": 1}, "open": {"sms-main": 1}}
+    assert {row["language"] for row in week["languages"]} <= {"en", "und"}
 
 
 def test_pages_show_no_secret(app: Flask, story: Story) -> None:

@@ -111,3 +111,12 @@ def test_the_running_open_clock_agrees_with_the_calendar(zone: str) -> None:
     for first in moments[::7]:
         for second in moments:
             assert clock.between(first, second) == calendar.business_seconds_between(first, second)
+
+
+def test_conversations_split_by_the_day_they_opened(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        week, = compute(conn, [(at(0, 0), at(7, 0))], CONFIG, CALENDARS, by_day=True)
+    days = week.days[("sms", "sms-main")]
+    assert {day.isoformat(): figures.conversations for day, figures in days.items()} == {
+        "2026-03-02": 3, "2026-03-03": 1, "2026-03-04": 1}
+    assert sorted(days[at(0, 0).date()].first_responses) == [600.0, 1800.0, 3600.0]

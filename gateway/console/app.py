@@ -103,10 +103,6 @@ def install_console(app: Flask, runtime: Runtime) -> None:
     def masked(text: Any) -> str:
         return redact(str(text)) if text else ""
 
-    @blueprint.get("/")
-    def index() -> Response:
-        return redirect(url_for("console.trace_page"))
-
     @blueprint.route("/login", methods=["GET", "POST"])
     def login() -> Any:
         error = None
@@ -135,8 +131,9 @@ def install_console(app: Flask, runtime: Runtime) -> None:
     def me() -> Response:
         return jsonify(name=g.account.name, role=g.account.role)
 
-    from gateway.console import operations, pages
+    from gateway.console import operations, overview, pages
 
+    overview.register(blueprint)  # the landing page, /admin/
     pages.register(blueprint)
     operations.register(blueprint)
     app.register_blueprint(blueprint)
@@ -148,7 +145,7 @@ def _safe_next(target: str | None) -> str:
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and "\\" not in target:
             return target
-    return url_for("console.trace_page")
+    return url_for("console.overview_page")
 
 
 def audit(action: str, target: str | None, detail: dict[str, Any] | None = None, conn: Any = None) -> None:
