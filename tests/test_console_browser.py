@@ -100,6 +100,13 @@ def test_an_admin_traces_approves_and_replays(browser: Browser, console: tuple[s
     expect(page.get_by_role("cell", name="sms-main", exact=True)).to_be_visible()
     shot(page, "02-channels")
 
+    page.get_by_role("link", name="Overview").click()
+    expect(page).to_have_url(f"{base}/admin/")
+    day = page.get_by_role("region", name="Last 24 hours")
+    expect(day.get_by_role("row").filter(has_text="sms-main (sms)").get_by_role("cell").nth(1)).to_have_text("2")
+    expect(page.get_by_role("img", name="sms-main: conversations per day")).to_be_visible()
+    shot(page, "02-overview")
+
     page.get_by_role("link", name="Message trace").click()
     page.get_by_placeholder("phone, email").fill("(401) 712-2661")
     page.get_by_role("button", name="Trace").click()

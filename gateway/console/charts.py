@@ -18,11 +18,12 @@ def bars(title: str, labels: Sequence[str], values: Sequence[float | None], unit
     parts = [f'<svg class="chart" role="img" width="{WIDTH}" height="{HEIGHT + PAD}" '
              f'viewBox="0 0 {WIDTH} {HEIGHT + PAD}" aria-label="{escape(title)}">',
              f"<title>{escape(title)}</title>",
+             f'<text x="0" y="10" font-size="11" fill="#1d2430">{escape(title)}</text>',
              f'<line x1="0" y1="{HEIGHT}" x2="{WIDTH}" y2="{HEIGHT}" stroke="#99a3b1" stroke-width="1"/>']
     for index, (label, value) in enumerate(zip(labels, values, strict=True)):
         if value is None:
             continue
-        height = max(1.0, value / top * (HEIGHT - 4)) if value else 0.0
+        height = max(1.0, value / top * (HEIGHT - 18)) if value else 0.0
         x = 1 + index * step
         parts.append(f'<rect x="{x:.1f}" y="{HEIGHT - height:.1f}" width="{max(step - 1, 1):.1f}" '
                      f'height="{height:.1f}" fill="#3d7bd9"><title>{escape(label)}: '
