@@ -47,7 +47,8 @@ def report_json(report: Any, open_dead: dict[str, int], backlog_ages: dict[tuple
         "total": report.total().summary(),
         "channels": [{"channel": channel, "connector": connector, "calendar": report.calendars.get(connector),
                       **figures.summary()} for (channel, connector), figures in report.by_channel().items()],
-        "languages": [{"channel": channel, "connector": connector, "language": language, **figures.summary()}
+        "languages": [{"channel": channel, "connector": connector, "language": language,
+                       **{k: v for k, v in figures.summary().items() if not k.startswith("messages_")}}
                       for (channel, connector, language), figures in sorted(report.groups.items())],
         "dead_letters": {"new": report.dead_letters, "open": open_dead},
         "backlog_age_seconds": [{"queue": queue, "name": name, "seconds": round(seconds, 1)}

@@ -60,7 +60,11 @@ class KpiCollector(Collector):
             dead = open_dead_letters(conn)
             waiting = backlog(conn).ages(now)
         conversations = CounterMetricFamily("gateway_conversations", "Conversations opened", labels=LABELS)
-        messages = CounterMetricFamily("gateway_messages", "Messages stored, both ways", labels=[*LABELS, "direction"])
+        messages = CounterMetricFamily("gateway_messages", "Messages stored, both ways, per channel",
+                                       labels=["channel", "connector", "direction"])
+        for (channel, connector), figures in report.by_channel().items():
+            messages.add_metric([channel, connector, "inbound"], figures.messages_in)
+            messages.add_metric([channel, connector, "outbound"], figures.messages_out)
         switches = CounterMetricFamily(
             "gateway_channel_switches", "Customer messages on another channel than their previous one in the same "
                                         "conversation", labels=LABELS)
@@ -73,8 +77,6 @@ class KpiCollector(Collector):
         for labels, figures in sorted(report.groups.items()):
             key = list(labels)
             conversations.add_metric(key, figures.conversations)
-            messages.add_metric([*key, "inbound"], figures.messages_in)
-            messages.add_metric([*key, "outbound"], figures.messages_out)
             switches.add_metric(key, figures.switches)
             acks.add_metric(key, figures.acknowledgements)
             answers.add_metric(key, figures.survey_answers)

@@ -191,6 +191,7 @@ messages = Table(
     Index("ix_messages_text_retention", "text_removed_at", "received_at"),
     Index("ix_messages_attachments_retention", "attachments_removed_at", "received_at"),
     Index("ix_messages_received_at", "received_at", "conversation_id", "direction", "connector"),
+    Index("ix_messages_replies", "conversation_id", "thread_rule", "received_at"),
 )
 
 # One row per (message, crm): the mapped fields to write. Delivered in order per conversation.

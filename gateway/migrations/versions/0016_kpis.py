@@ -24,6 +24,7 @@ def upgrade() -> None:
     op.create_index("ix_conversations_created_at", "conversations", ["created_at"])
     op.create_index("ix_messages_received_at", "messages",
                     ["received_at", "conversation_id", "direction", "connector"])
+    op.create_index("ix_messages_replies", "messages", ["conversation_id", "thread_rule", "received_at"])
     op.create_index("ix_dead_letters_created_at", "dead_letters", ["created_at"])
     op.create_index("ix_acknowledgements_acknowledged_at", "acknowledgements", ["acknowledged_at"])
     op.create_index("ix_surveys_answered_at", "surveys", ["answered_at"])
@@ -41,6 +42,7 @@ def downgrade() -> None:
     op.drop_index("ix_surveys_answered_at", table_name="surveys")
     op.drop_index("ix_acknowledgements_acknowledged_at", table_name="acknowledgements")
     op.drop_index("ix_dead_letters_created_at", table_name="dead_letters")
+    op.drop_index("ix_messages_replies", table_name="messages")
     op.drop_index("ix_messages_received_at", table_name="messages")
     op.drop_index("ix_conversations_created_at", table_name="conversations")
     with op.batch_alter_table("conversations") as batch:
