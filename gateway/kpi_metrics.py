@@ -8,13 +8,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from gateway.calendars import BusinessCalendar, build_calendars
-from gateway.kpis import KpisConfig, backlog, compute, open_dead_letters
+from gateway.kpis import (
+    KpisConfig,
+    Report,
+    backlog,
+    conversation_histograms,
+    count_events,
+    open_dead_letters,
+)
 from gateway.storage.db import utcnow
 
 LABELS = ["channel", "connector", "language"]
@@ -22,11 +30,11 @@ LABELS = ["channel", "connector", "language"]
 BUCKETS = (60.0, 300.0, 900.0, 3600.0, 14400.0, 28800.0, 86400.0, 259200.0, 604800.0)
 
 
-def _histogram(name: str, doc: str, values: dict[tuple[str, str, str], list[float]]) -> HistogramMetricFamily:
+def _histogram(name: str, doc: str, values: dict[tuple[str, str, str], Any]) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=LABELS)
-    for labels, durations in sorted(values.items()):
-        buckets = [(repr(bound), float(sum(1 for d in durations if d <= bound))) for bound in BUCKETS]
-        family.add_metric(list(labels), [*buckets, ("+Inf", float(len(durations)))], sum(durations))
+    for labels, (under, count, total) in sorted(values.items()):
+        buckets = [(repr(bound), float(n)) for bound, n in zip(BUCKETS, under, strict=True)]
+        family.add_metric(list(labels), [*buckets, ("+Inf", float(count))], total)
     return family
 
 
@@ -55,34 +63,34 @@ class KpiCollector(Collector):
         yield from families
 
     def _read(self, now: datetime) -> list[Metric]:
+        report = Report(None, now)
         with self.engine.connect() as conn:
-            report, = compute(conn, [(None, now)], self.config, self.calendars)
+            groups = conversation_histograms(conn, now, BUCKETS)
+            count_events(conn, [(None, now)], [report])
             dead = open_dead_letters(conn)
             waiting = backlog(conn).ages(now)
+        for key, entry in groups.items():
+            report.groups[key].conversations = entry["conversations"]
         conversations = CounterMetricFamily("gateway_conversations", "Conversations opened", labels=LABELS)
+        switches = CounterMetricFamily(
+            "gateway_channel_switches", "Customer messages on another channel than their previous one in the same "
+                                        "conversation", labels=LABELS)
+        for labels, entry in sorted(groups.items()):
+            conversations.add_metric(list(labels), entry["conversations"])
+            switches.add_metric(list(labels), entry["switches"])
         messages = CounterMetricFamily("gateway_messages", "Messages stored, both ways, per channel",
                                        labels=["channel", "connector", "direction"])
         for (channel, connector), figures in report.by_channel().items():
             messages.add_metric([channel, connector, "inbound"], figures.messages_in)
             messages.add_metric([channel, connector, "outbound"], figures.messages_out)
-        switches = CounterMetricFamily(
-            "gateway_channel_switches", "Customer messages on another channel than their previous one in the same "
-                                        "conversation", labels=LABELS)
         acks = CounterMetricFamily("gateway_acknowledgements_sent", "Acknowledgements sent", labels=LABELS)
         answers = CounterMetricFamily("gateway_satisfaction_answers", "Satisfaction ratings received", labels=LABELS)
         points = CounterMetricFamily("gateway_satisfaction_points", "Sum of the 1-5 ratings received (divide by "
                                                                     "answers for the average)", labels=LABELS)
-        first: dict[tuple[str, str, str], list[float]] = {}
-        solved: dict[tuple[str, str, str], list[float]] = {}
         for labels, figures in sorted(report.groups.items()):
-            key = list(labels)
-            conversations.add_metric(key, figures.conversations)
-            switches.add_metric(key, figures.switches)
-            acks.add_metric(key, figures.acknowledgements)
-            answers.add_metric(key, figures.survey_answers)
-            points.add_metric(key, figures.rating_sum)
-            first[labels] = figures.first_responses
-            solved[labels] = figures.resolutions
+            acks.add_metric(list(labels), figures.acknowledgements)
+            answers.add_metric(list(labels), figures.survey_answers)
+            points.add_metric(list(labels), figures.rating_sum)
         open_dead = GaugeMetricFamily("gateway_dead_letters_open", "Dead letters neither replayed nor discarded",
                                       labels=["target"])
         for target, count in sorted(dead.items()):
@@ -93,6 +101,8 @@ class KpiCollector(Collector):
             age.add_metric([queue, name], seconds)
         return [conversations, messages, switches, acks, answers, points, open_dead, age,
                 _histogram("gateway_first_response_seconds", "From a conversation's first customer message to the "
-                           "first agent reply (open seconds where a kpis calendar applies)", first),
+                           "first agent reply (open seconds where a kpis calendar applies)",
+                           {k: v["first_response"] for k, v in groups.items()}),
                 _histogram("gateway_resolution_seconds", "From a conversation's first customer message to its "
-                           "ticket solved (open seconds where a kpis calendar applies)", solved)]
+                           "ticket solved (open seconds where a kpis calendar applies)",
+                           {k: v["resolution"] for k, v in groups.items()})]

@@ -1,13 +1,13 @@
 """KPIs per channel and language, read from the database with SQL so that every process, and every restart, agrees.
 
-A conversation belongs to the channel (type and configured connector) and language it was opened with; it counts in
-the period in which the customer's first message arrived. Its first response time runs from that message to the
-first agent reply written from a CRM (acknowledgements and surveys are the gateway's own words, not replies), its
-resolution time to the moment a CRM first reported its ticket solved. Where a ``kpis:`` calendar applies to the
-channel only its open seconds count. Percentiles are nearest-rank. A channel switch is a customer message on another
-configured channel than the customer's previous message of the same conversation in the period, counted when it
-arrives; messages are counted per configured channel when they arrive (not per language: that would cost a join per
-message).
+A conversation belongs to the channel (type and configured connector) and language it was opened with, and counts in
+the period in which the customer's first message arrived. Its durations are measured once, when they end, and kept
+on the conversation: the first response time runs from that message to the first agent reply written from a CRM
+(acknowledgements and surveys are the gateway's own words, not replies), the resolution time to the moment a CRM
+first reported its ticket solved; where a ``kpis:`` calendar applies to the channel only its open seconds count.
+Percentiles are nearest-rank. A channel switch is a customer message on another configured channel than their
+previous message in the same conversation, counted with the conversation. Messages are counted per configured
+channel when they arrive (not per language: that would cost a join per message).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,13 +74,70 @@ def check_references(doc: YamlDocument, data: dict[str, Any]) -> list[ConfigIssu
     return issues
 
 
-def record_solved(conn: Connection, statuses: Iterable[TicketStatus]) -> None:
-    """Keep the first time a CRM reported each conversation's ticket solved (a reopened ticket keeps it)."""
+class KpiClock:
+    """Measures a conversation's durations when they end (in the calendar that applies to its channel then), so
+    reading the KPIs is a scan of stored numbers, however many conversations there are."""
+
+    def __init__(self, config: KpisConfig, calendars: dict[str, BusinessCalendar]) -> None:
+        self.config = config
+        self.calendars = calendars
+
+    @classmethod
+    def for_settings(cls, settings: Any) -> KpiClock:
+        from gateway.calendars import build_calendars
+
+        return cls(settings.kpis, build_calendars(settings.business_hours))
+
+    def seconds(self, connector: str, start: datetime, end: datetime) -> float:
+        calendar = calendar_for(self.config, self.calendars, connector)
+        if calendar is None:
+            return max(0.0, (end - start).total_seconds())
+        return calendar.business_seconds_between(start, end)
+
+
+def _opened(conn: Connection, conversation_id: str) -> Any:
+    return conn.execute(select(conversations.c.connector, conversations.c.created_at).where(
+        conversations.c.id == conversation_id)).first()
+
+
+def record_solved(conn: Connection, statuses: Iterable[TicketStatus], clock: KpiClock) -> None:
+    """Keep the first time a CRM reported each conversation's ticket solved (a reopened ticket keeps it) and the
+    resolution time to it."""
     for status in statuses:
-        if status.status in SOLVED:
-            conn.execute(update(conversations).where(
-                conversations.c.id == status.conversation_id, conversations.c.solved_at.is_(None))
-                .values(solved_at=status.occurred_at))
+        if status.status not in SOLVED:
+            continue
+        opened = _opened(conn, status.conversation_id)
+        if opened is None:
+            continue
+        conn.execute(update(conversations).where(
+            conversations.c.id == status.conversation_id, conversations.c.solved_at.is_(None))
+            .values(solved_at=status.occurred_at,
+                    resolution_seconds=clock.seconds(opened.connector, opened.created_at, status.occurred_at)))
+
+
+def record_first_replies(conn: Connection, conversation_ids: Iterable[str], clock: KpiClock) -> None:
+    """After agent replies were stored: the first one's time and the first response time, once per conversation."""
+    for conversation_id in set(conversation_ids):
+        opened = _opened(conn, conversation_id)
+        first = conn.execute(select(func.min(messages.c.received_at)).where(
+            messages.c.conversation_id == conversation_id, messages.c.thread_rule == "reply")).scalar()
+        if opened is None or first is None:
+            continue
+        conn.execute(update(conversations).where(
+            conversations.c.id == conversation_id, conversations.c.first_reply_at.is_(None))
+            .values(first_reply_at=first,
+                    first_response_seconds=clock.seconds(opened.connector, opened.created_at, first)))
+
+
+def record_inbound(conn: Connection, conversation_id: str, connector: str, at: datetime) -> None:
+    """Before a customer's message is stored: a channel switch when their previous message in the conversation came
+    through another configured channel."""
+    previous = conn.execute(select(messages.c.connector).where(
+        messages.c.conversation_id == conversation_id, messages.c.direction == "inbound",
+        messages.c.received_at <= at).order_by(messages.c.received_at.desc()).limit(1)).scalar()
+    if previous is not None and previous != connector:
+        conn.execute(update(conversations).where(conversations.c.id == conversation_id)
+                     .values(switches=conversations.c.switches + 1))
 
 
 def percentile(values: Sequence[float], share: float) -> float | None:
@@ -89,46 +146,6 @@ def percentile(values: Sequence[float], share: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
-
-
-class OpenClock:
-    """Open seconds of a calendar as a running total, so a difference of two totals is the business time between
-    two moments; each day's total is computed once."""
-
-    def __init__(self, calendar: BusinessCalendar) -> None:
-        self.calendar = calendar
-        self._anchor: date | None = None
-        self._before: dict[date, float] = {}
-        self._spans: dict[date, list[tuple[datetime, datetime]]] = {}
-
-    def _spans_on(self, day: date) -> list[tuple[datetime, datetime]]:
-        if day not in self._spans:
-            self._spans[day] = self.calendar.spans_on(day)
-        return self._spans[day]
-
-    def _open_before(self, day: date) -> float:
-        if self._anchor is None:
-            self._anchor = day
-        if day in self._before:
-            return self._before[day]
-        total, step = 0.0, self._anchor
-        forward = day >= self._anchor
-        while step != day:
-            seconds = sum((closes - opens).total_seconds() for opens, closes in self._spans_on(
-                step if forward else step - timedelta(days=1)))
-            total += seconds if forward else -seconds
-            step += timedelta(days=1 if forward else -1)
-        self._before[day] = total
-        return total
-
-    def total(self, at: datetime) -> float:
-        day = at.astimezone(self.calendar.zone).date()
-        within = sum((min(closes, at) - opens).total_seconds()
-                     for opens, closes in self._spans_on(day) if opens < at)
-        return self._open_before(day) + within
-
-    def between(self, start: datetime, end: datetime) -> float:
-        return max(0.0, self.total(end) - self.total(start))
 
 
 @dataclass
@@ -240,25 +257,13 @@ def compute(conn: Connection, periods: Sequence[Period], config: KpisConfig,
             calendars: dict[str, BusinessCalendar], *, by_day: bool = False) -> list[Report]:
     """One report per period (``start`` None: since the beginning); each table is read once for all periods.
     ``by_day`` also splits each report's conversations (count, first responses, resolutions) by the day they
-    opened, for charts."""
+    opened, for charts. ``calendars`` only names the calendar of each channel: durations were measured when they
+    ended (``KpiClock``)."""
     reports = [Report(start, end) for start, end in periods]
-    clocks: dict[str, OpenClock | None] = {}
-
-    def duration(connector: str, start: datetime, end: datetime) -> float:
-        if connector not in clocks:
-            calendar = calendar_for(config, calendars, connector)
-            clocks[connector] = OpenClock(calendar) if calendar is not None else None
-        clock = clocks[connector]
-        return clock.between(start, end) if clock else max(0.0, (end - start).total_seconds())
-
-    reply = (select(func.min(messages.c.received_at)).where(  # thread_rule "reply" is only ever outbound
-        messages.c.conversation_id == conversations.c.id, messages.c.thread_rule == "reply").scalar_subquery())
-    opened = select(conversations.c.channel, conversations.c.connector, _language(),
-                    conversations.c.created_at, conversations.c.solved_at, reply.label("first_reply")).where(
-        _span(conversations.c.created_at, periods))
-    for channel, connector, language, created, solved, first_reply in conn.execute(opened):
-        response = duration(connector, created, first_reply) if first_reply is not None else None
-        resolution = duration(connector, created, solved) if solved is not None else None
+    opened = select(conversations.c.channel, conversations.c.connector, _language(), conversations.c.created_at,
+                    conversations.c.first_response_seconds, conversations.c.resolution_seconds,
+                    conversations.c.switches).where(_span(conversations.c.created_at, periods))
+    for channel, connector, language, created, response, resolution, switches in conn.execute(opened):
         for report in reports:
             if not _contains(report, created):
                 continue
@@ -267,12 +272,12 @@ def compute(conn: Connection, periods: Sequence[Period], config: KpisConfig,
                 into.append(report.days.setdefault((channel, connector), defaultdict(Figures))[created.date()])
             for figures in into:
                 figures.conversations += 1
+                figures.switches += switches
                 if response is not None:
                     figures.first_responses.append(response)
                 if resolution is not None:
                     figures.resolutions.append(resolution)
-    _switches(conn, periods, reports)
-    _counted(conn, periods, reports)
+    count_events(conn, periods, reports)
     for report in reports:
         report.calendars = {connector: (calendar_for(config, calendars, connector) or _NoCalendar).name
                             for _channel, connector in report.by_channel()}
@@ -291,24 +296,7 @@ def _sums(column: Any, periods: Sequence[Period]) -> list[Any]:
     return [func.sum(case((_in(column, period), 1), else_=0)) for period in periods]
 
 
-def _switches(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
-    inbound = (select(messages.c.conversation_id, messages.c.connector, messages.c.received_at,
-                      func.lag(messages.c.connector).over(partition_by=messages.c.conversation_id,
-                                                          order_by=messages.c.received_at).label("previous"))
-               .where(messages.c.direction == "inbound", _span(messages.c.received_at, periods))
-               .with_hint(messages, _BY_TIME, "sqlite").subquery())
-    query = (select(conversations.c.channel, conversations.c.connector, _language(), *_sums(
-        inbound.c.received_at, periods))
-        .join(inbound, inbound.c.conversation_id == conversations.c.id)
-        .where(inbound.c.previous.is_not(None), inbound.c.previous != inbound.c.connector)
-        .group_by(conversations.c.channel, conversations.c.connector, _language()))
-    for channel, connector, language, *counts in conn.execute(query):
-        for report, count in zip(reports, counts, strict=True):
-            if count:
-                report.groups[(channel, connector, language or UNKNOWN_LANGUAGE)].switches += int(count)
-
-
-def _counted(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
+def count_events(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
     """Messages (per configured channel, from the covering index alone), acknowledgements and survey answers by when
     they happened; dead letters by when they were made."""
     group = (conversations.c.channel, conversations.c.connector, _language())
@@ -368,3 +356,25 @@ def backlog(conn: Connection) -> Backlog:
         for key, first in conn.execute(select(name, func.min(at)).where(status == "pending").group_by(name)):
             oldest[(queue, key)] = first
     return Backlog(oldest)
+
+
+def conversation_histograms(conn: Connection, end: datetime, bounds: Sequence[float]) -> dict[Group, dict[str, Any]]:
+    """All conversations opened before ``end`` per group, counted in SQL: how many, their channel switches, and for
+    first response and resolution times the count at or under each bound, the count and the sum."""
+    columns: list[Any] = [func.count(), func.sum(conversations.c.switches)]
+    measured = (conversations.c.first_response_seconds, conversations.c.resolution_seconds)
+    for column in measured:
+        columns += [func.sum(case((column <= bound, 1), else_=0)) for bound in bounds]
+        columns += [func.count(column), func.sum(column)]
+    query = (select(conversations.c.channel, conversations.c.connector, _language(), *columns)
+             .where(conversations.c.created_at < end)
+             .group_by(conversations.c.channel, conversations.c.connector, _language()))
+    found: dict[Group, dict[str, Any]] = {}
+    width = len(bounds) + 2
+    for channel, connector, language, count, switches, *rest in conn.execute(query):
+        entry: dict[str, Any] = {"conversations": int(count), "switches": int(switches or 0)}
+        for index, name in enumerate(("first_response", "resolution")):
+            part = rest[index * width:(index + 1) * width]
+            entry[name] = ([int(n or 0) for n in part[:len(bounds)]], int(part[-2] or 0), float(part[-1] or 0.0))
+        found[(channel, connector, language or UNKNOWN_LANGUAGE)] = entry
+    return found

@@ -42,7 +42,7 @@ from gateway.errors import DeliveryError
 from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
-from gateway.kpis import record_solved
+from gateway.kpis import KpiClock, record_first_replies, record_inbound, record_solved
 from gateway.language import detect_language
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
@@ -123,6 +123,7 @@ class PipelineWorker:
         settings = runtime.config.settings
         self.escalations, self.surveys = settings.escalations, settings.surveys
         self.calendars = build_calendars(settings.business_hours)
+        self.kpi_clock = KpiClock(settings.kpis, self.calendars)
         self.on_stuck = on_stuck  # told of a thread stuck past the processing deadline
         self.clock: Callable[[], float] = time.monotonic
         self._in_progress: _InProgress | None = None
@@ -323,7 +324,8 @@ class PipelineWorker:
             outcome = self.replies.store(conn, item.crm, item.row.id, item.replies)
             stop_clocks(conn, item.replies)
             asked = ask(conn, self.surveys, self.rt.channels, item.crm, item.row.id, item.solved)
-            record_solved(conn, item.solved)
+            record_first_replies(conn, (reply.conversation_id for reply in item.replies), self.kpi_clock)
+            record_solved(conn, item.solved, self.kpi_clock)
             self._finish(conn, item.row, "done" if outcome.queued or asked else "ignored")
             return
         for message in item.messages:
@@ -434,6 +436,8 @@ class PipelineWorker:
             suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
         assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations)
         conversation_id, rule = assignment.conversation_id, assignment.rule
+        if not assignment.opened:
+            record_inbound(conn, conversation_id, message.connector, message.received_at)
         now = utcnow()
         conn.execute(messages.insert().values(
             id=message.id, inbox_id=message.raw.inbox_id, connector=message.connector,

@@ -9,6 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from gateway.calendars import BusinessCalendar, CalendarConfig
+from gateway.kpis import KpiClock, KpisConfig, record_first_replies, record_inbound, record_solved
+from gateway.plugins import TicketStatus
 from gateway.storage.tables import (
     acknowledgements,
     conversations,
@@ -21,6 +24,8 @@ from gateway.storage.tables import (
 
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)
 OFFICE = {"timezone": "UTC", "hours": {"mon-fri": ["09:00-17:00"]}}
+CALENDARS = {"office": BusinessCalendar("office", CalendarConfig.model_validate(OFFICE))}
+CONFIG = KpisConfig(channels={"sms-main": "office"})
 
 
 def at(day: int, hour: int, minute: int = 0) -> datetime:
@@ -29,8 +34,9 @@ def at(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 class Builder:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, clock: KpiClock) -> None:
         self.conn = conn
+        self.clock = clock
         self.count = 0
         conn.execute(customers.insert().values(id="cust", created_at=MONDAY, updated_at=MONDAY))
         self.inbox_id = self._inbox("seed", MONDAY, "done")
@@ -46,15 +52,23 @@ class Builder:
                      solved: datetime | None = None) -> None:
         self.conn.execute(conversations.insert().values(
             id=cid, customer_id="cust", channel=channel, connector=connector, status="open", created_at=opened,
-            last_activity_at=opened, language=language, solved_at=solved))
+            last_activity_at=opened, language=language))
         self.message(cid, connector, "inbound", "new", opened)
+        if solved is not None:  # as the pipeline records a CRM's status event
+            record_solved(self.conn, [TicketStatus(cid, "solved", solved)], self.clock)
 
     def message(self, cid: str, connector: str, direction: str, rule: str, received: datetime) -> None:
+        """Stored as the pipeline stores it: a customer's message after its channel switch is counted, an agent's
+        reply followed by the first response time."""
         self.count += 1
+        if direction == "inbound" and rule != "new":
+            record_inbound(self.conn, cid, connector, received)
         self.conn.execute(messages.insert().values(
             id=f"m{self.count:04d}", inbox_id=self.inbox_id, connector=connector, provider_message_id=f"pm{self.count}",
             customer_id="cust", conversation_id=cid, thread_rule=rule, direction=direction, data={},
             received_at=received, created_at=received))
+        if rule == "reply":
+            record_first_replies(self.conn, [cid], self.clock)
 
     def reply(self, cid: str, connector: str, received: datetime) -> None:
         self.message(cid, connector, "outbound", "reply", received)
@@ -81,8 +95,8 @@ class Builder:
         self._inbox(connector, received, "pending")
 
 
-def build(conn: Connection) -> dict[str, Any]:
-    b = Builder(conn)
+def build(conn: Connection, clock: KpiClock | None = None) -> dict[str, Any]:
+    b = Builder(conn, clock or KpiClock(CONFIG, CALENDARS))
     # the week before: counted in no report of the week
     b.conversation("c0", "sms", "sms-main", "en", at(-3, 10))
     b.reply("c0", "sms-main", at(-3, 11))

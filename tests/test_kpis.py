@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from gateway.calendars import BusinessCalendar, CalendarConfig
-from gateway.kpis import KpisConfig, OpenClock, backlog, compute, open_dead_letters, percentile, record_solved
+from gateway.kpis import KpiClock, KpisConfig, backlog, compute, open_dead_letters, percentile, record_solved
 from gateway.plugins import TicketStatus
 from gateway.storage.db import make_engine, migrate
 from gateway.storage.tables import conversations
-from tests.kpi_data import OFFICE, at, build
-
-CALENDARS = {"office": BusinessCalendar("office", CalendarConfig.model_validate(OFFICE))}
-CONFIG = KpisConfig(channels={"sms-main": "office"})
+from tests.kpi_data import CALENDARS, CONFIG, at, build
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -72,9 +67,14 @@ def test_several_periods_at_once_agree_with_each_alone(engine) -> None:  # type:
     assert together[2].dead_letters == {"sms-main": 2, "zd": 1}
 
 
-def test_without_a_calendar_every_second_counts(engine) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_calendar_every_second_counts(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'wall.db'}")
+    migrate(engine)
+    with engine.begin() as conn:
+        build(conn, KpiClock(KpisConfig(), CALENDARS))
     with engine.connect() as conn:
         week, = compute(conn, [(at(0, 0), at(7, 0))], KpisConfig(), CALENDARS)
+    engine.dispose()
     assert sorted(week.groups[("sms", "sms-main", "en")].first_responses) == [600.0, 3600.0, 16 * 3600 + 1800.0]
     assert week.calendars == {"sms-main": None, "wa": None}
 
@@ -88,8 +88,9 @@ def test_dead_letters_open_and_the_backlog(engine) -> None:  # type: ignore[no-u
 
 def test_a_solved_ticket_keeps_its_first_solved_time(engine) -> None:  # type: ignore[no-untyped-def]
     with engine.begin() as conn:
-        record_solved(conn, [TicketStatus("w2", "open", at(6, 11)), TicketStatus("w2", "solved", at(6, 12))])
-        record_solved(conn, [TicketStatus("w2", "closed", at(6, 20))])
+        clock = KpiClock(CONFIG, CALENDARS)
+        record_solved(conn, [TicketStatus("w2", "open", at(6, 11)), TicketStatus("w2", "solved", at(6, 12))], clock)
+        record_solved(conn, [TicketStatus("w2", "closed", at(6, 20))], clock)
         assert conn.execute(select(conversations.c.solved_at).where(conversations.c.id == "w2")).scalar() \
             == at(6, 12)
     with engine.connect() as conn:
@@ -102,19 +103,6 @@ def test_nearest_rank_percentiles() -> None:
     assert percentile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.0
     assert percentile([4.0, 1.0, 3.0, 2.0], 0.9) == 4.0
     assert percentile(list(map(float, range(1, 11))), 0.9) == 9.0
-
-
-@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
-def test_the_running_open_clock_agrees_with_the_calendar(zone: str) -> None:
-    calendar = BusinessCalendar("c", CalendarConfig(timezone=zone, hours={"mon-fri": ["09:00-13:00", "14:00-18:00"],
-                                                                         "sat": ["10:00-24:00"]},
-                                                  holidays=[datetime(2026, 3, 10).date()]))
-    clock = OpenClock(calendar)
-    start = datetime(2026, 3, 5, 7, 13, tzinfo=UTC)  # across the US change to summer time on 8 March
-    moments = [start + timedelta(hours=7 * n, minutes=11 * n) for n in range(40)]
-    for first in moments[::7]:
-        for second in moments:
-            assert clock.between(first, second) == calendar.business_seconds_between(first, second)
 
 
 def test_conversations_split_by_the_day_they_opened(engine) -> None:  # type: ignore[no-untyped-def]

@@ -159,6 +159,11 @@ conversations = Table(
     Column("last_activity_at", Time, nullable=False),
     Column("language", String(16)),  # of its first customer message with a detected language (KPIs per language)
     Column("solved_at", Time),  # when a CRM first reported its ticket solved (KPIs: resolution time)
+    # KPIs measured when they end (gateway.kpis), in the open seconds of the channel's kpis calendar, if any
+    Column("first_reply_at", Time),
+    Column("first_response_seconds", Float),
+    Column("resolution_seconds", Float),
+    Column("switches", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_conversations_customer", "customer_id", "status", "last_activity_at"),
     Index("ix_conversations_last_activity_at", "last_activity_at"),
     Index("ix_conversations_created_at", "created_at"),
@@ -191,7 +196,6 @@ messages = Table(
     Index("ix_messages_text_retention", "text_removed_at", "received_at"),
     Index("ix_messages_attachments_retention", "attachments_removed_at", "received_at"),
     Index("ix_messages_received_at", "received_at", "conversation_id", "direction", "connector"),
-    Index("ix_messages_replies", "conversation_id", "thread_rule", "received_at"),
 )
 
 # One row per (message, crm): the mapped fields to write. Delivered in order per conversation.
