@@ -38,7 +38,7 @@ from gateway.calendars import build_calendars
 from gateway.config import load_config
 from gateway.console.accounts import add_user
 from gateway.kpi_metrics import KpiCollector
-from gateway.kpis import compute
+from gateway.kpis import KpiClock, compute
 from gateway.runtime import build_runtime
 from gateway.storage.db import utcnow
 from gateway.web import create_app
@@ -64,8 +64,9 @@ def _stamp(at: datetime) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S.%f")  # how SQLAlchemy stores a UTC time in SQLite
 
 
-def _rows(conversations: int, days: int, now: datetime, rng: random.Random) -> Iterator[tuple[str, list[Any]]]:
-    """Rows per table, in batches."""
+def _rows(conversations: int, days: int, now: datetime, rng: random.Random,
+          seconds: Callable[[str, datetime, datetime], float]) -> Iterator[tuple[str, list[Any]]]:
+    """Rows per table, in batches; each conversation's durations measured as the pipeline would (``seconds``)."""
     start = now - timedelta(days=days)
     span = days * 86400
     batch: dict[str, list[Any]] = {"conversations": [], "messages": [], "acknowledgements": [], "surveys": []}
@@ -75,19 +76,28 @@ def _rows(conversations: int, days: int, now: datetime, rng: random.Random) -> I
         channel, connector = CHANNELS[index % len(CHANNELS)]
         opened = start + timedelta(seconds=rng.random() * span)
         solved = opened + timedelta(hours=rng.random() * 48) if rng.random() < 0.6 else None
-        batch["conversations"].append((cid, customer, channel, connector, "open", _stamp(opened),
-                                       _stamp(opened), LANGUAGES[index % len(LANGUAGES)],
-                                       _stamp(solved) if solved else None))
         answered = rng.random() < 0.8
+        first_reply, switches, previous = None, 0, connector
         for position in range(5):
             number += 1
             at = opened + timedelta(minutes=position * rng.random() * 90)
             inbound = position < 3
             via = CHANNELS[(index + 1) % len(CHANNELS)][1] if inbound and position and rng.random() < 0.05 \
                 else connector
+            if inbound:
+                switches += via != previous
+                previous = via
             rule = "new" if position == 0 else "continuity" if inbound else "reply" if answered else "acknowledgement"
+            if rule == "reply" and first_reply is None:
+                first_reply = at
             batch["messages"].append((f"m{number:010d}", 1, via, f"p{number}", customer, cid, rule,
                                       "inbound" if inbound else "outbound", "{}", _stamp(at), _stamp(at)))
+        batch["conversations"].append((
+            cid, customer, channel, connector, "open", _stamp(opened), _stamp(opened),
+            LANGUAGES[index % len(LANGUAGES)], _stamp(solved) if solved else None,
+            _stamp(first_reply) if first_reply else None,
+            seconds(connector, opened, first_reply) if first_reply else None,
+            seconds(connector, opened, solved) if solved else None, switches))
         if index % 2 == 0:
             batch["acknowledgements"].append((cid, customer, "m", connector, "trial", 0, "sent", _stamp(opened),
                                               _stamp(opened), _stamp(opened)))
@@ -102,7 +112,8 @@ def _rows(conversations: int, days: int, now: datetime, rng: random.Random) -> I
 
 INSERTS = {
     "conversations": "INSERT INTO conversations (id, customer_id, channel, connector, status, created_at, "
-                     "last_activity_at, language, solved_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                     "last_activity_at, language, solved_at, first_reply_at, first_response_seconds, "
+                     "resolution_seconds, switches) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "messages": "INSERT INTO messages (id, inbox_id, connector, provider_message_id, customer_id, conversation_id, "
                 "thread_rule, direction, data, received_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "acknowledgements": "INSERT INTO acknowledgements (conversation_id, customer_id, message_id, channel, crm, rule, "
@@ -112,7 +123,8 @@ INSERTS = {
 }
 
 
-def generate(path: Path, conversations: int, days: int, now: datetime, seed: int = 14) -> dict[str, int]:
+def generate(path: Path, conversations: int, days: int, now: datetime,
+             seconds: Callable[[str, datetime, datetime], float], seed: int = 14) -> dict[str, int]:
     rng = random.Random(seed)
     db = sqlite3.connect(path)
     db.execute("PRAGMA foreign_keys=OFF")
@@ -131,7 +143,7 @@ def generate(path: Path, conversations: int, days: int, now: datetime, seed: int
                        [(CHANNELS[n % 5][1], _stamp(now - timedelta(hours=n)), None if n % 3 else "replayed")
                         for n in range(2000)])
     counts: dict[str, int] = {}
-    for table, rows in _rows(conversations, days, now, rng):
+    for table, rows in _rows(conversations, days, now, rng, seconds):
         with db:
             db.executemany(INSERTS[table], rows)
         counts[table] = counts.get(table, 0) + len(rows)
@@ -161,7 +173,8 @@ def run(conversations: int, days: int, rounds: int) -> dict[str, Any]:
             add_user(conn, "lead", "viewer", "bench password 0123")
         now = utcnow()
         began = time.perf_counter()
-        counts = generate(base / "gateway.db", conversations, days, now)
+        counts = generate(base / "gateway.db", conversations, days, now,
+                          KpiClock.for_settings(config.settings).seconds)
         generated = time.perf_counter() - began
         app = create_app(runtime)
         client = app.test_client()
@@ -221,12 +234,15 @@ def _doc(results: dict[str, Any], args: argparse.Namespace) -> str:
                                        "`kpis.cache_seconds`)"}
     for key, label in labels.items():
         lines.append(f"| {label} | {results[key]['median_s']} | {results[key]['max_s']} |")
-    lines += ["", "The queries read by period through indexes added by migration 0016 "
-              "(`conversations.created_at`; `messages (received_at, conversation_id, direction, connector)`, which "
-              "covers the message counts; `dead_letters`, `acknowledgements` and `surveys` by time). A conversation's "
-              "first agent reply is an index seek on `messages (conversation_id, direction, received_at)`; open "
-              "seconds come from a running total per calendar day, computed once per day, not a walk per "
-              "conversation."]
+    lines += ["", "What makes it fast enough: a conversation's first response and resolution times (in the calendar's "
+              "open seconds) and its channel switches are measured once, when the reply, the solved event or the "
+              "customer's message is stored, and kept on the conversation (migration 0016), so a period is one "
+              "range scan of `conversations.created_at` and `/metrics` counts its histograms in SQL; messages are "
+              "counted from the covering index `messages (received_at, conversation_id, direction, connector)` "
+              "(SQLite is told to use it: it would rather scan every message in an order that spares the GROUP BY "
+              "its sort); `dead_letters`, `acknowledgements` and `surveys` are read by time through their own "
+              "indexes. Load average (1, 5, 15 min) before and after: "
+              f"{results['load_average_before']} and {results['load_average_after']}."]
     return "\n".join(lines)
 
 

@@ -12,16 +12,20 @@ import pytest
 import requests
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.kpi_metrics import KpiCollector
 from gateway.runtime import build_runtime
+from gateway.storage.links import DbLinkStore
+from gateway.storage.tables import conversations, messages
 from gateway.web import create_app
 from gateway.yamlsource import ConfigError
 from tests.conftest import BASE_CONFIG
 from tests.kpi_data import Builder, at, build
+from tests.test_surveys import CONFIG as SURVEY_CONFIG
+from tests.test_surveys import TICKET, customer_writes, ticket_solved
 
 KPI_CONFIG = BASE_CONFIG + """
 business_hours:
@@ -133,3 +137,19 @@ def test_kpis_calendars_must_exist(write_config: Callable[..., Path]) -> None:
     issues = {(issue.path, issue.message) for issue in raised.value.issues}
     assert ("kpis.business_hours", "no business_hours calendar 'nope'") in issues
     assert ("kpis.channels.ghost", "no channel named 'ghost'") in issues
+
+
+def test_the_pipeline_keeps_a_solved_time_and_the_resolution_time(write_config: Callable[..., Path]) -> None:
+    runtime = build_runtime(load_config(write_config(SURVEY_CONFIG)), http=requests.Session())
+    try:
+        first = customer_writes(runtime, 1, "My parcel never came and nobody answers the phone")
+        with runtime.engine.connect() as conn:
+            conversation = conn.execute(select(messages.c.conversation_id).where(messages.c.id == first)).scalar_one()
+        DbLinkStore(runtime.engine, "desk").put("conversation", conversation, str(TICKET))
+        ticket_solved(runtime, "01HQ7ZK5W6R8Y3ND2C1B0A9F8E")
+        with runtime.engine.connect() as conn:
+            row = conn.execute(select(conversations).where(conversations.c.id == conversation)).one()
+    finally:
+        runtime.close()
+    assert row.solved_at is not None and row.resolution_seconds == (row.solved_at - row.created_at).total_seconds()
+    assert row.language == "en" and row.switches == 0 and row.first_reply_at is None
