@@ -293,6 +293,8 @@ def _contains(report: Report, at: datetime) -> bool:
 
 
 def _sums(column: Any, periods: Sequence[Period]) -> list[Any]:
+    if len(periods) == 1:
+        return [func.count()]  # the WHERE clause already holds the one period
     return [func.sum(case((_in(column, period), 1), else_=0)) for period in periods]
 
 
@@ -358,23 +360,34 @@ def backlog(conn: Connection) -> Backlog:
     return Backlog(oldest)
 
 
+def _bucket(column: Any, bounds: Sequence[float]) -> Any:
+    """The index of the first bound ``column`` is at or under (len(bounds) above them all, -1 when unmeasured)."""
+    return case((column.is_(None), -1), *[(column <= bound, index) for index, bound in enumerate(bounds)],
+                else_=len(bounds))
+
+
 def conversation_histograms(conn: Connection, end: datetime, bounds: Sequence[float]) -> dict[Group, dict[str, Any]]:
     """All conversations opened before ``end`` per group, counted in SQL: how many, their channel switches, and for
     first response and resolution times the count at or under each bound, the count and the sum."""
-    columns: list[Any] = [func.count(), func.sum(conversations.c.switches)]
-    measured = (conversations.c.first_response_seconds, conversations.c.resolution_seconds)
-    for column in measured:
-        columns += [func.sum(case((column <= bound, 1), else_=0)) for bound in bounds]
-        columns += [func.count(column), func.sum(column)]
-    query = (select(conversations.c.channel, conversations.c.connector, _language(), *columns)
-             .where(conversations.c.created_at < end)
-             .group_by(conversations.c.channel, conversations.c.connector, _language()))
+    first, solved = conversations.c.first_response_seconds, conversations.c.resolution_seconds
+    keys = (conversations.c.channel, conversations.c.connector, _language(), _bucket(first, bounds),
+            _bucket(solved, bounds))
+    query = (select(*keys, func.count(), func.sum(conversations.c.switches), func.sum(first), func.sum(solved))
+             .where(conversations.c.created_at < end).group_by(*keys))
     found: dict[Group, dict[str, Any]] = {}
-    width = len(bounds) + 2
-    for channel, connector, language, count, switches, *rest in conn.execute(query):
-        entry: dict[str, Any] = {"conversations": int(count), "switches": int(switches or 0)}
-        for index, name in enumerate(("first_response", "resolution")):
-            part = rest[index * width:(index + 1) * width]
-            entry[name] = ([int(n or 0) for n in part[:len(bounds)]], int(part[-2] or 0), float(part[-1] or 0.0))
-        found[(channel, connector, language or UNKNOWN_LANGUAGE)] = entry
+    for channel, connector, language, first_at, solved_at, count, switches, first_sum, solved_sum in conn.execute(
+            query):
+        entry = found.setdefault((channel, connector, language or UNKNOWN_LANGUAGE), {
+            "conversations": 0, "switches": 0, "first_response": [[0] * len(bounds), 0, 0.0],
+            "resolution": [[0] * len(bounds), 0, 0.0]})
+        entry["conversations"] += int(count)
+        entry["switches"] += int(switches or 0)
+        for name, bucket, total in (("first_response", first_at, first_sum), ("resolution", solved_at, solved_sum)):
+            if bucket < 0:
+                continue
+            under, _, _ = entry[name]
+            for index in range(bucket, len(bounds)):  # cumulative: at or under every bound from its own up
+                under[index] += int(count)
+            entry[name][1] += int(count)
+            entry[name][2] += float(total or 0.0)
     return found
