@@ -241,7 +241,9 @@ def _doc(results: dict[str, Any], args: argparse.Namespace) -> str:
               "counted from the covering index `messages (received_at, conversation_id, direction, connector)` "
               "(SQLite is told to use it: it would rather scan every message in an order that spares the GROUP BY "
               "its sort); `dead_letters`, `acknowledgements` and `surveys` are read by time through their own "
-              "indexes. Load average (1, 5, 15 min) before and after: "
+              "indexes. The cold `/metrics` read counts all time: every message and acknowledgement again (the "
+              "bulk of it); each process pays it at most once per `kpis.cache_seconds` (30), a scrape in between "
+              "reuses it. Load average (1, 5, 15 min) before and after: "
               f"{results['load_average_before']} and {results['load_average_after']}."]
     return "\n".join(lines)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from alembic import command
+from sqlalchemy import select, text
 
 from gateway.kpis import KpiClock, KpisConfig, backlog, compute, open_dead_letters, percentile, record_solved
 from gateway.plugins import TicketStatus
-from gateway.storage.db import make_engine, migrate
+from gateway.storage.db import alembic_config, make_engine, migrate
 from gateway.storage.tables import conversations
 from tests.kpi_data import CALENDARS, CONFIG, at, build
 
@@ -112,3 +113,33 @@ def test_conversations_split_by_the_day_they_opened(engine) -> None:  # type: ig
     assert {day.isoformat(): figures.conversations for day, figures in days.items()} == {
         "2026-03-02": 3, "2026-03-03": 1, "2026-03-04": 1}
     assert sorted(days[at(0, 0).date()].first_responses) == [600.0, 1800.0, 3600.0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_upgrade_fills_in_existing_conversations(backend: str, tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'u.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    command.upgrade(alembic_config(engine), "0015")
+    with engine.begin() as conn:
+        for statement in (
+            "INSERT INTO customers (id, created_at, updated_at) VALUES ('cust', :t0, :t0)",
+            "INSERT INTO inbox (id, connector, provider_id, kind, content_type, headers, body, public_url, received_at,"
+            " status, attempts, available_at, keyed) VALUES (1, 'sms-main', 'p', 'message', 'text/plain', '{}', :b,"
+            " '-', :t0, 'done', 0, :t0, false)",
+            "INSERT INTO conversations (id, customer_id, channel, connector, status, created_at, last_activity_at)"
+            " VALUES ('c1', 'cust', 'sms', 'sms-main', 'open', :t0, :t0)",
+            "INSERT INTO messages (id, inbox_id, connector, provider_message_id, customer_id, conversation_id,"
+            " thread_rule, direction, data, received_at, created_at) VALUES ('m1', 1, 'sms-main', 'p1', 'cust', 'c1',"
+            " 'new', 'inbound', '{\"language\": \"de\"}', :t0, :t0), ('m2', 1, 'sms-main', 'p2', 'cust', 'c1',"
+            " 'reply', 'outbound', '{}', :t1, :t1)",
+            "INSERT INTO surveys (crm, conversation_id, customer_id, channel, rule, status, asked_at, attempts,"
+            " available_at) VALUES ('zd', 'c1', 'cust', 'sms-main', 'csat', 'asked', :t2, 0, :t2)",
+        ):
+            conn.execute(text(statement), {"t0": at(0, 10), "t1": at(0, 10, 30), "t2": at(1, 10), "b": b""})
+    migrate(engine)
+    with engine.connect() as conn:
+        row = conn.execute(select(conversations).where(conversations.c.id == "c1")).one()
+    engine.dispose()
+    assert (row.language, row.first_reply_at, row.solved_at, row.switches) == ("de", at(0, 10, 30), at(1, 10), 0)
+    assert (round(row.first_response_seconds, 3), round(row.resolution_seconds, 3)) == (1800.0, 86400.0)
