@@ -3,6 +3,7 @@
     python -m bench.language            # table: right / undetermined / wrong, short texts and sentences
     python -m bench.language --json     # the same figures as JSON
     python -m bench.language --misses   # every text not answered right, with both answers
+    python -m bench.language --doc      # rewrite the "language" section of docs/benchmarks.md
 
 The baseline is what ``gateway.language`` did before script detection: py3langid's answer when the text has 3 words
 and 12 letters (6 for unspaced scripts) and the model is at least 50 % sure, else ``und``.
@@ -16,6 +17,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 
+from bench.docs import write_section
 from bench.language_samples import SENTENCES, SHORT
 from gateway.language import UNDETERMINED, _identifier, detect_language
 
@@ -65,12 +67,34 @@ def figures() -> dict[str, dict[str, dict[str, float | int]]]:
             for name, samples in sets.items()}
 
 
+def render(result: dict[str, dict[str, dict[str, float | int]]]) -> str:
+    """The markdown section for docs/benchmarks.md."""
+    lines = ["## Language identification", "",
+             f"`python -m bench.language --doc`: {result['all']['gateway']['texts']} support-chat texts of our own "
+             f"writing in {len({code for code, _ in SHORT + SENTENCES})} languages (`bench/language_samples.py`): "
+             f"{result['short']['gateway']['texts']} short ones (a greeting, a thanks, a few words) and "
+             f"{result['sentences']['gateway']['texts']} sentences. *Baseline* is py3langid behind the former "
+             "cut-off (3 words and 12 letters, 6 for unspaced scripts, 50 % confidence); *gateway* is "
+             "`gateway.language` (script first, py3langid for Latin script). `und` is no answer, not a wrong one.", "",
+             "| texts | detector | right | und | wrong | accuracy | slowest |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, rows in result.items():
+        for detector, row in rows.items():
+            lines.append(f"| {name} | {detector} | {row['right']} | {row['undetermined']} | {row['wrong']} | "
+                         f"{row['accuracy']:.1%} | {row['slowest_us']} µs |")
+    lines += ["", "Short Latin-script texts stay `und` on purpose: \"Merci beaucoup\" or \"ok\" says too little to "
+              "route a ticket on."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.language", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--misses", action="store_true", help="list the texts the gateway does not answer right")
+    parser.add_argument("--doc", action="store_true", help="rewrite the language section of docs/benchmarks.md")
     args = parser.parse_args(argv)
     result = figures()
+    if args.doc:
+        write_section("language", render(result))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
