@@ -200,7 +200,7 @@ def _by_type(message: dict[str, Any], media_base: str) -> Content | Ignored:
     if mtype == "unsupported":
         what = body.get("type") or "unknown"
         why = _error_line(message.get("errors") or [])
-        return Content(f"(WhatsApp did not pass this message on: a {what} message" + (f"; {why})" if why else ")"),
+        return Content(f"(WhatsApp did not pass this message on ({what})" + (f": {why})" if why else ")"),
                        extras={"unsupported_type": what}, language="und")
     if mtype == "request_welcome":
         return Ignored("request_welcome: the customer opened the chat for the first time and wrote nothing yet")

@@ -102,8 +102,8 @@ def test_unsupported_type_says_what_was_not_passed_on() -> None:
     errors = [{"code": 131051, "title": "Message type unknown", "message": "Message type unknown",
                "error_data": {"details": "Message type is currently not supported."}}]
     [unsupported] = normalise({"type": "unsupported", "unsupported": {"type": "poll_creation"}, "errors": errors})
-    assert unsupported.text == ("(WhatsApp did not pass this message on: a poll_creation message; 131051 Message type "
-                                "unknown: Message type is currently not supported.)")
+    assert unsupported.text == ("(WhatsApp did not pass this message on (poll_creation): 131051 Message type unknown: "
+                                "Message type is currently not supported.)")
     assert unsupported.extras["errors"] == errors and unsupported.extras["unsupported_type"] == "poll_creation"
     assert unsupported.language == "und"
 
