@@ -387,8 +387,9 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
     raw_routes = [(r.get("from") if isinstance(r.get("from"), list) else [], r.get("to"))
                   for r in doc.data.get("routes") or [] if isinstance(r, dict)]
     raw_calendars = doc.data.get("business_hours") if isinstance(doc.data.get("business_hours"), dict) else {}
+    raw_route_names = {r.get("name") for r in doc.data.get("routes") or [] if isinstance(r, dict)} - {None}
     issues += reference_issues(doc, doc.data.get("acknowledgements"), set(raw_channels), set(raw_crms),
-                               set(raw_calendars), raw_routes)
+                               set(raw_calendars), raw_routes, raw_route_names)
     issues += sla_config.check_references(doc, doc.data)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept
     settings = settings.model_copy(update={"channels": {}, "crms": {}})

@@ -442,12 +442,14 @@ class PipelineWorker:
         if take_answer(conn, self.surveys, message, customer_id):
             return  # a survey rating: written back by the worker's automation job, not a new support message
         start_clocks(conn, self.escalations, self.calendars, message, conversation_id)
-        self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened)
         context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id))
         earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
-        for route in routing.choose(self.rt.config, message, context.identifiers(), earlier):
+        chosen = routing.choose(self.rt.config, message, context.identifiers(), earlier)
+        self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened,
+                         {name for route in chosen for name in route.route["names"]})
+        for route in chosen:
             fields: dict[str, Any] | None = None
             error: MappingRenderError | None = None
             mapping = self.rt.mappings.get(route.crm)
