@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, abort, g, jsonify, redirect, render_template, request, session, url_for
@@ -141,7 +141,7 @@ def install_console(app: Flask, runtime: Runtime) -> None:
         return jsonify(name=g.account.name, role=g.account.role)
 
     @blueprint.route("/<path:unknown>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-    def unknown(unknown: str) -> Response:
+    def unknown(unknown: str) -> NoReturn:
         """Reached only after the guard: without a session an unknown URL is answered like a known one."""
         abort(404)
 
