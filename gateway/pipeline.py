@@ -54,6 +54,7 @@ from gateway.redact import describe_error
 from gateway.replies import ReplyIntake, crm_of
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
+from gateway.sensitive import Masker
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
 from gateway.storage.queues import LeaseLost, insert_for
@@ -116,7 +117,7 @@ class PipelineWorker:
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.rules = rules_from_config(runtime.config.settings.identity)
-        self.maskers = {name: runtime.config.masker_for(name) for name in runtime.config.channels}
+        self._maskers: tuple[object, dict[str, Masker]] = (None, {})
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
         self.acks = Acknowledgements(runtime.config, runtime.channels)
         settings = runtime.config.settings
@@ -412,6 +413,14 @@ class PipelineWorker:
             self._dead(row, "exhausted", reason, "pipeline_failed")
         else:
             self.rt.queues.reschedule(inbox, row.id, delay, reason)
+
+    @property
+    def maskers(self) -> dict[str, Masker]:
+        """Each channel's masker, built again when a reload (``gateway.reload``) brought new routes."""
+        config = self.rt.config
+        if self._maskers[0] is not config:
+            self._maskers = (config, {name: config.masker_for(name) for name in config.channels})
+        return self._maskers[1]
 
     def _store(self, conn: Connection, message: Message) -> None:
         if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
