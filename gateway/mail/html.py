@@ -2,9 +2,10 @@
 
 Quoted history is written as ``>`` lines, the way plain-text clients quote, so one set of rules
 (``gateway.mail.quotes``) finds it: ``<blockquote>`` (Apple Mail's ``type=cite``, Gmail's, Thunderbird's), Gmail's
-``gmail_quote`` container with its attribution, Thunderbird's ``moz-cite-prefix``, Yahoo's ``yahoo_quoted``, and
-everything from Outlook's ``divRplyFwdMsg`` / Outlook for Mac's ``OLK_SRC_BODY_SECTION`` header to the end
-(Outlook writes the old message after its header, not inside it).
+``gmail_attr`` attribution (not the whole ``gmail_quote`` container: interleaved answers are written inside it),
+Thunderbird's ``moz-cite-prefix``, Yahoo's ``yahoo_quoted``, and everything from Outlook's ``divRplyFwdMsg`` /
+Outlook for Mac's ``OLK_SRC_BODY_SECTION`` header to the end (Outlook writes the old message after its header, not
+inside it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from html.parser import HTMLParser
 _BLOCK = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "table", "ul", "ol",
           "hr", "pre", "section", "article", "header", "footer"}
 _SKIP = {"style", "script", "head", "title"}
-_QUOTE_CLASS = re.compile(r"gmail_quote|moz-cite-prefix|yahoo_quoted|AppleOriginalContents|protonmail_quote"
+_QUOTE_CLASS = re.compile(r"gmail_attr|moz-cite-prefix|yahoo_quoted|AppleOriginalContents|protonmail_quote"
                           r"|zmail_extra|ms-outlook-mobile-reference-message", re.IGNORECASE)
 _REST_QUOTED_ID = re.compile(r"divRplyFwdMsg|OLK_SRC_BODY_SECTION|mail-editor-reference-message-container",
                              re.IGNORECASE)

@@ -18,7 +18,7 @@ WROTE = (
     r"|skrev|skriver|kirjoitti|написал\(а\)|написала|написал|пишет|написав\(ла\)|написав|пише"
     r"|đã\s+viết|viết|yazdı|menulis|έγραψε|ezt\s+írta|írta|scrise|je\s+napisal|napisao|написа"
     r"|ने\s+लिखा|लिखा|எழுதியது|எழுதினார்|എഴുതി|ఇలా\s+రాశారు|రాశారు|כתב|كتب"
-    r"|写道|寫道|のメール|님이\s+작성|작성"
+    r"|geschreven|napisana|写道|寫道|のメール|님이\s+작성|작성|쓴\s+글"
 )
 WROTE_RE = re.compile(rf"(?:{WROTE})", re.IGNORECASE)
 
@@ -34,20 +34,22 @@ ADDRESS_COLON = re.compile(r"\d.*<\s*(?:mailto:)?[^<>\s@]+@[^<>\s]+\s*>\s*[:：]
 
 # Outlook, Exchange, Lotus, GMX/Web.de and Samsung reply headers: "From:", "*From:*", "Von:", "De :", "Da:", ...
 FROM_LABELS = (r"From|Von|De|Da|Van|Od|Från|Fra|Frá|От|Від|Kimden|Lähettäjä|Feladó|Από|Expeditor|Dari|Từ"
-               r"|差出人|发件人|寄件者|발신|보낸\s*사람|Remitente|Mittente|Afzender|Absender|Envoyeur")
+               r"|差出人|送信者|发件人|寄件者|발신|보낸\s*사람|Remitente|Mittente|Afzender|Absender|Envoyeur|من|प्रेषक")
 OTHER_LABELS = (
     r"Sent|Date|To|Cc|Subject|Reply-To|Gesendet|Datum|An|Betreff|Envoyé|Envoye|Date\s*d'envoi|À|A|Objet|Enviado"
     r"|Enviado\s+el|Fecha|Para|Asunto|Inviato|Data|Oggetto|Risposta|Rispondi\s+a|Verzonden|Aan|Onderwerp|Assunto"
     r"|Wysłano|Wysłane|Do|DW|Temat|Skickat|Datum|Till|Kopia|Ämne|Sendt|Til|Kopi|Emne|Отправлено|Дата|Кому|Копия"
     r"|Тема|Надіслано|Копія|Gönderildi|Tarih|Kime|Konu|Lähetetty|Vastaanottaja|Aihe|Elküldve|Címzett|Tárgy"
     r"|Odesláno|Komu|Kopie|Předmět|Đã\s+gửi|Ngày|Đến|Chủ\s+đề|Dikirim|Kepada|Subjek|Στάλθηκε|Προς|Θέμα"
-    r"|送信日時|宛先|件名|日付|发送时间|发送日期|日期|收件人|主题|寄件日期|收件者|主旨|보낸\s*날짜|받는\s*사람|제목")
+    r"|Pour|送信日時|日時|送信メール|宛先|件名|日付|إلى|الموضوع|التاريخ|أرسلت|प्रति|विषय|发送时间|发送日期|日期|收件人|主题|寄件日期|收件者|主旨|보낸\s*날짜|받는\s*사람|제목")
 _LABEL = r"^\s*>?\s*[*_]{0,2}\s*(?:%s)\s*[*_]{0,2}\s*[:：]\s*[*_]{0,2}"
 FROM_LINE = re.compile(_LABEL % FROM_LABELS, re.IGNORECASE)
 HEADER_LINE = re.compile(_LABEL % f"{FROM_LABELS}|{OTHER_LABELS}", re.IGNORECASE)
 # The Subject line of a header block that belongs to a forward (Outlook writes no forward marker, only "FW:").
-FORWARD_SUBJECT = re.compile(r"[:：]\s*[*_]{0,2}\s*(?:Fwd?|WG|TR|RV|I|Doorst|VS|VB|ENC|PD|Пересл|转发|轉寄)\s*:",
-                             re.IGNORECASE)
+FORWARD_SUBJECT = re.compile(
+    r"^\s*>?\s*[*_]{0,2}\s*(?:Subject|Betreff|Objet|Sujet|Asunto|Oggetto|Onderwerp|Assunto|Temat|Ämne|Emne|Тема"
+    r"|Předmět|Aihe|Konu|件名|主题|主旨|제목)\s*[*_]{0,2}\s*[:：]\s*[*_]{0,2}\s*"
+    r"(?:Fwd?|WG|TR|RV|I|Doorst|VS|VB|ENC|PD|Пересл|转发|轉寄)\s*:", re.IGNORECASE)
 
 # "-----Original Message-----" (Outlook), "-------- Original Message --------" (Thunderbird), "----- Original Message
 # -----" (Zimbra, Lotus), "---- Name wrote ----" (Zoho), localised, bold: any text between runs of four dashes or
@@ -58,7 +60,7 @@ UNDERSCORES = re.compile(r"^\s*>?\s*_{20,}\s*$")
 FORWARD_WORDS = re.compile(
     r"forward|weitergeleitet|transféré|transfere|reenviado|inoltrato|doorgestuurd|encaminhad|przekazan"
     r"|vidarebefordrat|videresendt|пересланное|пересылаемое|переслане|转发|轉寄|転送|전달|chuyển\s+tiếp"
-    r"|iletilen|välitetty|továbbított|přeposlan|προωθημένο|diteruskan",
+    r"|iletilen|välitetty|továbbított|přeposlan|προωθημένο|diteruskan|przekazana|転送メール|اعادة التوجيه",
     re.IGNORECASE)
 # Apple Mail's and iOS's forward opener, localised.
 FORWARD_LINE = re.compile(
@@ -76,7 +78,8 @@ DEVICE = re.compile(
     r"|Von meinem|Gesendet von|Gesendet mit|Enviado desde mi|Enviado desde|Enviado do meu|Enviado do|Inviato da"
     r"|Verzonden met|Verzonden vanaf|Verstuurd vanaf|Verstuurd met|Wysłane z|Wysłano z|Skickat från|Sendt fra"
     r"|Отправлено с|Отправлено из|Надіслано з|Odesláno z|Lähetetty|Được gửi từ|Gửi từ|Dikirim dari"
-    r"|Από το|从我的|发自我的|寄件者：我的|Yahoo Mail)[^.!?\n]{0,40}$"
+    r"|Από το|从我的|发自我的|從我的|寄件者：我的|أرسلت من|Yahoo Mail)[^.!?\n]{0,40}\.?\s*$"
+    r"|^\s*[^\n]{1,30}(?:에서 보냄|से भेजा गया|gönderildi|傳送)\s*$"
     r"|^\s*\S{1,20}から送信\s*$|^\s*(?:Get|Download) (?:Outlook|Yahoo Mail)[^\n]{0,40}$",
     re.IGNORECASE)
 
@@ -88,5 +91,6 @@ DISCLAIMER = re.compile(
     r"|Ta wiadomość|Detta meddelande|Denne e-?mail|Dette e-?post)\b",
     re.IGNORECASE)
 
-# RFC 3676 signature separator "-- " (many clients strip the space, so "--" alone too).
+# RFC 3676 signature separator "-- " (many clients strip the space, so "--" alone too, for a short block only).
 SIGNATURE = re.compile(r"^--\s*$")
+SIGNATURE_EXACT = "-- "

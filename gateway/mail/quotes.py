@@ -158,8 +158,11 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
         if begin < 0 or (size > 1 and not lines[begin].strip()):
             break
         if _is_attribution(" ".join(line.strip() for line in lines[begin:end + 1])):
-            # a wrapped header whose first line holds only the opening words ("Le lun. 3 juin 2024 à 10:12,")
-            while begin > 0 and end - begin < 3 and lines[begin - 1].strip() and p.OPENER.match(lines[begin - 1]):
+            # a wrapped header's first lines ("Le lun. 3 juin 2024 à 10:12, Support <", "pon., 3 cze 2024 o 10:12"):
+            # an opening word, or a date or address at the start of the paragraph
+            while begin > 0 and end - begin < 3 and lines[begin - 1].strip() and (
+                    p.OPENER.match(lines[begin - 1]) or (re.search(r"[\d@<]", lines[begin - 1])
+                                                         and (begin == 1 or not lines[begin - 2].strip()))):
                 begin -= 1
             return begin
     # "Name wrote:" with no date (Thunderbird's short form), directly above a ">" block
@@ -193,9 +196,12 @@ def _header_block(lines: list[str], start: int) -> tuple[int, int] | None:
 
 
 def _forward_block(lines: list[str], block: tuple[int, int]) -> bool:
-    return any(p.FORWARD_SUBJECT.search(line) for line in lines[block[0]:block[1]]
-               if re.match(r"^\s*[*_]{0,2}\s*(?:Subject|Betreff|Objet|Asunto|Oggetto|Onderwerp|Assunto|Temat|Ämne"
-                           r"|Emne|Тема|Předmět|Aihe|Konu|件名|主题|主旨|제목)", line, re.IGNORECASE))
+    """Whether a header block heads a forward: its subject starts with a forward prefix ("FW:", "WG:", "TR:", ...).
+    "VS:" forwards in Danish and Norwegian Outlook but answers in Finnish Outlook (whose labels say which)."""
+    finnish = any(re.match(r"^\s*>?\s*[*_]{0,2}\s*(?:Lähettäjä|Aihe)\s*[*_]{0,2}\s*:", line)
+                  for line in lines[block[0]:block[1]])
+    return any(p.FORWARD_SUBJECT.match(line) and not (finnish and re.search(r":\s*[*_]{0,2}\s*VS\s*:", line))
+               for line in lines[block[0]:block[1]])
 
 
 def _skip_blank(lines: list[str], i: int) -> int:
@@ -235,10 +241,12 @@ def _trim_signature(lines: list[str]) -> list[str]:
     while lines and not lines[-1].strip():
         lines.pop()
     for k, line in enumerate(lines):
-        if (p.SIGNATURE.match(line) and _has_text(lines[:k])
-                and sum(1 for rest in lines[k + 1:] if rest.strip()) <= 15):
-            lines = lines[:k]
-            break
+        if p.SIGNATURE.match(line):
+            block = [rest for rest in lines[k + 1:] if rest.strip()]
+            exact = line == p.SIGNATURE_EXACT
+            if len(block) <= (15 if exact else 8) and (exact or all(len(rest) <= 80 for rest in block)):
+                lines = lines[:k]
+                break
     changed = True
     while changed:
         changed = False
