@@ -190,3 +190,17 @@ def reply_cases() -> tuple[ReplyCase, ...]:
             cases.append(ReplyCase(f"{path.stem}/{item['name']}", item.get("lang", "en"), item["client"],
                                    item["style"], item.get("format", "plain"), item["body"], item["expected"]))
     return tuple(cases)
+
+
+@dataclass(frozen=True)
+class Score:
+    exact: bool  # the visible text is the expected text
+    contains: bool  # the expected text is all there, in one piece (maybe with quote or signature left around it)
+    lost: bool  # a line the customer wrote is missing
+
+
+def score(got: str, expected: str) -> Score:
+    got_n, expected_n = normal(got), normal(expected)
+    got_lines = set(got_n.split("\n"))
+    lost = any(line not in got_lines for line in expected_n.split("\n"))
+    return Score(got_n == expected_n, expected_n in got_n, lost)
