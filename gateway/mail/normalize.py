@@ -74,6 +74,8 @@ def email_to_messages(raw: bytes, record: RawRecord, *, connector_type: str, set
     info: dict[str, Any] = dict(extras or {})
     if mail.notes:
         info["mime_notes"] = mail.notes[:20]
+    if mail.defects:
+        info["mime_defects"] = mail.defects[:20]
     if skipped:
         info["attachments_skipped"] = skipped
     if reason is not None:
