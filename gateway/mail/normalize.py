@@ -29,7 +29,8 @@ class EmailSettings(ConnectorConfig):
     max_attachment_bytes: int = Field(
         25 * 1024 * 1024, gt=0, description="Larger attachments are not stored; the message lists them as skipped.")
     reply_languages: list[str] = Field(
-        list(DEFAULT_LANGUAGES), description="Languages of the reply headers to recognise when separating quotes.")
+        list(DEFAULT_LANGUAGES), description="No longer used: the reply headers of every supported language are "
+                                             "recognised, whatever the customer's mail client writes them in.")
 
 
 def _party(name: str, address: str) -> Party | None:

@@ -25,12 +25,12 @@ WROTE_RE = re.compile(rf"(?:{WROTE})", re.IGNORECASE)
 # Words that open an attribution line (Gmail/Apple/Thunderbird): "On", "Am", "Le", "El", "Il giorno", "Op", "Em",
 # "Den", "W dniu", "Dne", "Vào", "Pada", "Στις", "في", "בתאריך". A wrapped attribution is extended up to them.
 OPENER = re.compile(
-    r"^\s*>?\s*(?:On|Am|Le|El|Il\s+giorno|Il|Op|Em|Den|W\s+dniu|Dne|Vào|Pada|Στις|في|בתאריך|Ngày|Dana|Em)\s",
+    r"^\s*+>?\s*+(?:On|Am|Le|El|Il\s+giorno|Il|Op|Em|Den|W\s+dniu|Dne|Vào|Pada|Στις|في|בתאריך|Ngày|Dana|Em)\s",
     re.IGNORECASE)
 
 # Gmail in Russian, Ukrainian, Japanese, Korean and others writes no verb: "пн, 3 июн. 2024 г. в 10:12, Name <a@b>:";
 # ISO-date headers of Android and Chinese clients too: "2016-03-03 17:21 GMT+01:00 Name <addr>:".
-ADDRESS_COLON = re.compile(r"\d.*<\s*(?:mailto:)?[^<>\s@]+@[^<>\s]+\s*>\s*[:：]\s*$")
+ADDRESS_COLON = re.compile(r"<\s*(?:mailto:)?[^<>\s@]{1,64}@[^<>\s]{1,255}\s*>\s*[:：]\s*$")  # with a digit before
 
 # Outlook, Exchange, Lotus, GMX/Web.de and Samsung reply headers: "From:", "*From:*", "Von:", "De :", "Da:", ...
 FROM_LABELS = (r"From|Von|De|Da|Van|Od|Från|Fra|Frá|От|Від|Kimden|Lähettäjä|Feladó|Από|Expeditor|Dari|Từ"
@@ -42,21 +42,22 @@ OTHER_LABELS = (
     r"|Тема|Надіслано|Копія|Gönderildi|Tarih|Kime|Konu|Lähetetty|Vastaanottaja|Aihe|Elküldve|Címzett|Tárgy"
     r"|Odesláno|Komu|Kopie|Předmět|Đã\s+gửi|Ngày|Đến|Chủ\s+đề|Dikirim|Kepada|Subjek|Στάλθηκε|Προς|Θέμα"
     r"|Pour|送信日時|日時|送信メール|宛先|件名|日付|إلى|الموضوع|التاريخ|أرسلت|प्रति|विषय|发送时间|发送日期|日期|收件人|主题|寄件日期|收件者|主旨|보낸\s*날짜|받는\s*사람|제목")
-_LABEL = r"^\s*>?\s*[*_]{0,2}\s*(?:%s)\s*[*_]{0,2}\s*[:：]\s*[*_]{0,2}"
+_LABEL = r"^\s*+>?\s*+[*_]{0,2}+\s*+(?:%s)\s*+[*_]{0,2}+\s*+[:：]"
 FROM_LINE = re.compile(_LABEL % FROM_LABELS, re.IGNORECASE)
 HEADER_LINE = re.compile(_LABEL % f"{FROM_LABELS}|{OTHER_LABELS}", re.IGNORECASE)
 # The Subject line of a header block that belongs to a forward (Outlook writes no forward marker, only "FW:").
 FORWARD_SUBJECT = re.compile(
-    r"^\s*>?\s*[*_]{0,2}\s*(?:Subject|Betreff|Objet|Sujet|Asunto|Oggetto|Onderwerp|Assunto|Temat|Ämne|Emne|Тема"
+    r"^\s*+>?\s*+[*_]{0,2}+\s*+(?:Subject|Betreff|Objet|Sujet|Asunto|Oggetto|Onderwerp|Assunto|Temat|Ämne|Emne|Тема"
     r"|Předmět|Aihe|Konu|件名|主题|主旨|제목)\s*[*_]{0,2}\s*[:：]\s*[*_]{0,2}\s*"
     r"(?:Fwd?|WG|TR|RV|I|Doorst|VS|VB|ENC|PD|Пересл|转发|轉寄)\s*:", re.IGNORECASE)
 
 # "-----Original Message-----" (Outlook), "-------- Original Message --------" (Thunderbird), "----- Original Message
 # -----" (Zimbra, Lotus), "---- Name wrote ----" (Zoho), localised, bold: any text between runs of four dashes or
 # more. Forward markers of the same shape are told apart by FORWARD_WORDS.
-DASHED = re.compile(r"^\s*>?\s*[*_]{0,2}\s*-{4,}\s*[*_]{0,2}(?P<inner>[^-\n]{2,80}?)[*_]{0,2}\s*-{4,}\s*[*_]{0,2}\s*$")
+DASHED = re.compile(r"^\s*+>?\s*+[*_]{0,2}+\s*+-{4,}\s*[*_]{0,2}(?P<inner>[^-\n]{2,80}?)[*_]{0,2}\s*"
+                    r"-{4,}+\s*+[*_]{0,2}+\s*+$")
 # Outlook's plain-text separator: a line of underscores (32 in Outlook desktop and on the web).
-UNDERSCORES = re.compile(r"^\s*>?\s*_{20,}\s*$")
+UNDERSCORES = re.compile(r"^\s*+>?\s*+_{20,}+\s*+$")
 FORWARD_WORDS = re.compile(
     r"forward|weitergeleitet|transféré|transfere|reenviado|inoltrato|doorgestuurd|encaminhad|przekazan"
     r"|vidarebefordrat|videresendt|пересланное|пересылаемое|переслане|转发|轉寄|転送|전달|chuyển\s+tiếp"
@@ -90,6 +91,8 @@ DISCLAIMER = re.compile(
     r"|Diese E-?Mail (?:enthält|kann)|Ce message (?:et|est)|Questo messaggio|Este mensaje|Dit bericht"
     r"|Ta wiadomość|Detta meddelande|Denne e-?mail|Dette e-?post)\b",
     re.IGNORECASE)
+
+# Patterns use possessive quantifiers (\s*+) where two runs of spaces meet, so no line costs more than one pass.
 
 # RFC 3676 signature separator "-- " (many clients strip the space, so "--" alone too, for a short block only).
 SIGNATURE = re.compile(r"^--\s*$")

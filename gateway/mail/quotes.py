@@ -25,12 +25,27 @@ from dataclasses import dataclass
 from gateway.mail import quote_patterns as p
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pl", "sv", "da", "cs", "ja", "ko", "zh")
-MAX_CHARS = 100_000  # only the head of a longer body is searched for the quote; nothing is cut when none is found
+# Caps that keep any input to a few milliseconds; past them nothing more is cut (the text is kept).
+MAX_CHARS = 100_000  # only the head of a longer body is searched for the quote
+MAX_LINES = 5_000  # lines searched for the quote
+MAX_CHECKS = 200  # lines that look like a header line (end in ":", start with "-") given the full pattern set
+MAX_BLOCKS = 100  # quote blocks followed by more of the customer's text (interleaved answers)
 MAX_HEADER_LINE = 300  # longer lines are prose, never an attribution or a header line
 _TIME = re.compile(r"\d{1,2}[:.h]\d{2}|\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}")
-# An attribution written at the end of the reply's own last line ("Great, thanks! On Mon, ... wrote:").
-_SHARED_LINE = re.compile(rf"^(?P<own>.*?\S)\s+(?P<attr>(?:On|Le|Am|El|Op|Em|Den)\s.*\d.*(?:{p.WROTE})\s*[:：])\s*$",
-                          re.IGNORECASE)
+# Where an attribution may start inside the reply's own last line ("Great, thanks! On Mon, ... wrote:").
+_SHARED_OPENER = re.compile(r"\s(?:On|Le|Am|El|Op|Em|Den)\s")
+_CANDIDATE_START = frozenset(">-_*")
+
+
+class _Budget:
+    """How many more lines may be given the full pattern set."""
+
+    def __init__(self) -> None:
+        self.checks = MAX_CHECKS
+
+    def spend(self) -> bool:
+        self.checks -= 1
+        return self.checks >= 0
 
 
 @dataclass(frozen=True)
@@ -51,33 +66,41 @@ def visible_reply(text: str, languages: tuple[str, ...] = DEFAULT_LANGUAGES) -> 
     if not text.strip():
         return ""
     head, tail = text[:MAX_CHARS], text[MAX_CHARS:]
-    lines = _split_shared_lines(head.split("\n"))
-    kept, cut = _visible_lines(lines)
+    lines = head.split("\n")
+    if len(lines) > MAX_LINES:
+        lines, tail = lines[:MAX_LINES], "\n".join(lines[MAX_LINES:]) + tail
+    budget = _Budget()
+    kept, cut = _visible_lines(_split_shared_lines(lines, budget), budget)
     if not cut and tail:  # nothing recognised in the head: the whole text, the part past the cap too
         kept = text.split("\n")
     reply = "\n".join(kept).strip("\n").rstrip()
     return reply if reply.strip() else text.strip()
 
 
-def _split_shared_lines(lines: list[str]) -> list[str]:
+def _split_shared_lines(lines: list[str], budget: _Budget) -> list[str]:
+    """Lines with an attribution written after the customer's own words split in two (share sheets and some
+    phone clients put "On ... wrote:" at the end of the reply's last line)."""
     out: list[str] = []
     for line in lines:
-        if len(line) <= MAX_HEADER_LINE and line.rstrip().endswith((":", "：")) and not line.lstrip().startswith(">"):
-            shared = _SHARED_LINE.match(line)
-            if shared and _is_attribution(shared.group("attr")) and not _is_attribution(shared.group("own")):
-                out += [shared.group("own"), shared.group("attr")]
+        stripped = line.strip()
+        if (len(stripped) <= MAX_HEADER_LINE and stripped.endswith((":", "：")) and not stripped.startswith(">")
+                and not p.OPENER.match(line) and budget.spend()):
+            starts = [m.start() + 1 for m in _SHARED_OPENER.finditer(line)][-3:]
+            split = next((at for at in starts if line[:at].strip() and _is_attribution(line[at:])), None)
+            if split is not None:
+                out += [line[:split].rstrip(), line[split:]]
                 continue
         out.append(line)
     return out
 
 
-def _visible_lines(lines: list[str]) -> tuple[list[str], bool]:
+def _visible_lines(lines: list[str], budget: _Budget) -> tuple[list[str], bool]:
     """(kept lines, whether anything was recognised as quoted or forwarded)."""
     kept: list[str] = []
     pending_cut: int | None = None  # where to cut if no customer text follows the last quote block
     pos = 0
-    while True:
-        boundary = _next_boundary(lines, pos)
+    for _ in range(MAX_BLOCKS):
+        boundary = _next_boundary(lines, pos, budget)
         if boundary is None:
             return _finish(kept, lines[pos:], pending_cut), pending_cut is not None
         if boundary.kind == "forward":
@@ -95,6 +118,7 @@ def _visible_lines(lines: list[str]) -> tuple[list[str], bool]:
             pending_cut = len(kept) + len(segment)
         kept += lines[pos:end]
         pos = end
+    return kept + lines[pos:], True  # past the cap on interleaved blocks the rest is kept as it is
 
 
 def _finish(kept: list[str], segment: list[str], pending_cut: int | None) -> list[str]:
@@ -106,26 +130,34 @@ def _finish(kept: list[str], segment: list[str], pending_cut: int | None) -> lis
     return kept + trimmed
 
 
-def _next_boundary(lines: list[str], start: int) -> _Boundary | None:
+def _next_boundary(lines: list[str], start: int, budget: _Budget) -> _Boundary | None:
     for i in range(start, len(lines)):
         line = lines[i]
         stripped = line.strip()
         if not stripped or len(stripped) > MAX_HEADER_LINE:
             continue
+        # 3. quote markers (an attribution quoted with ">", as Apple Mail writes it, is 2.)
+        if stripped[0] == ">" and not (stripped.endswith((":", "：")) and _attribution_start(lines, i) is not None):
+            return _Boundary("quote", i, i)
+        # every other marker line starts with a dash, an underscore or an asterisk, or holds a colon
+        if stripped[0] not in _CANDIDATE_START and ":" not in stripped and "：" not in stripped:
+            continue
+        if not budget.spend():
+            return None
         # 1. forwards (Apple Mail, iOS; Gmail and Thunderbird dashed markers)
         if p.FORWARD_LINE.match(stripped):
             return _Boundary("forward", i, i + 1)
-        dashed = p.DASHED.match(line)
+        dashed = p.DASHED.match(stripped)
         if dashed:
             kind = "forward" if p.FORWARD_WORDS.search(dashed.group("inner")) else "header"
             return _Boundary(kind, i, i + 1)
         # 2. Outlook's underscore separator and header blocks (Outlook, Exchange, GMX/Web.de, Samsung, Lotus)
-        if p.UNDERSCORES.match(line):
+        if p.UNDERSCORES.match(stripped):
             block = _header_block(lines, _skip_blank(lines, i + 1))
             if block and _forward_block(lines, block):
                 return _Boundary("forward", i, block[1])
             return _Boundary("header", i, block[1] if block else i + 1)
-        if p.HEADER_LINE.match(line):
+        if p.HEADER_LINE.match(stripped):
             block = _header_block(lines, i)
             if block:
                 return _Boundary("forward" if _forward_block(lines, block) else "header", i, block[1])
@@ -134,9 +166,6 @@ def _next_boundary(lines: list[str], start: int) -> _Boundary | None:
             begin = _attribution_start(lines, i)
             if begin is not None:
                 return _Boundary("header", begin, i + 1)
-        # 3. quote markers
-        if stripped.startswith(">"):
-            return _Boundary("quote", i, i)
     return None
 
 
@@ -144,7 +173,7 @@ def _is_attribution(window: str) -> bool:
     window = window.strip().lstrip(">").strip()
     if len(window) > MAX_HEADER_LINE or not window.endswith((":", "：")):
         return False
-    if p.ADDRESS_COLON.search(window):
+    if p.ADDRESS_COLON.search(window[-120:]) and any(ch.isdigit() for ch in window):
         return True
     if not p.WROTE_RE.search(window):
         return False
@@ -176,11 +205,11 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
 
 def _header_block(lines: list[str], start: int) -> tuple[int, int] | None:
     """(begin, end) of a header block of at least three "Label: value" lines, one of them From, or None."""
-    if start >= len(lines) or not p.HEADER_LINE.match(lines[start]):
+    if start >= len(lines) or not p.HEADER_LINE.match(lines[start].strip()):
         return None
     headers, has_from, i, gap = 0, False, start, 0
     while i < len(lines) and i - start < 12:
-        line = lines[i]
+        line = lines[i].strip()
         if p.HEADER_LINE.match(line):
             headers += 1
             has_from = has_from or bool(p.FROM_LINE.match(line))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gateway.mail import quotes
@@ -66,3 +68,34 @@ def test_empty_and_quote_only_bodies() -> None:
     assert visible_reply("   \n") == ""
     only_quote = "On Mon, 3 Jun 2024 at 10:12, Support <support@example.test> wrote:\n> old"
     assert visible_reply(only_quote) == only_quote  # nothing new: the agent sees the text rather than nothing
+
+
+ADVERSARIAL = {
+    "openers": ("x On 1 " * 42 + ":\n") * 400,
+    "spaces_then_colon": (" " * 299 + "x:\n") * 1000,
+    "digits_then_colon": ("1" * 299 + ":\n") * 1000,
+    "addresses": ("On 3 Jun 2024 10:12 " + "a@b.c " * 45 + "wrote:\n") * 1000,
+    "alternating_quotes": "> a\nb\n" * 20000,
+    "dashes": ("----- " * 50 + "\n") * 1000,
+    "header_labels": "From: x\n" * 20000,
+    "one_long_line": "a" * 1_000_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_no_input_makes_the_trimming_slow(name: str) -> None:
+    # measured at under 10 ms each; an unbounded pattern took 50 s on "openers"; CPU time, so a busy machine
+    # does not make this fail
+    start = time.process_time()
+    reply = visible_reply(ADVERSARIAL[name])
+    assert time.process_time() - start < 1.0
+    assert reply
+
+
+def test_full_pattern_checks_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    spend = quotes._Budget.spend
+    monkeypatch.setattr(quotes._Budget, "spend", lambda self: calls.append(1) or spend(self))
+    text = "Note: see below\n" * 4000
+    assert visible_reply(text) == text.strip()
+    assert len(calls) <= 2 * (quotes.MAX_CHECKS + 1)
