@@ -36,7 +36,7 @@ ADDRESS_COLON = re.compile(r"<\s*(?:mailto:)?[^<>\s@]{1,64}@[^<>\s]{1,255}\s*>\s
 FROM_LABELS = (r"From|Von|De|Da|Van|Od|Från|Fra|Frá|От|Від|Kimden|Lähettäjä|Feladó|Από|Expeditor|Dari|Từ"
                r"|差出人|送信者|发件人|寄件者|발신|보낸\s*사람|Remitente|Mittente|Afzender|Absender|Envoyeur|من|प्रेषक")
 OTHER_LABELS = (
-    r"Sent|Date|To|Cc|Subject|Reply-To|Gesendet|Datum|An|Betreff|Envoyé|Envoye|Date\s*d'envoi|À|A|Objet|Enviado"
+    r"Sent|Date|Dato|To|Cc|Subject|Reply-To|Gesendet|Datum|An|Betreff|Envoyé|Envoye|Date\s*d'envoi|À|A|Objet|Enviado"
     r"|Enviado\s+el|Fecha|Para|Asunto|Inviato|Data|Oggetto|Risposta|Rispondi\s+a|Verzonden|Aan|Onderwerp|Assunto"
     r"|Wysłano|Wysłane|Do|DW|Temat|Skickat|Datum|Till|Kopia|Ämne|Sendt|Til|Kopi|Emne|Отправлено|Дата|Кому|Копия"
     r"|Тема|Надіслано|Копія|Gönderildi|Tarih|Kime|Konu|Lähetetty|Vastaanottaja|Aihe|Elküldve|Címzett|Tárgy"
@@ -57,6 +57,7 @@ FORWARD_SUBJECT = re.compile(
 DASHED = re.compile(r"^\s*+>?\s*+[*_]{0,2}+\s*+-{4,}\s*[*_]{0,2}(?P<inner>[^-\n]{2,80}?)[*_]{0,2}\s*"
                     r"-{4,}+\s*+[*_]{0,2}+\s*+$")
 # Outlook's plain-text separator: a line of underscores (32 in Outlook desktop and on the web).
+DASH_RULE = re.compile(r"^>?\s*+[*_]{0,2}+\s*+-{10,}+\s*+[*_]{0,2}+$")
 UNDERSCORES = re.compile(r"^\s*+>?\s*+_{20,}+\s*+$")
 FORWARD_WORDS = re.compile(
     r"forward|weitergeleitet|transféré|transfere|reenviado|inoltrato|doorgestuurd|encaminhad|przekazan"
@@ -75,6 +76,8 @@ FORWARD_LINE = re.compile(
 # matches; an ordinary sentence that starts "Sent from my office..." and goes on is the customer's.
 DEVICE = re.compile(
     r"^\s*(?![^\n]*[:：]\s)(?:Sent from my|Sent from|Sent with|Sent via|Get Outlook for|Envoyé de mon|Envoyé depuis"
+    r"|Envoyé à partir de|Obtenir Outlook pour|Outlook für (?:iOS|Android) herunterladen|Holen Sie sich Outlook für"
+    r"|Descargar Outlook para|Scarica Outlook per|Outlook voor (?:iOS|Android) downloaden|Baixe o Outlook para"
     r"|Envoyé avec"
     r"|Von meinem|Gesendet von|Gesendet mit|Enviado desde mi|Enviado desde|Enviado do meu|Enviado do|Inviato da"
     r"|Verzonden met|Verzonden vanaf|Verstuurd vanaf|Verstuurd met|Wysłane z|Wysłano z|Skickat från|Sendt fra"

@@ -35,6 +35,9 @@ _TIME = re.compile(r"\d{1,2}[:.h]\d{2}|\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\
 # Where an attribution may start inside the reply's own last line ("Great, thanks! On Mon, ... wrote:").
 _SHARED_OPENER = re.compile(r"\s(?:On|Le|Am|El|Op|Em|Den)\s")
 _CANDIDATE_START = frozenset(">-_*")
+_WROTE_END = re.compile(rf"(?:{p.WROTE})\s*$", re.IGNORECASE)
+_SENTENCE_END = (".", "!", "?", "。", "！", "？")
+_LINK_TAIL = re.compile(r"\s*<https?://[^<>\s]*>\s*$")  # "Get Outlook for Android<https://aka.ms/...>"
 
 
 class _Budget:
@@ -157,12 +160,18 @@ def _next_boundary(lines: list[str], start: int, budget: _Budget) -> _Boundary |
             if block and _forward_block(lines, block):
                 return _Boundary("forward", i, block[1])
             return _Boundary("header", i, block[1] if block else i + 1)
+        #    a rule of dashes right above a header block (Outlook and Gmail's plain text of an Outlook reply)
+        if p.DASH_RULE.match(stripped):
+            block = _header_block(lines, _skip_blank(lines, i + 1))
+            if block:
+                return _Boundary("forward" if _forward_block(lines, block) else "header", i, block[1])
+            continue
         if p.HEADER_LINE.match(stripped):
             block = _header_block(lines, i)
             if block:
                 return _Boundary("forward" if _forward_block(lines, block) else "header", i, block[1])
         #    attribution lines ("On ... wrote:"), possibly wrapped over up to three lines
-        if stripped.endswith((":", "：")):
+        if stripped.endswith((":", "：")) or _WROTE_END.search(stripped[-30:]):
             begin = _attribution_start(lines, i)
             if begin is not None:
                 return _Boundary("header", begin, i + 1)
@@ -171,8 +180,12 @@ def _next_boundary(lines: list[str], start: int, budget: _Budget) -> _Boundary |
 
 def _is_attribution(window: str) -> bool:
     window = window.strip().lstrip(">").strip()
-    if len(window) > MAX_HEADER_LINE or not window.endswith((":", "：")):
+    if len(window) > MAX_HEADER_LINE:
         return False
+    if not window.endswith((":", "：")):
+        # some clients drop the colon: "On Wed, 14 Nov 2018 08:14:43 -0200 Name <a@b> wrote"
+        return bool(p.OPENER.match(window) and _WROTE_END.search(window[-30:])
+                    and ("@" in window or _TIME.search(window)))
     if p.ADDRESS_COLON.search(window[-120:]) and any(ch.isdigit() for ch in window):
         return True
     if not p.WROTE_RE.search(window):
@@ -187,13 +200,7 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
         if begin < 0 or (size > 1 and not lines[begin].strip()):
             break
         if _is_attribution(" ".join(line.strip() for line in lines[begin:end + 1])):
-            # a wrapped header's first lines ("Le lun. 3 juin 2024 à 10:12, Support <", "pon., 3 cze 2024 o 10:12"):
-            # an opening word, or a date or address at the start of the paragraph
-            while begin > 0 and end - begin < 3 and lines[begin - 1].strip() and (
-                    p.OPENER.match(lines[begin - 1]) or (re.search(r"[\d@<]", lines[begin - 1])
-                                                         and (begin == 1 or not lines[begin - 2].strip()))):
-                begin -= 1
-            return begin
+            return _wrapped_start(lines, begin, end)
     # "Name wrote:" with no date (Thunderbird's short form), directly above a ">" block
     window = lines[end].strip().lstrip(">").strip()
     following = _skip_blank(lines, end + 1)
@@ -201,6 +208,25 @@ def _attribution_start(lines: list[str], end: int) -> int | None:
             and lines[following].lstrip().startswith(">")):
         return end
     return None
+
+
+def _wrapped_start(lines: list[str], begin: int, end: int) -> int:
+    """The first line of a wrapped attribution whose last lines were recognised ("Le lun. 3 juin 2024 à 10:12,
+    Support <", "On Nov 21, 2014,\nat 10:18,"): up to the start of its paragraph when every line above is a
+    fragment of a header (a date, an address, an opening word, no full stop), else only opening-word lines."""
+    start = begin
+    while start > 0 and end - start < 3 and lines[start - 1].strip() and _header_fragment(lines[start - 1]):
+        start -= 1
+    if start == 0 or not lines[start - 1].strip():
+        return start
+    while begin > 0 and end - begin < 3 and lines[begin - 1].strip() and p.OPENER.match(lines[begin - 1]):
+        begin -= 1
+    return begin
+
+
+def _header_fragment(line: str) -> bool:
+    stripped = line.strip()
+    return bool(p.OPENER.match(stripped) or re.search(r"[\d@<]", stripped)) and not stripped.endswith(_SENTENCE_END)
 
 
 def _header_block(lines: list[str], start: int) -> tuple[int, int] | None:
@@ -281,7 +307,7 @@ def _trim_signature(lines: list[str]) -> list[str]:
         changed = False
         while lines and not lines[-1].strip():
             lines.pop()
-        if len(lines) > 1 and p.DEVICE.match(lines[-1]) and _has_text(lines[:-1]):
+        if len(lines) > 1 and p.DEVICE.match(_LINK_TAIL.sub("", lines[-1])) and _has_text(lines[:-1]):
             lines.pop()
             changed = True
     return _trim_disclaimer(lines)
