@@ -23,9 +23,10 @@ WROTE = (
 WROTE_RE = re.compile(rf"(?:{WROTE})", re.IGNORECASE)
 
 # Words that open an attribution line (Gmail/Apple/Thunderbird): "On", "Am", "Le", "El", "Il giorno", "Op", "Em",
-# "Den", "W dniu", "Dne", "Vào", "Pada", "Στις", "في", "בתאריך". A wrapped attribution is extended up to them.
+# "Den", "W dniu", "Dne", "Vào", "Pada", "Στις", "في", "בתאריך" (Zimbra's webmail writes "- " before them). A wrapped
+# attribution is extended up to them.
 OPENER = re.compile(
-    r"^\s*+>?\s*+(?:On|Am|Le|El|Il\s+giorno|Il|Op|Em|Den|W\s+dniu|Dne|Vào|Pada|Στις|في|בתאריך|Ngày|Dana|Em)\s",
+    r"^\s*+>?\s*+(?:-\s+)?(?:On|Am|Le|El|Il\s+giorno|Il|Op|Em|Den|W\s+dniu|Dne|Vào|Pada|Στις|في|בתאריך|Ngày|Dana|Em)\s",
     re.IGNORECASE)
 
 # Gmail in Russian, Ukrainian, Japanese, Korean and others writes no verb: "пн, 3 июн. 2024 г. в 10:12, Name <a@b>:";

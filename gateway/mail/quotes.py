@@ -89,7 +89,8 @@ def _split_shared_lines(lines: list[str], budget: _Budget) -> list[str]:
         if (len(stripped) <= MAX_HEADER_LINE and stripped.endswith((":", "：")) and not stripped.startswith(">")
                 and not p.OPENER.match(line) and budget.spend()):
             starts = [m.start() + 1 for m in _SHARED_OPENER.finditer(line)][-3:]
-            split = next((at for at in starts if line[:at].strip() and _is_attribution(line[at:])), None)
+            split = next((at for at in starts if any(ch.isalnum() for ch in line[:at]) and _is_attribution(line[at:])),
+                         None)
             if split is not None:
                 out += [line[:split].rstrip(), line[split:]]
                 continue
