@@ -3,6 +3,7 @@
 
     .venv/bin/python -m bench.email              # 5,000-message mailbox (a few minutes on 2 cores)
     .venv/bin/python -m bench.email --messages 500
+    .venv/bin/python -m bench.email --corpus     # visible reply against two libraries (bench.email_replies)
 
 1. Normalisation throughput over the project's corpus: ``gateway.mail`` (parse, charsets, quotes, auto-replies,
    attachments stored) against Python's ``email`` parser alone (``policy.default``, text parts decoded), alternating
@@ -238,7 +239,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--corpus", action="store_true",
+                        help="score the visible reply against email-reply-parser and mail-parser-reply on the reply "
+                             "corpus instead (bench.email_replies)")
     args = parser.parse_args()
+    if args.corpus:
+        from bench import email_replies
+
+        email_replies.main(write=not args.no_write)
+        return
     norm = normalisation()
     print(f"normalisation: ours {norm['ours']:.0f}/s, stdlib {norm['stdlib']:.0f}/s, ratio {norm['ratio']:.2f}")
     result = imap(args.messages)

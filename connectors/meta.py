@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import mimetypes
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from connectors._meta_outbound import MetaSender, MetaTemplate
+from connectors._whatsapp_content import Ignored, read_message
 from gateway.attachments import MediaRequest
 from gateway.errors import MalformedRequest, SignatureInvalid
 from gateway.identity.normalize import InvalidIdentifier, normalize_phone, scoped_identifier
@@ -42,10 +44,10 @@ from gateway.redact import mask_identifier
 from gateway.signing import current_or_previous, matches_any
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
+log = logging.getLogger(__name__)
 GRAPH_BASE = "https://graph.facebook.com/v21.0"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 MEDIA_HOSTS = ("fbcdn.net", "fbsbx.com", "cdninstagram.com", "whatsapp.net")
-WHATSAPP_MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
 _OBJECTS = {"page": ChannelType.MESSENGER, "instagram": ChannelType.INSTAGRAM,
             "whatsapp_business_account": ChannelType.WHATSAPP}
 
@@ -198,7 +200,9 @@ class MetaChannel(WebhookChannel, MetaSender):
                                             f"{(event.get('sender') or {}).get('id')}:{event.get('timestamp')}"))
             elif isinstance(event.get("delivery"), dict) or isinstance(event.get("read"), dict):
                 items.append(_item(wrapped, _receipt_id(event), "status"))
-            # optins, referrals, handovers: nothing a customer wrote
+            else:  # optins, referrals, handovers: nothing a customer wrote
+                log.info("%s: %s event %s acknowledged, not stored: no customer message", self.name, obj,
+                         sorted(set(event) - {"sender", "recipient", "timestamp"}))
         return items
 
     def _split_whatsapp(self, entry: dict[str, Any]) -> list[InboxItem]:
@@ -206,7 +210,17 @@ class MetaChannel(WebhookChannel, MetaSender):
         for change in _list(entry.get("changes"), "entry.changes"):
             value = change.get("value")
             if change.get("field") != "messages" or not isinstance(value, dict):
+                log.info("%s: WhatsApp %r change acknowledged, not stored: no customer messages", self.name,
+                         change.get("field"))
                 continue
+            if value.get("errors"):  # the account or app could not be served (rate limits, system problems)
+                log.warning("%s: WhatsApp reports errors for the account: %s", self.name,
+                            "; ".join(f"{e.get('code')} {e.get('title')}" for e in _list(value["errors"], "errors")))
+            others = sorted(set(value) - {"messaging_product", "metadata", "contacts", "messages", "statuses",
+                                          "errors"})
+            if others:
+                log.info("%s: WhatsApp %s acknowledged, not stored: not customer messages", self.name,
+                         ", ".join(others))
             metadata = value.get("metadata") or {}
             if not isinstance(metadata, dict):
                 raise MalformedRequest("metadata is not an object")
@@ -325,39 +339,15 @@ class MetaChannel(WebhookChannel, MetaSender):
         sent_at = datetime.fromtimestamp(int(message.get("timestamp", 0)), UTC)
         context = message.get("context") or {}
         thread = ThreadRef(message_id=message["id"], in_reply_to=context.get("id"))
-        text, attachments, kind, target = "", [], MessageKind.MESSAGE, None
-        body = message.get(mtype) if isinstance(message.get(mtype), dict) else {}
-        if mtype == "text":
-            text = body.get("body", "")
-        elif mtype in WHATSAPP_MEDIA_TYPES:
-            text = body.get("caption", "")
-            content_type = body.get("mime_type", "application/octet-stream").split(";")[0].strip()
-            filename = body.get("filename") or f"{mtype}{mimetypes.guess_extension(content_type) or ''}"
-            attachments.append(Attachment(filename=filename, content_type=content_type,
-                                          location=f"{self.config.graph_api_base_url}/{body['id']}"))
-            if body.get("sha256"):
-                extras["media_sha256"] = body["sha256"]
-        elif mtype == "location":
-            extras["location"] = body
-            text = " ".join(str(body[k]) for k in ("name", "address") if body.get(k)) or (
-                f"{body.get('latitude')},{body.get('longitude')}")
-        elif mtype == "contacts":
-            extras["contacts"] = message.get("contacts")
-            text = ", ".join(c.get("name", {}).get("formatted_name", "") for c in message.get("contacts") or [])
-        elif mtype == "interactive":
-            reply = body.get("button_reply") or body.get("list_reply") or {}
-            extras["interactive"] = body
-            text = reply.get("title", "")
-        elif mtype == "button":
-            extras["button_payload"] = body.get("payload")
-            text = body.get("text", "")
-        elif mtype == "reaction":
-            kind, target, text = MessageKind.REACTION, body["message_id"], body.get("emoji", "")
-            if not text:
-                extras["action"] = "unreact"
-        return [self._base(record, ChannelType.WHATSAPP, message["id"], sender, sent_at, kind=kind,
-                           target_provider_message_id=target, thread=thread, recipients=recipients, text=text,
-                           full_text=text, attachments=tuple(attachments), extras=extras)]
+        content = read_message(message, self.config.graph_api_base_url)
+        if isinstance(content, Ignored):
+            log.info("%s: inbox row %s (WhatsApp %s) ignored: %s", record.connector, record.inbox_id, mtype,
+                     content.reason)
+            return []
+        return [self._base(record, ChannelType.WHATSAPP, message["id"], sender, sent_at, kind=content.kind,
+                           target_provider_message_id=content.target, thread=thread, recipients=recipients,
+                           text=content.text, full_text=content.text, attachments=content.attachments,
+                           language=content.language, extras={**extras, **content.extras})]
 
     def statuses(self, record: RawRecord) -> list[StatusUpdate]:
         data = json.loads(record.body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import logging
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ from gateway.records import InboxItem, RawRecord
 from gateway.signing import current_or_previous
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
+log = logging.getLogger(__name__)
 API_BASE = "https://slack.com/api/"
 TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 SIGNATURE_HEADER = "X-Slack-Signature"
@@ -75,6 +77,18 @@ class SlackConfig(ConnectorConfig):
 
 def _ts_time(ts: str) -> datetime:
     return datetime.fromtimestamp(float(ts), UTC)
+
+
+def _workspace(data: dict[str, Any]) -> str | None:
+    """The workspace an event happened in. Enterprise Grid sends organisation-level events (``team_access_granted``,
+    org-wide installs) with ``team_id`` null or absent; ``context_team_id`` then names the workspace when there is one
+    (https://api.slack.com/events/team_access_granted). ``authorizations[].team_id`` is the
+    installation the event is visible to, not where it happened, so it is not used."""
+    for key in ("team_id", "context_team_id"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class SlackChannel(SlackReplies, WebhookChannel):
@@ -132,13 +146,15 @@ class SlackChannel(SlackReplies, WebhookChannel):
             raise MalformedRequest("type is missing")
         if kind != "event_callback":
             return []  # app_rate_limited and other notices: nothing to store
-        event_id, event, team_id = data.get("event_id"), data.get("event"), data.get("team_id")
+        event_id, event, team_id = data.get("event_id"), data.get("event"), _workspace(data)
         if not isinstance(event_id, str) or not event_id:
             raise MalformedRequest("event_id is missing")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise MalformedRequest("event is not an object with a type")
-        if not isinstance(team_id, str) or not team_id:
-            raise MalformedRequest("team_id is missing")
+        if team_id is None:
+            log.info("%s: organisation-level %s event %s (enterprise %s) acknowledged, not stored: no workspace",
+                     self.name, event["type"], event_id, data.get("enterprise_id") or data.get("context_enterprise_id"))
+            return []
         if self.config.team_ids and team_id not in self.config.team_ids:
             raise SignatureInvalid(f"workspace {team_id} is not one of this channel's team_ids")
         return [InboxItem(event_id, request.body, "application/json", "message")]
@@ -165,7 +181,7 @@ class SlackChannel(SlackReplies, WebhookChannel):
     def normalize(self, record: RawRecord) -> list[Message]:
         data = json.loads(record.body)
         event: dict[str, Any] = data["event"]
-        team_id: str = data["team_id"]
+        team_id = _workspace(data) or ""
         own = self._own_users(data)
         etype = event.get("type")
         if etype in ("reaction_added", "reaction_removed"):
@@ -173,6 +189,8 @@ class SlackChannel(SlackReplies, WebhookChannel):
             channel = item.get("channel", "")
             if item.get("type") != "message" or event.get("user") in own or not isinstance(event.get("user"), str):
                 return []
+            if not item.get("ts"):
+                return self._ignored(record, "a reaction that names no message (item.ts)")
             if not self._is_customer_channel(data, {"channel_type": _guess_type(channel)}, channel):
                 return []
             target = f"{channel}:{item['ts']}"
@@ -193,23 +211,34 @@ class SlackChannel(SlackReplies, WebhookChannel):
             new, old = event.get("message") or {}, event.get("previous_message") or {}
             if not self._from_person(new, own) or new.get("text") == old.get("text"):
                 return []  # bots, or a link unfurl / metadata change that left the text as it was
-            target = f"{channel}:{new['ts']}"
+            edited_ts = new.get("ts") or old.get("ts")
+            if not edited_ts or not event.get("ts"):
+                return self._ignored(record, "message_changed names no edited message (message.ts)")
+            target = f"{channel}:{edited_ts}"
             return [self._message(record, data, new, new["user"], new.get("user_team") or new.get("team") or team_id,
                                   channel, f"{target}:edit:{event['ts']}", event["ts"], kind=MessageKind.EDIT,
-                                  target=target, thread_ts=new.get("thread_ts") or new["ts"])]
+                                  target=target, thread_ts=new.get("thread_ts") or edited_ts)]
         if subtype == "message_deleted":
             old = event.get("previous_message") or {}
             if not self._from_person(old, own):
                 return []
-            target = f"{channel}:{event['deleted_ts']}"
+            deleted_ts = event.get("deleted_ts") or old.get("ts")
+            if not deleted_ts or not event.get("ts"):
+                return self._ignored(record, "message_deleted names no deleted message (deleted_ts)")
+            target = f"{channel}:{deleted_ts}"
             return [self._message(record, data, old, old["user"], old.get("user_team") or old.get("team") or team_id,
                                   channel, f"{target}:delete", event["ts"], kind=MessageKind.DELETE, target=target,
-                                  text="", thread_ts=old.get("thread_ts") or event["deleted_ts"], files=False)]
+                                  text="", thread_ts=old.get("thread_ts") or deleted_ts, files=False)]
         if not self._from_person(event, own):
             return []
         return [self._message(record, data, event, event["user"],
                               event.get("user_team") or event.get("team") or team_id, channel,
                               f"{channel}:{event['ts']}", event["ts"], thread_ts=event.get("thread_ts") or event["ts"])]
+
+    def _ignored(self, record: RawRecord, reason: str) -> list[Message]:
+        log.info("%s: inbox row %s (Slack event %s) ignored: %s", record.connector, record.inbox_id,
+                 record.provider_id, reason)
+        return []
 
     def _message(self, record: RawRecord, data: dict[str, Any], event: dict[str, Any], user: str, user_team: str,
                  channel: str, provider_id: str, ts: str, *, kind: MessageKind = MessageKind.MESSAGE,
@@ -222,7 +251,7 @@ class SlackChannel(SlackReplies, WebhookChannel):
                        size=f.get("size") if isinstance(f.get("size"), int) else None,
                        location=f.get("url_private_download") or f["url_private"])
             for f in (event.get("files") or []) if files and isinstance(f, dict) and f.get("url_private"))
-        extras = {"team_id": data["team_id"], "channel": channel, "ts": event.get("ts", ts),
+        extras = {"team_id": _workspace(data), "channel": channel, "ts": event.get("ts", ts),
                   "event_id": data.get("event_id"), **(extras or {})}
         for key in ("channel_type", "thread_ts", "parent_user_id", "subtype"):
             if event.get(key):

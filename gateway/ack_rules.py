@@ -48,6 +48,9 @@ class AckRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     channels: list[str] = Field([], description="Channels whose new conversations this rule answers; none: all.")
+    routes: list[str] = Field(
+        [], description="Route names (`routes[].name`): the rule answers only conversations whose first message one "
+                        "of them takes, and names that route's CRM's ticket; none: any route.")
     crm: str | None = Field(
         None, description="The CRM whose ticket the text names and where the public comment is written; default: "
                           "the first route from the customer's channel.")
@@ -95,8 +98,11 @@ class AckRule(BaseModel):
             raise ValueError("closed_text needs business_hours (the calendar that says when the business is closed)")
         return self
 
-    def applies_to(self, channel: str) -> bool:
-        return not self.channels or channel in self.channels
+    def applies_to(self, channel: str, route_names: set[str] | None = None) -> bool:
+        """Whether the rule answers a message of ``channel`` taken by the routes named ``route_names``."""
+        if self.channels and channel not in self.channels:
+            return False
+        return not self.routes or bool(route_names and route_names.intersection(self.routes))
 
     def text_for(self, language: str | None, is_open: bool) -> tuple[str, str]:
         """(language key used, template): the customer's language, its primary subtag, else ``default``."""
@@ -133,7 +139,7 @@ def timing(rule: AckRule, calendar: BusinessCalendar | None, at: datetime) -> di
 
 
 def reference_issues(doc: YamlDocument, raw_rules: Any, channels: set[str], crms: set[str], calendars: set[str],
-                     routes: list[tuple[list[str], str]]) -> list[ConfigIssue]:
+                     routes: list[tuple[list[str], str]], route_names: set[str] | None = None) -> list[ConfigIssue]:
     """Names the rules use that the config does not define, each with its line; read from the YAML as written, so
     they are reported alongside a rule's other mistakes."""
     issues: list[ConfigIssue] = []
@@ -149,6 +155,10 @@ def reference_issues(doc: YamlDocument, raw_rules: Any, channels: set[str], crms
             known = ", ".join(sorted(calendars)) or "none defined"
             issues.append(doc.issue((*path, "business_hours"),
                                     f"no business_hours calendar named {calendar!r} (known: {known})"))
+        for position, name in enumerate(rule.get("routes") if isinstance(rule.get("routes"), list) else []):
+            if name not in (route_names or set()):
+                known = ", ".join(sorted(route_names or [])) or "none named"
+                issues.append(doc.issue((*path, "routes", position), f"no route named {name!r} (known: {known})"))
         for position, channel in enumerate(rule_channels):
             targets = [to for sources, to in routes if channel in sources]
             if channel not in channels:

@@ -26,6 +26,7 @@ from jinja2 import TemplateError
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Connection, Row, select, update
 
+from gateway import routing
 from gateway.ack_rules import AckRule, render, timing
 from gateway.calendars import BusinessCalendar, build_calendars
 from gateway.config import GatewayConfig
@@ -84,11 +85,12 @@ class Acknowledgements:
         self.clock = clock
 
     # -- which rule, and whether to answer -------------------------------------------------------------------------
-    def rule_for(self, channel: str) -> tuple[int, AckRule, str] | None:
-        """The first rule for this channel, with the CRM whose ticket it names; None when none applies."""
+    def rule_for(self, channel: str, route_names: set[str] | None = None) -> tuple[int, AckRule, str] | None:
+        """The first rule for this channel (and the routes that took the message), with the CRM whose ticket it
+        names; None when none applies."""
         for index, rule in enumerate(self.rules):
-            if rule.applies_to(channel):
-                routes = self.config.routes_from(channel)
+            if rule.applies_to(channel, route_names):
+                routes = [r for r in self.config.routes_from(channel) if not rule.routes or r.name in rule.routes]
                 crm = rule.crm or (routes[0].to if routes else None)
                 return (index, rule, crm) if crm is not None else None
         return None
@@ -125,11 +127,12 @@ class Acknowledgements:
         return None
 
     def decide(self, conn: Connection, message: Message, customer_id: str, conversation_id: str,
-               opened: bool) -> None:
-        """In the pipeline's transaction: a new conversation a rule answers waits for its ticket, or is skipped."""
+               opened: bool, route_names: set[str] | None = None) -> None:
+        """In the pipeline's transaction: a new conversation a rule answers waits for its ticket, or is skipped.
+        ``route_names``: the names of the routes that took the message."""
         if not opened or not self.rules:
             return
-        found = self.rule_for(message.connector)
+        found = self.rule_for(message.connector, route_names)
         if found is None:
             return
         index, rule, crm = found
@@ -158,7 +161,10 @@ class Acknowledgements:
 
     def preview(self, message: Message) -> Preview:
         """What ``message`` would get as the first message of a new conversation (nothing stored, nothing sent)."""
-        found = self.rule_for(message.connector)
+        identifiers = [(i.kind.value, i.value) for i in message.sender.identifiers]
+        chosen = routing.choose(self.config, message, identifiers, set())
+        names = {name for route in chosen for name in route.route["names"]}
+        found = self.rule_for(message.connector, names)
         if found is None:
             return Preview(rule=None, crm=None, reason="no acknowledgement rule (with a route to a crm) for "
                                                        f"{message.connector!r}")

@@ -239,13 +239,19 @@ class RetentionConfig(_Section):
         30, description="Attachment files on disk, once their message is delivered (the CRM holds its copy); the "
                         "message keeps the attachment's name, type, size and digest.")
     message_text_days: Days = Field(
-        None, description="Message text (subject, text, HTML) and the CRM fields rendered from it; ids, times, "
-                          "direction, sender and conversation stay.")
-    delivery_logs_days: Days = Field(90, description="Delivery and send attempt logs, and notes already written.")
+        None, description="Message text (subject, text, HTML, attachment file names, channel extras with the "
+                          "customer's content such as a shared location or contact card), survey comments, and the "
+                          "CRM fields rendered from them; ids, times, direction, sender and conversation stay.")
+    delivery_logs_days: Days = Field(
+        90, description="Delivery and send attempt logs, notes already written, finished acknowledgements and "
+                        "escalation clocks.")
     dead_letters_days: Days = Field(90, description="Dead letters replayed or discarded this long ago.")
     conversations_days: Days = Field(
         None, description="Conversations idle this long, whole: messages, thread keys, ticket links. A later "
                           "message then opens a new conversation (and ticket). Customers and identifiers stay.")
+    admin_audit_days: Days = Field(
+        365, description="The console's audit log (logins, merges, replays): kept a year by default, as the "
+                         "record of what each admin did.")
     batch_size: int = Field(500, ge=1, le=10000, description="Rows removed per transaction.")
 
 
@@ -391,8 +397,9 @@ def validate_document(doc: YamlDocument, registry: Registry, path: Path) -> Gate
     raw_routes = [(r.get("from") if isinstance(r.get("from"), list) else [], r.get("to"))
                   for r in doc.data.get("routes") or [] if isinstance(r, dict)]
     raw_calendars = doc.data.get("business_hours") if isinstance(doc.data.get("business_hours"), dict) else {}
+    raw_route_names = {r.get("name") for r in doc.data.get("routes") or [] if isinstance(r, dict)} - {None}
     issues += reference_issues(doc, doc.data.get("acknowledgements"), set(raw_channels), set(raw_crms),
-                               set(raw_calendars), raw_routes)
+                               set(raw_calendars), raw_routes, raw_route_names)
     issues += sla_config.check_references(doc, doc.data)
     issues += kpi_references(doc, doc.data)
     # the raw connector sections hold secrets in plain text: only the typed, masked configs are kept

@@ -9,14 +9,18 @@ What belongs to a person, table by table:
   ``send_log``, the ``provider_statuses`` of those sends, and the ``inbox`` rows (raw payloads) behind all of these;
 - inbox rows that never became a message (quarantined, ignored, dead-lettered) whose raw bytes name one of their
   identifiers; rows still waiting are left to the pipeline (one may be another customer's message);
-- ``conversations`` they own with their ``thread_keys``, ``crm_notes``, ``crm_links`` and ``acknowledgements``; a
-  conversation another customer also wrote in is handed to that customer instead (their messages stay);
+- ``conversations`` they own with their ``thread_keys``, ``crm_notes``, ``crm_links``, ``acknowledgements`` and
+  escalation clocks (``sla_clocks``); a conversation another customer also wrote in is handed to that customer
+  instead (their messages stay);
+- ``surveys`` they were asked or answered (a comment is their own words);
 - ``dead_letters`` of any row above; attachment files no remaining message refers to.
 
 Elsewhere their identifiers are replaced by ``[erased]``: another customer's message that names them (an email's
-Cc), a raw payload shared with another customer's message, stored failure reasons. ``cursors``, ``rate_limits`` and
-``used_tokens`` hold nothing about a person. What is left is a tombstone per identifier: its keyed hash
-(``gateway.privacy``), the time, who asked, and how many rows went.
+Cc), a raw payload shared with another customer's message, stored failure reasons. The console's audit log
+(``admin_audit``) keeps its rows, as the record of what each admin did, with the person's customer ids,
+identifiers and name in ``target`` and ``detail`` (a merge reason is free text) replaced. ``cursors``,
+``rate_limits`` and ``used_tokens`` hold nothing about a person. What is left is a tombstone per identifier: its
+keyed hash (``gateway.privacy``), the time, who asked, and how many rows went.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy import Connection, Table, Text, cast, delete, false, or_, select, update
 
 from gateway.attachments import SCHEME, AttachmentStore
+from gateway.console.payloads import body_shown, headers_shown
 from gateway.identity.merges import customer_family, live_customer_id
 from gateway.identity.normalize import InvalidIdentifier, normalize_email, normalize_phone
 from gateway.privacy import identifier_hash
 from gateway.storage.db import utcnow
 from gateway.storage.tables import (
     acknowledgements,
+    admin_audit,
     conversations,
     crm_directory,
     crm_links,
@@ -56,6 +62,8 @@ from gateway.storage.tables import (
     provider_statuses,
     send_log,
     sends,
+    sla_clocks,
+    surveys,
     thread_keys,
     tombstones,
 )
@@ -228,6 +236,27 @@ def _acks_filter(found: Holdings) -> Any:
                acknowledgements.c.customer_id.in_(found.family))
 
 
+def _surveys_filter(found: Holdings) -> Any:
+    return or_(surveys.c.conversation_id.in_(found.conversations), surveys.c.customer_id.in_(found.family))
+
+
+def _audit_pattern(found: Holdings) -> re.Pattern[str]:
+    """The person's customer ids, identifiers (as written in raw payloads too) and names, longest first."""
+    values = {*found.family, *(v for _, v in found.identifiers), *found.needles(),
+              *(n for n in found.names if len(n) >= 3)}
+    return re.compile("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)), re.IGNORECASE)
+
+
+def _audit_rows(conn: Connection, found: Holdings) -> list[Any]:
+    """Console audit rows whose target or detail names the person (by customer id or identifier)."""
+    values = [*found.family, *(v for _, v in found.identifiers), *found.needles()]
+    if not values:
+        return []
+    matches = or_(*[cast(column, Text).icontains(v, autoescape=True)
+                    for column in (admin_audit.c.target, admin_audit.c.detail) for v in values])
+    return list(conn.execute(select(admin_audit).where(matches).order_by(admin_audit.c.id)))
+
+
 def _phones(found: Holdings) -> list[str]:
     return [v for k, v in found.identifiers if k in ("phone", "whatsapp")]
 
@@ -247,6 +276,18 @@ def _rows(conn: Connection, table: Table, *where: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _raw_payloads(conn: Connection, found: Holdings) -> list[dict[str, Any]]:
+    """The person's raw payloads as text, with credentials (a Slack ``token``, Mailgun's ``signature``, signature
+    headers) and card numbers masked as the console masks them: an export file travels further than the database."""
+    out = []
+    for row in conn.execute(select(inbox).where(inbox.c.id.in_(found.inbox)).order_by(inbox.c.id)):
+        values = dict(row._mapping)
+        values["body"] = body_shown(bytes(row.body), row.content_type, limit=None)
+        values["headers"] = headers_shown(row.headers or {})
+        out.append(values)
+    return out
+
+
 def export(conn: Connection, found: Holdings, attachments: AttachmentStore) -> dict[str, Any]:
     """Everything held about the person, as JSON-ready data (for an access request)."""
     names = found.family
@@ -259,7 +300,7 @@ def export(conn: Connection, found: Holdings, attachments: AttachmentStore) -> d
         "conversations": _rows(conn, conversations, conversations.c.id.in_(found.conversations)),
         "thread_keys": _rows(conn, thread_keys, thread_keys.c.conversation_id.in_(found.conversations)),
         "messages": _rows(conn, messages, messages.c.id.in_(found.messages)),
-        "raw_payloads": _rows(conn, inbox, inbox.c.id.in_(found.inbox)),
+        "raw_payloads": _raw_payloads(conn, found),
         "crm_writes": _rows(conn, outbox, outbox.c.id.in_(found.outbox)),
         "crm_write_log": _rows(conn, delivery_log, delivery_log.c.outbox_id.in_(found.outbox)),
         "sends": _rows(conn, sends, sends.c.id.in_(found.sends)),
@@ -267,6 +308,11 @@ def export(conn: Connection, found: Holdings, attachments: AttachmentStore) -> d
         "provider_statuses": _rows(conn, provider_statuses, provider_statuses.c.id.in_(found.statuses)),
         "crm_notes": _rows(conn, crm_notes, crm_notes.c.id.in_(found.notes)),
         "acknowledgements": _rows(conn, acknowledgements, _acks_filter(found)),
+        "escalation_clocks": _rows(conn, sla_clocks, sla_clocks.c.conversation_id.in_(found.conversations)),
+        "surveys": _rows(conn, surveys, _surveys_filter(found)),
+        # what admins did about the person; the admin's own network address is theirs, not the person's
+        "console_audit": [{k: v for k, v in row._mapping.items() if k != "address"}
+                          for row in _audit_rows(conn, found)],
         "crm_records": _rows(conn, crm_links, _link_filter(found)),
         "crm_directory": _rows(conn, crm_directory, _directory_filter(conn, found)),
         "opt_outs": _rows(conn, opt_outs, opt_outs.c.address.in_(_phones(found))),
@@ -301,6 +347,8 @@ def erase(conn: Connection, found: Holdings, *, key: bytes, requested_by: str,
     remove(crm_links, _link_filter(found))
     remove(crm_notes, crm_notes.c.id.in_(found.notes))
     remove(acknowledgements, _acks_filter(found))
+    remove(sla_clocks, sla_clocks.c.conversation_id.in_(found.conversations))
+    remove(surveys, _surveys_filter(found))
     remove(messages, messages.c.id.in_(found.messages))
     remove(inbox, inbox.c.id.in_(found.inbox))
     remove(thread_keys, thread_keys.c.conversation_id.in_(found.conversations))
@@ -312,7 +360,7 @@ def erase(conn: Connection, found: Holdings, *, key: bytes, requested_by: str,
     remove(identities, identities.c.customer_id.in_(found.family))
     conn.execute(update(customers).where(customers.c.id.in_(found.family)).values(merged_into=None))
     remove(customers, customers.c.id.in_(found.family))
-    counts["scrubbed"] = _scrub_elsewhere(conn, found)
+    counts["scrubbed"] = _scrub_elsewhere(conn, found) + _scrub_audit(conn, found)
     summary = {"removed": {name: n for name, n in counts.items() if n}, "crm": crm or {}}
     now = utcnow()
     hashes = sorted({identifier_hash(key, kind, value) for kind, value in found.identifiers})
@@ -355,6 +403,19 @@ def _scrub_elsewhere(conn: Connection, found: Holdings) -> int:
             body=pattern.sub(ERASED, text).encode("utf-8"), headers={}))
         changed += 1
     return changed
+
+
+def _scrub_audit(conn: Connection, found: Holdings) -> int:
+    """Keep each console audit row (that an admin acted, when, on what kind of record) without naming the person."""
+    rows = _audit_rows(conn, found)
+    if not rows:
+        return 0
+    pattern = _audit_pattern(found)
+    for row in rows:
+        target = pattern.sub(ERASED, row.target) if row.target else row.target
+        detail = json.loads(pattern.sub(ERASED, json.dumps(row.detail, ensure_ascii=False)))
+        conn.execute(update(admin_audit).where(admin_audit.c.id == row.id).values(target=target, detail=detail))
+    return len(rows)
 
 
 def remove_files(conn: Connection, found: Holdings, attachments: AttachmentStore) -> int:

@@ -55,6 +55,7 @@ from gateway.redact import describe_error
 from gateway.replies import ReplyIntake, crm_of
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
+from gateway.sensitive import Masker
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
 from gateway.storage.queues import LeaseLost, insert_for
@@ -117,7 +118,7 @@ class PipelineWorker:
         self.owner = owner
         self.settings = runtime.config.settings.workers
         self.rules = rules_from_config(runtime.config.settings.identity)
-        self.maskers = {name: runtime.config.masker_for(name) for name in runtime.config.channels}
+        self._maskers: tuple[object, dict[str, Masker]] = (None, {})
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
         self.acks = Acknowledgements(runtime.config, runtime.channels)
         settings = runtime.config.settings
@@ -417,6 +418,14 @@ class PipelineWorker:
         else:
             self.rt.queues.reschedule(inbox, row.id, delay, reason)
 
+    @property
+    def maskers(self) -> dict[str, Masker]:
+        """Each channel's masker, built again when a reload (``gateway.reload``) brought new routes."""
+        config = self.rt.config
+        if self._maskers[0] is not config:
+            self._maskers = (config, {name: config.masker_for(name) for name in config.channels})
+        return self._maskers[1]
+
     def _store(self, conn: Connection, message: Message) -> None:
         if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
             message = self.maskers[message.connector].message(message)
@@ -448,12 +457,14 @@ class PipelineWorker:
         if take_answer(conn, self.surveys, message, customer_id):
             return  # a survey rating: written back by the worker's automation job, not a new support message
         start_clocks(conn, self.escalations, self.calendars, message, conversation_id)
-        self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened)
         context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id))
         earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
-        for route in routing.choose(self.rt.config, message, context.identifiers(), earlier):
+        chosen = routing.choose(self.rt.config, message, context.identifiers(), earlier)
+        self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened,
+                         {name for route in chosen for name in route.route["names"]})
+        for route in chosen:
             fields: dict[str, Any] | None = None
             error: MappingRenderError | None = None
             mapping = self.rt.mappings.get(route.crm)

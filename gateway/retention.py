@@ -4,7 +4,8 @@ Each kind is removed in small batches, one short transaction each, so webhooks a
 is removed that work still needs: an inbox row not processed, a message whose CRM write or reply is still pending
 (or dead-lettered and not yet resolved), an open dead letter. What lets a later message join its conversation
 (thread keys, the conversation, its CRM ticket link, the customer and identifiers) stays until the conversation itself
-expires (``conversations_days``), and customers and identifiers stay until erased on request.
+expires (``conversations_days``), and customers and identifiers stay until erased on request. A conversation removed
+takes its acknowledgement, escalation clocks and surveys with it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from gateway.config import RetentionConfig
 from gateway.storage.cursors import Cursors, exclusive
 from gateway.storage.db import is_sqlite, utcnow
 from gateway.storage.tables import (
+    acknowledgements,
+    admin_audit,
     conversations,
     crm_links,
     crm_notes,
@@ -36,6 +39,8 @@ from gateway.storage.tables import (
     provider_statuses,
     send_log,
     sends,
+    sla_clocks,
+    surveys,
     thread_keys,
 )
 
@@ -47,12 +52,24 @@ KINDS = {
     "raw_payloads": "inbox rows emptied or removed",
     "provider_statuses": "provider statuses removed",
     "attachments": "messages whose attachments were removed",
-    "message_text": "messages whose text was blanked",
-    "delivery_logs": "delivery and send log rows and written notes removed",
+    "message_text": "messages whose text was blanked, and survey comments",
+    "delivery_logs": "delivery and send log rows, written notes, finished acknowledgements and clocks removed",
     "dead_letters": "resolved dead letters removed",
+    "admin_audit": "console audit log rows removed",
     "conversations": "idle conversations removed with their messages",
     "attachment_files": "attachment files deleted",
 }
+# Message extras holding what the customer wrote, chose or where they are (connectors/meta.py, twilio.py,
+# mailgun.py, sendgrid.py, gateway/mail/normalize.py): blanked with the text.
+PERSONAL_EXTRAS = frozenset({
+    "location", "contacts", "interactive",  # WhatsApp Cloud / Messenger: a shared place, contact cards, a choice
+    "Latitude", "Longitude", "FromCity", "FromState", "ButtonText",  # Twilio
+    "stripped_text", "sender_ip",  # Mailgun, SendGrid
+    "attachments_skipped",  # email: the file names of parts too large to keep
+})
+FINISHED_ACKS = ("sent", "skipped", "failed")
+FINISHED_CLOCKS = ("answered", "escalated", "failed")
+WRITTEN_SURVEYS = ("written", "failed")
 
 
 def _open_letter(stage: str, source: Any) -> ColumnElement[bool]:
@@ -92,12 +109,17 @@ class Retention:
             ("provider_statuses", s.provider_statuses_days, self._status_candidates, self._delete_statuses),
             ("attachments", s.attachments_days, self._attachment_candidates, self._expire_attachments),
             ("message_text", s.message_text_days, self._text_candidates, self._blank_text),
+            ("message_text", s.message_text_days, self._comment_candidates, self._blank_comments),
             ("delivery_logs", s.delivery_logs_days, lambda c: self._created_before(delivery_log, c),
              self._delete_ids(delivery_log)),
             ("delivery_logs", s.delivery_logs_days, lambda c: self._created_before(send_log, c),
              self._delete_ids(send_log)),
             ("delivery_logs", s.delivery_logs_days, self._note_candidates, self._delete_ids(crm_notes)),
+            ("delivery_logs", s.delivery_logs_days, self._ack_candidates, self._delete_acks),
+            ("delivery_logs", s.delivery_logs_days, self._clock_candidates, self._delete_ids(sla_clocks)),
             ("dead_letters", s.dead_letters_days, self._letter_candidates, self._delete_ids(dead_letters)),
+            ("admin_audit", s.admin_audit_days, lambda c: select(admin_audit.c.id).where(admin_audit.c.at < c),
+             self._delete_ids(admin_audit)),
             ("conversations", s.conversations_days, self._conversation_candidates, self._delete_conversations),
         ]
         for kind, days, candidates, apply in steps:
@@ -179,10 +201,22 @@ class Retention:
     @staticmethod
     def _blank_text(conn: Connection, ids: list[str], now: datetime) -> int:
         for row in conn.execute(select(messages.c.id, messages.c.data).where(messages.c.id.in_(ids))):
-            data = {**row.data, "subject": None, "text": "", "full_text": "", "html": None}
+            data = {**row.data, "subject": None, "text": "", "full_text": "", "html": None,
+                    "extras": {k: v for k, v in (row.data.get("extras") or {}).items() if k not in PERSONAL_EXTRAS},
+                    "attachments": [{**a, "filename": ""} for a in row.data.get("attachments") or []]}
             conn.execute(update(messages).where(messages.c.id == row.id).values(data=data, text_removed_at=now))
         conn.execute(update(outbox).where(outbox.c.message_id.in_(ids), outbox.c.status != "pending").values(
             fields={}))
+        return len(ids)
+
+    @staticmethod
+    def _comment_candidates(cutoff: datetime) -> Select[Any]:
+        return select(surveys.c.id).where(surveys.c.comment.is_not(None), surveys.c.status.in_(WRITTEN_SURVEYS),
+                                          surveys.c.answered_at < cutoff)
+
+    @staticmethod
+    def _blank_comments(conn: Connection, ids: list[int], now: datetime) -> int:
+        conn.execute(update(surveys).where(surveys.c.id.in_(ids)).values(comment=None))
         return len(ids)
 
     # -- logs and dead letters -----------------------------------------------------------------------------------
@@ -193,6 +227,21 @@ class Retention:
     @staticmethod
     def _note_candidates(cutoff: datetime) -> Select[Any]:
         return select(crm_notes.c.id).where(crm_notes.c.status == "done", crm_notes.c.done_at < cutoff)
+
+    @staticmethod
+    def _ack_candidates(cutoff: datetime) -> Select[Any]:
+        """Only a conversation's first message is acknowledged: its row is not needed once the answer went."""
+        return select(acknowledgements.c.conversation_id).where(acknowledgements.c.status.in_(FINISHED_ACKS),
+                                                                acknowledgements.c.updated_at < cutoff)
+
+    @staticmethod
+    def _delete_acks(conn: Connection, ids: list[str], now: datetime) -> int:
+        conn.execute(delete(acknowledgements).where(acknowledgements.c.conversation_id.in_(ids)))
+        return len(ids)
+
+    @staticmethod
+    def _clock_candidates(cutoff: datetime) -> Select[Any]:
+        return select(sla_clocks.c.id).where(sla_clocks.c.status.in_(FINISHED_CLOCKS), sla_clocks.c.created_at < cutoff)
 
     @staticmethod
     def _letter_candidates(cutoff: datetime) -> Select[Any]:
@@ -209,7 +258,8 @@ class Retention:
         c = conversations.c.id
         busy = or_(_unsettled(outbox, "delivery", outbox.c.conversation_id, c),
                    _unsettled(sends, "send", sends.c.conversation_id, c),
-                   _unsettled(crm_notes, "note", crm_notes.c.conversation_id, c))
+                   _unsettled(crm_notes, "note", crm_notes.c.conversation_id, c),
+                   exists().where(surveys.c.conversation_id == c, surveys.c.status.in_(("answered", "writing"))))
         return select(c).where(conversations.c.last_activity_at < cutoff, not_(busy)).order_by(
             conversations.c.last_activity_at)
 
@@ -239,6 +289,8 @@ class Retention:
             still_used = exists().where(messages.c.inbox_id == inbox.c.id)
             conn.execute(delete(inbox).where(inbox.c.id.in_(chunk), not_(still_used)))
         conn.execute(delete(thread_keys).where(thread_keys.c.conversation_id.in_(ids)))
+        for table in (acknowledgements, sla_clocks, surveys):
+            conn.execute(delete(table).where(table.c.conversation_id.in_(ids)))
         conn.execute(delete(crm_links).where(crm_links.c.entity == "conversation", crm_links.c.local_id.in_(ids)))
         conn.execute(delete(conversations).where(conversations.c.id.in_(ids)))
         return len(ids)

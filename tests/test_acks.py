@@ -325,3 +325,28 @@ def test_forgetting_the_customer_removes_their_acknowledgements(gateway_for: Any
         assert [row["status"] for row in exported["acknowledgements"]] == ["sent"]
         erase(conn, found, key=b"k" * 32, requested_by="test")
     assert gw.ack_rows() == []
+
+
+def test_a_rule_for_a_route_answers_only_what_that_route_takes(gateway_for: Any, write_config: Any) -> None:
+    rules = '[{routes: [kerala], text: {default: "Thanks ({{ ticket.id }})", ml: "നന്ദി ({{ ticket.id }})"}}]'
+    gw = gateway_for()  # its fakes; the runtime is built again below with named routes
+    text = config_text(gw.twilio.url, gw.zendesk.url, rules).replace(
+        "  - {from: [sms-main], to: desk}",
+        "  - {name: kerala, from: [sms-main], to: desk, when: {language: [ml]}}\n"
+        "  - {name: general, from: [sms-main], to: desk, otherwise: true}")
+    gw.rt.close()
+    gw.rt = build_runtime(load_config(write_config(text)), http=requests.Session())
+    gw.now = OPEN_TIME + timedelta(seconds=2)
+    gw.receive("SM" + "1" * 32, "Where is my order? It has not arrived yet.", OPEN_TIME)
+    gw.receive("SM" + "2" * 32, MALAYALAM, OPEN_TIME, sender="+14155550199")
+    gw.run()
+    ticket = max(int(t["id"]) for t in gw.zendesk.tickets())
+    assert gw.texts() == [] and len(gw.zendesk.tickets()) == 2
+    assert [m["body"] for m in gw.twilio.messages(to="+14155550199")] == [f"നന്ദി ({ticket})"]
+
+
+def test_a_rule_naming_an_unknown_route_is_a_config_error(write_config: Any) -> None:
+    text = config_text("http://127.0.0.1:9", "http://127.0.0.1:9", '[{routes: [kerla], text: "Thanks"}]')
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(text))
+    assert "acknowledgements[0].routes[0]: no route named 'kerla' (known: none named)" in str(caught.value)

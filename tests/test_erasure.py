@@ -1,8 +1,9 @@
 """Erasure (``gateway customers forget``) and export, on SQLite and PostgreSQL.
 
-One person writes by SMS and by email (two customers an admin merged), with an attachment, a payment card number,
-a message the pipeline could not read, a merge suggestion and CRM writes; another person writes too, and Cc's the
-first. After forgetting the first, the whole database and the attachment folder hold no trace of their number,
+One person writes by SMS and by email (two customers an admin merged in the console, giving their address as the
+reason), with an attachment, a payment card number, a message the pipeline could not read, a merge suggestion, CRM
+writes, an acknowledgement, an escalation clock and a survey answer with a comment; another person writes too, and
+Cc's the first. After forgetting the first, the whole database and the attachment folder hold no trace of their number,
 address, name or words; the other person's data is all there; the first person writing again is a new customer.
 """
 
@@ -23,19 +24,33 @@ from sqlalchemy import func, select, text
 
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.console.accounts import record
 from gateway.delivery import DeliveryWorker
 from gateway.identity.merges import merge_customers, suggest
 from gateway.pipeline import PipelineWorker
 from gateway.privacy import identifier_hash
 from gateway.records import InboxItem
 from gateway.runtime import Runtime, build_runtime
-from gateway.storage.tables import customers, identities, messages, metadata, tombstones
+from gateway.storage.db import utcnow
+from gateway.storage.tables import (
+    acknowledgements,
+    admin_audit,
+    customers,
+    identities,
+    messages,
+    metadata,
+    sla_clocks,
+    surveys,
+    tombstones,
+)
 from gateway.worker import drain_once
 from tests.conftest import PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN
 
 PHONE, EMAIL, NAME = "+14155550100", "asha.rao@example.com", "Asha Rao"
 WORDS = "pineapple-lantern"  # in her SMS
 MAIL_WORDS = "marmalade-observatory"  # in her email
+SURVEY_WORDS = "tangerine-carousel"  # her survey comment
+SIGNATURE = "test-signature-0123456789"
 ATTACHED = b"%PDF-1.4 passport scan of the first person"
 OTHER_PHONE, OTHER_EMAIL, OTHER_WORDS = "+14155550199", "bo.lind@example.org", "velvet-harbour"
 OTHER_ATTACHED = b"%PDF-1.4 invoice of the second person"
@@ -94,7 +109,8 @@ def rt(request: pytest.FixtureRequest, write_config: Callable[..., Path]) -> Ite
 @pytest.fixture
 def populated(rt: Runtime) -> Runtime:
     q = rt.queues
-    q.store_inbox("sms-main", [sms("SM" + "1" * 32, PHONE, f"{WORDS}: card 4242 4242 4242 4242")], {}, PUBLIC_URL)
+    q.store_inbox("sms-main", [sms("SM" + "1" * 32, PHONE, f"{WORDS}: card 4242 4242 4242 4242")],
+                  {"X-Twilio-Signature": SIGNATURE}, PUBLIC_URL)
     q.store_inbox("sms-main", [sms("SM" + "2" * 32, PHONE + "99999", f"{WORDS} again")], {}, PUBLIC_URL)  # unreadable
     q.store_inbox("mail", [mail("<a1@example.com>", f"{NAME} <{EMAIL}>", MAIL_WORDS, ATTACHED)], {}, PUBLIC_URL)
     q.store_inbox("sms-main", [sms("SM" + "3" * 32, OTHER_PHONE, OTHER_WORDS)], {}, PUBLIC_URL)
@@ -105,9 +121,39 @@ def populated(rt: Runtime) -> Runtime:
     other = customer_of(rt, "phone", OTHER_PHONE)
     assert by_phone and by_mail and other
     with rt.engine.begin() as conn:
-        merge_customers(conn, by_phone, by_mail, evidence="admin", detail={"reason": f"same person: {EMAIL}"})
+        reason = f"same person: {EMAIL}"
+        merge_id = merge_customers(conn, by_phone, by_mail, evidence="admin", detail={"reason": reason})
+        record(conn, "ann", "merge", f"merge {merge_id}", {"reason": reason, "survivor": by_phone,
+                                                              "absorbed": by_mail}, "192.0.2.7")
+        record(conn, "ann", "merge", "merge 999", {"reason": "two other people", "survivor": other,
+                                                    "absorbed": "c" * 32}, "192.0.2.7")
         suggest(conn, by_phone, other, 88.0, f"phones {PHONE} and {OTHER_PHONE} share their last digits")
+        _outcomes(conn, by_phone, by_mail)
     return rt
+
+
+def _outcomes(conn: Any, by_phone: str, by_mail: str) -> None:
+    """What the pipeline's acknowledgement, escalation and survey steps leave for her conversations."""
+    now = utcnow()
+    sms_row, mail_row = (conn.execute(select(messages.c.id, messages.c.conversation_id).where(
+        messages.c.customer_id == cid)).one() for cid in (by_phone, by_mail))
+    conn.execute(acknowledgements.insert().values(
+        conversation_id=mail_row.conversation_id, customer_id=by_mail, message_id=mail_row.id, channel="mail",
+        crm="trial", rule=0, status="sent", acknowledged_at=now, created_at=now, updated_at=now))
+    conn.execute(sla_clocks.insert().values(
+        rule="first-reply", conversation_id=sms_row.conversation_id, channel="sms-main",
+        open_key=f"first-reply:{sms_row.conversation_id}", status="waiting", started_at=now, due_at=now,
+        attempts=0, available_at=now, created_at=now))
+    conn.execute(surveys.insert().values(
+        crm="trial", conversation_id=sms_row.conversation_id, customer_id=by_phone, channel="sms-main",
+        rule="csat", status="written", asked_at=now, answered_at=now, rating=2,
+        comment=f"{SURVEY_WORDS}, call me on {PHONE}", attempts=0, available_at=now, written_at=now))
+
+
+def conversations_of(rt: Runtime, *customer_ids: str | None) -> list[str]:
+    with rt.engine.connect() as conn:
+        return list(conn.execute(select(messages.c.conversation_id).where(
+            messages.c.customer_id.in_(customer_ids))).scalars())
 
 
 def traces(rt: Runtime) -> str:
@@ -149,8 +195,12 @@ def test_forget_leaves_no_trace_and_spares_the_other_customer(populated: Runtime
     rt = populated
     others = [customer_of(rt, "phone", OTHER_PHONE), customer_of(rt, "email", OTHER_EMAIL)]
     erased = customer_of(rt, "phone", PHONE)
+    with rt.engine.connect() as conn:
+        absorbed = conn.execute(select(customers.c.id).where(customers.c.merged_into == erased)).scalar_one()
+    threads = conversations_of(rt, erased, absorbed)
     before = traces(rt)
     assert PHONE in before and EMAIL in before and WORDS in before and MAIL_WORDS in before and NAME in before
+    assert SURVEY_WORDS in before and len(threads) == 2 and absorbed
     assert ATTACHED in files(rt).values()
     with rt.engine.connect() as conn:
         other_rows = conn.execute(select(messages.c.id, messages.c.data).where(
@@ -162,7 +212,7 @@ def test_forget_leaves_no_trace_and_spares_the_other_customer(populated: Runtime
     assert f"erased customer {erased}" in result.output
 
     after = traces(rt)
-    assert_no_trace(after, PHONE, PHONE[1:], EMAIL, NAME, WORDS, MAIL_WORDS, erased)
+    assert_no_trace(after, PHONE, PHONE[1:], EMAIL, NAME, WORDS, MAIL_WORDS, SURVEY_WORDS, erased, absorbed, *threads)
     stored = files(rt)
     assert ATTACHED not in stored.values()
     assert not any(WORDS.encode() in data or EMAIL.encode() in data for data in stored.values())
@@ -174,6 +224,14 @@ def test_forget_leaves_no_trace_and_spares_the_other_customer(populated: Runtime
             messages.c.customer_id.in_(others)))}
         graves = conn.execute(select(tombstones)).all()
     assert set(now) == {row.id for row in other_rows}
+    with rt.engine.connect() as conn:
+        audit = {row.target: row for row in conn.execute(select(admin_audit))}
+    # the console's audit log keeps that an admin merged two customers, not whom
+    assert audit["merge 999"].detail == {"reason": "two other people", "survivor": others[0], "absorbed": "c" * 32}
+    [kept] = [row for target, row in audit.items() if target != "merge 999"]
+    assert kept.target.startswith("merge ")
+    assert (kept.actor, kept.action, kept.address) == ("ann", "merge", "192.0.2.7")
+    assert kept.detail == {"reason": "same person: [erased]", "survivor": "[erased]", "absorbed": "[erased]"}
     for row in other_rows:
         assert now[row.id]["text"] == row.data["text"] and OTHER_WORDS in now[row.id]["full_text"]
         assert now[row.id]["sender"] == row.data["sender"]
@@ -208,7 +266,18 @@ def test_export_holds_everything_about_the_person_and_nothing_of_the_other(popul
     assert any(WORDS in r["body"] for r in data["raw_payloads"])  # the unreadable one too
     assert len(data["raw_payloads"]) == 3 and len(data["crm_writes"]) == 2 and len(data["merges"]) == 1
     assert data["merge_suggestions"] and data["dead_letters"] and data["attachments"][0]["stored"]
-    assert OTHER_WORDS not in out.read_text(encoding="utf-8")
+    assert [a["status"] for a in data["acknowledgements"]] == ["sent"]
+    assert [c["rule"] for c in data["escalation_clocks"]] == ["first-reply"]
+    assert [(s["rating"], s["comment"]) for s in data["surveys"]] == [(2, f"{SURVEY_WORDS}, call me on {PHONE}")]
+    assert [(a["action"], a["detail"]["reason"]) for a in data["console_audit"]] == [("merge", f"same person: {EMAIL}")]
+    assert "address" not in data["console_audit"][0], "the admin's own address is not the person's data"
+    written = out.read_text(encoding="utf-8")
+    assert OTHER_WORDS not in written and "two other people" not in written
+    # the raw payloads as the console shows them: no card number, no credential
+    sms_raw = next(r for r in data["raw_payloads"] if "card" in r["body"])
+    assert "Body = " + WORDS + ": card **** **** **** 4242" in sms_raw["body"]
+    assert sms_raw["headers"]["X-Twilio-Signature"] == "••••••"
+    assert "4242 4242 4242 4242" not in written and SIGNATURE not in written
 
 
 def test_forget_asks_first_and_says_when_someone_was_erased_already(populated: Runtime) -> None:

@@ -120,7 +120,7 @@ def test_the_upgrade_fills_in_existing_conversations(backend: str, tmp_path: Pat
                                                     request: pytest.FixtureRequest) -> None:
     url = f"sqlite:///{tmp_path / 'u.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     engine = make_engine(url)
-    command.upgrade(alembic_config(engine), "0015")
+    command.upgrade(alembic_config(engine), "0016")
     with engine.begin() as conn:
         for statement in (
             "INSERT INTO customers (id, created_at, updated_at) VALUES ('cust', :t0, :t0)",

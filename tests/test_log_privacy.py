@@ -2,7 +2,7 @@
 
 Each test runs a failure path whose error carries a customer's number or address (a malformed sender, a database
 error with its parameters, a CRM or provider refusal that quotes them, a Slack profile) and looks at every log line
-and every reason stored for it.
+and every reason stored for it, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -39,6 +39,19 @@ from tests.reply_flow import drain, only_conversation, post_agent_reply, reply_c
 PHONE = "+14155550100"
 EMAIL = "asha.rao@example.com"
 HOOK_URL = "https://crm.example.net/hook"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def write_config(request: pytest.FixtureRequest, write_config: Callable[..., Path]) -> Callable[..., Path]:
+    """Each test that stores something runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return write_config
+    url = request.getfixturevalue("postgres_url")
+
+    def write(text: str | None = None, *, storage_url: str | None = None, name: str = "config.yaml") -> Path:
+        return write_config(text, storage_url=storage_url or url, name=name)
+
+    return write
 
 
 def assert_private(text: str, *values: str) -> None:

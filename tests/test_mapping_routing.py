@@ -38,6 +38,8 @@ def test_the_group_reaches_zendesk_as_a_number(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ZENDESK_GROUP_KERALA", "360001234567")
     fields = Mapping.load(ROOT / "mappings/zendesk.yaml").apply(CONTEXT)
     item = replace(delivery_item(twilio_sms("hi"), crm="desk"), fields=fields)
+    responses.get("https://acme.zendesk.com/api/v2/users/search", json={"users": [], "count": 0, "next_page": None,
+                                                                         "previous_page": None})
     responses.post("https://acme.zendesk.com/api/v2/users/create_or_update", status=201, json={"user": {"id": 7}})
     created = responses.post("https://acme.zendesk.com/api/v2/tickets", status=201,
                              json={"ticket": {"id": 9, "status": "new"}})

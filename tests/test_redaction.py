@@ -1,5 +1,5 @@
 """Masking before the CRM: card numbers (Luhn), national ids and custom patterns, per route, in what is sent and
-what is stored; the original never in the logs."""
+what is stored; the original never in the logs; a reload takes a route's new rules. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy import select
 from gateway.config import load_config
 from gateway.delivery import DeliveryWorker
 from gateway.pipeline import PipelineWorker
+from gateway.reload import reload_runtime
 from gateway.runtime import build_runtime
 from gateway.sensitive import Masker, verhoeff_valid
 from gateway.storage.tables import inbox, messages
@@ -24,6 +25,19 @@ from tests.helpers import message_sid, twilio_inbox_item, twilio_params
 
 ALL = Masker(cards=True, national_ids=frozenset({"us_ssn", "in_aadhaar", "uk_nino"}))
 AADHAAR = "234567890124"  # 23456789012 and its Verhoeff check digit
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def write_config(request: pytest.FixtureRequest, write_config: Callable[..., Path]) -> Callable[..., Path]:
+    """Each test that stores something runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return write_config
+    url = request.getfixturevalue("postgres_url")
+
+    def write(text: str | None = None, *, storage_url: str | None = None, name: str = "config.yaml") -> Path:
+        return write_config(text, storage_url=storage_url or url, name=name)
+
+    return write
 
 
 @pytest.mark.parametrize(("text", "masked"), [
@@ -92,3 +106,25 @@ def test_masked_in_what_the_crm_gets_and_what_is_stored_never_logged(
     assert "4242 4242 4242 4242" not in json.dumps(sent["sms-main"])
     assert raw is not None and b"4242" in bytes(raw)  # the raw payload is kept as received, until retention
     assert "4242 4242 4242 4242" not in caplog.text and "123-45-6789" not in caplog.text
+
+
+def test_a_reload_takes_the_routes_new_redaction(write_config: Callable[..., Path]) -> None:
+    path = write_config(CONFIG)
+    rt = build_runtime(load_config(path), http=requests.Session())
+    try:
+        pipeline = PipelineWorker(rt, "test-p")
+        for n in (1, 2):
+            if n == 2:
+                text = path.read_text(encoding="utf-8").replace(
+                    "redact: {cards: false}", "redact: {cards: true, national_ids: [us_ssn]}")
+                path.write_text(text, encoding="utf-8")
+                reload_runtime(rt)
+            params = twilio_params(message_sid(n), "+14155550100", f"{n}: {TEXT}", TWILIO_SID)
+            rt.queues.store_inbox("sms-plain", [twilio_inbox_item(params)], {}, PUBLIC_URL)
+            drain_once(pipeline)
+        with rt.engine.connect() as conn:
+            texts = sorted(data["text"] for data in conn.execute(select(messages.c.data)).scalars())
+    finally:
+        rt.close()
+    masked = "Card **** **** **** 4242, SSN ***-**-6789, door PIN 4711, order 4242 4242 4242 4241"
+    assert texts == [f"1: {TEXT}", f"2: {masked}"]

@@ -26,6 +26,8 @@ from gateway.runtime import Runtime, build_runtime
 from gateway.storage.cursors import Cursors, exclusive
 from gateway.storage.db import utcnow
 from gateway.storage.tables import (
+    acknowledgements,
+    admin_audit,
     conversations,
     crm_links,
     customers,
@@ -35,6 +37,8 @@ from gateway.storage.tables import (
     messages,
     outbox,
     provider_statuses,
+    sla_clocks,
+    surveys,
     thread_keys,
 )
 from gateway.worker import drain_once
@@ -114,7 +118,7 @@ def test_defaults_keep_text_and_conversations_and_bound_the_rest() -> None:
     defaults = RetentionConfig()
     assert (defaults.raw_payloads_days, defaults.provider_statuses_days, defaults.attachments_days) == (30, 30, 30)
     assert defaults.message_text_days is None and defaults.conversations_days is None
-    assert defaults.batch_size == 500
+    assert defaults.batch_size == 500 and defaults.admin_audit_days == 365
 
 
 def test_a_later_message_of_an_old_conversation_lands_on_the_same_ticket(make_runtime: Callable[..., Runtime]
@@ -314,3 +318,110 @@ def test_the_daily_job_runs_once_a_day_and_in_one_process_at_a_time(make_runtime
     drain(rt)
     job()
     assert Cursors(rt.engine).get(LAST_RUN) == last and count(rt, provider_statuses) == 1, "not again the same day"
+
+
+def _outcomes(rt: Runtime, conversation_id: str, *, at: Any, finished: bool) -> None:
+    """An acknowledgement, an escalation clock and a survey answer with a comment, as the pipeline leaves them."""
+    message_id = next(iter(conversation_messages(rt, conversation_id)))
+    with rt.engine.begin() as conn:
+        conn.execute(acknowledgements.insert().values(
+            conversation_id=conversation_id, customer_id="c" * 32, message_id=message_id, channel="sms-main",
+            crm="trial", rule=0, status="sent" if finished else "waiting", acknowledged_at=at, created_at=at,
+            updated_at=at))
+        conn.execute(sla_clocks.insert().values(
+            rule="first-reply", conversation_id=conversation_id, channel="sms-main",
+            open_key=None if finished else f"first-reply:{conversation_id}",
+            status="answered" if finished else "waiting", started_at=at, due_at=at, attempts=0, available_at=at,
+            created_at=at))
+        conn.execute(surveys.insert().values(
+            crm="trial", conversation_id=conversation_id, customer_id="c" * 32, channel="sms-main", rule="csat",
+            status="written" if finished else "answered", asked_at=at, answered_at=at, rating=2,
+            comment="the courier left it at 12 Elm Street", attempts=0, available_at=at))
+
+
+def conversation_messages(rt: Runtime, conversation_id: str) -> list[str]:
+    with rt.engine.connect() as conn:
+        return list(conn.execute(select(messages.c.id).where(messages.c.conversation_id == conversation_id)
+                                 .order_by(messages.c.received_at)).scalars())
+
+
+def conversation_of(rt: Runtime, sender: str) -> str:
+    with rt.engine.connect() as conn:
+        return str(conn.execute(select(messages.c.conversation_id).where(
+            messages.c.data["sender"]["identifiers"][0]["value"].as_string() == sender)).scalars().first())
+
+
+def test_message_text_period_blanks_personal_extras_file_names_and_survey_comments(
+        make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime()
+    store(rt, sms(1, "here is where I am"), sms(2, "still pending a survey write", sender="+14155550199"))
+    drain(rt)
+    now = utcnow()
+    shared = {"location": {"latitude": 51.5, "longitude": -0.12, "address": "12 Elm Street"},
+              "contacts": [{"name": {"formatted_name": "Bo Lind"}, "phones": [{"phone": "+14155550123"}]}],
+              "Latitude": "51.5", "Longitude": "-0.12", "FromCity": "LONDON", "ButtonText": "Yes, my address"}
+    attachment = {"filename": "passport-asha-rao.pdf", "content_type": "application/pdf", "size": 8,
+                  "sha256": "a" * 64, "location": "https://api.twilio.com/media/ME1"}
+    with rt.engine.begin() as conn:
+        for row in conn.execute(select(messages.c.id, messages.c.data)).all():
+            data = {**row.data, "extras": {**row.data["extras"], **shared}, "attachments": [attachment]}
+            conn.execute(update(messages).where(messages.c.id == row.id).values(data=data))
+        before = {row.id: row.data for row in conn.execute(select(messages.c.id, messages.c.data))}
+    _outcomes(rt, conversation_of(rt, CUSTOMER), at=now, finished=True)
+    _outcomes(rt, conversation_of(rt, "+14155550199"), at=now, finished=False)
+
+    removed = retention_for(rt).run(now=now + timedelta(days=40))
+
+    assert removed["message_text"] == 3, "two messages and one written survey's comment"
+    with rt.engine.connect() as conn:
+        after = {row.id: row.data for row in conn.execute(select(messages.c.id, messages.c.data))}
+        comments = dict(conn.execute(select(surveys.c.status, surveys.c.comment)).all())
+    for message_id, data in after.items():
+        assert not set(shared) & set(data["extras"]), data["extras"]
+        assert data["extras"]["AccountSid"] == before[message_id]["extras"]["AccountSid"]
+        assert data["attachments"] == [{**attachment, "filename": ""}]
+        for kept in ("id", "provider_message_id", "direction", "sent_at", "received_at", "sender", "raw"):
+            assert data[kept] == before[message_id][kept]
+    assert "12 Elm" not in json.dumps(after) and "passport" not in json.dumps(after)
+    assert comments == {"written": None, "answered": "the courier left it at 12 Elm Street"}, "not yet written back"
+
+
+def test_finished_acknowledgements_and_clocks_go_with_the_delivery_logs_and_the_audit_log_after_a_year(
+        make_runtime: Callable[..., Runtime]) -> None:
+    rt = make_runtime()
+    store(rt, sms(1, "first"), sms(2, "second", sender="+14155550199"))
+    drain(rt)
+    now = utcnow()
+    finished, running = conversation_of(rt, CUSTOMER), conversation_of(rt, "+14155550199")
+    _outcomes(rt, finished, at=now, finished=True)
+    _outcomes(rt, running, at=now, finished=False)
+    with rt.engine.begin() as conn:
+        for days, target in ((400, "merge 1"), (300, "merge 2")):
+            conn.execute(admin_audit.insert().values(at=now - timedelta(days=days), actor="ann", action="merge",
+                                                     target=target, detail={"reason": "same person"}))
+
+    removed = retention_for(rt).run(now=now + timedelta(days=40))
+
+    assert removed["admin_audit"] == 1
+    with rt.engine.connect() as conn:
+        assert conn.execute(select(acknowledgements.c.conversation_id)).scalars().all() == [running]
+        assert conn.execute(select(sla_clocks.c.conversation_id)).scalars().all() == [running]
+        assert conn.execute(select(admin_audit.c.target)).scalars().all() == ["merge 2"]
+    assert count(rt, surveys) == 2, "a survey's rating is kept with its conversation"
+
+
+def test_a_removed_conversation_takes_its_acknowledgement_clocks_and_surveys(make_runtime: Callable[..., Runtime]
+                                                                            ) -> None:
+    rt = make_runtime(extra=", conversations_days: 60")
+    store(rt, sms(1, "an old question"), days_ago=90)
+    store(rt, sms(2, "a recent one", sender="+14155550199"), days_ago=10)
+    drain(rt)
+    old, recent = conversation_of(rt, CUSTOMER), conversation_of(rt, "+14155550199")
+    for conversation_id in (old, recent):
+        _outcomes(rt, conversation_id, at=utcnow() - timedelta(days=10), finished=True)
+
+    assert retention_for(rt).run()["conversations"] == 1
+
+    for table in (acknowledgements, sla_clocks, surveys):
+        with rt.engine.connect() as conn:
+            assert conn.execute(select(table.c.conversation_id)).scalars().all() == [recent], table.name

@@ -1,11 +1,13 @@
 """The console on the gateway's Flask app: sessions, CSRF, logins, and the guard in front of every ``/admin`` URL.
 
 - Every URL under ``/admin`` except the login page and the stylesheet needs a session: pages redirect to the login
-  page (302), ``/admin/api/...`` answers 401 in JSON. Nothing else is said before a login.
+  page (302), ``/admin/api/...`` answers 401 in JSON, unknown URLs too (no list of pages to probe for). Nothing else
+  is said before a login.
 - Anything but GET needs the ``admin`` role (403 for a viewer) and a CSRF token (400 without one).
 - The session is a signed cookie (``gateway_console``, path ``/admin``, HttpOnly, SameSite=Lax, Secure when
-  ``server.public_url`` is https or the request came over https) holding the account id and its session epoch,
-  which a new password or a removed account makes stale; it lasts ``console.session_hours`` from the login.
+  ``server.public_url`` is https or the request came over https) holding a random session token whose server-side
+  row (``console_sessions``) a logout, a new password or a removed account deletes; it lasts
+  ``console.session_hours`` from the login.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, g, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, Response, abort, g, jsonify, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import Forbidden
 
-from gateway.console.accounts import LoginLimits, log_in, record, session_account
+from gateway.console.accounts import LoginLimits, end_session, log_in, purge_sessions, record, session_account
 from gateway.privacy import install_key
 from gateway.redact import redact
 from gateway.runtime import Runtime
@@ -73,10 +75,10 @@ def install_console(app: Flask, runtime: Runtime) -> None:
     def guard() -> Response | None:
         g.runtime = runtime
         g.account = None
-        if "uid" in session:
-            if time.time() - float(session.get("at", 0)) < lifetime.total_seconds():
+        if "sid" in session or "uid" in session:
+            if "sid" in session and time.time() - float(session.get("at", 0)) < lifetime.total_seconds():
                 with runtime.engine.connect() as conn:
-                    g.account = session_account(conn, int(session["uid"]), int(session.get("epoch", -1)))
+                    g.account = session_account(conn, str(session["sid"]), lifetime)
             if g.account is None:
                 session.clear()
         if request.endpoint in _OPEN_ENDPOINTS:
@@ -109,11 +111,13 @@ def install_console(app: Flask, runtime: Runtime) -> None:
         status = 200
         if request.method == "POST":
             result = log_in(runtime.engine, request.form.get("name", ""), request.form.get("password", ""),
-                            request.remote_addr or "-", limits)
+                            request.remote_addr or "-", limits, runtime.config.privacy_key)
             if result.account is not None:
+                with runtime.engine.begin() as conn:
+                    purge_sessions(conn, lifetime)
                 session.clear()  # a new session: nothing from before the login carries over
                 session.permanent = True
-                session.update(uid=result.account.id, epoch=result.account.session_epoch, at=time.time())
+                session.update(sid=result.session, at=time.time())
                 return redirect(_safe_next(request.args.get("next")))
             status = 429 if result.throttled else 401
             error = ("Too many failed logins: wait a few minutes and try again." if result.throttled
@@ -123,6 +127,7 @@ def install_console(app: Flask, runtime: Runtime) -> None:
     @blueprint.post("/logout")
     def logout() -> Response:
         with runtime.engine.begin() as conn:
+            end_session(conn, str(session["sid"]))
             record(conn, g.account.name, "logout", None, {}, request.remote_addr)
         session.clear()
         return redirect(url_for("console.login"))
@@ -130,6 +135,11 @@ def install_console(app: Flask, runtime: Runtime) -> None:
     @blueprint.get("/api/me")
     def me() -> Response:
         return jsonify(name=g.account.name, role=g.account.role)
+
+    @blueprint.route("/<path:unknown>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def unknown(unknown: str) -> NoReturn:
+        """Reached only after the guard: without a session an unknown URL is answered like a known one."""
+        abort(404)
 
     from gateway.console import operations, overview, pages
 

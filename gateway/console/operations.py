@@ -12,10 +12,15 @@ from gateway.console.accounts import audit_rows
 from gateway.console.app import audit
 from gateway.console.channels import buckets, channel_statuses, crm_statuses
 from gateway.console.payloads import body_shown, headers_shown
+from gateway.console.reads import READ_ACTIONS, audit_view, target_suffixes
 from gateway.storage.queues import STAGE_TABLES
 
 _ACTIONS = {"replay": "replayed", "discard": "discarded"}
 MAX_BULK = 500
+_AUDIT_FILTERS = {"reads": READ_ACTIONS, "changes": ("replayed", "discarded", "merge", "unmerge",
+                                                     "merge_carried_to_crm", "suggestion_rejected", "user_added",
+                                                     "password_set", "user_removed"),
+                  "logins": ("login", "login_failed", "login_throttled", "logout")}
 
 
 def _letters(include_resolved: bool) -> list[Any]:
@@ -51,14 +56,17 @@ def register(bp: Blueprint) -> None:
 
     @bp.get("/api/dead-letters")
     def dead_letters_json() -> Response:
+        letters = _letters(request.args.get("all") == "1")
+        audit_view("api/dead-letters", "dead letters", {"count": len(letters)})
         return jsonify([{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row._mapping.items()}
-                        for row in _letters(request.args.get("all") == "1")])
+                        for row in letters])
 
     @bp.get("/dead-letters/<int:letter_id>")
     def dead_letter_page(letter_id: int) -> str:
         letter = g.runtime.queues.get_dead_letter(letter_id)
         if letter is None:
             abort(404)
+        audit_view("dead letter", f"dead letter {letter_id}")
         return render_template("console/dead_letter.html", letter=letter, source=_source(letter))
 
     @bp.post("/dead-letters/resolve")
@@ -96,9 +104,13 @@ def register(bp: Blueprint) -> None:
     @bp.get("/audit")
     def audit_page() -> str:
         before = request.args.get("before", "")
+        action, actor, q = (request.args.get(name, "").strip()[:320] for name in ("action", "actor", "q"))
         with g.runtime.engine.connect() as conn:
-            rows = audit_rows(conn, before=int(before) if before.isdigit() else None)
-        return render_template("console/audit.html", rows=rows)
+            rows = audit_rows(conn, before=int(before) if before.isdigit() else None,
+                              actions=_AUDIT_FILTERS.get(action, (action,) if action else None), actor=actor or None,
+                              target_suffixes=target_suffixes(q))
+        return render_template("console/audit.html", rows=rows, action=action, actor=actor, q=q,
+                               filters=_AUDIT_FILTERS)
 
 
 def _iso(value: Any) -> str | None:

@@ -17,6 +17,7 @@ from gateway.cli_customers import (
     reject_suggestion,
 )
 from gateway.console.app import audit
+from gateway.console.reads import audit_search, audit_view
 from gateway.console.trace import Trace, trace
 from gateway.identity.merges import MergeError, open_suggestions, unmerge
 from gateway.storage.tables import customers
@@ -26,9 +27,12 @@ def _region() -> str:
     return str(g.runtime.config.settings.identity.default_region)
 
 
-def _trace() -> Trace:
+def _trace(page: str) -> Trace:
+    query = request.args.get("q", "")[:320]
     with g.runtime.engine.connect() as conn:
-        return trace(conn, request.args.get("q", "")[:320], _region())
+        found = trace(conn, query, _region())
+    audit_search(page, query, len(found.conversations) + len(found.unprocessed))
+    return found
 
 
 def _after_merge(merge_id: int, survivor: str, absorbed: str) -> None:
@@ -43,11 +47,11 @@ def _after_merge(merge_id: int, survivor: str, absorbed: str) -> None:
 def register(bp: Blueprint) -> None:
     @bp.get("/trace")
     def trace_page() -> str:
-        return render_template("console/trace.html", result=_trace(), q=request.args.get("q", ""))
+        return render_template("console/trace.html", result=_trace("trace"), q=request.args.get("q", ""))
 
     @bp.get("/api/trace")
     def trace_json() -> Response:
-        result = _trace()
+        result = _trace("api/trace")
         return jsonify(query=result.query, conversations=[{
             "id": c.conversation.id, "customer": c.conversation.customer_id, "channel": c.conversation.channel,
             "tickets": c.tickets,
@@ -66,6 +70,7 @@ def register(bp: Blueprint) -> None:
             found = [describe(conn, cid) for cid in _find_ids(conn, q, _region())[:50]] if q else []
             suggestions = open_suggestions(conn)
             names = _names(conn, [cid for row in suggestions for cid in (row.customer_a, row.customer_b)])
+        audit_search("customers", q, len(found))
         return render_template("console/customers.html", q=q, found=found, suggestions=suggestions, names=names)
 
     @bp.get("/customers/<customer_id>")
@@ -74,6 +79,7 @@ def register(bp: Blueprint) -> None:
             if conn.execute(customers.select().where(customers.c.id == customer_id)).first() is None:
                 abort(404)
             info = describe(conn, customer_id)
+        audit_view("customer", f"customer {customer_id}")
         return render_template("console/customer.html", c=info)
 
     @bp.post("/customers/merge")

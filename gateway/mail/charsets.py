@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import unicodedata
 
 from charset_normalizer import from_bytes
 
@@ -46,7 +47,36 @@ def detect(data: bytes) -> str | None:
     except UnicodeDecodeError:
         pass
     best = from_bytes(data).best()
-    return best.encoding if best is not None else None
+    if best is None:
+        return None
+    return "cp1252" if _western_rather_than(best.encoding, data) else best.encoding
+
+
+# Letters and typographic marks of Western European text in windows-1252 (Latin-1 letters, Œ œ Š š Ž ž Ÿ, quotes,
+# dashes, €); "¿" and "¡" only where a word starts.
+_WESTERN = re.compile(r"^(?:[\x00-\x7f\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0152\u0153\u0160\u0161\u017d\u017e"
+                      r"\u0178\u20ac\u201a\u201e\u2026\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u2122\u00ab\u00bb"
+                      r"\u00b0\u00a3\u00a9\u00ae\u00a0\u00a7]|(?<![^\W\d_])[\u00bf\u00a1])*$")
+
+
+_OTHER_SCRIPTS = ("CYRILLIC", "GREEK", "HEBREW", "ARABIC", "THAI", "CJK", "HIRAGANA", "KATAKANA", "HANGUL",
+                  "DEVANAGARI", "ARMENIAN", "GEORGIAN")
+
+
+def _western_rather_than(found: str, data: bytes) -> bool:
+    """Whether undeclared bytes detected as a rare Latin code page (cp1250, cp1258, mac_roman, ...) read as plain
+    windows-1252 text: the detector's guess between Latin code pages is weak on short texts, windows-1252 is what
+    most undeclared Western mail is written in. Cyrillic, Greek, Hebrew, Arabic and CJK guesses are left alone,
+    and so is Central European text whose letters windows-1252 would turn into ³, ¹ or ¿ inside words."""
+    if codec_for(found) in (None, "cp1252", "ascii", "utf-8"):
+        return False
+    try:
+        guessed, western = data.decode(found), data.decode("cp1252")
+    except (UnicodeDecodeError, LookupError):
+        return False
+    if any(unicodedata.name(ch, "").startswith(_OTHER_SCRIPTS) for ch in guessed if ord(ch) > 127):
+        return False
+    return bool(_WESTERN.match(western))
 
 
 def decode_text(data: bytes, declared: str | None, *, html: bool = False) -> tuple[str, str, str | None]:

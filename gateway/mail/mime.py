@@ -59,6 +59,7 @@ class ParsedMail:
     parts: list[MailPart]
     mime: MimeMessage
     notes: list[str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)  # MIME defects found by the parser, "<part type>: <defect>"
 
     def header(self, name: str) -> str:
         """A header's decoded value ('' when absent)."""
@@ -92,10 +93,27 @@ def _raw(value: str | Header | None) -> str:
     return _FOLD.sub("", value or "")
 
 
+# An unquoted display name that is itself an address, before the real one: "alice@example.com <bob@example.com>".
+# getaddresses reads that as two addresses, the first being alice; quoting the name keeps one address, bob.
+_ADDRESS_AS_NAME = re.compile(r'(^|,)\s*([^,"<>()]*@[^,"<>()]*?)\s*<([^<>@\s]+@[^<>\s]+)>')
+
+
 def addresses(mime: MimeMessage, name: str) -> list[tuple[str, str]]:
-    """(display name, address) pairs of an address header, names decoded."""
-    values = [_raw(v) for v in mime.get_all(name) or []]
-    return [(header_text(display), address.strip()) for display, address in getaddresses(values) if address]
+    """(display name, address) pairs of an address header, names decoded.
+
+    A display name that looks like an address is never taken for the address (the one in angle brackets is), and
+    is not kept as a name either when it differs from the address: that is how spoofed senders are written.
+    """
+    values = [_ADDRESS_AS_NAME.sub(r'\1 "\2" <\3>', _raw(v)) for v in mime.get_all(name) or []]
+    out = []
+    for display, address in getaddresses(values):
+        if not address:
+            continue
+        display = header_text(display)
+        if "@" in display and display.strip().lower() != address.strip().lower():
+            display = ""
+        out.append((display, address.strip()))
+    return out
 
 
 def message_ids(value: str) -> list[str]:
@@ -110,7 +128,26 @@ def raw_digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def _decoded_params(part: MimeMessage) -> MimeMessage:
+    """The part itself, or, when a parameter header holds raw 8-bit bytes (it is then a ``Header`` object, which
+    the standard library's parameter parsing cannot read), a stand-in holding those headers decoded."""
+    raw = [(n, part.get(n)) for n in ("Content-Disposition", "Content-Type")]
+    if not any(isinstance(value, Header) for _, value in raw):
+        return part
+    stand_in = MimeMessage()
+    for header_name, value in raw:
+        if value is not None:
+            stand_in[header_name] = header_text(value)
+    return stand_in
+
+
+def disposition(part: MimeMessage) -> str:
+    """'attachment', 'inline' or ''."""
+    return header_text(part.get("Content-Disposition")).split(";")[0].strip().lower()
+
+
 def _part_filename(part: MimeMessage) -> str | None:
+    part = _decoded_params(part)
     name = part.get_filename()  # RFC 2231 (filename*=) is collapsed here
     if name is None:
         name = part.get_param("name", header="content-type")
@@ -122,24 +159,52 @@ def _part_filename(part: MimeMessage) -> str | None:
     return decoded.replace("/", "_").replace("\\", "_").strip() or None
 
 
-def _payload(part: MimeMessage, notes: list[str]) -> bytes:
+def _payload(part: MimeMessage) -> bytes:
     data = part.get_payload(decode=True)
     if data is None:
         return b""
-    if part.defects:
-        notes.extend(f"{part.get_content_type()}: {type(d).__name__}" for d in part.defects)
     return data if isinstance(data, bytes) else bytes(data)
 
 
-def _walk(part: MimeMessage, out: list[MimeMessage]) -> None:
+_BOUNDARY_LINE = re.compile(r"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*\r?$", re.MULTILINE)
+
+
+def _walk(part: MimeMessage, out: list[MimeMessage], notes: list[str], depth: int = 0) -> None:
     """Leaf parts in order; an attached message (message/rfc822) stays one leaf, it is not opened."""
     if part.get_content_maintype() == "message" and part.get_content_subtype() in ("rfc822", "global"):
         out.append(part)
     elif part.is_multipart():
         for child in part.get_payload():
-            _walk(child, out)
+            _walk(child, out, notes, depth + 1)
+    elif part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), str) and depth < 5:
+        _recover_multipart(part, out, notes, depth)
     else:
         out.append(part)
+
+
+def _recover_multipart(part: MimeMessage, out: list[MimeMessage], notes: list[str], depth: int) -> None:
+    """A multipart whose declared boundary never occurs: parse it again with the boundary its body does use, or
+    read the body as plain text, so the customer's words are not lost."""
+    data = part.get_payload(decode=True) or b""  # the bytes as received (the str payload has 8-bit bytes replaced)
+    body = data.decode("ascii", "replace")
+    found = _BOUNDARY_LINE.search(body)
+    if found:
+        notes.append(f"multipart boundary {part.get_boundary()!r} not found: recovered with {found.group(1)!r}")
+        header = f'Content-Type: {part.get_content_type()}; boundary="{found.group(1)}"\n\n'.encode()
+        _walk(email.message_from_bytes(header + data, policy=policy.compat32), out, notes, depth + 1)
+        return
+    notes.append(f"multipart boundary {part.get_boundary()!r} not found: body read as text")
+    charset = part.get_content_charset()
+    header = (f"Content-Type: text/plain; charset={charset}\n\n" if charset else "Content-Type: text/plain\n\n")
+    out.append(email.message_from_bytes(header.encode() + data, policy=policy.compat32))
+
+
+def _defects(mime: MimeMessage) -> list[str]:
+    """Every MIME defect the parser noted, with the content type of the part it was found in."""
+    found = []
+    for part in mime.walk():
+        found.extend(f"{part.get_content_type()}: {type(d).__name__}" for d in part.defects)
+    return found
 
 
 def parse_mail(raw: bytes) -> ParsedMail:
@@ -150,7 +215,8 @@ def parse_mail(raw: bytes) -> ParsedMail:
     if not _HEADER_LINE.match(first) and not first.startswith(b"From "):
         raise UnparseableMail("does not start with a header line: not an RFC 5322 message")
     mime = email.message_from_bytes(raw, policy=policy.compat32)
-    notes: list[str] = [type(d).__name__ for d in mime.defects]
+    notes: list[str] = []
+    defects = _defects(mime)
     senders = addresses(mime, "From") or addresses(mime, "Sender")
     if not senders or "@" not in senders[0][1]:
         raise UnparseableMail(f"no usable From address (From: {header_text(mime.get('From'))[:120]!r})")
@@ -171,15 +237,17 @@ def parse_mail(raw: bytes) -> ParsedMail:
     htmls: list[str] = []
     parts: list[MailPart] = []
     leaves: list[MimeMessage] = []
-    _walk(mime, leaves)
+    _walk(mime, leaves, notes)
     for part in leaves:
         content_type = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        kind = disposition(part)
         filename = _part_filename(part)
-        is_body_text = (content_type in ("text/plain", "text/html") and disposition != "attachment"
-                        and (filename is None or disposition == "inline"))
+        # a text part with a file name is an attached file (a .txt, a .csv, a log), even marked inline; only a
+        # message that is nothing but that part has it as its body
+        is_body_text = (content_type in ("text/plain", "text/html") and kind != "attachment"
+                        and (filename is None or part is mime))
         if is_body_text:
-            data = _payload(part, notes)
+            data = _payload(part)
             text, _codec, note = decode_text(data, part.get_content_charset(), html=content_type == "text/html")
             if note:
                 notes.append(f"{content_type}: {note}")
@@ -187,27 +255,30 @@ def parse_mail(raw: bytes) -> ParsedMail:
             continue
         if content_type in ("message/rfc822", "message/global"):
             inner = part.get_payload()
-            data = inner[0].as_bytes() if isinstance(inner, list) and inner else _payload(part, notes)
+            data = inner[0].as_bytes() if isinstance(inner, list) and inner else _payload(part)
             subject = header_text(inner[0].get("Subject")) if isinstance(inner, list) and inner else ""
             parts.append(MailPart(filename or f"{subject or 'message'}.eml", content_type, data))
             continue
         if part.get_content_maintype() == "multipart":
             continue  # an empty multipart container
-        data = _payload(part, notes)
+        data = _payload(part)
         content_id = part.get("Content-ID")
-        inline = disposition == "inline" or (disposition == "" and content_id is not None)
+        inline = kind == "inline" or (kind == "" and content_id is not None)
         name = filename or _default_name(content_type, len(parts) + 1)
         parts.append(MailPart(name, content_type, data, inline=inline,
                               content_id=content_id.strip().strip("<>") if content_id else None))
 
     html = "\n".join(htmls) if htmls else None
+    if plains and not any(p.strip() for p in plains) and html and html.strip():
+        notes.append("text/plain part empty: text taken from the HTML part")
+        plains = []  # an empty plain alternative beside the HTML that holds the message (some webmails send it)
     text_from_html = not plains and html is not None
     text = "\n\n".join(p.strip("\r\n") for p in plains) if plains else (html_to_text(html) if html else "")
     return ParsedMail(
         message_id=message_id, in_reply_to=in_reply_to, references=references,
         subject=header_text(mime.get("Subject")), sender=senders[0], reply_to=addresses(mime, "Reply-To"),
         to=addresses(mime, "To"), cc=addresses(mime, "Cc"), date=date, text=text.replace("\r\n", "\n"),
-        html=html, text_from_html=text_from_html, parts=parts, mime=mime, notes=notes)
+        html=html, text_from_html=text_from_html, parts=parts, mime=mime, notes=notes, defects=defects)
 
 
 def _default_name(content_type: str, n: int) -> str:

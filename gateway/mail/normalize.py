@@ -29,7 +29,8 @@ class EmailSettings(ConnectorConfig):
     max_attachment_bytes: int = Field(
         25 * 1024 * 1024, gt=0, description="Larger attachments are not stored; the message lists them as skipped.")
     reply_languages: list[str] = Field(
-        list(DEFAULT_LANGUAGES), description="Languages of the reply headers to recognise when separating quotes.")
+        list(DEFAULT_LANGUAGES), description="No longer used: the reply headers of every supported language are "
+                                             "recognised, whatever the customer's mail client writes them in.")
 
 
 def _party(name: str, address: str) -> Party | None:
@@ -74,6 +75,8 @@ def email_to_messages(raw: bytes, record: RawRecord, *, connector_type: str, set
     info: dict[str, Any] = dict(extras or {})
     if mail.notes:
         info["mime_notes"] = mail.notes[:20]
+    if mail.defects:
+        info["mime_defects"] = mail.defects[:20]
     if skipped:
         info["attachments_skipped"] = skipped
     if reason is not None:

@@ -489,6 +489,17 @@ login_failures = Table(
     Index("ix_login_failures_address", "address", "at"),
 )
 
+# Console sessions, one row per login: the cookie holds a random token, this row its SHA-256. A logout deletes the
+# row, so a copied cookie dies with it; a new password or a removed account deletes the account's rows.
+console_sessions = Table(
+    "console_sessions", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("user_id", Id, ForeignKey("admin_users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", Time, nullable=False),
+    Column("address", String(64)),
+)
+
 # Every console action that changes something, and every login: who, what, on what, from where.
 admin_audit = Table(
     "admin_audit", metadata,

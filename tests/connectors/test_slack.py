@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -369,3 +370,58 @@ def test_check_online_names_the_refusal_and_lets_no_slack_error_escape() -> None
     assert slack().check_online() == "bot support in workspace GW Support"
     with pytest.raises(OnlineCheckFailed, match=r"^Slack refused the bot_token: invalid_auth$"):
         slack(bot_token="xoxb-test-revoked-token").check_online()
+
+
+def test_organisation_level_events_are_acknowledged_and_not_stored(slack_runtime: Runtime,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Enterprise Grid sends org-level events with ``team_id`` null (``team_access_granted``) or without it (an
+    org-wide install: only ``authorizations[].enterprise_id``): they were answered 400, so Slack retried them and
+    counted failures against the subscription."""
+    client = create_app(slack_runtime).test_client()
+    granted = {"token": "XXYYZZ", "team_id": None, "enterprise_id": "E0GRIDORG01", "api_app_id": "A0GWAPP0001",
+               "event": {"type": "team_access_granted", "team_ids": ["T0GRIDWS001", "T0GRIDWS002"],
+                         "event_ts": "1700000900.000100"},
+               "type": "event_callback", "event_id": "Ev0ORGLEVEL1", "event_time": 1700000900}
+    org_wide = {"token": "XXYYZZ", "api_app_id": "A0GWAPP0001", "type": "event_callback",
+                "event": {"type": "user_change", "user": {"id": "W0GRIDUSER1"}, "event_ts": "1700000901.000100"},
+                "event_id": "Ev0ORGLEVEL2", "event_time": 1700000901,
+                "authorizations": [{"enterprise_id": "E0GRIDORG01", "team_id": None, "user_id": "W0GWBOT0001",
+                                    "is_bot": True, "is_enterprise_install": True}]}
+    with caplog.at_level(logging.INFO, logger="connectors.slack"):
+        for event in (granted, org_wide):
+            response = send(client, request_for(event), CHANNEL)
+            assert response.status_code == 200, response.get_data(as_text=True)
+    assert count(slack_runtime, inbox, CHANNEL) == 0
+    assert "organisation-level team_access_granted event Ev0ORGLEVEL1 (enterprise E0GRIDORG01)" in caplog.text
+
+
+def test_a_message_named_by_context_team_id_only_is_kept(slack_runtime: Runtime) -> None:
+    """An org-wide app's message event may carry its workspace in ``context_team_id`` alone: it is the customer's."""
+    client = create_app(slack_runtime).test_client()
+    data = payload("message_im")
+    del data["team_id"]
+    data["context_team_id"], data["context_enterprise_id"] = TEAM, "E0GRIDORG01"
+    assert send(client, request_for(data), CHANNEL).status_code == 200
+    assert drain_pipeline(slack_runtime) == 1
+    with slack_runtime.engine.connect() as conn:
+        [stored] = [row.data for row in conn.execute(select(messages.c.data))]
+    assert stored["sender"]["identifiers"][0] == slack_id("U0CUST00001") and stored["extras"]["team_id"] == TEAM
+
+
+def test_message_changed_without_message_ts_does_not_raise(slack_runtime: Runtime) -> None:
+    """``message_changed`` whose ``message`` has no ``ts`` raised KeyError in the worker (quarantined row): the
+    edited message is the previous message's ``ts``; with neither, the edit is ignored with its reason."""
+    client = create_app(slack_runtime).test_client()
+    with_previous = payload("message_changed")
+    del with_previous["event"]["message"]["ts"]
+    neither = payload("message_changed")
+    neither["event_id"] = "Ev0EDIT00099"
+    del neither["event"]["message"]["ts"], neither["event"]["previous_message"]["ts"]
+    for data in (with_previous, neither):
+        assert send(client, request_for(data), CHANNEL).status_code == 200
+    assert drain_pipeline(slack_runtime) == 2
+    with slack_runtime.engine.connect() as conn:
+        [edit] = [row.data for row in conn.execute(select(messages.c.data))]
+        statuses = sorted(conn.execute(select(inbox.c.status)).scalars())
+    assert edit["kind"] == "edit" and edit["target_provider_message_id"] == "D0CUSTDM001:1700000000.000100"
+    assert statuses == ["done", "ignored"]

@@ -1,8 +1,8 @@
 """kpis: a conversation's language, first reply, solved time, durations and channel switches, and the indexes
 the KPI queries read by period
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from alembic import op
 
 from gateway.storage.tables import Time
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
