@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from stdnum import luhn
+
 ELLIPSIS = "…"
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 # +digits with the separators people write (+44 20 7946 0958), or a bare run of 10 to 15 digits that is not part of
@@ -36,20 +38,9 @@ def mask_identifier(value: str) -> str:
     return f"{plus}{body[:4]}{ELLIPSIS}{body[-4:]}"
 
 
-def luhn_valid(digits: str) -> bool:
-    """Whether a run of digits passes the Luhn check (as every payment card number does)."""
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = int(char)
-        if position % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
-
 def _card(match: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", match.group())
-    return f"**** **** **** {digits[-4:]}" if luhn_valid(digits) else match.group()
+    return f"**** **** **** {digits[-4:]}" if luhn.is_valid(digits) else match.group()
 
 
 def mask_cards(text: str) -> str:

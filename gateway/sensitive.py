@@ -1,8 +1,9 @@
 """Masking what must not reach a CRM: payment card numbers, national ids, and an admin's own patterns.
 
 A card number is a run of 13 to 19 digits (spaces or dashes between them allowed) that passes the Luhn check; it
-becomes ``**** **** **** 4242``. National ids are checked as far as their format allows: a US SSN's reserved
-areas and groups, an Aadhaar number's Verhoeff check digit, a UK National Insurance number's prefixes. A number
+becomes ``**** **** **** 4242``. National ids are checked as far as their format allows (python-stdnum): a US
+SSN's reserved areas, groups and known-invalid numbers, an Aadhaar number's Verhoeff check digit, a UK National
+Insurance number's prefixes. A number
 that fails its check is left alone, so order numbers and phone numbers pass through.
 """
 
@@ -11,6 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from stdnum.in_ import aadhaar
+from stdnum.us import ssn
 
 from gateway.model import Message
 from gateway.redact import mask_cards
@@ -22,37 +26,13 @@ _AADHAAR = re.compile(r"(?<!\d)(?<!\d )([2-9]\d{3}) ?(\d{4}) ?(\d{4})(?!\d)(?! \
 _NINO = re.compile(r"\b([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]) ?(\d{2}) ?(\d{2}) ?(\d{2}) ?([A-D])\b", re.IGNORECASE)
 _NINO_NEVER = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
 
-# Verhoeff's dihedral-group tables (https://en.wikipedia.org/wiki/Verhoeff_algorithm)
-_D = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-    [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-    [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
-    [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
-]
-_P = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-    [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-    [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
-]
-
-
-def verhoeff_valid(digits: str) -> bool:
-    check = 0
-    for position, char in enumerate(reversed(digits)):
-        check = _D[check][_P[position % 8][int(char)]]
-    return check == 0
-
-
 def _ssn(match: re.Match[str]) -> str:
-    area, group, serial = match.group(1), match.group(3), match.group(4)
-    if area in ("000", "666") or area.startswith("9") or group == "00" or serial == "0000":
-        return match.group()
-    return f"***-**-{serial}"
+    return f"***-**-{match.group(4)}" if ssn.is_valid(match.group()) else match.group()
 
 
 def _aadhaar(match: re.Match[str]) -> str:
     digits = "".join(match.groups())
-    return f"**** **** {digits[-4:]}" if verhoeff_valid(digits) else match.group()
+    return f"**** **** {digits[-4:]}" if aadhaar.is_valid(digits) else match.group()
 
 
 def _nino(match: re.Match[str]) -> str:

@@ -17,7 +17,7 @@ from gateway.delivery import DeliveryWorker
 from gateway.pipeline import PipelineWorker
 from gateway.reload import reload_runtime
 from gateway.runtime import build_runtime
-from gateway.sensitive import Masker, verhoeff_valid
+from gateway.sensitive import Masker
 from gateway.storage.tables import inbox, messages
 from gateway.worker import drain_once
 from tests.conftest import PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN
@@ -48,6 +48,7 @@ def write_config(request: pytest.FixtureRequest, write_config: Callable[..., Pat
     ("call +1 415 555 0100 or ts 1700000000.000100", "call +1 415 555 0100 or ts 1700000000.000100"),
     ("ssn 123-45-6789", "ssn ***-**-6789"),
     ("not an ssn: 666-45-6789, 123-00-6789", "not an ssn: 666-45-6789, 123-00-6789"),
+    ("the wallet sample 078-05-1120 was never anyone's", "the wallet sample 078-05-1120 was never anyone's"),
     (f"aadhaar {AADHAAR[:4]} {AADHAAR[4:8]} {AADHAAR[8:]}", "aadhaar **** **** 0124"),
     ("aadhaar 2345 6789 0123 (check digit wrong)", "aadhaar 2345 6789 0123 (check digit wrong)"),
     ("NI number AB 12 34 56 C", "NI number ** ** ** ** *"),
@@ -55,10 +56,6 @@ def write_config(request: pytest.FixtureRequest, write_config: Callable[..., Pat
 ])
 def test_masking(text: str, masked: str) -> None:
     assert ALL.mask(text) == masked
-
-
-def test_verhoeff() -> None:
-    assert verhoeff_valid(AADHAAR) and verhoeff_valid("2363") and not verhoeff_valid("2364")
 
 
 CONFIG = f"""
