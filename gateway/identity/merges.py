@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, or_, select, update
 
 from gateway.storage.db import utcnow
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import crm_links, customers, identities, merge_suggestions, merges
 
 _MAX_CHAIN = 64
+_MERGED_INTO_ONE = select(customers.c.id).where(customers.c.merged_into == bindparam("id"))
 
 
 class MergeError(Exception):
@@ -32,7 +33,9 @@ def customer_family(conn: Connection, customer_id: str) -> list[str]:
     """The customer and every customer merged into it, directly or through others."""
     family, frontier = [customer_id], [customer_id]
     while frontier:
-        frontier = list(conn.execute(select(customers.c.id).where(customers.c.merged_into.in_(frontier))).scalars())
+        statement = _MERGED_INTO_ONE if len(frontier) == 1 else select(customers.c.id).where(
+            customers.c.merged_into.in_(frontier))
+        frontier = list(conn.execute(statement, {"id": frontier[0]}).scalars())
         family += frontier
     return family
 

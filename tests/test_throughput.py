@@ -1,0 +1,49 @@
+"""The hot path's statement budget: batches settle with one statement each, not one per message."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event, select
+
+from gateway.delivery import DeliveryWorker
+from gateway.pipeline import PipelineWorker
+from gateway.runtime import Runtime
+from gateway.storage.tables import delivery_log, outbox
+from gateway.worker import drain_once
+from tests.test_pipeline import sms, store
+
+
+@contextmanager
+def statements(rt: Runtime) -> Iterator[Counter[str]]:
+    """The first words of every statement sent to the database (an executemany counts once), by kind."""
+    seen: Counter[str] = Counter()
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen[" ".join(statement.split()[:3])] += 1
+
+    event.listen(rt.engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", count)
+
+
+def test_delivery_settles_a_batch_with_one_outbox_update_and_one_log_insert(runtime: Runtime) -> None:
+    store(runtime, *(sms(f"SM{n:032d}", f"+1555000{n:04d}", f"hello {n}") for n in range(6)))
+    while drain_once(PipelineWorker(runtime, "p")):
+        pass
+    delivery = DeliveryWorker(runtime, "d")
+    with statements(runtime) as seen:
+        assert drain_once(delivery) == 6
+    assert seen["UPDATE outbox SET"] == 2  # the claim, then every delivered row at once
+    assert seen["INSERT INTO delivery_log"] == 1
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.status, outbox.c.lease_owner, outbox.c.delivered_at)).all()
+        logged = conn.execute(select(delivery_log.c.outbox_id, delivery_log.c.outcome)).all()
+    assert [(status, owner) for status, owner, _ in rows] == [("done", None)] * 6
+    assert all(at is not None for _, _, at in rows)
+    assert sorted(logged) == [(n, "delivered") for n in range(1, 7)]
