@@ -42,7 +42,7 @@ from gateway.errors import DeliveryError
 from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
-from gateway.language import detect_language
+from gateway.language import detect_language, load_model
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
 from gateway.notes import note_failed_send
@@ -134,6 +134,7 @@ class PipelineWorker:
         self._in_progress: _InProgress | None = None
         self._held_ids: list[int] = []
         self._abandoned = False
+        load_model()
 
     def claim(self) -> list[list[Row[Any]]]:
         """Rows never tried as one batch; a row tried before alone, or dead-lettered when its tries are spent."""

@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import event, select
 
 from gateway.delivery import DeliveryWorker
+from gateway.identity.suggest import suggest_for_new_customer
 from gateway.pipeline import PipelineWorker
 from gateway.runtime import Runtime
 from gateway.storage.tables import delivery_log, outbox
 from gateway.worker import drain_once
+from tests.test_identity import email, party, resolve
 from tests.test_pipeline import sms, store
 
 
@@ -47,3 +49,14 @@ def test_delivery_settles_a_batch_with_one_outbox_update_and_one_log_insert(runt
     assert [(status, owner) for status, owner, _ in rows] == [("done", None)] * 6
     assert all(at is not None for _, _, at in rows)
     assert sorted(logged) == [(n, "delivered") for n in range(1, 7)]
+
+
+def test_suggestions_read_the_alike_customers_identifiers_in_one_query(runtime: Runtime) -> None:
+    with runtime.engine.begin() as conn:
+        for n in range(8):
+            resolve(conn, party(email(f"asha.rao+{n}@example.com"), name="Asha Rao"), f"m{n}")
+        new = resolve(conn, party(email("asha.rao@example.com"), name="Asha Rao"), "m-new")
+        with statements(runtime) as seen:
+            made = suggest_for_new_customer(conn, new, 85)
+    assert len(made) == 8  # each alike customer's address differs only by its +tag
+    assert sum(count for kind, count in seen.items() if kind.startswith("SELECT identities")) == 1
