@@ -81,12 +81,12 @@ def config_for(folder: Path, url: str) -> Path:
     return path
 
 
-def processes(count: int, messages: int, timeout: float) -> dict[str, Any]:
+def processes(count: int, messages: int, senders: int, timeout: float) -> dict[str, Any]:
     with database() as url, tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         config = config_for(folder, url)
         runtime = build_runtime(load_config(config))
-        prefill(runtime, messages, max(1, messages // 5), run_id=3)
+        prefill(runtime, messages, senders, run_id=3)
         with runtime.engine.begin() as conn:  # held back until the workers have started
             conn.execute(update(inbox).values(available_at=utcnow() + timedelta(days=1)))
         output = folder / "crm.jsonl"
@@ -112,7 +112,8 @@ def processes(count: int, messages: int, timeout: float) -> dict[str, Any]:
             for worker in workers:
                 worker.wait(timeout=60)
         check = jsonl_check(output, messages)
-    return {"processes": count, "seconds": round(elapsed, 2), "mps": round(check["lines"] / elapsed, 1),
+    return {"processes": count, "senders": senders, "seconds": round(elapsed, 2),
+            "mps": round(check["lines"] / elapsed, 1),
             "exact": check["exact"], "gateway_cpu_ms_per_msg": round(gw_cpu / messages * 1000, 2),
             "postgres_cpu_ms_per_msg": round(pg_cpu / messages * 1000, 2), "load": round(load, 2),
             "idle_cpu_per_s": idle_cpu}
@@ -184,10 +185,12 @@ def stage_costs(messages: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--senders", type=int, help="distinct senders (default: messages / 5)")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     result = {"stages": stage_costs(args.messages // 2),
-              "runs": [processes(count, args.messages, args.timeout) for count in (1, 2, 1, 2)]}
+              "runs": [processes(count, args.messages, args.senders or max(1, args.messages // 5), args.timeout)
+                       for count in (1, 2, 1, 2)]}
     print(json.dumps(result, indent=2))
 
 
