@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from gateway.identity.merges import live_customer_id
 from gateway.model import Message
@@ -19,14 +19,19 @@ from gateway.plugins import ConversationView, CustomerView, DeliveryItem
 from gateway.routing import NO_ROUTE
 from gateway.storage.tables import conversations, customers, identities, messages
 
+_CUSTOMER = select(customers.c.merged_into, customers.c.display_name).where(customers.c.id == bindparam("id"))
+_IDENTIFIERS = select(identities.c.kind, identities.c.value).where(
+    identities.c.customer_id == bindparam("id")).order_by(identities.c.id)
+
 
 def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
     """The customer as mappings and CRM connectors see it (the live customer, if it was merged since)."""
-    customer_id = live_customer_id(conn, customer_id)
-    name = conn.execute(select(customers.c.display_name).where(customers.c.id == customer_id)).scalar_one()
-    rows = conn.execute(select(identities.c.kind, identities.c.value)
-                        .where(identities.c.customer_id == customer_id).order_by(identities.c.id))
-    return {"id": customer_id, "display_name": name,
+    customer = conn.execute(_CUSTOMER, {"id": customer_id}).one()
+    if customer.merged_into:
+        customer_id = live_customer_id(conn, customer_id)
+        customer = conn.execute(_CUSTOMER, {"id": customer_id}).one()
+    rows = conn.execute(_IDENTIFIERS, {"id": customer_id})
+    return {"id": customer_id, "display_name": customer.display_name,
             "identifiers": [{"kind": kind, "value": value} for kind, value in rows]}
 
 
@@ -68,12 +73,15 @@ class MessageContext:
         return [(i["kind"], i["value"]) for i in self.customer["identifiers"]]
 
 
+_STORED = select(messages).where(messages.c.id == bindparam("id"))
+_PREVIOUS = select(conversations.c.previous_id).where(conversations.c.id == bindparam("id"))
+
+
 def stored_message_context(conn: Connection, message_id: str) -> MessageContext:
     """The context of a stored message, read back from its row (its customer as it is now, after any merge)."""
-    stored = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+    stored = conn.execute(_STORED, {"id": message_id}).one()
     customer = customer_context(conn, stored.customer_id)
-    previous_id = conn.execute(select(conversations.c.previous_id).where(
-        conversations.c.id == stored.conversation_id)).scalar_one_or_none()
+    previous_id = conn.execute(_PREVIOUS, {"id": stored.conversation_id}).scalar_one_or_none()
     message = Message.model_validate(stored.data)
     conversation = conversation_context(stored.conversation_id, message.channel.value, stored.thread_rule,
                                         opened_by_message=stored.thread_rule == "new", previous_id=previous_id)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from gateway.config import ConversationsConfig
 from gateway.identity.merges import customer_family
@@ -24,6 +24,15 @@ from gateway.storage.queues import insert_for
 from gateway.storage.tables import conversations, crm_links, customers, thread_keys
 
 MAX_KEY = 512  # thread_keys.key
+_BY_THREAD_KEY = select(thread_keys.c.conversation_id).where(thread_keys.c.key == bindparam("key"))
+_OPEN_OF_ONE = (select(conversations.c.id)  # continuity for a customer nobody was merged into (the usual case)
+                .where(conversations.c.customer_id == bindparam("customer_id"), conversations.c.status == "open",
+                       conversations.c.last_activity_at >= bindparam("since"))
+                .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_OPEN_OF_ONE_HERE = _OPEN_OF_ONE.where(conversations.c.connector == bindparam("connector"))
+_TOUCH = update(conversations).where(
+    conversations.c.id == bindparam("conversation_id"), conversations.c.last_activity_at < bindparam("at")
+).values(last_activity_at=bindparam("at"))
 
 
 def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
@@ -75,8 +84,7 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
     conversation_id: str | None = None
     rule = "new"
     for key in lookup:
-        conversation_id = conn.execute(
-            select(thread_keys.c.conversation_id).where(thread_keys.c.key == key)).scalar_one_or_none()
+        conversation_id = conn.execute(_BY_THREAD_KEY, {"key": key}).scalar_one_or_none()
         if conversation_id:
             rule = "thread_key"
             break
@@ -89,7 +97,13 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
         conversation_id = _by_subject_token(conn, message.subject, settings.subject_token, family)
         if conversation_id:
             rule = "subject_token"
-    if conversation_id is None:
+    if conversation_id is None and len(family) == 1:
+        since = at - timedelta(hours=settings.window_hours)
+        conversation_id = conn.execute(_OPEN_OF_ONE_HERE if settings.continuity == "per_channel" else _OPEN_OF_ONE, {
+            "customer_id": customer_id, "since": since, "connector": message.connector}).scalar_one_or_none()
+        if conversation_id:
+            rule = "continuity"
+    elif conversation_id is None:
         query = (select(conversations.c.id)
                  .where(conversations.c.customer_id.in_(family), conversations.c.status == "open",
                         conversations.c.last_activity_at >= at - timedelta(hours=settings.window_hours))
@@ -111,15 +125,14 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
             connector=message.connector, status="open", created_at=at, last_activity_at=at,
             language=_language(message)))
     else:
-        conn.execute(update(conversations).where(
-            conversations.c.id == conversation_id, conversations.c.last_activity_at < at).values(last_activity_at=at))
+        conn.execute(_TOUCH, {"conversation_id": conversation_id, "at": at})
         if _language(message):
             conn.execute(update(conversations).where(
                 conversations.c.id == conversation_id, conversations.c.language.is_(None)).values(
                 language=_language(message)))
-    statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
-    for key in own:
-        conn.execute(statement, {"key": key, "conversation_id": conversation_id})
+    if own:
+        statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
+        conn.execute(statement, [{"key": key, "conversation_id": conversation_id} for key in own])
     return Assignment(conversation_id, rule, opened, previous_id)
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, bindparam, select, update
 
 from gateway import metrics
 from gateway.acks import Acknowledgements
@@ -25,8 +25,8 @@ from gateway.storage.links import DbLinkStore
 from gateway.storage.tables import delivery_log, messages, outbox
 
 log = logging.getLogger(__name__)
-
-
+_SETTLE_DONE = update(outbox).where(outbox.c.id == bindparam("row_id")).values(
+    status="done", lease_owner=None, lease_until=None, last_error=None, delivered_at=bindparam("at"))
 
 
 class DeliveryWorker:
@@ -119,31 +119,40 @@ class DeliveryWorker:
                 outcomes.setdefault(items[0].outbox_id, error)
         items_by_id = {item.outbox_id: item for items in item_groups for item in items}
         resume = self._resume_times(rows, outcomes)
-        untried = []
+        untried, done = [], []
         for row_id, row in rows.items():
             outcome = outcomes.get(row_id)
             if isinstance(outcome, DeliveryResult):
-                self._done(row, items_by_id[row_id], outcome, started)
+                done.append((row, items_by_id[row_id], outcome))
             elif isinstance(outcome, PermanentError):
                 self._dead(row, outcome, "permanent", started)
             elif isinstance(outcome, RetryableError):
                 self._retry(row, outcome, started, resume.get(id(outcome)))
             else:
                 untried.append(row_id)  # behind a failed message of its conversation: next round
+        self._done(done, started)
         self.rt.queues.release(outbox, untried, self.owner)
 
-    def _done(self, row: Row[Any], item: DeliveryItem, result: DeliveryResult, started: float) -> None:
+    def _done(self, done: list[tuple[Row[Any], DeliveryItem, DeliveryResult]], started: float) -> None:
+        """The batch's delivered rows settled in one transaction: one statement for the outbox rows, one for their
+        delivery-log rows."""
+        if not done:
+            return
         now = utcnow()
+        duration_ms = (time.monotonic() - started) * 1000
         with self.rt.engine.begin() as conn:
-            self.rt.queues.finish(conn, outbox, row.id, "done", delivered_at=now, last_error=None)
-            self._log(conn, row, "delivered", started, operation=result.operation, remote_id=result.remote_id,
-                      detail=result.detail)
-            acknowledged = self.acks.after_delivery(conn, row.crm, row.conversation_id)
-        if acknowledged:
+            conn.execute(_SETTLE_DONE, [{"row_id": row.id, "at": now} for row, _, _ in done])
+            conn.execute(delivery_log.insert(), [{
+                "outbox_id": row.id, "crm": row.crm, "attempt": row.attempts, "outcome": "delivered",
+                "operation": result.operation, "remote_id": result.remote_id, "detail": result.detail,
+                "duration_ms": duration_ms, "created_at": now} for row, _, result in done])
+            acknowledged = [self.acks.after_delivery(conn, row.crm, row.conversation_id) for row, _, _ in done]
+        if any(acknowledged):
             self.rt.sends_waiting.set()
-        metrics.DELIVERED.labels(row.crm).inc()
-        metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
-        _log_delivered(row, item, result)
+        for row, item, result in done:
+            metrics.DELIVERED.labels(row.crm).inc()
+            metrics.LATENCY.labels(row.crm).observe((now - item.message.received_at).total_seconds())
+            _log_delivered(row, item, result)
 
     def _resume_times(self, rows: dict[int, Row[Any]], outcomes: dict[int, Any]) -> dict[int, datetime]:
         """When to try again, by failure, for a failure that ended several rows' writes (a whole batch call, or the

@@ -73,6 +73,11 @@ def _identifier() -> Any:
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
+def load_model() -> None:
+    """Load the model now (a second or two), so that the first batch of messages does not wait for it."""
+    _identifier()
+
+
 @lru_cache(maxsize=4096)
 def _script(char: str) -> str:
     point = ord(char)

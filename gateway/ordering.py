@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 
 from gateway.enrich import senders_of
 from gateway.model import Message
@@ -24,6 +24,7 @@ from gateway.storage.queues import insert_for
 from gateway.storage.tables import inbox, inbox_keys
 
 OrderKeys = frozenset[str]
+_FORGET = delete(inbox_keys).where(inbox_keys.c.inbox_id == bindparam("row_id"))
 
 
 def order_keys(messages: Iterable[Message]) -> OrderKeys:
@@ -46,7 +47,7 @@ def record_keys(engine: Engine, keys: Mapping[int, OrderKeys]) -> None:
 
 def forget_keys(conn: Connection, row_id: int) -> None:
     """A settled row holds nobody back any more."""
-    conn.execute(delete(inbox_keys).where(inbox_keys.c.inbox_id == row_id))
+    conn.execute(_FORGET, {"row_id": row_id})
 
 
 def must_wait(conn: Connection, items: Sequence[tuple[int, OrderKeys]]) -> set[int]:

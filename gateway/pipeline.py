@@ -29,7 +29,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics, routing
@@ -43,7 +43,7 @@ from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.kpis import KpiClock, record_first_replies, record_inbound, record_solved
-from gateway.language import detect_language
+from gateway.language import detect_language, load_model
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
 from gateway.notes import note_failed_send
@@ -66,6 +66,13 @@ from gateway.webhooks import Headers, HookRequest
 log = logging.getLogger(__name__)
 FAILED_STATUSES = frozenset({"failed", "undelivered"})
 ENRICH_ATTEMPTS = 5  # then a message whose media cannot be fetched is delivered without them
+_ALREADY_STORED = select(messages.c.id).where(messages.c.connector == bindparam("connector"),
+                                              messages.c.provider_message_id == bindparam("provider_message_id"))
+_INSERT_MESSAGE = messages.insert()
+_INSERT_OUTBOX = outbox.insert()
+_SETTLE_HELD = inbox.update().where(
+    inbox.c.id == bindparam("row_id"), inbox.c.lease_owner == bindparam("owner"), inbox.c.status == "pending"
+).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +137,7 @@ class PipelineWorker:
         self._in_progress: _InProgress | None = None
         self._held_ids: list[int] = []
         self._abandoned = False
+        load_model()
 
     def claim(self) -> list[list[Row[Any]]]:
         """Rows never tried as one batch; a row tried before alone, or dead-lettered when its tries are spent."""
@@ -337,8 +345,8 @@ class PipelineWorker:
 
     def _finish(self, conn: Connection, row: Row[Any], status: str) -> None:
         """Settle a row this worker still holds; else ``LeaseLost`` rolls back what was stored for it."""
-        if not self.rt.queues.finish(conn, inbox, row.id, status, owner=self.owner, processed_at=utcnow(),
-                                     last_error=None):
+        if not conn.execute(_SETTLE_HELD, {"row_id": row.id, "owner": self.owner, "to": status,
+                                           "at": utcnow()}).rowcount:
             raise LeaseLost(f"inbox row {row.id}")
         forget_keys(conn, row.id)
 
@@ -429,9 +437,8 @@ class PipelineWorker:
     def _store(self, conn: Connection, message: Message) -> None:
         if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
             message = self.maskers[message.connector].message(message)
-        already = conn.execute(select(messages.c.id).where(
-            messages.c.connector == message.connector,
-            messages.c.provider_message_id == message.provider_message_id)).first()
+        already = conn.execute(_ALREADY_STORED, {"connector": message.connector,
+                                                 "provider_message_id": message.provider_message_id}).first()
         if already is not None:
             return
         try:
@@ -448,11 +455,11 @@ class PipelineWorker:
         if not assignment.opened:
             record_inbound(conn, conversation_id, message.connector, message.received_at)
         now = utcnow()
-        conn.execute(messages.insert().values(
-            id=message.id, inbox_id=message.raw.inbox_id, connector=message.connector,
-            provider_message_id=message.provider_message_id, customer_id=customer_id,
-            conversation_id=conversation_id, thread_rule=rule, data=message.model_dump(mode="json"),
-            received_at=message.received_at, created_at=now))
+        conn.execute(_INSERT_MESSAGE, {
+            "id": message.id, "inbox_id": message.raw.inbox_id, "connector": message.connector,
+            "provider_message_id": message.provider_message_id, "customer_id": customer_id,
+            "conversation_id": conversation_id, "thread_rule": rule, "data": message.model_dump(mode="json"),
+            "received_at": message.received_at, "created_at": now})
         record_keyword(conn, message)
         if take_answer(conn, self.surveys, message, customer_id):
             return  # a survey rating: written back by the worker's automation job, not a new support message
@@ -475,9 +482,9 @@ class PipelineWorker:
                     error = exc
             else:
                 fields = {}
-            outbox_id = conn.execute(outbox.insert().values(
-                crm=route.crm, message_id=message.id, conversation_id=conversation_id, fields=fields,
-                status="pending", attempts=0, available_at=now, created_at=now)).inserted_primary_key[0]
+            outbox_id = conn.execute(_INSERT_OUTBOX, {
+                "crm": route.crm, "message_id": message.id, "conversation_id": conversation_id, "fields": fields,
+                "status": "pending", "attempts": 0, "available_at": now, "created_at": now}).inserted_primary_key[0]
             if error is not None:
                 self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.crm,
                                            error_class="permanent", reason=str(error), attempts=0,

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, or_, select, update
 
 from gateway.storage.db import utcnow
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import crm_links, customers, identities, merge_suggestions, merges
 
 _MAX_CHAIN = 64
+_MERGED_INTO_ONE = select(customers.c.id).where(customers.c.merged_into == bindparam("id"))
+_SUGGESTION_ID = select(merge_suggestions.c.id).where(
+    merge_suggestions.c.customer_a == bindparam("a"), merge_suggestions.c.customer_b == bindparam("b"))
+_SUGGEST: dict[str, Any] = {}  # by dialect name
+
+
+def _suggest_statement(conn: Connection) -> Any:
+    statement = _SUGGEST.get(conn.engine.dialect.name)
+    if statement is None:
+        statement = _SUGGEST[conn.engine.dialect.name] = insert_for(conn.engine, merge_suggestions) \
+            .on_conflict_do_nothing(index_elements=["customer_a", "customer_b"])
+    return statement
 
 
 class MergeError(Exception):
@@ -32,7 +44,9 @@ def customer_family(conn: Connection, customer_id: str) -> list[str]:
     """The customer and every customer merged into it, directly or through others."""
     family, frontier = [customer_id], [customer_id]
     while frontier:
-        frontier = list(conn.execute(select(customers.c.id).where(customers.c.merged_into.in_(frontier))).scalars())
+        statement = _MERGED_INTO_ONE if len(frontier) == 1 else select(customers.c.id).where(
+            customers.c.merged_into.in_(frontier))
+        frontier = list(conn.execute(statement, {"id": frontier[0]}).scalars())
         family += frontier
     return family
 
@@ -99,12 +113,10 @@ def unmerge(conn: Connection, merge_id: int, reason: str | None = None) -> dict[
 def suggest(conn: Connection, a: str, b: str, score: float, reason: str) -> int:
     """Record (once per pair) that two customers look like one person; nothing is merged."""
     first, second = sorted((a, b))
-    statement = insert_for(conn.engine, merge_suggestions).values(
-        customer_a=first, customer_b=second, score=round(score, 1), reason=reason[:1000], status="open",
-        created_at=utcnow()).on_conflict_do_nothing(index_elements=["customer_a", "customer_b"])
-    conn.execute(statement)
-    return conn.execute(select(merge_suggestions.c.id).where(
-        merge_suggestions.c.customer_a == first, merge_suggestions.c.customer_b == second)).scalar_one()
+    conn.execute(_suggest_statement(conn), {
+        "customer_a": first, "customer_b": second, "score": round(score, 1), "reason": reason[:1000],
+        "status": "open", "created_at": utcnow()})
+    return conn.execute(_SUGGESTION_ID, {"a": first, "b": second}).scalar_one()
 
 
 def merges_of(conn: Connection, customer_id: str) -> list[Any]:

@@ -43,17 +43,20 @@ def suggest_for_new_customer(conn: Connection, customer_id: str, min_score: floa
     if not candidates:
         return []
 
-    def idents(cid: str) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in conn.execute(
-            select(identities.c.kind, identities.c.value).where(identities.c.customer_id == cid))]
-
-    mine = idents(customer_id)
+    scored = [(other_id, score) for other_id, other_key in candidates
+              if (score := fuzz.token_sort_ratio(key, other_key)) >= min_score]
+    if not scored:
+        return []
+    held: dict[str, list[tuple[str, str]]] = {}  # every identifier of this customer and the alike ones, one query
+    for owner, kind, value in conn.execute(
+            select(identities.c.customer_id, identities.c.kind, identities.c.value)
+            .where(identities.c.customer_id.in_([customer_id, *(other_id for other_id, _ in scored)]))
+            .order_by(identities.c.id)):
+        held.setdefault(owner, []).append((kind, value))
+    mine = held.get(customer_id, [])
     made = []
-    for other_id, other_key in candidates:
-        score = fuzz.token_sort_ratio(key, other_key)
-        if score < min_score:
-            continue
-        evidence = _partial_evidence(mine, idents(other_id))
+    for other_id, score in scored:
+        evidence = _partial_evidence(mine, held.get(other_id, []))
         if evidence:
             made.append(suggest(conn, customer_id, other_id, score, f"names {score:.0f}% alike; {evidence}"))
     return made

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Insert, bindparam, select
 
 from gateway.directory import CrmDirectory
 from gateway.storage.db import utcnow
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import crm_links
+
+_GET = select(crm_links.c.remote_id, crm_links.c.data).where(
+    crm_links.c.crm == bindparam("crm"), crm_links.c.entity == bindparam("entity"),
+    crm_links.c.local_id == bindparam("local_id"))
+_PUT: dict[str, Insert] = {}  # by dialect name
+
+
+def _put_statement(engine: Engine) -> Insert:
+    statement = _PUT.get(engine.dialect.name)
+    if statement is None:
+        insert = insert_for(engine, crm_links)
+        statement = _PUT[engine.dialect.name] = insert.on_conflict_do_update(
+            index_elements=["crm", "entity", "local_id"],
+            set_={"remote_id": insert.excluded.remote_id, "data": insert.excluded.data,
+                  "updated_at": insert.excluded.updated_at})
+    return statement
 
 
 class DbLinkStore:
@@ -35,17 +51,11 @@ class DbLinkStore:
 
     def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(crm_links.c.remote_id, crm_links.c.data).where(
-                crm_links.c.crm == self.crm, crm_links.c.entity == entity,
-                crm_links.c.local_id == local_id)).first()
+            row = conn.execute(_GET, {"crm": self.crm, "entity": entity, "local_id": local_id}).first()
         return (row.remote_id, dict(row.data)) if row else None
 
     def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None:
         values = {"crm": self.crm, "entity": entity, "local_id": local_id, "remote_id": remote_id,
                   "data": data or {}, "updated_at": utcnow()}
-        insert = insert_for(self.engine, crm_links).values(**values)
-        statement = insert.on_conflict_do_update(
-            index_elements=["crm", "entity", "local_id"],
-            set_={"remote_id": remote_id, "data": values["data"], "updated_at": values["updated_at"]})
         with self.engine.begin() as conn:
-            conn.execute(statement)
+            conn.execute(_put_statement(self.engine), values)
