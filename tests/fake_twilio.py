@@ -42,9 +42,11 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.local_server import LocalServer
 
 MODES = ("ok", "hang", "drop", "fail", "throttle")
 Answer = tuple[int, dict[str, Any], dict[str, str]]
@@ -54,7 +56,7 @@ def _rfc2822(moment: datetime) -> str:
     return format_datetime(moment.astimezone(UTC))
 
 
-class FakeTwilio:
+class FakeTwilio(LocalServer):
     """The fake server. Nothing is sent anywhere; status callbacks are not made."""
 
     def __init__(self, account_sid: str, auth_token: str, *, queue_seconds: float = 0.0,
@@ -68,36 +70,12 @@ class FakeTwilio:
         self.forms: list[dict[str, list[str]]] = []  # each accepted creation's form, as posted
         self.lock = threading.Lock()
         self.held = threading.Event()
-        self.release = threading.Event()
         self._messages: list[dict[str, Any]] = []
         self._created: dict[str, datetime] = {}
         self._mode = "ok"
         self._times: int | None = None
         self._serial = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-twilio", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeTwilio:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeTwilio:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+        self.serve(_handler_for(self), "fake-twilio")
 
     # -- what tests read and set ---------------------------------------------------------------------------------
     def set_mode(self, mode: str, times: int | None = None) -> None:

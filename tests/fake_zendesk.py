@@ -53,11 +53,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fake_zendesk_replies import API_USER_ID, RepliesApi
+from tests.local_server import LocalServer
 
 MARKER = "gateway_message_id"
 Answer = tuple[int, dict[str, Any] | str, dict[str, str]]
@@ -118,7 +119,7 @@ class FakeState:
     outage_until: float = float("-inf")
 
 
-class FakeZendesk(RepliesApi):
+class FakeZendesk(RepliesApi, LocalServer):
     """The fake server: ``start()`` it on a free port, point ``base_url`` at ``url``, ``stop()`` it afterwards."""
 
     def __init__(self, *, delay_seconds: float = 0.0, job_delay_seconds: float = 0.2,
@@ -133,11 +134,8 @@ class FakeZendesk(RepliesApi):
         self.lock = threading.Lock()
         self._ids = itertools.count(1001)
         self._window: deque[float] = deque()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-zendesk", daemon=True)
+        self.serve(_handler_for(self), "fake-zendesk")
         self.held = threading.Event()  # set once a held comment has been written
-        self.release = threading.Event()
         self._hold_next = False
         self.held_write: Write | None = None
         self._to_lose: list[tuple[str, str, int]] = []
@@ -145,29 +143,9 @@ class FakeZendesk(RepliesApi):
         self._local = threading.local()
         self._init_replies()
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeZendesk:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
-
     def close(self) -> None:
         """Free the port of a fake that is never started: one whose ``handle`` answers in process."""
         self._server.server_close()
-
-    def __enter__(self) -> FakeZendesk:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # -- what tests read -----------------------------------------------------------------------------------------
     def comment_counts(self) -> Counter[str]:
