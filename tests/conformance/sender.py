@@ -48,6 +48,16 @@ def agent_reply(answering: Message, text: str = REPLY_TEXT, **changes: Any) -> M
     return Message(**fields)
 
 
+def send_request(answering: Message, *, age: timedelta = timedelta(0), started: datetime | None = None,
+                 customer_name: str | None = None, **changes: Any) -> SendRequest:
+    """The send worker's request to answer ``answering`` (its last message ``age`` ago); ``started``: the time an
+    earlier attempt began, which makes this the second attempt."""
+    return SendRequest(send_id=7, attempt=2 if started else 1, token="gw-send-7",
+                       message=agent_reply(answering, **changes), reply_to=answering,
+                       customer=CustomerView("c" * 32, customer_name, ()), last_inbound_at=datetime.now(UTC) - age,
+                       attempt_started_at=started)
+
+
 class SenderConformance(abc.ABC):
     """Subclass per sending channel; implement the hooks, keep the cases."""
 

@@ -26,13 +26,13 @@ from connectors.slack import SlackChannel, signed_request
 from gateway.config import load_config
 from gateway.errors import OutcomeUnknown, PermanentError, RetryableError
 from gateway.model import Attachment, Message
-from gateway.plugins import ConnectorContext, CustomerView, SendRequest
+from gateway.plugins import ConnectorContext, SendRequest
 from gateway.runtime import Runtime, build_runtime
 from gateway.sending import SendWorker
 from gateway.storage.tables import conversations, inbox, messages, send_log, sends
 from gateway.web import create_app
 from tests.conformance.channel import FIXTURES, drain_pipeline, send, split_records
-from tests.conformance.sender import REPLY_TEXT, DeadlineSession, SenderConformance, agent_reply
+from tests.conformance.sender import REPLY_TEXT, DeadlineSession, SenderConformance, send_request
 from tests.conftest import PUBLIC_URL
 from tests.fake_slack import FakeSlack
 
@@ -70,13 +70,6 @@ def inbound(data: dict[str, Any] | str, **extra: Any) -> Message:
     [record] = split_records(connector, signed_request(SECRET, json.dumps(body).encode(), PUBLIC_URL))
     [message] = connector.normalize(record)
     return message
-
-
-def send_request(answering: Message, *, started: datetime | None = None, **changes: Any) -> SendRequest:
-    return SendRequest(send_id=7, attempt=2 if started else 1, token="gw-send-7",
-                       message=agent_reply(answering, **changes), reply_to=answering,
-                       customer=CustomerView("c" * 32, None, ()), last_inbound_at=datetime.now(UTC),
-                       attempt_started_at=started)
 
 
 def posted(call: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -23,12 +24,12 @@ from connectors.twilio import TwilioChannel
 from gateway.config import load_config
 from gateway.errors import OutcomeUnknown, PermanentError, RetryableError
 from gateway.model import Attachment, Message
-from gateway.plugins import ConnectorContext, CustomerView, SendRequest
+from gateway.plugins import ConnectorContext, SendRequest
 from gateway.runtime import build_runtime
 from gateway.storage.tables import messages, provider_statuses
 from gateway.web import create_app
 from tests.conformance.channel import drain_pipeline, send, split_records
-from tests.conformance.sender import REPLY_TEXT, DeadlineSession, SenderConformance, agent_reply
+from tests.conformance.sender import REPLY_TEXT, DeadlineSession, SenderConformance, send_request
 from tests.conftest import PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN
 from tests.connectors.test_twilio import form_request, load_fixture, replace
 from tests.reply_flow import (
@@ -64,12 +65,7 @@ def customer_message(fixture: str = "sms", **changes: Any) -> Message:
     return message.model_copy(update=changes)
 
 
-def request_for(answering: Message, *, age: timedelta = timedelta(minutes=5), started: datetime | None = None,
-                **changes: Any) -> SendRequest:
-    return SendRequest(send_id=7, attempt=1 if started is None else 2, token="gw-send-7",
-                       message=agent_reply(answering, **changes), reply_to=answering,
-                       customer=CustomerView("c" * 32, "Pat Doe", ()), last_inbound_at=datetime.now(UTC) - age,
-                       attempt_started_at=started)
+request_for = partial(send_request, age=timedelta(minutes=5), customer_name="Pat Doe")
 
 
 def resource(sid: str, body: str, *, to: str = CUSTOMER, sender: str | None = BUSINESS, created: datetime | None = None,

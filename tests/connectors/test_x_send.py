@@ -28,13 +28,14 @@ from connectors.x import XChannel, signed_request
 from gateway.config import load_config
 from gateway.errors import OutcomeUnknown, PermanentError, RetryableError
 from gateway.model import Attachment, Message
-from gateway.plugins import ConnectorContext, CustomerView, SendRequest
+from gateway.plugins import ConnectorContext, SendRequest
 from gateway.runtime import Runtime, build_runtime
 from gateway.sending import SendWorker
 from gateway.storage.tables import conversations, inbox, messages, sends
 from gateway.web import create_app
 from tests.conformance.channel import FIXTURES, drain_pipeline, send, split_records
-from tests.conformance.sender import REPLY_TEXT, DeadlineSession, SenderConformance, agent_reply
+from tests.conformance.sender import REPLY_TEXT, DeadlineSession, SenderConformance
+from tests.conformance.sender import send_request as conformance_request
 from tests.conftest import PUBLIC_URL
 
 CHANNEL = "x-support"
@@ -71,11 +72,7 @@ def inbound(data: dict[str, Any] | None = None) -> Message:
 
 
 def send_request(answering: Message | None = None, *, started: datetime | None = None, **changes: Any) -> SendRequest:
-    answering = answering or inbound()
-    return SendRequest(send_id=7, attempt=2 if started else 1, token="gw-send-7",
-                       message=agent_reply(answering, **changes), reply_to=answering,
-                       customer=CustomerView("c" * 32, None, ()), last_inbound_at=datetime.now(UTC),
-                       attempt_started_at=started)
+    return conformance_request(answering or inbound(), started=started, **changes)
 
 
 def stamp(moment: datetime) -> str:
