@@ -20,7 +20,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, and_, case, func, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, select, update
 
 from gateway.storage.tables import (
     acknowledgements,
@@ -129,15 +129,20 @@ def record_first_replies(conn: Connection, conversation_ids: Iterable[str], cloc
                     first_response_seconds=clock.seconds(opened.connector, opened.created_at, first)))
 
 
+# built once: these run for every customer message of a continuing conversation
+_PREVIOUS_CHANNEL = select(messages.c.connector).where(
+    messages.c.conversation_id == bindparam("conversation_id"), messages.c.direction == "inbound",
+    messages.c.received_at <= bindparam("at")).order_by(messages.c.received_at.desc()).limit(1)
+_COUNT_SWITCH = update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
+    switches=conversations.c.switches + 1)
+
+
 def record_inbound(conn: Connection, conversation_id: str, connector: str, at: datetime) -> None:
     """Before a customer's message is stored: a channel switch when their previous message in the conversation came
     through another configured channel."""
-    previous = conn.execute(select(messages.c.connector).where(
-        messages.c.conversation_id == conversation_id, messages.c.direction == "inbound",
-        messages.c.received_at <= at).order_by(messages.c.received_at.desc()).limit(1)).scalar()
+    previous = conn.execute(_PREVIOUS_CHANNEL, {"conversation_id": conversation_id, "at": at}).scalar()
     if previous is not None and previous != connector:
-        conn.execute(update(conversations).where(conversations.c.id == conversation_id)
-                     .values(switches=conversations.c.switches + 1))
+        conn.execute(_COUNT_SWITCH, {"conversation_id": conversation_id})
 
 
 def percentile(values: Sequence[float], share: float) -> float | None:
