@@ -14,6 +14,11 @@ _MAX_CHAIN = 64
 _MERGED_INTO_ONE = select(customers.c.id).where(customers.c.merged_into == bindparam("id"))
 _SUGGESTION_ID = select(merge_suggestions.c.id).where(
     merge_suggestions.c.customer_a == bindparam("a"), merge_suggestions.c.customer_b == bindparam("b"))
+_SUGGESTIONS_OF = select(merge_suggestions.c.id, merge_suggestions.c.customer_a, merge_suggestions.c.customer_b).where(
+    or_(and_(merge_suggestions.c.customer_a == bindparam("customer_id"),
+             merge_suggestions.c.customer_b.in_(bindparam("others", expanding=True))),
+        and_(merge_suggestions.c.customer_b == bindparam("customer_id"),
+             merge_suggestions.c.customer_a.in_(bindparam("others", expanding=True)))))
 _SUGGEST: dict[str, Any] = {}  # by dialect name
 
 
@@ -117,6 +122,26 @@ def suggest(conn: Connection, a: str, b: str, score: float, reason: str) -> int:
         "customer_a": first, "customer_b": second, "score": round(score, 1), "reason": reason[:1000],
         "status": "open", "created_at": utcnow()})
     return conn.execute(_SUGGESTION_ID, {"a": first, "b": second}).scalar_one()
+
+
+def suggest_many(conn: Connection, customer_id: str, alike: list[tuple[str, float, str]]) -> list[int]:
+    """``suggest`` for several (other customer, score, reason) of one customer: two statements for all of them.
+
+    Returns the suggestion ids in the order of ``alike``.
+    """
+    if not alike:
+        return []
+    now = utcnow()
+    rows = []
+    for other, score, reason in alike:
+        first, second = sorted((customer_id, other))
+        rows.append({"customer_a": first, "customer_b": second, "score": round(score, 1), "reason": reason[:1000],
+                     "status": "open", "created_at": now})
+    conn.execute(_suggest_statement(conn), rows)
+    others = [other for other, _, _ in alike]
+    ids = {(a if b == customer_id else b): suggestion_id for suggestion_id, a, b in conn.execute(
+        _SUGGESTIONS_OF, {"customer_id": customer_id, "others": others})}
+    return [ids[other] for other in others]
 
 
 def merges_of(conn: Connection, customer_id: str) -> list[Any]:

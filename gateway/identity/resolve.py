@@ -17,13 +17,27 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    CompoundSelect,
+    Connection,
+    Select,
+    String,
+    and_,
+    bindparam,
+    cast,
+    func,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 
 from gateway.identity.merges import conflicting_links, live_customer_id, merge_customers, suggest
 from gateway.identity.normalize import IdentityRules, canonical_identifiers, name_key
 from gateway.model import Identifier, IdentifierKind, Party, new_id
 from gateway.storage.db import utcnow
-from gateway.storage.tables import crm_directory, customers, identities
+from gateway.storage.tables import Time, crm_directory, customers, identities
 
 
 @dataclass
@@ -42,17 +56,53 @@ class _Owner:
     created_at: Any
 
 
+def _pairs(table: Any, count: int) -> Any:
+    """``table``'s rows matching one of ``count`` (kind, value) pairs, given as parameters ``kind0``, ``value0``...
+
+    An OR of pairs, not a row-value IN: SQLite answers the OR from the unique index, the IN by a scan.
+    """
+    return or_(*[and_(table.c.kind == bindparam(f"kind{n}"), table.c.value == bindparam(f"value{n}"))
+                 for n in range(count)])
+
+
 @cache
 def _owners_statement(count: int) -> Select[Any]:
-    """The owners of ``count`` identifiers, with parameters ``kind0``, ``value0``, ...: built once per count.
-
-    An OR of (kind, value) pairs, not a row-value IN: SQLite answers the OR from the unique index, the IN by a scan.
-    """
+    """The owners of ``count`` identifiers, with parameters ``kind0``, ``value0``, ...: built once per count."""
     return (select(identities.c.kind, identities.c.value, customers.c.id, customers.c.merged_into,
                    customers.c.display_name, customers.c.created_at)
             .join(customers, customers.c.id == identities.c.customer_id)
-            .where(or_(*[and_(identities.c.kind == bindparam(f"kind{n}"), identities.c.value == bindparam(f"value{n}"))
-                         for n in range(count)])))
+            .where(_pairs(identities, count)))
+
+
+@cache
+def _owners_and_records_statement(count: int) -> CompoundSelect:
+    """The owners of ``count`` identifiers and the CRM directory records holding them, in one statement.
+
+    Rows of the first kind have ``crm`` NULL; rows of the second have ``customer_id`` NULL.
+    """
+    owners = (select(identities.c.kind, identities.c.value, customers.c.id.label("customer_id"),
+                     customers.c.merged_into, customers.c.display_name, customers.c.created_at,
+                     cast(null(), String).label("crm"), cast(null(), String).label("remote_id"))
+              .join(customers, customers.c.id == identities.c.customer_id)
+              .where(_pairs(identities, count)))
+    records = select(crm_directory.c.kind, crm_directory.c.value, cast(null(), String), cast(null(), String),
+                     cast(null(), String), cast(null(), Time), crm_directory.c.crm, crm_directory.c.remote_id
+                     ).where(_pairs(crm_directory, count))
+    return union_all(owners, records)
+
+
+@cache
+def _new_customer_statement(count: int) -> Any:
+    """On PostgreSQL, a new customer and its first ``count`` identifiers in one statement: the customer and all but
+    one identifier inserted in CTEs (single-row inserts, so that SQLAlchemy caches the compiled statement)."""
+    def one_row(table: Any, prefix: str, names: tuple[str, ...]) -> Any:
+        return table.insert().values({name: bindparam(f"{prefix}{name}", type_=table.c[name].type) for name in names})
+
+    statement = one_row(identities, "i0_", _IDENTIFIER_COLUMNS).add_cte(
+        one_row(customers, "customer_", _CUSTOMER_COLUMNS).cte("new_customer"))
+    for n in range(1, count):
+        statement = statement.add_cte(one_row(identities, f"i{n}_", _IDENTIFIER_COLUMNS).cte(f"identifier{n}"))
+    return statement
 
 
 # Built once: the resolver runs for every message, and a prebuilt statement skips SQLAlchemy's per-call
@@ -70,24 +120,48 @@ _NAME_IF_MISSING = update(customers).where(
     display_name=bindparam("display_name"), name_key=bindparam("name_key"), updated_at=bindparam("now"))
 _NEW_CUSTOMER = customers.insert()
 _NEW_IDENTIFIER = identities.insert()
+_CUSTOMER_COLUMNS = ("id", "display_name", "name_key", "created_at", "updated_at")
+_IDENTIFIER_COLUMNS = ("kind", "value", "customer_id", "evidence", "source_message_id", "created_at")
+
+
+def _live_owner(conn: Connection, customer_id: str, merged_into: str | None, name: str | None,
+                created_at: Any) -> _Owner:
+    if merged_into:  # rare: follow the merge to the customer that stands for this one now
+        customer_id = live_customer_id(conn, merged_into)
+        name, created_at = conn.execute(_CUSTOMER_SUMMARY, {"customer_id": customer_id}).one()
+    return _Owner(customer_id, name, created_at)
+
+
+def _pair_params(idents: list[Identifier]) -> dict[str, str]:
+    params = {}
+    for n, ident in enumerate(idents):
+        params[f"kind{n}"], params[f"value{n}"] = ident.kind.value, ident.value
+    return params
 
 
 def _owners(conn: Connection, idents: list[Identifier]) -> dict[str, _Owner]:
     """The live customer owning each identifier that has one: one indexed query for the common case."""
-    params = {}
-    for n, ident in enumerate(idents):
-        params[f"kind{n}"], params[f"value{n}"] = ident.kind.value, ident.value
-    owners = {}
-    for kind, value, customer_id, merged_into, name, created_at in conn.execute(
-            _owners_statement(len(idents)), params):
-        if merged_into:  # rare: follow the merge to the customer that stands for this one now
-            customer_id = live_customer_id(conn, merged_into)
-            name, created_at = conn.execute(_CUSTOMER_SUMMARY, {"customer_id": customer_id}).one()
-        owners[f"{kind}:{value}"] = _Owner(customer_id, name, created_at)
-    return owners
+    return {f"{kind}:{value}": _live_owner(conn, customer_id, merged_into, name, created_at)
+            for kind, value, customer_id, merged_into, name, created_at in conn.execute(
+                _owners_statement(len(idents)), _pair_params(idents))}
 
 
-def _via_crm_records(conn: Connection, idents: list[Identifier], rules: IdentityRules) -> dict[str, tuple[_Owner, str]]:
+def _owners_and_records(conn: Connection, idents: list[Identifier]
+                        ) -> tuple[dict[str, _Owner], dict[str, list[tuple[str, str]]]]:
+    """``_owners``, and the (crm, remote id) of the CRM directory records holding each identifier: one query."""
+    owners: dict[str, _Owner] = {}
+    records: dict[str, list[tuple[str, str]]] = {}
+    for kind, value, customer_id, merged_into, name, created_at, crm, remote_id in conn.execute(
+            _owners_and_records_statement(len(idents)), _pair_params(idents)):
+        if crm is not None:
+            records.setdefault(f"{kind}:{value}", []).append((crm, remote_id))
+        else:
+            owners[f"{kind}:{value}"] = _live_owner(conn, customer_id, merged_into, name, created_at)
+    return owners, records
+
+
+def _via_crm_records(conn: Connection, idents: list[Identifier], records_of: dict[str, list[tuple[str, str]]],
+                     rules: IdentityRules) -> dict[str, tuple[_Owner, str]]:
     """For identifiers no customer holds yet: the customer holding another identifier of the same CRM record.
 
     A CRM record (synced into ``crm_directory``) that holds both is strong evidence; an identifier that several
@@ -95,7 +169,7 @@ def _via_crm_records(conn: Connection, idents: list[Identifier], rules: Identity
     """
     linked = {}
     for ident in idents:
-        records = conn.execute(_DIRECTORY_RECORDS, {"kind": ident.kind.value, "value": ident.value}).all()
+        records = records_of.get(ident.key, [])
         if len(records) != 1:
             continue
         crm, remote_id = records[0]
@@ -106,6 +180,18 @@ def _via_crm_records(conn: Connection, idents: list[Identifier], rules: Identity
         if len({owner.id for owner in owners.values()}) == 1:
             linked[ident.key] = (next(iter(owners.values())), f"{crm} record {remote_id}")
     return linked
+
+
+def _insert_new_customer(conn: Connection, customer: dict[str, Any], identifier_rows: list[dict[str, Any]]) -> None:
+    """The customer row and its identifiers: one statement on PostgreSQL, two on SQLite (no INSERT in a CTE)."""
+    if conn.dialect.name != "postgresql" or not identifier_rows:
+        conn.execute(_NEW_CUSTOMER, customer)
+        if identifier_rows:
+            conn.execute(_NEW_IDENTIFIER, identifier_rows if len(identifier_rows) > 1 else identifier_rows[0])
+        return
+    params = {f"customer_{name}": customer[name] for name in _CUSTOMER_COLUMNS}
+    params.update({f"i{n}_{name}": row[name] for n, row in enumerate(identifier_rows) for name in _IDENTIFIER_COLUMNS})
+    conn.execute(_new_customer_statement(len(identifier_rows)), params)
 
 
 def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: IdentityRules | None = None,
@@ -122,21 +208,22 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
     if not joinable:
         joinable = [identifiers[0]]  # only isolated identifiers: the first keys a customer of its own
         evidence = f"isolated:{isolated[identifiers[0].key]}"
-    found = _owners(conn, joinable)
+    found, records_of = _owners_and_records(conn, joinable)
     owners = {ident.key: found[ident.key].id if ident.key in found else None for ident in joinable}
     by_id = {owner.id: owner for owner in found.values()}
     new = [ident for ident in joinable if ident.key not in found]
-    records = _via_crm_records(conn, [i for i in new if not isolated[i.key]], rules) if new else {}
+    records = _via_crm_records(conn, [i for i in new if not isolated[i.key]], records_of, rules) if new else {}
     for key, (owner, _record) in records.items():
         owners[key] = owner.id
         by_id.setdefault(owner.id, owner)
     distinct = list(dict.fromkeys(owner for owner in owners.values() if owner))
     now = utcnow()
     result: Resolution
+    new_customer: dict[str, Any] | None = None  # written with its identifiers, below
     if not distinct:
         customer_id = new_id()
-        conn.execute(_NEW_CUSTOMER, {"id": customer_id, "display_name": party.display_name,
-                                     "name_key": name_key(party.display_name), "created_at": now, "updated_at": now})
+        new_customer = {"id": customer_id, "display_name": party.display_name,
+                        "name_key": name_key(party.display_name), "created_at": now, "updated_at": now}
         result = Resolution(customer_id, created=True)
     else:
         survivor = min(distinct, key=lambda cid: (by_id[cid].created_at, cid))
@@ -160,6 +247,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
             conn.execute(_NAME_IF_MISSING, {"customer_id": survivor, "display_name": party.display_name,
                                             "name_key": name_key(party.display_name), "now": now})
     added: dict[str, int] = {}
+    new_rows: list[dict[str, Any]] = []
     for ident in new:
         kind = ident.kind.value
         held = added.get(kind, 0) if result.created else conn.execute(
@@ -167,10 +255,15 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
         if held >= rules.max_per_kind:
             result.skipped.append((ident.kind.value, ident.value, f"limit of {rules.max_per_kind} per kind"))
             continue
-        conn.execute(_NEW_IDENTIFIER, {
-            "kind": ident.kind.value, "value": ident.value, "customer_id": result.customer_id,
-            "evidence": "crm_record" if ident.key in records else (
-                "first_seen" if result.created and ident is joinable[0] else evidence),
-            "source_message_id": message_id, "created_at": now})
+        row = {"kind": ident.kind.value, "value": ident.value, "customer_id": result.customer_id,
+               "evidence": "crm_record" if ident.key in records else (
+                   "first_seen" if result.created and ident is joinable[0] else evidence),
+               "source_message_id": message_id, "created_at": now}
+        if new_customer is None:  # the count above reads what was inserted for the identifier before
+            conn.execute(_NEW_IDENTIFIER, row)
+        else:
+            new_rows.append(row)
         added[kind] = added.get(kind, 0) + 1
+    if new_customer is not None:
+        _insert_new_customer(conn, new_customer, new_rows)
     return result

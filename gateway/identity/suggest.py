@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
-from rapidfuzz import fuzz
-from sqlalchemy import Connection, select
+from functools import cache
+from typing import Any
 
-from gateway.identity.merges import suggest
+from rapidfuzz import fuzz
+from sqlalchemy import Connection, Select, String, bindparam, cast, func, literal, select
+
+from gateway.identity.merges import suggest_many
 from gateway.storage.tables import customers, identities
 
 _CANDIDATES = 50
+_HELD = select(identities.c.customer_id, identities.c.kind, identities.c.value).where(
+    identities.c.customer_id.in_(bindparam("customer_ids", expanding=True))).order_by(identities.c.id)
+
+
+@cache
+def _candidates_statement(dialect: str) -> Select[Any]:
+    """The new customer's name key and up to ``_CANDIDATES`` live customers whose key starts with its first word.
+
+    One statement: the name key is read in a subquery, and its first word bounds the index range of the others.
+    """
+    mine = customers.alias("mine")
+    if dialect == "postgresql":
+        first = func.split_part(mine.c.name_key, " ", 1)
+    else:
+        first = func.substr(mine.c.name_key, 1, func.instr(mine.c.name_key + " ", " ") - 1)
+    me = select(mine.c.name_key.label("key"), first.label("first")).where(
+        mine.c.id == bindparam("customer_id")).subquery("me")
+    return (select(customers.c.id, customers.c.name_key, me.c.key)
+            .select_from(me.join(customers, (customers.c.name_key >= me.c.first)
+                                 & (customers.c.name_key < me.c.first + cast(literal("\uffff"), String))))
+            .where(customers.c.id != bindparam("customer_id"), customers.c.merged_into.is_(None))
+            .limit(_CANDIDATES))
 
 
 def _partial_evidence(mine: list[tuple[str, str]], theirs: list[tuple[str, str]]) -> str | None:
@@ -30,33 +55,22 @@ def _partial_evidence(mine: list[tuple[str, str]], theirs: list[tuple[str, str]]
 
 def suggest_for_new_customer(conn: Connection, customer_id: str, min_score: float) -> list[int]:
     """Compare a new customer with existing ones of a similar name; record a suggestion where evidence is partial."""
-    row = conn.execute(select(customers.c.name_key).where(customers.c.id == customer_id)).first()
-    if row is None or not row.name_key:
+    candidates = conn.execute(_candidates_statement(conn.dialect.name), {"customer_id": customer_id}).all()
+    if not candidates or not candidates[0].key:
         return []
-    key = row.name_key
-    first = key.split(" ")[0]
-    candidates = conn.execute(
-        select(customers.c.id, customers.c.name_key)
-        .where(customers.c.name_key >= first, customers.c.name_key < first + "\uffff",
-               customers.c.id != customer_id, customers.c.merged_into.is_(None))
-        .limit(_CANDIDATES)).all()
-    if not candidates:
-        return []
-
-    scored = [(other_id, score) for other_id, other_key in candidates
+    key = candidates[0].key
+    scored = [(other_id, score) for other_id, other_key, _ in candidates
               if (score := fuzz.token_sort_ratio(key, other_key)) >= min_score]
     if not scored:
         return []
     held: dict[str, list[tuple[str, str]]] = {}  # every identifier of this customer and the alike ones, one query
     for owner, kind, value in conn.execute(
-            select(identities.c.customer_id, identities.c.kind, identities.c.value)
-            .where(identities.c.customer_id.in_([customer_id, *(other_id for other_id, _ in scored)]))
-            .order_by(identities.c.id)):
+            _HELD, {"customer_ids": [customer_id, *(other_id for other_id, _ in scored)]}):
         held.setdefault(owner, []).append((kind, value))
     mine = held.get(customer_id, [])
-    made = []
+    alike = []
     for other_id, score in scored:
         evidence = _partial_evidence(mine, held.get(other_id, []))
         if evidence:
-            made.append(suggest(conn, customer_id, other_id, score, f"names {score:.0f}% alike; {evidence}"))
-    return made
+            alike.append((other_id, score, f"names {score:.0f}% alike; {evidence}"))
+    return suggest_many(conn, customer_id, alike)

@@ -47,10 +47,13 @@ def auto_reason(mail: ParsedMail, *, own_addresses: tuple[str, ...] = (), ignore
     return None
 
 
-def robot_reason(mail: ParsedMail) -> str | None:
+def robot_reason(mail: ParsedMail, *, known_not_auto: bool = False) -> str | None:
     """Why no automatic answer may go to this mail, whatever the channel ignores: every ``auto_reason``, list mail
-    included, and a null sender (``Return-Path: <>``, which bounces and other machine mail carry)."""
-    reason = auto_reason(mail, ignore_lists=True)
+    included, and a null sender (``Return-Path: <>``, which bounces and other machine mail carry).
+
+    ``known_not_auto``: the caller already found ``auto_reason(mail, ignore_lists=True)`` to be None.
+    """
+    reason = None if known_not_auto else auto_reason(mail, ignore_lists=True)
     if reason is None and mail.header("Return-Path").strip() == "<>":
         reason = "null_sender"
     return reason

@@ -147,6 +147,9 @@ def disposition(part: MimeMessage) -> str:
 
 
 def _part_filename(part: MimeMessage) -> str | None:
+    headers = (part.get("Content-Disposition"), part.get("Content-Type"))
+    if all(value is None or (isinstance(value, str) and "name" not in value.lower()) for value in headers):
+        return None  # neither filename= nor name=: the parameter parsing below would find nothing
     part = _decoded_params(part)
     name = part.get_filename()  # RFC 2231 (filename*=) is collapsed here
     if name is None:

@@ -81,7 +81,8 @@ def email_to_messages(raw: bytes, record: RawRecord, *, connector_type: str, set
         info["attachments_skipped"] = skipped
     if reason is not None:
         info["auto_reply"] = reason
-    robot = reason if reason is not None and reason != "own_mail" else robot_reason(mail)
+    robot = reason if reason is not None and reason != "own_mail" else robot_reason(
+        mail, known_not_auto=reason is None and settings.ignore_mailing_lists)
     if robot is not None:  # never answered automatically (gateway.acks)
         info["no_auto_answer"] = robot
     if mail.reply_to:
