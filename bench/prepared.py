@@ -51,7 +51,7 @@ def run(url: str) -> None:
     customer = select(customers.c.merged_into, customers.c.display_name, customers.c.created_at).where(
         customers.c.id == bindparam("id"))
     statements: dict[str, tuple[Any, Callable[[int], dict[str, Any]]]] = {
-        "link upsert": (_put_statement(engine), lambda n: {
+        "link upsert": (_put_statement(engine).statement, lambda n: {
             "crm": "bench", "entity": "message", "local_id": f"m{n}", "remote_id": f"r{n}", "data": {"n": n},
             "updated_at": now}),
         "link get": (link_get, lambda n: {"crm": "bench", "entity": "message", "local_id": f"m{n}"}),

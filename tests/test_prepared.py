@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
+    event,
     func,
     select,
     update,
@@ -194,3 +195,19 @@ def test_a_naive_datetime_is_refused_as_sqlalchemy_refuses_it(engine: Engine) ->
     insert = Prepared(samples.insert())
     with engine.begin() as conn, pytest.raises(ValueError, match="naive datetime"):
         insert.execute(conn, {"name": "naive", "at": datetime(2025, 1, 1)})
+
+
+def test_cursor_event_listeners_see_its_statements(engine: Engine) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        seen.append((statement.split()[0], many))
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        with engine.begin() as conn:
+            Prepared(samples.insert()).execute_many(conn, [{"name": "a"}, {"name": "b"}])
+            Prepared(select(samples.c.name)).all(conn)
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+    assert seen == [("INSERT", True), ("SELECT", False)]

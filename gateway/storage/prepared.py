@@ -10,8 +10,9 @@ Each call then costs a dict merge, the processors, and the driver's ``execute``.
 It runs inside the transaction the caller holds (``engine.begin()`` or ``engine.connect()``): commits and rollbacks
 stay SQLAlchemy's. Rows come back as named tuples (attribute access, indexing, unpacking and ``_asdict()``, like a
 ``Row``). What it does not handle itself goes through ``conn.execute``: an empty ``IN`` list, column defaults that
-are not plain values, and parameters a dialect renders into the text per call. Statements run here are not seen by
-SQLAlchemy's events (``before_cursor_execute``) nor by the engine's echo.
+are not plain values, and parameters a dialect renders into the text per call. Listeners of the engine's
+``before_cursor_execute`` and ``after_cursor_execute`` events see these statements too (with no execution context);
+the engine's echo does not.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class Prepared:
             else:
                 cursor = self._cursor(conn)
                 try:
-                    cursor.execute(sql, values)
+                    _run(conn, cursor, sql, values, many=False)
                     rows = compiled.rows(cursor, conn.dialect) if cursor.description is not None else []
                     return Executed(rows, cursor.rowcount, getattr(cursor, "lastrowid", None))
                 finally:
@@ -213,7 +214,7 @@ class Prepared:
             batch = [compiled.parameters(given)[1] for given in parameter_list]
             cursor = self._cursor(conn)
             try:
-                cursor.executemany(compiled.sql, batch)
+                _run(conn, cursor, compiled.sql, batch, many=True)
                 return int(cursor.rowcount)
             finally:
                 cursor.close()
@@ -252,3 +253,18 @@ class Prepared:
         if not conn.in_transaction():
             conn.begin()  # what conn.execute's autobegin does: SQLAlchemy's begin (BEGIN IMMEDIATE on SQLite)
         return conn.connection.cursor()
+
+
+def _run(conn: Connection, cursor: Any, sql: str, parameters: Any, *, many: bool) -> None:
+    """The driver's execute (or executemany), between the cursor events as SQLAlchemy fires them."""
+    observed = conn._has_events or conn.engine._has_events
+    if observed:
+        for listener in conn.dispatch.before_cursor_execute:
+            sql, parameters = listener(conn, cursor, sql, parameters, None, many)
+    if many:
+        cursor.executemany(sql, parameters)
+    else:
+        cursor.execute(sql, parameters)
+    if observed:
+        for listener in conn.dispatch.after_cursor_execute:
+            listener(conn, cursor, sql, parameters, None, many)
