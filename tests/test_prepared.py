@@ -211,3 +211,13 @@ def test_cursor_event_listeners_see_its_statements(engine: Engine) -> None:
     finally:
         event.remove(engine, "before_cursor_execute", before)
     assert seen == [("INSERT", True), ("SELECT", False)]
+
+
+def test_rows_answer_like_sqlalchemy_rows(engine: Engine) -> None:
+    _fill(engine)
+    query = select(samples.c.id, samples.c.name).order_by(samples.c.id)
+    with engine.connect() as conn:
+        expected = conn.execute(query).first()
+        got = Prepared(query).first(conn)
+    assert got == expected and tuple(got) == tuple(expected)
+    assert dict(got._mapping) == dict(expected._mapping) and got.name == expected.name == "full"

@@ -8,11 +8,11 @@ processors (JSON, DateTime on SQLite, the TypeDecorators of ``gateway.storage.ta
 Each call then costs a dict merge, the processors, and the driver's ``execute``.
 
 It runs inside the transaction the caller holds (``engine.begin()`` or ``engine.connect()``): commits and rollbacks
-stay SQLAlchemy's. Rows come back as named tuples (attribute access, indexing, unpacking and ``_asdict()``, like a
-``Row``). What it does not handle itself goes through ``conn.execute``: an empty ``IN`` list, column defaults that
-are not plain values, and parameters a dialect renders into the text per call. Listeners of the engine's
-``before_cursor_execute`` and ``after_cursor_execute`` events see these statements too (with no execution context);
-the engine's echo does not.
+stay SQLAlchemy's. Rows come back as named tuples (attribute access, indexing, unpacking, ``_asdict()`` and
+``_mapping``, like a ``Row``). What it does not handle itself goes through ``conn.execute``: an empty ``IN`` list,
+column defaults that are not plain values, and parameters a dialect renders into the text per call. Listeners of the
+engine's ``before_cursor_execute`` and ``after_cursor_execute`` events see these statements too (with no execution
+context); the engine's echo does not.
 """
 
 from __future__ import annotations
@@ -92,8 +92,7 @@ class _Compiled:
         for column in compiled.update_prefetch:
             self.defaults[column.key] = column.onupdate.arg  # type: ignore[union-attr]
         self.result_columns = [(entry[0], entry[3]) for entry in compiled._result_columns]
-        self.row_type = namedtuple("Row", [key for key, _ in self.result_columns],  # type: ignore[misc]
-                                   rename=True) if self.result_columns else None
+        self.row_type = _row_type([key for key, _ in self.result_columns]) if self.result_columns else None
         self.result_processors: list[tuple[int, Callable[[Any], Any]]] | None = None
         self.expanded_sql: dict[tuple[int, ...], str] = {}
 
@@ -167,6 +166,12 @@ class _Compiled:
             if processor is not None:
                 processors.append((index, processor))
         return processors
+
+
+def _row_type(names: list[str]) -> type:
+    """A named tuple of these columns that also answers ``_mapping``, as SQLAlchemy's ``Row`` does."""
+    base = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+    return type("Row", (base,), {"__slots__": (), "_mapping": property(lambda row: row._asdict())})
 
 
 class Prepared:
