@@ -124,12 +124,12 @@ def _claim_statements(table: Table, conditions: Sequence[ColumnElement[bool]], s
     return statements
 
 
-_FOLLOWERS = select(outbox.c.id, outbox.c.crm, outbox.c.conversation_id, outbox.c.available_at,
-                    outbox.c.lease_until).where(
+_FOLLOWERS_QUERY = select(outbox.c.id, outbox.c.crm, outbox.c.conversation_id, outbox.c.available_at,
+                          outbox.c.lease_until).where(
     outbox.c.status == "pending", outbox.c.conversation_id.in_(bindparam("conversations", expanding=True)),
     outbox.c.id.not_in(bindparam("heads", expanding=True))).order_by(outbox.c.conversation_id, outbox.c.id)
-_FOLLOWERS_SKIPPING = Prepared(_FOLLOWERS)
-_FOLLOWERS_LOCKING = Prepared(_FOLLOWERS.with_for_update())  # wait, never skip: a skipped row would be overtaken
+_FOLLOWERS = Prepared(_FOLLOWERS_QUERY)
+_FOLLOWERS_LOCKED = Prepared(_FOLLOWERS_QUERY.with_for_update())  # wait, never skip: a skipped row would be overtaken
 
 
 def insert_for(engine: Engine, table: Table) -> Any:
@@ -198,8 +198,6 @@ class Queues:
         A group starts with the conversation's oldest pending row and holds up to ``per_conversation`` rows that
         follow it; the rows behind a claimed head cannot be claimed by anyone else.
         """
-        if crms is not None and not crms:
-            return []
         conditions = [_OUTBOX_HEAD] if crms is None else [_OUTBOX_HEAD, _OUTBOX_OF_CRMS]
         heads = self._claim(outbox, owner, limit, lease_seconds, conditions,
                             {} if crms is None else {"crms": list(crms)})
@@ -224,7 +222,7 @@ class Queues:
         """
         now = utcnow()
         by_key = {(head.crm, head.conversation_id): [head] for head in heads}
-        query = _FOLLOWERS_LOCKING if self._skip_locked else _FOLLOWERS_SKIPPING
+        query = _FOLLOWERS_LOCKED if self._skip_locked else _FOLLOWERS
         with self.engine.begin() as conn:
             counts = dict.fromkeys(by_key, 1)
             open_keys = set(by_key)
