@@ -159,7 +159,7 @@ class _Compiled:
     def _result_processors(self, description: Sequence[Any],
                            dialect: Dialect) -> list[tuple[int, Callable[[Any], Any]]]:
         if len(description) != len(self.result_columns):
-            raise _Unsupported("the cursor's columns are not the statement's")  # never seen: a guard
+            raise RuntimeError(f"the cursor has {len(description)} columns, the statement {len(self.result_columns)}")
         processors = []
         for index, ((_, type_), column) in enumerate(zip(self.result_columns, description, strict=True)):
             processor = type_.dialect_impl(dialect).result_processor(dialect, column[1])
