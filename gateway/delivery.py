@@ -8,11 +8,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, update
 
 from gateway import metrics
 from gateway.acks import Acknowledgements
-from gateway.context import delivery_item, stored_message_context
+from gateway.context import delivery_item
+from gateway.delivery_contexts import StoredContexts
 from gateway.errors import DeliveryError, PermanentError, RetryableError, as_delivery_error
 from gateway.logs import withheld
 from gateway.mapping import MappingRenderError
@@ -22,11 +23,15 @@ from gateway.routing import label_for
 from gateway.runtime import Runtime
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
-from gateway.storage.tables import delivery_log, messages, outbox
+from gateway.storage.prepared import Prepared
+from gateway.storage.tables import delivery_log, outbox
 
 log = logging.getLogger(__name__)
-_SETTLE_DONE = update(outbox).where(outbox.c.id == bindparam("row_id")).values(
-    status="done", lease_owner=None, lease_until=None, last_error=None, delivered_at=bindparam("at"))
+_SETTLE_DONE = Prepared(update(outbox).where(outbox.c.id == bindparam("row_id")).values(
+    status="done", lease_owner=None, lease_until=None, last_error=None, delivered_at=bindparam("at")))
+_LOG_DELIVERED = Prepared(delivery_log.insert().values(outcome="delivered", **{
+    name: bindparam(name) for name in ("outbox_id", "crm", "attempt", "operation", "remote_id", "detail",
+                                       "duration_ms", "created_at")}))
 
 
 class DeliveryWorker:
@@ -49,9 +54,8 @@ class DeliveryWorker:
         rows = [row for groups in batches for group in groups for row in group]
         self.rt.queues.release(outbox, [row.id for row in rows], self.owner)
 
-    def _item(self, row: Row[Any]) -> DeliveryItem:
-        with self.rt.engine.connect() as conn:
-            context = stored_message_context(conn, row.message_id)
+    def _item(self, row: Row[Any], stored: StoredContexts) -> DeliveryItem:
+        context = stored.context(row.message_id)
         fields = row.fields
         catalog = self.rt.catalogs.get(row.crm)
         if fields is None or (catalog and catalog.problems(fields)):
@@ -72,18 +76,14 @@ class DeliveryWorker:
         by_crm: dict[str, list[list[Row[Any]]]] = {}
         for group in groups:
             by_crm.setdefault(group[0].crm, []).append(group)
+        with self.rt.engine.connect() as conn:  # the batch's messages, customers and conversations at once
+            stored = StoredContexts(conn, [row.message_id for group in groups for row in group])
         for crm_name, crm_groups in by_crm.items():
-            with withheld(self._texts(crm_groups)):  # a CRM's error may echo the message: not into the logs
-                self._deliver(crm_name, crm_groups)
+            with withheld(_texts(crm_groups, stored)):  # a CRM's error may echo the message: not into the logs
+                self._deliver(crm_name, crm_groups, stored)
         return sum(len(group) for group in groups)
 
-    def _texts(self, groups: list[list[Row[Any]]]) -> list[str]:
-        ids = [row.message_id for group in groups for row in group]
-        with self.rt.engine.connect() as conn:
-            rows = conn.execute(select(messages.c.data).where(messages.c.id.in_(ids))).scalars()
-            return [data.get(name) or "" for data in rows for name in ("text", "full_text", "subject")]
-
-    def _deliver(self, crm_name: str, groups: list[list[Row[Any]]]) -> None:
+    def _deliver(self, crm_name: str, groups: list[list[Row[Any]]], stored: StoredContexts) -> None:
         started = time.monotonic()
         crm = self.rt.crms.get(crm_name)
         rows = {row.id: row for group in groups for row in group}
@@ -98,7 +98,7 @@ class DeliveryWorker:
             items = []
             for row in group:
                 try:
-                    items.append(self._item(row))
+                    items.append(self._item(row, stored))
                 except MappingRenderError as exc:
                     outcomes[row.id] = PermanentError(str(exc), code="mapping_error", field=exc.field)
                     break
@@ -141,11 +141,11 @@ class DeliveryWorker:
         now = utcnow()
         duration_ms = (time.monotonic() - started) * 1000
         with self.rt.engine.begin() as conn:
-            conn.execute(_SETTLE_DONE, [{"row_id": row.id, "at": now} for row, _, _ in done])
-            conn.execute(delivery_log.insert(), [{
-                "outbox_id": row.id, "crm": row.crm, "attempt": row.attempts, "outcome": "delivered",
-                "operation": result.operation, "remote_id": result.remote_id, "detail": result.detail,
-                "duration_ms": duration_ms, "created_at": now} for row, _, result in done])
+            _SETTLE_DONE.execute_many(conn, [{"row_id": row.id, "at": now} for row, _, _ in done])
+            _LOG_DELIVERED.execute_many(conn, [{
+                "outbox_id": row.id, "crm": row.crm, "attempt": row.attempts, "operation": result.operation,
+                "remote_id": result.remote_id, "detail": result.detail, "duration_ms": duration_ms,
+                "created_at": now} for row, _, result in done])
             acknowledged = [self.acks.after_delivery(conn, row.crm, row.conversation_id) for row, _, _ in done]
         if any(acknowledged):
             self.rt.sends_waiting.set()
@@ -202,6 +202,16 @@ class DeliveryWorker:
         conn.execute(delivery_log.insert().values(
             outbox_id=row.id, crm=row.crm, attempt=row.attempts, outcome=outcome,
             duration_ms=(time.monotonic() - started) * 1000, created_at=utcnow(), **values))
+
+
+def _texts(groups: list[list[Row[Any]]], stored: StoredContexts) -> list[str]:
+    """The texts of the groups' messages, withheld from the logs while they are delivered."""
+    texts = []
+    for group in groups:
+        for row in group:
+            data = stored.data(row.message_id) or {}
+            texts.extend(data.get(name) or "" for name in ("text", "full_text", "subject"))
+    return texts
 
 
 def _log_delivered(row: Row[Any], item: DeliveryItem, result: DeliveryResult) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
@@ -280,13 +280,23 @@ class DeliveryResult:
 class LinkStore(Protocol):
     """Durable map of local ids to CRM record ids; each write commits at once.
 
-    ``find_records`` answers from the CRM's synced directory: the records that already hold an identifier (none when
-    the CRM has no directory sync). ``find_local`` is the reverse map: the local id linked to a CRM record.
+    ``get_many`` and ``put_many`` do the same for a batch (one read, one commit): what a connector that writes a
+    batch at once uses. ``find_records`` answers from the CRM's synced directory: the records that already hold an
+    identifier (none when the CRM has no directory sync). ``find_local`` is the reverse map: the local id linked to a
+    CRM record.
     """
 
     def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None: ...
 
     def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None: ...
+
+    def get_many(self, entity: str, local_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The links of those local ids that have one."""
+        ...
+
+    def put_many(self, entity: str, links: Mapping[str, str]) -> None:
+        """Link each local id to its CRM id (with no data), all in one commit."""
+        ...
 
     def find_records(self, kind: str, value: str) -> list[str]: ...
 

@@ -14,6 +14,7 @@ from sqlalchemy import update
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.delivery import DeliveryWorker
+from gateway.delivery_contexts import StoredContexts
 from gateway.mapping import Mapping, default_catalog, mappings_named
 from gateway.mapping_store import MappingStore
 from gateway.runtime import build_runtime
@@ -177,7 +178,9 @@ def test_delivery_renders_stored_fields_the_crm_does_not_read_again_or_refuses_t
             conn.execute(update(outbox).values(fields={"comment": "hello", "priorty": "high"}))
         worker = DeliveryWorker(rt, "d")
         [[[row]]] = worker.claim()
-        assert worker._item(row).fields == {"comment": "hello", "priority": "high"}
+        with rt.engine.connect() as conn:
+            stored = StoredContexts(conn, [row.message_id])
+        assert worker._item(row, stored).fields == {"comment": "hello", "priority": "high"}
         rt.mappings = MappingStore({})  # no mapping to render them again: refused, not dropped
         worker.process([[row]])
         [letter] = rt.queues.list_dead_letters()

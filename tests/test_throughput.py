@@ -46,6 +46,10 @@ def test_delivery_settles_a_batch_with_one_outbox_update_and_one_log_insert(runt
         assert drain_once(delivery) == 6
     assert starting(seen, "UPDATE outbox SET status=") == 1  # every delivered row at once
     assert starting(seen, "INSERT INTO delivery_log") == 1
+    # the batch's messages, customers, identifiers, conversations and CRM links read once each, the links written once
+    for table in ("messages", "customers", "identities", "conversations", "crm_links"):
+        assert starting(seen, f"SELECT {table}.") == 1, (table, seen)
+    assert starting(seen, "INSERT INTO crm_links") == 1
     with runtime.engine.connect() as conn:
         rows = conn.execute(select(outbox.c.status, outbox.c.lease_owner, outbox.c.delivered_at)).all()
         logged = conn.execute(select(delivery_log.c.outbox_id, delivery_log.c.outcome)).all()

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Insert, bindparam, select
+from sqlalchemy import Engine, bindparam, select
 
 from gateway.directory import CrmDirectory
 from gateway.storage.db import utcnow
+from gateway.storage.prepared import Prepared
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import crm_links
 
-_GET = select(crm_links.c.remote_id, crm_links.c.data).where(
+_GET = Prepared(select(crm_links.c.remote_id, crm_links.c.data).where(
     crm_links.c.crm == bindparam("crm"), crm_links.c.entity == bindparam("entity"),
-    crm_links.c.local_id == bindparam("local_id"))
-_PUT: dict[str, Insert] = {}  # by dialect name
+    crm_links.c.local_id == bindparam("local_id")))
+_GET_MANY = Prepared(select(crm_links.c.local_id, crm_links.c.remote_id, crm_links.c.data).where(
+    crm_links.c.crm == bindparam("crm"), crm_links.c.entity == bindparam("entity"),
+    crm_links.c.local_id.in_(bindparam("local_ids", expanding=True))))
+IDS_PER_QUERY = 500  # well under SQLite's limit of bound parameters per statement
+_PUT: dict[str, Prepared] = {}  # by dialect name
 
 
-def _put_statement(engine: Engine) -> Insert:
+def _put_statement(engine: Engine) -> Prepared:
     statement = _PUT.get(engine.dialect.name)
     if statement is None:
         insert = insert_for(engine, crm_links)
-        statement = _PUT[engine.dialect.name] = insert.on_conflict_do_update(
+        statement = _PUT[engine.dialect.name] = Prepared(insert.on_conflict_do_update(
             index_elements=["crm", "entity", "local_id"],
             set_={"remote_id": insert.excluded.remote_id, "data": insert.excluded.data,
-                  "updated_at": insert.excluded.updated_at})
+                  "updated_at": insert.excluded.updated_at}))
     return statement
 
 
@@ -51,11 +57,30 @@ class DbLinkStore:
 
     def get(self, entity: str, local_id: str) -> tuple[str, dict[str, Any]] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(_GET, {"crm": self.crm, "entity": entity, "local_id": local_id}).first()
+            row = _GET.first(conn, {"crm": self.crm, "entity": entity, "local_id": local_id})
         return (row.remote_id, dict(row.data)) if row else None
+
+    def get_many(self, entity: str, local_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        ids = list(dict.fromkeys(local_ids))
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), IDS_PER_QUERY):
+                for row in _GET_MANY.all(conn, {"crm": self.crm, "entity": entity,
+                                                "local_ids": ids[start:start + IDS_PER_QUERY]}):
+                    found[row.local_id] = (row.remote_id, dict(row.data))
+        return found
 
     def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None:
         values = {"crm": self.crm, "entity": entity, "local_id": local_id, "remote_id": remote_id,
                   "data": data or {}, "updated_at": utcnow()}
         with self.engine.begin() as conn:
-            conn.execute(_put_statement(self.engine), values)
+            _put_statement(self.engine).execute(conn, values)
+
+    def put_many(self, entity: str, links: Mapping[str, str]) -> None:
+        if not links:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            _put_statement(self.engine).execute_many(conn, [
+                {"crm": self.crm, "entity": entity, "local_id": local_id, "remote_id": remote_id, "data": {},
+                 "updated_at": now} for local_id, remote_id in links.items()])

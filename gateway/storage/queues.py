@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, Integer, Row, Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -23,6 +23,7 @@ from gateway.records import InboxItem
 from gateway.redact import redact
 from gateway.storage.db import is_sqlite, utcnow
 from gateway.storage.liveness import Liveness
+from gateway.storage.prepared import Prepared
 from gateway.storage.tables import crm_notes, dead_letters, inbox, outbox, sends
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,58 @@ class _PreparedInsert:
     def run(self, cursor: Any, parameters: Sequence[Any] | dict[str, Any]) -> list[Any]:
         cursor.execute(self.sql, parameters)
         return list(cursor.fetchall())
+
+
+def _oldest_pending(table: Table) -> ColumnElement[bool]:
+    """The row is the oldest pending one of its conversation (of its CRM, for the outbox)."""
+    earlier = table.alias("earlier")
+    same = [earlier.c.crm == table.c.crm] if table is outbox else []
+    return ~exists().where(*same, earlier.c.conversation_id == table.c.conversation_id, earlier.c.id < table.c.id,
+                           earlier.c.status == "pending")
+
+
+_OUTBOX_HEAD = _oldest_pending(outbox)
+_OUTBOX_OF_CRMS = outbox.c.crm.in_(bindparam("crms", expanding=True))
+_SENDS_HEAD = _oldest_pending(sends)
+
+
+class _ClaimStatements:
+    """A queue's claim, built once: the due candidates, their lease, and the claimed rows read back."""
+
+    def __init__(self, table: Table, conditions: Sequence[ColumnElement[bool]], skip_locked: bool) -> None:
+        now = bindparam("now", type_=table.c.available_at.type)
+        candidates = (
+            select(table.c.id, table.c.attempts)
+            .where(table.c.status == "pending", table.c.available_at <= now,
+                   or_(table.c.lease_until.is_(None), table.c.lease_until < now), *conditions)
+            .order_by(table.c.id)
+            .limit(bindparam("limit", type_=Integer()))
+        )
+        if skip_locked:
+            candidates = candidates.with_for_update(skip_locked=True, of=table)
+        self.candidates = Prepared(candidates)
+        self.lease = Prepared(update(table).where(table.c.id.in_(bindparam("ids", expanding=True))).values(
+            lease_owner=bindparam("owner"), lease_until=bindparam("until"), attempts=table.c.attempts + 1))
+        self.rows = Prepared(select(table).where(table.c.id.in_(bindparam("ids", expanding=True))).order_by(table.c.id))
+
+
+_CLAIMS: dict[tuple[str, tuple[int, ...], bool], _ClaimStatements] = {}
+
+
+def _claim_statements(table: Table, conditions: Sequence[ColumnElement[bool]], skip_locked: bool) -> _ClaimStatements:
+    key = (table.name, tuple(id(condition) for condition in conditions), skip_locked)  # conditions: module constants
+    statements = _CLAIMS.get(key)
+    if statements is None:
+        statements = _CLAIMS[key] = _ClaimStatements(table, conditions, skip_locked)
+    return statements
+
+
+_FOLLOWERS_QUERY = select(outbox.c.id, outbox.c.crm, outbox.c.conversation_id, outbox.c.available_at,
+                          outbox.c.lease_until).where(
+    outbox.c.status == "pending", outbox.c.conversation_id.in_(bindparam("conversations", expanding=True)),
+    outbox.c.id.not_in(bindparam("heads", expanding=True))).order_by(outbox.c.conversation_id, outbox.c.id)
+_FOLLOWERS = Prepared(_FOLLOWERS_QUERY)
+_FOLLOWERS_LOCKED = Prepared(_FOLLOWERS_QUERY.with_for_update())  # wait, never skip: a skipped row would be overtaken
 
 
 def insert_for(engine: Engine, table: Table) -> Any:
@@ -145,16 +198,9 @@ class Queues:
         A group starts with the conversation's oldest pending row and holds up to ``per_conversation`` rows that
         follow it; the rows behind a claimed head cannot be claimed by anyone else.
         """
-        earlier = outbox.alias("earlier")
-        conditions: list[ColumnElement[bool]] = [~exists().where(
-            earlier.c.crm == outbox.c.crm,
-            earlier.c.conversation_id == outbox.c.conversation_id,
-            earlier.c.id < outbox.c.id,
-            earlier.c.status == "pending",
-        )]
-        if crms is not None:
-            conditions.append(outbox.c.crm.in_(list(crms)))
-        heads = self._claim(outbox, owner, limit, lease_seconds, conditions)
+        conditions = [_OUTBOX_HEAD] if crms is None else [_OUTBOX_HEAD, _OUTBOX_OF_CRMS]
+        heads = self._claim(outbox, owner, limit, lease_seconds, conditions,
+                            {} if crms is None else {"crms": list(crms)})
         groups = [[head] for head in heads]
         if per_conversation > 1 and heads:
             groups = self._claim_followers(heads, owner, per_conversation, lease_seconds)
@@ -162,10 +208,7 @@ class Queues:
 
     def claim_sends(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:
         """Claim due sends, each the oldest pending one of its conversation, so replies go out in order."""
-        earlier = sends.alias("earlier")
-        return self._claim(sends, owner, limit, lease_seconds, [~exists().where(
-            earlier.c.conversation_id == sends.c.conversation_id, earlier.c.id < sends.c.id,
-            earlier.c.status == "pending")])
+        return self._claim(sends, owner, limit, lease_seconds, [_SENDS_HEAD])
 
     def claim_notes(self, owner: str, limit: int, lease_seconds: int) -> list[Row[Any]]:
         return self._claim(crm_notes, owner, limit, lease_seconds, ())
@@ -179,19 +222,14 @@ class Queues:
         """
         now = utcnow()
         by_key = {(head.crm, head.conversation_id): [head] for head in heads}
-        query = (select(outbox.c.id, outbox.c.crm, outbox.c.conversation_id, outbox.c.available_at,
-                        outbox.c.lease_until)
-                 .where(outbox.c.status == "pending",
-                        outbox.c.conversation_id.in_([h.conversation_id for h in heads]),
-                        outbox.c.id.not_in([h.id for h in heads]))
-                 .order_by(outbox.c.conversation_id, outbox.c.id))
-        if self._skip_locked:
-            query = query.with_for_update()  # wait, never skip: a skipped row would be overtaken
+        query = _FOLLOWERS_LOCKED if self._skip_locked else _FOLLOWERS
         with self.engine.begin() as conn:
             counts = dict.fromkeys(by_key, 1)
             open_keys = set(by_key)
             ids = []
-            for row_id, crm, conversation_id, available_at, lease_until in conn.execute(query):
+            followers = query.all(conn, {"conversations": list(dict.fromkeys(h.conversation_id for h in heads)),
+                                         "heads": [h.id for h in heads]})
+            for row_id, crm, conversation_id, available_at, lease_until in followers:
                 key = (crm, conversation_id)
                 if key not in open_keys or row_id < by_key[key][0].id:
                     continue
@@ -202,10 +240,10 @@ class Queues:
                 counts[key] += 1
                 ids.append(row_id)
             if ids:
-                conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(
-                    lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
-                    attempts=outbox.c.attempts + 1))
-                for row in conn.execute(select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id)):
+                claim = _claim_statements(outbox, [_OUTBOX_HEAD], self._skip_locked)
+                claim.lease.execute(conn, {"ids": ids, "owner": owner,
+                                           "until": now + timedelta(seconds=lease_seconds)})
+                for row in claim.rows.all(conn, {"ids": ids}):
                     by_key[(row.crm, row.conversation_id)].append(row)
         return list(by_key.values())
 
@@ -244,30 +282,23 @@ class Queues:
             log.warning("could not look for %s rows held by workers that are gone", table.name, exc_info=True)
 
     def _claim(self, table: Table, owner: str, limit: int, lease_seconds: int,
-               conditions: Sequence[ColumnElement[bool]], one_retried: bool = False) -> list[Row[Any]]:
+               conditions: Sequence[ColumnElement[bool]], parameters: dict[str, Any] | None = None,
+               one_retried: bool = False) -> list[Any]:
+        """Lease due rows of ``table`` that meet ``conditions`` (module constants: their statements are built once
+        per set of them; ``parameters`` binds theirs)."""
         self._sweep_gone(table)
         now = utcnow()
-        candidates = (
-            select(table.c.id, table.c.attempts)
-            .where(table.c.status == "pending", table.c.available_at <= now,
-                   or_(table.c.lease_until.is_(None), table.c.lease_until < now), *conditions)
-            .order_by(table.c.id)
-            .limit(limit)
-        )
-        if self._skip_locked:
-            candidates = candidates.with_for_update(skip_locked=True, of=table)
+        claim = _claim_statements(table, conditions, self._skip_locked)
         with self.engine.begin() as conn:
-            found = list(conn.execute(candidates))
+            found = claim.candidates.all(conn, {"now": now, "limit": limit, **(parameters or {})})
             ids = [row_id for row_id, _ in found]
             if one_retried:
                 retried = [row_id for row_id, attempts in found if attempts > 0][:1]
                 ids = [row_id for row_id, attempts in found if attempts == 0] + retried
             if not ids:
                 return []
-            conn.execute(update(table).where(table.c.id.in_(ids)).values(
-                lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
-                attempts=table.c.attempts + 1))
-            return list(conn.execute(select(table).where(table.c.id.in_(ids)).order_by(table.c.id)))
+            claim.lease.execute(conn, {"ids": ids, "owner": owner, "until": now + timedelta(seconds=lease_seconds)})
+            return claim.rows.all(conn, {"ids": ids})
 
     def release(self, table: Table, ids: Sequence[int], owner: str) -> None:
         """Give back claimed rows that were not started (shutdown): the claim does not count as an attempt."""

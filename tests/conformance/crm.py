@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from http.client import RemoteDisconnected
@@ -80,6 +80,13 @@ class MemoryLinkStore:
     def put(self, entity: str, local_id: str, remote_id: str, data: dict[str, Any] | None = None) -> None:
         self.links[(entity, local_id)] = (remote_id, dict(data or {}))
         self.puts.append((entity, local_id, remote_id))
+
+    def get_many(self, entity: str, local_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        return {local_id: found for local_id in local_ids if (found := self.get(entity, local_id)) is not None}
+
+    def put_many(self, entity: str, links: Mapping[str, str]) -> None:
+        for local_id, remote_id in links.items():
+            self.put(entity, local_id, remote_id)
 
     def find_records(self, kind: str, value: str) -> list[str]:
         return []
