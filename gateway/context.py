@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.exc import NoResultFound
 
 from gateway.identity.merges import live_customer_id
 from gateway.model import Message
@@ -19,20 +20,29 @@ from gateway.plugins import ConversationView, CustomerView, DeliveryItem
 from gateway.routing import NO_ROUTE
 from gateway.storage.tables import conversations, customers, identities, messages
 
-_CUSTOMER = select(customers.c.merged_into, customers.c.display_name).where(customers.c.id == bindparam("id"))
-_IDENTIFIERS = select(identities.c.kind, identities.c.value).where(
-    identities.c.customer_id == bindparam("id")).order_by(identities.c.id)
+_CUSTOMER_WITH_IDENTIFIERS = (
+    select(customers.c.merged_into, customers.c.display_name, identities.c.kind, identities.c.value)
+    .outerjoin(identities, identities.c.customer_id == customers.c.id)
+    .where(customers.c.id == bindparam("id")).order_by(identities.c.id))
 
 
 def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
     """The customer as mappings and CRM connectors see it (the live customer, if it was merged since)."""
-    customer = conn.execute(_CUSTOMER, {"id": customer_id}).one()
-    if customer.merged_into:
+    rows = conn.execute(_CUSTOMER_WITH_IDENTIFIERS, {"id": customer_id}).all()
+    if not rows:
+        raise NoResultFound(f"customer {customer_id}")
+    if rows[0].merged_into:
         customer_id = live_customer_id(conn, customer_id)
-        customer = conn.execute(_CUSTOMER, {"id": customer_id}).one()
-    rows = conn.execute(_IDENTIFIERS, {"id": customer_id})
-    return {"id": customer_id, "display_name": customer.display_name,
-            "identifiers": [{"kind": kind, "value": value} for kind, value in rows]}
+        rows = conn.execute(_CUSTOMER_WITH_IDENTIFIERS, {"id": customer_id}).all()
+    return {"id": customer_id, "display_name": rows[0].display_name,
+            "identifiers": [{"kind": row.kind, "value": row.value} for row in rows if row.kind is not None]}
+
+
+def new_customer_context(customer_id: str, display_name: str | None,
+                         identifiers: list[tuple[str, str]]) -> dict[str, Any]:
+    """``customer_context`` of a customer created in this transaction, from what created it (nothing to read)."""
+    return {"id": customer_id, "display_name": display_name,
+            "identifiers": [{"kind": kind, "value": value} for kind, value in identifiers]}
 
 
 def conversation_context(conversation_id: str, channel: str, thread_rule: str | None, *, opened_by_message: bool,
