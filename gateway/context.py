@@ -54,10 +54,12 @@ def conversation_context(conversation_id: str, channel: str, thread_rule: str | 
 
 
 def mapping_context(message: Message, customer: dict[str, Any], conversation: dict[str, Any],
-                    route: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The variables a mapping renders with: ``message``, ``customer``, ``conversation`` and ``route``."""
-    return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation,
-            "route": route or NO_ROUTE}
+                    route: dict[str, Any] | None = None, message_data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The variables a mapping renders with: ``message``, ``customer``, ``conversation`` and ``route``.
+
+    ``message_data`` is ``message.model_dump(mode="json")`` when the caller has it already."""
+    return {"message": message.model_dump(mode="json") if message_data is None else message_data,
+            "customer": customer, "conversation": conversation, "route": route or NO_ROUTE}
 
 
 def idempotency_key(crm: str, message_id: str) -> str:
@@ -73,10 +75,11 @@ class MessageContext:
     customer: dict[str, Any]
     conversation: dict[str, Any]
     route: dict[str, Any] | None = None  # gateway.routing: the routes that took the message to this CRM
+    message_data: dict[str, Any] | None = None  # the message's JSON dump, when its row was just written with it
 
     def for_mapping(self) -> dict[str, Any]:
         """The mapping variables of this message."""
-        return mapping_context(self.message, self.customer, self.conversation, self.route)
+        return mapping_context(self.message, self.customer, self.conversation, self.route, self.message_data)
 
     def identifiers(self) -> list[tuple[str, str]]:
         """The customer's identifiers as (kind, value)."""

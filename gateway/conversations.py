@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Connection, bindparam, case, func, select, update
 
 from gateway.config import ConversationsConfig
 from gateway.identity.merges import customer_family
+from gateway.kpis import SWITCHES_AFTER_INBOUND
 from gateway.model import ChannelType, Message, new_id
 from gateway.storage.db import is_sqlite
 from gateway.storage.queues import insert_for
@@ -37,13 +38,12 @@ _OPEN_IN_FAMILY_HERE = _OPEN_IN_FAMILY.where(conversations.c.connector == bindpa
 _LATEST_IN_FAMILY = (select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
                      .order_by(conversations.c.last_activity_at.desc()).limit(1))
 _AT = bindparam("at", type_=conversations.c.last_activity_at.type)
-_LANGUAGE = bindparam("language", type_=conversations.c.language.type)
-# the conversation's activity moved forward and its language set if it had none, in one statement
-_TOUCH = update(conversations).where(
-    conversations.c.id == bindparam("conversation_id"),
-    or_(conversations.c.last_activity_at < _AT, and_(conversations.c.language.is_(None), _LANGUAGE.is_not(None)))
-).values(last_activity_at=case((conversations.c.last_activity_at < _AT, _AT), else_=conversations.c.last_activity_at),
-         language=func.coalesce(conversations.c.language, _LANGUAGE))
+_LANGUAGE = bindparam("first_language", type_=conversations.c.language.type)
+# a customer's message on a conversation it continues: the activity moved forward, the language set if it had
+# none, a channel switch counted (gateway.kpis), in one statement
+_TOUCH = update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
+    last_activity_at=case((conversations.c.last_activity_at < _AT, _AT), else_=conversations.c.last_activity_at),
+    language=func.coalesce(conversations.c.language, _LANGUAGE), switches=SWITCHES_AFTER_INBOUND)
 _NEW_CONVERSATION = conversations.insert()
 
 
@@ -126,7 +126,8 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
             "previous_id": previous_id, "connector": message.connector, "status": "open", "created_at": at,
             "last_activity_at": at, "language": _language(message)})
     else:
-        conn.execute(_TOUCH, {"conversation_id": conversation_id, "at": at, "language": _language(message)})
+        conn.execute(_TOUCH, {"conversation_id": conversation_id, "at": at, "first_language": _language(message),
+                              "inbound_connector": message.connector})
     if own:
         statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
         conn.execute(statement, [{"key": key, "conversation_id": conversation_id} for key in own])

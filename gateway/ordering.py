@@ -18,8 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 
-from gateway.enrich import senders_of
-from gateway.model import Message
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import inbox, inbox_keys
 
@@ -27,10 +25,10 @@ OrderKeys = frozenset[str]
 _FORGET = delete(inbox_keys).where(inbox_keys.c.inbox_id.in_(bindparam("row_ids", expanding=True)))
 
 
-def order_keys(messages: Iterable[Message]) -> OrderKeys:
-    """The digests of the senders' identifiers (none for a status update or a CRM's reply event)."""
-    return frozenset(hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
-                     for kind, value in senders_of(messages))
+def order_keys(senders: Iterable[tuple[str, str]]) -> OrderKeys:
+    """The digests of the senders' identifiers (``senders_of`` the row's messages; none for a status update or a
+    CRM's reply event)."""
+    return frozenset(hashlib.sha256(f"{kind}:{value}".encode()).hexdigest() for kind, value in senders)
 
 
 def record_keys(engine: Engine, keys: Mapping[int, OrderKeys]) -> None:

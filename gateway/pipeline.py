@@ -37,12 +37,12 @@ from gateway.acks import Acknowledgements
 from gateway.calendars import build_calendars
 from gateway.context import MessageContext, conversation_context, customer_context, new_customer_context
 from gateway.conversations import assign_conversation
-from gateway.enrich import Job, downloads_media, enrich_all, senders_of, without_enrichment
+from gateway.enrich import Enriched, Job, downloads_media, enrich_all, needs_enrichment, senders_of, without_enrichment
 from gateway.errors import DeliveryError
 from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
-from gateway.kpis import KpiClock, record_first_replies, record_inbound, record_solved
+from gateway.kpis import KpiClock, record_first_replies, record_solved
 from gateway.language import detect_language, load_model
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
@@ -291,17 +291,20 @@ class PipelineWorker:
                     normalized.append(item)
         finally:
             self._in_progress = None
-        normalized = [replace(item, keys=order_keys(item.messages)) for item in normalized]
+        senders = {item.row.id: senders_of(item.messages) for item in normalized}
+        normalized = [replace(item, keys=order_keys(senders[item.row.id])) for item in normalized]
         keys = {row.id: frozenset[str]() for row in rows} | {item.row.id: item.keys for item in normalized}
         record_keys(self.rt.engine, keys)
         jobs: dict[int, Job] = {}
         started: list[Future[Any]] = []
         for item in normalized:
-            if item.messages:
-                connector = self.rt.channels[item.row.connector]
+            if not item.messages:
+                continue
+            connector = self.rt.channels[item.row.connector]
+            if needs_enrichment(connector, item.messages):
                 job, new = self.rt.enricher.job(
                     item.row.id, partial(enrich_all, connector, item.messages),
-                    media=downloads_media(item.messages), senders=senders_of(item.messages))
+                    media=downloads_media(item.messages), senders=senders[item.row.id])
                 jobs[item.row.id] = job
                 if new:
                     started.append(job.future)
@@ -309,16 +312,19 @@ class PipelineWorker:
             wait(started, timeout=self.settings.enrich_wait_seconds)
         ready, held = [], set()
         for item in normalized:
-            job = jobs.get(item.row.id)
-            if job is None:
+            if not item.messages:
                 ready.append(item)
                 continue
-            if not job.future.done() or job.senders & (held | self.rt.enricher.running_before(item.row.id)):
-                held |= job.senders
+            job = jobs.get(item.row.id)
+            row_senders = senders[item.row.id]
+            if ((job is not None and not job.future.done())
+                    or row_senders & (held | self.rt.enricher.running_before(item.row.id))):
+                held |= row_senders
                 self.rt.queues.reschedule(inbox, item.row.id, self.settings.enrich_wait_seconds,
                                           "waiting for media or a profile", count_attempt=False)
                 continue
-            enriched = self._enriched(item, job)
+            enriched = self._enriched(item, job) if job is not None else self._with_language(
+                item, [(message, None) for message in item.messages])
             if enriched is not None:
                 ready.append(enriched)
         return ready
@@ -478,6 +484,10 @@ class PipelineWorker:
         if failures and item.row.attempts < min(ENRICH_ATTEMPTS, self.settings.retry.max_attempts):
             self._failed(item.row, failures[0])
             return None
+        return self._with_language(item, results)
+
+    def _with_language(self, item: Prepared, results: Enriched) -> Prepared:
+        """The row's enriched messages (marked when their enrichment failed), each with its language detected."""
         messages = []
         for message, exc in results:
             if exc is not None:
@@ -541,13 +551,12 @@ class PipelineWorker:
             suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
         assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations)
         conversation_id, rule = assignment.conversation_id, assignment.rule
-        if not assignment.opened:
-            record_inbound(conn, conversation_id, message.connector, message.received_at)
         now = utcnow()
+        data = message.model_dump(mode="json")
         conn.execute(_INSERT_MESSAGE, {
             "id": message.id, "inbox_id": message.raw.inbox_id, "connector": message.connector,
             "provider_message_id": message.provider_message_id, "customer_id": customer_id,
-            "conversation_id": conversation_id, "thread_rule": rule, "data": message.model_dump(mode="json"),
+            "conversation_id": conversation_id, "thread_rule": rule, "data": data,
             "received_at": message.received_at, "created_at": now})
         batch.stored.add((message.connector, message.provider_message_id))
         record_keyword(conn, message)
@@ -558,7 +567,7 @@ class PipelineWorker:
                     if resolution.identifiers is not None else customer_context(conn, customer_id))
         context = MessageContext(message, customer, conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
-            previous_id=assignment.previous_id))
+            previous_id=assignment.previous_id), message_data=data)
         earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
         chosen = routing.choose(self.rt.config, message, context.identifiers(), earlier)
         self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened,
