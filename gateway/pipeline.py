@@ -228,6 +228,8 @@ class PipelineWorker:
     def _store_batch(self, prepared: list[Prepared]) -> list[Prepared] | None:
         """The batch stored in one transaction without savepoints; the rows that wait for an older row of their
         sender. None when anything failed: the transaction was rolled back and nothing of the batch is stored."""
+        if not prepared:
+            return []
         batch = _Batch()
         try:
             with self.rt.engine.begin() as conn:

@@ -101,3 +101,21 @@ def test_a_message_stored_before_is_not_stored_again_in_a_batch(runtime: Runtime
     assert count(runtime, messages) == 4
     assert count(runtime, outbox) == 4
     assert set(statuses(runtime).values()) == {"done"}
+
+
+def test_a_row_with_nothing_to_enrich_skips_the_enricher(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.channels["sms-main"], "enriches_only_media", True, raising=False)
+
+    def no_job(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a text message from a connector that only downloads media needs no enrichment")
+
+    monkeypatch.setattr(runtime.enricher, "job", no_job)
+    arrive(runtime)
+    worker = PipelineWorker(runtime, "test-p")
+    [batch] = worker.claim()
+    worker.process(batch)
+
+    assert statuses(runtime) == {"a": "done", "b": "done", "c": "done"}
+    with runtime.engine.connect() as conn:
+        languages = {row.data["language"] for row in conn.execute(select(messages.c.data))}
+    assert None not in languages, "the language is detected as for an enriched message"
