@@ -142,6 +142,7 @@ class MetaChannel(WebhookChannel, MetaSender):
     summary = ("Meta webhooks: Messenger, Instagram, WhatsApp Cloud API (X-Hub-Signature-256, hub.challenge); replies "
                "through the Send and Cloud APIs")
     channel_types = (ChannelType.MESSENGER, ChannelType.INSTAGRAM, ChannelType.WHATSAPP)
+    enriches_only_media = True
     config: MetaConfig
 
     # -- ingress -------------------------------------------------------------------------------------------------

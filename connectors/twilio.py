@@ -96,6 +96,7 @@ class TwilioChannel(WebhookChannel, TwilioSender):
     summary = ("Twilio SMS, MMS and WhatsApp webhooks (X-Twilio-Signature checked with RequestValidator); replies "
                "through the Messages API")
     channel_types = (ChannelType.SMS, ChannelType.MMS, ChannelType.WHATSAPP)
+    enriches_only_media = True
     max_body_bytes = 64 * 1024  # Twilio caps inbound bodies at 32 KB; form encoding can double that
     config: TwilioConfig
 

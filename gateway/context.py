@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.exc import NoResultFound
 
 from gateway.identity.merges import live_customer_id
 from gateway.model import Message
@@ -19,20 +20,29 @@ from gateway.plugins import ConversationView, CustomerView, DeliveryItem
 from gateway.routing import NO_ROUTE
 from gateway.storage.tables import conversations, customers, identities, messages
 
-_CUSTOMER = select(customers.c.merged_into, customers.c.display_name).where(customers.c.id == bindparam("id"))
-_IDENTIFIERS = select(identities.c.kind, identities.c.value).where(
-    identities.c.customer_id == bindparam("id")).order_by(identities.c.id)
+_CUSTOMER_WITH_IDENTIFIERS = (
+    select(customers.c.merged_into, customers.c.display_name, identities.c.kind, identities.c.value)
+    .outerjoin(identities, identities.c.customer_id == customers.c.id)
+    .where(customers.c.id == bindparam("id")).order_by(identities.c.id))
 
 
 def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
     """The customer as mappings and CRM connectors see it (the live customer, if it was merged since)."""
-    customer = conn.execute(_CUSTOMER, {"id": customer_id}).one()
-    if customer.merged_into:
+    rows = conn.execute(_CUSTOMER_WITH_IDENTIFIERS, {"id": customer_id}).all()
+    if not rows:
+        raise NoResultFound(f"customer {customer_id}")
+    if rows[0].merged_into:
         customer_id = live_customer_id(conn, customer_id)
-        customer = conn.execute(_CUSTOMER, {"id": customer_id}).one()
-    rows = conn.execute(_IDENTIFIERS, {"id": customer_id})
-    return {"id": customer_id, "display_name": customer.display_name,
-            "identifiers": [{"kind": kind, "value": value} for kind, value in rows]}
+        rows = conn.execute(_CUSTOMER_WITH_IDENTIFIERS, {"id": customer_id}).all()
+    return {"id": customer_id, "display_name": rows[0].display_name,
+            "identifiers": [{"kind": row.kind, "value": row.value} for row in rows if row.kind is not None]}
+
+
+def new_customer_context(customer_id: str, display_name: str | None,
+                         identifiers: list[tuple[str, str]]) -> dict[str, Any]:
+    """``customer_context`` of a customer created in this transaction, from what created it (nothing to read)."""
+    return {"id": customer_id, "display_name": display_name,
+            "identifiers": [{"kind": kind, "value": value} for kind, value in identifiers]}
 
 
 def conversation_context(conversation_id: str, channel: str, thread_rule: str | None, *, opened_by_message: bool,
@@ -44,10 +54,12 @@ def conversation_context(conversation_id: str, channel: str, thread_rule: str | 
 
 
 def mapping_context(message: Message, customer: dict[str, Any], conversation: dict[str, Any],
-                    route: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The variables a mapping renders with: ``message``, ``customer``, ``conversation`` and ``route``."""
-    return {"message": message.model_dump(mode="json"), "customer": customer, "conversation": conversation,
-            "route": route or NO_ROUTE}
+                    route: dict[str, Any] | None = None, message_data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The variables a mapping renders with: ``message``, ``customer``, ``conversation`` and ``route``.
+
+    ``message_data`` is ``message.model_dump(mode="json")`` when the caller has it already."""
+    return {"message": message.model_dump(mode="json") if message_data is None else message_data,
+            "customer": customer, "conversation": conversation, "route": route or NO_ROUTE}
 
 
 def idempotency_key(crm: str, message_id: str) -> str:
@@ -63,10 +75,11 @@ class MessageContext:
     customer: dict[str, Any]
     conversation: dict[str, Any]
     route: dict[str, Any] | None = None  # gateway.routing: the routes that took the message to this CRM
+    message_data: dict[str, Any] | None = None  # the message's JSON dump, when its row was just written with it
 
     def for_mapping(self) -> dict[str, Any]:
         """The mapping variables of this message."""
-        return mapping_context(self.message, self.customer, self.conversation, self.route)
+        return mapping_context(self.message, self.customer, self.conversation, self.route, self.message_data)
 
     def identifiers(self) -> list[tuple[str, str]]:
         """The customer's identifiers as (kind, value)."""

@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, case, func, select, update
 
 from gateway.config import ConversationsConfig
 from gateway.identity.merges import customer_family
+from gateway.kpis import SWITCHES_AFTER_INBOUND
 from gateway.model import ChannelType, Message, new_id
 from gateway.storage.db import is_sqlite
 from gateway.storage.queues import insert_for
@@ -25,14 +26,25 @@ from gateway.storage.tables import conversations, crm_links, customers, thread_k
 
 MAX_KEY = 512  # thread_keys.key
 _BY_THREAD_KEY = select(thread_keys.c.conversation_id).where(thread_keys.c.key == bindparam("key"))
-_OPEN_OF_ONE = (select(conversations.c.id)  # continuity for a customer nobody was merged into (the usual case)
-                .where(conversations.c.customer_id == bindparam("customer_id"), conversations.c.status == "open",
-                       conversations.c.last_activity_at >= bindparam("since"))
-                .order_by(conversations.c.last_activity_at.desc()).limit(1))
-_OPEN_OF_ONE_HERE = _OPEN_OF_ONE.where(conversations.c.connector == bindparam("connector"))
-_TOUCH = update(conversations).where(
-    conversations.c.id == bindparam("conversation_id"), conversations.c.last_activity_at < bindparam("at")
-).values(last_activity_at=bindparam("at"))
+# the customer and every customer merged into it, directly or through others (``customer_family``), inside the
+# statements that need it, so the usual customer (nobody merged into it) costs no look-up of its own
+_ONE = select(customers.c.id).where(customers.c.id == bindparam("customer_id")).cte("family", recursive=True)
+_FAMILY = _ONE.union_all(select(customers.c.id).where(customers.c.merged_into == _ONE.c.id))
+_OPEN_IN_FAMILY = (select(conversations.c.id)
+                   .where(conversations.c.customer_id.in_(select(_FAMILY.c.id)), conversations.c.status == "open",
+                          conversations.c.last_activity_at >= bindparam("since"))
+                   .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_OPEN_IN_FAMILY_HERE = _OPEN_IN_FAMILY.where(conversations.c.connector == bindparam("connector"))
+_LATEST_IN_FAMILY = (select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
+                     .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_AT = bindparam("at", type_=conversations.c.last_activity_at.type)
+_LANGUAGE = bindparam("first_language", type_=conversations.c.language.type)
+# a customer's message on a conversation it continues: the activity moved forward, the language set if it had
+# none, a channel switch counted (gateway.kpis), in one statement
+_TOUCH = update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
+    last_activity_at=case((conversations.c.last_activity_at < _AT, _AT), else_=conversations.c.last_activity_at),
+    language=func.coalesce(conversations.c.language, _LANGUAGE), switches=SWITCHES_AFTER_INBOUND)
+_NEW_CONVERSATION = conversations.insert()
 
 
 def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
@@ -92,44 +104,30 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
         # two workers threading messages of one customer at once would each open a conversation: the second
         # waits here for the first to commit (SQLite's single writer already serialises them)
         conn.execute(select(customers.c.id).where(customers.c.id == customer_id).with_for_update())
-    family = customer_family(conn, customer_id)
     if conversation_id is None and settings.subject_token and message.subject:
-        conversation_id = _by_subject_token(conn, message.subject, settings.subject_token, family)
+        conversation_id = _by_subject_token(conn, message.subject, settings.subject_token,
+                                            customer_family(conn, customer_id))
         if conversation_id:
             rule = "subject_token"
-    if conversation_id is None and len(family) == 1:
+    if conversation_id is None:
         since = at - timedelta(hours=settings.window_hours)
-        conversation_id = conn.execute(_OPEN_OF_ONE_HERE if settings.continuity == "per_channel" else _OPEN_OF_ONE, {
-            "customer_id": customer_id, "since": since, "connector": message.connector}).scalar_one_or_none()
-        if conversation_id:
-            rule = "continuity"
-    elif conversation_id is None:
-        query = (select(conversations.c.id)
-                 .where(conversations.c.customer_id.in_(family), conversations.c.status == "open",
-                        conversations.c.last_activity_at >= at - timedelta(hours=settings.window_hours))
-                 .order_by(conversations.c.last_activity_at.desc()).limit(1))
-        if settings.continuity == "per_channel":
-            query = query.where(conversations.c.connector == message.connector)
-        conversation_id = conn.execute(query).scalar_one_or_none()
+        continuity = _OPEN_IN_FAMILY_HERE if settings.continuity == "per_channel" else _OPEN_IN_FAMILY
+        conversation_id = conn.execute(continuity, {"customer_id": customer_id, "since": since,
+                                                    "connector": message.connector}).scalar_one_or_none()
         if conversation_id:
             rule = "continuity"
     previous_id = None
     opened = conversation_id is None
     if conversation_id is None:
         conversation_id = new_id()
-        previous_id = conn.execute(
-            select(conversations.c.id).where(conversations.c.customer_id.in_(family))
-            .order_by(conversations.c.last_activity_at.desc()).limit(1)).scalar_one_or_none()
-        conn.execute(conversations.insert().values(
-            id=conversation_id, customer_id=customer_id, channel=message.channel.value, previous_id=previous_id,
-            connector=message.connector, status="open", created_at=at, last_activity_at=at,
-            language=_language(message)))
+        previous_id = conn.execute(_LATEST_IN_FAMILY, {"customer_id": customer_id}).scalar_one_or_none()
+        conn.execute(_NEW_CONVERSATION, {
+            "id": conversation_id, "customer_id": customer_id, "channel": message.channel.value,
+            "previous_id": previous_id, "connector": message.connector, "status": "open", "created_at": at,
+            "last_activity_at": at, "language": _language(message)})
     else:
-        conn.execute(_TOUCH, {"conversation_id": conversation_id, "at": at})
-        if _language(message):
-            conn.execute(update(conversations).where(
-                conversations.c.id == conversation_id, conversations.c.language.is_(None)).values(
-                language=_language(message)))
+        conn.execute(_TOUCH, {"conversation_id": conversation_id, "at": at, "first_language": _language(message),
+                              "inbound_connector": message.connector})
     if own:
         statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
         conn.execute(statement, [{"key": key, "conversation_id": conversation_id} for key in own])

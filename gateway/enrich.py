@@ -57,6 +57,15 @@ def downloads_media(messages: Iterable[Message]) -> bool:
     return any(not a.location.startswith(SCHEME) for message in messages for a in message.attachments)
 
 
+def needs_enrichment(connector: ChannelConnector, messages: list[Message]) -> bool:
+    """Whether a row's messages go to the enricher: not when there is no media to download and the connector's
+    ``enrich`` does nothing else (it keeps the base one, or declares ``enriches_only_media``). Such a row is
+    stored without a hand-off to the enricher's threads."""
+    if getattr(connector.enrich, "__func__", None) is ChannelConnector.enrich:
+        return False
+    return not connector.enriches_only_media or downloads_media(messages)
+
+
 def senders_of(messages: Iterable[Message]) -> frozenset[tuple[str, str]]:
     """The senders' identifiers: two rows sharing one come from the same customer and keep their order."""
     return frozenset((i.kind.value, i.value) for message in messages for i in message.sender.identifiers)

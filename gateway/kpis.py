@@ -133,16 +133,19 @@ def record_first_replies(conn: Connection, conversation_ids: Iterable[str], cloc
 _PREVIOUS_CHANNEL = select(messages.c.connector).where(
     messages.c.conversation_id == bindparam("conversation_id"), messages.c.direction == "inbound",
     messages.c.received_at <= bindparam("at")).order_by(messages.c.received_at.desc()).limit(1)
+SWITCHES_AFTER_INBOUND = conversations.c.switches + case(
+    (_PREVIOUS_CHANNEL.scalar_subquery() != bindparam("inbound_connector"), 1), else_=0)
+"""``conversations.switches`` once a customer's message (parameters ``conversation_id``, ``inbound_connector``, ``at``)
+is stored: one more when their previous message in the conversation came through another configured channel.
+Threading (``gateway.conversations``) sets it in the statement that records the message's activity."""
 _COUNT_SWITCH = update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
-    switches=conversations.c.switches + 1)
+    switches=SWITCHES_AFTER_INBOUND)
 
 
 def record_inbound(conn: Connection, conversation_id: str, connector: str, at: datetime) -> None:
     """Before a customer's message is stored: a channel switch when their previous message in the conversation came
-    through another configured channel."""
-    previous = conn.execute(_PREVIOUS_CHANNEL, {"conversation_id": conversation_id, "at": at}).scalar()
-    if previous is not None and previous != connector:
-        conn.execute(_COUNT_SWITCH, {"conversation_id": conversation_id})
+    through another configured channel (the pipeline has it done by ``assign_conversation``)."""
+    conn.execute(_COUNT_SWITCH, {"conversation_id": conversation_id, "inbound_connector": connector, "at": at})
 
 
 def percentile(values: Sequence[float], share: float) -> float | None:

@@ -18,19 +18,17 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 
-from gateway.enrich import senders_of
-from gateway.model import Message
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import inbox, inbox_keys
 
 OrderKeys = frozenset[str]
-_FORGET = delete(inbox_keys).where(inbox_keys.c.inbox_id == bindparam("row_id"))
+_FORGET = delete(inbox_keys).where(inbox_keys.c.inbox_id.in_(bindparam("row_ids", expanding=True)))
 
 
-def order_keys(messages: Iterable[Message]) -> OrderKeys:
-    """The digests of the senders' identifiers (none for a status update or a CRM's reply event)."""
-    return frozenset(hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
-                     for kind, value in senders_of(messages))
+def order_keys(senders: Iterable[tuple[str, str]]) -> OrderKeys:
+    """The digests of the senders' identifiers (``senders_of`` the row's messages; none for a status update or a
+    CRM's reply event)."""
+    return frozenset(hashlib.sha256(f"{kind}:{value}".encode()).hexdigest() for kind, value in senders)
 
 
 def record_keys(engine: Engine, keys: Mapping[int, OrderKeys]) -> None:
@@ -45,9 +43,10 @@ def record_keys(engine: Engine, keys: Mapping[int, OrderKeys]) -> None:
         conn.execute(update(inbox).where(inbox.c.id.in_(list(keys)), inbox.c.keyed.is_(False)).values(keyed=True))
 
 
-def forget_keys(conn: Connection, row_id: int) -> None:
-    """A settled row holds nobody back any more."""
-    conn.execute(_FORGET, {"row_id": row_id})
+def forget_keys(conn: Connection, row_ids: Sequence[int]) -> None:
+    """Settled rows hold nobody back any more."""
+    if row_ids:
+        conn.execute(_FORGET, {"row_ids": list(row_ids)})
 
 
 def must_wait(conn: Connection, items: Sequence[tuple[int, OrderKeys]]) -> set[int]:

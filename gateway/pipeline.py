@@ -35,14 +35,14 @@ from sqlalchemy.exc import IntegrityError
 from gateway import metrics, routing
 from gateway.acks import Acknowledgements
 from gateway.calendars import build_calendars
-from gateway.context import MessageContext, conversation_context, customer_context
+from gateway.context import MessageContext, conversation_context, customer_context, new_customer_context
 from gateway.conversations import assign_conversation
-from gateway.enrich import Job, downloads_media, enrich_all, senders_of, without_enrichment
+from gateway.enrich import Enriched, Job, downloads_media, enrich_all, needs_enrichment, senders_of, without_enrichment
 from gateway.errors import DeliveryError
 from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.suggest import suggest_for_new_customer
-from gateway.kpis import KpiClock, record_first_replies, record_inbound, record_solved
+from gateway.kpis import KpiClock, record_first_replies, record_solved
 from gateway.language import detect_language, load_model
 from gateway.mapping import MappingRenderError
 from gateway.model import Message, StatusUpdate
@@ -70,6 +70,13 @@ _ALREADY_STORED = select(messages.c.id).where(messages.c.connector == bindparam(
                                               messages.c.provider_message_id == bindparam("provider_message_id"))
 _INSERT_MESSAGE = messages.insert()
 _INSERT_OUTBOX = outbox.insert()
+_ALREADY_STORED_OF = select(messages.c.provider_message_id).where(
+    messages.c.connector == bindparam("connector"),
+    messages.c.provider_message_id.in_(bindparam("provider_message_ids", expanding=True)))
+_SETTLE_ALL_HELD = inbox.update().where(
+    inbox.c.id.in_(bindparam("row_ids", expanding=True)), inbox.c.lease_owner == bindparam("owner"),
+    inbox.c.status == "pending"
+).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None)
 _SETTLE_HELD = inbox.update().where(
     inbox.c.id == bindparam("row_id"), inbox.c.lease_owner == bindparam("owner"), inbox.c.status == "pending"
 ).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None)
@@ -92,6 +99,31 @@ class Prepared:
         if self.crm is not None:
             return "reply" if self.replies else ("ticket_status" if self.solved else "ignored")
         return "message" if self.messages else ("status" if self.statuses else "ignored")
+
+
+@dataclass(eq=False)
+class _Batch:
+    """What storing rows in one transaction gathers: in a batch stored as a whole (not ``alone``), the messages
+    stored or found stored and the rows to settle at its end; and the dead letters to count once committed."""
+
+    alone: bool = False  # each row settled as it is stored, each customer resolved in a savepoint
+    stored: set[tuple[str, str]] = field(default_factory=set)  # (connector, provider message id)
+    settled: dict[str, list[int]] = field(default_factory=dict)  # inbox row ids by their new status
+    dead_letters: list[str] = field(default_factory=list)  # the CRM of each outbox row dead-lettered
+
+    def count_dead_letters(self) -> None:
+        for crm in self.dead_letters:
+            metrics.DEAD_LETTERED.labels("delivery", crm).inc()
+
+
+def _already_stored(conn: Connection, batch: list[Message]) -> set[tuple[str, str]]:
+    """Which of a batch's messages are stored already (a provider's retry), one query per connector."""
+    by_connector: dict[str, list[str]] = {}
+    for message in batch:
+        by_connector.setdefault(message.connector, []).append(message.provider_message_id)
+    return {(connector, provider_message_id) for connector, ids in by_connector.items()
+            for provider_message_id in conn.execute(_ALREADY_STORED_OF, {
+                "connector": connector, "provider_message_ids": ids}).scalars()}
 
 
 def split_again(record: RawRecord, connector: object) -> list[RawRecord]:
@@ -162,7 +194,9 @@ class PipelineWorker:
     def process(self, rows: list[Row[Any]]) -> int:
         """Normalise and enrich each row, then store the whole batch in one transaction (one commit).
 
-        Each row is stored inside its own savepoint: a row that fails is rolled back alone and retried by itself.
+        The batch is first stored without a savepoint per row. Should a row fail (or its lease be lost), that
+        transaction is rolled back and the batch stored again with each row in its own savepoint: a row that fails
+        then is rolled back alone and retried by itself.
         """
         self._abandoned = False
         self._held_ids = [row.id for row in rows]
@@ -174,24 +208,9 @@ class PipelineWorker:
             return len(rows)
         failed: list[Prepared] = []
         lost: list[Prepared] = []
-        waiting: list[Prepared] = []
-        try:
-            with self.rt.engine.begin() as conn:
-                behind = must_wait(conn, [(item.row.id, item.keys) for item in prepared])
-                waiting = [item for item in prepared if item.row.id in behind]
-                for item in prepared:
-                    if item.row.id in behind:
-                        continue
-                    try:
-                        with conn.begin_nested():
-                            self._store_row(conn, item)
-                    except LeaseLost:
-                        lost.append(item)
-                    except Exception:
-                        failed.append(item)
-        except Exception:
-            # the commit itself failed: nothing of the batch was stored
-            failed, lost = [item for item in prepared if item not in waiting], []
+        waiting = self._store_batch(prepared)
+        if waiting is None:
+            waiting, failed, lost = self._store_row_by_row(prepared)
         for item in waiting:
             self._wait_in_order(item)
         for item in failed:
@@ -205,6 +224,56 @@ class PipelineWorker:
         if any(item.replies or item.solved for item in prepared):
             self.rt.sends_waiting.set()  # this process's send threads look at once instead of at their next poll
         return len(rows)
+
+    def _store_batch(self, prepared: list[Prepared]) -> list[Prepared] | None:
+        """The batch stored in one transaction without savepoints; the rows that wait for an older row of their
+        sender. None when anything failed: the transaction was rolled back and nothing of the batch is stored."""
+        if not prepared:
+            return []
+        batch = _Batch()
+        try:
+            with self.rt.engine.begin() as conn:
+                behind = must_wait(conn, [(item.row.id, item.keys) for item in prepared])
+                ready = [item for item in prepared if item.row.id not in behind]
+                batch.stored = _already_stored(conn, [m for item in ready for m in item.messages])
+                for item in ready:
+                    self._store_row(conn, item, batch)
+                self._settle(conn, batch.settled)
+        except Exception:
+            log.info("a batch of %d inbox rows failed as a whole; storing its rows one by one", len(prepared),
+                     exc_info=True)
+            return None
+        batch.count_dead_letters()
+        return [item for item in prepared if item.row.id in behind]
+
+    def _store_row_by_row(self, prepared: list[Prepared]) -> tuple[list[Prepared], list[Prepared], list[Prepared]]:
+        """The batch in one transaction, each row in a savepoint of its own: (waiting, failed, lost) rows."""
+        failed: list[Prepared] = []
+        lost: list[Prepared] = []
+        waiting: list[Prepared] = []
+        dead_letters: list[str] = []
+        try:
+            with self.rt.engine.begin() as conn:
+                behind = must_wait(conn, [(item.row.id, item.keys) for item in prepared])
+                waiting = [item for item in prepared if item.row.id in behind]
+                for item in prepared:
+                    if item.row.id in behind:
+                        continue
+                    batch = _Batch(alone=True)
+                    try:
+                        with conn.begin_nested():
+                            self._store_row(conn, item, batch)
+                    except LeaseLost:
+                        lost.append(item)
+                    except Exception:
+                        failed.append(item)
+                    else:
+                        dead_letters += batch.dead_letters
+        except Exception:
+            # the commit itself failed: nothing of the batch was stored
+            return waiting, [item for item in prepared if item not in waiting], []
+        _Batch(dead_letters=dead_letters).count_dead_letters()
+        return waiting, failed, lost
 
     def _prepare_batch(self, rows: list[Row[Any]]) -> list[Prepared]:
         """Each row normalised, then its messages enriched on the enricher's threads, outside any transaction.
@@ -224,17 +293,20 @@ class PipelineWorker:
                     normalized.append(item)
         finally:
             self._in_progress = None
-        normalized = [replace(item, keys=order_keys(item.messages)) for item in normalized]
+        senders = {item.row.id: senders_of(item.messages) for item in normalized}
+        normalized = [replace(item, keys=order_keys(senders[item.row.id])) for item in normalized]
         keys = {row.id: frozenset[str]() for row in rows} | {item.row.id: item.keys for item in normalized}
         record_keys(self.rt.engine, keys)
         jobs: dict[int, Job] = {}
         started: list[Future[Any]] = []
         for item in normalized:
-            if item.messages:
-                connector = self.rt.channels[item.row.connector]
+            if not item.messages:
+                continue
+            connector = self.rt.channels[item.row.connector]
+            if needs_enrichment(connector, item.messages):
                 job, new = self.rt.enricher.job(
                     item.row.id, partial(enrich_all, connector, item.messages),
-                    media=downloads_media(item.messages), senders=senders_of(item.messages))
+                    media=downloads_media(item.messages), senders=senders[item.row.id])
                 jobs[item.row.id] = job
                 if new:
                     started.append(job.future)
@@ -242,16 +314,19 @@ class PipelineWorker:
             wait(started, timeout=self.settings.enrich_wait_seconds)
         ready, held = [], set()
         for item in normalized:
-            job = jobs.get(item.row.id)
-            if job is None:
+            if not item.messages:
                 ready.append(item)
                 continue
-            if not job.future.done() or job.senders & (held | self.rt.enricher.running_before(item.row.id)):
-                held |= job.senders
+            job = jobs.get(item.row.id)
+            row_senders = senders[item.row.id]
+            if ((job is not None and not job.future.done())
+                    or row_senders & (held | self.rt.enricher.running_before(item.row.id))):
+                held |= row_senders
                 self.rt.queues.reschedule(inbox, item.row.id, self.settings.enrich_wait_seconds,
                                           "waiting for media or a profile", count_attempt=False)
                 continue
-            enriched = self._enriched(item, job)
+            enriched = self._enriched(item, job) if job is not None else self._with_language(
+                item, [(message, None) for message in item.messages])
             if enriched is not None:
                 ready.append(enriched)
         return ready
@@ -328,27 +403,42 @@ class PipelineWorker:
             return None
         return Prepared(row, [], [], replies, crm_name, solved=solved)
 
-    def _store_row(self, conn: Connection, item: Prepared) -> None:
+    def _store_row(self, conn: Connection, item: Prepared, batch: _Batch) -> None:
         if item.crm is not None:
             outcome = self.replies.store(conn, item.crm, item.row.id, item.replies)
             stop_clocks(conn, item.replies)
             asked = ask(conn, self.surveys, self.rt.channels, item.crm, item.row.id, item.solved)
             record_first_replies(conn, (reply.conversation_id for reply in item.replies), self.kpi_clock)
             record_solved(conn, item.solved, self.kpi_clock)
-            self._finish(conn, item.row, "done" if outcome.queued or asked else "ignored")
+            self._finish(conn, item.row, "done" if outcome.queued or asked else "ignored", batch)
             return
         for message in item.messages:
-            self._store(conn, message)
+            self._store(conn, message, batch)
         for update in item.statuses:
             self._store_status(conn, update, item.row.id)
-        self._finish(conn, item.row, "done" if item.messages or item.statuses else "ignored")
+        self._finish(conn, item.row, "done" if item.messages or item.statuses else "ignored", batch)
 
-    def _finish(self, conn: Connection, row: Row[Any], status: str) -> None:
-        """Settle a row this worker still holds; else ``LeaseLost`` rolls back what was stored for it."""
+    def _finish(self, conn: Connection, row: Row[Any], status: str, batch: _Batch) -> None:
+        """Settle a row this worker still holds; else ``LeaseLost`` rolls back what was stored for it.
+
+        In a batch stored as a whole, the rows are settled together at its end (``_settle``)."""
+        if not batch.alone:
+            batch.settled.setdefault(status, []).append(row.id)
+            return
         if not conn.execute(_SETTLE_HELD, {"row_id": row.id, "owner": self.owner, "to": status,
                                            "at": utcnow()}).rowcount:
             raise LeaseLost(f"inbox row {row.id}")
-        forget_keys(conn, row.id)
+        forget_keys(conn, [row.id])
+
+    def _settle(self, conn: Connection, settled: dict[str, list[int]]) -> None:
+        """Settle a batch's rows, one statement per outcome; ``LeaseLost`` when this worker lost any of them."""
+        now = utcnow()
+        for status, row_ids in settled.items():
+            count = conn.execute(_SETTLE_ALL_HELD, {"row_ids": row_ids, "owner": self.owner, "to": status,
+                                                    "at": now}).rowcount
+            if count != len(row_ids):
+                raise LeaseLost(f"{len(row_ids) - count} of inbox rows {row_ids}")
+        forget_keys(conn, [row_id for row_ids in settled.values() for row_id in row_ids])
 
     def _wait_in_order(self, item: Prepared) -> None:
         """An older row of the same sender is still pending: this one goes back to the queue (not an attempt)."""
@@ -361,10 +451,11 @@ class PipelineWorker:
         behind = False
         try:
             for attempt in in_process_retry(attempts=4):
+                batch = _Batch(alone=True)
                 with attempt, self.rt.engine.begin() as conn:
                     behind = bool(must_wait(conn, [(item.row.id, item.keys)]))
                     if not behind:
-                        self._store_row(conn, item)
+                        self._store_row(conn, item, batch)
         except LeaseLost:
             log.warning("inbox row %s from %s was taken over or settled while being processed; not stored here",
                         item.row.id, item.row.connector)
@@ -375,6 +466,7 @@ class PipelineWorker:
         if behind:
             self._wait_in_order(item)
             return
+        batch.count_dead_letters()
         metrics.PROCESSED.labels(item.row.connector, item.outcome).inc()
 
     def _enriched(self, item: Prepared, job: Job) -> Prepared | None:
@@ -394,6 +486,10 @@ class PipelineWorker:
         if failures and item.row.attempts < min(ENRICH_ATTEMPTS, self.settings.retry.max_attempts):
             self._failed(item.row, failures[0])
             return None
+        return self._with_language(item, results)
+
+    def _with_language(self, item: Prepared, results: Enriched) -> Prepared:
+        """The row's enriched messages (marked when their enrichment failed), each with its language detected."""
         messages = []
         for message, exc in results:
             if exc is not None:
@@ -434,39 +530,46 @@ class PipelineWorker:
             self._maskers = (config, {name: config.masker_for(name) for name in config.channels})
         return self._maskers[1]
 
-    def _store(self, conn: Connection, message: Message) -> None:
+    def _store(self, conn: Connection, message: Message, batch: _Batch) -> None:
         if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
             message = self.maskers[message.connector].message(message)
-        already = conn.execute(_ALREADY_STORED, {"connector": message.connector,
-                                                 "provider_message_id": message.provider_message_id}).first()
-        if already is not None:
+        if batch.alone:
+            if conn.execute(_ALREADY_STORED, {"connector": message.connector,
+                                              "provider_message_id": message.provider_message_id}).first():
+                return
+        elif (message.connector, message.provider_message_id) in batch.stored:
             return
-        try:
-            with conn.begin_nested():
+        if batch.alone:
+            try:
+                with conn.begin_nested():
+                    resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
+            except IntegrityError:
+                # another worker added the same identifier a moment ago: its row is visible now
                 resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
-        except IntegrityError:
-            # another worker added the same identifier a moment ago: its row is visible now
+        else:  # an IntegrityError fails the whole batch, which is then stored row by row, this way
             resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
         customer_id = resolution.customer_id
         if resolution.created:
             suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
         assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations)
         conversation_id, rule = assignment.conversation_id, assignment.rule
-        if not assignment.opened:
-            record_inbound(conn, conversation_id, message.connector, message.received_at)
         now = utcnow()
+        data = message.model_dump(mode="json")
         conn.execute(_INSERT_MESSAGE, {
             "id": message.id, "inbox_id": message.raw.inbox_id, "connector": message.connector,
             "provider_message_id": message.provider_message_id, "customer_id": customer_id,
-            "conversation_id": conversation_id, "thread_rule": rule, "data": message.model_dump(mode="json"),
+            "conversation_id": conversation_id, "thread_rule": rule, "data": data,
             "received_at": message.received_at, "created_at": now})
+        batch.stored.add((message.connector, message.provider_message_id))
         record_keyword(conn, message)
         if take_answer(conn, self.surveys, message, customer_id):
             return  # a survey rating: written back by the worker's automation job, not a new support message
         start_clocks(conn, self.escalations, self.calendars, message, conversation_id)
-        context = MessageContext(message, customer_context(conn, customer_id), conversation_context(
+        customer = (new_customer_context(customer_id, resolution.display_name, resolution.identifiers)
+                    if resolution.identifiers is not None else customer_context(conn, customer_id))
+        context = MessageContext(message, customer, conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
-            previous_id=assignment.previous_id))
+            previous_id=assignment.previous_id), message_data=data)
         earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
         chosen = routing.choose(self.rt.config, message, context.identifiers(), earlier)
         self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened,
@@ -489,7 +592,7 @@ class PipelineWorker:
                 self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.crm,
                                            error_class="permanent", reason=str(error), attempts=0,
                                            code="mapping_error", field=error.field)
-                metrics.DEAD_LETTERED.labels("delivery", route.crm).inc()
+                batch.dead_letters.append(route.crm)
 
     def _quarantine(self, row: Row[Any], exc: Exception) -> None:
         """A row its connector cannot read: a dead letter with the reason; the raw bytes stay for a replay."""

@@ -140,6 +140,9 @@ class ChannelConnector(Connector):
         """For items stored with kind "status": the provider's reports on messages the business sent."""
         return []
 
+    enriches_only_media = False
+    """True when ``enrich`` only downloads media: a message without media then skips the enricher's threads."""
+
     def enrich(self, message: Message) -> Message:
         """Network work after ``normalize`` (fetch media into the attachment store, look up a profile).
 

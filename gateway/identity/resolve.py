@@ -47,6 +47,9 @@ class Resolution:
     merges: list[int] = field(default_factory=list)
     suggestions: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, value, why not attached)
+    # a customer created here is known whole without reading it back: its name and identifiers (kind, value)
+    display_name: str | None = None
+    identifiers: list[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
         customer_id = new_id()
         new_customer = {"id": customer_id, "display_name": party.display_name,
                         "name_key": name_key(party.display_name), "created_at": now, "updated_at": now}
-        result = Resolution(customer_id, created=True)
+        result = Resolution(customer_id, created=True, display_name=party.display_name, identifiers=[])
     else:
         survivor = min(distinct, key=lambda cid: (by_id[cid].created_at, cid))
         result = Resolution(survivor)
@@ -264,6 +267,8 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
         else:
             new_rows.append(row)
         added[kind] = added.get(kind, 0) + 1
+        if result.identifiers is not None:
+            result.identifiers.append((kind, ident.value))
     if new_customer is not None:
         _insert_new_customer(conn, new_customer, new_rows)
     return result
