@@ -264,7 +264,9 @@ def test_media_that_cannot_be_fetched_delays_the_message_then_lets_it_through(ru
     # retries wait an hour, so only make_due decides when the next attempt runs (not how fast this machine is)
     hour = RetryPolicy(RetryConfig(initial_seconds=3600, max_seconds=3600, jitter_seconds=0))
     monkeypatch.setattr(Runtime, "retry_policy", property(lambda _self: hour))
-    store(runtime, sms("SM" + "0" * 31 + "7", "+14155550100", "photo attached"))
+    store(runtime, sms("SM" + "0" * 31 + "7", "+14155550100", "photo attached", NumMedia="1",
+                       MediaUrl0=f"https://api.twilio.com/2010-04-01/Accounts/{TWILIO_SID}/Messages/MM1/Media/ME1",
+                       MediaContentType0="image/jpeg"))
     for attempt in range(1, ENRICH_ATTEMPTS):
         drain(runtime)
         assert count(runtime, outbox) == 0, f"attempt {attempt} waits for the media"
