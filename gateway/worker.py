@@ -6,6 +6,10 @@ dead-lettered meanwhile) stops the process the same way, which then exits with `
 supervisor (``gateway run``, systemd, the container runtime) starts it again without the stuck thread. SIGHUP
 (or a changed config file) reloads the mappings and the part of the config that can change while running
 (``gateway.reload``); a changed mapping file is loaded again by itself.
+
+A process runs every stage, or one (``stage``): ``pipeline`` (inbox -> outbox) or ``delivery`` (outbox -> CRM, and
+the send and note threads and the scheduler with them). Under one interpreter lock the stages share one core, so
+end to end is bounded by the sum of their costs per message; in two processes, by the slower stage alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,6 +42,9 @@ from gateway.surveys import RatingWriter
 
 log = logging.getLogger(__name__)
 EXIT_STUCK = 70  # EX_SOFTWARE
+STAGES = ("pipeline", "delivery")
+BUSY_POLL_SECONDS = 0.01  # how soon an idle loop looks again while work came in recently,
+BUSY_WINDOW_SECONDS = 2.0  # that is, within this long: under a steady load a message waits ~5 ms, not idle_poll/2
 
 
 class Stage(Protocol):
@@ -66,15 +74,25 @@ def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
 
 
 def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float,
-             wake: threading.Event | None = None) -> None:
-    """Drain the stage until ``stop``; when idle, wait ``idle_seconds`` or until ``wake`` is set (new work)."""
+             wake: threading.Event | None = None, worked: threading.Event | None = None,
+             clock: Callable[[], float] = time.monotonic) -> None:
+    """Drain the stage until ``stop``; set ``worked`` after each round that processed rows (the next stage's wake).
+
+    When idle, wait until ``wake`` is set (new work in this process) or the poll interval is over: ``idle_seconds``,
+    or ``BUSY_POLL_SECONDS`` while work came in the last ``BUSY_WINDOW_SECONDS`` (work from other processes).
+    """
+    waiter = wake or stop
+    last_work = float("-inf")
     while not stop.is_set():
         try:
-            if drain_once(stage, stop) == 0:
-                if wake is None:
-                    stop.wait(idle_seconds)
-                elif wake.wait(idle_seconds):
-                    wake.clear()
+            if drain_once(stage, stop) > 0:
+                last_work = clock()
+                if worked is not None:
+                    worked.set()
+                continue
+            busy = clock() - last_work < BUSY_WINDOW_SECONDS
+            if waiter.wait(min(idle_seconds, BUSY_POLL_SECONDS) if busy else idle_seconds) and wake is not None:
+                wake.clear()
         except Exception:
             log.exception("worker loop error; continuing after a pause")
             stop.wait(max(idle_seconds, 1.0))
@@ -163,18 +181,29 @@ def automation_job(runtime: Runtime) -> Callable[[], None]:
 
 
 class WorkerProcess:
-    """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``."""
+    """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``.
 
-    def __init__(self, runtime: Runtime, jobs: list[tuple[Callable[[], None], float]] | None = None) -> None:
+    ``stage`` None runs every stage here; ``pipeline`` only the pipeline threads; ``delivery`` the rest (delivery,
+    sends, notes) and the scheduler's jobs, so that those run in one process of the pair.
+    """
+
+    def __init__(self, runtime: Runtime, jobs: list[tuple[Callable[[], None], float]] | None = None,
+                 stage: str | None = None) -> None:
+        if stage is not None and stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
         self.rt = runtime
+        self.stage = stage
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()  # SIGHUP
+        self.outbox_waiting = threading.Event()  # set when this process's pipeline stored rows: delivery looks now
         self.threads: list[threading.Thread] = []
         self.stuck: set[threading.Thread] = set()  # never returned from a row past its deadline: not waited for
         self.exit_code = 0
         self.liveness: Liveness | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.jobs = jobs or []
+        if not self._runs("delivery"):
+            return  # the scheduler's jobs run beside the delivery stage
         for channel in runtime.channels.values():
             if isinstance(channel, PollingChannel):
                 self.jobs.append((poll_job(runtime, channel), channel.poll_seconds))
@@ -187,25 +216,42 @@ class WorkerProcess:
         if runtime.config.settings.escalations or runtime.config.settings.surveys:
             self.jobs.append((automation_job(runtime), CHECK_SECONDS))
 
-    def start(self) -> None:
+    def _runs(self, stage: str) -> bool:
+        return self.stage is None or self.stage == stage
+
+    def _stages(self) -> list[tuple[str, Stage]]:
         settings = self.rt.config.settings.workers
-        # held while this process lives: other workers take its rows over as soon as it is gone
-        self.liveness = Liveness(self.rt.engine, self.rt.data_dir / "locks")
-        self.liveness.hold()
-        self.rt.queues.liveness = self.liveness
         stages: list[tuple[str, Stage]] = []
-        stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i), on_stuck=self._stuck))
-                   for i in range(settings.pipeline_threads)]
+        if self._runs("pipeline"):
+            stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i), on_stuck=self._stuck))
+                       for i in range(settings.pipeline_threads)]
+        if not self._runs("delivery"):
+            return stages
         stages += [(f"delivery{i}", DeliveryWorker(self.rt, worker_id("delivery", i)))
                    for i in range(settings.delivery_threads)]
         if any(isinstance(channel, ReplySender) for channel in self.rt.channels.values()):
             stages += [(f"send{i}", SendWorker(self.rt, worker_id("send", i))) for i in range(settings.send_threads)]
         if any(isinstance(crm, InternalNotes) for crm in self.rt.crms.values()):
             stages += [(f"notes{i}", NoteWorker(self.rt, worker_id("notes", i))) for i in range(settings.note_threads)]
+        return stages
+
+    def start(self) -> None:
+        settings = self.rt.config.settings.workers
+        # held while this process lives: other workers take its rows over as soon as it is gone
+        self.liveness = Liveness(self.rt.engine, self.rt.data_dir / "locks")
+        self.liveness.hold()
+        self.rt.queues.liveness = self.liveness
+        stages = self._stages()
         for name, stage in stages:
-            wake = self.rt.sends_waiting if isinstance(stage, SendWorker) else None
+            wake, worked = None, None
+            if isinstance(stage, SendWorker):
+                wake = self.rt.sends_waiting
+            elif isinstance(stage, DeliveryWorker):
+                wake = self.outbox_waiting
+            elif isinstance(stage, PipelineWorker):
+                worked = self.outbox_waiting
             thread = threading.Thread(target=run_loop,
-                                      args=(stage, self.stop_event, settings.idle_poll_seconds, wake),
+                                      args=(stage, self.stop_event, settings.idle_poll_seconds, wake, worked),
                                       name=name, daemon=False)
             thread.start()
             self.threads.append(thread)
@@ -214,7 +260,8 @@ class WorkerProcess:
                                    next_run_time=datetime.now(UTC))
         self.scheduler.start()
         threading.Thread(target=self._watch_mappings, name="mappings", daemon=True).start()
-        log.info("worker started: %s", ", ".join(name for name, _ in stages) or "no threads")
+        log.info("worker started%s: %s", f" ({self.stage} stage)" if self.stage else "",
+                 ", ".join(name for name, _ in stages) or "no threads")
 
     def _watch_mappings(self) -> None:
         """Reload on request (SIGHUP); between requests, what changed: the config file, or a mapping's."""
@@ -230,6 +277,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.outbox_waiting.set()  # the loops waiting on a wake-up see the stop now, not at their next poll
+        self.rt.sends_waiting.set()
 
     def _stuck(self, thread: threading.Thread, what: str) -> None:
         log.critical("%s past workers.max_processing_seconds (the row is dead-lettered); stopping this worker "
