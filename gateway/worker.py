@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -39,12 +38,11 @@ from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
 from gateway.storage.liveness import Liveness, this_process
 from gateway.surveys import RatingWriter
+from gateway.wakeup import INBOX, OUTBOX, Wakeup
 
 log = logging.getLogger(__name__)
 EXIT_STUCK = 70  # EX_SOFTWARE
 STAGES = ("pipeline", "delivery")
-BUSY_POLL_SECONDS = 0.01  # how soon an idle loop looks again while work came in recently,
-BUSY_WINDOW_SECONDS = 2.0  # that is, within this long: under a steady load a message waits ~5 ms, not idle_poll/2
 
 
 class Stage(Protocol):
@@ -74,24 +72,18 @@ def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
 
 
 def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float,
-             wake: threading.Event | None = None, worked: threading.Event | None = None,
-             clock: Callable[[], float] = time.monotonic) -> None:
-    """Drain the stage until ``stop``; set ``worked`` after each round that processed rows (the next stage's wake).
-
-    When idle, wait until ``wake`` is set (new work in this process) or the poll interval is over: ``idle_seconds``,
-    or ``BUSY_POLL_SECONDS`` while work came in the last ``BUSY_WINDOW_SECONDS`` (work from other processes).
-    """
-    waiter = wake or stop
-    last_work = float("-inf")
+             wake: threading.Event | None = None, on_work: Callable[[], None] | None = None) -> None:
+    """Drain the stage until ``stop``; call ``on_work`` after each round that processed rows (to wake the next
+    stage). When idle, wait ``idle_seconds`` or until ``wake`` is set (new work)."""
     while not stop.is_set():
         try:
             if drain_once(stage, stop) > 0:
-                last_work = clock()
-                if worked is not None:
-                    worked.set()
+                if on_work is not None:
+                    on_work()
                 continue
-            busy = clock() - last_work < BUSY_WINDOW_SECONDS
-            if waiter.wait(min(idle_seconds, BUSY_POLL_SECONDS) if busy else idle_seconds) and wake is not None:
+            if wake is None:
+                stop.wait(idle_seconds)
+            elif wake.wait(idle_seconds):
                 wake.clear()
         except Exception:
             log.exception("worker loop error; continuing after a pause")
@@ -104,10 +96,12 @@ class InboxWriter:
     def __init__(self, runtime: Runtime, connector: str) -> None:
         self.rt = runtime
         self.connector = connector
+        self.wakeup = Wakeup(runtime.data_dir / "locks", INBOX)
 
     def store(self, items: list[InboxItem], headers: dict[str, str] | None = None) -> int:
         counted = self.rt.queues.store_inbox(self.connector, items, headers or {}, "")
         if counted.stored:
+            self.wakeup.notify()
             metrics.RECEIVED.labels(self.connector).inc(counted.stored)
         if counted.duplicates:
             metrics.DUPLICATES.labels(self.connector).inc(counted.duplicates)
@@ -195,7 +189,9 @@ class WorkerProcess:
         self.stage = stage
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()  # SIGHUP
-        self.outbox_waiting = threading.Event()  # set when this process's pipeline stored rows: delivery looks now
+        self.inbox_waiting = threading.Event()  # set on a wake-up from a process that stored inbox rows
+        self.outbox_waiting = threading.Event()  # set when a pipeline (this process's or another's) stored rows
+        self.outbox_wakeup = Wakeup(runtime.data_dir / "locks", OUTBOX)
         self.threads: list[threading.Thread] = []
         self.stuck: set[threading.Thread] = set()  # never returned from a row past its deadline: not waited for
         self.exit_code = 0
@@ -242,16 +238,22 @@ class WorkerProcess:
         self.liveness.hold()
         self.rt.queues.liveness = self.liveness
         stages = self._stages()
+        locks = self.rt.data_dir / "locks"
+        if self._runs("pipeline"):
+            Wakeup(locks, INBOX).listen([self.inbox_waiting], self.stop_event)
+        if self._runs("delivery"):
+            Wakeup(locks, OUTBOX).listen([self.outbox_waiting, self.rt.sends_waiting], self.stop_event)
         for name, stage in stages:
-            wake, worked = None, None
+            wake: threading.Event | None = None
+            on_work: Callable[[], None] | None = None
             if isinstance(stage, SendWorker):
                 wake = self.rt.sends_waiting
             elif isinstance(stage, DeliveryWorker):
                 wake = self.outbox_waiting
             elif isinstance(stage, PipelineWorker):
-                worked = self.outbox_waiting
+                wake, on_work = self.inbox_waiting, self._stored
             thread = threading.Thread(target=run_loop,
-                                      args=(stage, self.stop_event, settings.idle_poll_seconds, wake, worked),
+                                      args=(stage, self.stop_event, settings.idle_poll_seconds, wake, on_work),
                                       name=name, daemon=False)
             thread.start()
             self.threads.append(thread)
@@ -262,6 +264,13 @@ class WorkerProcess:
         threading.Thread(target=self._watch_mappings, name="mappings", daemon=True).start()
         log.info("worker started%s: %s", f" ({self.stage} stage)" if self.stage else "",
                  ", ".join(name for name, _ in stages) or "no threads")
+
+    def _stored(self) -> None:
+        """The pipeline stored rows: the delivery threads (and the send threads, for replies) look now."""
+        if self._runs("delivery"):
+            self.outbox_waiting.set()
+        else:
+            self.outbox_wakeup.notify()
 
     def _watch_mappings(self) -> None:
         """Reload on request (SIGHUP); between requests, what changed: the config file, or a mapping's."""
@@ -277,8 +286,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.outbox_waiting.set()  # the loops waiting on a wake-up see the stop now, not at their next poll
-        self.rt.sends_waiting.set()
+        for event in (self.inbox_waiting, self.outbox_waiting, self.rt.sends_waiting):
+            event.set()  # the loops waiting for a wake-up see the stop now, not at their next poll
 
     def _stuck(self, thread: threading.Thread, what: str) -> None:
         log.critical("%s past workers.max_processing_seconds (the row is dead-lettered); stopping this worker "
@@ -292,6 +301,7 @@ class WorkerProcess:
             while thread.is_alive() and thread not in self.stuck:
                 thread.join(timeout=0.5)
         self.scheduler.shutdown(wait=True)
+        self.outbox_wakeup.close()
         if self.liveness is not None:
             self.liveness.release()
         log.info("worker stopped: in-flight work finished")

@@ -13,23 +13,29 @@ import pytest
 import requests
 
 from gateway.config import load_config
+from gateway.ingest import InboxBatcher
+from gateway.pipeline import PipelineWorker
 from gateway.runtime import Runtime, build_runtime
 from gateway.server import worker_command, worker_stages
-from gateway.worker import BUSY_POLL_SECONDS, BUSY_WINDOW_SECONDS, WorkerProcess, run_loop
+from gateway.storage.tables import outbox
+from gateway.wakeup import INBOX, OUTBOX, Wakeup
+from gateway.worker import WorkerProcess, drain_once, run_loop
 from tests.conftest import BASE_CONFIG
 from tests.helpers import wait_for
-from tests.test_pipeline import sms, store
+from tests.test_pipeline import count, sms, store
 
 
 class ScriptedStage:
-    """A stage whose claims find the given numbers of rows, one per round; it stops the loop after the last."""
+    """A stage whose claims find the given numbers of rows, one per round; after the last it stops the loop (as
+    ``WorkerProcess.stop`` does: ``stop``, then the wake-up)."""
 
-    def __init__(self, found: list[int], stop: threading.Event) -> None:
-        self.found, self.stop = list(found), stop
+    def __init__(self, found: list[int], stop: threading.Event, wake: threading.Event) -> None:
+        self.found, self.stop, self.wake = list(found), stop, wake
 
     def claim(self) -> list[int]:
         if not self.found:
             self.stop.set()
+            self.wake.set()
             return []
         rows = self.found.pop(0)
         return [rows] if rows else []
@@ -41,32 +47,28 @@ class ScriptedStage:
         pass
 
 
-class RecordingWait(threading.Event):
-    """An event whose waits return at once, recording how long each would have waited; the clock moves by it."""
-
-    def __init__(self, clock: list[float]) -> None:
-        super().__init__()
-        self.clock = clock
-        self.timeouts: list[float] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert timeout is not None
-        self.timeouts.append(timeout)
-        self.clock[0] += timeout
-        return False
+def test_a_round_that_processed_rows_wakes_the_next_stage_and_an_idle_one_waits_for_its_wake() -> None:
+    stop, wake, woken = threading.Event(), threading.Event(), []
+    stage = ScriptedStage([3, 0, 2], stop, wake)
+    wake.set()  # a wake-up already waiting: the idle round after the first does not wait out its minute
+    run_loop(stage, stop, 60.0, wake=wake, on_work=lambda: woken.append(True))
+    assert woken == [True, True]
 
 
-def test_an_idle_loop_looks_again_soon_while_work_came_recently_then_at_the_idle_interval() -> None:
-    stop, clock = threading.Event(), [100.0]
-    wake, worked = RecordingWait(clock), threading.Event()
-    idle_rounds = int(BUSY_WINDOW_SECONDS / BUSY_POLL_SECONDS) + 5
-    stage = ScriptedStage([0, 3, *[0] * idle_rounds], stop)
-    run_loop(stage, stop, 0.5, wake=wake, worked=worked, clock=lambda: clock[0])
-    assert wake.timeouts[0] == 0.5, "nothing found yet: the idle interval"
-    assert worked.is_set(), "a round that processed rows tells the next stage"
-    busy = wake.timeouts[1:]
-    assert set(busy[:int(BUSY_WINDOW_SECONDS / BUSY_POLL_SECONDS) - 1]) == {BUSY_POLL_SECONDS}
-    assert busy[-1] == 0.5, "the window over, back to the idle interval"
+def test_a_wakeup_without_a_reader_is_dropped_and_one_with_a_reader_sets_its_events(tmp_path: Path) -> None:
+    writer = Wakeup(tmp_path / "locks", INBOX)
+    writer.notify()  # no pipe yet: nothing happens, nothing raised
+    stop, first, second = threading.Event(), threading.Event(), threading.Event()
+    reader = Wakeup(tmp_path / "locks", INBOX).listen([first, second], stop)
+    assert reader is not None
+    try:
+        writer.notify()
+        assert first.wait(20) and second.wait(20)
+    finally:
+        stop.set()
+        reader.join(20)
+        writer.close()
+    assert not reader.is_alive()
 
 
 def test_stage_processes_split_the_threads_and_keep_the_scheduled_jobs_in_one(runtime: Runtime) -> None:
@@ -110,4 +112,41 @@ def test_the_pipeline_wakes_the_delivery_threads_of_its_process(write_config: Ca
         assert joined, "the loops waiting a minute for work should stop at once"
     finally:
         process.stop()
+        rt.close()
+
+
+def quiet_runtime(write_config: Callable[..., Path]) -> Runtime:
+    """A runtime whose idle workers poll once a minute: anything faster is a wake-up's doing."""
+    path = write_config(BASE_CONFIG.replace("idle_poll_seconds: 0.05", "idle_poll_seconds: 60"))
+    return build_runtime(load_config(path), http=requests.Session())
+
+
+def test_a_webhook_stored_by_the_web_process_wakes_the_pipeline_process(write_config: Callable[..., Path]) -> None:
+    rt = quiet_runtime(write_config)
+    process = WorkerProcess(rt, stage="pipeline")
+    batcher = InboxBatcher(rt.queues, on_stored=Wakeup(rt.data_dir / "locks", INBOX).notify)
+    try:
+        process.start()
+        item = sms("SM" + "2" * 32, "+14155550100", "hello")
+        batcher.store("sms-main", [item], {}, "https://gw.example.com/hooks/sms-main")
+        wait_for(lambda: count(rt, outbox) == 1, 20, "the pipeline process to take the row at once")
+    finally:
+        process.stop()
+        process.wait()
+        rt.close()
+
+
+def test_the_pipeline_process_wakes_the_delivery_process(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    rt = quiet_runtime(write_config)
+    process = WorkerProcess(rt, stage="delivery")
+    try:
+        process.start()
+        store(rt, sms("SM" + "3" * 32, "+14155550100", "hello"))
+        drain_once(PipelineWorker(rt, "another-process"))
+        Wakeup(rt.data_dir / "locks", OUTBOX).notify()  # as a pipeline process does after its commit
+        wait_for(lambda: (tmp_path / "out" / "crm.jsonl").read_text().strip(), 20,
+                 "the delivery process to write the message at once")
+    finally:
+        process.stop()
+        process.wait()
         rt.close()
