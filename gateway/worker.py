@@ -266,7 +266,8 @@ class WorkerProcess:
                  ", ".join(name for name, _ in stages) or "no threads")
 
     def _stored(self) -> None:
-        """The pipeline stored rows: the delivery threads (and the send threads, for replies) look now."""
+        """The pipeline stored rows: this process's delivery threads look now, or the delivery process's (its send
+        threads too: the rows may be replies to send)."""
         if self._runs("delivery"):
             self.outbox_waiting.set()
         else:
