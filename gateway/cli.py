@@ -113,7 +113,7 @@ def connectors(markdown: bool, types: tuple[str, ...]) -> None:
 def run(ctx: click.Context, config_path: Path) -> None:
     """Run everything: web server, workers and scheduler."""
     from gateway.runtime import build_runtime
-    from gateway.server import run_all
+    from gateway.server import run_all, worker_stages
 
     config = _load(config_path, starting=True)
     ensure_listen_free(config.settings.server.listen)
@@ -123,7 +123,7 @@ def run(ctx: click.Context, config_path: Path) -> None:
     build_runtime(config).close()  # migrate once, before the children start
     logging.getLogger("gateway").info("gateway listening on %s; webhooks at %s/hooks/<channel>",
                                       config.settings.server.listen, config.settings.server.public_url)
-    sys.exit(run_all(config_path, fmt))
+    sys.exit(run_all(config_path, fmt, worker_stages(config)))
 
 
 @main.command()
@@ -144,16 +144,19 @@ def serve(ctx: click.Context, config_path: Path) -> None:
 
 @main.command()
 @config_option
+@click.option("--stage", type=click.Choice(["pipeline", "delivery"]), default=None,
+              help="Run one stage: 'pipeline' (inbox to outbox) or 'delivery' (outbox to the CRMs, replies, notes "
+                   "and the scheduled jobs); one process of each uses two cores. Default: every stage.")
 @click.pass_context
-def work(ctx: click.Context, config_path: Path) -> None:
-    """Run only the pipeline and delivery workers and the scheduler."""
+def work(ctx: click.Context, config_path: Path, stage: str | None) -> None:
+    """Run only the workers (pipeline, delivery) and the scheduler, in this one process."""
     from gateway.runtime import build_runtime
     from gateway.worker import WorkerProcess
 
     config = _load(config_path, starting=True)
     _logging(ctx, config)
     runtime = build_runtime(config)
-    code = WorkerProcess(runtime).run_forever()
+    code = WorkerProcess(runtime, stage=stage).run_forever()
     runtime.close()
     if code:
         logging.shutdown()

@@ -86,6 +86,10 @@ class RetryConfig(_Section):
 
 
 class WorkersConfig(_Section):
+    processes: Literal["one", "per_stage"] = Field(
+        "per_stage", description="How 'gateway run' runs the workers: 'per_stage' starts a pipeline process and a "
+                                 "delivery process (each stage gets a core of its own), 'one' runs both stages in "
+                                 "one process (a single core, or to save the memory of a process).")
     pipeline_threads: int = Field(1, ge=0, le=32)
     delivery_threads: int = Field(2, ge=0, le=64)
     send_threads: int = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from gateway.records import InboxItem
@@ -23,9 +23,11 @@ TIMEOUT_SECONDS = 30.0
 class InboxBatcher:
     """A writer thread that commits every queued request's rows together."""
 
-    def __init__(self, queues: Queues, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, queues: Queues, max_batch: int = MAX_BATCH,
+                 on_stored: Callable[[], None] | None = None) -> None:
         self.queues = queues
         self.max_batch = max_batch
+        self.on_stored = on_stored  # after a commit that stored rows: wake the pipeline
         self._pending: queue.SimpleQueue[tuple[InboxWrite, Future[StoredCount]]] = queue.SimpleQueue()
         self._committing = threading.Lock()  # held by whoever is writing to the inbox in this process
         self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
@@ -41,9 +43,11 @@ class InboxBatcher:
         write = InboxWrite(connector, items, headers, public_url)
         if self._pending.empty() and self._committing.acquire(blocking=False):  # none waiting: no overtaking
             try:
-                return self.queues.store_inbox_batch([write])[0]
+                counted = self.queues.store_inbox_batch([write])[0]
             finally:
                 self._committing.release()
+            self._stored([counted])
+            return counted
         future: Future[StoredCount] = Future()
         self._pending.put((write, future))
         return future.result(timeout=TIMEOUT_SECONDS)
@@ -66,12 +70,20 @@ class InboxBatcher:
         except Exception:
             self._one_by_one(batch)  # one bad request must not fail the others that shared its commit
             return
+        self._stored(counts)
         for (_, future), counted in zip(batch, counts, strict=True):
             future.set_result(counted)
 
     def _one_by_one(self, batch: list[tuple[InboxWrite, Future[StoredCount]]]) -> None:
         for write, future in batch:
             try:
-                future.set_result(self.queues.store_inbox_batch([write])[0])
+                counted = self.queues.store_inbox_batch([write])[0]
             except Exception as exc:
                 future.set_exception(exc)
+                continue
+            self._stored([counted])
+            future.set_result(counted)
+
+    def _stored(self, counts: Sequence[StoredCount]) -> None:
+        if self.on_stored is not None and any(counted.stored for counted in counts):
+            self.on_stored()

@@ -1,5 +1,5 @@
-"""Processes: ``serve`` (gunicorn, a production WSGI server), ``work``, and ``run`` (both, supervised: a dead child
-is started again after a back-off while the other keeps running)."""
+"""Processes: ``serve`` (gunicorn, a production WSGI server), ``work``, and ``run`` (``serve`` and the workers,
+supervised: a dead child is started again after a back-off while the others keep running)."""
 
 from __future__ import annotations
 
@@ -155,25 +155,43 @@ class Child:
             return
         delay = self.backoff.died()
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        log.error("%s exited (%s); starting it again in %.0f s, the other keeps running", self.name, how, delay)
+        log.error("%s exited (%s); starting it again in %.0f s, the others keep running", self.name, how, delay)
         self.proc = None
         self.restart_at = now + delay
 
 
-def run_all(config_path: Path, log_format: str) -> int:
-    """Start ``serve`` and ``work`` as child processes and keep them running: a child that dies is started again
-    after a back-off (the other goes on: webhooks are still taken while the worker is down). SIGHUP is passed to
-    the worker (it reloads the mappings). SIGTERM (or SIGINT) stops both gracefully."""
+def worker_stages(config: GatewayConfig) -> list[str | None]:
+    """The stage of each worker process ``gateway run`` starts (None: every stage in one process)."""
+    return [None] if config.settings.workers.processes == "one" else ["pipeline", "delivery"]
+
+
+def worker_command(base: list[str], config_path: Path, stage: str | None) -> list[str]:
+    return [*base, "work", "-c", str(config_path), *(["--stage", stage] if stage else [])]
+
+
+def run_all(config_path: Path, log_format: str, stages: list[str | None] | None = None) -> int:
+    """Start ``serve`` and the worker processes (one per stage in ``stages``; by default one for every stage) as
+    child processes and keep them running: a child that dies is started again after a back-off (the others go on:
+    webhooks are still taken while a worker is down). SIGHUP is passed to the workers (they reload the mappings).
+    SIGTERM (or SIGINT) stops them all gracefully."""
     ensure_multiprocess_metrics_dir()
     base = [sys.executable, "-m", "gateway", "--log-format", log_format]
-    children = [Child(name, [*base, name, "-c", str(config_path)]) for name in ("serve", "work")]
+    children = [Child("serve", [*base, "serve", "-c", str(config_path)])]
+    children += [Child(f"work {stage}" if stage else "work", worker_command(base, config_path, stage))
+                 for stage in stages or [None]]
     for child in children:
         child.start()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    worker = children[1]
-    signal.signal(signal.SIGHUP, lambda *_: worker.proc.send_signal(signal.SIGHUP) if worker.proc else None)
+    workers = children[1:]
+
+    def reload(*_: Any) -> None:
+        for worker in workers:
+            if worker.proc is not None:
+                worker.proc.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload)
     while not stopping.wait(0.2):
         for child in children:
             child.check(time.monotonic())

@@ -36,6 +36,7 @@ from gateway.records import REQUEST_KIND, InboxItem
 from gateway.runtime import Runtime
 from gateway.signing import equal
 from gateway.storage.db import NotReady, check_ready
+from gateway.wakeup import INBOX, Wakeup
 from gateway.webhooks import Headers, HookRequest, HookResponse
 
 log = logging.getLogger("gateway.ingress")
@@ -95,7 +96,7 @@ def _unavailable(label: str, what: str) -> Response:
 
 def create_app(runtime: Runtime) -> Flask:
     app = Flask("gateway")
-    batcher = InboxBatcher(runtime.queues)
+    batcher = InboxBatcher(runtime.queues, on_stored=Wakeup(runtime.data_dir / "locks", INBOX).notify)
     server = runtime.config.settings.server
     public_url = server.public_url
     app.config["MAX_CONTENT_LENGTH"] = OTHER_MAX_BODY_BYTES  # each webhook endpoint sets its own

@@ -6,6 +6,10 @@ dead-lettered meanwhile) stops the process the same way, which then exits with `
 supervisor (``gateway run``, systemd, the container runtime) starts it again without the stuck thread. SIGHUP
 (or a changed config file) reloads the mappings and the part of the config that can change while running
 (``gateway.reload``); a changed mapping file is loaded again by itself.
+
+A process runs every stage, or one (``stage``): ``pipeline`` (inbox -> outbox) or ``delivery`` (outbox -> CRM, and
+the send and note threads and the scheduler with them). Under one interpreter lock the stages share one core, so
+end to end is bounded by the sum of their costs per message; in two processes, by the slower stage alone.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from gateway.sending import SendWorker
 from gateway.storage.cursors import Cursors, exclusive
 from gateway.storage.liveness import Liveness, this_process
 from gateway.surveys import RatingWriter
+from gateway.wakeup import INBOX, OUTBOX, Wakeup
 
 log = logging.getLogger(__name__)
 EXIT_STUCK = 70  # EX_SOFTWARE
+STAGES = ("pipeline", "delivery")
 
 
 class Stage(Protocol):
@@ -66,15 +72,19 @@ def drain_once(stage: Stage, stop: threading.Event | None = None) -> int:
 
 
 def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float,
-             wake: threading.Event | None = None) -> None:
-    """Drain the stage until ``stop``; when idle, wait ``idle_seconds`` or until ``wake`` is set (new work)."""
+             wake: threading.Event | None = None, on_work: Callable[[], None] | None = None) -> None:
+    """Drain the stage until ``stop``; call ``on_work`` after each round that processed rows (to wake the next
+    stage). When idle, wait ``idle_seconds`` or until ``wake`` is set (new work)."""
     while not stop.is_set():
         try:
-            if drain_once(stage, stop) == 0:
-                if wake is None:
-                    stop.wait(idle_seconds)
-                elif wake.wait(idle_seconds):
-                    wake.clear()
+            if drain_once(stage, stop) > 0:
+                if on_work is not None:
+                    on_work()
+                continue
+            if wake is None:
+                stop.wait(idle_seconds)
+            elif wake.wait(idle_seconds):
+                wake.clear()
         except Exception:
             log.exception("worker loop error; continuing after a pause")
             stop.wait(max(idle_seconds, 1.0))
@@ -86,10 +96,12 @@ class InboxWriter:
     def __init__(self, runtime: Runtime, connector: str) -> None:
         self.rt = runtime
         self.connector = connector
+        self.wakeup = Wakeup(runtime.data_dir / "locks", INBOX)
 
     def store(self, items: list[InboxItem], headers: dict[str, str] | None = None) -> int:
         counted = self.rt.queues.store_inbox(self.connector, items, headers or {}, "")
         if counted.stored:
+            self.wakeup.notify()
             metrics.RECEIVED.labels(self.connector).inc(counted.stored)
         if counted.duplicates:
             metrics.DUPLICATES.labels(self.connector).inc(counted.duplicates)
@@ -163,18 +175,31 @@ def automation_job(runtime: Runtime) -> Callable[[], None]:
 
 
 class WorkerProcess:
-    """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``."""
+    """Runs the loops until ``stop()``; used by ``gateway work`` and ``gateway run``.
 
-    def __init__(self, runtime: Runtime, jobs: list[tuple[Callable[[], None], float]] | None = None) -> None:
+    ``stage`` None runs every stage here; ``pipeline`` only the pipeline threads; ``delivery`` the rest (delivery,
+    sends, notes) and the scheduler's jobs, so that those run in one process of the pair.
+    """
+
+    def __init__(self, runtime: Runtime, jobs: list[tuple[Callable[[], None], float]] | None = None,
+                 stage: str | None = None) -> None:
+        if stage is not None and stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
         self.rt = runtime
+        self.stage = stage
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()  # SIGHUP
+        self.inbox_waiting = threading.Event()  # set on a wake-up from a process that stored inbox rows
+        self.outbox_waiting = threading.Event()  # set when a pipeline (this process's or another's) stored rows
+        self.outbox_wakeup = Wakeup(runtime.data_dir / "locks", OUTBOX)
         self.threads: list[threading.Thread] = []
         self.stuck: set[threading.Thread] = set()  # never returned from a row past its deadline: not waited for
         self.exit_code = 0
         self.liveness: Liveness | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.jobs = jobs or []
+        if not self._runs("delivery"):
+            return  # the scheduler's jobs run beside the delivery stage
         for channel in runtime.channels.values():
             if isinstance(channel, PollingChannel):
                 self.jobs.append((poll_job(runtime, channel), channel.poll_seconds))
@@ -187,25 +212,48 @@ class WorkerProcess:
         if runtime.config.settings.escalations or runtime.config.settings.surveys:
             self.jobs.append((automation_job(runtime), CHECK_SECONDS))
 
-    def start(self) -> None:
+    def _runs(self, stage: str) -> bool:
+        return self.stage is None or self.stage == stage
+
+    def _stages(self) -> list[tuple[str, Stage]]:
         settings = self.rt.config.settings.workers
-        # held while this process lives: other workers take its rows over as soon as it is gone
-        self.liveness = Liveness(self.rt.engine, self.rt.data_dir / "locks")
-        self.liveness.hold()
-        self.rt.queues.liveness = self.liveness
         stages: list[tuple[str, Stage]] = []
-        stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i), on_stuck=self._stuck))
-                   for i in range(settings.pipeline_threads)]
+        if self._runs("pipeline"):
+            stages += [(f"pipeline{i}", PipelineWorker(self.rt, worker_id("pipeline", i), on_stuck=self._stuck))
+                       for i in range(settings.pipeline_threads)]
+        if not self._runs("delivery"):
+            return stages
         stages += [(f"delivery{i}", DeliveryWorker(self.rt, worker_id("delivery", i)))
                    for i in range(settings.delivery_threads)]
         if any(isinstance(channel, ReplySender) for channel in self.rt.channels.values()):
             stages += [(f"send{i}", SendWorker(self.rt, worker_id("send", i))) for i in range(settings.send_threads)]
         if any(isinstance(crm, InternalNotes) for crm in self.rt.crms.values()):
             stages += [(f"notes{i}", NoteWorker(self.rt, worker_id("notes", i))) for i in range(settings.note_threads)]
+        return stages
+
+    def start(self) -> None:
+        settings = self.rt.config.settings.workers
+        # held while this process lives: other workers take its rows over as soon as it is gone
+        self.liveness = Liveness(self.rt.engine, self.rt.data_dir / "locks")
+        self.liveness.hold()
+        self.rt.queues.liveness = self.liveness
+        stages = self._stages()
+        locks = self.rt.data_dir / "locks"
+        if self._runs("pipeline"):
+            Wakeup(locks, INBOX).listen([self.inbox_waiting], self.stop_event)
+        if self._runs("delivery"):
+            Wakeup(locks, OUTBOX).listen([self.outbox_waiting, self.rt.sends_waiting], self.stop_event)
         for name, stage in stages:
-            wake = self.rt.sends_waiting if isinstance(stage, SendWorker) else None
+            wake: threading.Event | None = None
+            on_work: Callable[[], None] | None = None
+            if isinstance(stage, SendWorker):
+                wake = self.rt.sends_waiting
+            elif isinstance(stage, DeliveryWorker):
+                wake = self.outbox_waiting
+            elif isinstance(stage, PipelineWorker):
+                wake, on_work = self.inbox_waiting, self._stored
             thread = threading.Thread(target=run_loop,
-                                      args=(stage, self.stop_event, settings.idle_poll_seconds, wake),
+                                      args=(stage, self.stop_event, settings.idle_poll_seconds, wake, on_work),
                                       name=name, daemon=False)
             thread.start()
             self.threads.append(thread)
@@ -214,7 +262,16 @@ class WorkerProcess:
                                    next_run_time=datetime.now(UTC))
         self.scheduler.start()
         threading.Thread(target=self._watch_mappings, name="mappings", daemon=True).start()
-        log.info("worker started: %s", ", ".join(name for name, _ in stages) or "no threads")
+        log.info("worker started%s: %s", f" ({self.stage} stage)" if self.stage else "",
+                 ", ".join(name for name, _ in stages) or "no threads")
+
+    def _stored(self) -> None:
+        """The pipeline stored rows: this process's delivery threads look now, or the delivery process's (its send
+        threads too: the rows may be replies to send)."""
+        if self._runs("delivery"):
+            self.outbox_waiting.set()
+        else:
+            self.outbox_wakeup.notify()
 
     def _watch_mappings(self) -> None:
         """Reload on request (SIGHUP); between requests, what changed: the config file, or a mapping's."""
@@ -230,6 +287,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         self.stop_event.set()
+        for event in (self.inbox_waiting, self.outbox_waiting, self.rt.sends_waiting):
+            event.set()  # the loops waiting for a wake-up see the stop now, not at their next poll
 
     def _stuck(self, thread: threading.Thread, what: str) -> None:
         log.critical("%s past workers.max_processing_seconds (the row is dead-lettered); stopping this worker "
@@ -243,6 +302,7 @@ class WorkerProcess:
             while thread.is_alive() and thread not in self.stuck:
                 thread.join(timeout=0.5)
         self.scheduler.shutdown(wait=True)
+        self.outbox_wakeup.close()
         if self.liveness is not None:
             self.liveness.release()
         log.info("worker stopped: in-flight work finished")

@@ -58,13 +58,17 @@ def pg_runtime(postgres_url: str, write_config: Callable[..., Path]) -> Iterator
     rt.close()
 
 
+@pytest.mark.parametrize("stages", [[], ["--stage", "pipeline"]], ids=["both-stages-each", "a-process-per-stage"])
 def test_two_worker_processes_write_every_message_exactly_once(postgres_url: str, tmp_path: Path,
-                                                               fake_zendesk: FakeZendesk) -> None:
+                                                               fake_zendesk: FakeZendesk, stages: list[str]) -> None:
     config_path = write_gateway_config(
         tmp_path, storage_url=postgres_url, port=free_port(), crms=zendesk_crm(fake_zendesk.url),
         routes="[{from: [sms-main], to: desk}]", workers=", batch_size: 10, delivery_threads: 2, lease_seconds: 30")
     rt = build_runtime(load_config(config_path), http=requests.Session())  # migrates before the workers start
-    workers = [GatewayProcess(["work", "-c", str(config_path)], tmp_path / f"work{i}.log") for i in range(2)]
+    # two processes running both stages, or a pipeline process and a delivery process (as ``gateway run`` starts)
+    layouts = [stages, ["--stage", "delivery"] if stages else []]
+    workers = [GatewayProcess(["work", "-c", str(config_path), *layout], tmp_path / f"work{i}.log")
+               for i, layout in enumerate(layouts)]
     try:
         items = [twilio_inbox_item(twilio_params(message_sid(n), sender(n % CUSTOMERS, n % 3 == 0),
                                                  f"message {n} from customer {n % CUSTOMERS}", TWILIO_SID))

@@ -1,7 +1,8 @@
 """Stopping workers: SIGTERM drains in-flight work and gives back the rest; kill -9 loses nothing either, because
 the restarted worker takes the killed one's rows over at once (without waiting for their leases) and the idempotent
 CRM writes turn the repeat into a no-op. Both end with every message in the (slow, fake) Zendesk exactly once, each
-customer's in the order they were sent."""
+customer's in the order they were sent; with both stages in one worker process, and with a process per stage (the
+delivery process killed while the pipeline process goes on)."""
 
 from __future__ import annotations
 
@@ -35,15 +36,45 @@ MESSAGES = 20
 DELAY = 0.1  # seconds the fake Zendesk takes per request
 
 
+class Workers:
+    """The worker processes of one layout: ``gateway work`` alone, or one ``gateway work --stage`` per stage."""
+
+    def __init__(self, procs: dict[str, GatewayProcess]) -> None:
+        self.procs = procs
+
+    @property
+    def delivery(self) -> GatewayProcess:
+        return self.procs.get("delivery") or self.procs["all"]
+
+    def signal(self, sig: int) -> None:
+        for proc in self.procs.values():
+            proc.signal(sig)
+
+    def wait(self, timeout: float) -> list[int]:
+        return [proc.wait(timeout) for proc in self.procs.values()]
+
+    def stop(self) -> list[int | None]:
+        return [proc.stop() for proc in self.procs.values()]
+
+    def output(self) -> str:
+        return "\n".join(proc.output() for proc in self.procs.values())
+
+
 @dataclass
 class Setup:
     tmp_path: Path
     config: Path
     rt: Runtime
     fake: FakeZendesk
+    layout: str
 
-    def worker(self, name: str) -> GatewayProcess:
-        return GatewayProcess(["work", "-c", str(self.config)], self.tmp_path / f"{name}.log")
+    def process(self, name: str, stage: str) -> GatewayProcess:
+        args = ["work", "-c", str(self.config), *(["--stage", stage] if stage != "all" else [])]
+        return GatewayProcess(args, self.tmp_path / f"{name}-{stage}.log")
+
+    def workers(self, name: str) -> Workers:
+        stages = ["all"] if self.layout == "one" else ["pipeline", "delivery"]
+        return Workers({stage: self.process(name, stage) for stage in stages})
 
     def rows(self, table: Table) -> list[Row]:
         with self.rt.engine.connect() as conn:
@@ -53,8 +84,8 @@ class Setup:
         return [r for t in (inbox, outbox) for r in self.rows(t) if r.lease_owner is not None]
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@pytest.fixture(params=["one", "per_stage"])
+def setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Setup]:
     with FakeZendesk(delay_seconds=DELAY) as fake:
         config = write_gateway_config(
             tmp_path, storage_url=f"sqlite:///{tmp_path / 'gateway.db'}", port=free_port(),
@@ -68,7 +99,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
                                                  TWILIO_SID)) for n in range(MESSAGES)]
         rt.queues.store_inbox("sms-main", items, {"Content-Type": "application/x-www-form-urlencoded"},
                               "http://127.0.0.1/hooks/sms-main")
-        yield Setup(tmp_path, config, rt, fake)
+        yield Setup(tmp_path, config, rt, fake, request.param)
         rt.close()
 
 
@@ -97,27 +128,26 @@ def assert_everything_delivered_once(s: Setup) -> None:
         assert numbers == sorted(numbers), f"ticket {ticket['id']} out of order: {numbers}"
 
 
-def deliver_the_rest(s: Setup, name: str, timeout: float) -> str:
-    worker = s.worker(name)
+def deliver_the_rest(s: Setup, workers: Workers, timeout: float) -> str:
     try:
         wait_for(lambda: {r.status for r in s.rows(outbox)} == {"done"} and len(s.rows(outbox)) == MESSAGES,
                  timeout, "the restarted worker to deliver the rest", interval=0.1)
     finally:
-        code = worker.stop()
-    assert code == 0, worker.output()[-3000:]
-    return worker.output()
+        codes = workers.stop()
+    assert set(codes) == {0}, workers.output()[-3000:]
+    return workers.output()
 
 
 def test_sigterm_finishes_in_flight_work_gives_back_the_rest_and_exits_0(setup: Setup) -> None:
-    worker = setup.worker("first")
+    workers = setup.workers("first")
     try:
         wait_for(lambda: setup.fake.message_count() >= 4, 30, "some messages in Zendesk before the SIGTERM")
-        worker.signal(signal.SIGTERM)
-        code = worker.wait(20)
+        workers.signal(signal.SIGTERM)
+        codes = workers.wait(20)
     finally:
-        worker.stop()
-    assert code == 0, worker.output()[-3000:]
-    assert "Traceback" not in worker.output()
+        workers.stop()
+    assert set(codes) == {0}, workers.output()[-3000:]
+    assert "Traceback" not in workers.output()
 
     written = setup.fake.comment_counts()
     assert 0 < len(written) < MESSAGES, "the SIGTERM was meant to land mid-way"
@@ -128,29 +158,33 @@ def test_sigterm_finishes_in_flight_work_gives_back_the_rest_and_exits_0(setup: 
     assert set(written.values()) == {1}
     assert {r.attempts for r in setup.rows(outbox) if r.status == "pending"} <= {0}, "a give-back is no attempt"
 
-    deliver_the_rest(setup, "second", 30)
+    deliver_the_rest(setup, setup.workers("second"), 30)
     assert_everything_delivered_once(setup)
 
 
 def test_kill_9_mid_batch_then_restart_delivers_everything_exactly_once(setup: Setup) -> None:
-    worker = setup.worker("first")
+    workers = setup.workers("first")
+    killed = workers.delivery  # the process writing to the CRM; a pipeline process of its own goes on
     try:
         wait_for(lambda: setup.fake.message_count() >= 4, 30, "some messages in Zendesk before the kill")
         setup.fake.hold_next_comment()  # that comment lands, and the worker never hears back
         wait_for(setup.fake.held.is_set, 30, "a comment written whose answer is held back")
         held = setup.fake.held_write
         assert held is not None
-        worker.signal(signal.SIGKILL)
-        assert worker.wait(10) == -signal.SIGKILL
+        killed.signal(signal.SIGKILL)
+        assert killed.wait(10) == -signal.SIGKILL
     finally:
-        worker.stop()
+        killed.stop()
     assert setup.fake.message_count() < MESSAGES, "the kill was meant to land mid-way"
-    leased = setup.leased()
-    assert leased and {r.lease_owner.split(":")[1] for r in leased} == {str(worker.pid)}, \
+    leased = [r for r in setup.rows(outbox) if r.lease_owner is not None]
+    assert leased and {r.lease_owner.split(":")[1] for r in leased} == {str(killed.pid)}, \
         "the killed worker should have left claims behind"
 
-    # the killed worker's claims are taken over at once, long before their 60 s leases end, and repeated
-    output = deliver_the_rest(setup, "second", 30)
+    # the killed worker's claims are taken over at once, long before their 60 s leases end, and repeated; the
+    # pipeline process (when it has one of its own) kept running all the while
+    restarted = Workers({**{stage: proc for stage, proc in workers.procs.items() if proc is not killed},
+                         "delivery": setup.process("second", "delivery" if setup.layout != "one" else "all")})
+    output = deliver_the_rest(setup, restarted, 30)
     assert "held by worker(s) that are gone" in output
     assert_everything_delivered_once(setup)
     repeated = [r for r in setup.rows(outbox) if r.attempts > 1]

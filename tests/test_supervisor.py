@@ -31,16 +31,17 @@ from tests.helpers import (
 
 
 def children(pid: int) -> dict[str, int]:
-    """The process's children by command (``serve``, ``work``), from /proc."""
+    """The process's children by what they run (``serve``, ``work``, ``work pipeline``, ``work delivery``)."""
     found = {}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         try:
-            args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            args = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
         except FileNotFoundError:
             continue
-        for command in ("serve", "work"):
-            if command.encode() in args:
-                found[command] = int(child)
+        if "serve" in args:
+            found["serve"] = int(child)
+        elif "work" in args:
+            found[f"work {args[args.index('--stage') + 1]}" if "--stage" in args else "work"] = int(child)
     return found
 
 
@@ -48,11 +49,12 @@ def crm_lines(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_a_killed_worker_is_started_again_while_the_web_side_keeps_answering(tmp_path: Path) -> None:
+def test_a_killed_worker_is_started_again_while_the_web_side_and_the_other_stage_keep_running(
+        tmp_path: Path) -> None:
     port = free_port()
     config = write_gateway_config(tmp_path, storage_url=f"sqlite:///{tmp_path / 'gateway.db'}", port=port,
                                   crms="{trial: {type: jsonl, path: out/crm.jsonl}}",
-                                  routes="[{from: [sms-main], to: trial}]")
+                                  routes="[{from: [sms-main], to: trial}]")  # a process per stage: the default
     base_url = f"http://127.0.0.1:{port}"
     proc = GatewayProcess(["run", "-c", str(config)], tmp_path / "run.log")
     answers: list[int] = []
@@ -68,22 +70,23 @@ def test_a_killed_worker_is_started_again_while_the_web_side_keeps_answering(tmp
 
     try:
         wait_ready(base_url, proc)
-        first = wait_for(lambda: children(proc.pid).get("work"), 30, "the work child")
-        serve = children(proc.pid)["serve"]
+        started = wait_for(lambda: len(children(proc.pid)) == 3 and children(proc.pid), 30, "the three children")
+        assert set(started) == {"serve", "work pipeline", "work delivery"}
+        first = started["work pipeline"]
         prober = threading.Thread(target=probe)
         prober.start()
         os.kill(first, signal.SIGKILL)
-        second = wait_for(lambda: (children(proc.pid).get("work") or first) != first and children(proc.pid)["work"],
-                          30, "a new work child")
+        second = wait_for(lambda: (children(proc.pid).get("work pipeline") or first) != first
+                          and children(proc.pid)["work pipeline"], 30, "a new pipeline child")
         params = twilio_params(message_sid(1), "+14155550100", "sent after the restart", TWILIO_SID)
         assert send_twilio(base_url, base_url, "sms-main", TWILIO_TOKEN, params).status_code == 200
         lines = wait_for(lambda: crm_lines(tmp_path / "out" / "crm.jsonl"), 30, "the new worker to deliver it")
         done.set()
         prober.join(10)
         assert [line["message"]["text"] for line in lines] == ["sent after the restart"]  # type: ignore[index]
-        assert proc.alive() and children(proc.pid) == {"serve": serve, "work": second}
+        assert proc.alive() and children(proc.pid) == {**started, "work pipeline": second}
         assert answers and set(answers) == {200}, answers
-        assert "work exited (killed by SIGKILL)" in proc.output()
+        assert "work pipeline exited (killed by SIGKILL)" in proc.output()
     finally:
         done.set()
         assert proc.stop() == 0, proc.output()[-3000:]
