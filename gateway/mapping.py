@@ -26,7 +26,23 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.plugins import Registry
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Environment(SandboxedEnvironment):
+    """The sandbox, with ``message.text`` on a plain dict read as the item it is: Jinja tries the attribute first
+    and takes the item when that raises, at the cost of an exception for every name in every template."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:  # a dict has no attribute but its class's
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
+_ENV = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 __all__ = ["MAPPINGS_DIR", "Mapping", "MappingRenderError", "MappingSpec"]
 
 

@@ -60,3 +60,9 @@ def test_fields_render_apart_from_each_other() -> None:
     assert CONTEXT["customer"]["display_name"] == "Anil"
     with pytest.raises(MappingRenderError, match="'third'"):
         Mapping(path, MappingSpec(crm="zendesk", fields={"third": "{{ customer.nickname }}"})).apply(CONTEXT)
+    # a name of the dict's class is still the attribute, and the sandbox still guards it
+    keys = {"keys": "{{ customer.keys() | list | length }}", "tags": ["{{ conversation.id }}"]}
+    assert Mapping(path, MappingSpec(crm="zendesk", fields=keys)).apply(
+        {**CONTEXT, "customer": {"keys": "shadowed", **CONTEXT["customer"]}}) == {"keys": "4", "tags": ["v1"]}
+    with pytest.raises(MappingRenderError, match="'fourth'"):
+        Mapping(path, MappingSpec(crm="zendesk", fields={"fourth": "{{ customer.__class__ }}"})).apply(CONTEXT)
