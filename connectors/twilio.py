@@ -11,7 +11,7 @@ import contextlib
 import hmac
 import mimetypes
 import uuid
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode
 
@@ -145,12 +145,12 @@ class TwilioChannel(WebhookChannel, TwilioSender):
     def normalize(self, record: RawRecord) -> list[Message]:
         if record.kind != "message":
             return []
-        form = MultiDict(_parse(record.body))
+        form = _first_values(_parse(record.body))
         sender_raw = form.get("From", "")
         is_whatsapp = sender_raw.lower().startswith("whatsapp:")
         region = self.config.default_region or self.context.default_region
         try:
-            phone = normalize_phone(sender_raw, region)
+            phone = _normalized_phone(sender_raw, region)
         except InvalidIdentifier as exc:
             raise ValueError(f"From {mask_identifier(sender_raw)!r}: {exc}") from None
         identifiers = [Identifier(kind=IdentifierKind.PHONE, value=phone)]
@@ -159,7 +159,7 @@ class TwilioChannel(WebhookChannel, TwilioSender):
         recipients = []
         with contextlib.suppress(InvalidIdentifier):  # a short code or alphanumeric id stays in extras only
             recipients.append(Party(identifiers=(Identifier(
-                kind=IdentifierKind.PHONE, value=normalize_phone(form.get("To", ""), region)),)))
+                kind=IdentifierKind.PHONE, value=_normalized_phone(form.get("To", ""), region)),)))
         num_media = _media_count(form.get("NumMedia", "0") or "0", ValueError)
         attachments = tuple(
             Attachment(filename=_media_name(n, form.get(f"MediaContentType{n}")),
@@ -242,3 +242,15 @@ def _media_name(n: int, content_type: str | None) -> str:
 
 def _parse(body: bytes) -> list[tuple[str, str]]:
     return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+
+
+def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """A form's fields, each with its first value (as a ``MultiDict`` reads them)."""
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        form.setdefault(key, value)
+    return form
+
+
+# the business's number is on every message and a customer's on each of theirs: each is parsed once
+_normalized_phone = lru_cache(maxsize=4096)(normalize_phone)

@@ -18,9 +18,10 @@ from gateway.identity.merges import live_customer_id
 from gateway.model import Message
 from gateway.plugins import ConversationView, CustomerView, DeliveryItem
 from gateway.routing import NO_ROUTE
+from gateway.storage.prepared import Prepared
 from gateway.storage.tables import conversations, customers, identities, messages
 
-_CUSTOMER_WITH_IDENTIFIERS = (
+_CUSTOMER_WITH_IDENTIFIERS = Prepared(
     select(customers.c.merged_into, customers.c.display_name, identities.c.kind, identities.c.value)
     .outerjoin(identities, identities.c.customer_id == customers.c.id)
     .where(customers.c.id == bindparam("id")).order_by(identities.c.id))
@@ -28,12 +29,12 @@ _CUSTOMER_WITH_IDENTIFIERS = (
 
 def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
     """The customer as mappings and CRM connectors see it (the live customer, if it was merged since)."""
-    rows = conn.execute(_CUSTOMER_WITH_IDENTIFIERS, {"id": customer_id}).all()
+    rows = _CUSTOMER_WITH_IDENTIFIERS.all(conn, {"id": customer_id})
     if not rows:
         raise NoResultFound(f"customer {customer_id}")
     if rows[0].merged_into:
         customer_id = live_customer_id(conn, customer_id)
-        rows = conn.execute(_CUSTOMER_WITH_IDENTIFIERS, {"id": customer_id}).all()
+        rows = _CUSTOMER_WITH_IDENTIFIERS.all(conn, {"id": customer_id})
     return {"id": customer_id, "display_name": rows[0].display_name,
             "identifiers": [{"kind": row.kind, "value": row.value} for row in rows if row.kind is not None]}
 

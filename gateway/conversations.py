@@ -15,36 +15,44 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Connection, bindparam, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.config import ConversationsConfig
 from gateway.identity.merges import customer_family
 from gateway.kpis import SWITCHES_AFTER_INBOUND
 from gateway.model import ChannelType, Message, new_id
 from gateway.storage.db import is_sqlite
-from gateway.storage.queues import insert_for
+from gateway.storage.prepared import Prepared
 from gateway.storage.tables import conversations, crm_links, customers, thread_keys
 
 MAX_KEY = 512  # thread_keys.key
-_BY_THREAD_KEY = select(thread_keys.c.conversation_id).where(thread_keys.c.key == bindparam("key"))
+_BY_THREAD_KEY = Prepared(select(thread_keys.c.conversation_id).where(thread_keys.c.key == bindparam("key")))
 # the customer and every customer merged into it, directly or through others (``customer_family``), inside the
 # statements that need it, so the usual customer (nobody merged into it) costs no look-up of its own
 _ONE = select(customers.c.id).where(customers.c.id == bindparam("customer_id")).cte("family", recursive=True)
 _FAMILY = _ONE.union_all(select(customers.c.id).where(customers.c.merged_into == _ONE.c.id))
-_OPEN_IN_FAMILY = (select(conversations.c.id)
-                   .where(conversations.c.customer_id.in_(select(_FAMILY.c.id)), conversations.c.status == "open",
-                          conversations.c.last_activity_at >= bindparam("since"))
-                   .order_by(conversations.c.last_activity_at.desc()).limit(1))
-_OPEN_IN_FAMILY_HERE = _OPEN_IN_FAMILY.where(conversations.c.connector == bindparam("connector"))
-_LATEST_IN_FAMILY = (select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
-                     .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_OPEN_IN_FAMILY_QUERY = (select(conversations.c.id)
+                         .where(conversations.c.customer_id.in_(select(_FAMILY.c.id)), conversations.c.status == "open",
+                                conversations.c.last_activity_at >= bindparam("since"))
+                         .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_OPEN_IN_FAMILY = Prepared(_OPEN_IN_FAMILY_QUERY)
+_OPEN_IN_FAMILY_HERE = Prepared(_OPEN_IN_FAMILY_QUERY.where(conversations.c.connector == bindparam("connector")))
+_LATEST_IN_FAMILY = Prepared(select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
+                             .order_by(conversations.c.last_activity_at.desc()).limit(1))
+# two workers threading messages of one customer at once would each open a conversation: the second waits here for
+# the first to commit (SQLite's single writer already serialises them)
+_LOCK_CUSTOMER = Prepared(select(customers.c.id).where(customers.c.id == bindparam("customer_id")).with_for_update())
 _AT = bindparam("at", type_=conversations.c.last_activity_at.type)
 _LANGUAGE = bindparam("first_language", type_=conversations.c.language.type)
 # a customer's message on a conversation it continues: the activity moved forward, the language set if it had
 # none, a channel switch counted (gateway.kpis), in one statement
-_TOUCH = update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
+_TOUCH = Prepared(update(conversations).where(conversations.c.id == bindparam("conversation_id")).values(
     last_activity_at=case((conversations.c.last_activity_at < _AT, _AT), else_=conversations.c.last_activity_at),
-    language=func.coalesce(conversations.c.language, _LANGUAGE), switches=SWITCHES_AFTER_INBOUND)
-_NEW_CONVERSATION = conversations.insert()
+    language=func.coalesce(conversations.c.language, _LANGUAGE), switches=SWITCHES_AFTER_INBOUND))
+_NEW_CONVERSATION = Prepared(conversations.insert())
+_ADD_THREAD_KEYS = {  # by whether the engine is SQLite: each dialect's own INSERT ... ON CONFLICT
+    True: Prepared(sqlite.insert(thread_keys).on_conflict_do_nothing(index_elements=["key"])),
+    False: Prepared(postgresql.insert(thread_keys).on_conflict_do_nothing(index_elements=["key"]))}
 
 
 def message_thread_keys(message: Message) -> tuple[list[str], list[str]]:
@@ -96,14 +104,12 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
     conversation_id: str | None = None
     rule = "new"
     for key in lookup:
-        conversation_id = conn.execute(_BY_THREAD_KEY, {"key": key}).scalar_one_or_none()
+        conversation_id = _BY_THREAD_KEY.scalar(conn, {"key": key})
         if conversation_id:
             rule = "thread_key"
             break
     if not is_sqlite(conn.engine):
-        # two workers threading messages of one customer at once would each open a conversation: the second
-        # waits here for the first to commit (SQLite's single writer already serialises them)
-        conn.execute(select(customers.c.id).where(customers.c.id == customer_id).with_for_update())
+        _LOCK_CUSTOMER.execute(conn, {"customer_id": customer_id})
     if conversation_id is None and settings.subject_token and message.subject:
         conversation_id = _by_subject_token(conn, message.subject, settings.subject_token,
                                             customer_family(conn, customer_id))
@@ -112,25 +118,25 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
     if conversation_id is None:
         since = at - timedelta(hours=settings.window_hours)
         continuity = _OPEN_IN_FAMILY_HERE if settings.continuity == "per_channel" else _OPEN_IN_FAMILY
-        conversation_id = conn.execute(continuity, {"customer_id": customer_id, "since": since,
-                                                    "connector": message.connector}).scalar_one_or_none()
+        conversation_id = continuity.scalar(conn, {"customer_id": customer_id, "since": since,
+                                                   "connector": message.connector})
         if conversation_id:
             rule = "continuity"
     previous_id = None
     opened = conversation_id is None
     if conversation_id is None:
         conversation_id = new_id()
-        previous_id = conn.execute(_LATEST_IN_FAMILY, {"customer_id": customer_id}).scalar_one_or_none()
-        conn.execute(_NEW_CONVERSATION, {
+        previous_id = _LATEST_IN_FAMILY.scalar(conn, {"customer_id": customer_id})
+        _NEW_CONVERSATION.execute(conn, {
             "id": conversation_id, "customer_id": customer_id, "channel": message.channel.value,
             "previous_id": previous_id, "connector": message.connector, "status": "open", "created_at": at,
             "last_activity_at": at, "language": _language(message)})
     else:
-        conn.execute(_TOUCH, {"conversation_id": conversation_id, "at": at, "first_language": _language(message),
+        _TOUCH.execute(conn, {"conversation_id": conversation_id, "at": at, "first_language": _language(message),
                               "inbound_connector": message.connector})
     if own:
-        statement = insert_for(conn.engine, thread_keys).on_conflict_do_nothing(index_elements=["key"])
-        conn.execute(statement, [{"key": key, "conversation_id": conversation_id} for key in own])
+        _ADD_THREAD_KEYS[is_sqlite(conn.engine)].execute_many(
+            conn, [{"key": key, "conversation_id": conversation_id} for key in own])
     return Assignment(conversation_id, rule, opened, previous_id)
 
 

@@ -18,6 +18,7 @@ from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection, Row, case, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import metrics
 from gateway.calendars import BusinessCalendar, build_calendars
@@ -26,9 +27,9 @@ from gateway.model import Message, MessageKind
 from gateway.plugins import AgentReply, Escalation, TicketEscalation
 from gateway.redact import redact
 from gateway.sla_config import EscalationRule
-from gateway.storage.db import utcnow
+from gateway.storage.db import is_sqlite, utcnow
 from gateway.storage.links import DbLinkStore
-from gateway.storage.queues import insert_for
+from gateway.storage.prepared import Prepared
 from gateway.storage.tables import sla_clocks
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ def due_at(rule: EscalationRule, calendars: dict[str, BusinessCalendar], started
 
 
 # -- the clocks (called inside the pipeline's transaction) ---------------------------------------------------------
+_START_CLOCK = {  # by whether the engine is SQLite: each dialect's own INSERT ... ON CONFLICT
+    True: Prepared(sqlite.insert(sla_clocks).on_conflict_do_nothing(index_elements=["open_key"])),
+    False: Prepared(postgresql.insert(sla_clocks).on_conflict_do_nothing(index_elements=["open_key"]))}
+
+
 def start_clocks(conn: Connection, rules: list[EscalationRule], calendars: dict[str, BusinessCalendar],
                  message: Message, conversation_id: str) -> int:
     """A customer's message: start each matching rule's clock unless one already runs for the conversation.
@@ -67,11 +73,11 @@ def start_clocks(conn: Connection, rules: list[EscalationRule], calendars: dict[
         if due is None:
             log.warning("escalation %s: calendar %s never opens again; no clock started", rule.name, rule.calendar)
             continue
-        inserted = conn.execute(insert_for(conn.engine, sla_clocks).values(
-            rule=rule.name, conversation_id=conversation_id, channel=channel,
-            open_key=f"{rule.name}:{conversation_id}", status="waiting", started_at=received_at, due_at=due,
-            attempts=0, available_at=due, created_at=now).on_conflict_do_nothing(index_elements=["open_key"]))
-        started += inserted.rowcount or 0
+        inserted = _START_CLOCK[is_sqlite(conn.engine)].execute(conn, {
+            "rule": rule.name, "conversation_id": conversation_id, "channel": channel,
+            "open_key": f"{rule.name}:{conversation_id}", "status": "waiting", "started_at": received_at,
+            "due_at": due, "attempts": 0, "available_at": due, "created_at": now})
+        started += max(inserted.rowcount, 0)
     return started
 
 

@@ -26,7 +26,23 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.plugins import Registry
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Environment(SandboxedEnvironment):
+    """The sandbox, with ``message.text`` on a plain dict read as the item it is: Jinja tries the attribute first
+    and takes the item when that raises, at the cost of an exception for every name in every template."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:  # a dict has no attribute but its class's
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
+
+
+_ENV = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 __all__ = ["MAPPINGS_DIR", "Mapping", "MappingRenderError", "MappingSpec"]
 
 
@@ -173,7 +189,8 @@ class Mapping:
         """Render the fields for one input (``message``, ``customer``, ``conversation`` and ``route`` as plain
         dicts). The fields that rules with ``on: every_message`` set are also under ``UPDATE_KEY``: the connector
         writes those on an existing ticket too."""
-        fields = {name: _render(value, context, name) for name, value in self.spec.fields.items()}
+        variables = {**_ENV.globals, **context}  # what each template's render would copy again
+        fields = {name: _render(value, variables, name) for name, value in self.spec.fields.items()}
         updates: dict[str, Any] = {}
         for index, rule in enumerate(self.spec.rules):
             try:
@@ -183,12 +200,12 @@ class Mapping:
             if not holds:
                 continue
             for name, value in rule.set.items():
-                fields[name] = _render(value, context, name)
+                fields[name] = _render(value, variables, name)
                 if rule.changes_existing(name):
                     updates[name] = fields[name]
             if rule.add_tags:
                 tags = list(fields.get("tags") or [])
-                tags += [tag for tag in (_render(t, context, "tags") for t in rule.add_tags) if tag not in tags]
+                tags += [tag for tag in (_render(t, variables, "tags") for t in rule.add_tags) if tag not in tags]
                 fields["tags"] = tags
         if updates:
             fields[UPDATE_KEY] = updates
@@ -205,18 +222,22 @@ def _compiled_template(source: str) -> Any:
     return _ENV.from_string(source)
 
 
-def _render(value: Any, context: dict[str, Any], field: str) -> Any:
+def _render(value: Any, variables: dict[str, Any], field: str) -> Any:
+    """``value`` with each template rendered; ``variables`` hold the environment's globals and the input, shared by
+    the renders (a template's own assignments go to its context, never to them)."""
     if isinstance(value, str):
         if "{" not in value:
             return value
-        try:
-            return _compiled_template(value).render(**context)
+        template = _compiled_template(value)
+        try:  # Template.render without its copy of the variables
+            context = template.new_context(variables, shared=True)
+            return "".join(template.root_render_func(context))
         except Exception as exc:  # a template error is an admin's mapping bug: name the field
             raise MappingRenderError(field, f"{type(exc).__name__}: {exc}") from None
     if isinstance(value, dict):
-        return {key: _render(item, context, f"{field}.{key}") for key, item in value.items()}
+        return {key: _render(item, variables, f"{field}.{key}") for key, item in value.items()}
     if isinstance(value, list):
-        rendered = [_render(item, context, f"{field}[{i}]") for i, item in enumerate(value)]
+        rendered = [_render(item, variables, f"{field}[{i}]") for i, item in enumerate(value)]
         return [item for item in rendered if item != ""]
     return value
 

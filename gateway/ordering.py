@@ -17,12 +17,26 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.storage.queues import insert_for
+from gateway.storage.db import is_sqlite
+from gateway.storage.prepared import Prepared
 from gateway.storage.tables import inbox, inbox_keys
 
 OrderKeys = frozenset[str]
-_FORGET = delete(inbox_keys).where(inbox_keys.c.inbox_id.in_(bindparam("row_ids", expanding=True)))
+_FORGET = Prepared(delete(inbox_keys).where(inbox_keys.c.inbox_id.in_(bindparam("row_ids", expanding=True))))
+_ADD_KEYS = {  # by whether the engine is SQLite: each dialect's own INSERT ... ON CONFLICT
+    True: Prepared(sqlite.insert(inbox_keys).on_conflict_do_nothing(index_elements=["inbox_id", "key"])),
+    False: Prepared(postgresql.insert(inbox_keys).on_conflict_do_nothing(index_elements=["inbox_id", "key"]))}
+_MARK_KEYED = Prepared(update(inbox).where(inbox.c.id.in_(bindparam("row_ids", expanding=True)),
+                                           inbox.c.keyed.is_(False)).values(keyed=True))
+_OLDER_PENDING_KEYS = Prepared(
+    select(inbox_keys.c.inbox_id, inbox_keys.c.key).join(inbox, inbox.c.id == inbox_keys.c.inbox_id)
+    .where(inbox_keys.c.key.in_(bindparam("keys", expanding=True)), inbox_keys.c.inbox_id < bindparam("newest"),
+           inbox_keys.c.inbox_id.not_in(bindparam("row_ids", expanding=True)), inbox.c.status == "pending"))
+_OLDEST_UNKEYED = Prepared(select(func.min(inbox.c.id)).where(
+    inbox.c.status == "pending", inbox.c.keyed.is_(False), inbox.c.attempts > 0, inbox.c.id < bindparam("newest"),
+    inbox.c.id.not_in(bindparam("row_ids", expanding=True))))
 
 
 def order_keys(senders: Iterable[tuple[str, str]]) -> OrderKeys:
@@ -38,15 +52,14 @@ def record_keys(engine: Engine, keys: Mapping[int, OrderKeys]) -> None:
     rows = [{"inbox_id": row_id, "key": key} for row_id, row_keys in keys.items() for key in sorted(row_keys)]
     with engine.begin() as conn:
         if rows:
-            conn.execute(insert_for(engine, inbox_keys).on_conflict_do_nothing(
-                index_elements=["inbox_id", "key"]), rows)
-        conn.execute(update(inbox).where(inbox.c.id.in_(list(keys)), inbox.c.keyed.is_(False)).values(keyed=True))
+            _ADD_KEYS[is_sqlite(engine)].execute_many(conn, rows)
+        _MARK_KEYED.execute(conn, {"row_ids": list(keys)})
 
 
 def forget_keys(conn: Connection, row_ids: Sequence[int]) -> None:
     """Settled rows hold nobody back any more."""
     if row_ids:
-        conn.execute(_FORGET, {"row_ids": list(row_ids)})
+        _FORGET.execute(conn, {"row_ids": list(row_ids)})
 
 
 def must_wait(conn: Connection, items: Sequence[tuple[int, OrderKeys]]) -> set[int]:
@@ -62,14 +75,9 @@ def must_wait(conn: Connection, items: Sequence[tuple[int, OrderKeys]]) -> set[i
     keys = set().union(*(row_keys for _, row_keys in items))
     older: list[tuple[int, str]] = []
     if keys:
-        older = [(row_id, key) for row_id, key in conn.execute(
-            select(inbox_keys.c.inbox_id, inbox_keys.c.key)
-            .join(inbox, inbox.c.id == inbox_keys.c.inbox_id)
-            .where(inbox_keys.c.key.in_(sorted(keys)), inbox_keys.c.inbox_id < newest,
-                   inbox_keys.c.inbox_id.not_in(ids), inbox.c.status == "pending"))]
-    oldest_unkeyed = conn.execute(select(func.min(inbox.c.id)).where(
-        inbox.c.status == "pending", inbox.c.keyed.is_(False), inbox.c.attempts > 0, inbox.c.id < newest,
-        inbox.c.id.not_in(ids))).scalar()
+        older = [(row_id, key) for row_id, key in _OLDER_PENDING_KEYS.all(
+            conn, {"keys": sorted(keys), "newest": newest, "row_ids": ids})]
+    oldest_unkeyed = _OLDEST_UNKEYED.scalar(conn, {"newest": newest, "row_ids": ids})
     waiting: set[int] = set()
     held: set[str] = set()
     for row_id, row_keys in sorted(items):

@@ -58,6 +58,7 @@ from gateway.runtime import Runtime
 from gateway.sensitive import Masker
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
+from gateway.storage.prepared import Prepared as Statement
 from gateway.storage.queues import LeaseLost, insert_for
 from gateway.storage.tables import inbox, messages, outbox, provider_statuses
 from gateway.surveys import ask, read_statuses, take_answer
@@ -66,20 +67,20 @@ from gateway.webhooks import Headers, HookRequest
 log = logging.getLogger(__name__)
 FAILED_STATUSES = frozenset({"failed", "undelivered"})
 ENRICH_ATTEMPTS = 5  # then a message whose media cannot be fetched is delivered without them
-_ALREADY_STORED = select(messages.c.id).where(messages.c.connector == bindparam("connector"),
-                                              messages.c.provider_message_id == bindparam("provider_message_id"))
-_INSERT_MESSAGE = messages.insert()
-_INSERT_OUTBOX = outbox.insert()
-_ALREADY_STORED_OF = select(messages.c.provider_message_id).where(
+_ALREADY_STORED = Statement(select(messages.c.id).where(
+    messages.c.connector == bindparam("connector"), messages.c.provider_message_id == bindparam("provider_message_id")))
+_INSERT_MESSAGE = Statement(messages.insert())
+_INSERT_OUTBOX = Statement(outbox.insert().returning(outbox.c.id))
+_ALREADY_STORED_OF = Statement(select(messages.c.provider_message_id).where(
     messages.c.connector == bindparam("connector"),
-    messages.c.provider_message_id.in_(bindparam("provider_message_ids", expanding=True)))
-_SETTLE_ALL_HELD = inbox.update().where(
+    messages.c.provider_message_id.in_(bindparam("provider_message_ids", expanding=True))))
+_SETTLE_ALL_HELD = Statement(inbox.update().where(
     inbox.c.id.in_(bindparam("row_ids", expanding=True)), inbox.c.lease_owner == bindparam("owner"),
     inbox.c.status == "pending"
-).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None)
-_SETTLE_HELD = inbox.update().where(
+).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None))
+_SETTLE_HELD = Statement(inbox.update().where(
     inbox.c.id == bindparam("row_id"), inbox.c.lease_owner == bindparam("owner"), inbox.c.status == "pending"
-).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None)
+).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None))
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,8 +123,8 @@ def _already_stored(conn: Connection, batch: list[Message]) -> set[tuple[str, st
     for message in batch:
         by_connector.setdefault(message.connector, []).append(message.provider_message_id)
     return {(connector, provider_message_id) for connector, ids in by_connector.items()
-            for provider_message_id in conn.execute(_ALREADY_STORED_OF, {
-                "connector": connector, "provider_message_ids": ids}).scalars()}
+            for provider_message_id in _ALREADY_STORED_OF.scalars(conn, {
+                "connector": connector, "provider_message_ids": ids})}
 
 
 def split_again(record: RawRecord, connector: object) -> list[RawRecord]:
@@ -425,7 +426,7 @@ class PipelineWorker:
         if not batch.alone:
             batch.settled.setdefault(status, []).append(row.id)
             return
-        if not conn.execute(_SETTLE_HELD, {"row_id": row.id, "owner": self.owner, "to": status,
+        if not _SETTLE_HELD.execute(conn, {"row_id": row.id, "owner": self.owner, "to": status,
                                            "at": utcnow()}).rowcount:
             raise LeaseLost(f"inbox row {row.id}")
         forget_keys(conn, [row.id])
@@ -434,7 +435,7 @@ class PipelineWorker:
         """Settle a batch's rows, one statement per outcome; ``LeaseLost`` when this worker lost any of them."""
         now = utcnow()
         for status, row_ids in settled.items():
-            count = conn.execute(_SETTLE_ALL_HELD, {"row_ids": row_ids, "owner": self.owner, "to": status,
+            count = _SETTLE_ALL_HELD.execute(conn, {"row_ids": row_ids, "owner": self.owner, "to": status,
                                                     "at": now}).rowcount
             if count != len(row_ids):
                 raise LeaseLost(f"{len(row_ids) - count} of inbox rows {row_ids}")
@@ -534,8 +535,8 @@ class PipelineWorker:
         if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
             message = self.maskers[message.connector].message(message)
         if batch.alone:
-            if conn.execute(_ALREADY_STORED, {"connector": message.connector,
-                                              "provider_message_id": message.provider_message_id}).first():
+            if _ALREADY_STORED.first(conn, {"connector": message.connector,
+                                            "provider_message_id": message.provider_message_id}):
                 return
         elif (message.connector, message.provider_message_id) in batch.stored:
             return
@@ -555,7 +556,7 @@ class PipelineWorker:
         conversation_id, rule = assignment.conversation_id, assignment.rule
         now = utcnow()
         data = message.model_dump(mode="json")
-        conn.execute(_INSERT_MESSAGE, {
+        _INSERT_MESSAGE.execute(conn, {
             "id": message.id, "inbox_id": message.raw.inbox_id, "connector": message.connector,
             "provider_message_id": message.provider_message_id, "customer_id": customer_id,
             "conversation_id": conversation_id, "thread_rule": rule, "data": data,
@@ -585,9 +586,9 @@ class PipelineWorker:
                     error = exc
             else:
                 fields = {}
-            outbox_id = conn.execute(_INSERT_OUTBOX, {
+            outbox_id = _INSERT_OUTBOX.scalar(conn, {
                 "crm": route.crm, "message_id": message.id, "conversation_id": conversation_id, "fields": fields,
-                "status": "pending", "attempts": 0, "available_at": now, "created_at": now}).inserted_primary_key[0]
+                "status": "pending", "attempts": 0, "available_at": now, "created_at": now})
             if error is not None:
                 self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.crm,
                                            error_class="permanent", reason=str(error), attempts=0,

@@ -18,16 +18,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from gateway.calendars import build_calendars
 from gateway.model import ChannelType, Message
+from gateway.storage.prepared import Prepared
+from gateway.storage.tables import outbox
 from gateway.yamlsource import ConfigIssue, YamlDocument
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig, GatewaySettings, RouteConfig
 
 log = logging.getLogger(__name__)
+# an outbox row of another message of the conversation, to this CRM
+_SENT_ELSEWHERE_IN_CONVERSATION = Prepared(select(outbox.c.id).where(
+    outbox.c.crm == bindparam("crm"), outbox.c.conversation_id == bindparam("conversation_id"),
+    outbox.c.message_id != bindparam("message_id")).limit(1))
 NO_ROUTE: dict[str, Any] = {"name": "", "names": []}
 """What a mapping sees when no named route holds (and in mapping tests that give no ``route``)."""
 
@@ -195,17 +201,13 @@ def label_for(config: GatewayConfig, message: Message, identifiers: list[tuple[s
 def earlier_crms(conn: Connection, config: GatewayConfig, message: Message, conversation_id: str) -> set[str]:
     """The CRMs of the channel's routes that the conversation's other messages went to; only asked (one indexed
     look-up per CRM) when the channel has a conditional route, since only those keep to a conversation's CRMs."""
-    from gateway.storage.tables import outbox
-
     routes = config.routes_from(message.connector)
     if not any(_conditional(route) for route in routes):
         return set()
     found = set()
     for crm in dict.fromkeys(route.to for route in routes):
-        row = conn.execute(select(outbox.c.id).where(
-            outbox.c.crm == crm, outbox.c.conversation_id == conversation_id,
-            outbox.c.message_id != message.id).limit(1)).first()
-        if row is not None:
+        if _SENT_ELSEWHERE_IN_CONVERSATION.first(conn, {"crm": crm, "conversation_id": conversation_id,
+                                                        "message_id": message.id}) is not None:
             found.add(crm)
     return found
 

@@ -16,7 +16,7 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, or_, select, update
 
 from gateway import metrics
 from gateway.errors import as_delivery_error
@@ -27,6 +27,7 @@ from gateway.replies import crm_inbox_name, last_inbound
 from gateway.sla_config import SurveyRule
 from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
+from gateway.storage.prepared import Prepared
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import messages, sends, surveys
 
@@ -132,6 +133,11 @@ def _queue_question(conn: Connection, crm: str, inbox_id: int, conversation_id: 
     return outbound.id
 
 
+_PENDING_SURVEY = Prepared(select(surveys).where(
+    surveys.c.customer_id == bindparam("customer_id"), surveys.c.channel == bindparam("channel"),
+    surveys.c.status == "asked", surveys.c.asked_at <= bindparam("at")).order_by(surveys.c.asked_at.desc()).limit(1))
+
+
 def take_answer(conn: Connection, rules: list[SurveyRule], message: Message, customer_id: str) -> bool:
     """True when ``message`` answers a pending survey of its customer on its channel (then it is not a support
     message); the rating and comment are recorded for the write-back."""
@@ -141,9 +147,8 @@ def take_answer(conn: Connection, rules: list[SurveyRule], message: Message, cus
     if parsed is None:
         return False
     windows = {rule.name: timedelta(hours=rule.window_hours) for rule in rules}
-    pending = conn.execute(select(surveys).where(
-        surveys.c.customer_id == customer_id, surveys.c.channel == message.connector, surveys.c.status == "asked",
-        surveys.c.asked_at <= message.received_at).order_by(surveys.c.asked_at.desc()).limit(1)).first()
+    pending = _PENDING_SURVEY.first(conn, {"customer_id": customer_id, "channel": message.connector,
+                                           "at": message.received_at})
     if pending is None or message.received_at - pending.asked_at > windows.get(pending.rule, timedelta(0)):
         return False
     rating, comment = parsed

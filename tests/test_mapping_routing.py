@@ -46,3 +46,23 @@ def test_the_group_reaches_zendesk_as_a_number(monkeypatch: pytest.MonkeyPatch) 
     config = ZendeskConfig(type="zendesk", subdomain="acme", email="agent@example.com", api_token="test-zd-token")
     ZendeskCrm("desk", config, ConnectorContext(http=requests.Session())).deliver(item, MemoryLinkStore())
     assert json.loads(created.calls[0].request.body)["ticket"]["group_id"] == 360001234567
+
+
+def test_fields_render_apart_from_each_other() -> None:
+    """The renders share the input: what one template assigns is not seen by the next, globals stay, and an
+    undefined name still fails with the field named."""
+    from gateway.mapping import MappingRenderError, MappingSpec
+
+    path = ROOT / "mappings/zendesk.yaml"
+    spec = MappingSpec(crm="zendesk", fields={"first": "{% set customer = 'overwritten' %}{{ customer }}",
+                                              "second": "{{ customer.display_name }} {{ range(2) | list | length }}"})
+    assert Mapping(path, spec).apply(CONTEXT) == {"first": "overwritten", "second": "Anil 2"}
+    assert CONTEXT["customer"]["display_name"] == "Anil"
+    with pytest.raises(MappingRenderError, match="'third'"):
+        Mapping(path, MappingSpec(crm="zendesk", fields={"third": "{{ customer.nickname }}"})).apply(CONTEXT)
+    # a name of the dict's class is still the attribute, and the sandbox still guards it
+    keys = {"keys": "{{ customer.keys() | list | length }}", "tags": ["{{ conversation.id }}"]}
+    assert Mapping(path, MappingSpec(crm="zendesk", fields=keys)).apply(
+        {**CONTEXT, "customer": {"keys": "shadowed", **CONTEXT["customer"]}}) == {"keys": "4", "tags": ["v1"]}
+    with pytest.raises(MappingRenderError, match="'fourth'"):
+        Mapping(path, MappingSpec(crm="zendesk", fields={"fourth": "{{ customer.__class__ }}"})).apply(CONTEXT)
