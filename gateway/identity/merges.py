@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.storage.db import utcnow
 from gateway.storage.prepared import Prepared
@@ -129,23 +131,41 @@ def suggest(conn: Connection, a: str, b: str, score: float, reason: str) -> int:
     return _SUGGESTION_ID.scalars(conn, {"a": first, "b": second})[0]
 
 
+_SUGGESTION_COLUMNS = ("customer_a", "customer_b", "score", "reason", "status", "created_at")
+
+
+@cache
+def _suggest_rows_statement(dialect: str, count: int) -> Prepared:
+    """``count`` suggestions inserted unless already there, returning (id, customer_a, customer_b) of those that
+    were new: built once per dialect and count (a customer has at most ``suggest._CANDIDATES`` alike)."""
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    return Prepared(insert(merge_suggestions)
+                    .values([{name: bindparam(f"{name}{n}", type_=merge_suggestions.c[name].type)
+                              for name in _SUGGESTION_COLUMNS} for n in range(count)])
+                    .on_conflict_do_nothing(index_elements=["customer_a", "customer_b"])
+                    .returning(merge_suggestions.c.id, merge_suggestions.c.customer_a, merge_suggestions.c.customer_b))
+
+
 def suggest_many(conn: Connection, customer_id: str, alike: list[tuple[str, float, str]]) -> list[int]:
-    """``suggest`` for several (other customer, score, reason) of one customer: two statements for all of them.
+    """``suggest`` for several (other customer, score, reason) of one customer: one statement for all of them when
+    none was suggested before (always so for a new customer), a second to read the ids of those that were.
 
     Returns the suggestion ids in the order of ``alike``.
     """
     if not alike:
         return []
     now = utcnow()
-    rows = []
-    for other, score, reason in alike:
-        first, second = sorted((customer_id, other))
-        rows.append({"customer_a": first, "customer_b": second, "score": round(score, 1), "reason": reason[:1000],
-                     "status": "open", "created_at": now})
-    _suggest_statement(conn).execute_many(conn, rows)
+    params: dict[str, Any] = {}
+    for n, (other, score, reason) in enumerate(alike):
+        params[f"customer_a{n}"], params[f"customer_b{n}"] = sorted((customer_id, other))
+        params[f"score{n}"], params[f"reason{n}"] = round(score, 1), reason[:1000]
+        params[f"status{n}"], params[f"created_at{n}"] = "open", now
     others = [other for other, _, _ in alike]
-    ids = {(a if b == customer_id else b): suggestion_id for suggestion_id, a, b in _SUGGESTIONS_OF.all(
-        conn, {"customer_id": customer_id, "others": others})}
+    ids = {(a if b == customer_id else b): suggestion_id for suggestion_id, a, b in
+           _suggest_rows_statement(conn.dialect.name, len(alike)).all(conn, params)}
+    if len(ids) < len(others):  # suggested before: the conflict clause skipped them, and RETURNING with them
+        ids.update({(a if b == customer_id else b): suggestion_id for suggestion_id, a, b in _SUGGESTIONS_OF.all(
+            conn, {"customer_id": customer_id, "others": [other for other in others if other not in ids]})})
     return [ids[other] for other in others]
 
 
