@@ -17,7 +17,6 @@ or 12 letters: "ok", "Hola que tal"), and so are texts without letters (emoji, n
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter
 from functools import lru_cache
 from typing import Any
@@ -88,13 +87,13 @@ def _script(char: str) -> str:
 
 
 def _letters(text: str) -> list[str]:
-    return [c for c in text if unicodedata.category(c).startswith("L")]
+    return [c for c in text if c.isalpha()]  # isalpha: Unicode categories Lu, Ll, Lt, Lm, Lo, the letters
 
 
 def long_enough(text: str) -> bool:
     """Whether ``text`` holds enough letters and words for the statistical model to be asked."""
     letters = _letters(text)
-    words = [w for w in text.split() if any(unicodedata.category(c).startswith("L") for c in w)]
+    words = [w for w in text.split() if any(c.isalpha() for c in w)]
     return len(words) >= MIN_WORDS and len(letters) >= MIN_LETTERS
 
 

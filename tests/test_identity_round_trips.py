@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.identity import IdentityRules, resolve_customer
+from gateway.identity.merges import suggest_many
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.model import Identifier, IdentifierKind, Party
 from gateway.storage.db import make_engine, migrate
@@ -81,14 +82,16 @@ def test_suggestions_take_the_same_statements_however_many_are_made(engine: Engi
                                  message_id="m2").customer_id
     with engine.begin() as conn, counted(conn) as sent:
         made = suggest_for_new_customer(conn, new, 85)
-    assert len(made) == 4 and len(sent) == 4, sent  # candidates with the name, identifiers, insert, ids
+    assert len(made) == 4 and len(sent) == 3, sent  # candidates with the name, identifiers, insert with ids
     with engine.begin() as conn:
         pairs = {(row.customer_a, row.customer_b): row.id for row in conn.execute(select(merge_suggestions))}
         assert [pairs[tuple(sorted((new, other)))] for other in earlier] == made
         with counted(conn) as sent:
             assert suggest_for_new_customer(conn, alone, 85) == []
         assert len(sent) == 1
-        assert suggest_for_new_customer(conn, new, 85) == made, "a pair is suggested once"
+        with counted(conn) as sent:
+            assert suggest_for_new_customer(conn, new, 85) == made, "a pair is suggested once"
+        assert len(sent) == 4, sent  # and the ids of the pairs suggested before are read
 
 
 @pytest.mark.parametrize("engine", ["postgresql"], indirect=True)  # SQLite has one writer at a time
@@ -115,3 +118,15 @@ def test_a_concurrent_insert_of_the_same_identifier_is_found_on_the_retry(engine
         assert (result.customer_id, result.created) == (other_customer[0], False)
     with engine.begin() as conn:
         assert conn.execute(select(customers.c.id)).scalars().all() == other_customer
+
+
+def test_suggestions_of_a_customer_some_made_before_keep_their_ids(engine: Engine) -> None:
+    with engine.begin() as conn:
+        made = suggest_many(conn, "c0", [("c1", 90.0, "first"), ("c2", 91.0, "second")])
+    with engine.begin() as conn:
+        again = suggest_many(conn, "c0", [("c3", 92.0, "third"), ("c2", 95.0, "changed"), ("c1", 90.0, "first")])
+        rows = {row.id: (row.customer_a, row.customer_b, row.score, row.reason)
+                for row in conn.execute(select(merge_suggestions))}
+    assert again[1:] == [made[1], made[0]] and again[0] not in made
+    assert rows[again[0]] == ("c0", "c3", 92.0, "third")
+    assert rows[made[1]] == ("c0", "c2", 91.0, "second"), "a pair suggested before is left as it was"

@@ -30,6 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from gateway.storage.db import make_engine
 from gateway.storage.prepared import Prepared
@@ -221,3 +222,14 @@ def test_rows_answer_like_sqlalchemy_rows(engine: Engine) -> None:
         got = Prepared(query).first(conn)
     assert got == expected and tuple(got) == tuple(expected)
     assert dict(got._mapping) == dict(expected._mapping) and got.name == expected.name == "full"
+
+
+def test_driver_errors_are_raised_as_sqlalchemy_raises_them(engine: Engine) -> None:
+    ids = _fill(engine)
+    insert = Prepared(samples.insert())
+    with engine.connect() as conn, conn.begin():
+        with pytest.raises(IntegrityError), conn.begin_nested():  # the same primary key again
+            insert.execute(conn, {"id": ids[0], "name": "again", "count": 0, "status": "pending"})
+        with pytest.raises(IntegrityError), conn.begin_nested():
+            insert.execute_many(conn, [{"id": ids[0], "name": "again", "count": 0, "status": "pending"}] * 2)
+        assert Prepared(select(func.count()).select_from(samples)).scalar(conn) == len(ids)

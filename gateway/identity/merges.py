@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.storage.db import utcnow
+from gateway.storage.prepared import Prepared
 from gateway.storage.queues import insert_for
 from gateway.storage.tables import crm_links, customers, identities, merge_suggestions, merges
 
 _MAX_CHAIN = 64
-_MERGED_INTO_ONE = select(customers.c.id).where(customers.c.merged_into == bindparam("id"))
-_SUGGESTION_ID = select(merge_suggestions.c.id).where(
-    merge_suggestions.c.customer_a == bindparam("a"), merge_suggestions.c.customer_b == bindparam("b"))
-_SUGGESTIONS_OF = select(merge_suggestions.c.id, merge_suggestions.c.customer_a, merge_suggestions.c.customer_b).where(
+_MERGED_INTO_ONE = Prepared(select(customers.c.id).where(customers.c.merged_into == bindparam("id")))
+_MERGED_INTO = Prepared(select(customers.c.merged_into).where(customers.c.id == bindparam("id")))
+_SUGGESTION_ID = Prepared(select(merge_suggestions.c.id).where(
+    merge_suggestions.c.customer_a == bindparam("a"), merge_suggestions.c.customer_b == bindparam("b")))
+_SUGGESTIONS_OF = Prepared(select(
+    merge_suggestions.c.id, merge_suggestions.c.customer_a, merge_suggestions.c.customer_b).where(
     or_(and_(merge_suggestions.c.customer_a == bindparam("customer_id"),
              merge_suggestions.c.customer_b.in_(bindparam("others", expanding=True))),
         and_(merge_suggestions.c.customer_b == bindparam("customer_id"),
-             merge_suggestions.c.customer_a.in_(bindparam("others", expanding=True)))))
-_SUGGEST: dict[str, Any] = {}  # by dialect name
+             merge_suggestions.c.customer_a.in_(bindparam("others", expanding=True))))))
+_SUGGEST: dict[str, Prepared] = {}  # by dialect name: the conflict clause is the dialect's own
 
 
-def _suggest_statement(conn: Connection) -> Any:
+def _suggest_statement(conn: Connection) -> Prepared:
     statement = _SUGGEST.get(conn.engine.dialect.name)
     if statement is None:
-        statement = _SUGGEST[conn.engine.dialect.name] = insert_for(conn.engine, merge_suggestions) \
-            .on_conflict_do_nothing(index_elements=["customer_a", "customer_b"])
+        statement = _SUGGEST[conn.engine.dialect.name] = Prepared(insert_for(conn.engine, merge_suggestions)
+                                                                  .on_conflict_do_nothing(
+                                                                      index_elements=["customer_a", "customer_b"]))
     return statement
 
 
@@ -38,7 +44,7 @@ def live_customer_id(conn: Connection, customer_id: str) -> str:
     """Follow ``merged_into`` to the customer that stands for this one now."""
     current = customer_id
     for _ in range(_MAX_CHAIN):
-        nxt = conn.execute(select(customers.c.merged_into).where(customers.c.id == current)).scalar_one_or_none()
+        nxt = _MERGED_INTO.scalar(conn, {"id": current})
         if not nxt:
             return current
         current = nxt
@@ -49,9 +55,10 @@ def customer_family(conn: Connection, customer_id: str) -> list[str]:
     """The customer and every customer merged into it, directly or through others."""
     family, frontier = [customer_id], [customer_id]
     while frontier:
-        statement = _MERGED_INTO_ONE if len(frontier) == 1 else select(customers.c.id).where(
-            customers.c.merged_into.in_(frontier))
-        frontier = list(conn.execute(statement, {"id": frontier[0]}).scalars())
+        if len(frontier) == 1:
+            frontier = _MERGED_INTO_ONE.scalars(conn, {"id": frontier[0]})
+        else:
+            frontier = list(conn.execute(select(customers.c.id).where(customers.c.merged_into.in_(frontier))).scalars())
         family += frontier
     return family
 
@@ -118,29 +125,47 @@ def unmerge(conn: Connection, merge_id: int, reason: str | None = None) -> dict[
 def suggest(conn: Connection, a: str, b: str, score: float, reason: str) -> int:
     """Record (once per pair) that two customers look like one person; nothing is merged."""
     first, second = sorted((a, b))
-    conn.execute(_suggest_statement(conn), {
+    _suggest_statement(conn).execute(conn, {
         "customer_a": first, "customer_b": second, "score": round(score, 1), "reason": reason[:1000],
         "status": "open", "created_at": utcnow()})
-    return conn.execute(_SUGGESTION_ID, {"a": first, "b": second}).scalar_one()
+    return _SUGGESTION_ID.scalars(conn, {"a": first, "b": second})[0]
+
+
+_SUGGESTION_COLUMNS = ("customer_a", "customer_b", "score", "reason", "status", "created_at")
+
+
+@cache
+def _suggest_rows_statement(dialect: str, count: int) -> Prepared:
+    """``count`` suggestions inserted unless already there, returning (id, customer_a, customer_b) of those that
+    were new: built once per dialect and count (a customer has at most ``suggest._CANDIDATES`` alike)."""
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    return Prepared(insert(merge_suggestions)
+                    .values([{name: bindparam(f"{name}{n}", type_=merge_suggestions.c[name].type)
+                              for name in _SUGGESTION_COLUMNS} for n in range(count)])
+                    .on_conflict_do_nothing(index_elements=["customer_a", "customer_b"])
+                    .returning(merge_suggestions.c.id, merge_suggestions.c.customer_a, merge_suggestions.c.customer_b))
 
 
 def suggest_many(conn: Connection, customer_id: str, alike: list[tuple[str, float, str]]) -> list[int]:
-    """``suggest`` for several (other customer, score, reason) of one customer: two statements for all of them.
+    """``suggest`` for several (other customer, score, reason) of one customer: one statement for all of them when
+    none was suggested before (always so for a new customer), a second to read the ids of those that were.
 
     Returns the suggestion ids in the order of ``alike``.
     """
     if not alike:
         return []
     now = utcnow()
-    rows = []
-    for other, score, reason in alike:
-        first, second = sorted((customer_id, other))
-        rows.append({"customer_a": first, "customer_b": second, "score": round(score, 1), "reason": reason[:1000],
-                     "status": "open", "created_at": now})
-    conn.execute(_suggest_statement(conn), rows)
+    params: dict[str, Any] = {}
+    for n, (other, score, reason) in enumerate(alike):
+        params[f"customer_a{n}"], params[f"customer_b{n}"] = sorted((customer_id, other))
+        params[f"score{n}"], params[f"reason{n}"] = round(score, 1), reason[:1000]
+        params[f"status{n}"], params[f"created_at{n}"] = "open", now
     others = [other for other, _, _ in alike]
-    ids = {(a if b == customer_id else b): suggestion_id for suggestion_id, a, b in conn.execute(
-        _SUGGESTIONS_OF, {"customer_id": customer_id, "others": others})}
+    ids = {(a if b == customer_id else b): suggestion_id for suggestion_id, a, b in
+           _suggest_rows_statement(conn.dialect.name, len(alike)).all(conn, params)}
+    if len(ids) < len(others):  # suggested before: the conflict clause skipped them, and RETURNING with them
+        ids.update({(a if b == customer_id else b): suggestion_id for suggestion_id, a, b in _SUGGESTIONS_OF.all(
+            conn, {"customer_id": customer_id, "others": [other for other in others if other not in ids]})})
     return [ids[other] for other in others]
 
 

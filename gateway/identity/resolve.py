@@ -18,9 +18,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    CompoundSelect,
     Connection,
-    Select,
     String,
     and_,
     bindparam,
@@ -37,6 +35,7 @@ from gateway.identity.merges import conflicting_links, live_customer_id, merge_c
 from gateway.identity.normalize import IdentityRules, canonical_identifiers, name_key
 from gateway.model import Identifier, IdentifierKind, Party, new_id
 from gateway.storage.db import utcnow
+from gateway.storage.prepared import Prepared
 from gateway.storage.tables import Time, crm_directory, customers, identities
 
 
@@ -69,16 +68,16 @@ def _pairs(table: Any, count: int) -> Any:
 
 
 @cache
-def _owners_statement(count: int) -> Select[Any]:
+def _owners_statement(count: int) -> Prepared:
     """The owners of ``count`` identifiers, with parameters ``kind0``, ``value0``, ...: built once per count."""
-    return (select(identities.c.kind, identities.c.value, customers.c.id, customers.c.merged_into,
+    return Prepared(select(identities.c.kind, identities.c.value, customers.c.id, customers.c.merged_into,
                    customers.c.display_name, customers.c.created_at)
             .join(customers, customers.c.id == identities.c.customer_id)
             .where(_pairs(identities, count)))
 
 
 @cache
-def _owners_and_records_statement(count: int) -> CompoundSelect:
+def _owners_and_records_statement(count: int) -> Prepared:
     """The owners of ``count`` identifiers and the CRM directory records holding them, in one statement.
 
     Rows of the first kind have ``crm`` NULL; rows of the second have ``customer_id`` NULL.
@@ -91,11 +90,11 @@ def _owners_and_records_statement(count: int) -> CompoundSelect:
     records = select(crm_directory.c.kind, crm_directory.c.value, cast(null(), String), cast(null(), String),
                      cast(null(), String), cast(null(), Time), crm_directory.c.crm, crm_directory.c.remote_id
                      ).where(_pairs(crm_directory, count))
-    return union_all(owners, records)
+    return Prepared(union_all(owners, records))
 
 
 @cache
-def _new_customer_statement(count: int) -> Any:
+def _new_customer_statement(count: int) -> Prepared:
     """On PostgreSQL, a new customer and its first ``count`` identifiers in one statement: the customer and all but
     one identifier inserted in CTEs (single-row inserts, so that SQLAlchemy caches the compiled statement)."""
     def one_row(table: Any, prefix: str, names: tuple[str, ...]) -> Any:
@@ -105,24 +104,22 @@ def _new_customer_statement(count: int) -> Any:
         one_row(customers, "customer_", _CUSTOMER_COLUMNS).cte("new_customer"))
     for n in range(1, count):
         statement = statement.add_cte(one_row(identities, f"i{n}_", _IDENTIFIER_COLUMNS).cte(f"identifier{n}"))
-    return statement
+    return Prepared(statement)
 
 
-# Built once: the resolver runs for every message, and a prebuilt statement skips SQLAlchemy's per-call
-# construction and cache-key work.
-_CUSTOMER_SUMMARY = select(customers.c.display_name, customers.c.created_at).where(
-    customers.c.id == bindparam("customer_id"))
-_DIRECTORY_RECORDS = select(crm_directory.c.crm, crm_directory.c.remote_id).where(
-    crm_directory.c.kind == bindparam("kind"), crm_directory.c.value == bindparam("value"))
-_RECORD_IDENTIFIERS = select(crm_directory.c.kind, crm_directory.c.value).where(
-    crm_directory.c.crm == bindparam("crm"), crm_directory.c.remote_id == bindparam("remote_id"))
-_HELD_OF_KIND = select(func.count()).select_from(identities).where(
-    identities.c.customer_id == bindparam("customer_id"), identities.c.kind == bindparam("kind"))
-_NAME_IF_MISSING = update(customers).where(
+# Built once and run on the transaction's DBAPI cursor: the resolver runs for every message, and a prepared
+# statement skips SQLAlchemy's per-call construction, cache-key and result work.
+_CUSTOMER_SUMMARY = Prepared(select(customers.c.display_name, customers.c.created_at).where(
+    customers.c.id == bindparam("customer_id")))
+_RECORD_IDENTIFIERS = Prepared(select(crm_directory.c.kind, crm_directory.c.value).where(
+    crm_directory.c.crm == bindparam("crm"), crm_directory.c.remote_id == bindparam("remote_id")))
+_HELD_OF_KIND = Prepared(select(func.count()).select_from(identities).where(
+    identities.c.customer_id == bindparam("customer_id"), identities.c.kind == bindparam("kind")))
+_NAME_IF_MISSING = Prepared(update(customers).where(
     customers.c.id == bindparam("customer_id"), customers.c.display_name.is_(None)).values(
-    display_name=bindparam("display_name"), name_key=bindparam("name_key"), updated_at=bindparam("now"))
-_NEW_CUSTOMER = customers.insert()
-_NEW_IDENTIFIER = identities.insert()
+    display_name=bindparam("display_name"), name_key=bindparam("name_key"), updated_at=bindparam("now")))
+_NEW_CUSTOMER = Prepared(customers.insert())
+_NEW_IDENTIFIER = Prepared(identities.insert())
 _CUSTOMER_COLUMNS = ("id", "display_name", "name_key", "created_at", "updated_at")
 _IDENTIFIER_COLUMNS = ("kind", "value", "customer_id", "evidence", "source_message_id", "created_at")
 
@@ -131,7 +128,7 @@ def _live_owner(conn: Connection, customer_id: str, merged_into: str | None, nam
                 created_at: Any) -> _Owner:
     if merged_into:  # rare: follow the merge to the customer that stands for this one now
         customer_id = live_customer_id(conn, merged_into)
-        name, created_at = conn.execute(_CUSTOMER_SUMMARY, {"customer_id": customer_id}).one()
+        name, created_at = _CUSTOMER_SUMMARY.all(conn, {"customer_id": customer_id})[0]
     return _Owner(customer_id, name, created_at)
 
 
@@ -145,8 +142,8 @@ def _pair_params(idents: list[Identifier]) -> dict[str, str]:
 def _owners(conn: Connection, idents: list[Identifier]) -> dict[str, _Owner]:
     """The live customer owning each identifier that has one: one indexed query for the common case."""
     return {f"{kind}:{value}": _live_owner(conn, customer_id, merged_into, name, created_at)
-            for kind, value, customer_id, merged_into, name, created_at in conn.execute(
-                _owners_statement(len(idents)), _pair_params(idents))}
+            for kind, value, customer_id, merged_into, name, created_at in _owners_statement(len(idents)).all(
+                conn, _pair_params(idents))}
 
 
 def _owners_and_records(conn: Connection, idents: list[Identifier]
@@ -154,8 +151,8 @@ def _owners_and_records(conn: Connection, idents: list[Identifier]
     """``_owners``, and the (crm, remote id) of the CRM directory records holding each identifier: one query."""
     owners: dict[str, _Owner] = {}
     records: dict[str, list[tuple[str, str]]] = {}
-    for kind, value, customer_id, merged_into, name, created_at, crm, remote_id in conn.execute(
-            _owners_and_records_statement(len(idents)), _pair_params(idents)):
+    for kind, value, customer_id, merged_into, name, created_at, crm, remote_id in \
+            _owners_and_records_statement(len(idents)).all(conn, _pair_params(idents)):
         if crm is not None:
             records.setdefault(f"{kind}:{value}", []).append((crm, remote_id))
         else:
@@ -176,8 +173,8 @@ def _via_crm_records(conn: Connection, idents: list[Identifier], records_of: dic
         if len(records) != 1:
             continue
         crm, remote_id = records[0]
-        siblings = [Identifier(kind=IdentifierKind(kind), value=value) for kind, value in conn.execute(
-            _RECORD_IDENTIFIERS, {"crm": crm, "remote_id": remote_id})
+        siblings = [Identifier(kind=IdentifierKind(kind), value=value) for kind, value in _RECORD_IDENTIFIERS.all(
+            conn, {"crm": crm, "remote_id": remote_id})
             if (kind, value) != (ident.kind.value, ident.value)]
         owners = _owners(conn, [s for s in siblings if not rules.isolation_reason(s)]) if siblings else {}
         if len({owner.id for owner in owners.values()}) == 1:
@@ -188,13 +185,15 @@ def _via_crm_records(conn: Connection, idents: list[Identifier], records_of: dic
 def _insert_new_customer(conn: Connection, customer: dict[str, Any], identifier_rows: list[dict[str, Any]]) -> None:
     """The customer row and its identifiers: one statement on PostgreSQL, two on SQLite (no INSERT in a CTE)."""
     if conn.dialect.name != "postgresql" or not identifier_rows:
-        conn.execute(_NEW_CUSTOMER, customer)
-        if identifier_rows:
-            conn.execute(_NEW_IDENTIFIER, identifier_rows if len(identifier_rows) > 1 else identifier_rows[0])
+        _NEW_CUSTOMER.execute(conn, customer)
+        if len(identifier_rows) > 1:
+            _NEW_IDENTIFIER.execute_many(conn, identifier_rows)
+        elif identifier_rows:
+            _NEW_IDENTIFIER.execute(conn, identifier_rows[0])
         return
     params = {f"customer_{name}": customer[name] for name in _CUSTOMER_COLUMNS}
     params.update({f"i{n}_{name}": row[name] for n, row in enumerate(identifier_rows) for name in _IDENTIFIER_COLUMNS})
-    conn.execute(_new_customer_statement(len(identifier_rows)), params)
+    _new_customer_statement(len(identifier_rows)).execute(conn, params)
 
 
 def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: IdentityRules | None = None,
@@ -247,14 +246,14 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
                 result.merges.append(merge_customers(
                     conn, survivor, other, evidence=kind, message_id=message_id, detail=detail))
         if party.display_name and not by_id[survivor].display_name:
-            conn.execute(_NAME_IF_MISSING, {"customer_id": survivor, "display_name": party.display_name,
+            _NAME_IF_MISSING.execute(conn, {"customer_id": survivor, "display_name": party.display_name,
                                             "name_key": name_key(party.display_name), "now": now})
     added: dict[str, int] = {}
     new_rows: list[dict[str, Any]] = []
     for ident in new:
         kind = ident.kind.value
-        held = added.get(kind, 0) if result.created else conn.execute(
-            _HELD_OF_KIND, {"customer_id": result.customer_id, "kind": kind}).scalar_one()
+        held = added.get(kind, 0) if result.created else _HELD_OF_KIND.scalar(
+            conn, {"customer_id": result.customer_id, "kind": kind})
         if held >= rules.max_per_kind:
             result.skipped.append((ident.kind.value, ident.value, f"limit of {rules.max_per_kind} per kind"))
             continue
@@ -263,7 +262,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
                    "first_seen" if result.created and ident is joinable[0] else evidence),
                "source_message_id": message_id, "created_at": now}
         if new_customer is None:  # the count above reads what was inserted for the identifier before
-            conn.execute(_NEW_IDENTIFIER, row)
+            _NEW_IDENTIFIER.execute(conn, row)
         else:
             new_rows.append(row)
         added[kind] = added.get(kind, 0) + 1

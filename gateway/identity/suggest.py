@@ -6,21 +6,31 @@ from functools import cache
 from typing import Any
 
 from rapidfuzz import fuzz
-from sqlalchemy import Connection, Select, String, bindparam, cast, func, literal, select
+from sqlalchemy import Connection, String, bindparam, cast, func, literal, literal_column, select
 
 from gateway.identity.merges import suggest_many
+from gateway.storage.prepared import Prepared
 from gateway.storage.tables import customers, identities
 
 _CANDIDATES = 50
-_HELD = select(identities.c.customer_id, identities.c.kind, identities.c.value).where(
-    identities.c.customer_id.in_(bindparam("customer_ids", expanding=True))).order_by(identities.c.id)
+_HELD = Prepared(select(identities.c.customer_id, identities.c.kind, identities.c.value).where(
+    identities.c.customer_id.in_(bindparam("customer_ids", expanding=True))).order_by(identities.c.id))
+
+
+def _unindexed(column: Any) -> Any:
+    """The column as an expression no index answers (``column || ''``, NULL where it is NULL): without table
+    statistics SQLite would otherwise read every live customer through the ``merged_into`` index rather than the
+    customers of the name's range through the ``name_key`` one."""
+    return column.concat(literal(""))
 
 
 @cache
-def _candidates_statement(dialect: str) -> Select[Any]:
+def _candidates_statement(dialect: str) -> Prepared:
     """The new customer's name key and up to ``_CANDIDATES`` live customers whose key starts with its first word.
 
     One statement: the name key is read in a subquery, and its first word bounds the index range of the others.
+    On SQLite the earliest customers of the range are taken (by rowid), which is the order it answered in when it
+    read them through the ``merged_into`` index: the same candidates, from the name's range only.
     """
     mine = customers.alias("mine")
     if dialect == "postgresql":
@@ -29,11 +39,14 @@ def _candidates_statement(dialect: str) -> Select[Any]:
         first = func.substr(mine.c.name_key, 1, func.instr(mine.c.name_key + " ", " ") - 1)
     me = select(mine.c.name_key.label("key"), first.label("first")).where(
         mine.c.id == bindparam("customer_id")).subquery("me")
-    return (select(customers.c.id, customers.c.name_key, me.c.key)
-            .select_from(me.join(customers, (customers.c.name_key >= me.c.first)
-                                 & (customers.c.name_key < me.c.first + cast(literal("\uffff"), String))))
-            .where(customers.c.id != bindparam("customer_id"), customers.c.merged_into.is_(None))
-            .limit(_CANDIDATES))
+    candidates = (select(customers.c.id, customers.c.name_key, me.c.key)
+                  .select_from(me.join(customers, (customers.c.name_key >= me.c.first)
+                                       & (customers.c.name_key < me.c.first + cast(literal("\uffff"), String))))
+                  .where(customers.c.id != bindparam("customer_id"), _unindexed(customers.c.merged_into).is_(None))
+                  .limit(_CANDIDATES))
+    if dialect == "sqlite":
+        candidates = candidates.order_by(literal_column("customers.rowid"))
+    return Prepared(candidates)
 
 
 def _partial_evidence(mine: list[tuple[str, str]], theirs: list[tuple[str, str]]) -> str | None:
@@ -55,7 +68,7 @@ def _partial_evidence(mine: list[tuple[str, str]], theirs: list[tuple[str, str]]
 
 def suggest_for_new_customer(conn: Connection, customer_id: str, min_score: float) -> list[int]:
     """Compare a new customer with existing ones of a similar name; record a suggestion where evidence is partial."""
-    candidates = conn.execute(_candidates_statement(conn.dialect.name), {"customer_id": customer_id}).all()
+    candidates = _candidates_statement(conn.dialect.name).all(conn, {"customer_id": customer_id})
     if not candidates or not candidates[0].key:
         return []
     key = candidates[0].key
@@ -64,8 +77,8 @@ def suggest_for_new_customer(conn: Connection, customer_id: str, min_score: floa
     if not scored:
         return []
     held: dict[str, list[tuple[str, str]]] = {}  # every identifier of this customer and the alike ones, one query
-    for owner, kind, value in conn.execute(
-            _HELD, {"customer_ids": [customer_id, *(other_id for other_id, _ in scored)]}):
+    for owner, kind, value in _HELD.all(
+            conn, {"customer_ids": [customer_id, *(other_id for other_id, _ in scored)]}):
         held.setdefault(owner, []).append((kind, value))
     mine = held.get(customer_id, [])
     alike = []

@@ -98,6 +98,24 @@ def _raw(value: str | Header | None) -> str:
 _ADDRESS_AS_NAME = re.compile(r'(^|,)\s*([^,"<>()]*@[^,"<>()]*?)\s*<([^<>@\s]+@[^<>\s]+)>')
 
 
+# One address in its commonest forms, which getaddresses (a tokenizer, the larger part of parsing a mail's headers)
+# reads as (name or "", address): "Name" <a@b>, Name Words <a@b>, <a@b>, a@b. Anything else goes to getaddresses.
+_SIMPLE_ADDRESS = re.compile(r'[ \t]*(?:"([^"\\\r\n]*)"|([A-Za-z0-9]+(?: [A-Za-z0-9]+)*))?[ \t]*'
+                             r'<([A-Za-z0-9._+-]+@[A-Za-z0-9.-]+)>[ \t]*|[ \t]*([A-Za-z0-9._+-]+@[A-Za-z0-9.-]+)[ \t]*')
+
+
+def _simple_addresses(values: list[str]) -> list[tuple[str, str]] | None:
+    """What ``getaddresses(values)`` gives when each value is one address in a common form, else None."""
+    out = []
+    for value in values:
+        match = _SIMPLE_ADDRESS.fullmatch(value)
+        if match is None:
+            return None
+        quoted, plain, address, bare = match.groups()
+        out.append(("", bare) if bare else (quoted if quoted is not None else plain or "", address))
+    return out
+
+
 def addresses(mime: MimeMessage, name: str) -> list[tuple[str, str]]:
     """(display name, address) pairs of an address header, names decoded.
 
@@ -106,7 +124,8 @@ def addresses(mime: MimeMessage, name: str) -> list[tuple[str, str]]:
     """
     values = [_ADDRESS_AS_NAME.sub(r'\1 "\2" <\3>', _raw(v)) for v in mime.get_all(name) or []]
     out = []
-    for display, address in getaddresses(values):
+    simple = _simple_addresses(values)
+    for display, address in simple if simple is not None else getaddresses(values):
         if not address:
             continue
         display = header_text(display)

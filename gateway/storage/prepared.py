@@ -12,7 +12,7 @@ stay SQLAlchemy's. Rows come back as named tuples (attribute access, indexing, u
 ``_mapping``, like a ``Row``). What it does not handle itself goes through ``conn.execute``: an empty ``IN`` list,
 column defaults that are not plain values, and parameters a dialect renders into the text per call. Listeners of the
 engine's ``before_cursor_execute`` and ``after_cursor_execute`` events see these statements too (with no execution
-context); the engine's echo does not.
+context); the engine's echo does not. Driver errors are raised as SQLAlchemy raises them (``IntegrityError``...).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
 
 _EXPANDED_SQL_CACHE = 64  # expanded texts kept per compiled statement (one per distinct IN-list length)
@@ -266,10 +267,14 @@ def _run(conn: Connection, cursor: Any, sql: str, parameters: Any, *, many: bool
     if observed:
         for listener in conn.dispatch.before_cursor_execute:
             sql, parameters = listener(conn, cursor, sql, parameters, None, many)
-    if many:
-        cursor.executemany(sql, parameters)
-    else:
-        cursor.execute(sql, parameters)
+    try:
+        if many:
+            cursor.executemany(sql, parameters)
+        else:
+            cursor.execute(sql, parameters)
+    except conn.dialect.loaded_dbapi.Error as error:  # as SQLAlchemy raises it: IntegrityError and the like
+        raise DBAPIError.instance(sql, parameters, error, conn.dialect.loaded_dbapi.Error,
+                                  dialect=conn.dialect, ismulti=many) from error
     if observed:
         for listener in conn.dispatch.after_cursor_execute:
             listener(conn, cursor, sql, parameters, None, many)
