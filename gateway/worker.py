@@ -83,8 +83,8 @@ def run_loop(stage: Stage, stop: threading.Event, idle_seconds: float,
                 continue
             if wake is None:
                 stop.wait(idle_seconds)
-            elif wake.wait(idle_seconds):
-                wake.clear()
+            elif wake.wait(idle_seconds) and not stop.is_set():
+                wake.clear()  # never the wake-up stop() gave: a thread of the stage not waiting yet must see it too
         except Exception:
             log.exception("worker loop error; continuing after a pause")
             stop.wait(max(idle_seconds, 1.0))
