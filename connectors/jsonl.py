@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from gateway.errors import INTERNAL, DeliveryError, as_delivery_error
+from gateway.errors import INTERNAL, DeliveryError, RetryableError, as_delivery_error
 from gateway.plugins import (
     CrmConfig,
     CrmConnector,
@@ -22,6 +22,7 @@ from gateway.plugins import (
     PublicComments,
     online_check,
 )
+from gateway.redact import describe_error
 from gateway.signed_replies import SignedReplies
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,16 @@ class JsonlCrm(CrmConnector, SignedReplies, InternalNotes, PublicComments):
                     break
                 to_link[item.message.id] = key
                 outcomes[item.outbox_id] = DeliveryResult("appended", key)
-        self._append(lines)
-        links.put_many("message", to_link)
+        try:
+            self._append(lines)
+            links.put_many("message", to_link)
+        except Exception as exc:
+            # some lines may be in the file without their links: every row of the call takes the error, so that
+            # each one's next try counts as a retry and looks for its line before writing it again
+            error = RetryableError(f"records written but not linked: {describe_error(exc)}", code=INTERNAL)
+            log.warning("%s: %s", self.name, error)
+            return {item.outbox_id: error if isinstance(outcomes.get(item.outbox_id), DeliveryResult)
+                    else outcomes[item.outbox_id] for item in items if item.outbox_id in outcomes}
         return outcomes
 
     def _appended_before(self, keys: set[str]) -> set[str]:

@@ -87,6 +87,23 @@ def test_a_batch_retried_after_dying_before_its_links_writes_nothing_twice(tmp_p
     assert {local for _, local in links.links} == {item.message.id for item in [*group, *later]}
 
 
+class _LinksRefused(MemoryLinkStore):
+    def put_many(self, entity: str, links: Any) -> None:
+        raise RuntimeError("database is locked")
+
+
+def test_links_that_cannot_be_stored_fail_every_row_written_so_each_retry_looks_for_its_line(tmp_path: Path) -> None:
+    crm = jsonl(tmp_path)
+    group = conversation("trial", ["one", "two"])
+    outcomes = crm.deliver_groups([group], _LinksRefused())
+    # every row takes the error (not just the group's head): none is given back untried to be written again
+    assert all(outcomes[item.outbox_id].retryable and outcomes[item.outbox_id].uncertain for item in group)
+
+    retried = crm.deliver_groups([[replace(item, attempt=2) for item in group]], MemoryLinkStore())
+    assert [retried[item.outbox_id].operation for item in group] == ["already_written", "already_written"]
+    assert [record["message"]["text"] for record in records(tmp_path)] == ["one", "two"]
+
+
 def test_a_record_that_cannot_be_written_stops_its_conversation_only(tmp_path: Path) -> None:
     crm = jsonl(tmp_path)
     broken, behind = conversation("trial", ["broken", "behind"])
