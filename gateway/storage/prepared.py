@@ -273,8 +273,10 @@ def _run(conn: Connection, cursor: Any, sql: str, parameters: Any, *, many: bool
         else:
             cursor.execute(sql, parameters)
     except conn.dialect.loaded_dbapi.Error as error:  # as SQLAlchemy raises it: IntegrityError and the like
+        # hide_parameters as the engine says (gateway.storage.db sets it): customers' data stays out of errors
         raise DBAPIError.instance(sql, parameters, error, conn.dialect.loaded_dbapi.Error,
-                                  dialect=conn.dialect, ismulti=many) from error
+                                  hide_parameters=conn.engine.hide_parameters, dialect=conn.dialect,
+                                  ismulti=many) from error
     if observed:
         for listener in conn.dispatch.after_cursor_execute:
             listener(conn, cursor, sql, parameters, None, many)
