@@ -151,14 +151,16 @@ def stage_costs(messages: int) -> dict[str, Any]:
         event.listen(runtime.engine, "commit", commit)
         out: dict[str, Any] = {}
         held = [0.0]
-        original = PipelineWorker._store_row
+        original = PipelineWorker._store_batch  # one transaction per batch: its rows are locked throughout
 
-        def timed(self: PipelineWorker, conn: Any, item: Any) -> None:
+        def timed(self: PipelineWorker, *args: Any, **kwargs: Any) -> Any:
             begun = time.perf_counter()
-            original(self, conn, item)
-            held[0] += time.perf_counter() - begun
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                held[0] += time.perf_counter() - begun
 
-        PipelineWorker._store_row = timed  # type: ignore[method-assign]
+        PipelineWorker._store_batch = timed  # type: ignore[method-assign]
         try:
             for stage, worker in (("pipeline", PipelineWorker(runtime, "bench-p")),
                                   ("delivery", DeliveryWorker(runtime, "bench-d"))):
@@ -171,7 +173,7 @@ def stage_costs(messages: int) -> dict[str, Any]:
                               "cpu_ms_per_msg": round(cpu / messages * 1000, 2),
                               "wall_ms_per_msg": round(wall / messages * 1000, 2)}
         finally:
-            PipelineWorker._store_row = original  # type: ignore[method-assign]
+            PipelineWorker._store_batch = original  # type: ignore[method-assign]
             runtime.close()
         out["pipeline"]["store_ms_per_msg"] = round(held[0] / messages * 1000, 2)
         with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
