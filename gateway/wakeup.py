@@ -27,24 +27,25 @@ class Wakeup:
     def __init__(self, lock_dir: Path, queue: str) -> None:
         self.path = lock_dir / f"wake-{queue}.fifo"
         self._fd: int | None = None
-        self._opening = threading.Lock()
+        self._lock = threading.Lock()
 
     def notify(self) -> None:
         """Tell a reader, if one is waiting, that rows were stored; never blocks and never raises."""
-        try:
-            fd = self._fd
-            if fd is None:
-                with self._opening:
-                    if self._fd is None:
-                        self._fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
-                    fd = self._fd
-            os.write(fd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups not yet read: the reader is awake anyway
-        except OSError:  # no pipe yet, no reader (ENXIO), the reader gone (EPIPE): the poll covers it
-            self.close()
+        with self._lock:  # one descriptor per process, written and closed by one thread at a time
+            try:
+                if self._fd is None:
+                    self._fd = _open_fifo(self.path, os.O_WRONLY)
+                os.write(self._fd, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups not yet read: the reader is awake anyway
+            except OSError:  # no pipe yet, no reader (ENXIO), the reader gone (EPIPE): the poll covers it
+                self._close_locked()
 
     def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -57,11 +58,13 @@ class Wakeup:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.mkfifo(self.path, 0o600)
-            if not stat.S_ISFIFO(os.stat(self.path).st_mode):
-                raise OSError(f"{self.path} is not a named pipe")
-            read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-            # a writer of our own keeps the pipe open: no end of file each time the last other writer closes
-            own_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            read_fd = _open_fifo(self.path, os.O_RDONLY)
+            try:
+                # a writer of our own keeps the pipe open: no end of file each time the last other writer closes
+                own_fd = _open_fifo(self.path, os.O_WRONLY)
+            except OSError:
+                os.close(read_fd)
+                raise
         except OSError as exc:
             log.warning("no wake-ups through %s (%s): idle workers poll instead", self.path, exc)
             return None
@@ -87,3 +90,13 @@ class Wakeup:
         finally:
             os.close(read_fd)
             os.close(own_fd)
+
+
+def _open_fifo(path: Path, mode: int) -> int:
+    """``path`` opened without blocking, refused unless it is a named pipe (not a link, not a file) owned by us."""
+    fd = os.open(path, mode | os.O_NONBLOCK | os.O_NOFOLLOW)
+    info = os.fstat(fd)
+    if not stat.S_ISFIFO(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise OSError(f"{path} is not a named pipe of this user")
+    return fd

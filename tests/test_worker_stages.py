@@ -71,6 +71,21 @@ def test_a_wakeup_without_a_reader_is_dropped_and_one_with_a_reader_sets_its_eve
     assert not reader.is_alive()
 
 
+def test_a_file_or_a_link_where_the_pipe_should_be_is_never_written(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    target = tmp_path / "gateway.db"
+    target.write_bytes(b"SQLite format 3\x00")
+    (locks / "wake-inbox.fifo").symlink_to(target)
+    (locks / "wake-outbox.fifo").write_bytes(b"")
+    for queue in (INBOX, OUTBOX):
+        writer = Wakeup(locks, queue)
+        writer.notify()
+        assert Wakeup(locks, queue).listen([threading.Event()], threading.Event()) is None
+        writer.close()
+    assert target.read_bytes() == b"SQLite format 3\x00" and (locks / "wake-outbox.fifo").read_bytes() == b""
+
+
 def test_stage_processes_split_the_threads_and_keep_the_scheduled_jobs_in_one(runtime: Runtime) -> None:
     pipeline, delivery, both = (WorkerProcess(runtime, stage=stage) for stage in ("pipeline", "delivery", None))
     assert [name for name, _ in pipeline._stages()] == ["pipeline0"]
