@@ -1,8 +1,9 @@
 """The pipeline worker: inbox -> normalise -> customer -> conversation -> mapping -> outbox.
 
-One inbox row is processed in one transaction, so a crash anywhere repeats the row and never half-applies it.
-A row whose connector cannot normalise it (or split it, for a whole request the ingress stored unsplit) is
-quarantined in the dead letters with the reason; the raw bytes stay.
+A claimed batch of inbox rows is normalised and enriched here, outside any transaction, then stored by
+``gateway.message_store`` in one transaction, so a crash anywhere repeats the rows and never half-applies one. A
+row whose connector cannot normalise it (or split it, for a whole request the ingress stored unsplit) is quarantined
+in the dead letters with the reason; the raw bytes stay.
 
 Every row has a processing deadline, lease or no lease. While a row is normalised and enriched, the lease keeper
 checks its clock: past ``workers.max_processing_seconds`` it stops renewing, dead-letters the row (``exhausted``,
@@ -24,107 +25,33 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Row, bindparam, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row
 
-from gateway import metrics, routing
-from gateway.acks import Acknowledgements
-from gateway.calendars import build_calendars
-from gateway.context import MessageContext, conversation_context, customer_context, new_customer_context
-from gateway.conversations import assign_conversation
+from gateway import metrics
 from gateway.enrich import Enriched, Job, downloads_media, enrich_all, needs_enrichment, senders_of, without_enrichment
 from gateway.errors import DeliveryError
-from gateway.escalation import start_clocks, stop_clocks
-from gateway.identity import resolve_customer, rules_from_config
-from gateway.identity.suggest import suggest_for_new_customer
-from gateway.kpis import KpiClock, record_first_replies, record_solved
 from gateway.language import detect_language, load_model
-from gateway.mapping import MappingRenderError
-from gateway.model import Message, StatusUpdate
-from gateway.notes import note_failed_send
-from gateway.optouts import record_keyword
-from gateway.ordering import OrderKeys, forget_keys, must_wait, order_keys, record_keys
-from gateway.plugins import AgentReplies, AgentReply, TicketStatus, WebhookChannel
+from gateway.message_store import MessageStore, Prepared
+from gateway.ordering import order_keys, record_keys
+from gateway.plugins import AgentReplies, WebhookChannel
 from gateway.records import REQUEST_KIND, RawRecord
 from gateway.redact import describe_error
 from gateway.replies import ReplyIntake, crm_of
 from gateway.retry import in_process_retry
 from gateway.runtime import Runtime
-from gateway.sensitive import Masker
-from gateway.storage.db import utcnow
 from gateway.storage.links import DbLinkStore
-from gateway.storage.prepared import Prepared as Statement
-from gateway.storage.queues import LeaseLost, insert_for
-from gateway.storage.tables import inbox, messages, outbox, provider_statuses
-from gateway.surveys import ask, read_statuses, take_answer
+from gateway.storage.queues import LeaseLost
+from gateway.storage.tables import inbox
+from gateway.surveys import read_statuses
 from gateway.webhooks import Headers, HookRequest
 
 log = logging.getLogger(__name__)
-FAILED_STATUSES = frozenset({"failed", "undelivered"})
 ENRICH_ATTEMPTS = 5  # then a message whose media cannot be fetched is delivered without them
-_ALREADY_STORED = Statement(select(messages.c.id).where(
-    messages.c.connector == bindparam("connector"), messages.c.provider_message_id == bindparam("provider_message_id")))
-_INSERT_MESSAGE = Statement(messages.insert())
-_INSERT_OUTBOX = Statement(outbox.insert().returning(outbox.c.id))
-_ALREADY_STORED_OF = Statement(select(messages.c.provider_message_id).where(
-    messages.c.connector == bindparam("connector"),
-    messages.c.provider_message_id.in_(bindparam("provider_message_ids", expanding=True))))
-_SETTLE_ALL_HELD = Statement(inbox.update().where(
-    inbox.c.id.in_(bindparam("row_ids", expanding=True)), inbox.c.lease_owner == bindparam("owner"),
-    inbox.c.status == "pending"
-).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None))
-_SETTLE_HELD = Statement(inbox.update().where(
-    inbox.c.id == bindparam("row_id"), inbox.c.lease_owner == bindparam("owner"), inbox.c.status == "pending"
-).values(status=bindparam("to"), lease_owner=None, lease_until=None, processed_at=bindparam("at"), last_error=None))
-
-
-@dataclass(frozen=True, eq=False)
-class Prepared:
-    """An inbox row with what its connector made of it, ready to store."""
-
-    row: Row[Any]
-    messages: list[Message]
-    statuses: list[StatusUpdate]
-    replies: list[AgentReply] = field(default_factory=list)
-    crm: str | None = None  # set for a CRM's reply event
-    keys: OrderKeys = frozenset()  # see gateway.ordering
-    solved: list[TicketStatus] = field(default_factory=list)  # a CRM's ticket status events (surveys)
-
-    @property
-    def outcome(self) -> str:
-        if self.crm is not None:
-            return "reply" if self.replies else ("ticket_status" if self.solved else "ignored")
-        return "message" if self.messages else ("status" if self.statuses else "ignored")
-
-
-@dataclass(eq=False)
-class _Batch:
-    """What storing rows in one transaction gathers: in a batch stored as a whole (not ``alone``), the messages
-    stored or found stored and the rows to settle at its end; and the dead letters to count once committed."""
-
-    alone: bool = False  # each row settled as it is stored, each customer resolved in a savepoint
-    stored: set[tuple[str, str]] = field(default_factory=set)  # (connector, provider message id)
-    settled: dict[str, list[int]] = field(default_factory=dict)  # inbox row ids by their new status
-    dead_letters: list[str] = field(default_factory=list)  # the CRM of each outbox row dead-lettered
-
-    def count_dead_letters(self) -> None:
-        for crm in self.dead_letters:
-            metrics.DEAD_LETTERED.labels("delivery", crm).inc()
-
-
-def _already_stored(conn: Connection, batch: list[Message]) -> set[tuple[str, str]]:
-    """Which of a batch's messages are stored already (a provider's retry), one query per connector."""
-    by_connector: dict[str, list[str]] = {}
-    for message in batch:
-        by_connector.setdefault(message.connector, []).append(message.provider_message_id)
-    return {(connector, provider_message_id) for connector, ids in by_connector.items()
-            for provider_message_id in _ALREADY_STORED_OF.scalars(conn, {
-                "connector": connector, "provider_message_ids": ids})}
 
 
 def split_again(record: RawRecord, connector: object) -> list[RawRecord]:
@@ -157,14 +84,8 @@ class PipelineWorker:
         self.rt = runtime
         self.owner = owner
         self.settings = runtime.config.settings.workers
-        self.rules = rules_from_config(runtime.config.settings.identity)
-        self._maskers: tuple[object, dict[str, Masker]] = (None, {})
         self.replies = ReplyIntake(runtime.channels, runtime.crms)  # type: ignore[arg-type]
-        self.acks = Acknowledgements(runtime.config, runtime.channels)
-        settings = runtime.config.settings
-        self.escalations, self.surveys = settings.escalations, settings.surveys
-        self.calendars = build_calendars(settings.business_hours)
-        self.kpi_clock = KpiClock(settings.kpis, self.calendars)
+        self.store = MessageStore(runtime, owner, self.replies)
         self.on_stuck = on_stuck  # told of a thread stuck past the processing deadline
         self.clock: Callable[[], float] = time.monotonic
         self._in_progress: _InProgress | None = None
@@ -209,9 +130,9 @@ class PipelineWorker:
             return len(rows)
         failed: list[Prepared] = []
         lost: list[Prepared] = []
-        waiting = self._store_batch(prepared)
+        waiting = self.store.store_batch(prepared)
         if waiting is None:
-            waiting, failed, lost = self._store_row_by_row(prepared)
+            waiting, failed, lost = self.store.store_row_by_row(prepared)
         for item in waiting:
             self._wait_in_order(item)
         for item in failed:
@@ -225,56 +146,6 @@ class PipelineWorker:
         if any(item.replies or item.solved for item in prepared):
             self.rt.sends_waiting.set()  # this process's send threads look at once instead of at their next poll
         return len(rows)
-
-    def _store_batch(self, prepared: list[Prepared]) -> list[Prepared] | None:
-        """The batch stored in one transaction without savepoints; the rows that wait for an older row of their
-        sender. None when anything failed: the transaction was rolled back and nothing of the batch is stored."""
-        if not prepared:
-            return []
-        batch = _Batch()
-        try:
-            with self.rt.engine.begin() as conn:
-                behind = must_wait(conn, [(item.row.id, item.keys) for item in prepared])
-                ready = [item for item in prepared if item.row.id not in behind]
-                batch.stored = _already_stored(conn, [m for item in ready for m in item.messages])
-                for item in ready:
-                    self._store_row(conn, item, batch)
-                self._settle(conn, batch.settled)
-        except Exception:
-            log.info("a batch of %d inbox rows failed as a whole; storing its rows one by one", len(prepared),
-                     exc_info=True)
-            return None
-        batch.count_dead_letters()
-        return [item for item in prepared if item.row.id in behind]
-
-    def _store_row_by_row(self, prepared: list[Prepared]) -> tuple[list[Prepared], list[Prepared], list[Prepared]]:
-        """The batch in one transaction, each row in a savepoint of its own: (waiting, failed, lost) rows."""
-        failed: list[Prepared] = []
-        lost: list[Prepared] = []
-        waiting: list[Prepared] = []
-        dead_letters: list[str] = []
-        try:
-            with self.rt.engine.begin() as conn:
-                behind = must_wait(conn, [(item.row.id, item.keys) for item in prepared])
-                waiting = [item for item in prepared if item.row.id in behind]
-                for item in prepared:
-                    if item.row.id in behind:
-                        continue
-                    batch = _Batch(alone=True)
-                    try:
-                        with conn.begin_nested():
-                            self._store_row(conn, item, batch)
-                    except LeaseLost:
-                        lost.append(item)
-                    except Exception:
-                        failed.append(item)
-                    else:
-                        dead_letters += batch.dead_letters
-        except Exception:
-            # the commit itself failed: nothing of the batch was stored
-            return waiting, [item for item in prepared if item not in waiting], []
-        _Batch(dead_letters=dead_letters).count_dead_letters()
-        return waiting, failed, lost
 
     def _prepare_batch(self, rows: list[Row[Any]]) -> list[Prepared]:
         """Each row normalised, then its messages enriched on the enricher's threads, outside any transaction.
@@ -404,43 +275,6 @@ class PipelineWorker:
             return None
         return Prepared(row, [], [], replies, crm_name, solved=solved)
 
-    def _store_row(self, conn: Connection, item: Prepared, batch: _Batch) -> None:
-        if item.crm is not None:
-            outcome = self.replies.store(conn, item.crm, item.row.id, item.replies)
-            stop_clocks(conn, item.replies)
-            asked = ask(conn, self.surveys, self.rt.channels, item.crm, item.row.id, item.solved)
-            record_first_replies(conn, (reply.conversation_id for reply in item.replies), self.kpi_clock)
-            record_solved(conn, item.solved, self.kpi_clock)
-            self._finish(conn, item.row, "done" if outcome.queued or asked else "ignored", batch)
-            return
-        for message in item.messages:
-            self._store(conn, message, batch)
-        for update in item.statuses:
-            self._store_status(conn, update, item.row.id)
-        self._finish(conn, item.row, "done" if item.messages or item.statuses else "ignored", batch)
-
-    def _finish(self, conn: Connection, row: Row[Any], status: str, batch: _Batch) -> None:
-        """Settle a row this worker still holds; else ``LeaseLost`` rolls back what was stored for it.
-
-        In a batch stored as a whole, the rows are settled together at its end (``_settle``)."""
-        if not batch.alone:
-            batch.settled.setdefault(status, []).append(row.id)
-            return
-        if not _SETTLE_HELD.execute(conn, {"row_id": row.id, "owner": self.owner, "to": status,
-                                           "at": utcnow()}).rowcount:
-            raise LeaseLost(f"inbox row {row.id}")
-        forget_keys(conn, [row.id])
-
-    def _settle(self, conn: Connection, settled: dict[str, list[int]]) -> None:
-        """Settle a batch's rows, one statement per outcome; ``LeaseLost`` when this worker lost any of them."""
-        now = utcnow()
-        for status, row_ids in settled.items():
-            count = _SETTLE_ALL_HELD.execute(conn, {"row_ids": row_ids, "owner": self.owner, "to": status,
-                                                    "at": now}).rowcount
-            if count != len(row_ids):
-                raise LeaseLost(f"{len(row_ids) - count} of inbox rows {row_ids}")
-        forget_keys(conn, [row_id for row_ids in settled.values() for row_id in row_ids])
-
     def _wait_in_order(self, item: Prepared) -> None:
         """An older row of the same sender is still pending: this one goes back to the queue (not an attempt)."""
         log.info("inbox row %s from %s waits for an older row of its sender", item.row.id, item.row.connector)
@@ -449,14 +283,11 @@ class PipelineWorker:
 
     def _store_alone(self, item: Prepared) -> None:
         """A row that failed in the batch: its own transaction, a few quick tries, then the retry schedule."""
-        behind = False
+        batch = None
         try:
             for attempt in in_process_retry(attempts=4):
-                batch = _Batch(alone=True)
-                with attempt, self.rt.engine.begin() as conn:
-                    behind = bool(must_wait(conn, [(item.row.id, item.keys)]))
-                    if not behind:
-                        self._store_row(conn, item, batch)
+                with attempt:
+                    batch = self.store.store_one(item)
         except LeaseLost:
             log.warning("inbox row %s from %s was taken over or settled while being processed; not stored here",
                         item.row.id, item.row.connector)
@@ -464,7 +295,7 @@ class PipelineWorker:
         except Exception as exc:
             self._failed(item.row, exc)
             return
-        if behind:
+        if batch is None:
             self._wait_in_order(item)
             return
         batch.count_dead_letters()
@@ -503,16 +334,6 @@ class PipelineWorker:
             messages.append(message)
         return replace(item, messages=messages)
 
-    def _store_status(self, conn: Connection, update: StatusUpdate, inbox_id: int) -> None:
-        statement = insert_for(conn.engine, provider_statuses).on_conflict_do_nothing(
-            index_elements=["connector", "provider_message_id", "status"])
-        conn.execute(statement, {
-            "connector": update.connector, "provider_message_id": update.provider_message_id,
-            "status": update.status, "error_code": update.error_code, "occurred_at": update.occurred_at,
-            "extras": update.extras, "inbox_id": inbox_id})
-        if update.status in FAILED_STATUSES:
-            note_failed_send(conn, update)
-
     def _failed(self, row: Row[Any], exc: Exception) -> None:
         """Storage or mapping trouble: try the row again later; dead-letter it when the budget is spent."""
         reason = describe_error(exc)
@@ -522,78 +343,6 @@ class PipelineWorker:
             self._dead(row, "exhausted", reason, "pipeline_failed")
         else:
             self.rt.queues.reschedule(inbox, row.id, delay, reason)
-
-    @property
-    def maskers(self) -> dict[str, Masker]:
-        """Each channel's masker, built again when a reload (``gateway.reload``) brought new routes."""
-        config = self.rt.config
-        if self._maskers[0] is not config:
-            self._maskers = (config, {name: config.masker_for(name) for name in config.channels})
-        return self._maskers[1]
-
-    def _store(self, conn: Connection, message: Message, batch: _Batch) -> None:
-        if message.connector in self.maskers:  # card numbers and the like never reach storage or a CRM
-            message = self.maskers[message.connector].message(message)
-        if batch.alone:
-            if _ALREADY_STORED.first(conn, {"connector": message.connector,
-                                            "provider_message_id": message.provider_message_id}):
-                return
-        elif (message.connector, message.provider_message_id) in batch.stored:
-            return
-        if batch.alone:
-            try:
-                with conn.begin_nested():
-                    resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
-            except IntegrityError:
-                # another worker added the same identifier a moment ago: its row is visible now
-                resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
-        else:  # an IntegrityError fails the whole batch, which is then stored row by row, this way
-            resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
-        customer_id = resolution.customer_id
-        if resolution.created:
-            suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
-        assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations)
-        conversation_id, rule = assignment.conversation_id, assignment.rule
-        now = utcnow()
-        data = message.model_dump(mode="json")
-        _INSERT_MESSAGE.execute(conn, {
-            "id": message.id, "inbox_id": message.raw.inbox_id, "connector": message.connector,
-            "provider_message_id": message.provider_message_id, "customer_id": customer_id,
-            "conversation_id": conversation_id, "thread_rule": rule, "data": data,
-            "received_at": message.received_at, "created_at": now})
-        batch.stored.add((message.connector, message.provider_message_id))
-        record_keyword(conn, message)
-        if take_answer(conn, self.surveys, message, customer_id):
-            return  # a survey rating: written back by the worker's automation job, not a new support message
-        start_clocks(conn, self.escalations, self.calendars, message, conversation_id)
-        customer = (new_customer_context(customer_id, resolution.display_name, resolution.identifiers)
-                    if resolution.identifiers is not None else customer_context(conn, customer_id))
-        context = MessageContext(message, customer, conversation_context(
-            conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
-            previous_id=assignment.previous_id), message_data=data)
-        earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
-        chosen = routing.choose(self.rt.config, message, context.identifiers(), earlier)
-        self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened,
-                         {name for route in chosen for name in route.route["names"]})
-        for route in chosen:
-            fields: dict[str, Any] | None = None
-            error: MappingRenderError | None = None
-            mapping = self.rt.mappings.get(route.crm)
-            if mapping is not None:
-                try:
-                    fields = mapping.apply(replace(context, route=route.route).for_mapping())
-                except MappingRenderError as exc:
-                    error = exc
-            else:
-                fields = {}
-            outbox_id = _INSERT_OUTBOX.scalar(conn, {
-                "crm": route.crm, "message_id": message.id, "conversation_id": conversation_id, "fields": fields,
-                "status": "pending", "attempts": 0, "available_at": now, "created_at": now})
-            if error is not None:
-                self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.crm,
-                                           error_class="permanent", reason=str(error), attempts=0,
-                                           code="mapping_error", field=error.field)
-                batch.dead_letters.append(route.crm)
 
     def _quarantine(self, row: Row[Any], exc: Exception) -> None:
         """A row its connector cannot read: a dead letter with the reason; the raw bytes stay for a replay."""

@@ -103,7 +103,7 @@ def test_a_row_held_by_a_dead_worker_holds_back_its_senders_later_rows_only(
     def killed(*_: Any) -> None:
         raise Crash  # after normalising: the row's sender is known
 
-    monkeypatch.setattr(dead, "_store_row", killed)
+    monkeypatch.setattr(dead.store, "store_row", killed)
     with pytest.raises(Crash):
         dead.process(batch)
     arrive(rt, "ann", ANN, 1, 2)
@@ -156,15 +156,15 @@ def test_rows_waiting_for_a_retry_keep_their_senders_order(rt: Runtime, tmp_path
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     arrive(rt, "ann", ANN, 0)
     worker = PipelineWorker(rt, "live:1:pipeline0")
-    failing = worker._store_row
+    failing = worker.store.store_row
 
     def fails_once(*args: Any) -> None:
         raise RuntimeError("database hiccup")
 
-    monkeypatch.setattr(worker, "_store_row", fails_once)
+    monkeypatch.setattr(worker.store, "store_row", fails_once)
     [batch] = worker.claim()
     worker.process(batch)  # failed: rescheduled for a retry, due in an hour
-    monkeypatch.setattr(worker, "_store_row", failing)
+    monkeypatch.setattr(worker.store, "store_row", failing)
     with rt.engine.begin() as conn:
         conn.execute(update(inbox).where(inbox.c.status == "pending").values(
             available_at=utcnow() + timedelta(hours=1)))

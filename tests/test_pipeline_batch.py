@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from gateway.pipeline import PipelineWorker, Prepared
+from gateway.message_store import Prepared
+from gateway.pipeline import PipelineWorker
 from gateway.runtime import Runtime
 from gateway.storage.tables import inbox, messages, outbox
 from tests.test_pipeline import count, sms, store
@@ -28,9 +29,9 @@ def statuses(rt: Runtime) -> dict[str, str]:
 
 
 def tries_failing(worker: PipelineWorker, monkeypatch: pytest.MonkeyPatch, sender: str, failures: int) -> Counter[str]:
-    """``worker._store_row`` failing for ``sender``'s row the first ``failures`` times; the tries per sender."""
+    """``worker.store.store_row`` failing for ``sender``'s row the first ``failures`` times; the tries per sender."""
     tries: Counter[str] = Counter()
-    store_row = worker._store_row
+    store_row = worker.store.store_row
 
     def flaky(conn: Any, item: Prepared, batch: Any) -> None:
         name = item.messages[0].text or ""
@@ -39,7 +40,7 @@ def tries_failing(worker: PipelineWorker, monkeypatch: pytest.MonkeyPatch, sende
         if name == sender and tries[name] <= failures:
             raise RuntimeError("database hiccup")
 
-    monkeypatch.setattr(worker, "_store_row", flaky)
+    monkeypatch.setattr(worker.store, "store_row", flaky)
     return tries
 
 
