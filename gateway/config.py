@@ -95,7 +95,11 @@ class WorkersConfig(_Section):
     send_threads: int = Field(
         1, ge=0, le=64, description="Threads sending agent replies to channels (0: this process sends none).")
     note_threads: int = Field(1, ge=0, le=16, description="Threads writing notes for agents to the CRMs.")
-    batch_size: int = Field(20, ge=1, le=500, description="Rows (inbox) or conversations (outbox) per claim.")
+    batch_size: int = Field(
+        20, ge=1, le=500, description="Conversations (outbox), replies to send or notes per claim of a thread.")
+    inbox_batch_size: int = Field(
+        100, ge=1, le=1000, description="Inbox rows per pipeline claim, stored in one transaction (one commit, one "
+                                        "settle); a failing row is then stored again alone.")
     coalesce_max: int = Field(20, ge=1, le=100, description="Pending messages of one conversation written together.")
     idle_poll_seconds: float = Field(0.2, gt=0, le=60)
     lease_seconds: int = Field(120, ge=5)

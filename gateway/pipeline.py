@@ -95,7 +95,7 @@ class PipelineWorker:
 
     def claim(self) -> list[list[Row[Any]]]:
         """Rows never tried as one batch; a row tried before alone, or dead-lettered when its tries are spent."""
-        rows = self.rt.queues.claim_inbox(self.owner, self.settings.batch_size, self.settings.lease_seconds)
+        rows = self.rt.queues.claim_inbox(self.owner, self.settings.inbox_batch_size, self.settings.lease_seconds)
         units = [[row for row in rows if row.attempts == 1]]
         for row in rows:
             if row.attempts <= 1:

@@ -120,3 +120,17 @@ def test_a_row_with_nothing_to_enrich_skips_the_enricher(runtime: Runtime, monke
     with runtime.engine.connect() as conn:
         languages = {row.data["language"] for row in conn.execute(select(messages.c.data))}
     assert None not in languages, "the language is detected as for an enriched message"
+
+
+def test_a_pipeline_claim_takes_up_to_inbox_batch_size_rows_whatever_batch_size_says(runtime: Runtime) -> None:
+    workers = runtime.config.settings.workers
+    assert (workers.inbox_batch_size, workers.batch_size) == (100, 20), "the defaults"
+    store(runtime, *[sms(f"SM{n:032d}", f"+1415555{n:04d}", f"hello #{n}") for n in range(130)])
+    worker = PipelineWorker(runtime, "test-p")
+
+    [first] = worker.claim()
+    worker.process(first)
+    [second] = worker.claim()
+
+    assert (len(first), len(second)) == (100, 30)
+    assert count(runtime, messages) == 100, "the first claim, stored in one transaction"
