@@ -39,6 +39,26 @@ def customer_context(conn: Connection, customer_id: str) -> dict[str, Any]:
             "identifiers": [{"kind": row.kind, "value": row.value} for row in rows if row.kind is not None]}
 
 
+_CUSTOMERS_WITH_IDENTIFIERS = Prepared(
+    select(customers.c.id, customers.c.display_name, identities.c.kind, identities.c.value)
+    .outerjoin(identities, identities.c.customer_id == customers.c.id)
+    .where(customers.c.id.in_(bindparam("ids", expanding=True)), customers.c.merged_into.is_(None))
+    .order_by(customers.c.id, identities.c.id))
+_CONTEXTS_CHUNK = 256
+
+
+def customer_contexts(conn: Connection, customer_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``customer_context`` of each of ``customer_ids`` that no merge replaced, in a statement per 256."""
+    contexts: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(customer_ids), _CONTEXTS_CHUNK):
+        for customer_id, name, kind, value in _CUSTOMERS_WITH_IDENTIFIERS.all(
+                conn, {"ids": customer_ids[start:start + _CONTEXTS_CHUNK]}):
+            context = contexts.setdefault(customer_id, {"id": customer_id, "display_name": name, "identifiers": []})
+            if kind is not None:
+                context["identifiers"].append({"kind": kind, "value": value})
+    return contexts
+
+
 def new_customer_context(customer_id: str, display_name: str | None,
                          identifiers: list[tuple[str, str]]) -> dict[str, Any]:
     """``customer_context`` of a customer created in this transaction, from what created it (nothing to read)."""

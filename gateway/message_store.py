@@ -20,10 +20,17 @@ from sqlalchemy.exc import IntegrityError
 from gateway import metrics, routing
 from gateway.acks import Acknowledgements
 from gateway.calendars import build_calendars
-from gateway.context import MessageContext, conversation_context, customer_context, new_customer_context
+from gateway.context import (
+    MessageContext,
+    conversation_context,
+    customer_context,
+    customer_contexts,
+    new_customer_context,
+)
 from gateway.conversations import assign_conversation
 from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
+from gateway.identity.resolve import KnownIdentifiers, read_identifiers
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.kpis import KpiClock, record_first_replies, record_solved
 from gateway.mapping import MappingRenderError
@@ -89,6 +96,8 @@ class _Batch:
     stored: set[tuple[str, str]] = field(default_factory=set)  # (connector, provider message id)
     settled: dict[str, list[int]] = field(default_factory=dict)  # inbox row ids by their new status
     dead_letters: list[str] = field(default_factory=list)  # the CRM of each outbox row dead-lettered
+    known: KnownIdentifiers | None = None  # the senders' identifiers, read ahead for the batch
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)  # their customers' contexts, read ahead
 
     def count_dead_letters(self) -> None:
         for crm in self.dead_letters:
@@ -142,6 +151,8 @@ class MessageStore:
                 behind = must_wait(conn, [(item.row.id, item.keys) for item in prepared])
                 ready = [item for item in prepared if item.row.id not in behind]
                 batch.stored = _already_stored(conn, [m for item in ready for m in item.messages])
+                self._read_ahead(conn, batch, [m for item in ready for m in item.messages
+                                               if (m.connector, m.provider_message_id) not in batch.stored])
                 for item in ready:
                     self.store_row(conn, item, batch)
                 self._settle(conn, batch.settled)
@@ -180,6 +191,16 @@ class MessageStore:
             return waiting, [item for item in prepared if item not in waiting], []
         _Batch(dead_letters=dead_letters).count_dead_letters()
         return waiting, failed, lost
+
+    def _read_ahead(self, conn: Connection, batch: _Batch, to_store: list[Message]) -> None:
+        """Read what resolving and rendering each message would read, for all of them at once: their senders'
+        identifiers and owners, and those customers' contexts (two or three statements in all, instead of two per
+        message). A message alone reads its own as before."""
+        if len(to_store) < 2:
+            return
+        batch.known = read_identifiers(conn, [message.sender for message in to_store], self.rules)
+        owners = {owner[1] or owner[0] for owner in batch.known.owners.values()}
+        batch.customers = customer_contexts(conn, sorted(owners))
 
     def store_one(self, item: Prepared) -> _Batch | None:
         """One row in a transaction of its own; None when it waits for an older row of its sender (nothing stored).
@@ -266,8 +287,11 @@ class MessageStore:
                 # another worker added the same identifier a moment ago: its row is visible now
                 resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
         else:  # an IntegrityError fails the whole batch, which is then stored row by row, this way
-            resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules)
+            resolution = resolve_customer(conn, message.sender, message_id=message.id, rules=self.rules,
+                                          known=batch.known)
         customer_id = resolution.customer_id
+        if resolution.wrote:  # its context changed (a merged customer is never resolved to again)
+            batch.customers.pop(customer_id, None)
         if resolution.created:
             suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
         assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations)
@@ -285,7 +309,8 @@ class MessageStore:
             return  # a survey rating: written back by the worker's automation job, not a new support message
         start_clocks(conn, self.escalations, self.calendars, message, conversation_id)
         customer = (new_customer_context(customer_id, resolution.display_name, resolution.identifiers)
-                    if resolution.identifiers is not None else customer_context(conn, customer_id))
+                    if resolution.identifiers is not None else
+                    batch.customers.get(customer_id) or customer_context(conn, customer_id))
         context = MessageContext(message, customer, conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id), message_data=data)

@@ -49,6 +49,7 @@ class Resolution:
     # a customer created here is known whole without reading it back: its name and identifiers (kind, value)
     display_name: str | None = None
     identifiers: list[tuple[str, str]] | None = None
+    wrote: bool = False  # a customer, an identifier, a name, a merge or a suggestion was written
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,72 @@ def _owners_and_records(conn: Connection, idents: list[Identifier]
     return owners, records
 
 
+READ_AHEAD_CHUNK = 64  # identifiers per read-ahead statement, padded to a power of two: a few shapes compiled
+
+
+@dataclass
+class KnownIdentifiers:
+    """The owners and CRM directory records of a batch's identifiers, read ahead in a few statements
+    (``read_identifiers``) so that resolving each message reads nothing more in the usual case.
+
+    ``resolve_customer`` forgets what it changes: the identifiers of a message that wrote anything, the identifiers
+    of a customer whose name it set, and everything after a merge or a suggestion.
+    """
+
+    owners: dict[str, tuple[str, str | None, str | None, Any]] = field(default_factory=dict)
+    records: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    read: set[str] = field(default_factory=set)  # identifier keys read, whether or not anyone holds them
+
+    def covers(self, idents: list[Identifier]) -> bool:
+        return all(ident.key in self.read for ident in idents)
+
+    def forget(self, keys: list[str], customer_id: str | None = None) -> None:
+        """Forget ``keys``, and every identifier ``customer_id`` owns."""
+        if customer_id is not None:
+            keys = keys + [key for key, owner in self.owners.items() if owner[0] == customer_id]
+        for key in keys:
+            self.read.discard(key)
+            self.owners.pop(key, None)
+            self.records.pop(key, None)
+
+    def clear(self) -> None:
+        self.read.clear()
+        self.owners.clear()
+        self.records.clear()
+
+
+def read_identifiers(conn: Connection, parties: list[Party], rules: IdentityRules) -> KnownIdentifiers:
+    """What ``resolve_customer`` reads for each of ``parties``, read for all of them at once."""
+    wanted: dict[str, Identifier] = {}
+    for party in parties:
+        wanted.update((ident.key, ident) for ident in _joinable(party, rules)[1])
+    known = KnownIdentifiers()
+    idents = list(wanted.values())
+    for start in range(0, len(idents), READ_AHEAD_CHUNK):
+        chunk = idents[start:start + READ_AHEAD_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        padded = chunk + [chunk[-1]] * (size - len(chunk))  # a pair named twice matches the same rows
+        for kind, value, customer_id, merged_into, name, created_at, crm, remote_id in \
+                _owners_and_records_statement(size).all(conn, _pair_params(padded)):
+            if crm is not None:
+                known.records.setdefault(f"{kind}:{value}", []).append((crm, remote_id))
+            else:
+                known.owners[f"{kind}:{value}"] = (customer_id, merged_into, name, created_at)
+    known.read = set(wanted)
+    return known
+
+
+def _joinable(party: Party, rules: IdentityRules) -> tuple[dict[str, str | None], list[Identifier], str | None]:
+    """A party's canonical identifiers: why each is isolated (None: it is not), the ones that may join a customer,
+    and the evidence to record when only isolated ones are left (the first then keys a customer of its own)."""
+    identifiers = canonical_identifiers(party.identifiers, rules)
+    isolated = {ident.key: rules.isolation_reason(ident) for ident in identifiers}
+    joinable = [ident for ident in identifiers if not isolated[ident.key]]
+    if joinable:
+        return isolated, joinable, None
+    return isolated, [identifiers[0]], f"isolated:{isolated[identifiers[0].key]}"
+
+
 def _via_crm_records(conn: Connection, idents: list[Identifier], records_of: dict[str, list[tuple[str, str]]],
                      rules: IdentityRules) -> dict[str, tuple[_Owner, str]]:
     """For identifiers no customer holds yet: the customer holding another identifier of the same CRM record.
@@ -197,20 +264,34 @@ def _insert_new_customer(conn: Connection, customer: dict[str, Any], identifier_
 
 
 def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: IdentityRules | None = None,
-                     evidence: str = "asserted_by_channel") -> Resolution:
+                     evidence: str = "asserted_by_channel", known: KnownIdentifiers | None = None) -> Resolution:
     """The customer for a sender party, creating, attaching, merging or suggesting as the evidence allows.
 
     Runs inside the pipeline's transaction. A concurrent insert of the same identifier raises IntegrityError; the
-    caller retries, and then finds the row.
+    caller retries, and then finds the row. ``known``: the batch's identifiers read ahead (``read_identifiers``);
+    what this resolution changes is forgotten there.
     """
     rules = rules or IdentityRules()
-    identifiers = canonical_identifiers(party.identifiers, rules)
-    isolated = {ident.key: rules.isolation_reason(ident) for ident in identifiers}
-    joinable = [ident for ident in identifiers if not isolated[ident.key]]
-    if not joinable:
-        joinable = [identifiers[0]]  # only isolated identifiers: the first keys a customer of its own
-        evidence = f"isolated:{isolated[identifiers[0].key]}"
-    found, records_of = _owners_and_records(conn, joinable)
+    isolated, joinable, isolated_evidence = _joinable(party, rules)
+    evidence = isolated_evidence or evidence
+    if known is not None and known.covers(joinable):
+        found = {ident.key: _live_owner(conn, *known.owners[ident.key]) for ident in joinable
+                 if ident.key in known.owners}
+        records_of = {ident.key: known.records[ident.key] for ident in joinable if ident.key in known.records}
+    else:
+        found, records_of = _owners_and_records(conn, joinable)
+    result = _resolve(conn, party, message_id, rules, evidence, isolated, joinable, found, records_of)
+    if known is not None and result.wrote:
+        if result.merges or result.suggestions:
+            known.clear()
+        else:
+            known.forget([ident.key for ident in joinable], result.customer_id)
+    return result
+
+
+def _resolve(conn: Connection, party: Party, message_id: str, rules: IdentityRules, evidence: str,
+             isolated: dict[str, str | None], joinable: list[Identifier], found: dict[str, _Owner],
+             records_of: dict[str, list[tuple[str, str]]]) -> Resolution:
     owners = {ident.key: found[ident.key].id if ident.key in found else None for ident in joinable}
     by_id = {owner.id: owner for owner in found.values()}
     new = [ident for ident in joinable if ident.key not in found]
@@ -246,6 +327,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
                 result.merges.append(merge_customers(
                     conn, survivor, other, evidence=kind, message_id=message_id, detail=detail))
         if party.display_name and not by_id[survivor].display_name:
+            result.wrote = True
             _NAME_IF_MISSING.execute(conn, {"customer_id": survivor, "display_name": party.display_name,
                                             "name_key": name_key(party.display_name), "now": now})
     added: dict[str, int] = {}
@@ -261,6 +343,7 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
                "evidence": "crm_record" if ident.key in records else (
                    "first_seen" if result.created and ident is joinable[0] else evidence),
                "source_message_id": message_id, "created_at": now}
+        result.wrote = True
         if new_customer is None:  # the count above reads what was inserted for the identifier before
             _NEW_IDENTIFIER.execute(conn, row)
         else:
@@ -270,4 +353,5 @@ def resolve_customer(conn: Connection, party: Party, *, message_id: str, rules: 
             result.identifiers.append((kind, ident.value))
     if new_customer is not None:
         _insert_new_customer(conn, new_customer, new_rows)
+    result.wrote = result.wrote or result.created or bool(result.merges or result.suggestions)
     return result

@@ -1,0 +1,126 @@
+"""A batch reads its senders' identifiers and customers ahead, in a few statements; what one message of the batch
+changes (a new customer, an identifier added, a name set, a merge) is seen by the next ones exactly as when each
+message is stored alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import event, select
+
+from gateway import message_store
+from gateway.config import load_config
+from gateway.identity import resolve_customer
+from gateway.message_store import MessageContext
+from gateway.model import Identifier, IdentifierKind, Party
+from gateway.pipeline import PipelineWorker
+from gateway.records import InboxItem
+from gateway.runtime import Runtime, build_runtime
+from gateway.storage.tables import messages
+from tests.conftest import BASE_CONFIG
+from tests.test_pipeline import sms, store
+
+NEW, MERGED, SECOND, NAMELESS, KNOWN = "+14155550101", "+14155550177", "+14155550178", "+14155550188", "+14155550199"
+
+
+def customer(rt: Runtime, *idents: Identifier, name: str | None = None) -> str:
+    with rt.engine.begin() as conn:
+        return resolve_customer(conn, Party(identifiers=idents, display_name=name), message_id="before").customer_id
+
+
+def arrivals() -> list[InboxItem]:
+    return [
+        sms("SM" + "1" * 32, NEW, "hello"),
+        sms("SM" + "2" * 32, NEW, "the same new customer"),
+        sms("SM" + "3" * 32, KNOWN, "a customer known before"),
+        sms("SM" + "4" * 32, f"whatsapp:{NAMELESS}", "adds an identifier and a name", ProfileName="Ode"),
+        sms("SM" + "5" * 32, NAMELESS, "sees both"),
+        sms("SM" + "6" * 32, SECOND, "from the second number of a customer with two"),
+        sms("SM" + "7" * 32, f"whatsapp:{MERGED}", "joins that customer to the whatsapp one", ProfileName="Wren"),
+        sms("SM" + "8" * 32, SECOND, "after the merge"),
+    ]
+
+
+def run(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, Any]], list[int]]:
+    """Store the arrivals; the customer each message's mapping saw and the one its row was stored with (ids replaced
+    by the order in which they first appeared), and the sizes of the claims."""
+    customer(rt, Identifier(kind=IdentifierKind.WHATSAPP, value=MERGED))
+    customer(rt, *(Identifier(kind=IdentifierKind.PHONE, value=number) for number in (MERGED, SECOND)))
+    customer(rt, Identifier(kind=IdentifierKind.PHONE, value=NAMELESS))
+    customer(rt, Identifier(kind=IdentifierKind.PHONE, value=KNOWN), name="Eve")
+    seen: list[dict[str, Any]] = []
+
+    def recording(message: Any, customer: dict[str, Any], *args: Any, **kwargs: Any) -> MessageContext:
+        seen.append(customer)
+        return MessageContext(message, customer, *args, **kwargs)
+
+    monkeypatch.setattr(message_store, "MessageContext", recording)
+    store(rt, *arrivals())
+    worker = PipelineWorker(rt, "test-p")
+    claims = []
+    while batches := worker.claim():
+        for rows in batches:
+            claims.append(len(rows))
+            worker.process(rows)
+    with rt.engine.connect() as conn:
+        stored = dict(conn.execute(select(messages.c.provider_message_id, messages.c.customer_id)).all())
+    order: dict[str, int] = {}
+    return [{**seen_customer, "id": order.setdefault(seen_customer["id"], len(order)),
+             "stored_with": order.setdefault(stored[item.provider_id], len(order))}
+            for seen_customer, item in zip(seen, arrivals(), strict=True)], claims
+
+
+def runtime_with(write_config: Callable[..., Path], folder: str, batch: int) -> Runtime:
+    text = BASE_CONFIG.replace("workers: {", f"workers: {{inbox_batch_size: {batch}, ")
+    path = write_config(text, storage_url=f"sqlite:///{write_config(text).parent / folder}.db", name=f"{folder}.yaml")
+    return build_runtime(load_config(path), http=requests.Session())
+
+
+def test_a_batch_sees_what_its_earlier_messages_changed_as_messages_stored_alone_do(
+        write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    alone_rt, batch_rt = runtime_with(write_config, "alone", 1), runtime_with(write_config, "batch", 100)
+    try:
+        alone, alone_claims = run(alone_rt, monkeypatch)
+        monkeypatch.setattr(PipelineWorker, "_store_alone", lambda *_: pytest.fail("the batch failed"))
+        batched, batch_claims = run(batch_rt, monkeypatch)
+    finally:
+        alone_rt.close()
+        batch_rt.close()
+
+    assert (alone_claims, batch_claims) == ([1] * 8, [8])
+    assert batched == alone
+    merged = [{"kind": kind, "value": value} for kind, value in (("phone", MERGED), ("phone", SECOND),
+                                                                 ("whatsapp", MERGED))]
+    assert [(c["id"], c["stored_with"]) for c in batched] == [
+        (0, 0), (0, 0), (1, 1), (2, 2), (2, 2), (3, 3), (4, 4), (4, 4)]
+    assert batched[2]["display_name"] == "Eve"
+    assert batched[4]["display_name"] == "Ode" and len(batched[4]["identifiers"]) == 2
+    assert batched[7]["display_name"] == "Wren" and sorted(batched[7]["identifiers"], key=str) == merged
+
+
+def test_a_batch_of_known_senders_reads_identities_and_customers_once(runtime: Runtime) -> None:
+    senders = [f"+1415555{n:04d}" for n in range(12)]
+    for sender in senders:
+        customer(runtime, Identifier(kind=IdentifierKind.PHONE, value=sender), name=f"customer {sender[-2:]}")
+    store(runtime, *[sms(f"SM{n:032d}", sender, "hello again") for n, sender in enumerate(senders)])
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "identities" in statement:
+            reads.append(statement)
+
+    worker = PipelineWorker(runtime, "test-p")
+    [rows] = worker.claim()
+    event.listen(runtime.engine, "before_cursor_execute", count)
+    try:
+        worker.process(rows)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", count)
+
+    identity_reads = [s for s in reads if "identities.kind" in s and "crm_directory" in s]
+    context_reads = [s for s in reads if "identities.kind" in s and "crm_directory" not in s]
+    assert (len(identity_reads), len(context_reads)) == (1, 1), reads
