@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -50,6 +51,17 @@ _TOUCH = Prepared(update(conversations).where(conversations.c.id == bindparam("c
     last_activity_at=case((conversations.c.last_activity_at < _AT, _AT), else_=conversations.c.last_activity_at),
     language=func.coalesce(conversations.c.language, _LANGUAGE), switches=SWITCHES_AFTER_INBOUND))
 _NEW_CONVERSATION = Prepared(conversations.insert())
+# the open conversations of several customers' families at once, each row naming the customer asked about
+_ROOTS = (select(customers.c.id.label("root"), customers.c.id)
+          .where(customers.c.id.in_(bindparam("customer_ids", expanding=True))).cte("families", recursive=True))
+_FAMILIES = _ROOTS.union_all(select(_ROOTS.c.root, customers.c.id).where(customers.c.merged_into == _ROOTS.c.id))
+_OPEN_IN_FAMILIES = Prepared(
+    select(_FAMILIES.c.root, conversations.c.id, conversations.c.last_activity_at, conversations.c.connector)
+    .join(_FAMILIES, conversations.c.customer_id == _FAMILIES.c.id)
+    .where(conversations.c.status == "open", conversations.c.last_activity_at >= bindparam("since")))
+_LOCK_CUSTOMERS = Prepared(select(customers.c.id).where(customers.c.id.in_(bindparam("customer_ids", expanding=True)))
+                           .order_by(customers.c.id).with_for_update())
+_READ_AHEAD_CHUNK = 256
 _ADD_THREAD_KEYS = {  # by whether the engine is SQLite: each dialect's own INSERT ... ON CONFLICT
     True: Prepared(sqlite.insert(thread_keys).on_conflict_do_nothing(index_elements=["key"])),
     False: Prepared(postgresql.insert(thread_keys).on_conflict_do_nothing(index_elements=["key"]))}
@@ -88,6 +100,67 @@ def email_thread_key(message_id: str) -> str:
     return _bounded(f"email:mid:{message_id.strip().strip('<>')}")
 
 
+@dataclass
+class OpenConversations:
+    """The open conversations of a batch's customers (with the customers merged into them) active since the
+    earliest continuity window of the batch, read ahead (``read_open_conversations``) and kept up to date as the
+    batch threads its messages, so that continuity reads nothing per message. On PostgreSQL the customers are
+    locked first, as each message's threading would lock its own."""
+
+    since: datetime
+    customers: set[str] = field(default_factory=set)  # whose conversations were read
+    # conversation id -> [the customer read about, last activity, connector]
+    conversations: dict[str, list[Any]] = field(default_factory=dict)
+    of_customer: dict[str, list[str]] = field(default_factory=dict)  # customer -> its conversation ids
+
+    def latest(self, customer_id: str, since: datetime, connector: str | None) -> str | None:
+        """The customer's open conversation with the latest activity since ``since`` (on ``connector``)."""
+        found: tuple[datetime, str] | None = None
+        for conversation_id in self.of_customer.get(customer_id, ()):
+            _, last_activity, on = self.conversations[conversation_id]
+            if last_activity >= since and (connector is None or on == connector) and (
+                    found is None or last_activity > found[0]):
+                found = (last_activity, conversation_id)
+        return found[1] if found else None
+
+    def add(self, customer_id: str, conversation_id: str, last_activity: datetime, connector: str) -> None:
+        self.conversations[conversation_id] = [customer_id, last_activity, connector]
+        self.of_customer.setdefault(customer_id, []).append(conversation_id)
+
+    def opened(self, customer_id: str, conversation_id: str, at: datetime, connector: str) -> None:
+        if customer_id in self.customers:
+            self.add(customer_id, conversation_id, at, connector)
+
+    def touched(self, conversation_id: str, at: datetime, rule: str) -> None:
+        """A message continued the conversation. One not read ahead that a thread key or a subject token found may
+        belong to any customer, so everything is read again; one continued by a customer not read ahead belongs
+        to that customer's family, which shares nothing with the families read."""
+        known = self.conversations.get(conversation_id)
+        if known is not None:
+            known[1] = max(known[1], at)
+        elif rule != "continuity":
+            self.clear()
+
+    def clear(self) -> None:
+        self.customers.clear()
+        self.conversations.clear()
+        self.of_customer.clear()
+
+
+def read_open_conversations(conn: Connection, customer_ids: list[str], since: datetime) -> OpenConversations:
+    """``OpenConversations`` of ``customer_ids`` (customers no merge replaced), active since ``since``."""
+    known = OpenConversations(since)
+    for start in range(0, len(customer_ids), _READ_AHEAD_CHUNK):
+        chunk = customer_ids[start:start + _READ_AHEAD_CHUNK]
+        if not is_sqlite(conn.engine):
+            _LOCK_CUSTOMERS.execute(conn, {"customer_ids": chunk})
+        for root, conversation_id, last_activity, connector in _OPEN_IN_FAMILIES.all(
+                conn, {"customer_ids": chunk, "since": since}):
+            known.add(root, conversation_id, last_activity, connector)
+        known.customers.update(chunk)
+    return known
+
+
 @dataclass(frozen=True)
 class Assignment:
     conversation_id: str
@@ -96,9 +169,12 @@ class Assignment:
     previous_id: str | None = None
 
 
-def assign_conversation(conn: Connection, message: Message, customer_id: str,
-                        settings: ConversationsConfig) -> Assignment:
-    """Thread a message; times come from the message, so a backfill of old mail threads as it happened."""
+def assign_conversation(conn: Connection, message: Message, customer_id: str, settings: ConversationsConfig,
+                        known: OpenConversations | None = None) -> Assignment:
+    """Thread a message; times come from the message, so a backfill of old mail threads as it happened.
+
+    ``known``: the batch's open conversations read ahead; kept up to date here."""
+    read_ahead = known is not None and customer_id in known.customers
     lookup, own = message_thread_keys(message)
     at = message.received_at
     conversation_id: str | None = None
@@ -108,7 +184,7 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
         if conversation_id:
             rule = "thread_key"
             break
-    if not is_sqlite(conn.engine):
+    if not is_sqlite(conn.engine) and not read_ahead:
         _LOCK_CUSTOMER.execute(conn, {"customer_id": customer_id})
     if conversation_id is None and settings.subject_token and message.subject:
         conversation_id = _by_subject_token(conn, message.subject, settings.subject_token,
@@ -117,9 +193,13 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
             rule = "subject_token"
     if conversation_id is None:
         since = at - timedelta(hours=settings.window_hours)
-        continuity = _OPEN_IN_FAMILY_HERE if settings.continuity == "per_channel" else _OPEN_IN_FAMILY
-        conversation_id = continuity.scalar(conn, {"customer_id": customer_id, "since": since,
-                                                   "connector": message.connector})
+        per_channel = settings.continuity == "per_channel"
+        if known is not None and read_ahead and since >= known.since:
+            conversation_id = known.latest(customer_id, since, message.connector if per_channel else None)
+        else:
+            continuity = _OPEN_IN_FAMILY_HERE if per_channel else _OPEN_IN_FAMILY
+            conversation_id = continuity.scalar(conn, {"customer_id": customer_id, "since": since,
+                                                       "connector": message.connector})
         if conversation_id:
             rule = "continuity"
     previous_id = None
@@ -131,9 +211,13 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
             "id": conversation_id, "customer_id": customer_id, "channel": message.channel.value,
             "previous_id": previous_id, "connector": message.connector, "status": "open", "created_at": at,
             "last_activity_at": at, "language": _language(message)})
+        if known is not None:
+            known.opened(customer_id, conversation_id, at, message.connector)
     else:
         _TOUCH.execute(conn, {"conversation_id": conversation_id, "at": at, "first_language": _language(message),
                               "inbound_connector": message.connector})
+        if known is not None:
+            known.touched(conversation_id, at, rule)
     if own:
         _ADD_THREAD_KEYS[is_sqlite(conn.engine)].execute_many(
             conn, [{"key": key, "conversation_id": conversation_id} for key in own])

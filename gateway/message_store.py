@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
@@ -27,7 +28,7 @@ from gateway.context import (
     customer_contexts,
     new_customer_context,
 )
-from gateway.conversations import assign_conversation
+from gateway.conversations import OpenConversations, assign_conversation, read_open_conversations
 from gateway.escalation import start_clocks, stop_clocks
 from gateway.identity import resolve_customer, rules_from_config
 from gateway.identity.resolve import KnownIdentifiers, read_identifiers
@@ -98,6 +99,7 @@ class _Batch:
     dead_letters: list[str] = field(default_factory=list)  # the CRM of each outbox row dead-lettered
     known: KnownIdentifiers | None = None  # the senders' identifiers, read ahead for the batch
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)  # their customers' contexts, read ahead
+    conversations: OpenConversations | None = None  # those customers' open conversations, read ahead
 
     def count_dead_letters(self) -> None:
         for crm in self.dead_letters:
@@ -199,8 +201,11 @@ class MessageStore:
         if len(to_store) < 2:
             return
         batch.known = read_identifiers(conn, [message.sender for message in to_store], self.rules)
-        owners = {owner[1] or owner[0] for owner in batch.known.owners.values()}
-        batch.customers = customer_contexts(conn, sorted(owners))
+        owners = sorted({owner[0] for owner in batch.known.owners.values() if owner[1] is None})
+        batch.customers = customer_contexts(conn, owners)
+        window = timedelta(hours=self.rt.config.settings.conversations.window_hours)
+        batch.conversations = read_open_conversations(
+            conn, owners, min(message.received_at for message in to_store) - window)
 
     def store_one(self, item: Prepared) -> _Batch | None:
         """One row in a transaction of its own; None when it waits for an older row of its sender (nothing stored).
@@ -292,9 +297,12 @@ class MessageStore:
         customer_id = resolution.customer_id
         if resolution.wrote:  # its context changed (a merged customer is never resolved to again)
             batch.customers.pop(customer_id, None)
+        if resolution.merges and batch.conversations is not None:  # a family grew
+            batch.conversations.clear()
         if resolution.created:
             suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
-        assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations)
+        assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations,
+                                         batch.conversations)
         conversation_id, rule = assignment.conversation_id, assignment.rule
         now = utcnow()
         data = message.model_dump(mode="json")
