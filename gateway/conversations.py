@@ -170,10 +170,12 @@ class Assignment:
 
 
 def assign_conversation(conn: Connection, message: Message, customer_id: str, settings: ConversationsConfig,
-                        known: OpenConversations | None = None) -> Assignment:
+                        known: OpenConversations | None = None, *, new_customer: bool = False) -> Assignment:
     """Thread a message; times come from the message, so a backfill of old mail threads as it happened.
 
-    ``known``: the batch's open conversations read ahead; kept up to date here."""
+    ``known``: the batch's open conversations read ahead; kept up to date here. ``new_customer``: the customer was
+    created in this transaction, so it has no conversation and nobody else can see it yet: only thread keys are
+    looked up."""
     read_ahead = known is not None and customer_id in known.customers
     lookup, own = message_thread_keys(message)
     at = message.received_at
@@ -184,14 +186,14 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str, se
         if conversation_id:
             rule = "thread_key"
             break
-    if not is_sqlite(conn.engine) and not read_ahead:
+    if not is_sqlite(conn.engine) and not (read_ahead or new_customer):
         _LOCK_CUSTOMER.execute(conn, {"customer_id": customer_id})
-    if conversation_id is None and settings.subject_token and message.subject:
+    if conversation_id is None and settings.subject_token and message.subject and not new_customer:
         conversation_id = _by_subject_token(conn, message.subject, settings.subject_token,
                                             customer_family(conn, customer_id))
         if conversation_id:
             rule = "subject_token"
-    if conversation_id is None:
+    if conversation_id is None and not new_customer:
         since = at - timedelta(hours=settings.window_hours)
         per_channel = settings.continuity == "per_channel"
         if known is not None and read_ahead and since >= known.since:
@@ -206,7 +208,7 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str, se
     opened = conversation_id is None
     if conversation_id is None:
         conversation_id = new_id()
-        previous_id = _LATEST_IN_FAMILY.scalar(conn, {"customer_id": customer_id})
+        previous_id = None if new_customer else _LATEST_IN_FAMILY.scalar(conn, {"customer_id": customer_id})
         _NEW_CONVERSATION.execute(conn, {
             "id": conversation_id, "customer_id": customer_id, "channel": message.channel.value,
             "previous_id": previous_id, "connector": message.connector, "status": "open", "created_at": at,

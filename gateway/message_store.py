@@ -302,7 +302,7 @@ class MessageStore:
         if resolution.created:
             suggest_for_new_customer(conn, customer_id, self.rt.config.settings.identity.suggestion_min_score)
         assignment = assign_conversation(conn, message, customer_id, self.rt.config.settings.conversations,
-                                         batch.conversations)
+                                         batch.conversations, new_customer=resolution.created)
         conversation_id, rule = assignment.conversation_id, assignment.rule
         now = utcnow()
         data = message.model_dump(mode="json")

@@ -165,3 +165,22 @@ def test_a_conversation_a_thread_key_found_outside_what_was_read_makes_the_batch
 
     known.touched("conversation-of-anyone", now, "thread_key")
     assert known.customers == set() and known.latest("ann", now - timedelta(hours=72), None) is None
+
+
+def test_a_new_customers_message_is_threaded_without_reading_conversations(runtime: Runtime) -> None:
+    store(runtime, sms("SM" + "1" * 32, NEW, "hello"), sms("SM" + "2" * 32, KNOWN, "hi"))
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    worker = PipelineWorker(runtime, "test-p")
+    [rows] = worker.claim()
+    event.listen(runtime.engine, "before_cursor_execute", record)
+    try:
+        worker.process(rows)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", record)
+
+    assert [s for s in statements if "FROM conversations" in s or "family" in s] == []
+    assert len([s for s in statements if s.startswith("INSERT INTO conversations")]) == 2
