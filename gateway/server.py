@@ -3,6 +3,7 @@ supervised: a dead child is started again after a back-off while the others keep
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -12,10 +13,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -27,7 +28,8 @@ from gateway.logs import setup_logging_for
 from gateway.plugins import Registry, largest_body
 
 log = logging.getLogger(__name__)
-DRAIN_SECONDS = 600  # how long SIGTERM waits for in-flight work (a CRM batch job) before killing
+DRAIN_SECONDS = 600  # how long SIGTERM waits for in-flight work (a CRM batch job) before killing, all children in all
+KILL_WAIT_SECONDS = 5.0  # how long a killed child is waited for (to reap it) before giving up on it
 RESTART_INITIAL_SECONDS = 1.0  # a dead child is started again after this, doubling while it keeps dying,
 RESTART_MAX_SECONDS = 60.0  # up to this,
 RESTART_STABLE_SECONDS = 60.0  # and back to the first delay once it has run this long
@@ -173,7 +175,7 @@ def run_all(config_path: Path, log_format: str, stages: list[str | None] | None 
     """Start ``serve`` and the worker processes (one per stage in ``stages``; by default one for every stage) as
     child processes and keep them running: a child that dies is started again after a back-off (the others go on:
     webhooks are still taken while a worker is down). SIGHUP is passed to the workers (they reload the mappings).
-    SIGTERM (or SIGINT) stops them all gracefully."""
+    SIGTERM (or SIGINT) stops them all gracefully, within ``DRAIN_SECONDS`` in all (``stop_children``)."""
     ensure_multiprocess_metrics_dir()
     base = [sys.executable, "-m", "gateway", "--log-format", log_format]
     children = [Child("serve", [*base, "serve", "-c", str(config_path)])]
@@ -195,12 +197,44 @@ def run_all(config_path: Path, log_format: str, stages: list[str | None] | None 
     while not stopping.wait(0.2):
         for child in children:
             child.check(time.monotonic())
-    running = [child.proc for child in children if child.proc is not None and child.proc.poll() is None]
-    for proc in running:
-        proc.send_signal(signal.SIGTERM)
-    for proc in running:
-        try:
-            proc.wait(timeout=DRAIN_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_children({child.name: child.proc for child in children if child.proc is not None})
     return 0
+
+
+class ChildProcess(Protocol):
+    """What stopping needs of a child process (``subprocess.Popen``)."""
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+
+def stop_children(procs: Mapping[str, ChildProcess], drain_seconds: float = DRAIN_SECONDS,
+                  clock: Callable[[], float] = time.monotonic) -> list[str]:
+    """SIGTERM to every child at once, then one deadline, ``drain_seconds`` from now, for all of them together to
+    finish their in-flight work; the ones still running then are killed. Returns the names of the killed ones."""
+    running = {name: proc for name, proc in procs.items() if proc.poll() is None}
+    for proc in running.values():
+        proc.send_signal(signal.SIGTERM)
+    deadline = clock() + drain_seconds
+    if running:
+        log.info("stopping %s: waiting up to %.0f s in all for their in-flight work", ", ".join(running),
+                 drain_seconds)
+    for proc in running.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - clock()))
+    late = [name for name, proc in running.items() if proc.poll() is None]
+    if not late:
+        return []
+    log.error("%s still running %.0f s after SIGTERM: killed (SIGKILL), their in-flight work is cut off; the rows "
+              "they held are taken over when the gateway starts again", ", ".join(late), drain_seconds)
+    for name in late:
+        running[name].kill()
+    for name in late:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running[name].wait(timeout=KILL_WAIT_SECONDS)
+    return late

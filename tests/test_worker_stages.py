@@ -19,10 +19,15 @@ from gateway.runtime import Runtime, build_runtime
 from gateway.server import worker_command, worker_stages
 from gateway.storage.tables import outbox
 from gateway.wakeup import INBOX, OUTBOX, Wakeup
+from gateway.web import create_app
 from gateway.worker import WorkerProcess, drain_once, run_loop
 from tests.conftest import BASE_CONFIG
 from tests.helpers import wait_for
+from tests.reply_flow import only_conversation, post_agent_reply
+from tests.scripted_channel import ScriptedChannel, ScriptedProvider, registry_with_scripted
 from tests.test_pipeline import count, sms, store
+from tests.test_two_way import CONFIG as TWO_WAY_CONFIG
+from tests.test_two_way import CUSTOMER
 
 
 class ScriptedStage:
@@ -165,3 +170,43 @@ def test_the_pipeline_process_wakes_the_delivery_process(write_config: Callable[
         process.stop()
         process.wait()
         rt.close()
+
+
+class WaitRecorder(threading.Event):
+    """An event that also tells when a thread has started waiting on it (the loop behind it is idle)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_a_reply_queued_by_the_pipeline_process_wakes_the_send_thread_of_the_delivery_process(
+        write_config: Callable[..., Path]) -> None:
+    ScriptedChannel.provider = provider = ScriptedProvider()
+    registry = registry_with_scripted()
+    # a minute between idle polls: the reply reaches the provider in time only through the outbox pipe
+    path = write_config(TWO_WAY_CONFIG.replace("workers: {", "workers: {idle_poll_seconds: 60, "))
+    config = load_config(path, registry)
+    pipeline_rt = build_runtime(config, registry, requests.Session())
+    delivery_rt = build_runtime(config, registry, requests.Session(), migrate_schema=False)
+    delivery_rt.sends_waiting = sends_waiting = WaitRecorder()
+    delivery = WorkerProcess(delivery_rt, stage="delivery")
+    try:
+        store(pipeline_rt, sms("SM" + "4" * 32, CUSTOMER, "Where is my order?"))
+        drain_once(PipelineWorker(pipeline_rt, "pipeline-process"))
+        delivery.start()
+        assert sends_waiting.waiting.wait(20), "the send thread should be idle, waiting for a wake-up"
+        post_agent_reply(create_app(pipeline_rt).test_client(), only_conversation(pipeline_rt), "It ships today")
+        assert drain_once(PipelineWorker(pipeline_rt, "pipeline-process")) == 1
+        WorkerProcess(pipeline_rt, stage="pipeline")._stored()  # what a pipeline process does after its commit
+        sent = wait_for(lambda: provider.accepted, 20, "the reply at the provider before the next idle poll")
+        assert [(to, text.split(" [")[0]) for _, to, text in sent] == [(CUSTOMER, "It ships today")]
+    finally:
+        delivery.stop()
+        delivery.wait()
+        pipeline_rt.close()
+        delivery_rt.close()
