@@ -90,11 +90,24 @@ def _letters(text: str) -> list[str]:
     return [c for c in text if c.isalpha()]  # isalpha: Unicode categories Lu, Ll, Lt, Lm, Lo, the letters
 
 
-def long_enough(text: str) -> bool:
-    """Whether ``text`` holds enough letters and words for the statistical model to be asked."""
-    letters = _letters(text)
-    words = [w for w in text.split() if any(c.isalpha() for c in w)]
-    return len(words) >= MIN_WORDS and len(letters) >= MIN_LETTERS
+def long_enough(text: str, letters: int | None = None) -> bool:
+    """Whether ``text`` holds enough letters (``letters``, when counted already) and words for the statistical
+    model to be asked."""
+    if (len(_letters(text)) if letters is None else letters) < MIN_LETTERS:
+        return False
+    words = 0
+    for word in text.split():
+        if any(c.isalpha() for c in word):
+            words += 1
+            if words >= MIN_WORDS:
+                return True
+    return False
+
+
+def _scripts(text: str, letters: list[str]) -> Counter[str]:
+    if text.isascii():  # every letter is a Latin one: the usual case, without a look-up per letter
+        return Counter({"latin": len(letters)})
+    return Counter(_script(c) for c in letters)
 
 
 def _cjk(scripts: Counter[str]) -> str | None:
@@ -127,7 +140,7 @@ def detect_language(text: str) -> str:
     letters = _letters(text)
     if not letters:
         return UNDETERMINED
-    scripts = Counter(_script(c) for c in letters)
+    scripts = _scripts(text, letters)
     cjk = _cjk(scripts)
     if cjk:
         return cjk
@@ -137,7 +150,7 @@ def detect_language(text: str) -> str:
             return _SCRIPT_LANGUAGE[script]
         if script in _SHARED:
             return _shared(script, text)
-    if not long_enough(text):
+    if not long_enough(text, len(letters)):
         return UNDETERMINED
     code, confidence = _identifier().classify(text)  # langid codes are ISO 639-1, valid BCP 47 tags
     if code == "zxx":  # the model's "no linguistic content"
