@@ -183,7 +183,8 @@ messages = Table(
     Column("connector", String(64), nullable=False),
     Column("provider_message_id", String(255), nullable=False),
     Column("customer_id", String(32), ForeignKey("customers.id"), nullable=False, index=True),
-    Column("conversation_id", String(32), ForeignKey("conversations.id"), nullable=False, index=True),
+    # looked up by ix_messages_conversation_direction, whose first column it is
+    Column("conversation_id", String(32), ForeignKey("conversations.id"), nullable=False),
     Column("thread_rule", String(32), nullable=False),
     Column("direction", String(8), nullable=False, default="inbound", server_default="inbound"),
     Column("data", JSON, nullable=False),
