@@ -196,7 +196,7 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str, se
     if conversation_id is None and not new_customer:
         since = at - timedelta(hours=settings.window_hours)
         per_channel = settings.continuity == "per_channel"
-        if known is not None and read_ahead and since >= known.since:
+        if known is not None and read_ahead:  # read since the batch's earliest window, so since this one
             conversation_id = known.latest(customer_id, since, message.connector if per_channel else None)
         else:
             continuity = _OPEN_IN_FAMILY_HERE if per_channel else _OPEN_IN_FAMILY
