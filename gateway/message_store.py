@@ -195,9 +195,9 @@ class MessageStore:
         return waiting, failed, lost
 
     def _read_ahead(self, conn: Connection, batch: _Batch, to_store: list[Message]) -> None:
-        """Read what resolving and rendering each message would read, for all of them at once: their senders'
-        identifiers and owners, and those customers' contexts (two or three statements in all, instead of two per
-        message). A message alone reads its own as before."""
+        """Read what resolving, threading and rendering each message would read, for all of them at once: their
+        senders' identifiers and owners, those customers' contexts and open conversations (three statements for up
+        to 64 senders, instead of three per message). A message alone reads its own as before."""
         if len(to_store) < 2:
             return
         batch.known = read_identifiers(conn, [message.sender for message in to_store], self.rules)
