@@ -26,7 +26,9 @@ from gateway.storage.prepared import Prepared
 from gateway.storage.tables import conversations, crm_links, customers, thread_keys
 
 MAX_KEY = 512  # thread_keys.key
-_BY_THREAD_KEY = Prepared(select(thread_keys.c.conversation_id).where(thread_keys.c.key == bindparam("key")))
+# every key a message looks up, read in one statement; the caller keeps the keys' order of priority
+_BY_THREAD_KEYS = Prepared(select(thread_keys.c.key, thread_keys.c.conversation_id).where(
+    thread_keys.c.key.in_(bindparam("keys", expanding=True))))
 # the customer and every customer merged into it, directly or through others (``customer_family``), inside the
 # statements that need it, so the usual customer (nobody merged into it) costs no look-up of its own
 _ONE = select(customers.c.id).where(customers.c.id == bindparam("customer_id")).cte("family", recursive=True)
@@ -101,13 +103,9 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
     """Thread a message; times come from the message, so a backfill of old mail threads as it happened."""
     lookup, own = message_thread_keys(message)
     at = message.received_at
-    conversation_id: str | None = None
-    rule = "new"
-    for key in lookup:
-        conversation_id = _BY_THREAD_KEY.scalar(conn, {"key": key})
-        if conversation_id:
-            rule = "thread_key"
-            break
+    known = known_thread_keys(conn, lookup)
+    conversation_id = next((known[key] for key in lookup if known.get(key)), None)
+    rule = "new" if conversation_id is None else "thread_key"
     if not is_sqlite(conn.engine):
         _LOCK_CUSTOMER.execute(conn, {"customer_id": customer_id})
     if conversation_id is None and settings.subject_token and message.subject:
@@ -134,10 +132,18 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
     else:
         _TOUCH.execute(conn, {"conversation_id": conversation_id, "at": at, "first_language": _language(message),
                               "inbound_connector": message.connector})
-    if own:
+    new_keys = [key for key in own if key not in known]  # a key already taken keeps its conversation
+    if new_keys:
         _ADD_THREAD_KEYS[is_sqlite(conn.engine)].execute_many(
-            conn, [{"key": key, "conversation_id": conversation_id} for key in own])
+            conn, [{"key": key, "conversation_id": conversation_id} for key in new_keys])
     return Assignment(conversation_id, rule, opened, previous_id)
+
+
+def known_thread_keys(conn: Connection, keys: list[str]) -> dict[str, str]:
+    """The conversation of each of ``keys`` already known, in one statement (none for no keys)."""
+    if not keys:
+        return {}
+    return dict(_BY_THREAD_KEYS.all(conn, {"keys": list(dict.fromkeys(keys))}))
 
 
 def _language(message: Message) -> str | None:
