@@ -11,10 +11,10 @@ from rapidfuzz import fuzz
 from sqlalchemy import Engine, select
 
 from gateway.identity import resolve_customer
-from gateway.identity.suggest import suggest_for_new_customer
+from gateway.identity.suggest import _candidates_statement, suggest_for_new_customer
 from gateway.model import Identifier, IdentifierKind, Party
 from gateway.storage.db import make_engine, migrate
-from gateway.storage.tables import merge_suggestions
+from gateway.storage.tables import customers, merge_suggestions
 
 
 @pytest.fixture
@@ -66,3 +66,17 @@ def test_each_kind_of_evidence_is_named_and_the_new_customers_first_identifier_d
     assert [row.score for row in rows] == [round(fuzz.token_sort_ratio("asha rao", " ".join(name.lower().split())), 1)
                                            for name in names]
     assert all(row.reason.startswith(f"names {row.score:.0f}% alike; ") for row in rows)
+
+
+def test_the_candidates_are_the_earliest_live_customers_of_the_first_words_range(engine: Engine) -> None:
+    with engine.begin() as conn:
+        names = ["Ashanti Cole", "Ash Brook", "Bob Ash", *(f"Asha R{n:02d}" for n in range(70))]
+        ids = [resolve_customer(conn, party(name, (EMAIL, f"c{n}@example.org")), message_id=f"m{n}").customer_id
+               for n, name in enumerate(names)]
+        merged = ids[3:8]  # five of the earliest, merged into a later one: no longer live
+        conn.execute(customers.update().where(customers.c.id.in_(merged)).values(merged_into=ids[-1]))
+        new = resolve_customer(conn, party("Asha Rao", (EMAIL, "c999@example.org")), message_id="m-new").customer_id
+        rows = _candidates_statement("sqlite").all(conn, {"customer_id": new})
+    # name keys have their words sorted: "ashanti cole" is in the range of "asha", "ash brook" and "ash bob" are not
+    assert [row.id for row in rows] == [ids[0], *ids[8:57]]
+    assert {row.key for row in rows} == {"asha rao"}
