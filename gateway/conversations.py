@@ -37,10 +37,16 @@ _OPEN_IN_FAMILY_QUERY = (select(conversations.c.id)
                          .where(conversations.c.customer_id.in_(select(_FAMILY.c.id)), conversations.c.status == "open",
                                 conversations.c.last_activity_at >= bindparam("since"))
                          .order_by(conversations.c.last_activity_at.desc()).limit(1))
-_OPEN_IN_FAMILY = Prepared(_OPEN_IN_FAMILY_QUERY)
-_OPEN_IN_FAMILY_HERE = Prepared(_OPEN_IN_FAMILY_QUERY.where(conversations.c.connector == bindparam("connector")))
-_LATEST_IN_FAMILY = Prepared(select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
-                             .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_LATEST_IN_FAMILY_QUERY = (select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
+                           .order_by(conversations.c.last_activity_at.desc()).limit(1))
+# continuity's conversation and, for when there is none, the latest one, which a new conversation follows
+# (``previous_id``): one statement, by ``conversations.continuity``
+_CONTINUED_OR_LATEST = {
+    "same_ticket": Prepared(select(_OPEN_IN_FAMILY_QUERY.scalar_subquery().label("continued"),
+                                   _LATEST_IN_FAMILY_QUERY.scalar_subquery().label("latest"))),
+    "per_channel": Prepared(select(
+        _OPEN_IN_FAMILY_QUERY.where(conversations.c.connector == bindparam("connector")).scalar_subquery()
+        .label("continued"), _LATEST_IN_FAMILY_QUERY.scalar_subquery().label("latest")))}
 # two workers threading messages of one customer at once would each open a conversation: the second waits here for
 # the first to commit (SQLite's single writer already serialises them)
 _LOCK_CUSTOMER = Prepared(select(customers.c.id).where(customers.c.id == bindparam("customer_id")).with_for_update())
@@ -113,18 +119,18 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str,
                                             customer_family(conn, customer_id))
         if conversation_id:
             rule = "subject_token"
+    latest_id = None
     if conversation_id is None:
         since = at - timedelta(hours=settings.window_hours)
-        continuity = _OPEN_IN_FAMILY_HERE if settings.continuity == "per_channel" else _OPEN_IN_FAMILY
-        conversation_id = continuity.scalar(conn, {"customer_id": customer_id, "since": since,
-                                                   "connector": message.connector})
+        conversation_id, latest_id = _CONTINUED_OR_LATEST[settings.continuity].first(conn, {
+            "customer_id": customer_id, "since": since, "connector": message.connector})
         if conversation_id:
             rule = "continuity"
     previous_id = None
     opened = conversation_id is None
     if conversation_id is None:
         conversation_id = new_id()
-        previous_id = _LATEST_IN_FAMILY.scalar(conn, {"customer_id": customer_id})
+        previous_id = latest_id
         _NEW_CONVERSATION.execute(conn, {
             "id": conversation_id, "customer_id": customer_id, "channel": message.channel.value,
             "previous_id": previous_id, "connector": message.connector, "status": "open", "created_at": at,

@@ -1,5 +1,6 @@
-"""Thread keys are looked up in one statement however many a mail names, and the order of priority stays: the
-In-Reply-To first, then the References from the latest ancestor back, then the mail's own Message-ID."""
+"""Threading's reads: thread keys are looked up in one statement however many a mail names, and the order of
+priority stays (the In-Reply-To first, then the References from the latest ancestor back, then the mail's own
+Message-ID); continuity and the conversation a new one follows are read in one statement."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from gateway.config import ConversationsConfig
-from gateway.conversations import assign_conversation, email_thread_key
+from gateway.conversations import assign_conversation, close_conversation, email_thread_key
 from gateway.identity import resolve_customer
 from gateway.model import ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
 from gateway.plugins import inbound_message
@@ -34,9 +35,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
 
 
 def mail(message_id: str, in_reply_to: str | None = None, references: tuple[str, ...] = (),
-         days_later: int = 0) -> Message:
+         days_later: int = 0, connector: str = "mail") -> Message:
     at = utcnow() + timedelta(days=days_later)
-    record = RawRecord(inbox_id=1, connector="mail", provider_id=message_id, kind="message", body=b"",
+    record = RawRecord(inbox_id=1, connector=connector, provider_id=message_id, kind="message", body=b"",
                        content_type="message/rfc822", headers={}, public_url="", received_at=at)
     return inbound_message(record, connector_type="imap", channel=ChannelType.EMAIL, provider_message_id=message_id,
                            thread=ThreadRef(message_id=message_id, in_reply_to=in_reply_to, references=references),
@@ -93,3 +94,22 @@ def test_one_select_finds_the_thread_however_many_references_a_mail_names(engine
                                                  days_later=30), customer_id, SETTINGS)
     assert unknown.rule == "new"
     assert len([statement for statement in sent if "FROM thread_keys" in statement]) == 1, sent
+
+
+@pytest.mark.parametrize("continuity", ["same_ticket", "per_channel"])
+def test_continuity_or_else_the_latest_conversation_in_one_read(engine: Engine, continuity: str) -> None:
+    settings = ConversationsConfig(continuity=continuity)
+    customer_id, (closed, other_channel) = started(engine, "closed@x", "other@x")
+    with engine.begin() as conn:
+        close_conversation(conn, closed)
+        open_here = assign_conversation(conn, mail("here@x", days_later=-5), customer_id, settings)
+        assert (open_here.rule, open_here.previous_id) == ("new", other_channel)
+    with engine.begin() as conn:
+        touched = assign_conversation(conn, mail("touch@x", days_later=-1, connector="mail-2"), customer_id, settings)
+        with counted(conn) as sent:
+            followed = assign_conversation(conn, mail("next@x"), customer_id, settings)
+    if continuity == "same_ticket":  # the latest open conversation in the window, whichever channel it came in on
+        assert (followed.rule, followed.conversation_id) == ("continuity", touched.conversation_id)
+    else:  # only this connector's, here the one opened 5 days ago: outside the window, so a new one follows the latest
+        assert (followed.rule, followed.opened, followed.previous_id) == ("new", True, touched.conversation_id)
+    assert len([statement for statement in sent if "FROM conversations" in statement]) == 1, sent
