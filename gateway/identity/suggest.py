@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz
 from sqlalchemy import Connection, String, bindparam, cast, func, literal, literal_column, select
 
 from gateway.identity.merges import suggest_many
@@ -32,8 +32,8 @@ def _candidates_statement(dialect: str) -> Prepared:
     On SQLite the earliest customers of the range are taken (by rowid), which is the order it answered in when it
     read them through the ``merged_into`` index: the same candidates, from the name's range only. There the range
     gives only rowids (from the ``name_key`` index alone), and customers are read in rowid order until
-    ``_CANDIDATES`` are live: a crowded first name (every "Customer ...") costs a read of its range's index entries,
-    not a read and a sort of every customer in it.
+    ``_CANDIDATES`` are live: a crowded range (a common first word) costs a read of its index entries, not a read
+    and a sort of every customer in it.
     """
     mine = customers.alias("mine")
     if dialect == "postgresql":
@@ -59,36 +59,19 @@ def _candidates_statement(dialect: str) -> Prepared:
                     .limit(_CANDIDATES))
 
 
-# an address's (local part, domain, local part before any +tag casefolded, local part casefolded)
-_Parts = tuple[str, str, str, str]
-_Held = tuple[str, str, _Parts | None]  # an identifier's kind and value, with its parts when it is an address
-
-
-def _held(kind: str, value: str) -> _Held:
-    """An identifier with its parts split once, however many customers it is compared with."""
-    if kind != "email":
-        return kind, value, None
-    local, _, domain = value.rpartition("@")
-    return kind, value, (local, domain, local.split("+")[0].casefold(), local.casefold())
-
-
-def _partial_evidence(mine: list[_Held], theirs: list[_Held]) -> str | None:
-    """The first pair of the two customers' identifiers that hints they are one person (``mine`` in order, each
-    against ``theirs`` in order), said in words; None when no pair does."""
-    for kind, value, parts in mine:
-        for other_kind, other, other_parts in theirs:
-            if kind != other_kind or value == other:
-                continue
-            if kind == "phone" and value[-7:] == other[-7:]:
+def _partial_evidence(mine: list[tuple[str, str]], theirs: list[tuple[str, str]]) -> str | None:
+    for kind, value in mine:
+        for other_kind, other in theirs:
+            if kind == other_kind == "phone" and value != other and value[-7:] == other[-7:]:
                 return f"phones {value} and {other} share their last 7 digits"
-            if parts is not None and other_parts is not None:
-                local, domain, local_base, local_folded = parts
-                other_local, other_domain, other_base, other_folded = other_parts
-                if domain == other_domain and local_base == other_base:
+            if kind == other_kind == "email" and value != other:
+                local, _, domain = value.rpartition("@")
+                other_local, _, other_domain = other.rpartition("@")
+                if domain == other_domain and local.split("+")[0].casefold() == other_local.split("+")[0].casefold():
                     return f"emails {value} and {other} differ only by a +tag or case"
-                if local_folded == other_folded:
+                if local.casefold() == other_local.casefold():
                     return f"emails {value} and {other} share their local part"
-                if domain == other_domain and fuzz.ratio(local, other_local, score_cutoff=90) >= 90:
+                if value.rpartition("@")[2] == other.rpartition("@")[2] and fuzz.ratio(local, other_local) >= 90:
                     return f"emails {value} and {other} differ by a character or two"
     return None
 
@@ -99,16 +82,14 @@ def suggest_for_new_customer(conn: Connection, customer_id: str, min_score: floa
     if not candidates or not candidates[0].key:
         return []
     key = candidates[0].key
-    # fuzz.token_sort_ratio of each candidate in one call (the same scores); back in the order of the candidates
-    found = process.extract(key, [other_key for _, other_key, _ in candidates], scorer=fuzz.token_sort_ratio,
-                            limit=None, score_cutoff=min_score)
-    scored = [(candidates[index].id, score) for _, score, index in sorted(found, key=lambda hit: hit[2])]
+    scored = [(other_id, score) for other_id, other_key, _ in candidates
+              if (score := fuzz.token_sort_ratio(key, other_key)) >= min_score]
     if not scored:
         return []
-    held: dict[str, list[_Held]] = {}  # every identifier of this customer and the alike ones, one query
+    held: dict[str, list[tuple[str, str]]] = {}  # every identifier of this customer and the alike ones, one query
     for owner, kind, value in _HELD.all(
             conn, {"customer_ids": [customer_id, *(other_id for other_id, _ in scored)]}):
-        held.setdefault(owner, []).append(_held(kind, value))
+        held.setdefault(owner, []).append((kind, value))
     mine = held.get(customer_id, [])
     alike = []
     for other_id, score in scored:
