@@ -27,7 +27,9 @@ from gateway.storage.prepared import Prepared
 from gateway.storage.tables import conversations, crm_links, customers, thread_keys
 
 MAX_KEY = 512  # thread_keys.key
-_BY_THREAD_KEY = Prepared(select(thread_keys.c.conversation_id).where(thread_keys.c.key == bindparam("key")))
+# every key a message looks up, read in one statement; the caller keeps the keys' order of priority
+_BY_THREAD_KEYS = Prepared(select(thread_keys.c.key, thread_keys.c.conversation_id).where(
+    thread_keys.c.key.in_(bindparam("keys", expanding=True))))
 # the customer and every customer merged into it, directly or through others (``customer_family``), inside the
 # statements that need it, so the usual customer (nobody merged into it) costs no look-up of its own
 _ONE = select(customers.c.id).where(customers.c.id == bindparam("customer_id")).cte("family", recursive=True)
@@ -36,10 +38,17 @@ _OPEN_IN_FAMILY_QUERY = (select(conversations.c.id)
                          .where(conversations.c.customer_id.in_(select(_FAMILY.c.id)), conversations.c.status == "open",
                                 conversations.c.last_activity_at >= bindparam("since"))
                          .order_by(conversations.c.last_activity_at.desc()).limit(1))
-_OPEN_IN_FAMILY = Prepared(_OPEN_IN_FAMILY_QUERY)
-_OPEN_IN_FAMILY_HERE = Prepared(_OPEN_IN_FAMILY_QUERY.where(conversations.c.connector == bindparam("connector")))
-_LATEST_IN_FAMILY = Prepared(select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
-                             .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_LATEST_IN_FAMILY_QUERY = (select(conversations.c.id).where(conversations.c.customer_id.in_(select(_FAMILY.c.id)))
+                           .order_by(conversations.c.last_activity_at.desc()).limit(1))
+_LATEST_IN_FAMILY = Prepared(_LATEST_IN_FAMILY_QUERY)
+# continuity's conversation and, for when there is none, the latest one, which a new conversation follows
+# (``previous_id``): one statement, by ``conversations.continuity``
+_CONTINUED_OR_LATEST = {
+    "same_ticket": Prepared(select(_OPEN_IN_FAMILY_QUERY.scalar_subquery().label("continued"),
+                                   _LATEST_IN_FAMILY_QUERY.scalar_subquery().label("latest"))),
+    "per_channel": Prepared(select(
+        _OPEN_IN_FAMILY_QUERY.where(conversations.c.connector == bindparam("connector")).scalar_subquery()
+        .label("continued"), _LATEST_IN_FAMILY_QUERY.scalar_subquery().label("latest")))}
 # two workers threading messages of one customer at once would each open a conversation: the second waits here for
 # the first to commit (SQLite's single writer already serialises them)
 _LOCK_CUSTOMER = Prepared(select(customers.c.id).where(customers.c.id == bindparam("customer_id")).with_for_update())
@@ -179,13 +188,9 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str, se
     read_ahead = known is not None and customer_id in known.customers
     lookup, own = message_thread_keys(message)
     at = message.received_at
-    conversation_id: str | None = None
-    rule = "new"
-    for key in lookup:
-        conversation_id = _BY_THREAD_KEY.scalar(conn, {"key": key})
-        if conversation_id:
-            rule = "thread_key"
-            break
+    by_key = known_thread_keys(conn, lookup)
+    conversation_id = next((by_key[key] for key in lookup if by_key.get(key)), None)
+    rule = "new" if conversation_id is None else "thread_key"
     if not is_sqlite(conn.engine) and not (read_ahead or new_customer):
         _LOCK_CUSTOMER.execute(conn, {"customer_id": customer_id})
     if conversation_id is None and settings.subject_token and message.subject and not new_customer:
@@ -193,22 +198,24 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str, se
                                             customer_family(conn, customer_id))
         if conversation_id:
             rule = "subject_token"
+    latest_id = None
     if conversation_id is None and not new_customer:
         since = at - timedelta(hours=settings.window_hours)
-        per_channel = settings.continuity == "per_channel"
         if known is not None and read_ahead:  # read since the batch's earliest window, so since this one
+            per_channel = settings.continuity == "per_channel"
             conversation_id = known.latest(customer_id, since, message.connector if per_channel else None)
+            if conversation_id is None:
+                latest_id = _LATEST_IN_FAMILY.scalar(conn, {"customer_id": customer_id})
         else:
-            continuity = _OPEN_IN_FAMILY_HERE if per_channel else _OPEN_IN_FAMILY
-            conversation_id = continuity.scalar(conn, {"customer_id": customer_id, "since": since,
-                                                       "connector": message.connector})
+            conversation_id, latest_id = _CONTINUED_OR_LATEST[settings.continuity].first(conn, {
+                "customer_id": customer_id, "since": since, "connector": message.connector})
         if conversation_id:
             rule = "continuity"
     previous_id = None
     opened = conversation_id is None
     if conversation_id is None:
         conversation_id = new_id()
-        previous_id = None if new_customer else _LATEST_IN_FAMILY.scalar(conn, {"customer_id": customer_id})
+        previous_id = latest_id
         _NEW_CONVERSATION.execute(conn, {
             "id": conversation_id, "customer_id": customer_id, "channel": message.channel.value,
             "previous_id": previous_id, "connector": message.connector, "status": "open", "created_at": at,
@@ -220,10 +227,18 @@ def assign_conversation(conn: Connection, message: Message, customer_id: str, se
                               "inbound_connector": message.connector})
         if known is not None:
             known.touched(conversation_id, at, rule)
-    if own:
+    new_keys = [key for key in own if key not in by_key]  # a key already taken keeps its conversation
+    if new_keys:
         _ADD_THREAD_KEYS[is_sqlite(conn.engine)].execute_many(
-            conn, [{"key": key, "conversation_id": conversation_id} for key in own])
+            conn, [{"key": key, "conversation_id": conversation_id} for key in new_keys])
     return Assignment(conversation_id, rule, opened, previous_id)
+
+
+def known_thread_keys(conn: Connection, keys: list[str]) -> dict[str, str]:
+    """The conversation of each of ``keys`` already known, in one statement (none for no keys)."""
+    if not keys:
+        return {}
+    return dict(_BY_THREAD_KEYS.all(conn, {"keys": list(dict.fromkeys(keys))}))
 
 
 def _language(message: Message) -> str | None:

@@ -53,11 +53,12 @@ def arrivals() -> list[InboxItem]:
 
 def run(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, Any]], list[int]]:
     """Store the arrivals; the customer each message's mapping saw and the one its row was stored with (ids replaced
-    by the order in which they first appeared), and the sizes of the claims."""
+    by the order in which they first appeared), its conversation and whether that follows an earlier one, and the
+    sizes of the claims."""
     customer(rt, Identifier(kind=IdentifierKind.WHATSAPP, value=MERGED))
     customer(rt, *(Identifier(kind=IdentifierKind.PHONE, value=number) for number in (MERGED, SECOND)))
     customer(rt, Identifier(kind=IdentifierKind.PHONE, value=NAMELESS))
-    customer(rt, Identifier(kind=IdentifierKind.PHONE, value=KNOWN), name="Eve")
+    eve = customer(rt, Identifier(kind=IdentifierKind.PHONE, value=KNOWN), name="Eve")
     seen: list[dict[str, Any]] = []
 
     def recording(message: Any, customer: dict[str, Any], *args: Any, **kwargs: Any) -> MessageContext:
@@ -65,13 +66,16 @@ def run(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, An
         return MessageContext(message, customer, *args, **kwargs)
 
     worker = PipelineWorker(rt, "test-p")
-    store(rt, sms("SM" + "0" * 32, TALKING, "the conversation before"))
-    [rows] = worker.claim()
-    worker.process(rows)
+    store(rt, sms("SM" + "0" * 32, TALKING, "the conversation before"), sms("SM" + "b" * 32, KNOWN, "long ago"))
+    while batches := worker.claim():
+        for rows in batches:
+            worker.process(rows)
     monkeypatch.setattr(message_store, "MessageContext", recording)
     now = utcnow()
     with rt.engine.begin() as conn:
         conn.execute(update(conversations).values(last_activity_at=now - timedelta(hours=71)))
+        conn.execute(update(conversations).where(conversations.c.customer_id == eve).values(
+            last_activity_at=now - timedelta(hours=100)))
     store(rt, *arrivals())
     with rt.engine.begin() as conn:
         conn.execute(update(inbox).where(inbox.c.provider_id == "SM" + "7" * 32).values(
@@ -83,12 +87,14 @@ def run(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, An
             worker.process(rows)
     with rt.engine.connect() as conn:
         stored = {row.provider_message_id: row for row in conn.execute(select(messages))}
+        previous = dict(conn.execute(select(conversations.c.id, conversations.c.previous_id)).all())
     order: dict[str, int] = {}
     threads: dict[str, int] = {}
     return [{**seen_customer, "id": order.setdefault(seen_customer["id"], len(order)),
              "stored_with": order.setdefault(stored[item.provider_id].customer_id, len(order)),
              "conversation": threads.setdefault(stored[item.provider_id].conversation_id, len(threads)),
-             "rule": stored[item.provider_id].thread_rule}
+             "rule": stored[item.provider_id].thread_rule,
+             "previous": previous[stored[item.provider_id].conversation_id] is not None}
             for seen_customer, item in zip(seen, arrivals(), strict=True)], claims
 
 
@@ -124,6 +130,7 @@ def test_a_batch_sees_what_its_earlier_messages_changed_as_messages_stored_alone
         (0, "new"), (0, "continuity"), (1, "new"), (2, "new"), (2, "continuity"), (3, "continuity"),
         (3, "continuity"), (4, "new"), (4, "continuity"), (4, "continuity")], "a merged customer's conversation goes on"
     assert batched[2]["display_name"] == "Eve"
+    assert [c["previous"] for c in batched] == [False] * 2 + [True] + [False] * 7, "Eve's old conversation"
     assert batched[4]["display_name"] == "Ode" and len(batched[4]["identifiers"]) == 2
     assert batched[9]["display_name"] == "Wren" and sorted(batched[9]["identifiers"], key=str) == merged
 

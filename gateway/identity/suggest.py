@@ -30,7 +30,10 @@ def _candidates_statement(dialect: str) -> Prepared:
 
     One statement: the name key is read in a subquery, and its first word bounds the index range of the others.
     On SQLite the earliest customers of the range are taken (by rowid), which is the order it answered in when it
-    read them through the ``merged_into`` index: the same candidates, from the name's range only.
+    read them through the ``merged_into`` index: the same candidates, from the name's range only. There the range
+    gives only rowids (from the ``name_key`` index alone), and customers are read in rowid order until
+    ``_CANDIDATES`` are live: a crowded range (a common first word) costs a read of its index entries, not a read
+    and a sort of every customer in it.
     """
     mine = customers.alias("mine")
     if dialect == "postgresql":
@@ -39,14 +42,21 @@ def _candidates_statement(dialect: str) -> Prepared:
         first = func.substr(mine.c.name_key, 1, func.instr(mine.c.name_key + " ", " ") - 1)
     me = select(mine.c.name_key.label("key"), first.label("first")).where(
         mine.c.id == bindparam("customer_id")).subquery("me")
-    candidates = (select(customers.c.id, customers.c.name_key, me.c.key)
-                  .select_from(me.join(customers, (customers.c.name_key >= me.c.first)
-                                       & (customers.c.name_key < me.c.first + cast(literal("\uffff"), String))))
-                  .where(customers.c.id != bindparam("customer_id"), _unindexed(customers.c.merged_into).is_(None))
-                  .limit(_CANDIDATES))
     if dialect == "sqlite":
-        candidates = candidates.order_by(literal_column("customers.rowid"))
-    return Prepared(candidates)
+        ranged = customers.alias("ranged")
+        in_range = literal_column("customers.rowid").in_(
+            select(literal_column("ranged.rowid")).select_from(ranged).where(
+                ranged.c.name_key >= me.c.first, ranged.c.name_key < me.c.first + cast(literal("\uffff"), String)))
+        return Prepared(select(customers.c.id, customers.c.name_key, me.c.key)
+                        .select_from(me.join(customers, in_range))
+                        .where(customers.c.id != bindparam("customer_id"),
+                               _unindexed(customers.c.merged_into).is_(None))
+                        .order_by(literal_column("customers.rowid")).limit(_CANDIDATES))
+    return Prepared(select(customers.c.id, customers.c.name_key, me.c.key)
+                    .select_from(me.join(customers, (customers.c.name_key >= me.c.first)
+                                         & (customers.c.name_key < me.c.first + cast(literal("\uffff"), String))))
+                    .where(customers.c.id != bindparam("customer_id"), _unindexed(customers.c.merged_into).is_(None))
+                    .limit(_CANDIDATES))
 
 
 def _partial_evidence(mine: list[tuple[str, str]], theirs: list[tuple[str, str]]) -> str | None:
