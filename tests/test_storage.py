@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from gateway.attachments import AttachmentStore, AttachmentTooLarge, download
 from gateway.replay import DbUsedTokens
 from gateway.storage.cursors import Cursors, exclusive
-from gateway.storage.db import make_engine, migrate
+from gateway.storage.db import dumps_json, loads_json, make_engine, migrate
 from gateway.storage.tables import metadata, used_tokens
 
 
@@ -138,3 +139,25 @@ def test_a_token_is_taken_once_by_one_request_until_its_window_ends(backend: str
     with engine.connect() as conn:
         assert conn.execute(select(used_tokens.c.token)).scalars().all() == ["t3"]
     engine.dispose()
+
+
+@pytest.mark.parametrize("value", [
+    {"text": "plain", "numbers": [1, 2.5, None, True], "nested": {"é": "ü", "emoji": "🙂"}},
+    {"mail": "undecodable bytes \udc80\udcff kept"},  # surrogateescape: orjson refuses it, json.dumps writes it
+    {"big": 2 ** 70},  # over 64 bits
+])
+def test_json_columns_round_trip_whatever_orjson_refuses(tmp_path: Path, value: dict[str, object]) -> None:
+    from sqlalchemy import JSON, Column, Integer, MetaData, Table, insert
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'j.db'}")
+    table = Table("docs", MetaData(), Column("id", Integer, primary_key=True), Column("doc", JSON))
+    table.create(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(table).values(id=1, doc=value))
+        assert conn.execute(select(table.c.doc)).scalar_one() == value
+    engine.dispose()
+
+
+def test_json_keys_that_are_not_strings_become_strings_as_json_dumps_makes_them() -> None:
+    assert json.loads(dumps_json({1: "a", None: "b"})) == json.loads(json.dumps({1: "a", None: "b"}))
+    assert loads_json('{"ratio": NaN}')["ratio"] != 0  # NaN, which orjson does not read, read by json.loads

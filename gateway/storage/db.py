@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import shutil
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -31,6 +33,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def dumps_json(value: Any) -> str:
+    """A JSON column's text, written by orjson: the pipeline writes every message and its mapped fields as JSON.
+
+    Keys that are not strings become strings, as ``json.dumps`` makes them; what orjson refuses (a string with a
+    lone surrogate, as undecodable mail bytes become, an integer over 64 bits) is written by ``json.dumps``."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+
+
+def loads_json(text: str | bytes) -> Any:
+    """A JSON column's value; text orjson refuses (``NaN``, an escaped lone surrogate) is read by ``json.loads``."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -45,7 +66,8 @@ def make_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True,
+                               json_serializer=dumps_json, json_deserializer=loads_json)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -65,7 +87,8 @@ def make_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 
             conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True,
+                         json_serializer=dumps_json, json_deserializer=loads_json)
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
