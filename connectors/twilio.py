@@ -156,10 +156,7 @@ class TwilioChannel(WebhookChannel, TwilioSender):
         identifiers = [Identifier(kind=IdentifierKind.PHONE, value=phone)]
         if is_whatsapp:
             identifiers.append(Identifier(kind=IdentifierKind.WHATSAPP, value=phone))
-        recipients = []
-        with contextlib.suppress(InvalidIdentifier):  # a short code or alphanumeric id stays in extras only
-            recipients.append(Party(identifiers=(Identifier(
-                kind=IdentifierKind.PHONE, value=_normalized_phone(form.get("To", ""), region)),)))
+        recipients = _business_number(form.get("To", ""), region)
         num_media = _media_count(form.get("NumMedia", "0") or "0", ValueError)
         attachments = tuple(
             Attachment(filename=_media_name(n, form.get(f"MediaContentType{n}")),
@@ -175,7 +172,7 @@ class TwilioChannel(WebhookChannel, TwilioSender):
         return [self.message(
             record, channel=channel, provider_message_id=record.provider_id,
             sender=Party(identifiers=tuple(identifiers), display_name=form.get("ProfileName") or None),
-            recipients=tuple(recipients), text=body, full_text=body, attachments=attachments,
+            recipients=recipients, text=body, full_text=body, attachments=attachments,
             sent_at=record.received_at, extras=extras)]
 
     def statuses(self, record: RawRecord) -> list[StatusUpdate]:
@@ -254,3 +251,12 @@ def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 # the business's number is on every message and a customer's on each of theirs: each is parsed once
 _normalized_phone = lru_cache(maxsize=4096)(normalize_phone)
+
+
+@lru_cache(maxsize=256)
+def _business_number(to: str, region: str) -> tuple[Party, ...]:
+    """The recipients of a message sent to ``to``: the business's number, built once per number (a short code or
+    alphanumeric id stays in extras only)."""
+    with contextlib.suppress(InvalidIdentifier):
+        return (Party(identifiers=(Identifier(kind=IdentifierKind.PHONE, value=_normalized_phone(to, region)),)),)
+    return ()
