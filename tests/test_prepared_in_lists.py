@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, bindparam, event, select
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, bindparam, event, or_, select
 
 from gateway.storage.db import make_engine
 from gateway.storage.prepared import PADDED_IN_LIST_MAX, Prepared, padded_length
@@ -29,6 +29,11 @@ BY_NAME = (select(items.c.id)
            .where(items.c.name.in_(bindparam("names", expanding=True)), items.c.id > bindparam("above"),
                   items.c.id.not_in(bindparam("excluded", expanding=True)))
            .order_by(items.c.id))
+# the same list twice, as the merge suggestions' query has it
+EITHER_SIDE = (select(items.c.id)
+               .where(or_(items.c.id.in_(bindparam("ids", expanding=True)),
+                          (items.c.id + 100).in_(bindparam("ids", expanding=True))), items.c.id < bindparam("below"))
+               .order_by(items.c.id))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -96,6 +101,15 @@ def test_not_in_and_nulls_give_the_rows_of_the_unpadded_statement(engine: Engine
         assert padded.scalars(conn, with_null) == list(conn.execute(BY_NAME, with_null).scalars()) == []
         null_last = {"names": ["item1", None], "above": 0, "excluded": [None, 1]}  # padded by repeating the NULL
         assert padded.scalars(conn, null_last) == list(conn.execute(BY_NAME, null_last).scalars()) == []
+
+
+def test_a_list_used_twice_is_padded_alike_in_both_places(engine: Engine) -> None:
+    padded = Prepared(EITHER_SIDE)
+    with engine.connect() as conn:
+        for length in range(1, 12):
+            parameters = {"ids": [3 * n for n in range(1, length)] + [105], "below": 50}
+            expected = list(conn.execute(EITHER_SIDE, parameters).scalars())
+            assert padded.scalars(conn, parameters) == expected and 5 in expected
 
 
 def test_the_text_takes_one_shape_per_padded_length(engine: Engine) -> None:
