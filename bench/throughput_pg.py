@@ -9,6 +9,8 @@ of each stage counts statements, distinct statement texts and commits per messag
 spent, and the time spent inside the pipeline's storing transaction (row locks held).
 
     .venv/bin/python -m bench.throughput_pg --messages 2000
+    GATEWAY_TEST_POSTGRES_URL='postgresql+psycopg://postgres@127.0.0.1:5432/test?prepare_threshold=none' \
+        .venv/bin/python -m bench.throughput_pg --messages 2000   # the workers never prepare a statement
 """
 
 from __future__ import annotations
