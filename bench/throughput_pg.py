@@ -205,7 +205,8 @@ def stage_costs(messages: int) -> dict[str, Any]:
             PipelineWorker._store_batch = original  # type: ignore[method-assign]
             runtime.close()
         out["pipeline"]["store_ms_per_msg"] = round(held[0] / messages * 1000, 2)
-        with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+        plain = make_url(url).set(drivername="postgresql", query={})  # libpq refuses psycopg's own settings
+        with psycopg.connect(plain.render_as_string(hide_password=False)) as conn:
             begun = time.perf_counter()
             for _ in range(1000):
                 conn.execute("SELECT 1").fetchone()
