@@ -3,11 +3,14 @@ costs a scaling model needs; prints JSON (the model and its figures are in docs/
 
 For each process count, a fresh database gets N signed Twilio SMS rows (N/5 senders), then P `gateway work`
 processes run until the jsonl CRM (fsync per record) holds every message. CPU seconds of the workers and of the
-PostgreSQL server processes are read from /proc over the same interval. A separate in-process drain of each stage
-counts statements and commits per message and the time spent inside the pipeline's storing transaction (row locks
-held).
+PostgreSQL backends serving the benchmark's database (other databases' backends and the server's background
+processes left out: the server is shared) are read from /proc over the same interval. A separate in-process drain
+of each stage counts statements, distinct statement texts and commits per message, the server CPU its backends
+spent, and the time spent inside the pipeline's storing transaction (row locks held).
 
     .venv/bin/python -m bench.throughput_pg --messages 2000
+    GATEWAY_TEST_POSTGRES_URL='postgresql+psycopg://postgres@127.0.0.1:5432/test?prepare_threshold=none' \
+        .venv/bin/python -m bench.throughput_pg --messages 2000   # the workers never prepare a statement
 """
 
 from __future__ import annotations
@@ -73,6 +76,22 @@ def cpu_seconds(names: tuple[str, ...], pids: list[int] | None = None) -> float:
     return total / TICK
 
 
+def backend_pids(url: str) -> list[int]:
+    """The server processes connected to the database of ``url`` (asked from the server's maintenance database)."""
+    parsed = make_url(url)
+    admin = f"host={parsed.host} port={parsed.port or 5432} user={parsed.username} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        return [row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
+                                               (parsed.database,))]
+
+
+def backend_cpu(url: str, since: dict[int, float] | None = None) -> dict[int, float]:
+    """CPU seconds of each backend of ``url``'s database, minus what it had used at ``since`` (one that started
+    after ``since`` counts in full)."""
+    since = since or {}
+    return {pid: cpu_seconds((), [pid]) - since.get(pid, 0.0) for pid in backend_pids(url)}
+
+
 def config_for(folder: Path, url: str) -> Path:
     path = write_config(folder, "full")
     text = path.read_text(encoding="utf-8")
@@ -96,16 +115,17 @@ def processes(count: int, messages: int, senders: int, timeout: float) -> dict[s
         try:
             pids = [worker.pid for worker in workers]
             idle_cpu = _settle(pids)
-            gw_cpu, pg_cpu = cpu_seconds((), pids), cpu_seconds(("postgres",))
             with runtime.engine.begin() as conn:
                 conn.execute(update(inbox).values(available_at=utcnow() - timedelta(seconds=1)))
             runtime.close()
+            gw_cpu, pg_cpu = cpu_seconds((), pids), backend_cpu(url)
             load = os.getloadavg()[0]
             started = time.perf_counter()
             while count_lines(output) < messages and time.perf_counter() - started < timeout:
                 time.sleep(0.02)
             elapsed = time.perf_counter() - started
-            gw_cpu, pg_cpu = cpu_seconds((), pids) - gw_cpu, cpu_seconds(("postgres",)) - pg_cpu
+            gw_cpu = cpu_seconds((), pids) - gw_cpu
+            pg_cpu = sum(backend_cpu(url, pg_cpu).values())  # before the workers end: their backends end with them
         finally:
             for worker in workers:
                 worker.terminate()
@@ -140,9 +160,11 @@ def stage_costs(messages: int) -> dict[str, Any]:
         runtime = build_runtime(load_config(config_for(Path(name), url)))
         prefill(runtime, messages, max(1, messages // 5), run_id=4)
         counts = {"statements": 0, "commits": 0}
+        texts: set[str] = set()
 
-        def statement(*_: Any) -> None:
+        def statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
             counts["statements"] += 1
+            texts.add(sql)
 
         def commit(*_: Any) -> None:
             counts["commits"] += 1
@@ -165,18 +187,26 @@ def stage_costs(messages: int) -> dict[str, Any]:
             for stage, worker in (("pipeline", PipelineWorker(runtime, "bench-p")),
                                   ("delivery", DeliveryWorker(runtime, "bench-d"))):
                 counts.update(statements=0, commits=0)
+                texts.clear()
+                server = backend_cpu(url)
                 cpu, wall = time.process_time(), time.perf_counter()
                 drain(worker)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                server_cpu = sum(backend_cpu(url, server).values())
                 out[stage] = {"statements_per_msg": round(counts["statements"] / messages, 2),
+                              "distinct_statements": len(texts),
                               "commits_per_msg": round(counts["commits"] / messages, 3),
                               "cpu_ms_per_msg": round(cpu / messages * 1000, 2),
-                              "wall_ms_per_msg": round(wall / messages * 1000, 2)}
+                              "wall_ms_per_msg": round(wall / messages * 1000, 2),
+                              "server_cpu_ms_per_msg": round(server_cpu / messages * 1000, 2),
+                              "server_cpu_ms_per_statement": round(server_cpu / max(1, counts["statements"]) * 1000,
+                                                                   3)}
         finally:
             PipelineWorker._store_batch = original  # type: ignore[method-assign]
             runtime.close()
         out["pipeline"]["store_ms_per_msg"] = round(held[0] / messages * 1000, 2)
-        with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
+        plain = make_url(url).set(drivername="postgresql", query={})  # libpq refuses psycopg's own settings
+        with psycopg.connect(plain.render_as_string(hide_password=False)) as conn:
             begun = time.perf_counter()
             for _ in range(1000):
                 conn.execute("SELECT 1").fetchone()

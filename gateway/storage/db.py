@@ -16,10 +16,11 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg.pq import ExecStatus, TransactionStatus
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from gateway.storage.tables import cursors
 
@@ -59,6 +60,11 @@ def is_sqlite(engine: Engine) -> bool:
 def make_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 5) -> Engine:
     """An engine for ``url``. SQLite gets WAL, a busy timeout and the chosen fsync level on every connection.
 
+    On PostgreSQL with psycopg, ``?prepare_threshold=N`` in the URL sets after how many executions on a connection
+    a statement is prepared on the server (psycopg's default, 5, when absent); ``?prepare_threshold=none`` never
+    prepares, for a pooler in transaction mode that does not carry prepared statements across its server
+    connections (PgBouncer before 1.21, or without ``max_prepared_statements``).
+
     A database error does not quote the statement's parameters (customers' numbers, addresses, messages).
     """
     parsed = make_url(url)
@@ -87,8 +93,52 @@ def make_engine(url: str, *, sqlite_synchronous: str = "full", pool_size: int = 
             conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True,
-                         json_serializer=dumps_json, json_deserializer=loads_json)
+    parsed, connect_args = _psycopg_connect_args(parsed)
+    engine = create_engine(parsed, connect_args=connect_args, pool_size=pool_size, max_overflow=pool_size,
+                           pool_pre_ping=True, hide_parameters=True, json_serializer=dumps_json,
+                           json_deserializer=loads_json)
+    if parsed.get_driver_name() == "psycopg":
+        engine.dialect.do_rollback = _rollback_keeping_prepared  # type: ignore[method-assign]
+    return engine
+
+
+def _rollback_keeping_prepared(dbapi_connection: Any) -> None:
+    """Roll back without forgetting the connection's prepared statements.
+
+    psycopg's ``rollback()`` follows every ROLLBACK of an open transaction with DEALLOCATE ALL and starts counting
+    executions again, in case the transaction changed the schema. Every ``engine.connect()`` block that only read
+    ends with a rollback, so a worker re-prepared its statements every few batches and ran most of them unprepared.
+    The gateway changes the schema only in migrations, and psycopg still forgets its statements on a DROP or ALTER
+    it runs; PostgreSQL keeps a statement prepared inside a transaction that is rolled back. So an open transaction
+    is rolled back here with libpq's own call, which leaves psycopg's statements alone; anything else (no
+    transaction, a query still running, a broken connection, a failed ROLLBACK) goes through psycopg.
+    """
+    connection = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    pgconn = connection.pgconn
+    in_transaction = pgconn.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+    if in_transaction and pgconn.exec_(b"ROLLBACK").status == ExecStatus.COMMAND_OK:
+        return
+    connection.rollback()
+
+
+def _psycopg_connect_args(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL without ``prepare_threshold`` and the value psycopg's ``connect`` takes for it (an int or None): left
+    in the query, it would reach psycopg as a string."""
+    if url.get_driver_name() != "psycopg" or "prepare_threshold" not in url.query:
+        return url, {}
+    given = url.query["prepare_threshold"]
+    value = given[-1] if isinstance(given, tuple) else given
+    if value.strip().lower() == "none":
+        threshold = None
+    else:
+        try:
+            threshold = int(value)
+        except ValueError:
+            raise ValueError(f"prepare_threshold in the storage URL must be a whole number or none, not {value!r}") \
+                from None
+        if threshold < 0:
+            raise ValueError(f"prepare_threshold in the storage URL must not be negative, not {threshold}")
+    return url.difference_update_query(["prepare_threshold"]), {"prepare_threshold": threshold}
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

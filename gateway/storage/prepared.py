@@ -13,6 +13,13 @@ stay SQLAlchemy's. Rows come back as named tuples (attribute access, indexing, u
 column defaults that are not plain values, and parameters a dialect renders into the text per call. Listeners of the
 engine's ``before_cursor_execute`` and ``after_cursor_execute`` events see these statements too (with no execution
 context); the engine's echo does not. Driver errors are raised as SQLAlchemy raises them (``IntegrityError``...).
+
+An ``IN`` list (an ``expanding`` bind parameter) is padded to the next power of two up to ``PADDED_IN_LIST_MAX``
+items by repeating its last value, which leaves ``IN`` and ``NOT IN`` meaning the same. Without it the statement's
+text would change with every list length, so each batch size would be a different statement to the driver and the
+database: psycopg's query cache, PostgreSQL's prepared statements (psycopg prepares a text once it has run five
+times on a connection) and the sqlite3 module's statement cache (128 texts a connection) would all miss. A longer
+list keeps its own length. ``python -m bench.in_lists [postgresql]`` measures both ways.
 """
 
 from __future__ import annotations
@@ -29,6 +36,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
 
 _EXPANDED_SQL_CACHE = 64  # expanded texts kept per compiled statement (one per distinct IN-list length)
+PADDED_IN_LIST_MAX = 256  # IN lists up to this length are padded to a power of two: 9 texts per list at most
+
+
+def padded_length(length: int) -> int:
+    """The length an IN list of ``length`` items is padded to: the next power of two, up to ``PADDED_IN_LIST_MAX``
+    (a longer list is not padded)."""
+    if length > PADDED_IN_LIST_MAX:
+        return length
+    return 1 << (length - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,9 @@ class _Unsupported(Exception):
 class _Compiled:
     """One statement compiled for one dialect, with everything its executions share."""
 
-    def __init__(self, statement: Executable, dialect: Dialect, column_keys: Sequence[str] | None) -> None:
+    def __init__(self, statement: Executable, dialect: Dialect, column_keys: Sequence[str] | None,
+                 pad_in_lists: bool) -> None:
+        self.pad_in_lists = pad_in_lists
         compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
         for column in (*compiled.insert_prefetch, *compiled.update_prefetch):
             default = column.default if column in compiled.insert_prefetch else column.onupdate
@@ -92,6 +110,7 @@ class _Compiled:
             self.defaults[column.key] = column.default.arg  # type: ignore[union-attr]
         for column in compiled.update_prefetch:
             self.defaults[column.key] = column.onupdate.arg  # type: ignore[union-attr]
+        self.expanding_names = list(dict.fromkeys(name for name in self.names if name in self.expanding))
         self.result_columns = [(entry[0], entry[3]) for entry in compiled._result_columns]
         self.row_type = _row_type([key for key, _ in self.result_columns]) if self.result_columns else None
         self.result_processors: list[tuple[int, Callable[[Any], Any]]] | None = None
@@ -112,13 +131,20 @@ class _Compiled:
         return self._expanded(values)
 
     def _expanded(self, values: dict[str, Any]) -> tuple[str, Sequence[Any] | dict[str, Any]]:
-        lengths = tuple(len(values[name]) for name in self.names if name in self.expanding)
+        lengths = tuple(len(values[name]) for name in self.expanding_names)
         if 0 in lengths:
             raise _Unsupported("an empty IN list is rendered per dialect")
+        if self.pad_in_lists:
+            padded = tuple(padded_length(length) for length in lengths)
+            for name, length, target in zip(self.expanding_names, lengths, padded, strict=True):
+                if target != length:
+                    items = list(values[name])
+                    values[name] = items + [items[-1]] * (target - length)
+            lengths = padded
         sql = self.expanded_sql.get(lengths)
         if sql is None:
             sql = self.sql
-            for name, length in zip((n for n in self.names if n in self.expanding), lengths, strict=True):
+            for name, length in zip(self.expanding_names, lengths, strict=True):
                 marks = ", ".join(["?"] * length if self.positional else
                                   [f"%({name}_{index})s" for index in range(1, length + 1)])
                 sql = sql.replace(f"__[POSTCOMPILE_{name}]", marks)
@@ -180,11 +206,13 @@ class Prepared:
     per-execution work; see the module's docstring for what it covers and what falls back to ``conn.execute``.
 
     An insert or update with no ``values()`` of its own is compiled for the parameter names of its first
-    execution, like SQLAlchemy does: executions with other names compile again (once each).
+    execution, like SQLAlchemy does: executions with other names compile again (once each). ``pad_in_lists=False``
+    renders each IN list at its own length (see the module's docstring).
     """
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: Executable, *, pad_in_lists: bool = True) -> None:
         self.statement = statement
+        self.pad_in_lists = pad_in_lists
         self._by_columns = isinstance(statement, Insert | Update)
         # by dialect (one per engine; weak, so an engine's end frees them), then by parameter names
         self._compiled: WeakKeyDictionary[Dialect, dict[tuple[str, ...] | None, _Compiled | None]] = \
@@ -248,7 +276,7 @@ class Prepared:
         except KeyError:
             pass
         try:
-            compiled: _Compiled | None = _Compiled(self.statement, dialect, columns)
+            compiled: _Compiled | None = _Compiled(self.statement, dialect, columns, self.pad_in_lists)
         except _Unsupported:
             compiled = None
         by_columns[columns] = compiled
