@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.storage.db import is_sqlite
+from gateway.storage.db import bookkeeping, is_sqlite
 from gateway.storage.prepared import Prepared
 from gateway.storage.tables import inbox, inbox_keys
 
@@ -50,7 +50,7 @@ def record_keys(engine: Engine, keys: Mapping[int, OrderKeys]) -> None:
     if not keys:
         return
     rows = [{"inbox_id": row_id, "key": key} for row_id, row_keys in keys.items() for key in sorted(row_keys)]
-    with engine.begin() as conn:
+    with bookkeeping(engine) as conn:
         if rows:
             _ADD_KEYS[is_sqlite(engine)].execute_many(conn, rows)
         _MARK_KEYED.execute(conn, {"row_ids": list(keys)})

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from gateway.attachments import AttachmentStore, AttachmentTooLarge, download
 from gateway.replay import DbUsedTokens
 from gateway.storage.cursors import Cursors, exclusive
-from gateway.storage.db import dumps_json, loads_json, make_engine, migrate
+from gateway.storage.db import bookkeeping, dumps_json, loads_json, make_engine, migrate
 from gateway.storage.tables import metadata, used_tokens
 
 
@@ -161,3 +161,30 @@ def test_json_columns_round_trip_whatever_orjson_refuses(tmp_path: Path, value: 
 def test_json_keys_that_are_not_strings_become_strings_as_json_dumps_makes_them() -> None:
     assert json.loads(dumps_json({1: "a", None: "b"})) == json.loads(json.dumps({1: "a", None: "b"}))
     assert loads_json('{"ratio": NaN}')["ratio"] != 0  # NaN, which orjson does not read, read by json.loads
+
+
+def test_a_bookkeeping_transaction_skips_its_own_fsync_and_leaves_the_connection_as_configured(
+        tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'b.db'}", sqlite_synchronous="full", pool_size=1)
+    migrate(engine)
+    levels = {}  # PRAGMA synchronous: 1 NORMAL, 2 FULL
+    with bookkeeping(engine) as conn:
+        levels["inside"] = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        conn.execute(used_tokens.insert().values(scope="t", token="claim", used_for="x", expires_at=datetime.now(UTC)))
+    with pytest.raises(RuntimeError), bookkeeping(engine) as conn:
+        conn.execute(used_tokens.insert().values(scope="t", token="undone", used_for="x", expires_at=datetime.now(UTC)))
+        raise RuntimeError("a claim that fails")
+    with engine.begin() as conn:
+        levels["after"] = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        tokens = set(conn.execute(select(used_tokens.c.token)).scalars())
+    engine.dispose()
+
+    assert levels == {"inside": 1, "after": 2}
+    assert tokens == {"claim"}
+
+
+def test_bookkeeping_is_an_ordinary_transaction_where_every_commit_is_normal_already(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'n.db'}", sqlite_synchronous="normal", pool_size=1)
+    with bookkeeping(engine) as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    engine.dispose()

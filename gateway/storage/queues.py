@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.records import InboxItem
 from gateway.redact import redact
-from gateway.storage.db import is_sqlite, utcnow
+from gateway.storage.db import bookkeeping, is_sqlite, utcnow
 from gateway.storage.liveness import Liveness
 from gateway.storage.prepared import Prepared
 from gateway.storage.tables import crm_notes, dead_letters, inbox, outbox, sends
@@ -223,7 +223,7 @@ class Queues:
         now = utcnow()
         by_key = {(head.crm, head.conversation_id): [head] for head in heads}
         query = _FOLLOWERS_LOCKED if self._skip_locked else _FOLLOWERS
-        with self.engine.begin() as conn:
+        with bookkeeping(self.engine) as conn:
             counts = dict.fromkeys(by_key, 1)
             open_keys = set(by_key)
             ids = []
@@ -262,7 +262,7 @@ class Queues:
         gone = [owner for owner in owners if self.liveness.is_gone(owner)]
         if not gone:
             return 0
-        with self.engine.begin() as conn:
+        with bookkeeping(self.engine) as conn:
             freed = conn.execute(update(table).where(
                 table.c.status == "pending", table.c.lease_owner.in_(gone)).values(
                 lease_owner=None, lease_until=None)).rowcount
@@ -289,7 +289,7 @@ class Queues:
         self._sweep_gone(table)
         now = utcnow()
         claim = _claim_statements(table, conditions, self._skip_locked)
-        with self.engine.begin() as conn:
+        with bookkeeping(self.engine) as conn:
             found = claim.candidates.all(conn, {"now": now, "limit": limit, **(parameters or {})})
             ids = [row_id for row_id, _ in found]
             if one_retried:
@@ -304,7 +304,7 @@ class Queues:
         """Give back claimed rows that were not started (shutdown): the claim does not count as an attempt."""
         if not ids:
             return
-        with self.engine.begin() as conn:
+        with bookkeeping(self.engine) as conn:
             conn.execute(update(table).where(table.c.id.in_(list(ids)), table.c.lease_owner == owner).values(
                 lease_owner=None, lease_until=None, attempts=table.c.attempts - 1))
 
@@ -312,7 +312,7 @@ class Queues:
         """Keep holding rows still being worked on; returns how many are still ours."""
         if not ids:
             return 0
-        with self.engine.begin() as conn:
+        with bookkeeping(self.engine) as conn:
             return conn.execute(update(table).where(
                 table.c.id.in_(list(ids)), table.c.lease_owner == owner, table.c.status == "pending").values(
                 lease_until=utcnow() + timedelta(seconds=lease_seconds))).rowcount
