@@ -71,6 +71,17 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether ``_without_nul`` would change anything: the usual input is then not copied."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list | tuple):
+        return False
+    return any("\x00" in item if isinstance(item, str) else _has_nul(item) for item in value)
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,7 +89,7 @@ class _Frozen(BaseModel):
     @classmethod
     def _strip_nul(cls, data: Any) -> Any:
         # a NUL decoded from a provider's bytes (an RFC 2047 header, say) cannot be stored in PostgreSQL text
-        return _without_nul(data) if isinstance(data, dict) else data
+        return _without_nul(data) if isinstance(data, dict) and _has_nul(data) else data
 
 
 class Identifier(_Frozen):

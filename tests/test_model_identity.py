@@ -79,3 +79,5 @@ def test_nul_characters_never_reach_storage() -> None:
     msg = message(text="a\x00b", sender=Party(identifiers=(Identifier(kind=IdentifierKind.PHONE,
                                                                       value="+14155550100"),), display_name="Bob\x00"))
     assert msg.text == "ab" and msg.sender.display_name == "Bob"
+    nested = message(extras={"list": ["fine", {"deep": "c\x00d"}], "count": 3})
+    assert nested.extras == {"list": ["fine", {"deep": "cd"}], "count": 3}
