@@ -5,7 +5,7 @@
 
 Messages are built as the connectors build them (the sender normalised with the channel's default region and the
 configured email rules) and go, in time order, through ``resolve_customer``, ``suggest_for_new_customer`` and
-``assign_conversation`` inside transactions on a fresh SQLite database, as ``PipelineWorker._store`` calls them.
+``assign_conversation`` inside transactions on a fresh SQLite database, as ``MessageStore._store`` calls them.
 
 Scores are pairwise over messages. A message's *attribution label* is the person who wrote it, except for messages
 whose only identifier is a shared handle: a household phone two people share, or a company's role address

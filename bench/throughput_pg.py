@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 from bench.pipeline import count_lines, drain, jsonl_check, prefill, write_config
 from gateway.config import load_config
 from gateway.delivery import DeliveryWorker
+from gateway.message_store import MessageStore
 from gateway.pipeline import PipelineWorker
 from gateway.runtime import build_runtime
 from gateway.storage.db import utcnow
@@ -173,16 +174,16 @@ def stage_costs(messages: int) -> dict[str, Any]:
         event.listen(runtime.engine, "commit", commit)
         out: dict[str, Any] = {}
         held = [0.0]
-        original = PipelineWorker._store_batch  # one transaction per batch: its rows are locked throughout
+        original = MessageStore.store_batch  # one transaction per batch: its rows are locked throughout
 
-        def timed(self: PipelineWorker, *args: Any, **kwargs: Any) -> Any:
+        def timed(self: MessageStore, *args: Any, **kwargs: Any) -> Any:
             begun = time.perf_counter()
             try:
                 return original(self, *args, **kwargs)
             finally:
                 held[0] += time.perf_counter() - begun
 
-        PipelineWorker._store_batch = timed  # type: ignore[method-assign]
+        MessageStore.store_batch = timed  # type: ignore[method-assign]
         try:
             for stage, worker in (("pipeline", PipelineWorker(runtime, "bench-p")),
                                   ("delivery", DeliveryWorker(runtime, "bench-d"))):
@@ -202,7 +203,7 @@ def stage_costs(messages: int) -> dict[str, Any]:
                               "server_cpu_ms_per_statement": round(server_cpu / max(1, counts["statements"]) * 1000,
                                                                    3)}
         finally:
-            PipelineWorker._store_batch = original  # type: ignore[method-assign]
+            MessageStore.store_batch = original  # type: ignore[method-assign]
             runtime.close()
         out["pipeline"]["store_ms_per_msg"] = round(held[0] / messages * 1000, 2)
         plain = make_url(url).set(drivername="postgresql", query={})  # libpq refuses psycopg's own settings
