@@ -116,16 +116,6 @@ def _already_stored(conn: Connection, batch: list[Message]) -> set[tuple[str, st
                 "connector": connector, "provider_message_ids": ids})}
 
 
-def _already_stored(conn: Connection, batch: list[Message]) -> set[tuple[str, str]]:
-    """Which of a batch's messages are stored already (a provider's retry), one query per connector."""
-    by_connector: dict[str, list[str]] = {}
-    for message in batch:
-        by_connector.setdefault(message.connector, []).append(message.provider_message_id)
-    return {(connector, provider_message_id) for connector, ids in by_connector.items()
-            for provider_message_id in _ALREADY_STORED_OF.scalars(conn, {
-                "connector": connector, "provider_message_ids": ids})}
-
-
 
 class MessageStore:
     """Writes prepared rows for one worker (``owner``): it settles only the inbox rows that worker holds."""

@@ -11,10 +11,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from gateway.config import GatewayConfig, load_config
 from gateway.runtime import Runtime, build_runtime
+from gateway.storage.db import make_engine, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -75,3 +77,13 @@ def postgres_url() -> Iterator[str]:
     yield url.set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def migrated_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database of each kind: a fresh PostgreSQL one, then SQLite in ``tmp_path``."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/g.db"
+    engine = make_engine(url)
+    migrate(engine)
+    yield engine
+    engine.dispose()

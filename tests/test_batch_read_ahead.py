@@ -135,24 +135,29 @@ def test_a_batch_sees_what_its_earlier_messages_changed_as_messages_stored_alone
     assert batched[9]["display_name"] == "Wren" and sorted(batched[9]["identifiers"], key=str) == merged
 
 
+def statements_of_one_claim(runtime: Runtime) -> list[str]:
+    """The statements (whitespace folded) a pipeline worker runs to process what one claim took."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    worker = PipelineWorker(runtime, "test-p")
+    [rows] = worker.claim()
+    event.listen(runtime.engine, "before_cursor_execute", record)
+    try:
+        worker.process(rows)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", record)
+    return statements
+
+
 def test_a_batch_of_known_senders_reads_identities_and_customers_once(runtime: Runtime) -> None:
     senders = [f"+1415555{n:04d}" for n in range(12)]
     for sender in senders:
         customer(runtime, Identifier(kind=IdentifierKind.PHONE, value=sender), name=f"customer {sender[-2:]}")
     store(runtime, *[sms(f"SM{n:032d}", sender, "hello again") for n, sender in enumerate(senders)])
-    reads: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "identities" in statement:
-            reads.append(statement)
-
-    worker = PipelineWorker(runtime, "test-p")
-    [rows] = worker.claim()
-    event.listen(runtime.engine, "before_cursor_execute", count)
-    try:
-        worker.process(rows)
-    finally:
-        event.remove(runtime.engine, "before_cursor_execute", count)
+    reads = [s for s in statements_of_one_claim(runtime) if s.startswith("SELECT") and "identities" in s]
 
     identity_reads = [s for s in reads if "identities.kind" in s and "crm_directory" in s]
     context_reads = [s for s in reads if "identities.kind" in s and "crm_directory" not in s]
@@ -176,18 +181,7 @@ def test_a_conversation_a_thread_key_found_outside_what_was_read_makes_the_batch
 
 def test_a_new_customers_message_is_threaded_without_reading_conversations(runtime: Runtime) -> None:
     store(runtime, sms("SM" + "1" * 32, NEW, "hello"), sms("SM" + "2" * 32, KNOWN, "hi"))
-    statements: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(" ".join(statement.split()))
-
-    worker = PipelineWorker(runtime, "test-p")
-    [rows] = worker.claim()
-    event.listen(runtime.engine, "before_cursor_execute", record)
-    try:
-        worker.process(rows)
-    finally:
-        event.remove(runtime.engine, "before_cursor_execute", record)
+    statements = statements_of_one_claim(runtime)
 
     assert [s for s in statements if "FROM conversations" in s or "family" in s] == []
     assert len([s for s in statements if s.startswith("INSERT INTO conversations")]) == 2

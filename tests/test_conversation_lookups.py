@@ -4,9 +4,7 @@ Message-ID); continuity and the conversation a new one follows are read in one s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -17,7 +15,7 @@ from gateway.identity import resolve_customer
 from gateway.model import ChannelType, Identifier, IdentifierKind, Message, Party, ThreadRef
 from gateway.plugins import inbound_message
 from gateway.records import RawRecord
-from gateway.storage.db import make_engine, migrate, utcnow
+from gateway.storage.db import utcnow
 from gateway.storage.tables import thread_keys
 from tests.test_identity_round_trips import counted
 
@@ -25,13 +23,9 @@ SETTINGS = ConversationsConfig()
 SENDER = Party(identifiers=(Identifier(kind=IdentifierKind.EMAIL, value="asha@example.com"),), display_name="Asha")
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/g.db"
-    engine = make_engine(url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    return migrated_engine
 
 
 def mail(message_id: str, in_reply_to: str | None = None, references: tuple[str, ...] = (),

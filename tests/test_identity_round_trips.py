@@ -15,7 +15,6 @@ from gateway.identity import IdentityRules, resolve_customer
 from gateway.identity.merges import suggest_many
 from gateway.identity.suggest import suggest_for_new_customer
 from gateway.model import Identifier, IdentifierKind, Party
-from gateway.storage.db import make_engine, migrate
 from gateway.storage.tables import customers, identities, merge_suggestions
 
 RULES = IdentityRules(max_per_kind=2)
@@ -29,13 +28,9 @@ def phone(value: str) -> Identifier:
     return Identifier(kind=IdentifierKind.PHONE, value=value)
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/g.db"
-    engine = make_engine(url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    return migrated_engine
 
 
 @contextmanager
@@ -94,10 +89,11 @@ def test_suggestions_take_the_same_statements_however_many_are_made(engine: Engi
         assert len(sent) == 4, sent  # and the ids of the pairs suggested before are read
 
 
-@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)  # SQLite has one writer at a time
-def test_a_concurrent_insert_of_the_same_identifier_is_found_on_the_retry(engine: Engine) -> None:
+@pytest.mark.parametrize("migrated_engine", ["postgresql"], indirect=True)  # SQLite has one writer at a time
+def test_a_concurrent_insert_of_the_same_identifier_is_found_on_the_retry(migrated_engine: Engine) -> None:
     """Another worker commits the same address between this one's read and its write: the write fails as a whole
     (no customer without identifiers is left), and the retry finds the other worker's customer."""
+    engine = migrated_engine
     sender = Party(identifiers=(email("race@example.com"),), display_name="Race")
     other_customer: list[str] = []
 
