@@ -112,11 +112,11 @@ def test_a_malformed_sender_is_quarantined_without_its_number(strict_runtime: Ru
 
 def test_a_database_error_does_not_carry_the_row_s_values(strict_runtime: Runtime, debug: pytest.LogCaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing(conn: Any, message: Message, *args: Any) -> Any:
+    def failing(conn: Any, message: Message, *args: Any, **kwargs: Any) -> Any:
         conn.execute(text("INSERT INTO no_such_table (phone, body) VALUES (:phone, :body)"),
                      {"phone": message.sender.identifiers[0].value, "body": f"mail me at {EMAIL}"})
 
-    monkeypatch.setattr("gateway.pipeline.assign_conversation", failing)
+    monkeypatch.setattr("gateway.message_store.assign_conversation", failing)
     strict_runtime.queues.store_inbox("sms-main", [sms("SM" + "2" * 32, PHONE, "hello")], {}, PUBLIC_URL)
     drain_once(PipelineWorker(strict_runtime, "test-p"))
     assert "no_such_table" in debug.text
