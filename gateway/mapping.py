@@ -8,6 +8,7 @@ and the fields they must produce; ``gateway mapping test`` and the test suite ru
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -222,12 +223,41 @@ def _compiled_template(source: str) -> Any:
     return _ENV.from_string(source)
 
 
+_PLAIN_PATH = re.compile(r"\{\{\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\}\}")
+
+
+@lru_cache(maxsize=4096)
+def _plain_path(source: str) -> tuple[str, ...] | None:
+    """The names of a template that is one variable and nothing else (``{{ message.text }}``), else None."""
+    match = _PLAIN_PATH.fullmatch(source)
+    return tuple(match.group(1).split(".")) if match else None
+
+
+_MISSING = object()
+
+
+def _read_plain_path(path: tuple[str, ...], variables: dict[str, Any]) -> str | None:
+    """``{{ a.b.c }}`` over plain dicts, rendered as Jinja renders it (``str`` of the value); None where Jinja has
+    more to do (a missing name, an attribute, an object that is not a dict), which the template then does."""
+    value = variables.get(path[0], _MISSING)
+    for name in path[1:]:
+        if type(value) is not dict or name in _DICT_ATTRIBUTES:
+            return None
+        value = value.get(name, _MISSING)
+    return None if value is _MISSING else str(value)
+
+
 def _render(value: Any, variables: dict[str, Any], field: str) -> Any:
     """``value`` with each template rendered; ``variables`` hold the environment's globals and the input, shared by
     the renders (a template's own assignments go to its context, never to them)."""
     if isinstance(value, str):
         if "{" not in value:
             return value
+        path = _plain_path(value)
+        if path is not None:
+            plain = _read_plain_path(path, variables)
+            if plain is not None:
+                return plain
         template = _compiled_template(value)
         try:  # Template.render without its copy of the variables
             context = template.new_context(variables, shared=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,13 +13,13 @@ import requests
 import responses
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import TypeDecorator, select
 
 from gateway.attachments import AttachmentStore, AttachmentTooLarge, download
 from gateway.replay import DbUsedTokens
 from gateway.storage.cursors import Cursors, exclusive
 from gateway.storage.db import bookkeeping, dumps_json, loads_json, make_engine, migrate
-from gateway.storage.tables import metadata, used_tokens
+from gateway.storage.tables import Time, metadata, used_tokens
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -188,3 +188,19 @@ def test_bookkeeping_is_an_ordinary_transaction_where_every_commit_is_normal_alr
     with bookkeeping(engine) as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("value", [
+    datetime(2026, 1, 31, 9, 5, tzinfo=UTC),
+    datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),  # the day changes in UTC
+    datetime(9999, 12, 31, 12, tzinfo=timezone(timedelta(hours=5))),
+])
+def test_a_utc_column_writes_the_text_sqlalchemys_sqlite_datetime_writes(tmp_path: Path, value: datetime) -> None:
+    dialect = make_engine(f"sqlite:///{tmp_path / 'gw.db'}").dialect
+    column_type = Time.dialect_impl(dialect)
+    assert column_type.bind_processor(dialect)(value) == TypeDecorator.bind_processor(column_type, dialect)(value)
+    assert column_type.bind_processor(dialect)(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        column_type.bind_processor(dialect)(value.replace(tzinfo=None))
