@@ -55,7 +55,8 @@ FAILED_STATUSES = frozenset({"failed", "undelivered"})
 _ALREADY_STORED = Statement(select(messages.c.id).where(
     messages.c.connector == bindparam("connector"), messages.c.provider_message_id == bindparam("provider_message_id")))
 _INSERT_MESSAGE = Statement(messages.insert())
-_INSERT_OUTBOX = Statement(outbox.insert().returning(outbox.c.id))
+_INSERT_OUTBOX = Statement(outbox.insert())
+_INSERT_OUTBOX_RETURNING_ID = Statement(outbox.insert().returning(outbox.c.id))  # for a dead letter to name it
 _ALREADY_STORED_OF = Statement(select(messages.c.provider_message_id).where(
     messages.c.connector == bindparam("connector"),
     messages.c.provider_message_id.in_(bindparam("provider_message_ids", expanding=True))))
@@ -327,10 +328,12 @@ class MessageStore:
                     error = exc
             else:
                 fields = {}
-            outbox_id = _INSERT_OUTBOX.scalar(conn, {
-                "crm": route.crm, "message_id": message.id, "conversation_id": conversation_id, "fields": fields,
-                "status": "pending", "attempts": 0, "available_at": now, "created_at": now})
-            if error is not None:
+            row = {"crm": route.crm, "message_id": message.id, "conversation_id": conversation_id, "fields": fields,
+                   "status": "pending", "attempts": 0, "available_at": now, "created_at": now}
+            if error is None:
+                _INSERT_OUTBOX.execute(conn, row)
+            else:
+                outbox_id = _INSERT_OUTBOX_RETURNING_ID.scalar(conn, row)
                 self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.crm,
                                            error_class="permanent", reason=str(error), attempts=0,
                                            code="mapping_error", field=error.field)
