@@ -79,7 +79,13 @@ def _has_nul(value: Any) -> bool:
         value = value.values()
     elif not isinstance(value, list | tuple):
         return False
-    return any("\x00" in item if isinstance(item, str) else _has_nul(item) for item in value)
+    for item in value:  # a loop, not any() over a generator: this runs for every model built
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict | list | tuple) and _has_nul(item):
+            return True
+    return False
 
 
 class _Frozen(BaseModel):
