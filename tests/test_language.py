@@ -154,3 +154,17 @@ def test_whatsapp_in_malayalam_gets_the_ml_tag(write_config: Callable[..., Path]
         ("sms", "ml", ["channel-gateway", "sms"]),
         ("whatsapp", "und", ["channel-gateway", "whatsapp"]),
     ]
+
+
+def test_the_float32_weights_give_the_scores_of_the_shipped_float16_model() -> None:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from gateway.language import _identifier
+
+    shipped = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    assert str(shipped.nb_ptc.dtype) == "float16"  # else the cast in _identifier has no reason to be
+    texts = [text for _, text in SAMPLE_SENTENCES] + [text for _, text in SHORT] + [
+        "Where is my order? I paid on Monday", "ok", "Dónde está mi pedido, lo pagué el lunes"]
+    for text in texts:
+        assert _identifier()._decide(text).tolist() == shipped._decide(text).tolist(), text
+        assert _identifier().rank(text) == shipped.rank(text)
