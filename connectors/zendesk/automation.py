@@ -23,10 +23,11 @@ the write is tried again later.
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from connectors.zendesk.replies import _INVOCATION, INVOCATION_HEADER, STATUS_KIND, positive_id
-from gateway.errors import MalformedRequest, PermanentError, RetryableError
+from gateway.errors import MalformedRequest, PermanentError
 from gateway.plugins import PRIORITIES, Escalation, LinkStore, Rating, TicketStatus
 from gateway.records import InboxItem, RawRecord
 from gateway.webhooks import HookRequest
@@ -34,6 +35,7 @@ from gateway.webhooks import HookRequest
 if TYPE_CHECKING:
     from connectors.zendesk.connector import ZendeskCrm
 
+log = logging.getLogger(__name__)
 SOLVED_EVENT = "ticket_solved"
 SOLVED_BODY = {"event": SOLVED_EVENT, "ticket_id": "{{ticket.id}}"}
 CSAT_TAGS = tuple(f"csat_{n}" for n in range(1, 6))
@@ -110,8 +112,12 @@ def _ticket_id(conversation_id: str, links: LinkStore) -> str:
 
 
 def tag_list(ticket: dict[str, Any], add: list[str], remove: tuple[str, ...] = ()) -> list[str] | None:
-    """The ticket's tags with ``add`` added and ``remove`` taken out, in their order; None when that changes nothing."""
-    current = [str(tag) for tag in ticket.get("tags") or []]
+    """The ticket's tags with ``add`` added and ``remove`` taken out, in their order; None when that changes nothing
+    (or when the ticket came without its tags or its stamp: a list not read would replace them)."""
+    if not isinstance(ticket.get("tags"), list) or not ticket.get("updated_at"):
+        log.warning("ticket %s came without its tags or updated_at: %s not written", ticket.get("id"), ", ".join(add))
+        return None
+    current = [str(tag) for tag in ticket["tags"]]
     wanted = [tag for tag in current if tag not in remove or tag in add]
     wanted += [tag for tag in dict.fromkeys(add) if tag not in wanted]
     return None if wanted == current else wanted
@@ -119,9 +125,6 @@ def tag_list(ticket: dict[str, Any], add: list[str], remove: tuple[str, ...] = (
 
 def safe_stamp(ticket: dict[str, Any]) -> dict[str, Any]:
     """``safe_update`` with the ``updated_stamp`` of the ticket as read: a write over a change made since is refused."""
-    if not ticket.get("updated_at"):
-        raise RetryableError("Zendesk returned the ticket without updated_at: its tags cannot be written safely",
-                             code="no_updated_at")
     return {"safe_update": True, "updated_stamp": ticket["updated_at"]}
 
 
@@ -136,7 +139,7 @@ def escalate(crm: ZendeskCrm, conversation_id: str, escalation: Escalation, link
     if wanted is not None and (current is None or PRIORITIES.index(wanted) > PRIORITIES.index(current)):
         update["priority"] = wanted
         done.append(f"priority {current or 'none'} -> {wanted}")
-    tags = tag_list(ticket, list(escalation.tags))
+    tags = tag_list(ticket, list(escalation.tags)) if escalation.tags else None
     if tags is not None:
         update.update(tags=tags, **safe_stamp(ticket))
         done.append("tags " + ", ".join(escalation.tags))

@@ -231,8 +231,11 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         answer that gave the list (``needs_reading`` says when the link does not have them)."""
         update: dict[str, Any] = {"comment": self.comment(items, user_id), "metadata": marker(items)}
         missing = missing_tags(items, known or {})
-        if missing:  # the ticket gains the tags of the channel each message came from
-            update["tags"] = [*((known or {}).get("tags") or []), *missing]
+        if missing and tags_writable(known or {}):  # the ticket gains the tags of the channel each message came from
+            update["tags"] = [*(known or {})["tags"], *missing]
+        elif missing:  # never a list we did not read: it would replace the ticket's tags
+            log.warning("%s: conversation %s: ticket tags unknown, %s not added", self.name,
+                        items[0].conversation.id, ", ".join(missing))
         changes = wanted_changes(items)
         if "priority" in changes:
             refusal = priority_refusal((known or {}).get("priority"), changes["priority"], PRIORITIES)

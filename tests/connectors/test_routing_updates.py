@@ -145,6 +145,17 @@ def test_a_ticket_whose_tags_are_not_known_is_read_and_its_list_kept(mocked: res
     assert links.get("conversation", CONVERSATION_ID)[1]["tags"] == ["vip", "sms", "channel-gateway"]
 
 
+def test_a_read_that_does_not_give_the_tags_adds_none_rather_than_replace_them(
+        mocked: responses.RequestsMock) -> None:
+    links = MemoryLinkStore()
+    links.put("customer", CUSTOMER_ID, "7")
+    links.put("conversation", CONVERSATION_ID, "9", {"status": "open", "priority": "normal"})
+    mocked.get(f"{API}/tickets/9", json={"ticket": {"id": 9, "status": "open", "priority": "normal"}})
+    put = mocked.put(f"{API}/tickets/9", json=answer("normal"))
+    assert desk().deliver(later("hello again", {}), links).operation == "comment_added"
+    assert not {"tags", "additional_tags"} & json.loads(put.calls[0].request.body)["ticket"].keys()
+
+
 # -- Zendesk, batched ---------------------------------------------------------------------------------------------
 def test_update_many_carries_each_ticket_s_changes(mocked: responses.RequestsMock) -> None:
     raised = replace(item(1, 1, text="refund"), fields={**item(1, 1).fields, UPDATE_KEY: {"priority": "urgent"}})
