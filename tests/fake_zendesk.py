@@ -4,7 +4,10 @@ It serves the endpoints the ``zendesk`` connector uses, with bodies shaped like 
 (https://developer.zendesk.com/api-reference/ticketing/): users ``create_or_update`` (matched on external_id, case
 insensitive, or email; 201 when created, 200 when found), ticket creation honouring ``Idempotency-Key``
 (``x-idempotency-lookup: miss|hit``, 400 ``IdempotentRequestError`` for a different body), ticket updates
-(422 on a closed ticket, 404 on an unknown one, 409 when ``safe_update`` carries a stale ``updated_stamp``),
+(422 on a closed ticket, 404 on an unknown one, 409 when ``safe_update`` carries a stale ``updated_stamp``;
+``tags`` replaces the ticket's list, as Update Ticket documents; ``additional_tags``/``remove_tags``, which Zendesk
+documents for ``update_many`` only, are refused with 400 here: the fake's own strictness, so a client sending
+them to a single ticket is caught),
 tickets by ``external_id``, audits with cursor pagination (each audit carrying the write's ``metadata`` as
 ``metadata.custom``), uploads, and the incremental user export.
 
@@ -525,7 +528,12 @@ class FakeZendesk(RepliesApi, LocalServer):
 
     def _update_ticket(self, ticket_id: int, body: dict[str, Any]) -> Answer:
         path = f"/api/v2/tickets/{ticket_id}"
-        status, answer, extra = self._apply_update(ticket_id, body.get("ticket") or {})
+        given = body.get("ticket") or {}
+        if {"additional_tags", "remove_tags"} & given.keys():
+            self._record("PUT", path, 400, body)
+            return 400, {"error": "InvalidValue", "description": "additional_tags and remove_tags are documented for "
+                                                                 "tickets/update_many only (the fake's refusal)"}, {}
+        status, answer, extra = self._apply_update(ticket_id, given)
         self._record("PUT", path, status, body)
         if status == 200 and self._hold_next and isinstance((body.get("ticket") or {}).get("comment"), dict):
             self._hold_next = False
@@ -548,6 +556,8 @@ class FakeZendesk(RepliesApi, LocalServer):
         if isinstance(given.get("comment"), dict):
             # an update's comment is by the API user unless it names its author (Zendesk's default)
             events.append(self._comment(ticket_id, given["comment"], given.get("metadata"), API_USER_ID))
+        if isinstance(given.get("tags"), list):
+            ticket["tags"] = [str(tag) for tag in given["tags"]]
         for tag in given.get("additional_tags") or []:
             if tag not in ticket["tags"]:
                 ticket["tags"].append(tag)

@@ -3,6 +3,12 @@
 The clock is controlled: messages are stored with the arrival time the test gives, and the runner is asked what is
 due at a given moment. Zendesk (``GET``/``PUT /api/v2/tickets/{id}``, bodies as its Tickets reference documents them)
 and Slack (``chat.postMessage``, ``{"ok": true, "channel", "ts"}``) are answered by ``responses``.
+
+Tags: Update Ticket documents only ``tags`` (the whole list, which replaces the ticket's); ``additional_tags`` is
+documented for ``tickets/update_many.json?ids=`` only
+(https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/).
+The escalation sends the list read with its tag added, under ``safe_update`` + ``updated_stamp``
+(https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#protecting-against-ticket-update-collisions).
 """
 
 from __future__ import annotations
@@ -67,10 +73,14 @@ escalations:
 """
 
 
-def ticket(ticket_id: int, priority: str | None = "normal") -> dict[str, object]:
+STAMP = "2025-11-21T16:40:00Z"
+
+
+def ticket(ticket_id: int, priority: str | None = "normal", tags: tuple[str, ...] = ("channel-gateway", "sms"),
+           updated_at: str = STAMP) -> dict[str, object]:
     return {"ticket": {"id": ticket_id, "url": f"{API}/tickets/{ticket_id}.json", "subject": "SMS from +14155550100",
-                       "status": "open", "priority": priority, "tags": ["channel-gateway", "sms"],
-                       "group_id": None, "requester_id": 9873843, "external_id": "conv"}}
+                       "status": "open", "priority": priority, "tags": list(tags),
+                       "updated_at": updated_at, "group_id": None, "requester_id": 9873843, "external_id": "conv"}}
 
 
 @pytest.fixture
@@ -141,7 +151,8 @@ def test_a_restart_in_the_middle_of_the_window_still_escalates_once(
     assert EscalationRunner(third, "worker-c").run_due(now=MONDAY_0920 + timedelta(days=1)) == 0
 
     [update] = puts(mocked)
-    assert update["priority"] == "urgent" and update["additional_tags"] == ["sla-breached"]
+    assert update["priority"] == "urgent" and update["tags"] == ["channel-gateway", "sms", "sla-breached"]
+    assert update["safe_update"] is True and update["updated_stamp"] == STAMP and "additional_tags" not in update
     comment = update["comment"]
     assert isinstance(comment, dict) and comment["public"] is False and "30 business minutes" in comment["body"]
     [post] = slack_posts(mocked)
@@ -158,7 +169,41 @@ def test_priority_only_rises(write_config: Callable[..., Path], mocked: response
     link_ticket(rt, customer_writes(rt, 1, FRIDAY_1650), 7)
     assert EscalationRunner(rt, "w").run_due(now=MONDAY_0920) == 1
     [update] = puts(mocked)
-    assert "priority" not in update and update["additional_tags"] == ["sla-breached"]
+    assert "priority" not in update and update["tags"] == ["channel-gateway", "sms", "sla-breached"]
+    assert update["safe_update"] is True and update["updated_stamp"] == STAMP
+    rt.close()
+
+
+def test_a_ticket_tagged_meanwhile_is_read_again_and_keeps_the_agents_tag(
+        write_config: Callable[..., Path], mocked: responses.RequestsMock) -> None:
+    rt = open_runtime(write_config(CONFIG))
+    tagged = ticket(11, tags=("channel-gateway", "sms", "vip"), updated_at="2025-11-24T09:19:00Z")  # an agent's tag
+    mocked.add(responses.GET, f"{API}/tickets/11", json=ticket(11))
+    mocked.add(responses.PUT, f"{API}/tickets/11", status=409, json={
+        "error": "UpdateConflict", "description": "Safe Update prevented the update due to outdated ticket data. "
+                                                  "Please fetch the latest ticket data and try again."})
+    mocked.add(responses.GET, f"{API}/tickets/11", json=tagged)
+    mocked.add(responses.PUT, f"{API}/tickets/11", json=ticket(11, "urgent"))
+    link_ticket(rt, customer_writes(rt, 1, FRIDAY_1650), 11)
+    runner = EscalationRunner(rt, "w")
+    assert runner.run_due(now=MONDAY_0920) == 0  # refused: nothing written, tried again later
+    assert runner.run_due(now=MONDAY_0920 + timedelta(hours=1)) == 1
+    refused, written = puts(mocked)
+    assert refused["tags"] == ["channel-gateway", "sms", "sla-breached"] and refused["updated_stamp"] == STAMP
+    assert written["tags"] == ["channel-gateway", "sms", "vip", "sla-breached"]
+    assert written["updated_stamp"] == "2025-11-24T09:19:00Z" and written["safe_update"] is True
+    rt.close()
+
+
+def test_a_ticket_that_has_the_tag_already_is_sent_no_tags(
+        write_config: Callable[..., Path], mocked: responses.RequestsMock) -> None:
+    rt = open_runtime(write_config(CONFIG))
+    mocked.add(responses.GET, f"{API}/tickets/12", json=ticket(12, tags=("sla-breached", "sms")))
+    mocked.add(responses.PUT, f"{API}/tickets/12", json=ticket(12, "urgent"))
+    link_ticket(rt, customer_writes(rt, 1, FRIDAY_1650), 12)
+    assert EscalationRunner(rt, "w").run_due(now=MONDAY_0920) == 1
+    [update] = puts(mocked)
+    assert update["priority"] == "urgent" and not {"tags", "safe_update", "updated_stamp"} & update.keys()
     rt.close()
 
 

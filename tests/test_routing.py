@@ -256,7 +256,8 @@ def test_a_refund_on_a_later_message_raises_the_existing_ticket_s_priority(
     responses.get(f"{API}/users/search", json={"users": [], "count": 0, "next_page": None, "previous_page": None})
     responses.post(f"{API}/users/create_or_update", status=201, json={"user": {"id": 7}})
     created = responses.post(f"{API}/tickets", status=201, json={"ticket": {
-        "id": 9, "status": "new", "priority": "normal", "updated_at": "2026-01-05T04:30:01Z"}})
+        "id": 9, "status": "new", "priority": "normal", "updated_at": "2026-01-05T04:30:01Z",
+        "tags": ["channel-gateway", "sms", "agent-tag"]}})
     updated = responses.put(f"{API}/tickets/9", json={"ticket": {
         "id": 9, "status": "open", "priority": "high", "updated_at": "2026-01-05T04:40:00Z"}})
     pipeline, delivery = PipelineWorker(rt, "test-p"), DeliveryWorker(rt, "test-d")
@@ -269,6 +270,7 @@ def test_a_refund_on_a_later_message_raises_the_existing_ticket_s_priority(
     assert json.loads(created.calls[0].request.body)["ticket"]["priority"] == "normal"
     ticket = json.loads(updated.calls[0].request.body)["ticket"]
     assert ticket["priority"] == "high"
-    assert "refund" in ticket["additional_tags"]
+    # Update Ticket's ``tags`` is the whole list: the one the creation answered, plus the rule's tag
+    assert ticket["tags"][:3] == ["channel-gateway", "sms", "agent-tag"] and "refund" in ticket["tags"]
     assert ticket["safe_update"] is True and ticket["updated_stamp"] == "2026-01-05T04:30:01Z"
     rt.close()

@@ -4,6 +4,13 @@ back to the ticket and counted.
 Zendesk's solved-ticket notification is signed and stored like its reply events (``tests.connectors.
 zendesk_two_way.signed``); Zendesk (``PUT /api/v2/tickets/{id}``) and Twilio (the Messages resource, 201) are answered
 by ``responses``; Meta's quick replies follow the Send API and Cloud API references.
+
+The ``csat_N`` tag: Update Ticket documents only ``tags``, the whole list, which replaces the ticket's
+(``additional_tags``/``remove_tags`` are documented for ``tickets/update_many.json?ids=`` only,
+https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/),
+so the ticket is read (``GET /api/v2/tickets/{id}``) and its list written back with the csat tag swapped, under
+``safe_update`` + ``updated_stamp``
+(https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#protecting-against-ticket-update-collisions).
 """
 
 from __future__ import annotations
@@ -146,14 +153,20 @@ def test_a_solved_ticket_asks_once_and_the_rating_is_written_back_and_counted(rt
     assert not delivered_to_crm(rt, answer)  # the answer is no new support message
     assert survey_rows(rt) == [("answered", 4, "quick, but the courier was rude")]
     with responses.RequestsMock() as mock:
+        mock.get(f"{API}/tickets/{TICKET}", json={"ticket": {
+            "id": TICKET, "status": "solved", "tags": ["channel-gateway", "csat_2", "sms"],
+            "updated_at": "2025-11-24T10:02:11Z"}})
         mock.put(f"{API}/tickets/{TICKET}", json={"ticket": {"id": TICKET, "status": "solved"}})
         writer = RatingWriter(rt, "test-ratings")
         assert writer.run_due() == 1
         assert writer.run_due() == 0
-        [call] = mock.calls
+        read, call = mock.calls
+    assert read.request.method == "GET"
     update = json.loads(call.request.body)["ticket"]
     assert update["custom_fields"] == [{"id": 360012345, "value": 4}]
-    assert update["additional_tags"] == ["csat_4"] and "csat_5" in update["remove_tags"]
+    assert update["tags"] == ["channel-gateway", "sms", "csat_4"]  # an earlier rating's tag taken out
+    assert update["safe_update"] is True and update["updated_stamp"] == "2025-11-24T10:02:11Z"
+    assert not {"additional_tags", "remove_tags"} & update.keys()
     assert update["comment"] == {"body": "The customer rated this ticket 4/5 (satisfaction survey). Their comment: "
                                          "quick, but the courier was rude", "public": False}
     assert ratings_counted("4") == before + 1

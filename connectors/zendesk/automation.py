@@ -8,11 +8,22 @@ Ratings are written as a custom ticket field and/or a ``csat_N`` tag, with the c
 own ``POST /tickets/{id}/satisfaction_rating`` only takes a rating from the ticket's requester, authenticated as that
 end user, which the gateway's API user is not
 (https://developer.zendesk.com/api-reference/ticketing/ticket-management/satisfaction_ratings/).
+
+Tags: the Update Ticket endpoint (``PUT /tickets/{id}``) documents only ``tags``, the ticket's whole list, which
+replaces the one it has ("If you use the Update Ticket endpoint to add one or more tags to a ticket, the new tags
+replace any existing tags",
+https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/).
+``additional_tags`` and ``remove_tags`` are documented for ``PUT /tickets/update_many.json?ids=`` only. So the ticket
+is read, and the update sends its list with our tags added (or the other csat tags taken out) under ``safe_update``
+with the ``updated_stamp`` read: if anyone changed the ticket in between, Zendesk answers 409 and nothing is written
+(https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#protecting-against-ticket-update-collisions);
+the write is tried again later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from connectors.zendesk.replies import _INVOCATION, INVOCATION_HEADER, STATUS_KIND, positive_id
@@ -24,6 +35,7 @@ from gateway.webhooks import HookRequest
 if TYPE_CHECKING:
     from connectors.zendesk.connector import ZendeskCrm
 
+log = logging.getLogger(__name__)
 SOLVED_EVENT = "ticket_solved"
 SOLVED_BODY = {"event": SOLVED_EVENT, "ticket_id": "{{ticket.id}}"}
 CSAT_TAGS = tuple(f"csat_{n}" for n in range(1, 6))
@@ -99,6 +111,23 @@ def _ticket_id(conversation_id: str, links: LinkStore) -> str:
     return link[0]
 
 
+def tag_list(ticket: dict[str, Any], add: list[str], remove: tuple[str, ...] = ()) -> list[str] | None:
+    """The ticket's tags with ``add`` added and ``remove`` taken out, in their order; None when that changes nothing
+    (or when the ticket came without its tags or its stamp: a list not read would replace them)."""
+    if not isinstance(ticket.get("tags"), list) or not ticket.get("updated_at"):
+        log.warning("ticket %s came without its tags or updated_at: %s not written", ticket.get("id"), ", ".join(add))
+        return None
+    current = [str(tag) for tag in ticket["tags"]]
+    wanted = [tag for tag in current if tag not in remove or tag in add]
+    wanted += [tag for tag in dict.fromkeys(add) if tag not in wanted]
+    return None if wanted == current else wanted
+
+
+def safe_stamp(ticket: dict[str, Any]) -> dict[str, Any]:
+    """``safe_update`` with the ``updated_stamp`` of the ticket as read: a write over a change made since is refused."""
+    return {"safe_update": True, "updated_stamp": ticket["updated_at"]}
+
+
 def escalate(crm: ZendeskCrm, conversation_id: str, escalation: Escalation, links: LinkStore) -> str:
     """One ``PUT /tickets/{id}``: priority raised (never lowered), tags added, group set, an internal note."""
     ticket_id = _ticket_id(conversation_id, links)
@@ -110,8 +139,9 @@ def escalate(crm: ZendeskCrm, conversation_id: str, escalation: Escalation, link
     if wanted is not None and (current is None or PRIORITIES.index(wanted) > PRIORITIES.index(current)):
         update["priority"] = wanted
         done.append(f"priority {current or 'none'} -> {wanted}")
-    if escalation.tags:
-        update["additional_tags"] = list(escalation.tags)
+    tags = tag_list(ticket, list(escalation.tags)) if escalation.tags else None
+    if tags is not None:
+        update.update(tags=tags, **safe_stamp(ticket))
         done.append("tags " + ", ".join(escalation.tags))
     if escalation.group is not None:
         update["group_id"] = int(escalation.group) if escalation.group.isdigit() else escalation.group
@@ -124,12 +154,14 @@ def record_rating(crm: ZendeskCrm, conversation_id: str, rating: Rating, links: 
     """The rating as a custom field and/or a ``csat_N`` tag (other csat tags removed), the comment as a note."""
     ticket_id = _ticket_id(conversation_id, links)
     update: dict[str, Any] = {}
+    if rating.tags:
+        ticket = crm.client.call("GET", f"/tickets/{ticket_id}").get("ticket") or {}
+        tags = tag_list(ticket, [f"csat_{rating.rating}"], CSAT_TAGS)
+        if tags is not None:
+            update.update(tags=tags, **safe_stamp(ticket))
     if rating.field is not None:
         update["custom_fields"] = [{"id": int(rating.field) if rating.field.isdigit() else rating.field,
                                     "value": rating.rating}]
-    if rating.tags:
-        update["additional_tags"] = [f"csat_{rating.rating}"]
-        update["remove_tags"] = [tag for tag in CSAT_TAGS if tag != f"csat_{rating.rating}"]
     note = f"The customer rated this ticket {rating.rating}/5 (satisfaction survey)."
     if rating.comment:
         note += f" Their comment: {rating.comment}"

@@ -265,8 +265,8 @@ class BatchDelivery:
             link = self.links.get("conversation", items[0].conversation.id)
             if link is None:
                 plan.creates.append(items)
-            elif link[1].get("status") in ENDED or self.crm.needs_priority(items, link[1]):
-                plan.careful.append(items)  # ended: a follow-up ticket; priority unknown: read the ticket first
+            elif link[1].get("status") in ENDED or self.crm.needs_reading(items, link[1]):
+                plan.careful.append(items)  # ended: a follow-up ticket; priority or tags unknown: read it first
             else:
                 plan.updates.append((link[0], items))
         return plan
@@ -318,7 +318,10 @@ class BatchDelivery:
             result = result_for(results, index)
             if status.get("status") == "completed" and job_result_ok(result):
                 ticket_id = str(result["id"])
-                self.links.put("conversation", items[0].conversation.id, ticket_id, {"status": "new"})
+                # the tags it was created with: a later message of the same channel has nothing to add
+                tags = self.crm.ticket_payload_tags(items)
+                self.links.put("conversation", items[0].conversation.id, ticket_id,
+                               {"status": "new", **({"tags": tags} if tags else {})})
                 for item in items:
                     self.outcomes[item.outbox_id] = DeliveryResult("ticket_created", ticket_id, detail="batch")
             else:

@@ -5,6 +5,17 @@ Idempotency: users are upserted by ``external_id`` (the gateway's customer id); 
 audit ``metadata``. A retry after an uncertain attempt first looks for them, so nothing is written twice, and links
 the user and ticket that attempt made, so neither is written again with a first write's body.
 
+Tags: a message adds the tags of its channel to the conversation's ticket. The Update Ticket endpoint documents only
+``tags``, the whole list, which replaces the ticket's ("If you use the Update Ticket endpoint to add one or more tags
+to a ticket, the new tags replace any existing tags"); ``additional_tags`` is documented for
+``tickets/update_many.json?ids=`` only
+(https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/).
+So the link keeps the ticket's tags as our last write's answer gave them, and a write that adds one sends that list
+plus the new tags under ``safe_update`` with the same answer's ``updated_at``: if anyone changed the ticket since,
+Zendesk refuses it (409) and the ticket is read again
+(https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#protecting-against-ticket-update-collisions).
+A ticket whose tags the link does not know is read first, only when a message brings a tag.
+
 Throughput: the pending messages of one conversation are coalesced into one comment (Zendesk allows about 30
 updates per ticket per 10 minutes), and when many conversations wait at once the batch endpoints take them 100 at a
 time (``connectors.zendesk.bulk``).
@@ -84,7 +95,7 @@ def ticket_value(name: str, value: Any) -> Any:
 
 
 def wanted_changes(items: list[DeliveryItem]) -> dict[str, Any]:
-    """The ticket fields the items' rules may change on an existing ticket (tags travel as ``additional_tags``);
+    """The ticket fields the items' rules may change on an existing ticket (tags are added by ``update_payload``);
     of several messages' priorities, the highest."""
     changes: dict[str, Any] = {}
     priorities = []
@@ -102,8 +113,23 @@ def wanted_changes(items: list[DeliveryItem]) -> dict[str, Any]:
 
 
 def ticket_meta(ticket: dict[str, Any]) -> dict[str, Any]:
-    """What the link keeps of a ticket Zendesk returned: status, the stamp of our last write, its priority."""
-    return {"status": ticket.get("status"), "updated_at": ticket.get("updated_at"), "priority": ticket.get("priority")}
+    """What the link keeps of a ticket Zendesk returned: status, the stamp of our last write, its priority and tags."""
+    meta = {"status": ticket.get("status"), "updated_at": ticket.get("updated_at"), "priority": ticket.get("priority")}
+    if isinstance(ticket.get("tags"), list):
+        meta["tags"] = [str(tag) for tag in ticket["tags"]]
+    return meta
+
+
+def missing_tags(items: list[DeliveryItem], known: dict[str, Any]) -> list[str]:
+    """The tags of the items' channels that the ticket, as the link knows it, lacks (all of them if it knows none)."""
+    have = set(known.get("tags") or [])
+    return [tag for tag in dict.fromkeys(str(t) for item in items for t in (item.fields.get("tags") or []))
+            if tag not in have]
+
+
+def tags_writable(known: dict[str, Any]) -> bool:
+    """Whether the link holds the ticket's tag list together with the stamp of the answer that gave it."""
+    return isinstance(known.get("tags"), list) and bool(known.get("updated_at"))
 
 
 def marker(items: list[DeliveryItem]) -> dict[str, str]:
@@ -192,14 +218,24 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
             ticket["via_followup_source_id"] = int(followup_of)
         return ticket
 
+    @staticmethod
+    def ticket_payload_tags(items: list[DeliveryItem]) -> list[str]:
+        """The tags ``ticket_payload`` creates the items' ticket with."""
+        return [str(tag) for tag in items[0].fields.get("tags") or []]
+
     def update_payload(self, items: list[DeliveryItem], user_id: str,
                        known: dict[str, Any] | None = None) -> dict[str, Any]:
         """A comment on the conversation's ticket, with the marker, the tags of the messages' channels and the
-        fields their rules change on every message (``known``: what the link knows of the ticket, its priority)."""
+        fields their rules change on every message (``known``: what the link knows of the ticket, its priority and
+        tags). Tags it lacks are sent as its whole list (``tags``), to go with ``safe_update`` and the stamp of the
+        answer that gave the list (``needs_reading`` says when the link does not have them)."""
         update: dict[str, Any] = {"comment": self.comment(items, user_id), "metadata": marker(items)}
-        tags = [tag for item in items for tag in (item.fields.get("tags") or [])]
-        if tags:  # the ticket gains the tags of the channel each message came from
-            update["additional_tags"] = list(dict.fromkeys(tags))
+        missing = missing_tags(items, known or {})
+        if missing and tags_writable(known or {}):  # the ticket gains the tags of the channel each message came from
+            update["tags"] = [*(known or {})["tags"], *missing]
+        elif missing:  # never a list we did not read: it would replace the ticket's tags
+            log.warning("%s: conversation %s: ticket tags unknown, %s not added", self.name,
+                        items[0].conversation.id, ", ".join(missing))
         changes = wanted_changes(items)
         if "priority" in changes:
             refusal = priority_refusal((known or {}).get("priority"), changes["priority"], PRIORITIES)
@@ -211,6 +247,10 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
     def needs_priority(self, items: list[DeliveryItem], known: dict[str, Any]) -> bool:
         """Whether a rule raises the priority of a ticket whose current priority the link does not know."""
         return "priority" in wanted_changes(items) and "priority" not in known
+
+    def needs_reading(self, items: list[DeliveryItem], known: dict[str, Any]) -> bool:
+        """Whether the ticket must be read before the write: its priority or, for a tag to add, its tags unknown."""
+        return self.needs_priority(items, known) or (bool(missing_tags(items, known)) and not tags_writable(known))
 
     # -- users -------------------------------------------------------------------------------------------------
     def adopt_user(self, item: DeliveryItem, links: LinkStore) -> str | None:
@@ -325,10 +365,11 @@ class ZendeskCrm(CrmConnector, DirectorySync, ContactMerge, ContactErasure, Agen
         known = link[1] if link and link[0] == ticket_id else {}
         if known.get("status") in ENDED:
             return self.continue_on_new_ticket(items, user_id, ticket_id, known["status"], links)
-        if self.needs_priority(items, known) and not stamp_checked:
+        if self.needs_reading(items, known) and not stamp_checked:
             return self.append_after_reading(items, user_id, ticket_id, links)
         payload = self.update_payload(items, user_id, known)
-        if known.get("updated_at") and not stamp_checked:
+        if known.get("updated_at") and (not stamp_checked or "tags" in payload):
+            # a tag list replaces the ticket's: it is only written over the very ticket it was read from
             payload.update(safe_update=True, updated_stamp=known["updated_at"])
         response = self.client.request("PUT", f"/tickets/{ticket_id}", json={"ticket": payload})
         if response.status_code == 200:

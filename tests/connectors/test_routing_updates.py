@@ -1,9 +1,13 @@
 """Rules that change an existing ticket: the exact Zendesk and Salesforce calls, and priorities that only rise.
 
 Zendesk: ``PUT /api/v2/tickets/{id}`` and ``PUT /api/v2/tickets/update_many`` take ``priority``, ``group_id`` and
-``additional_tags`` beside the comment (https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/);
-a ``safe_update`` with a stale ``updated_stamp`` is answered 409. Salesforce: ``GET sobjects/Case/{id}?fields=``
-reads the Case, a ``PATCH sobjects/Case/{id}`` subrequest changes it (204, no body) in the same ``composite`` call.
+``tags`` beside the comment (https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/); ``tags`` is
+the whole list and replaces the ticket's ("If you use the Update Ticket endpoint to add one or more tags to a ticket,
+the new tags replace any existing tags"; ``additional_tags`` is documented for ``update_many.json?ids=`` only,
+https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/),
+so it is sent only with ``safe_update``; a ``safe_update`` with a stale ``updated_stamp`` is answered 409.
+Salesforce: ``GET sobjects/Case/{id}?fields=`` reads the Case, a ``PATCH sobjects/Case/{id}`` subrequest changes it
+(204, no body) in the same ``composite`` call.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from tests.connectors.test_zendesk_bulk import FakeTime, item, job_status, linke
 
 API = "https://acme.zendesk.com/api/v2"
 STAMP = "2026-01-05T04:30:01Z"
+TAGS = ["channel-gateway", "sms"]  # what every message of the conversation tags its ticket with
 
 
 @pytest.fixture
@@ -59,12 +64,12 @@ def desk() -> ZendeskCrm:
 def ticket_links(**known: Any) -> MemoryLinkStore:
     links = MemoryLinkStore()
     links.put("customer", CUSTOMER_ID, "7")
-    links.put("conversation", CONVERSATION_ID, "9", {"status": "open", "updated_at": STAMP, **known})
+    links.put("conversation", CONVERSATION_ID, "9", {"status": "open", "updated_at": STAMP, "tags": TAGS, **known})
     return links
 
 
-def answer(priority: str | None, stamp: str = "2026-01-05T05:00:00Z") -> dict[str, Any]:
-    return {"ticket": {"id": 9, "status": "open", "priority": priority, "updated_at": stamp}}
+def answer(priority: str | None, stamp: str = "2026-01-05T05:00:00Z", tags: list[str] = TAGS) -> dict[str, Any]:
+    return {"ticket": {"id": 9, "status": "open", "priority": priority, "updated_at": stamp, "tags": tags}}
 
 
 # -- Zendesk, one conversation ------------------------------------------------------------------------------------
@@ -116,7 +121,39 @@ def test_fields_of_create_only_rules_leave_the_existing_ticket_alone(mocked: res
     desk().deliver(replace(base, fields={**base.fields, "priority": "high", "tags": ["gw", "refund"]}),
                    ticket_links(priority="normal"))
     ticket = json.loads(put.calls[0].request.body)["ticket"]
-    assert "priority" not in ticket and ticket["additional_tags"] == ["gw", "refund"]
+    assert "priority" not in ticket and ticket["tags"] == [*TAGS, "gw", "refund"]  # the list known, plus the new
+    assert (ticket["safe_update"], ticket["updated_stamp"]) == (True, STAMP) and "additional_tags" not in ticket
+
+
+def test_tags_the_ticket_has_are_not_sent_again(mocked: responses.RequestsMock) -> None:
+    put = mocked.put(f"{API}/tickets/9", json=answer("normal"))
+    desk().deliver(later("hello again", {}), ticket_links(priority="normal"))
+    assert "tags" not in json.loads(put.calls[0].request.body)["ticket"]
+
+
+def test_a_ticket_whose_tags_are_not_known_is_read_and_its_list_kept(mocked: responses.RequestsMock) -> None:
+    links = MemoryLinkStore()
+    links.put("customer", CUSTOMER_ID, "7")
+    links.put("conversation", CONVERSATION_ID, "9", {"status": "open", "updated_at": STAMP, "priority": "normal"})
+    read = mocked.get(f"{API}/tickets/9", json=answer("normal", "2026-01-05T04:40:00Z", ["vip", "sms"]))
+    put = mocked.put(f"{API}/tickets/9", json=answer("normal", tags=["vip", "sms", "channel-gateway"]))
+    desk().deliver(later("hello again", {}), links)  # linked before the link kept tags
+    assert read.call_count == 1
+    ticket = json.loads(put.calls[0].request.body)["ticket"]
+    assert ticket["tags"] == ["vip", "sms", "channel-gateway"]  # the agent's vip kept
+    assert (ticket["safe_update"], ticket["updated_stamp"]) == (True, "2026-01-05T04:40:00Z")
+    assert links.get("conversation", CONVERSATION_ID)[1]["tags"] == ["vip", "sms", "channel-gateway"]
+
+
+def test_a_read_that_does_not_give_the_tags_adds_none_rather_than_replace_them(
+        mocked: responses.RequestsMock) -> None:
+    links = MemoryLinkStore()
+    links.put("customer", CUSTOMER_ID, "7")
+    links.put("conversation", CONVERSATION_ID, "9", {"status": "open", "priority": "normal"})
+    mocked.get(f"{API}/tickets/9", json={"ticket": {"id": 9, "status": "open", "priority": "normal"}})
+    put = mocked.put(f"{API}/tickets/9", json=answer("normal"))
+    assert desk().deliver(later("hello again", {}), links).operation == "comment_added"
+    assert not {"tags", "additional_tags"} & json.loads(put.calls[0].request.body)["ticket"].keys()
 
 
 # -- Zendesk, batched ---------------------------------------------------------------------------------------------
@@ -124,8 +161,8 @@ def test_update_many_carries_each_ticket_s_changes(mocked: responses.RequestsMoc
     raised = replace(item(1, 1, text="refund"), fields={**item(1, 1).fields, UPDATE_KEY: {"priority": "urgent"}})
     kept = replace(item(2, 1, text="ok"), fields={**item(2, 1).fields, UPDATE_KEY: {"priority": "low"}})
     links = linked(1, 2)
-    links.put("conversation", "conv-1", "801", {"status": "open", "priority": "normal"})
-    links.put("conversation", "conv-2", "802", {"status": "open", "priority": "high"})
+    links.put("conversation", "conv-1", "801", {"status": "open", "priority": "normal", "tags": TAGS})
+    links.put("conversation", "conv-2", "802", {"status": "open", "priority": "high", "tags": TAGS})
     many = mocked.put(f"{API}/tickets/update_many", json=queued("t1", 2))
     poll(mocked, "t1", job_status("t1", results=[
         {"id": 801, "action": "update", "success": True, "status": "Updated"},

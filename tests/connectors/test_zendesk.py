@@ -100,6 +100,7 @@ class MockedZendesk:
         mocked.add_callback("GET", f"{API}/tickets", callback=self.list_tickets)
         mocked.add_callback("PUT", re.compile(rf"{API}/tickets/\d+"), callback=self.update_ticket)
         mocked.add_callback("GET", re.compile(rf"{API}/tickets/\d+/audits"), callback=self.list_audits)
+        mocked.add_callback("GET", re.compile(rf"{API}/tickets/\d+$"), callback=self.show_ticket)
 
     def _audit(self, ticket_id: int, payload: dict[str, Any]) -> None:
         audit = copy.deepcopy(fixture("ticket_audits")["audits"][0])
@@ -135,7 +136,7 @@ class MockedZendesk:
         payload = json.loads(request.body)["ticket"]
         ticket = fixture("ticket_create")["ticket"]
         ticket.update(id=TICKET_ID + len(self.tickets), external_id=payload.get("external_id"),
-                      requester_id=payload.get("requester_id"), status="open")
+                      requester_id=payload.get("requester_id"), status="open", tags=list(payload.get("tags") or []))
         self.tickets[ticket["id"]] = ticket
         self._audit(ticket["id"], payload)
         response = {"ticket": ticket}
@@ -156,10 +157,25 @@ class MockedZendesk:
             return 404, JSON, json.dumps(fixture("error_404_record_not_found"))
         if ticket["status"] == "closed":
             return 422, JSON, json.dumps(fixture("error_422_closed_ticket"))
-        self._audit(ticket_id, json.loads(request.body)["ticket"])
+        given = json.loads(request.body)["ticket"]
+        if {"additional_tags", "remove_tags"} & given.keys():  # documented for update_many only
+            return 400, JSON, json.dumps({"error": "InvalidValue", "description": "not an Update Ticket field"})
+        if given.get("safe_update") and given.get("updated_stamp") != ticket["updated_at"]:
+            return 409, JSON, json.dumps({"error": "UpdateConflict", "description": "Safe Update prevented the "
+                                          "update due to outdated ticket data. Please fetch the latest ticket data "
+                                          "and try again."})
+        self._audit(ticket_id, given)
+        ticket["tags"] = list(given.get("tags", ticket["tags"]))
+        ticket["updated_at"] = f"2011-05-05T11:{len(self.audits[ticket_id]):02d}:00Z"
         body = fixture("ticket_update")
-        body["ticket"]["id"] = ticket_id
+        body["ticket"].update(id=ticket_id, tags=ticket["tags"], updated_at=ticket["updated_at"])
         return 200, JSON, json.dumps(body)
+
+    def show_ticket(self, request: Any) -> tuple[int, dict[str, str], str]:
+        ticket = self.tickets.get(int(urlsplit(request.url).path.rsplit("/", 1)[1]))
+        if ticket is None:
+            return 404, JSON, json.dumps(fixture("error_404_record_not_found"))
+        return 200, JSON, json.dumps({"ticket": ticket})
 
     def written_messages(self) -> list[str]:
         """The gateway message ids in the audits of the writes that landed, one per message per write."""
@@ -324,7 +340,8 @@ def test_first_message_upserts_the_user_and_creates_a_ticket(mocked: responses.R
     assert "role" not in sent_json(mocked.calls[0])["user"]
     assert links.get("customer", CUSTOMER_ID) == (str(USER_ID), {"placeholder": CUSTOMER_PHONE})
     assert links.get("conversation", CONVERSATION_ID) == (
-        str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z", "priority": "high"})
+        str(TICKET_ID), {"status": "open", "updated_at": "2011-05-05T10:38:52Z", "priority": "high",
+                                 "tags": ["enterprise", "other_tag"]})
 
 
 def test_user_upsert_accepts_200_for_an_existing_user(mocked: responses.RequestsMock) -> None:
@@ -349,7 +366,7 @@ def test_known_customer_is_not_upserted_again(mocked: responses.RequestsMock) ->
 def linked() -> MemoryLinkStore:
     links = MemoryLinkStore()
     links.put("customer", CUSTOMER_ID, str(USER_ID))
-    links.put("conversation", CONVERSATION_ID, str(TICKET_ID), {"status": "open"})
+    links.put("conversation", CONVERSATION_ID, str(TICKET_ID), {"status": "open", "tags": ["channel-gateway", "sms"]})
     return links
 
 
@@ -364,8 +381,7 @@ def test_second_message_adds_a_comment_to_the_ticket(mocked: responses.RequestsM
         matchers.header_matcher({"Content-Type": "application/json", "Accept": "application/json"}),
         matchers.json_params_matcher({"ticket": {
             "comment": {"body": "Any news?", "public": True, "author_id": USER_ID},
-            "additional_tags": ["channel-gateway", "sms"],  # the channel the message came from
-            "metadata": {MARKER: item.message.id}}}, strict_match=True)])
+            "metadata": {MARKER: item.message.id}}}, strict_match=True)])  # the ticket has the channel's tags
 
     result = zendesk().deliver(item, linked())
 
@@ -393,7 +409,8 @@ def test_closed_ticket_gets_a_follow_up_ticket(mocked: responses.RequestsMock) -
     assert (result.operation, result.remote_id) == ("followup_ticket_created", "35437")
     assert post.call_count == 1
     assert links.get("conversation", CONVERSATION_ID) == (
-        "35437", {"status": "open", "updated_at": "2011-05-05T10:38:52Z", "priority": "high"})
+        "35437", {"status": "open", "updated_at": "2011-05-05T10:38:52Z", "priority": "high",
+                                 "tags": ["enterprise", "other_tag"]})
 
 
 def test_deleted_ticket_is_replaced_by_a_new_one(mocked: responses.RequestsMock) -> None:
@@ -594,9 +611,10 @@ def test_retry_after_a_lost_follow_up_link_writes_no_second_follow_up() -> None:
     assert stale.get("conversation", CONVERSATION_ID)[0] == result.remote_id == str(TICKET_ID + 1)
 
 
-def stamped_links(status: str = "open") -> MemoryLinkStore:
+def stamped_links(status: str = "open", tags: tuple[str, ...] = ("channel-gateway", "sms")) -> MemoryLinkStore:
     links = linked()
-    links.put("conversation", CONVERSATION_ID, str(TICKET_ID), {"status": status, "updated_at": "2026-01-01T10:00:00Z"})
+    links.put("conversation", CONVERSATION_ID, str(TICKET_ID),
+              {"status": status, "updated_at": "2026-01-01T10:00:00Z", "tags": list(tags)})
     return links
 
 
@@ -604,10 +622,27 @@ def test_updates_are_guarded_by_the_stamp_of_our_last_write(mocked: responses.Re
     item = second_item()
     put = mocked.put(TICKET_URL, json=fixture("ticket_update"), match=[matchers.json_params_matcher(
         {"ticket": {"comment": {"body": "Any news?", "public": True, "author_id": USER_ID},
-                    "additional_tags": ["channel-gateway", "sms"], "metadata": {MARKER: item.message.id},
+                    "metadata": {MARKER: item.message.id},
                     "safe_update": True, "updated_stamp": "2026-01-01T10:00:00Z"}}, strict_match=True)])
     result = zendesk().deliver(item, stamped_links())
     assert result.operation == "comment_added" and put.call_count == 1
+
+
+def test_the_channel_s_tags_are_added_to_the_ticket_s_list_under_the_stamp(mocked: responses.RequestsMock) -> None:
+    """Update Ticket documents ``tags`` (the whole list, replacing the ticket's), not ``additional_tags``: the list
+    the link holds from our last write's answer is sent with the channel's tags added, guarded by that answer's
+    stamp (https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-
+    overwriting-existing-tags/)."""
+    item = second_item()
+    answer = fixture("ticket_update")
+    answer["ticket"].update(tags=["vip", "sms", "channel-gateway"], updated_at="2026-01-01T10:05:00Z")
+    put = mocked.put(TICKET_URL, json=answer, match=[matchers.json_params_matcher(
+        {"ticket": {"comment": {"body": "Any news?", "public": True, "author_id": USER_ID},
+                    "tags": ["vip", "sms", "channel-gateway"], "metadata": {MARKER: item.message.id},
+                    "safe_update": True, "updated_stamp": "2026-01-01T10:00:00Z"}}, strict_match=True)])
+    links = stamped_links(tags=("vip", "sms"))
+    assert zendesk().deliver(item, links).operation == "comment_added" and put.call_count == 1
+    assert links.get("conversation", CONVERSATION_ID)[1]["tags"] == ["vip", "sms", "channel-gateway"]
 
 
 def test_a_ticket_solved_since_our_last_write_starts_a_new_ticket_that_refers_to_it(
@@ -637,14 +672,31 @@ def test_a_conflict_on_an_open_ticket_rereads_it_and_adds_the_comment(mocked: re
     item = second_item()
     mocked.put(TICKET_URL, status=409, json={"error": "UpdateConflict", "description": "Ticket was updated"})
     current = fixture("ticket_create")
-    current["ticket"].update(id=TICKET_ID, status="pending", updated_at="2026-01-01T11:00:00Z")
+    current["ticket"].update(id=TICKET_ID, status="pending", updated_at="2026-01-01T11:00:00Z",
+                             tags=["channel-gateway", "sms"])
     mocked.get(TICKET_URL, json=current)
     retry = mocked.put(TICKET_URL, json=fixture("ticket_update"))
 
     result = zendesk().deliver(item, stamped_links())
 
     assert result.operation == "comment_added"
-    assert "safe_update" not in json.loads(retry.calls[0].request.body)["ticket"]
+    sent = json.loads(retry.calls[0].request.body)["ticket"]
+    assert "safe_update" not in sent and "tags" not in sent
+
+
+def test_a_conflict_with_a_tag_to_add_writes_the_list_read_under_its_stamp(mocked: responses.RequestsMock) -> None:
+    item = second_item()
+    mocked.put(TICKET_URL, status=409, json={"error": "UpdateConflict", "description": "Ticket was updated"})
+    current = fixture("ticket_create")
+    current["ticket"].update(id=TICKET_ID, status="open", updated_at="2026-01-01T11:00:00Z", tags=["vip"])
+    mocked.get(TICKET_URL, json=current)
+    retry = mocked.put(TICKET_URL, json=fixture("ticket_update"))
+
+    assert zendesk().deliver(item, stamped_links(tags=("sms",))).operation == "comment_added"
+
+    sent = json.loads(retry.calls[0].request.body)["ticket"]
+    assert sent["tags"] == ["vip", "channel-gateway", "sms"]  # read again: an agent's change is kept
+    assert (sent["safe_update"], sent["updated_stamp"]) == (True, "2026-01-01T11:00:00Z")
 
 
 def test_a_ticket_known_to_be_closed_gets_a_follow_up_without_a_failed_update(

@@ -114,7 +114,7 @@ def linked(*customers: int, tickets: dict[int, int] | None = None) -> MemoryLink
     for n in customers:
         links.put("customer", f"cust-{n}", str(7000 + n))
     for n, ticket_id in (tickets or {}).items():
-        links.put("conversation", f"conv-{n}", str(ticket_id), {"status": "open"})
+        links.put("conversation", f"conv-{n}", str(ticket_id), {"status": "open", "tags": TAGS})
     return links
 
 
@@ -150,8 +150,8 @@ def test_a_backlog_goes_through_the_batch_endpoints_with_exact_bodies(mocked: re
         matchers.json_params_matcher({"tickets": [{
             "id": 35436,
             "comment": {"body": f"{STAMP}\nAny news?\n\n{STAMP}\nHello?", "public": True, "author_id": 7003},
-            "metadata": {MARKER: f"{ongoing[0].message.id},{ongoing[1].message.id}"},
-            "additional_tags": TAGS}]}, strict_match=True)])
+            # its ticket has the channel's tags already: no tags sent
+            "metadata": {MARKER: f"{ongoing[0].message.id},{ongoing[1].message.id}"}}]}, strict_match=True)])
     poll(mocked, "t1,t2",
          job_status("t1", results=[{"id": 801, "index": 0}, {"id": 802, "index": 1}], total=2),
          job_status("t2", results=[{"id": 35436, "action": "update", "success": True, "status": "Updated"}]))
@@ -332,8 +332,7 @@ def test_three_pending_messages_of_a_conversation_become_one_comment(mocked: res
         matchers.json_params_matcher({"ticket": {
             "comment": {"body": f"{STAMP}\nHi\n\n{STAMP}\nmy parcel\n\n{STAMP}\nis late", "public": True,
                         "author_id": 7001},
-            "metadata": {MARKER: ",".join(i.message.id for i in group)},
-            "additional_tags": TAGS}}, strict_match=True)])
+            "metadata": {MARKER: ",".join(i.message.id for i in group)}}}, strict_match=True)])
 
     outcomes = zendesk(fake_time).deliver_groups([group], linked(1, tickets={1: 35001}))
 
@@ -370,6 +369,43 @@ def test_a_small_backlog_stays_on_single_calls(mocked: responses.RequestsMock, f
     put = mocked.put(f"{API}/tickets/35001", json={"ticket": {"id": 35001, "status": "open"}})
     outcomes = zendesk(fake_time, bulk_threshold=10).deliver_groups([[item(1, 1)]], linked(1, tickets={1: 35001}))
     assert ops(outcomes) == {101: "comment_added"} and put.call_count == 1
+
+
+def test_a_tag_the_ticket_lacks_goes_in_update_many_as_its_whole_list_under_the_stamp(
+        mocked: responses.RequestsMock, fake_time: FakeTime) -> None:
+    """Batch updates take ticket objects (``tags`` replaces the list) with ``safe_update``; ``additional_tags`` is
+    only documented for the ``update_many.json?ids=`` form, where every ticket gets the same change
+    (https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/)."""
+    links = linked(1, 2)
+    links.put("conversation", "conv-1", "801",
+              {"status": "open", "tags": ["vip"], "updated_at": "2025-03-09T14:00:00Z"})
+    links.put("conversation", "conv-2", "802", {"status": "open", "tags": TAGS})
+    many = mocked.put(f"{API}/tickets/update_many", json=queued("t1", 2))
+    poll(mocked, "t1", job_status("t1", results=[
+        {"id": 801, "action": "update", "success": True, "status": "Updated"},
+        {"id": 802, "action": "update", "success": True, "status": "Updated"}], total=2))
+    outcomes = zendesk(fake_time).deliver_groups([[item(1, 1)], [item(2, 1)]], links)
+    assert ops(outcomes) == {101: "comment_added", 201: "comment_added"}
+    tagged, untouched = json.loads(many.calls[0].request.body)["tickets"]
+    assert (tagged["tags"], tagged["safe_update"], tagged["updated_stamp"]) == (["vip", *TAGS], True,
+                                                                               "2025-03-09T14:00:00Z")
+    assert not {"tags", "additional_tags", "safe_update"} & untouched.keys()
+
+
+def test_a_ticket_whose_tags_are_unknown_is_read_on_the_single_path(mocked: responses.RequestsMock,
+                                                                    fake_time: FakeTime) -> None:
+    links = linked(1, 2, tickets={2: 802})
+    links.put("conversation", "conv-1", "801", {"status": "open", "updated_at": "2025-03-09T14:00:00Z"})  # no tags
+    read = mocked.get(f"{API}/tickets/801", json={"ticket": {
+        "id": 801, "status": "open", "tags": ["vip"], "updated_at": "2025-03-09T14:10:00Z"}})
+    single = mocked.put(f"{API}/tickets/801", json={"ticket": {"id": 801, "status": "open"}})
+    mocked.put(f"{API}/tickets/update_many", json=queued("t1", 1))
+    poll(mocked, "t1", job_status("t1", results=[{"id": 802, "action": "update", "success": True,
+                                                  "status": "Updated"}]))
+    outcomes = zendesk(fake_time).deliver_groups([[item(1, 1)], [item(2, 1)]], links)
+    assert ops(outcomes) == {101: "comment_added", 201: "comment_added"} and read.call_count == 1
+    sent = json.loads(single.calls[0].request.body)["ticket"]
+    assert (sent["tags"], sent["updated_stamp"]) == (["vip", *TAGS], "2025-03-09T14:10:00Z")
 
 
 # -- the local fake Zendesk behind the connector ---------------------------------------------------------------
