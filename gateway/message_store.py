@@ -101,6 +101,7 @@ class _Batch:
     known: KnownIdentifiers | None = None  # the senders' identifiers, read ahead for the batch
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)  # their customers' contexts, read ahead
     conversations: OpenConversations | None = None  # those customers' open conversations, read ahead
+    outbox_rows: list[dict[str, Any]] = field(default_factory=list)  # inserted together (``_write_outbox``)
 
     def count_dead_letters(self) -> None:
         for crm in self.dead_letters:
@@ -148,6 +149,7 @@ class MessageStore:
                                                if (m.connector, m.provider_message_id) not in batch.stored])
                 for item in ready:
                     self.store_row(conn, item, batch)
+                self._write_outbox(conn, batch)
                 self._settle(conn, batch.settled)
         except Exception:
             log.info("a batch of %d inbox rows failed as a whole; storing its rows one by one", len(prepared),
@@ -247,6 +249,13 @@ class MessageStore:
         forget_keys(conn, [row_id for row_ids in settled.values() for row_id in row_ids])
 
 
+    @staticmethod
+    def _write_outbox(conn: Connection, batch: _Batch) -> None:
+        """The batch's outbox rows not inserted yet, in one executemany, in the order their messages came."""
+        if batch.outbox_rows:
+            _INSERT_OUTBOX.execute_many(conn, batch.outbox_rows)
+            batch.outbox_rows.clear()
+
     def _store_status(self, conn: Connection, update: StatusUpdate, inbox_id: int) -> None:
         statement = insert_for(conn.engine, provider_statuses).on_conflict_do_nothing(
             index_elements=["connector", "provider_message_id", "status"])
@@ -313,7 +322,8 @@ class MessageStore:
         context = MessageContext(message, customer, conversation_context(
             conversation_id, message.channel.value, rule, opened_by_message=assignment.opened,
             previous_id=assignment.previous_id), message_data=data)
-        earlier = set() if assignment.opened else routing.earlier_crms(conn, self.rt.config, message, conversation_id)
+        earlier = set() if assignment.opened else routing.earlier_crms(
+            conn, self.rt.config, message, conversation_id, batch.outbox_rows)
         chosen = routing.choose(self.rt.config, message, context.identifiers(), earlier)
         self.acks.decide(conn, message, customer_id, conversation_id, assignment.opened,
                          {name for route in chosen for name in route.route["names"]})
@@ -330,9 +340,12 @@ class MessageStore:
                 fields = {}
             row = {"crm": route.crm, "message_id": message.id, "conversation_id": conversation_id, "fields": fields,
                    "status": "pending", "attempts": 0, "available_at": now, "created_at": now}
-            if error is None:
+            if error is None and not batch.alone:
+                batch.outbox_rows.append(row)
+            elif error is None:
                 _INSERT_OUTBOX.execute(conn, row)
             else:
+                self._write_outbox(conn, batch)  # its id follows those of the batch's earlier rows
                 outbox_id = _INSERT_OUTBOX_RETURNING_ID.scalar(conn, row)
                 self.rt.queues.dead_letter(conn, stage="delivery", source_id=outbox_id, target=route.crm,
                                            error_class="permanent", reason=str(error), attempts=0,

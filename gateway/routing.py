@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -198,16 +198,20 @@ def label_for(config: GatewayConfig, message: Message, identifiers: list[tuple[s
     return route_label(_holding(config.routes_from(message.connector), message, identifiers, config.settings), crm)
 
 
-def earlier_crms(conn: Connection, config: GatewayConfig, message: Message, conversation_id: str) -> set[str]:
+def earlier_crms(conn: Connection, config: GatewayConfig, message: Message, conversation_id: str,
+                 unwritten: Iterable[Mapping[str, Any]] = ()) -> set[str]:
     """The CRMs of the channel's routes that the conversation's other messages went to; only asked (one indexed
-    look-up per CRM) when the channel has a conditional route, since only those keep to a conversation's CRMs."""
+    look-up per CRM) when the channel has a conditional route, since only those keep to a conversation's CRMs.
+    ``unwritten``: outbox rows of this transaction not inserted yet (``gateway.message_store``)."""
     routes = config.routes_from(message.connector)
     if not any(_conditional(route) for route in routes):
         return set()
-    found = set()
-    for crm in dict.fromkeys(route.to for route in routes):
-        if _SENT_ELSEWHERE_IN_CONVERSATION.first(conn, {"crm": crm, "conversation_id": conversation_id,
-                                                        "message_id": message.id}) is not None:
+    crms = dict.fromkeys(route.to for route in routes)
+    found = {row["crm"] for row in unwritten if row["crm"] in crms
+             and row["conversation_id"] == conversation_id and row["message_id"] != message.id}
+    for crm in crms:
+        if crm not in found and _SENT_ELSEWHERE_IN_CONVERSATION.first(conn, {
+                "crm": crm, "conversation_id": conversation_id, "message_id": message.id}) is not None:
             found.add(crm)
     return found
 

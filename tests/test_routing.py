@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,7 +22,7 @@ from gateway.pipeline import PipelineWorker
 from gateway.records import InboxItem
 from gateway.routing import has_keyword, priority_refusal
 from gateway.runtime import Runtime, build_runtime
-from gateway.storage.tables import outbox
+from gateway.storage.tables import messages, outbox
 from gateway.worker import drain_once
 from gateway.yamlsource import ConfigError
 from tests.conftest import PUBLIC_URL, TWILIO_SID
@@ -274,3 +274,40 @@ def test_a_refund_on_a_later_message_raises_the_existing_ticket_s_priority(
     assert ticket["tags"][:3] == ["channel-gateway", "sms", "agent-tag"] and "refund" in ticket["tags"]
     assert ticket["safe_update"] is True and ticket["updated_stamp"] == "2026-01-05T04:30:01Z"
     rt.close()
+
+
+def test_in_one_batch_a_conversation_also_stays_with_the_crm_its_earlier_message_went_to(
+        routed_runtime: Runtime) -> None:
+    """The earlier message's outbox row is not inserted yet when the later one is routed (they go in together)."""
+    rt = routed_runtime
+    store(rt, sms("SM" + "5" * 32, "+14155550104", "Where is my order? It has not arrived yet."), OPEN_TIME)
+    store(rt, sms("SM" + "6" * 32, "+14155550104", "Still nothing. I want a refund."), CLOSED_TIME)
+    worker = PipelineWorker(rt, "test-p")
+    claimed = worker.claim()
+    assert [len(rows) for rows in claimed] == [2]
+    worker.process(claimed[0])
+    assert routed(rt) == [("main", "general", "general"), ("audit", "-", "-"),
+                          ("main", "refunds", "refunds"), ("audit", "-", "-")]
+    rt.close()
+
+
+def test_a_batch_s_outbox_rows_keep_the_order_of_their_messages_around_a_mapping_error(
+        write_config: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "failing.yaml").write_text('crm: jsonl\nfields:\n  n: "{{ 1 // (0 if \'boom\' in message.text '
+                                           'else 1) }}"\n', encoding="utf-8")
+    (tmp_path / "failing.tests.yaml").write_text(
+        'cases: [{name: any, input: {message: {text: ok}, customer: {}, conversation: {}}, expect: {n: "1"}}]\n',
+        encoding="utf-8")
+    rt = build_runtime(load_config(write_config(ROUTED.replace("mapping: labels.yaml", "mapping: failing.yaml"))),
+                       http=requests.Session())
+    texts = ["Where is my order?", "boom", "Still nothing.", "boom again", "Hello?"]
+    for index, text in enumerate(texts):
+        store(rt, sms(f"SM{index:032d}", "+14155550104", text), OPEN_TIME + timedelta(minutes=index))
+    run_pipeline(rt)
+    with rt.engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.status, messages.c.data)
+                            .join(messages, messages.c.id == outbox.c.message_id)
+                            .where(outbox.c.crm == "main").order_by(outbox.c.id)).all()
+    rt.close()
+    assert [data["text"] for _, data in rows] == texts
+    assert [status for status, _ in rows] == ["pending", "dead", "pending", "dead", "pending"]
