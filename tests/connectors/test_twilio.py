@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import random
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
-from connectors.twilio import SIGNATURE_HEADER, TwilioChannel
+from connectors.twilio import SIGNATURE_HEADER, TwilioChannel, _parse
 from gateway.attachments import SCHEME, AttachmentTooLarge, MediaRefused
 from gateway.errors import SignatureInvalid
 from gateway.plugins import ChannelConnector, ConnectorContext
@@ -388,3 +389,18 @@ def test_status_callbacks_are_recorded_against_sent_messages(runtime: Runtime) -
     assert [tuple(row) for row in rows] == [(sid, "sent", None), (sid, "delivered", None),
                                             (sid, "undelivered", "30003")]
     assert count(runtime, messages, CHANNEL) == 0
+
+
+def random_forms(count: int) -> Iterator[str]:
+    """Form bodies with what makes form decoding tricky: empty fields, no ``=`` or two, ``+``, ``%`` escapes that are
+    valid, invalid (``%zz``, ``%4``) or cut-off UTF-8 sequences, and characters outside ASCII."""
+    pieces = ["a", "Body", "=", "&", "&&", "+", "%20", "%2B", "%26", "%3D", "%zz", "%4", "%", "%e2%82", "%e2%82%ac",
+              "%C3%A9", "é", "€", "x y", "%00", "0", "MediaUrl0", "https%3A%2F%2Fapi.twilio.com"]
+    rng = random.Random(1804)
+    for _ in range(count):
+        yield "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+
+
+def test_the_form_is_read_as_parse_qsl_reads_it() -> None:
+    for body in [*random_forms(3000), "", "&", "=", "a", "a=", "=b", "a=b=c", "a=1&a=2"]:
+        assert _parse(body.encode()) == parse_qsl(body, keep_blank_values=True), body
