@@ -259,8 +259,9 @@ def _render(value: Any, variables: dict[str, Any], field: str) -> Any:
             if plain is not None:
                 return plain
         template = _compiled_template(value)
-        try:  # Template.render without its copy of the variables
-            context = template.new_context(variables, shared=True)
+        try:  # Template.render without its copy of the variables, nor the set of globals' names its context
+            # makes for {% import %}, which a template without a loader cannot do
+            context = _ENV.context_class(_ENV, variables, template.name, template.blocks)
             return "".join(template.root_render_func(context))
         except Exception as exc:  # a template error is an admin's mapping bug: name the field
             raise MappingRenderError(field, f"{type(exc).__name__}: {exc}") from None
