@@ -1,5 +1,7 @@
-"""The KPIs on ``/metrics``: read from the database at scrape time (all time, so the counters only grow), kept for
-``kpis.cache_seconds`` so a busy scraper does not repeat the queries. Every process reads the same rows, so every
+"""The KPIs on ``/metrics``: read from the database at scrape time (all time, so the counters only grow, but for
+rows retention or erasure removed), kept for ``kpis.cache_seconds`` so a busy scraper does not repeat the queries.
+The all-time totals are kept as rows are written (``gateway.kpis.all_time``): a scrape reads a few hundred rows,
+however many messages there are. Every process reads the same rows, so every
 process reports the same numbers. ``channel`` is the channel type (sms, whatsapp, email, ...), ``connector`` the
 configured channel's name."""
 
@@ -15,14 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from gateway.calendars import BusinessCalendar, build_calendars
-from gateway.kpis import (
-    KpisConfig,
-    Report,
-    backlog,
-    conversation_histograms,
-    count_events,
-    open_dead_letters,
-)
+from gateway.kpis import KpisConfig, all_time, backlog, fold_ended_shards, open_dead_letters
 from gateway.storage.db import utcnow
 
 LABELS = ["channel", "connector", "language"]
@@ -63,10 +58,11 @@ class KpiCollector(Collector):
         yield from families
 
     def _read(self, now: datetime) -> list[Metric]:
-        report = Report(None, now)
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as conn:
+                fold_ended_shards(conn)
         with self.engine.connect() as conn:
-            groups = conversation_histograms(conn, now, BUCKETS)
-            count_events(conn, [(None, now)], [report])
+            groups, report = all_time(conn, now, BUCKETS)
             dead = open_dead_letters(conn)
             waiting = backlog(conn).ages(now)
         for key, entry in groups.items():
