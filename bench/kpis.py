@@ -8,8 +8,8 @@ another channel, and two agent replies for the 80% answered, else acknowledgemen
 for half, survey answers for a tenth, 2,000 dead letters and a waiting inbox. Times are then read through the real
 code: the overview page through Flask's test client with a logged-in session (the day, week and month, per-day
 charts), the KPI computation for one period as ``gateway kpis`` does it, and ``/metrics`` (all time) in a new
-process (cache cold) and again in a process whose cache expired (warm). Every figure is the median of ``--rounds`` runs; the business-hours calendar (Mon-Fri 09:00-18:00) applies to
-every channel, the costlier case.
+process (cache cold) and again in a process whose cache expired (warm). Every figure is the median of ``--rounds``
+runs; the business-hours calendar (Mon-Fri 09:00-18:00) applies to every channel, the costlier case.
 
     .venv/bin/python -m bench.kpis                      # JSON to stdout
     .venv/bin/python -m bench.kpis --doc                # also rewrites its section of docs/benchmarks.md
