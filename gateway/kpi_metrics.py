@@ -62,6 +62,8 @@ class KpiCollector(Collector):
             with self.engine.begin() as conn:
                 fold_ended_shards(conn)
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # the totals and the rows dated after now in one snapshot
+                conn.execution_options(isolation_level="REPEATABLE READ")
             groups, report = all_time(conn, now, BUCKETS)
             dead = open_dead_letters(conn)
             waiting = backlog(conn).ages(now)

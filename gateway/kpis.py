@@ -444,7 +444,8 @@ def all_time(conn: Connection, now: datetime, bounds: Sequence[float]) -> tuple[
     (messages, acknowledgements and survey answers in the report), without counting every message again: the
     triggers of migration 0019 keep all-time totals in ``kpi_totals`` as rows come, change and go; the rows dated
     from ``now`` on (a sender's clock ahead, a stamp in the future) are counted and taken away. ``bounds`` must be
-    the migration's ``BUCKETS``."""
+    the migration's ``BUCKETS``; ``conn`` must read one snapshot (SQLite's transactions do, PostgreSQL's from
+    REPEATABLE READ on), or a row written between two of its statements could be taken away without being added."""
     histograms: dict[Group, dict[str, Any]] = {}
     report = Report(None, now)
     messages_by: dict[tuple[str, bool], int] = defaultdict(int)
