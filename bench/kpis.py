@@ -202,6 +202,7 @@ def run(conversations: int, days: int, rounds: int) -> dict[str, Any]:
         warm = KpiCollector.for_settings(runtime.engine, settings)
         warm_now = [utcnow()]
         warm.clock = lambda: warm_now[0]
+        # in service the scrapes count new messages as they come (SQLite); here the bulk load's, once, untimed
         warm.collect().__next__()
 
         def scrape_again() -> None:

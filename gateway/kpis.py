@@ -20,13 +20,15 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, and_, bindparam, case, func, select, text, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, literal_column, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.storage.tables import (
     acknowledgements,
     conversations,
     dead_letters,
     inbox,
+    kpi_counted,
     kpi_totals,
     messages,
     outbox,
@@ -442,26 +444,30 @@ _TOTALS_VALUES = ("events", "switches", "first_sum", "resolution_sum")
 def all_time(conn: Connection, now: datetime, bounds: Sequence[float]) -> tuple[dict[Group, dict[str, Any]], Report]:
     """What ``conversation_histograms(conn, now, bounds)`` and ``count_events`` for all time before ``now`` count
     (messages, acknowledgements and survey answers in the report), without counting every message again: the
-    triggers of migration 0019 keep all-time totals in ``kpi_totals`` as rows come, change and go; the rows dated
-    from ``now`` on (a sender's clock ahead, a stamp in the future) are counted and taken away. ``bounds`` must be
-    the migration's ``BUCKETS``; ``conn`` must read one snapshot (SQLite's transactions do, PostgreSQL's from
-    REPEATABLE READ on), or a row written between two of its statements could be taken away without being added."""
+    triggers of migration 0019 keep all-time totals in ``kpi_totals`` as rows come, change and go (on SQLite, new
+    messages are counted here: ``_count_new_messages``); the rows dated from ``now`` on (a sender's clock ahead, a
+    stamp in the future) are counted and taken away. ``bounds`` must be the migration's ``BUCKETS``; ``conn`` must
+    read one snapshot (SQLite's transactions do, PostgreSQL's from REPEATABLE READ on), or a row written between two
+    of its statements could be taken away without being added. On SQLite it writes: commit it."""
     histograms: dict[Group, dict[str, Any]] = {}
     report = Report(None, now)
-    messages_by: dict[tuple[str, bool], int] = defaultdict(int)
+    kept: dict[tuple[str, str], int] = defaultdict(int)  # messages per (connector, direction)
     acks: dict[Group, int] = defaultdict(int)
     query = select(*_TOTALS_KEY, *[func.sum(kpi_totals.c[name]) for name in _TOTALS_VALUES]).group_by(*_TOTALS_KEY)
     for kind, channel, connector, language, direction, first_at, solved_at, events, switches, first_sum, solved_sum \
             in conn.execute(query):
-        if not events:
-            continue
         if kind == "message":
-            messages_by[(connector, direction == "outbound")] += int(events)
+            kept[(connector, direction)] += int(events)
         elif kind == "ack":
             acks[(channel, connector, language)] += int(events)
-        else:
+        elif events:
             _add_histogram_row(histograms, (channel, connector, language, first_at, solved_at, events, switches,
                                             first_sum, solved_sum), bounds)
+    if conn.dialect.name == "sqlite":
+        _count_new_messages(conn, kept)
+    messages_by: dict[tuple[str, bool], int] = defaultdict(int)
+    for (connector, direction), count in kept.items():
+        messages_by[(connector, direction == "outbound")] += count
     later = Report(now, FAR_FUTURE)
     count_messages(conn, [(now, FAR_FUTURE)], [later])
     count_acknowledgements(conn, [(now, FAR_FUTURE)], [later])
@@ -486,6 +492,39 @@ def all_time(conn: Connection, now: datetime, bounds: Sequence[float]) -> tuple[
             report.groups[group].acknowledgements += count
     count_surveys(conn, [(None, now)], [report])
     return {group: entry for group, entry in histograms.items() if entry["conversations"]}, report
+
+
+_MARK = select(kpi_counted.c.to_rowid).where(kpi_counted.c.table_name == "messages")
+
+
+def _count_new_messages(conn: Connection, kept: dict[tuple[str, str], int]) -> None:
+    """SQLite: ``kept`` holds the messages up to the rowid in ``kpi_counted``; the rows above it are added and the
+    totals and the mark moved past them. A new message takes the rowid after the highest (the delete trigger lowers
+    the mark when the highest counted ones go), so the rows above the mark are the ones not counted yet, unless the
+    rowids were renumbered (VACUUM, a table copied): then the totals disagree with the table's row count, and every
+    message is counted again."""
+    mark = conn.execute(_MARK).scalar_one()
+    rowid = literal_column("messages.rowid")
+    per = (messages.c.connector, messages.c.direction)
+    counted = select(*per, func.count(), func.max(rowid)).group_by(*per)
+    above = conn.execute(counted.where(rowid > mark)).all()
+    rows = conn.execute(select(func.count()).select_from(messages)).scalar_one()
+    if rows != sum(kept.values()) + sum(count for _, _, count, _ in above):
+        conn.execute(delete(kpi_totals).where(kpi_totals.c.kind == "message"))
+        kept.clear()
+        above = conn.execute(counted).all()
+    if not above:
+        return
+    for connector, direction, count, _ in above:
+        kept[(connector, direction)] += count
+        added = sqlite_insert(kpi_totals).values(
+            kind="message", channel="", connector=connector, language="", direction=direction, first_bucket=-1,
+            resolution_bucket=-1, shard=0, events=count, switches=0, first_sum=0.0, resolution_sum=0.0)
+        conn.execute(added.on_conflict_do_update(
+            index_elements=[column.name for column in (*_TOTALS_KEY, kpi_totals.c.shard)],
+            set_={"events": kpi_totals.c.events + added.excluded.events}))
+    conn.execute(update(kpi_counted).where(kpi_counted.c.table_name == "messages").values(
+        to_rowid=max(last for *_, last in above)))
 
 
 def fold_ended_shards(conn: Connection) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from alembic import command
 from prometheus_client.core import Metric
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, text, update
 
 import gateway.kpi_metrics
 from gateway.erasure import erase, holdings
@@ -21,7 +21,7 @@ from gateway.kpi_metrics import BUCKETS, KpiCollector
 from gateway.kpis import KpiClock, Report, conversation_histograms, count_events
 from gateway.retention import Retention
 from gateway.storage.db import alembic_config, make_engine, migrate
-from gateway.storage.tables import acknowledgements, conversations, customers, kpi_totals, messages
+from gateway.storage.tables import acknowledgements, conversations, customers, kpi_counted, kpi_totals, messages
 from tests.kpi_data import CALENDARS, CONFIG, Builder, at, build
 
 NOW = at(30, 0)
@@ -159,3 +159,48 @@ def test_the_upgrade_counts_the_rows_already_there(backend: str, tmp_path: Path,
 def test_the_triggers_bucket_as_metrics_does() -> None:
     migration = importlib.import_module("gateway.migrations.versions.0019_kpi_totals")
     assert migration.BUCKETS == BUCKETS
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'k.db'}")
+    migrate(engine)
+    with engine.begin() as conn:
+        build(conn)
+    yield engine
+    engine.dispose()
+
+
+def _mark(engine: Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return (conn.execute(select(kpi_counted.c.to_rowid)).scalar_one(),
+                conn.execute(select(func.max(text("rowid"))).select_from(messages)).scalar_one())
+
+
+def test_sqlite_counts_new_messages_above_a_mark_it_moves(sqlite_engine: Engine,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _mark(sqlite_engine)[0] == 0  # migrated empty: every message is above the mark
+    assert_totals_equal_a_recount(sqlite_engine, monkeypatch)
+    mark, last = _mark(sqlite_engine)
+    assert mark == last > 0
+    with sqlite_engine.begin() as conn:  # the highest counted messages go: the next ones take their rowids
+        conn.execute(delete(messages).where(text("rowid > :cut")), {"cut": last - 3})
+    assert _mark(sqlite_engine) == (last - 3, last - 3)
+    with sqlite_engine.begin() as conn:
+        b = _builder(conn, 800)
+        b.message("c3", "sms-main", "inbound", "continuity", at(2, 9))
+        b.reply("c3", "wa", at(2, 10))
+    assert _mark(sqlite_engine) == (last - 3, last - 1)
+    assert_totals_equal_a_recount(sqlite_engine, monkeypatch)
+    assert _mark(sqlite_engine) == (last - 1, last - 1)
+
+
+def test_sqlite_counts_again_when_rowids_were_renumbered(sqlite_engine: Engine,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    before = assert_totals_equal_a_recount(sqlite_engine, monkeypatch)
+    with sqlite_engine.begin() as conn:  # as a VACUUM or a copied table may: the mark now lies above every row
+        conn.execute(text("UPDATE messages SET rowid = rowid - 1000"))
+        _builder(conn, 900).message("c4", "sms-main", "inbound", "continuity", at(2, 10))
+    assert _mark(sqlite_engine)[1] < _mark(sqlite_engine)[0]
+    after = assert_totals_equal_a_recount(sqlite_engine, monkeypatch)
+    assert _total(after, "gateway_messages_total") == _total(before, "gateway_messages_total") + 1

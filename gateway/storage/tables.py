@@ -534,3 +534,10 @@ kpi_totals = Table(
     UniqueConstraint("kind", "channel", "connector", "language", "direction", "first_bucket", "resolution_bucket",
                      "shard", name="uq_kpi_totals_key"),
 )
+
+# SQLite: kpi_totals holds the messages up to this rowid; /metrics counts those above it and moves it (gateway.kpis)
+kpi_counted = Table(
+    "kpi_counted", metadata,
+    Column("table_name", String(32), primary_key=True),
+    Column("to_rowid", BigInteger, nullable=False),
+)
