@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, literal_column, select, text, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.storage.tables import (
@@ -495,6 +495,9 @@ def all_time(conn: Connection, now: datetime, bounds: Sequence[float]) -> tuple[
 
 
 _MARK = select(kpi_counted.c.to_rowid).where(kpi_counted.c.table_name == "messages")
+# by rowid (NOT INDEXED: SQLite would rather scan an index in the GROUP BY's order, and SQLAlchemy drops its hints)
+_ABOVE_MARK = text("SELECT connector, direction, count(*), max(rowid) FROM messages NOT INDEXED WHERE rowid > :mark "
+                   "GROUP BY connector, direction")
 
 
 def _count_new_messages(conn: Connection, kept: dict[tuple[str, str], int]) -> None:
@@ -504,15 +507,12 @@ def _count_new_messages(conn: Connection, kept: dict[tuple[str, str], int]) -> N
     rowids were renumbered (VACUUM, a table copied): then the totals disagree with the table's row count, and every
     message is counted again."""
     mark = conn.execute(_MARK).scalar_one()
-    rowid = literal_column("messages.rowid")
-    per = (messages.c.connector, messages.c.direction)
-    counted = select(*per, func.count(), func.max(rowid)).group_by(*per)
-    above = conn.execute(counted.where(rowid > mark)).all()
+    above = conn.execute(_ABOVE_MARK, {"mark": mark}).all()
     rows = conn.execute(select(func.count()).select_from(messages)).scalar_one()
     if rows != sum(kept.values()) + sum(count for _, _, count, _ in above):
         conn.execute(delete(kpi_totals).where(kpi_totals.c.kind == "message"))
         kept.clear()
-        above = conn.execute(counted).all()
+        above = conn.execute(_ABOVE_MARK, {"mark": -(2**63)}).all()
     if not above:
         return
     for connector, direction, count, _ in above:
