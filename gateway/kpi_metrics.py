@@ -1,9 +1,8 @@
 """The KPIs on ``/metrics``: read from the database at scrape time (all time, so the counters only grow, but for
 rows retention or erasure removed), kept for ``kpis.cache_seconds`` so a busy scraper does not repeat the queries.
 The all-time totals are kept as rows are written (``gateway.kpis.all_time``): a scrape reads a few hundred rows,
-however many messages there are. Every process reads the same rows, so every
-process reports the same numbers. ``channel`` is the channel type (sms, whatsapp, email, ...), ``connector`` the
-configured channel's name."""
+however many messages there are. Every process reads the same rows, so every process reports the same numbers.
+``channel`` is the channel type (sms, whatsapp, email, ...), ``connector`` the configured channel's name."""
 
 from __future__ import annotations
 
