@@ -1,7 +1,8 @@
-"""The KPIs on ``/metrics``: read from the database at scrape time (all time, so the counters only grow), kept for
-``kpis.cache_seconds`` so a busy scraper does not repeat the queries. Every process reads the same rows, so every
-process reports the same numbers. ``channel`` is the channel type (sms, whatsapp, email, ...), ``connector`` the
-configured channel's name."""
+"""The KPIs on ``/metrics``: read from the database at scrape time (all time, so the counters only grow, but for
+rows retention or erasure removed), kept for ``kpis.cache_seconds`` so a busy scraper does not repeat the queries.
+The all-time totals are kept as rows are written (``gateway.kpis.all_time``): a scrape reads a few hundred rows,
+however many messages there are. Every process reads the same rows, so every process reports the same numbers.
+``channel`` is the channel type (sms, whatsapp, email, ...), ``connector`` the configured channel's name."""
 
 from __future__ import annotations
 
@@ -15,14 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from gateway.calendars import BusinessCalendar, build_calendars
-from gateway.kpis import (
-    KpisConfig,
-    Report,
-    backlog,
-    conversation_histograms,
-    count_events,
-    open_dead_letters,
-)
+from gateway.kpis import KpisConfig, all_time, backlog, fold_ended_shards, open_dead_letters
 from gateway.storage.db import utcnow
 
 LABELS = ["channel", "connector", "language"]
@@ -63,12 +57,16 @@ class KpiCollector(Collector):
         yield from families
 
     def _read(self, now: datetime) -> list[Metric]:
-        report = Report(None, now)
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as conn:
+                fold_ended_shards(conn)
         with self.engine.connect() as conn:
-            groups = conversation_histograms(conn, now, BUCKETS)
-            count_events(conn, [(None, now)], [report])
-            dead = open_dead_letters(conn)
-            waiting = backlog(conn).ages(now)
+            if conn.dialect.name == "postgresql":  # the totals and the rows dated after now in one snapshot
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():  # SQLite: the messages counted move the mark (gateway.kpis.all_time)
+                groups, report = all_time(conn, now, BUCKETS)
+                dead = open_dead_letters(conn)
+                waiting = backlog(conn).ages(now)
         for key, entry in groups.items():
             report.groups[key].conversations = entry["conversations"]
         conversations = CounterMetricFamily("gateway_conversations", "Conversations opened", labels=LABELS)

@@ -16,17 +16,20 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, and_, bindparam, case, func, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.storage.tables import (
     acknowledgements,
     conversations,
     dead_letters,
     inbox,
+    kpi_counted,
+    kpi_totals,
     messages,
     outbox,
     sends,
@@ -309,7 +312,13 @@ def _sums(column: Any, periods: Sequence[Period]) -> list[Any]:
 def count_events(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
     """Messages (per configured channel, from the covering index alone), acknowledgements and survey answers by when
     they happened; dead letters by when they were made."""
-    group = (conversations.c.channel, conversations.c.connector, _language())
+    count_messages(conn, periods, reports)
+    count_acknowledgements(conn, periods, reports)
+    count_surveys(conn, periods, reports)
+    count_dead_letters(conn, periods, reports)
+
+
+def count_messages(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
     sent = messages.c.direction == "outbound"
     counted = (select(messages.c.connector, sent, *_sums(messages.c.received_at, periods))
                .where(_span(messages.c.received_at, periods)).with_hint(messages, _BY_TIME, "sqlite")
@@ -319,18 +328,26 @@ def count_events(conn: Connection, periods: Sequence[Period], reports: list[Repo
             if count:
                 into = report.messages.setdefault(connector, [0, 0])
                 into[1 if outbound else 0] += int(count)
-    queries: list[tuple[str, Any]] = [
-        ("acknowledgements", select(*group, *_sums(acknowledgements.c.acknowledged_at, periods))
-         .select_from(acknowledgements).join(conversations, conversations.c.id == acknowledgements.c.conversation_id)
-         .where(_span(acknowledgements.c.acknowledged_at, periods), acknowledgements.c.status == "sent")
-         .group_by(*group)),
-    ]
-    for name, query in queries:
-        for channel, connector, language, *counts in conn.execute(query):
-            for report, count in zip(reports, counts, strict=True):
-                if count:
-                    figures = report.groups[(channel, connector, language or UNKNOWN_LANGUAGE)]
-                    setattr(figures, name, getattr(figures, name) + int(count))
+
+
+def _group() -> tuple[Any, Any, Any]:
+    return conversations.c.channel, conversations.c.connector, _language()
+
+
+def count_acknowledgements(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
+    group = _group()
+    joined = acknowledgements.join(conversations, conversations.c.id == acknowledgements.c.conversation_id)
+    query = (select(*group, *_sums(acknowledgements.c.acknowledged_at, periods)).select_from(joined)
+             .where(_span(acknowledgements.c.acknowledged_at, periods), acknowledgements.c.status == "sent")
+             .group_by(*group))
+    for channel, connector, language, *counts in conn.execute(query):
+        for report, count in zip(reports, counts, strict=True):
+            if count:
+                report.groups[(channel, connector, language or UNKNOWN_LANGUAGE)].acknowledgements += int(count)
+
+
+def count_surveys(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
+    group = _group()
     answered = (select(*group, *_sums(surveys.c.answered_at, periods), *[
         func.sum(case((_in(surveys.c.answered_at, period), surveys.c.rating), else_=0)) for period in periods])
         .select_from(surveys).join(conversations, conversations.c.id == surveys.c.conversation_id)
@@ -342,6 +359,9 @@ def count_events(conn: Connection, periods: Sequence[Period], reports: list[Repo
             figures = report.groups[(channel, connector, language or UNKNOWN_LANGUAGE)]
             figures.survey_answers += int(values[index] or 0)
             figures.rating_sum += int(values[len(reports) + index] or 0)
+
+
+def count_dead_letters(conn: Connection, periods: Sequence[Period], reports: list[Report]) -> None:
     dead = (select(dead_letters.c.target, *_sums(dead_letters.c.created_at, periods))
             .where(_span(dead_letters.c.created_at, periods)).group_by(dead_letters.c.target))
     for target, *counts in conn.execute(dead):
@@ -374,28 +394,149 @@ def _bucket(column: Any, bounds: Sequence[float]) -> Any:
                 else_=len(bounds))
 
 
-def conversation_histograms(conn: Connection, end: datetime, bounds: Sequence[float]) -> dict[Group, dict[str, Any]]:
-    """All conversations opened before ``end`` per group, counted in SQL: how many, their channel switches, and for
-    first response and resolution times the count at or under each bound, the count and the sum."""
+def _histogram_entry(found: dict[Group, dict[str, Any]], group: Group, bounds: Sequence[float]) -> dict[str, Any]:
+    return found.setdefault(group, {
+        "conversations": 0, "switches": 0, "first_response": [[0] * len(bounds), 0, 0.0],
+        "resolution": [[0] * len(bounds), 0, 0.0]})
+
+
+def _add_histogram_row(found: dict[Group, dict[str, Any]], row: Sequence[Any], bounds: Sequence[float],
+                       sign: int = 1) -> None:
+    """One (channel, connector, language, first response bucket, resolution bucket) row: its conversations, their
+    switches and the sums of both durations, added (or taken away)."""
+    channel, connector, language, first_at, solved_at, count, switches, first_sum, solved_sum = row
+    entry = _histogram_entry(found, (channel, connector, language or UNKNOWN_LANGUAGE), bounds)
+    entry["conversations"] += sign * int(count)
+    entry["switches"] += sign * int(switches or 0)
+    for name, bucket, total in (("first_response", first_at, first_sum), ("resolution", solved_at, solved_sum)):
+        if bucket < 0:
+            continue
+        under, _, _ = entry[name]
+        for index in range(bucket, len(bounds)):  # cumulative: at or under every bound from its own up
+            under[index] += sign * int(count)
+        entry[name][1] += sign * int(count)
+        entry[name][2] += sign * float(total or 0.0)
+
+
+def conversation_histograms(conn: Connection, end: datetime, bounds: Sequence[float],
+                            start: datetime | None = None) -> dict[Group, dict[str, Any]]:
+    """All conversations opened before ``end`` (and from ``start``) per group, counted in SQL: how many, their
+    channel switches, and for first response and resolution times the count at or under each bound, the count and
+    the sum."""
     first, solved = conversations.c.first_response_seconds, conversations.c.resolution_seconds
     keys = (conversations.c.channel, conversations.c.connector, _language(), _bucket(first, bounds),
             _bucket(solved, bounds))
     query = (select(*keys, func.count(), func.sum(conversations.c.switches), func.sum(first), func.sum(solved))
-             .where(conversations.c.created_at < end).group_by(*keys))
+             .where(_in(conversations.c.created_at, (start, end))).group_by(*keys))
     found: dict[Group, dict[str, Any]] = {}
-    for channel, connector, language, first_at, solved_at, count, switches, first_sum, solved_sum in conn.execute(
-            query):
-        entry = found.setdefault((channel, connector, language or UNKNOWN_LANGUAGE), {
-            "conversations": 0, "switches": 0, "first_response": [[0] * len(bounds), 0, 0.0],
-            "resolution": [[0] * len(bounds), 0, 0.0]})
-        entry["conversations"] += int(count)
-        entry["switches"] += int(switches or 0)
-        for name, bucket, total in (("first_response", first_at, first_sum), ("resolution", solved_at, solved_sum)):
-            if bucket < 0:
-                continue
-            under, _, _ = entry[name]
-            for index in range(bucket, len(bounds)):  # cumulative: at or under every bound from its own up
-                under[index] += int(count)
-            entry[name][1] += int(count)
-            entry[name][2] += float(total or 0.0)
+    for row in conn.execute(query):
+        _add_histogram_row(found, row, bounds)
     return found
+
+
+# later than any stored time: rows dated from now on are those between now and it
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_TOTALS_KEY = (kpi_totals.c.kind, kpi_totals.c.channel, kpi_totals.c.connector, kpi_totals.c.language,
+               kpi_totals.c.direction, kpi_totals.c.first_bucket, kpi_totals.c.resolution_bucket)
+_TOTALS_VALUES = ("events", "switches", "first_sum", "resolution_sum")
+
+
+def all_time(conn: Connection, now: datetime, bounds: Sequence[float]) -> tuple[dict[Group, dict[str, Any]], Report]:
+    """What ``conversation_histograms(conn, now, bounds)`` and ``count_events`` for all time before ``now`` count
+    (messages, acknowledgements and survey answers in the report), without counting every message again: the
+    triggers of migration 0019 keep all-time totals in ``kpi_totals`` as rows come, change and go (on SQLite, new
+    messages are counted here: ``_count_new_messages``); the rows dated from ``now`` on (a sender's clock ahead, a
+    stamp in the future) are counted and taken away. ``bounds`` must be the migration's ``BUCKETS``; ``conn`` must
+    read one snapshot (SQLite's transactions do, PostgreSQL's from REPEATABLE READ on), or a row written between two
+    of its statements could be taken away without being added. On SQLite it writes: commit it."""
+    histograms: dict[Group, dict[str, Any]] = {}
+    report = Report(None, now)
+    kept: dict[tuple[str, str], int] = defaultdict(int)  # messages per (connector, direction)
+    acks: dict[Group, int] = defaultdict(int)
+    query = select(*_TOTALS_KEY, *[func.sum(kpi_totals.c[name]) for name in _TOTALS_VALUES]).group_by(*_TOTALS_KEY)
+    for kind, channel, connector, language, direction, first_at, solved_at, events, switches, first_sum, solved_sum \
+            in conn.execute(query):
+        if kind == "message":
+            kept[(connector, direction)] += int(events)
+        elif kind == "ack":
+            acks[(channel, connector, language)] += int(events)
+        elif events:
+            _add_histogram_row(histograms, (channel, connector, language, first_at, solved_at, events, switches,
+                                            first_sum, solved_sum), bounds)
+    if conn.dialect.name == "sqlite":
+        _count_new_messages(conn, kept)
+    messages_by: dict[tuple[str, bool], int] = defaultdict(int)
+    for (connector, direction), count in kept.items():
+        messages_by[(connector, direction == "outbound")] += count
+    later = Report(now, FAR_FUTURE)
+    count_messages(conn, [(now, FAR_FUTURE)], [later])
+    count_acknowledgements(conn, [(now, FAR_FUTURE)], [later])
+    for connector, (inbound, outbound) in later.messages.items():
+        messages_by[(connector, False)] -= inbound
+        messages_by[(connector, True)] -= outbound
+    for group, figures in later.groups.items():
+        acks[group] -= figures.acknowledgements
+    for group, entry in conversation_histograms(conn, FAR_FUTURE, bounds, start=now).items():
+        row = (*group, -1, -1, entry["conversations"], entry["switches"], 0.0, 0.0)
+        _add_histogram_row(histograms, row, bounds, sign=-1)
+        for name in ("first_response", "resolution"):
+            mine, theirs = histograms[group][name], entry[name]
+            mine[0] = [have - less for have, less in zip(mine[0], theirs[0], strict=True)]
+            mine[1] -= theirs[1]
+            mine[2] -= theirs[2]
+    for (connector, outbound), count in sorted(messages_by.items()):
+        if count:
+            report.messages.setdefault(connector, [0, 0])[1 if outbound else 0] += count
+    for group, count in sorted(acks.items()):
+        if count:
+            report.groups[group].acknowledgements += count
+    count_surveys(conn, [(None, now)], [report])
+    return {group: entry for group, entry in histograms.items() if entry["conversations"]}, report
+
+
+_MARK = select(kpi_counted.c.to_rowid).where(kpi_counted.c.table_name == "messages")
+# by rowid (NOT INDEXED: SQLite would rather scan an index in the GROUP BY's order, and SQLAlchemy drops its hints)
+_ABOVE_MARK = text("SELECT connector, direction, count(*), max(rowid) FROM messages NOT INDEXED WHERE rowid > :mark "
+                   "GROUP BY connector, direction")
+
+
+def _count_new_messages(conn: Connection, kept: dict[tuple[str, str], int]) -> None:
+    """SQLite: ``kept`` holds the messages up to the rowid in ``kpi_counted``; the rows above it are added and the
+    totals and the mark moved past them. A new message takes the rowid after the highest (the delete trigger lowers
+    the mark when the highest counted ones go), so the rows above the mark are the ones not counted yet, unless the
+    rowids were renumbered (VACUUM, a table copied): then the totals disagree with the table's row count, and every
+    message is counted again."""
+    mark = conn.execute(_MARK).scalar_one()
+    above = conn.execute(_ABOVE_MARK, {"mark": mark}).all()
+    rows = conn.execute(select(func.count()).select_from(messages)).scalar_one()
+    if rows != sum(kept.values()) + sum(count for _, _, count, _ in above):
+        conn.execute(delete(kpi_totals).where(kpi_totals.c.kind == "message"))
+        kept.clear()
+        above = conn.execute(_ABOVE_MARK, {"mark": -(2**63)}).all()
+    if not above:
+        return
+    for connector, direction, count, _ in above:
+        kept[(connector, direction)] += count
+        added = sqlite_insert(kpi_totals).values(
+            kind="message", channel="", connector=connector, language="", direction=direction, first_bucket=-1,
+            resolution_bucket=-1, shard=0, events=count, switches=0, first_sum=0.0, resolution_sum=0.0)
+        conn.execute(added.on_conflict_do_update(
+            index_elements=[column.name for column in (*_TOTALS_KEY, kpi_totals.c.shard)],
+            set_={"events": kpi_totals.c.events + added.excluded.events}))
+    conn.execute(update(kpi_counted).where(kpi_counted.c.table_name == "messages").values(
+        to_rowid=max(last for *_, last in above)))
+
+
+def fold_ended_shards(conn: Connection) -> None:
+    """PostgreSQL: the totals ended connections added move into shard 0, so the table keeps a few rows per
+    connection alive rather than per connection ever opened."""
+    if conn.dialect.name != "postgresql":
+        return
+    key = ", ".join(column.name for column in _TOTALS_KEY)
+    sums = ", ".join(f"sum({name})" for name in _TOTALS_VALUES)
+    updates = ", ".join(f"{name} = kpi_totals.{name} + excluded.{name}" for name in _TOTALS_VALUES)
+    conn.execute(text(
+        f"WITH ended AS (DELETE FROM kpi_totals WHERE shard <> 0 AND shard NOT IN (SELECT pid FROM pg_stat_activity "
+        f"WHERE pid IS NOT NULL) RETURNING *) INSERT INTO kpi_totals ({key}, shard, {', '.join(_TOTALS_VALUES)}) "
+        f"SELECT {key}, 0, {sums} FROM ended GROUP BY {key} "
+        f"ON CONFLICT ({key}, shard) DO UPDATE SET {updates}"))

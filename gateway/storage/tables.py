@@ -529,3 +529,31 @@ admin_audit = Table(
     Column("address", String(64)),
     Index("ix_admin_audit_at", "at"),
 )
+
+# The all-time KPI totals /metrics reports, kept by the triggers of migration 0019 on messages, acknowledgements and
+# conversations (gateway.kpis.all_time_totals reads them). Unused key parts are '' or -1. PostgreSQL: one shard per
+# connection (its backend pid) so writers never wait on a total; shard 0 holds what ended connections added.
+kpi_totals = Table(
+    "kpi_totals", metadata,
+    Column("kind", String(16), nullable=False),  # message, ack, conversation
+    Column("channel", String(16), nullable=False),
+    Column("connector", String(64), nullable=False),
+    Column("language", String(16), nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("first_bucket", Integer, nullable=False),  # index in gateway.kpi_metrics.BUCKETS, -1 unmeasured
+    Column("resolution_bucket", Integer, nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("switches", BigInteger, nullable=False),
+    Column("first_sum", Float, nullable=False),
+    Column("resolution_sum", Float, nullable=False),
+    UniqueConstraint("kind", "channel", "connector", "language", "direction", "first_bucket", "resolution_bucket",
+                     "shard", name="uq_kpi_totals_key"),
+)
+
+# SQLite: kpi_totals holds the messages up to this rowid; /metrics counts those above it and moves it (gateway.kpis)
+kpi_counted = Table(
+    "kpi_counted", metadata,
+    Column("table_name", String(32), primary_key=True),
+    Column("to_rowid", BigInteger, nullable=False),
+)
