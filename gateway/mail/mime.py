@@ -101,7 +101,7 @@ def header_text(value: str | Header | None) -> str:
         return ""
     if isinstance(value, str):
         if "=?" not in value and value.isascii():
-            return _FOLD.sub("", value).strip()
+            return (_FOLD.sub("", value) if "\n" in value else value).strip()
         value = _FOLD.sub("", value)
     try:
         chunks = decode_header(value)
@@ -119,7 +119,7 @@ def header_text(value: str | Header | None) -> str:
 def _raw(value: str | Header | None) -> str:
     if isinstance(value, Header):  # raw 8-bit bytes in a header: decode them before splitting addresses
         return header_text(value)
-    return _FOLD.sub("", value or "")
+    return _FOLD.sub("", value) if value and "\n" in value else value or ""
 
 
 # An unquoted display name that is itself an address, before the real one: "alice@example.com <bob@example.com>".
