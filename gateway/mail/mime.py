@@ -278,8 +278,8 @@ def _recover_multipart(part: MimeMessage, out: list[tuple[MimeMessage, str]], no
     out.append((text_part, text_part.get_content_type()))
 
 
-# A Content-Type whose only parameter, or first of unquoted ones, is an unquoted or quoted charset token: what
-# ``get_content_charset`` makes of it is that token in lower case. Anything else is left to it.
+# A Content-Type whose first parameter is the charset, a token quoted or not, and whose others (if any) are unquoted
+# tokens: ``get_content_charset`` gives that token in lower case. Every other form is left to it.
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
 _SIMPLE_CHARSET = re.compile(rf'[ \t]*{_TOKEN}/{_TOKEN}[ \t]*;[ \t]*charset[ \t]*=[ \t]*("?)([A-Za-z0-9_.:+-]+)\1'
                              r"(?:[ \t]*;[ \t]*[A-Za-z0-9-]+[ \t]*=[ \t]*[A-Za-z0-9_.:+-]+)*[ \t]*", re.IGNORECASE)
