@@ -24,14 +24,14 @@ _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon)@", r
 def auto_reason(mail: ParsedMail, *, own_addresses: tuple[str, ...] = (), ignore_lists: bool = True) -> str | None:
     """Why this mail is not a customer message (a short code), or None when it is one."""
     sender = mail.sender[1].lower()
-    if mail.mime.get(LOOP_HEADER) is not None:
+    if mail.get(LOOP_HEADER) is not None:
         return "own_mail"
     if any(fnmatch.fnmatch(sender, pattern.lower()) for pattern in own_addresses):
         return "own_mail"
     auto_submitted = mail.header("Auto-Submitted").lower()
     if auto_submitted and not auto_submitted.startswith("no"):
         return f"auto_submitted:{auto_submitted.split(';')[0].strip()}"
-    if mail.mime.get("X-Autoreply") is not None or mail.mime.get("X-Autorespond") is not None:
+    if mail.get("X-Autoreply") is not None or mail.get("X-Autorespond") is not None:
         return "x_autoreply"
     precedence = mail.header("Precedence").lower()
     if precedence in ("bulk", "junk", "list", "auto_reply"):
@@ -42,7 +42,7 @@ def auto_reason(mail: ParsedMail, *, own_addresses: tuple[str, ...] = (), ignore
         return f"bounce:{report}" if report else "bounce"
     if _OOO_SUBJECT.match(mail.subject.strip()):
         return "out_of_office"
-    if ignore_lists and (mail.mime.get("List-Id") is not None or mail.mime.get("List-Unsubscribe") is not None):
+    if ignore_lists and (mail.get("List-Id") is not None or mail.get("List-Unsubscribe") is not None):
         return "mailing_list"
     return None
 

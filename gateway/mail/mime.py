@@ -11,11 +11,12 @@ import email
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email import policy
 from email.header import Header, decode_header
 from email.message import Message as MimeMessage
 from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any
 
 from gateway.mail.charsets import decode_text
 from gateway.mail.html import html_to_text
@@ -60,10 +61,38 @@ class ParsedMail:
     mime: MimeMessage
     notes: list[str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)  # MIME defects found by the parser, "<part type>: <defect>"
+    headers: TopHeaders | None = None  # the top-level headers by name; made from ``mime`` when not given
+
+    def __post_init__(self) -> None:
+        if self.headers is None:
+            self.headers = TopHeaders(self.mime)
+
+    def get(self, name: str) -> str | Header | None:
+        """A top-level header's first value as ``mime.get`` gives it (None when absent)."""
+        assert self.headers is not None
+        return self.headers.get(name)
 
     def header(self, name: str) -> str:
         """A header's decoded value ('' when absent)."""
-        return header_text(self.mime.get(name))
+        return header_text(self.get(name))
+
+
+class TopHeaders:
+    """A message's own headers by lower-cased name, read once: ``get`` and ``get_all`` answer as the message's
+    methods of those names do, without comparing the name with every header of the message on each look-up."""
+
+    def __init__(self, mime: MimeMessage) -> None:
+        self._fetch = mime.policy.header_fetch_parse
+        self._by_name: dict[str, list[tuple[str, Any]]] = {}
+        for name, value in mime.raw_items():
+            self._by_name.setdefault(name.lower(), []).append((name, value))
+
+    def get(self, name: str) -> str | Header | None:
+        found = self._by_name.get(name.lower())
+        return self._fetch(*found[0]) if found else None
+
+    def get_all(self, name: str) -> list[str | Header]:
+        return [self._fetch(*item) for item in self._by_name.get(name.lower(), ())]
 
 
 def header_text(value: str | Header | None) -> str:
@@ -72,7 +101,7 @@ def header_text(value: str | Header | None) -> str:
         return ""
     if isinstance(value, str):
         if "=?" not in value and value.isascii():
-            return _FOLD.sub("", value).strip()
+            return (_FOLD.sub("", value) if "\n" in value else value).strip()
         value = _FOLD.sub("", value)
     try:
         chunks = decode_header(value)
@@ -90,7 +119,7 @@ def header_text(value: str | Header | None) -> str:
 def _raw(value: str | Header | None) -> str:
     if isinstance(value, Header):  # raw 8-bit bytes in a header: decode them before splitting addresses
         return header_text(value)
-    return _FOLD.sub("", value or "")
+    return _FOLD.sub("", value) if value and "\n" in value else value or ""
 
 
 # An unquoted display name that is itself an address, before the real one: "alice@example.com <bob@example.com>".
@@ -116,7 +145,7 @@ def _simple_addresses(values: list[str]) -> list[tuple[str, str]] | None:
     return out
 
 
-def addresses(mime: MimeMessage, name: str) -> list[tuple[str, str]]:
+def addresses(mime: MimeMessage | TopHeaders, name: str) -> list[tuple[str, str]]:
     """(display name, address) pairs of an address header, names decoded.
 
     A display name that looks like an address is never taken for the address (the one in angle brackets is), and
@@ -141,6 +170,30 @@ def message_ids(value: str) -> list[str]:
     if not found and value.strip() and " " not in value.strip():
         found = [value.strip().strip("<>")]
     return found
+
+
+# The RFC 5322 form nearly every mail client writes: "Mon, 3 Jun 2024 10:12:00 +0200" (the day name optional)
+_RFC5322_DATE = re.compile(r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?([0-9]{1,2}) "
+                           r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([1-9][0-9]{3}) "
+                           r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})")
+_MONTHS = {name: n for n, name in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                                             "Nov", "Dec"), start=1)}
+
+
+def parse_date(value: str) -> datetime:
+    """``parsedate_to_datetime(value)``, read directly when the date is in the usual RFC 5322 form.
+
+    Naive for "-0000" (a UTC time from an unknown zone), as there; raises ValueError as it does.
+    """
+    match = _RFC5322_DATE.fullmatch(value)
+    if match is None:
+        return parsedate_to_datetime(value)
+    day, month, year, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
+    moment = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+    offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
+    if offset == 0 and sign == "-":
+        return datetime(*moment)
+    return datetime(*moment, tzinfo=timezone(timedelta(seconds=-offset if sign == "-" else offset)))
 
 
 def raw_digest(raw: bytes) -> str:
@@ -191,20 +244,23 @@ def _payload(part: MimeMessage) -> bytes:
 _BOUNDARY_LINE = re.compile(r"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*\r?$", re.MULTILINE)
 
 
-def _walk(part: MimeMessage, out: list[MimeMessage], notes: list[str], depth: int = 0) -> None:
-    """Leaf parts in order; an attached message (message/rfc822) stays one leaf, it is not opened."""
-    if part.get_content_maintype() == "message" and part.get_content_subtype() in ("rfc822", "global"):
-        out.append(part)
+def _walk(part: MimeMessage, out: list[tuple[MimeMessage, str]], notes: list[str], depth: int = 0) -> None:
+    """Leaf parts in order, each with its content type; an attached message (message/rfc822) stays one leaf, it is
+    not opened."""
+    content_type = part.get_content_type()  # always "maintype/subtype"
+    maintype, _, subtype = content_type.partition("/")
+    if maintype == "message" and subtype in ("rfc822", "global"):
+        out.append((part, content_type))
     elif part.is_multipart():
         for child in part.get_payload():
             _walk(child, out, notes, depth + 1)
-    elif part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), str) and depth < 5:
+    elif maintype == "multipart" and isinstance(part.get_payload(), str) and depth < 5:
         _recover_multipart(part, out, notes, depth)
     else:
-        out.append(part)
+        out.append((part, content_type))
 
 
-def _recover_multipart(part: MimeMessage, out: list[MimeMessage], notes: list[str], depth: int) -> None:
+def _recover_multipart(part: MimeMessage, out: list[tuple[MimeMessage, str]], notes: list[str], depth: int) -> None:
     """A multipart whose declared boundary never occurs: parse it again with the boundary its body does use, or
     read the body as plain text, so the customer's words are not lost."""
     data = part.get_payload(decode=True) or b""  # the bytes as received (the str payload has 8-bit bytes replaced)
@@ -218,7 +274,23 @@ def _recover_multipart(part: MimeMessage, out: list[MimeMessage], notes: list[st
     notes.append(f"multipart boundary {part.get_boundary()!r} not found: body read as text")
     charset = part.get_content_charset()
     header = (f"Content-Type: text/plain; charset={charset}\n\n" if charset else "Content-Type: text/plain\n\n")
-    out.append(email.message_from_bytes(header.encode() + data, policy=policy.compat32))
+    text_part = email.message_from_bytes(header.encode() + data, policy=policy.compat32)
+    out.append((text_part, text_part.get_content_type()))
+
+
+# A Content-Type whose first parameter is the charset, a token quoted or not, and whose others (if any) are unquoted
+# tokens: ``get_content_charset`` gives that token in lower case. Every other form is left to it.
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_SIMPLE_CHARSET = re.compile(rf'[ \t]*{_TOKEN}/{_TOKEN}[ \t]*;[ \t]*charset[ \t]*=[ \t]*("?)([A-Za-z0-9_.:+-]+)\1'
+                             r"(?:[ \t]*;[ \t]*[A-Za-z0-9-]+[ \t]*=[ \t]*[A-Za-z0-9_.:+-]+)*[ \t]*", re.IGNORECASE)
+
+
+def _content_charset(part: MimeMessage) -> str | None:
+    """``part.get_content_charset()``, without its parameter parsing for the common header forms."""
+    value = part.get("Content-Type")
+    if isinstance(value, str) and (match := _SIMPLE_CHARSET.fullmatch(value)):
+        return match.group(2).lower()
+    return part.get_content_charset()
 
 
 def _defects(mime: MimeMessage) -> list[str]:
@@ -239,29 +311,29 @@ def parse_mail(raw: bytes) -> ParsedMail:
     mime = email.message_from_bytes(raw, policy=policy.compat32)
     notes: list[str] = []
     defects = _defects(mime)
-    senders = addresses(mime, "From") or addresses(mime, "Sender")
+    headers = TopHeaders(mime)
+    senders = addresses(headers, "From") or addresses(headers, "Sender")
     if not senders or "@" not in senders[0][1]:
-        raise UnparseableMail(f"no usable From address (From: {header_text(mime.get('From'))[:120]!r})")
+        raise UnparseableMail(f"no usable From address (From: {header_text(headers.get('From'))[:120]!r})")
     date = None
-    date_value = header_text(mime.get("Date"))
+    date_value = header_text(headers.get("Date"))
     if date_value:
         try:
-            date = parsedate_to_datetime(date_value)
+            date = parse_date(date_value)
             if date.tzinfo is None:
                 date = date.replace(tzinfo=UTC)
         except (TypeError, ValueError, IndexError):
             notes.append(f"unreadable Date header {date_value[:60]!r}")
-    message_id = next(iter(message_ids(header_text(mime.get("Message-ID")))), None)
-    in_reply_to = next(iter(message_ids(header_text(mime.get("In-Reply-To")))), None)
-    references = tuple(message_ids(header_text(mime.get("References"))))
+    message_id = next(iter(message_ids(header_text(headers.get("Message-ID")))), None)
+    in_reply_to = next(iter(message_ids(header_text(headers.get("In-Reply-To")))), None)
+    references = tuple(message_ids(header_text(headers.get("References"))))
 
     plains: list[str] = []
     htmls: list[str] = []
     parts: list[MailPart] = []
-    leaves: list[MimeMessage] = []
+    leaves: list[tuple[MimeMessage, str]] = []
     _walk(mime, leaves, notes)
-    for part in leaves:
-        content_type = part.get_content_type()
+    for part, content_type in leaves:
         kind = disposition(part)
         filename = _part_filename(part)
         # a text part with a file name is an attached file (a .txt, a .csv, a log), even marked inline; only a
@@ -270,7 +342,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
                         and (filename is None or part is mime))
         if is_body_text:
             data = _payload(part)
-            text, _codec, note = decode_text(data, part.get_content_charset(), html=content_type == "text/html")
+            text, _codec, note = decode_text(data, _content_charset(part), html=content_type == "text/html")
             if note:
                 notes.append(f"{content_type}: {note}")
             (plains if content_type == "text/plain" else htmls).append(text)
@@ -281,7 +353,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
             subject = header_text(inner[0].get("Subject")) if isinstance(inner, list) and inner else ""
             parts.append(MailPart(filename or f"{subject or 'message'}.eml", content_type, data))
             continue
-        if part.get_content_maintype() == "multipart":
+        if content_type.startswith("multipart/"):
             continue  # an empty multipart container
         data = _payload(part)
         content_id = part.get("Content-ID")
@@ -298,9 +370,10 @@ def parse_mail(raw: bytes) -> ParsedMail:
     text = "\n\n".join(p.strip("\r\n") for p in plains) if plains else (html_to_text(html) if html else "")
     return ParsedMail(
         message_id=message_id, in_reply_to=in_reply_to, references=references,
-        subject=header_text(mime.get("Subject")), sender=senders[0], reply_to=addresses(mime, "Reply-To"),
-        to=addresses(mime, "To"), cc=addresses(mime, "Cc"), date=date, text=text.replace("\r\n", "\n"),
-        html=html, text_from_html=text_from_html, parts=parts, mime=mime, notes=notes, defects=defects)
+        subject=header_text(headers.get("Subject")), sender=senders[0], reply_to=addresses(headers, "Reply-To"),
+        to=addresses(headers, "To"), cc=addresses(headers, "Cc"), date=date, text=text.replace("\r\n", "\n"),
+        html=html, text_from_html=text_from_html, parts=parts, mime=mime, notes=notes, defects=defects,
+        headers=headers)
 
 
 def _default_name(content_type: str, n: int) -> str:

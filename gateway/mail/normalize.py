@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import Field
@@ -33,6 +34,7 @@ class EmailSettings(ConnectorConfig):
                                              "recognised, whatever the customer's mail client writes them in.")
 
 
+@lru_cache(maxsize=1024)  # a channel's own addresses are a recipient of nearly every mail; parties are immutable
 def _party(name: str, address: str) -> Party | None:
     try:
         value = normalize_email(address, AS_WRITTEN)  # the configured rules apply when the sender is resolved
