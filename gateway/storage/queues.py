@@ -15,7 +15,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, Row, Table, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Row,
+    String,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -24,7 +39,7 @@ from gateway.redact import redact
 from gateway.storage.db import bookkeeping, is_sqlite, utcnow
 from gateway.storage.liveness import Liveness
 from gateway.storage.prepared import Prepared
-from gateway.storage.tables import crm_notes, dead_letters, inbox, outbox, sends
+from gateway.storage.tables import PENDING_LITERAL, crm_notes, dead_letters, inbox, outbox, sends
 
 log = logging.getLogger(__name__)
 # what a dead letter's stage names: the queue its source row lives in
@@ -80,12 +95,19 @@ class _PreparedInsert:
         return list(cursor.fetchall())
 
 
+def _pending(table: Any) -> ColumnElement[bool]:
+    """``status = 'pending'`` with the value written into the SQL, as the partial indexes of pending rows state it
+    (``pending_index``): PostgreSQL's generic plan of a prepared statement, and SQLite, use such an index only when
+    the query's condition is that literal, never a bound parameter."""
+    return table.c.status == literal_column(PENDING_LITERAL, String)
+
+
 def _oldest_pending(table: Table) -> ColumnElement[bool]:
     """The row is the oldest pending one of its conversation (of its CRM, for the outbox)."""
     earlier = table.alias("earlier")
     same = [earlier.c.crm == table.c.crm] if table is outbox else []
     return ~exists().where(*same, earlier.c.conversation_id == table.c.conversation_id, earlier.c.id < table.c.id,
-                           earlier.c.status == "pending")
+                           _pending(earlier))
 
 
 _OUTBOX_HEAD = _oldest_pending(outbox)
@@ -100,7 +122,7 @@ class _ClaimStatements:
         now = bindparam("now", type_=table.c.available_at.type)
         candidates = (
             select(table.c.id, table.c.attempts)
-            .where(table.c.status == "pending", table.c.available_at <= now,
+            .where(_pending(table), table.c.available_at <= now,
                    or_(table.c.lease_until.is_(None), table.c.lease_until < now), *conditions)
             .order_by(table.c.id)
             .limit(bindparam("limit", type_=Integer()))
