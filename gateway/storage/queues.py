@@ -24,7 +24,6 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    exists,
     func,
     literal_column,
     or_,
@@ -103,11 +102,17 @@ def _pending(table: Any) -> ColumnElement[bool]:
 
 
 def _oldest_pending(table: Table) -> ColumnElement[bool]:
-    """The row is the oldest pending one of its conversation (of its CRM, for the outbox)."""
+    """The (pending) row is the oldest pending one of its conversation (of its CRM, for the outbox).
+
+    Written as a comparison with the conversation's lowest pending id, not as ``NOT EXISTS`` an older one: the
+    planner turns ``NOT EXISTS`` into an anti-join, and without statistics on the status (a table filled since the
+    last ANALYZE) it chose one that reads every pending row for every candidate. A scalar subquery stays a probe per
+    candidate, and ``min`` reads one entry of the pending rows' (conversation, id) index.
+    """
     earlier = table.alias("earlier")
     same = [earlier.c.crm == table.c.crm] if table is outbox else []
-    return ~exists().where(*same, earlier.c.conversation_id == table.c.conversation_id, earlier.c.id < table.c.id,
-                           _pending(earlier))
+    return table.c.id == select(func.min(earlier.c.id)).where(
+        *same, earlier.c.conversation_id == table.c.conversation_id, _pending(earlier)).scalar_subquery()
 
 
 _OUTBOX_HEAD = _oldest_pending(outbox)
@@ -130,6 +135,8 @@ class _ClaimStatements:
         if skip_locked:
             candidates = candidates.with_for_update(skip_locked=True, of=table)
         self.candidates = Prepared(candidates)
+        # PostgreSQL: the candidates are read from the index of pending rows in id order, never sorted (see _claim)
+        self.unsorted = skip_locked and any(index.name == f"ix_{table.name}_pending" for index in table.indexes)
         self.lease = Prepared(update(table).where(table.c.id.in_(bindparam("ids", expanding=True))).values(
             lease_owner=bindparam("owner"), lease_until=bindparam("until"), attempts=table.c.attempts + 1))
         self.rows = Prepared(select(table).where(table.c.id.in_(bindparam("ids", expanding=True))).order_by(table.c.id))
@@ -312,6 +319,11 @@ class Queues:
         now = utcnow()
         claim = _claim_statements(table, conditions, self._skip_locked)
         with bookkeeping(self.engine) as conn:
+            if claim.unsorted:
+                # Without statistics on the status (the table was filled since its last ANALYZE) the planner takes
+                # the backlog for a few rows and sorts every pending row to find the first; read in id order, a
+                # claim stops after the rows it returns.
+                conn.exec_driver_sql("SET LOCAL enable_sort = off")
             found = claim.candidates.all(conn, {"now": now, "limit": limit, **(parameters or {})})
             ids = [row_id for row_id, _ in found]
             if one_retried:
