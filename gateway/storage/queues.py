@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    FromClause,
     Integer,
     Row,
     String,
@@ -94,7 +95,7 @@ class _PreparedInsert:
         return list(cursor.fetchall())
 
 
-def _pending(table: Any) -> ColumnElement[bool]:
+def _pending(table: FromClause) -> ColumnElement[bool]:
     """``status = 'pending'`` with the value written into the SQL, as the partial indexes of pending rows state it
     (``pending_index``): PostgreSQL's generic plan of a prepared statement, and SQLite, use such an index only when
     the query's condition is that literal, never a bound parameter."""

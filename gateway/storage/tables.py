@@ -230,7 +230,7 @@ outbox = Table(
     UniqueConstraint("crm", "message_id", name="uq_outbox_crm_message_id"),
     Index("ix_outbox_claim", "status", "crm", "available_at"),
     Index("ix_outbox_order", "crm", "conversation_id", "id"),
-    # the claim walks pending rows in id order and asks each for an older pending row of its conversation
+    # the claim walks pending rows in id order and looks up the lowest pending id of each one's conversation
     pending_index("ix_outbox_pending", "id"),
     pending_index("ix_outbox_pending_order", "crm", "conversation_id", "id"),
 )

@@ -1,5 +1,5 @@
 """outbox and sends: partial indexes of pending rows, so a claim walks the backlog in id order from its oldest
-pending row instead of from the table's oldest row, and asks each for an older pending row of its conversation
+pending row instead of from the table's oldest row, and finds the lowest pending id of each row's conversation
 without reading the conversation's settled rows
 
 Revision ID: 0019
