@@ -15,7 +15,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, Row, Table, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    FromClause,
+    Integer,
+    Row,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -24,7 +39,7 @@ from gateway.redact import redact
 from gateway.storage.db import bookkeeping, is_sqlite, utcnow
 from gateway.storage.liveness import Liveness
 from gateway.storage.prepared import Prepared
-from gateway.storage.tables import crm_notes, dead_letters, inbox, outbox, sends
+from gateway.storage.tables import PENDING_LITERAL, crm_notes, dead_letters, inbox, outbox, sends
 
 log = logging.getLogger(__name__)
 # what a dead letter's stage names: the queue its source row lives in
@@ -80,12 +95,25 @@ class _PreparedInsert:
         return list(cursor.fetchall())
 
 
+def _pending(table: FromClause) -> ColumnElement[bool]:
+    """``status = 'pending'`` with the value written into the SQL, as the partial indexes of pending rows state it
+    (``pending_index``): PostgreSQL's generic plan of a prepared statement, and SQLite, use such an index only when
+    the query's condition is that literal, never a bound parameter."""
+    return table.c.status == literal_column(PENDING_LITERAL, String)
+
+
 def _oldest_pending(table: Table) -> ColumnElement[bool]:
-    """The row is the oldest pending one of its conversation (of its CRM, for the outbox)."""
+    """The (pending) row is the oldest pending one of its conversation (of its CRM, for the outbox).
+
+    Written as a comparison with the conversation's lowest pending id, not as ``NOT EXISTS`` an older one: the
+    planner turns ``NOT EXISTS`` into an anti-join, and without statistics on the status (a table filled since the
+    last ANALYZE) it chose one that reads every pending row for every candidate. A scalar subquery stays a probe per
+    candidate, and ``min`` reads one entry of the pending rows' (conversation, id) index.
+    """
     earlier = table.alias("earlier")
     same = [earlier.c.crm == table.c.crm] if table is outbox else []
-    return ~exists().where(*same, earlier.c.conversation_id == table.c.conversation_id, earlier.c.id < table.c.id,
-                           earlier.c.status == "pending")
+    return table.c.id == select(func.min(earlier.c.id)).where(
+        *same, earlier.c.conversation_id == table.c.conversation_id, _pending(earlier)).scalar_subquery()
 
 
 _OUTBOX_HEAD = _oldest_pending(outbox)
@@ -100,7 +128,7 @@ class _ClaimStatements:
         now = bindparam("now", type_=table.c.available_at.type)
         candidates = (
             select(table.c.id, table.c.attempts)
-            .where(table.c.status == "pending", table.c.available_at <= now,
+            .where(_pending(table), table.c.available_at <= now,
                    or_(table.c.lease_until.is_(None), table.c.lease_until < now), *conditions)
             .order_by(table.c.id)
             .limit(bindparam("limit", type_=Integer()))
@@ -108,6 +136,8 @@ class _ClaimStatements:
         if skip_locked:
             candidates = candidates.with_for_update(skip_locked=True, of=table)
         self.candidates = Prepared(candidates)
+        # PostgreSQL: the candidates are read from the index of pending rows in id order, never sorted (see _claim)
+        self.unsorted = skip_locked and any(index.name == f"ix_{table.name}_pending" for index in table.indexes)
         self.lease = Prepared(update(table).where(table.c.id.in_(bindparam("ids", expanding=True))).values(
             lease_owner=bindparam("owner"), lease_until=bindparam("until"), attempts=table.c.attempts + 1))
         self.rows = Prepared(select(table).where(table.c.id.in_(bindparam("ids", expanding=True))).order_by(table.c.id))
@@ -290,6 +320,11 @@ class Queues:
         now = utcnow()
         claim = _claim_statements(table, conditions, self._skip_locked)
         with bookkeeping(self.engine) as conn:
+            if claim.unsorted:
+                # Without statistics on the status (the table was filled since its last ANALYZE) the planner takes
+                # the backlog for a few rows and sorts every pending row to find the first; read in id order, a
+                # claim stops after the rows it returns.
+                conn.exec_driver_sql("SET LOCAL enable_sort = off")
             found = claim.candidates.all(conn, {"now": now, "limit": limit, **(parameters or {})})
             ids = [row_id for row_id, _ in found]
             if one_retried:

@@ -24,7 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.expression import false
+from sqlalchemy.sql.expression import false, text
 
 metadata = MetaData(
     naming_convention={
@@ -77,6 +77,19 @@ def lease_columns() -> list[Column[object]]:
     """What every work queue row carries: tries so far, when it is next due, and who holds it until when."""
     return [Column("attempts", Integer, nullable=False, default=0), Column("available_at", Time, nullable=False),
             Column("lease_owner", String(64)), Column("lease_until", Time)]
+
+
+PENDING_LITERAL = "'pending'"
+PENDING_SQL = f"status = {PENDING_LITERAL}"
+
+
+def pending_index(name: str, *columns: str) -> Index:
+    """An index of a work queue's pending rows alone: its size follows the backlog, not the table's history.
+
+    A query uses it only when it states ``status = 'pending'`` as a literal (see ``gateway.storage.queues``).
+    """
+    return Index(name, *columns, postgresql_where=text(PENDING_SQL), sqlite_where=text(PENDING_SQL))
+
 
 # Raw provider requests, exactly as received; unique per connector instance and provider message id.
 inbox = Table(
@@ -233,6 +246,9 @@ outbox = Table(
     UniqueConstraint("crm", "message_id", name="uq_outbox_crm_message_id"),
     Index("ix_outbox_claim", "status", "crm", "available_at"),
     Index("ix_outbox_order", "crm", "conversation_id", "id"),
+    # the claim walks pending rows in id order and looks up the lowest pending id of each one's conversation
+    pending_index("ix_outbox_pending", "id"),
+    pending_index("ix_outbox_pending_order", "crm", "conversation_id", "id"),
 )
 
 # Local id -> CRM record id (customer -> user, conversation -> ticket).
@@ -343,6 +359,8 @@ sends = Table(
     Column("sent_at", Time),
     Index("ix_sends_claim", "status", "available_at"),
     Index("ix_sends_order", "conversation_id", "id"),
+    pending_index("ix_sends_pending", "id"),  # the claim's, as the outbox's
+    pending_index("ix_sends_pending_order", "conversation_id", "id"),
     Index("ix_sends_provider", "channel", "provider_message_id"),
 )
 
