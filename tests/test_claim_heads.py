@@ -1,5 +1,5 @@
 """The outbox and sends claims take each conversation's oldest pending row alone, on SQLite and PostgreSQL, and
-find it through the partial indexes of pending rows (migration 0019), whatever the table's settled history."""
+find it through the partial indexes of pending rows (migration 0020), whatever the table's settled history."""
 
 from __future__ import annotations
 
