@@ -7,12 +7,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, Table, event, insert
 
 from gateway.storage import queues as queues_module
+from gateway.storage.db import make_engine, migrate, utcnow
 from gateway.storage.queues import _OUTBOX_HEAD, _SENDS_HEAD, Queues, _claim_statements
 from gateway.storage.tables import conversations, customers, inbox, messages, outbox, sends
 
@@ -184,10 +186,10 @@ def test_the_claim_reads_pending_rows_through_their_partial_indexes(migrated_eng
 
 
 @pytest.mark.usefixtures("fixed_clock")
-def test_only_the_claims_with_an_index_of_pending_rows_turn_sorting_off(migrated_engine: Engine) -> None:
-    """On PostgreSQL the outbox and sends claims run their candidates with ``enable_sort`` off (``SET LOCAL``: for
-    the claim's transaction alone); the inbox, which has no index of pending rows to walk, keeps the planner's
-    choice."""
+def test_the_claims_read_the_index_of_pending_rows_never_sorting(migrated_engine: Engine) -> None:
+    """On PostgreSQL the inbox, outbox and sends claims run their candidates with ``enable_sort`` off (``SET LOCAL``:
+    for the claim's transaction alone); on SQLite, which plans without statistics, the candidates are read ``INDEXED
+    BY`` the pending rows' index. The notes' claim, which has no such index, keeps the planner's choice."""
     with migrated_engine.begin() as conn:
         store(conn, outbox, ROWS)
     statements: list[str] = []
@@ -197,17 +199,36 @@ def test_only_the_claims_with_an_index_of_pending_rows_turn_sorting_off(migrated
 
     queues = Queues(migrated_engine)
     event.listen(migrated_engine, "before_cursor_execute", record)
+    claims = {}
     try:
-        queues.claim_outbox("me", 10, 30)
-        outbox_claim, statements[:] = list(statements), []
-        queues.claim_sends("me", 10, 30)
-        sends_claim, statements[:] = list(statements), []
-        queues.claim_inbox("me", 10, 30)
-        inbox_claim = list(statements)
+        for table, claim in (("outbox", queues.claim_outbox), ("sends", queues.claim_sends),
+                             ("inbox", queues.claim_inbox), ("crm_notes", queues.claim_notes)):
+            statements[:] = []
+            claim("me", 10, 30)
+            claims[table] = list(statements)
     finally:
         event.remove(migrated_engine, "before_cursor_execute", record)
-    off = ["SET LOCAL enable_sort = off"] if migrated_engine.dialect.name == "postgresql" else []
-    for claim, table in ((outbox_claim, "outbox"), (sends_claim, "sends")):
+    postgresql = migrated_engine.dialect.name == "postgresql"
+    off = ["SET LOCAL enable_sort = off"] if postgresql else []
+    for table in ("outbox", "sends", "inbox"):
+        claim = claims[table]
         assert claim[:len(off)] == off
         assert claim[len(off)].startswith(f"SELECT {table}.id, {table}.attempts"), claim
-    assert inbox_claim[0].startswith("SELECT inbox.id, inbox.attempts"), inbox_claim
+        assert (f"FROM {table} INDEXED BY ix_{table}_pending " in claim[len(off)]) is not postgresql, claim
+    assert claims["crm_notes"][0].startswith("SELECT crm_notes.id, crm_notes.attempts"), claims["crm_notes"]
+    assert "INDEXED BY" not in claims["crm_notes"][0]
+
+
+def test_on_sqlite_the_inbox_claim_walks_the_pending_rows_in_id_order_without_a_sort(tmp_path: Path) -> None:
+    """Without the index SQLite read every pending row through ``ix_inbox_claim`` and sorted them: 19 ms a claim
+    with 50,000 pending rows, against 0.2 ms."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
+    migrate(engine)
+    claim = _claim_statements(inbox, (), False).candidates._for(engine.dialect, {})
+    assert claim is not None
+    now = utcnow()
+    with engine.connect() as conn:
+        plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + claim.sql,
+                                                       tuple(claim.parameters({"now": now, "limit": 10})[1]))]
+    engine.dispose()
+    assert plan == ["SCAN inbox USING INDEX ix_inbox_pending"], plan

@@ -73,7 +73,7 @@ class _Compiled:
     """One statement compiled for one dialect, with everything its executions share."""
 
     def __init__(self, statement: Executable, dialect: Dialect, column_keys: Sequence[str] | None,
-                 pad_in_lists: bool) -> None:
+                 pad_in_lists: bool, sqlite_index: tuple[str, str] | None = None) -> None:
         self.pad_in_lists = pad_in_lists
         compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
         for column in (*compiled.insert_prefetch, *compiled.update_prefetch):
@@ -81,6 +81,11 @@ class _Compiled:
             if default is None or not default.is_scalar:
                 raise _Unsupported(f"column {column.key} has a default computed per execution")
         self.sql = compiled.string
+        if sqlite_index is not None and dialect.name == "sqlite":
+            table, index = sqlite_index
+            if f"FROM {table} " not in self.sql:
+                raise ValueError(f"{index}: the statement does not read {table}")
+            self.sql = self.sql.replace(f"FROM {table} ", f"FROM {table} INDEXED BY {index} ", 1)
         self.positional = compiled.positional
         escaped = dict(compiled.escaped_bind_names or {})
         if compiled.positional:
@@ -207,12 +212,16 @@ class Prepared:
 
     An insert or update with no ``values()`` of its own is compiled for the parameter names of its first
     execution, like SQLAlchemy does: executions with other names compile again (once each). ``pad_in_lists=False``
-    renders each IN list at its own length (see the module's docstring).
+    renders each IN list at its own length (see the module's docstring). ``sqlite_index=(table, index)`` reads the
+    first ``FROM table`` through that index on SQLite (``INDEXED BY``, which SQLAlchemy's SQLite dialect does not
+    render from a hint): SQLite plans without statistics, since the gateway never runs ANALYZE.
     """
 
-    def __init__(self, statement: Executable, *, pad_in_lists: bool = True) -> None:
+    def __init__(self, statement: Executable, *, pad_in_lists: bool = True,
+                 sqlite_index: tuple[str, str] | None = None) -> None:
         self.statement = statement
         self.pad_in_lists = pad_in_lists
+        self.sqlite_index = sqlite_index  # (table, index): on SQLite, the table is read through that index
         self._by_columns = isinstance(statement, Insert | Update)
         # by dialect (one per engine; weak, so an engine's end frees them), then by parameter names
         self._compiled: WeakKeyDictionary[Dialect, dict[tuple[str, ...] | None, _Compiled | None]] = \
@@ -276,7 +285,8 @@ class Prepared:
         except KeyError:
             pass
         try:
-            compiled: _Compiled | None = _Compiled(self.statement, dialect, columns, self.pad_in_lists)
+            compiled: _Compiled | None = _Compiled(self.statement, dialect, columns, self.pad_in_lists,
+                                                   self.sqlite_index)
         except _Unsupported:
             compiled = None
         by_columns[columns] = compiled

@@ -135,9 +135,13 @@ class _ClaimStatements:
         )
         if skip_locked:
             candidates = candidates.with_for_update(skip_locked=True, of=table)
-        self.candidates = Prepared(candidates)
-        # PostgreSQL: the candidates are read from the index of pending rows in id order, never sorted (see _claim)
-        self.unsorted = skip_locked and any(index.name == f"ix_{table.name}_pending" for index in table.indexes)
+        # the candidates are read from the index of pending rows in id order, never sorted: SQLite is told to (it
+        # would rather read every pending row through another index and sort them), PostgreSQL is not let sort
+        # (see _claim). Either way a claim costs what it returns, not the backlog.
+        pending = f"ix_{table.name}_pending"
+        has_pending = any(index.name == pending for index in table.indexes)
+        self.candidates = Prepared(candidates, sqlite_index=(table.name, pending) if has_pending else None)
+        self.unsorted = skip_locked and has_pending
         self.lease = Prepared(update(table).where(table.c.id.in_(bindparam("ids", expanding=True))).values(
             lease_owner=bindparam("owner"), lease_until=bindparam("until"), attempts=table.c.attempts + 1))
         self.rows = Prepared(select(table).where(table.c.id.in_(bindparam("ids", expanding=True))).order_by(table.c.id))

@@ -113,6 +113,7 @@ inbox = Table(
     Column("payload_removed_at", Time),  # retention emptied body and headers; the row keeps the provider id
     UniqueConstraint("connector", "provider_id", name="uq_inbox_connector_provider_id"),
     Index("ix_inbox_claim", "status", "available_at"),
+    pending_index("ix_inbox_pending", "id"),  # the claim's: pending rows in id order
     Index("ix_inbox_unkeyed", "status", "keyed", "id"),
     Index("ix_inbox_retention", "payload_removed_at", "received_at"),
 )

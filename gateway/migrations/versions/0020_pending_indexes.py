@@ -1,4 +1,4 @@
-"""outbox and sends: partial indexes of pending rows, so a claim walks the backlog in id order from its oldest
+"""inbox, outbox and sends: partial indexes of pending rows, so a claim walks the backlog in id order from its oldest
 pending row instead of from the table's oldest row, and finds the lowest pending id of each row's conversation
 without reading the conversation's settled rows
 
@@ -18,6 +18,7 @@ depends_on = None
 
 _PENDING = sa.text("status = 'pending'")
 _INDEXES = (
+    ("ix_inbox_pending", "inbox", ["id"]),
     ("ix_outbox_pending", "outbox", ["id"]),
     ("ix_outbox_pending_order", "outbox", ["crm", "conversation_id", "id"]),
     ("ix_sends_pending", "sends", ["id"]),
