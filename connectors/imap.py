@@ -15,7 +15,7 @@ import random
 import ssl
 import time
 from datetime import UTC, date, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from pydantic import Field, SecretStr, model_validator
 
-from gateway.mail.mime import parse_date, provider_id
+from gateway.mail.mime import provider_id
 from gateway.mail.normalize import EmailSettings, email_to_messages
 from gateway.mail.smtp import SMTP_FIELD_DESCRIPTION, ImapSmtpSettings, SmtpReplies, imap_sent_copy, is_loopback_host
 from gateway.model import ChannelType, Message
@@ -247,7 +247,7 @@ class ImapChannel(SmtpReplies, PollingChannel):
         received_at = record.received_at
         if params.get("internaldate"):
             with contextlib.suppress(TypeError, ValueError):
-                received_at = parse_date(params["internaldate"])
+                received_at = parsedate_to_datetime(params["internaldate"])
         extras = {"mailbox": self.config.username, "folder": params.get("folder", self.config.folder)}
         if params.get("uid"):
             extras["uid"] = int(params["uid"])

@@ -11,7 +11,7 @@ import email
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.header import Header, decode_header
 from email.message import Message as MimeMessage
@@ -172,30 +172,6 @@ def message_ids(value: str) -> list[str]:
     return found
 
 
-# The RFC 5322 form nearly every mail client writes: "Mon, 3 Jun 2024 10:12:00 +0200" (the day name optional)
-_RFC5322_DATE = re.compile(r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?([0-9]{1,2}) "
-                           r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([1-9][0-9]{3}) "
-                           r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})")
-_MONTHS = {name: n for n, name in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
-                                             "Nov", "Dec"), start=1)}
-
-
-def parse_date(value: str) -> datetime:
-    """``parsedate_to_datetime(value)``, read directly when the date is in the usual RFC 5322 form.
-
-    Naive for "-0000" (a UTC time from an unknown zone), as there; raises ValueError as it does.
-    """
-    match = _RFC5322_DATE.fullmatch(value)
-    if match is None:
-        return parsedate_to_datetime(value)
-    day, month, year, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
-    moment = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
-    offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
-    if offset == 0 and sign == "-":
-        return datetime(*moment)
-    return datetime(*moment, tzinfo=timezone(timedelta(seconds=-offset if sign == "-" else offset)))
-
-
 def raw_digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
@@ -278,20 +254,6 @@ def _recover_multipart(part: MimeMessage, out: list[tuple[MimeMessage, str]], no
     out.append((text_part, text_part.get_content_type()))
 
 
-# A Content-Type whose first parameter is the charset, a token quoted or not, and whose others (if any) are unquoted
-# tokens: ``get_content_charset`` gives that token in lower case. Every other form is left to it.
-_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-_SIMPLE_CHARSET = re.compile(rf'[ \t]*{_TOKEN}/{_TOKEN}[ \t]*;[ \t]*charset[ \t]*=[ \t]*("?)([A-Za-z0-9_.:+-]+)\1'
-                             r"(?:[ \t]*;[ \t]*[A-Za-z0-9-]+[ \t]*=[ \t]*[A-Za-z0-9_.:+-]+)*[ \t]*", re.IGNORECASE)
-
-
-def _content_charset(part: MimeMessage) -> str | None:
-    """``part.get_content_charset()``, without its parameter parsing for the common header forms."""
-    value = part.get("Content-Type")
-    if isinstance(value, str) and (match := _SIMPLE_CHARSET.fullmatch(value)):
-        return match.group(2).lower()
-    return part.get_content_charset()
-
 
 def _defects(mime: MimeMessage) -> list[str]:
     """Every MIME defect the parser noted, with the content type of the part it was found in."""
@@ -319,7 +281,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
     date_value = header_text(headers.get("Date"))
     if date_value:
         try:
-            date = parse_date(date_value)
+            date = parsedate_to_datetime(date_value)
             if date.tzinfo is None:
                 date = date.replace(tzinfo=UTC)
         except (TypeError, ValueError, IndexError):
@@ -342,7 +304,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
                         and (filename is None or part is mime))
         if is_body_text:
             data = _payload(part)
-            text, _codec, note = decode_text(data, _content_charset(part), html=content_type == "text/html")
+            text, _codec, note = decode_text(data, part.get_content_charset(), html=content_type == "text/html")
             if note:
                 notes.append(f"{content_type}: {note}")
             (plains if content_type == "text/plain" else htmls).append(text)
